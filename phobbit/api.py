@@ -1,0 +1,182 @@
+"""The library API: ``ParallelHyperband(...).run(R, eta)``."""
+
+from __future__ import annotations
+
+import numbers
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from typing import Any
+
+import pandas as pd
+
+from phobbit.errors import InputError
+from phobbit.executor import LocalExecutor, parse_gpus
+from phobbit.keras_trainable import KerasTrainable, check_dataset, staged_dataset
+from phobbit.plan import Plan
+from phobbit.progress import PlainReporter
+from phobbit.repository import Repository
+from phobbit.results import results_frame
+from phobbit.scheduler import Reporter, Scheduler, run_settings
+from phobbit.schedule import validate
+from phobbit.space import Hyperparameter, Space
+from phobbit.trainable import Trainable
+
+
+def _positive_int(name: str, value: Any, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise InputError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+class ParallelHyperband:
+    """Hyperband over a pool of GPU-pinned worker processes.
+
+    Args:
+        model_function: ``hparams -> compiled keras.Model``; ``hparams`` is a dict
+            keyed by the hyperparameters' names.
+        hparam_ranges: a list of ``phobbit.Hyperparameter``.
+        repo_dir: the repository folder: ``results.csv``, ``run.json``, ``models/``.
+            Running again on the same folder resumes the run.
+        dataset: ``((x_train, y_train), (x_val, y_val))``, or a function returning
+            it that each worker calls once (so large data is never pickled).
+        generator_function: Hobbit's generator form instead of ``dataset``: called
+            with ``train_gen_args`` and ``valid_gen_args`` (a tuple of positional or a
+            dict of keyword arguments) for the training and validation generators.
+        steps_per_epoch, validation_steps: batches per epoch, required with generators.
+        gpus: GPU ids (``[0, 1, 2, 3]`` or ``"0,1,2,3"``): one worker pinned to each by
+            ``CUDA_VISIBLE_DEVICES``. None runs ``n_jobs`` workers on the CPU.
+        jobs_per_gpu: trials run at once on one GPU (default 1).
+        n_jobs: CPU workers when there are no GPUs (default: the number of cores).
+        seed: the same seed gives the same configurations and promotions, whatever
+            the number of workers.
+        batch_size: passed to ``fit`` with arrays (Keras' default, 32, when None).
+        verbose: 0 silent, 1 prints the schedule, the best so far and failures, 2
+            every segment too.
+        trainable: instead of a Keras model function, any object with the
+            ``phobbit.trainable.Trainable`` interface (for non-Keras or synthetic work).
+        max_retries: how often a trial whose worker died is retried (default 2).
+        reporter: a progress reporter instead of the plain lines of ``verbose``.
+
+    Raises:
+        InputError: (a ``ValueError``) for bad input, before anything is written.
+
+    Example:
+        >>> tuner = ParallelHyperband(my_model, my_hparam_ranges, "repo", dataset=data,
+        ...                           gpus=[0, 1, 2, 3])
+        >>> results = tuner.run(R=20, eta=3)
+        >>> results.head()
+    """
+
+    def __init__(
+        self,
+        model_function: Callable[[dict[str, Any]], Any] | None,
+        hparam_ranges: Sequence[Hyperparameter],
+        repo_dir: str | os.PathLike,
+        dataset: Any = None,
+        generator_function: Callable[..., Any] | None = None,
+        train_gen_args: Any = None,
+        valid_gen_args: Any = None,
+        steps_per_epoch: int | None = None,
+        validation_steps: int | None = None,
+        gpus: str | Sequence[int] | None = None,
+        jobs_per_gpu: int = 1,
+        n_jobs: int | None = None,
+        seed: int = 0,
+        batch_size: int | None = None,
+        verbose: int = 1,
+        *,
+        trainable: Trainable | None = None,
+        max_retries: int = 2,
+        reporter: Reporter | None = None,
+    ) -> None:
+        self.space = Space(hparam_ranges)
+        if repo_dir is None or str(repo_dir) == "":
+            raise InputError("repo_dir is required: the folder where results and models go")
+        self.repository = Repository(repo_dir)
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise InputError(f"seed must be an integer >= 0, got {seed!r}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise InputError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+        _positive_int("batch_size", batch_size)
+        self.seed, self.max_retries, self.verbose = int(seed), max_retries, verbose
+        self.reporter = reporter
+        self.executor = LocalExecutor(parse_gpus(gpus), jobs_per_gpu, n_jobs)
+        self._dataset = None
+        if trainable is not None:
+            if model_function is not None:
+                raise InputError("give model_function or trainable, not both")
+            if not isinstance(trainable, Trainable):
+                raise InputError(f"trainable {trainable!r} has no train() method")
+            self.trainable: Trainable | None = trainable
+            return
+        if not callable(model_function):
+            raise InputError(f"model_function must be a function, got {model_function!r}")
+        self.trainable = None
+        kwargs: dict[str, Any] = {"model_function": model_function, "batch_size": batch_size,
+                                  "verbose": 0}  # fmt: skip
+        if generator_function is not None:
+            if dataset is not None:
+                raise InputError("give dataset or generator_function, not both")
+            if not callable(generator_function):
+                raise InputError(f"generator_function must be a function, got {generator_function!r}")
+            _positive_int("steps_per_epoch", steps_per_epoch, allow_none=False)
+            _positive_int("validation_steps", validation_steps, allow_none=False)
+            kwargs.update(generator_function=generator_function, train_gen_args=train_gen_args,
+                          valid_gen_args=valid_gen_args, steps_per_epoch=steps_per_epoch,
+                          validation_steps=validation_steps)  # fmt: skip
+        elif callable(dataset):
+            kwargs["load_dataset"] = dataset
+        elif dataset is not None:
+            check_dataset(dataset)
+            self._dataset = dataset
+        else:
+            raise InputError(
+                "no data: give dataset=((x_train, y_train), (x_val, y_val)), a function "
+                "returning it, or generator_function with steps_per_epoch and validation_steps"
+            )
+        self._keras_kwargs = kwargs
+
+    def run(self, R: int = 20, eta: int = 3, iterations: int = 1) -> pd.DataFrame:
+        """Runs Hyperband and returns the results table.
+
+        Args:
+            R: the most epochs a configuration is trained.
+            eta: the cut factor: each rung keeps the best 1/eta.
+            iterations: how many Hyperband iterations (each with its own configurations).
+
+        Returns:
+            One row per configuration, best Val Loss first: index ``"<run>-<id>"``,
+            columns ``Hparams``, ``ID``, ``Run``, ``Val Loss``, ``Epochs``, ``Rung``,
+            ``Status``, ``Error``, ``Iteration``, ``GPU``, ``Train Time``, ``Start``, ``End``.
+
+        Raises:
+            InputError: for bad R, eta or iterations, or a repository of another run.
+        """
+        validate(R, eta)
+        _positive_int("iterations", iterations, allow_none=False)
+        R, eta, iterations = int(R), int(eta), int(iterations)
+        settings = run_settings(self.space, R, eta, self.seed, iterations)
+        self.repository.check_settings(settings)
+        plan = Plan(self.space, R, eta, self.seed, iterations, workers=self.executor.capacity,
+                    checkpoint_dir=str(self.repository.models))  # fmt: skip
+        reporter = self.reporter or PlainReporter(verbose=self.verbose)
+        with ExitStack() as stack:
+            stack.enter_context(self.repository.driver_lock())
+            self.repository.create(settings)
+            trainable = self.trainable
+            if trainable is None:
+                kwargs = dict(self._keras_kwargs)
+                if self._dataset is not None:
+                    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="phobbit-"))
+                    kwargs["data_path"] = stack.enter_context(staged_dataset(self._dataset, folder))
+                trainable = KerasTrainable(**kwargs)
+            Scheduler(trainable, plan, self.repository, self.executor, self.max_retries,
+                      reporter).run()  # fmt: skip
+        return self.results()
+
+    def results(self) -> pd.DataFrame:
+        """The results table of what the repository holds now (also mid-run)."""
+        return results_frame(self.repository.iter_results())

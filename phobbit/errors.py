@@ -1,0 +1,30 @@
+"""The two families of errors: those that stop a run, and those that fail one trial."""
+
+from __future__ import annotations
+
+
+class PhobbitError(Exception):
+    """Base class of every error phobbit raises on purpose."""
+
+    exit_code = 1
+
+
+class FatalError(PhobbitError):
+    """Stops the whole run: the run cannot go on (an unusable repository, a broken pool)."""
+
+
+class InputError(FatalError, ValueError):
+    """Bad input, found before any training starts; nothing has been written.
+
+    The message names the offending value and what is allowed instead.
+    """
+
+    exit_code = 2
+
+
+class RepositoryError(InputError):
+    """The repository folder holds another run, is locked by a live driver, or is unreadable."""
+
+
+class TrialFailedError(PhobbitError):
+    """One trial failed (its user code raised, or its loss diverged); the run goes on."""

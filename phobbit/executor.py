@@ -1,0 +1,156 @@
+"""Executors: where segments run. A process pool on this machine, one worker per GPU slot.
+
+``LocalExecutor`` wraps joblib's loky process pool: workers are reused across
+trials (TensorFlow is imported once per worker), never time out while the
+reducer thinks, and each one is pinned to one GPU by the initializer
+``worker.pin``. A worker that dies breaks the pool; ``restart`` builds a new
+one and the scheduler resubmits what was in flight.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from joblib.externals.loky import ProcessPoolExecutor
+
+from phobbit.errors import InputError
+from phobbit.worker import HIDDEN, pin
+
+
+def parse_gpus(gpus: str | int | Sequence[int] | None) -> list[int] | None:
+    """GPU ids from ``"0,1,2"``, an int or a list; None or empty means no GPUs.
+
+    Raises:
+        InputError: for a malformed list, a negative or repeated id, or (when
+            this machine can tell how many GPUs it has) an id that does not exist.
+    """
+    if gpus is None:
+        return None
+    if isinstance(gpus, str):
+        text = gpus.strip()
+        if not text:
+            return None
+        if not re.fullmatch(r"\d+(\s*,\s*\d+)*", text):
+            raise InputError(f"--gpus {gpus!r} is malformed; give GPU ids like 0,1,2,3")
+        ids = [int(part) for part in text.split(",")]
+    elif isinstance(gpus, int) and not isinstance(gpus, bool):
+        ids = [gpus]
+    else:
+        ids = list(gpus)
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise InputError(f"gpus {gpus!r} must be a list of integer GPU ids")
+    if not ids:
+        return None
+    if any(i < 0 for i in ids):
+        raise InputError(f"gpus {ids} holds a negative id; GPU ids start at 0")
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise InputError(
+            f"GPU id {repeated[0]} is listed twice in {ids}; "
+            "use jobs_per_gpu (--jobs-per-gpu) to run several trials on one GPU"
+        )
+    count = visible_gpu_count()
+    if count is not None and max(ids) >= count:
+        raise InputError(
+            f"GPU id {max(ids)} does not exist: this machine has {count} GPU(s), ids 0-{count - 1}"
+        )
+    return ids
+
+
+def visible_gpu_count() -> int | None:
+    """How many NVIDIA GPUs this machine has, without touching CUDA; None if it cannot tell."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        listing = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sum(1 for line in listing.splitlines() if line.startswith("GPU "))
+
+
+class LocalExecutor:
+    """A loky process pool on this machine with one worker per slot.
+
+    Args:
+        gpus: GPU ids; each gets ``jobs_per_gpu`` worker slots. None runs on the CPU.
+        jobs_per_gpu: trials run at once on one GPU (TensorFlow's memory growth is
+            turned on when it is above 1).
+        n_jobs: CPU workers when there are no GPUs (default: the number of cores).
+
+    Example:
+        >>> executor = LocalExecutor(gpus=[0, 1])   # two workers, one per GPU
+        >>> executor.slots
+        ['0', '1']
+    """
+
+    def __init__(
+        self,
+        gpus: Sequence[int] | None = None,
+        jobs_per_gpu: int = 1,
+        n_jobs: int | None = None,
+    ) -> None:
+        if isinstance(jobs_per_gpu, bool) or not isinstance(jobs_per_gpu, int) or jobs_per_gpu < 1:
+            raise InputError(f"jobs_per_gpu must be an integer >= 1, got {jobs_per_gpu!r}")
+        if n_jobs is not None and (
+            isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1
+        ):
+            raise InputError(f"n_jobs must be an integer >= 1, got {n_jobs!r}")
+        cores = os.cpu_count() or 1
+        if gpus:
+            self.slots = [str(g) for g in gpus for _ in range(jobs_per_gpu)]
+        else:
+            self.slots = [HIDDEN] * (n_jobs or cores)
+        self.threads = max(1, cores // len(self.slots))
+        self.allow_growth = jobs_per_gpu > 1
+        self._lease_dir: str | None = None
+        self._pool: ProcessPoolExecutor | None = None
+
+    @property
+    def capacity(self) -> int:
+        """How many segments run at once."""
+        return len(self.slots)
+
+    def _start(self) -> ProcessPoolExecutor:
+        # A fresh lease folder per pool: slots of a broken pool's dying workers
+        # cannot be mistaken for taken ones.
+        self._lease_dir = tempfile.mkdtemp(prefix="phobbit-slots-")
+        return ProcessPoolExecutor(
+            max_workers=self.capacity,
+            timeout=None,  # idle workers stay: no TensorFlow re-import after a reducer pause
+            initializer=pin,
+            initargs=(self.slots, self._lease_dir, self.threads, self.allow_growth),
+        )
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Runs ``fn(*args)`` in a pinned worker."""
+        if self._pool is None:
+            self._pool = self._start()
+        return self._pool.submit(fn, *args)
+
+    def restart(self) -> None:
+        """Replaces a broken pool with a new one (its dead workers freed their slots)."""
+        self.shutdown(kill=True)
+
+    def shutdown(self, kill: bool = False) -> None:
+        """Stops the workers; ``kill`` ends running trials at once (Ctrl-C, a broken pool)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, kill_workers=kill)
+        if self._lease_dir is not None:
+            shutil.rmtree(self._lease_dir, ignore_errors=True)
+            self._lease_dir = None
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown(kill=exc[0] is not None)

@@ -1,0 +1,66 @@
+"""The reducer: which configurations of a rung go on to the next. Pure, no I/O.
+
+A rung keeps its ``k = floor(n_i / eta)`` best configurations by Val Loss (the
+lowest validation loss seen so far), ties broken by ID; a failed trial (an
+exception, a NaN or infinite loss) ranks last and is never promoted.
+
+Early promotion: a finished configuration is promoted before its rung has
+finished when it is certain to be among the best k whatever the unfinished
+configurations score, that is when the finished ones that beat it plus every
+configuration still unfinished are fewer than k. The set promoted that way is
+always a subset of, and in the end equal to, what a serial run promotes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+
+def rank_key(config_id: int, val_loss: float | None) -> tuple[int, float, int]:
+    """Sort key of a finished trial: failed (None or NaN) last, then loss, then ID."""
+    if val_loss is None or math.isnan(val_loss):
+        return (1, math.inf, config_id)
+    return (0, val_loss, config_id)
+
+
+def ranked(finished: Mapping[int, float | None]) -> list[int]:
+    """IDs of the finished trials from best to worst."""
+    return sorted(finished, key=lambda i: rank_key(i, finished[i]))
+
+
+def certain_promotions(
+    finished: Mapping[int, float | None], k: int, unfinished: int
+) -> list[int]:
+    """The finished configurations already certain to be among the best ``k``.
+
+    Args:
+        finished: ID -> Val Loss of every finished trial of the rung (None if failed).
+        k: how many configurations the rung promotes.
+        unfinished: how many trials of the rung may still finish, an upper bound.
+
+    Returns:
+        IDs, best first. With ``unfinished == 0`` this is exactly the serial
+        reducer's choice: the best ``k`` that did not fail.
+    """
+    promoted = []
+    for position, config_id in enumerate(ranked(finished)):
+        if position + unfinished >= k:
+            break
+        if rank_key(config_id, finished[config_id])[0]:
+            break  # failed trials are never promoted
+        promoted.append(config_id)
+    return promoted
+
+
+def serial_promotions(finished: Mapping[int, float | None], k: int) -> list[int]:
+    """What a serial run promotes from a rung that has wholly finished."""
+    return certain_promotions(finished, k, unfinished=0)
+
+
+def best_so_far(losses: Iterable[float], before: float | None = None) -> float | None:
+    """The lowest loss among ``losses`` and ``before``; None when there is none."""
+    values = [v for v in losses if v is not None and not math.isnan(v)]
+    if before is not None:
+        values.append(before)
+    return min(values) if values else None

@@ -1,0 +1,299 @@
+"""The repository folder: ``results.csv``, ``run.json``, checkpoints under ``models/``.
+
+``results.csv`` is the source of truth. Every finished segment appends one row
+under a ``filelock`` lock, written with a single ``write`` to a file opened for
+appending, and each row ends with a CRC32 of the rest of it: a row torn by a
+kill in the middle of a write fails its check and is ignored, never parsed as
+data. Hparams are stored as JSON and parsed as JSON, never evaluated.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import socket
+import zlib
+from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from phobbit.errors import RepositoryError
+
+COLUMNS = (
+    "iteration", "run", "id", "rung", "start_epoch", "epochs", "val_loss", "last_val_loss",
+    "status", "error", "hparams", "gpu", "pid", "host", "start", "end",
+)  # fmt: skip
+HEADER = ",".join(COLUMNS) + ",crc\n"
+RESULTS = "results.csv"
+RUN_FILE = "run.json"
+MODELS = "models"
+LOCK_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """One finished segment: a configuration trained from ``start_epoch`` to ``epochs``.
+
+    ``val_loss`` is the lowest validation loss the configuration has seen so far
+    (the reducer's ranking value); ``status`` is ``ok`` or ``failed``, and
+    ``error`` says why in one line when it failed.
+    """
+
+    iteration: int
+    run: int
+    id: int
+    rung: int
+    start_epoch: int
+    epochs: int
+    val_loss: float | None
+    last_val_loss: float | None
+    status: str
+    error: str
+    hparams: dict[str, Any] = field(hash=False)
+    gpu: str = ""
+    pid: int = 0
+    host: str = ""
+    start: float = 0.0
+    end: float = 0.0
+
+    @property
+    def key(self) -> tuple[int, int, int, int]:
+        """(iteration, run, id, rung): what identifies a segment."""
+        return (self.iteration, self.run, self.id, self.rung)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def config_name(iteration: int, run: int, config_id: int) -> str:
+    """The file-name stem of a configuration's checkpoint."""
+    return f"{iteration}-{run}-{config_id}"
+
+
+def _float_text(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
+
+
+def _float_value(text: str) -> float | None:
+    return None if text == "" else float(text)
+
+
+def encode_row(result: SegmentResult) -> str:
+    """One CSV line of ``result``, newline included, ending with its CRC32."""
+    values = asdict(result)
+    values["val_loss"] = _float_text(result.val_loss)
+    values["last_val_loss"] = _float_text(result.last_val_loss)
+    values["hparams"] = json.dumps(result.hparams, sort_keys=True)
+    values["error"] = " ".join(str(result.error).split())  # one line, always
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow([values[c] for c in COLUMNS])
+    body = buffer.getvalue() + ","
+    return f"{body}{zlib.crc32(body.encode()):08x}\n"
+
+
+def decode_row(line: str) -> SegmentResult | None:
+    """The result a line holds, or None for a torn, corrupt or header line."""
+    if not line.endswith("\n"):
+        return None
+    body, _, crc = line[:-1].rpartition(",")
+    if not body or f"{zlib.crc32((body + ',').encode()):08x}" != crc:
+        return None
+    fields = next(csv.reader([body]))
+    if len(fields) != len(COLUMNS):
+        return None
+    raw = dict(zip(COLUMNS, fields))
+    try:
+        return SegmentResult(
+            iteration=int(raw["iteration"]),
+            run=int(raw["run"]),
+            id=int(raw["id"]),
+            rung=int(raw["rung"]),
+            start_epoch=int(raw["start_epoch"]),
+            epochs=int(raw["epochs"]),
+            val_loss=_float_value(raw["val_loss"]),
+            last_val_loss=_float_value(raw["last_val_loss"]),
+            status=raw["status"],
+            error=raw["error"],
+            hparams=json.loads(raw["hparams"]),
+            gpu=raw["gpu"],
+            pid=int(raw["pid"]),
+            host=raw["host"],
+            start=float(raw["start"]),
+            end=float(raw["end"]),
+        )
+    except (ValueError, TypeError):
+        return None
+
+
+class Repository:
+    """A run's folder; every method is safe to call from many processes at once.
+
+    Args:
+        path: the folder; created (with parents) by :meth:`create`.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.results_path = self.path / RESULTS
+        self.run_path = self.path / RUN_FILE
+        self.models = self.path / MODELS
+        self._lock = FileLock(str(self.path / ".results.lock"), timeout=LOCK_TIMEOUT_S)
+
+    def __repr__(self) -> str:
+        return f"Repository({str(self.path)!r})"
+
+    # -- run.json -----------------------------------------------------------------
+
+    def read_settings(self) -> dict[str, Any] | None:
+        """The settings in ``run.json``, or None for a folder that holds no run yet."""
+        try:
+            text = self.run_path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise RepositoryError(f"cannot read {self.run_path}: {exc.strerror}") from None
+        try:
+            settings = json.loads(text)
+        except json.JSONDecodeError:
+            raise RepositoryError(
+                f"{self.run_path} is not valid JSON; restore it or use another repository"
+            ) from None
+        if not isinstance(settings, dict):
+            raise RepositoryError(f"{self.run_path} does not hold a phobbit run")
+        return settings
+
+    def check_settings(self, settings: Mapping[str, Any]) -> bool:
+        """Checks that this folder is new or holds a run with the same settings.
+
+        Returns:
+            True when the folder already holds this run (a resume).
+
+        Raises:
+            RepositoryError: when the folder holds another run; the message says
+                what differs and how to start fresh. Nothing is written.
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise RepositoryError(f"repository {self.path} is a file, not a folder")
+        existing = self.read_settings()
+        if existing is None:
+            if self.results_path.exists():
+                raise RepositoryError(
+                    f"{self.path} has a results.csv but no run.json; "
+                    "it is not a phobbit repository, use another folder"
+                )
+            return False
+        differ = [
+            f"{k}={existing.get(k)!r} there, {v!r} here"
+            for k, v in settings.items()
+            if k in existing and existing[k] != v
+        ]
+        if differ:
+            raise RepositoryError(
+                f"repository {self.path} holds another run ({'; '.join(differ)}); "
+                "use another repository folder, or delete this one to start fresh"
+            )
+        return True
+
+    def create(self, settings: Mapping[str, Any]) -> None:
+        """Makes the folder and writes ``run.json`` (write to temp, then replace)."""
+        self.models.mkdir(parents=True, exist_ok=True)
+        if self.read_settings() is None:
+            temp = self.run_path.with_suffix(f".tmp{os.getpid()}")
+            temp.write_text(json.dumps(dict(settings), indent=2, sort_keys=True) + "\n")
+            os.replace(temp, self.run_path)
+
+    @contextmanager
+    def driver_lock(self) -> Iterator[None]:
+        """Held by the one driver that runs in this folder; a killed driver's lock dies with it.
+
+        Raises:
+            RepositoryError: naming the driver (pid, host) that holds the folder now.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.path / ".driver.lock"), timeout=0)
+        owner = self.path / "driver.json"
+        try:
+            lock.acquire()
+        except Timeout:
+            try:
+                who = json.loads(owner.read_text())
+                name = f"pid {who['pid']} on {who['host']}"
+            except (OSError, ValueError, KeyError, TypeError):
+                name = "another process"
+            raise RepositoryError(
+                f"repository {self.path} is in use by a running phobbit ({name}); "
+                "wait for it to finish or stop it, or use another folder"
+            ) from None
+        try:
+            temp = owner.with_name(f".driver.{os.getpid()}.tmp")
+            temp.write_text(json.dumps({"pid": os.getpid(), "host": this_host()}))
+            os.replace(temp, owner)
+            yield
+        finally:
+            lock.release()
+
+    # -- results.csv ----------------------------------------------------------------
+
+    def append(self, result: SegmentResult) -> None:
+        """Appends one row under the lock, with a single write."""
+        line = encode_row(result).encode()
+        try:
+            with self._lock:
+                fd = os.open(self.results_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    size = os.fstat(fd).st_size
+                    if size == 0:
+                        line = HEADER.encode() + line
+                    elif os.pread(fd, 1, size - 1) != b"\n":
+                        line = b"\n" + line  # a torn row before us stays on its own line
+                    os.write(fd, line)
+                finally:
+                    os.close(fd)
+        except Timeout:
+            raise RepositoryError(
+                f"could not lock {self.results_path} within {LOCK_TIMEOUT_S:.0f} s; "
+                "is its file system shared and locked elsewhere?"
+            ) from None
+
+    def iter_results(self) -> Iterator[SegmentResult]:
+        """Every intact row, in the order written; torn or corrupt lines are skipped."""
+        try:
+            handle = open(self.results_path, newline="")
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise RepositoryError(f"cannot read {self.results_path}: {exc.strerror}") from None
+        with handle:
+            for line in handle:
+                result = decode_row(line)
+                if result is not None:
+                    yield result
+
+    def results(self) -> dict[tuple[int, int, int, int], SegmentResult]:
+        """The first intact row of every segment, by (iteration, run, id, rung)."""
+        found: dict[tuple[int, int, int, int], SegmentResult] = {}
+        for result in self.iter_results():
+            found.setdefault(result.key, result)
+        return found
+
+    def checkpoint(self, iteration: int, run: int, config_id: int) -> Path:
+        """Where the configuration's checkpoint lives (the trainable picks the suffix)."""
+        return self.models / config_name(iteration, run, config_id)
+
+
+def this_host() -> str:
+    """The host name written into every row."""
+    return socket.gethostname()
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """``value`` when it is a finite number, else None."""
+    return value if value is not None and math.isfinite(value) else None

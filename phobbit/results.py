@@ -1,0 +1,58 @@
+"""The results table, shaped like Hobbit's, built from the repository's rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+
+from phobbit.repository import SegmentResult
+
+COLUMNS = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status", "Error",
+           "Iteration", "GPU", "Train Time", "Start", "End"]  # fmt: skip
+
+
+def results_frame(rows: Iterable[SegmentResult]) -> pd.DataFrame:
+    """One row per configuration, at the last rung it reached, best Val Loss first.
+
+    The index is ``"<run>-<id>"`` as in Hobbit (``"<iteration>:<run>-<id>"`` when
+    there are several iterations). ``Val Loss`` is the lowest validation loss the
+    configuration saw; ``Train Time`` adds up its segments' seconds; failed
+    configurations (``Status`` "failed", ``Error`` saying why) come last.
+    """
+    latest: dict[tuple[int, int, int], SegmentResult] = {}
+    seconds: dict[tuple[int, int, int], float] = {}
+    first: dict[tuple[int, int, int], float] = {}
+    for row in rows:
+        config = (row.iteration, row.run, row.id)
+        seconds[config] = seconds.get(config, 0.0) + max(0.0, row.end - row.start)
+        first[config] = min(first.get(config, row.start), row.start)
+        if config not in latest or row.rung > latest[config].rung:
+            latest[config] = row
+    several = len({config[0] for config in latest}) > 1
+    records, index = [], []
+    for config, row in latest.items():
+        iteration, run, config_id = config
+        index.append(f"{iteration}:{run}-{config_id}" if several else f"{run}-{config_id}")
+        records.append({
+            "Hparams": row.hparams,
+            "ID": config_id,
+            "Run": run,
+            "Val Loss": np.nan if row.val_loss is None else row.val_loss,
+            "Epochs": row.epochs,
+            "Rung": row.rung,
+            "Status": row.status,
+            "Error": row.error,
+            "Iteration": iteration,
+            "GPU": row.gpu,
+            "Train Time": seconds[config],
+            "Start": pd.Timestamp(first[config], unit="s"),
+            "End": pd.Timestamp(row.end, unit="s"),
+        })  # fmt: skip
+    frame = pd.DataFrame(records, index=pd.Index(index, name="Trial"), columns=COLUMNS)
+    if frame.empty:
+        return frame
+    order = np.lexsort((frame["ID"], -frame["Run"], frame["Iteration"],
+                        frame["Val Loss"].fillna(np.inf), frame["Status"] != "ok"))  # fmt: skip
+    return frame.iloc[order]

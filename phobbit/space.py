@@ -1,0 +1,192 @@
+"""The search space: hyperparameters, their distributions, and seeded sampling.
+
+A configuration is drawn from a generator seeded by ``(seed, iteration, run, id)``
+alone, so the same seed gives the same configurations whatever the number of
+workers or the order in which trials finish.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from phobbit.errors import InputError
+
+DISTRIBUTIONS = ("uniform", "log-uniform", "choice", "randint", "normal")
+
+
+def _freeze(value: Any) -> Any:
+    """Lists become tuples, recursively, so a hyperparameter hashes by its fields."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    """Tuples become lists, recursively: the JSON shape of a value."""
+    if isinstance(value, (list, tuple)):
+        return [_thaw(v) for v in value]
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """One hyperparameter: a name, a distribution and the distribution's arguments.
+
+    Args:
+        name: the key under which the model function finds the value.
+        distribution: one of ``uniform`` (lo, hi), ``log-uniform`` (lo, hi; uniform
+            in log space, lo > 0), ``choice`` (the options, as ``['a', 'b']`` or as
+            Hobbit's ``[('a', 'b')]``), ``randint`` (lo, hi, both inclusive) or
+            ``normal`` (mu, sigma).
+        distr_args: the arguments of the distribution.
+
+    Raises:
+        InputError: (a ``ValueError``) naming the hyperparameter when the
+            distribution is unknown or its arguments are malformed.
+
+    Example:
+        >>> Hyperparameter("lr", "log-uniform", (1e-4, 1e-1))
+        Hyperparameter(name='lr', distribution='log-uniform', distr_args=(0.0001, 0.1))
+    """
+
+    name: str
+    distribution: str
+    distr_args: tuple
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise InputError(f"hyperparameter name {self.name!r} must be a non-empty string")
+        if self.distribution not in DISTRIBUTIONS:
+            raise InputError(
+                f"distribution {self.distribution!r} of hyperparameter {self.name!r} is unknown; "
+                f"use one of {', '.join(DISTRIBUTIONS)}"
+            )
+        args = self.distr_args
+        if not isinstance(args, (list, tuple)):
+            raise InputError(
+                f"arguments of hyperparameter {self.name!r} must be a list or tuple, "
+                f"not {type(args).__name__}"
+            )
+        if self.distribution == "choice" and len(args) == 1 and isinstance(args[0], (list, tuple)):
+            args = args[0]  # Hobbit's tutorial writes choices as [('a', 'b', 'c')]
+        object.__setattr__(self, "distr_args", _freeze(args))
+        self._validate()
+
+    def _validate(self) -> None:
+        name, dist, args = self.name, self.distribution, self.distr_args
+        if dist == "choice":
+            if not args:
+                raise InputError(f"choice hyperparameter {name!r} has no options; give at least one")
+            try:
+                json.dumps(_thaw(args))
+            except (TypeError, ValueError):
+                raise InputError(
+                    f"options of choice hyperparameter {name!r} must be JSON values "
+                    "(numbers, strings, booleans, None, lists of them)"
+                ) from None
+            return
+        if len(args) != 2 or not all(_is_number(a) and math.isfinite(a) for a in args):
+            shape = "(mu, sigma)" if dist == "normal" else "(lo, hi)"
+            raise InputError(
+                f"{dist} hyperparameter {name!r} takes two finite numbers {shape}, got {args!r}"
+            )
+        a, b = args
+        if dist == "normal":
+            if b <= 0:
+                raise InputError(f"normal hyperparameter {name!r} needs sigma > 0, got {b!r}")
+            return
+        if a >= b:
+            raise InputError(f"{dist} hyperparameter {name!r} needs lo < hi, got lo={a!r}, hi={b!r}")
+        if dist == "log-uniform" and a <= 0:
+            raise InputError(f"log-uniform hyperparameter {name!r} needs lo > 0, got lo={a!r}")
+        if dist == "randint" and not all(float(v).is_integer() for v in args):
+            raise InputError(f"randint hyperparameter {name!r} needs integer bounds, got {args!r}")
+
+    def sample(self, rng: np.random.Generator) -> Any:
+        """Draws one value from ``rng``; numbers come back as Python ``int``/``float``."""
+        dist, args = self.distribution, self.distr_args
+        if dist == "uniform":
+            return float(rng.uniform(args[0], args[1]))
+        if dist == "log-uniform":
+            return float(math.exp(rng.uniform(math.log(args[0]), math.log(args[1]))))
+        if dist == "randint":
+            return int(rng.integers(int(args[0]), int(args[1]), endpoint=True))
+        if dist == "normal":
+            return float(rng.normal(args[0], args[1]))
+        return _thaw(args[int(rng.integers(len(args)))])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape of this hyperparameter."""
+        return {"name": self.name, "distribution": self.distribution, "distr_args": _thaw(self.distr_args)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Hyperparameter:
+        """The inverse of :meth:`to_dict`."""
+        return cls(data["name"], data["distribution"], data["distr_args"])
+
+
+class Space:
+    """An ordered, validated list of hyperparameters.
+
+    Raises:
+        InputError: when the list is empty, holds something other than a
+            ``Hyperparameter``, or repeats a name.
+    """
+
+    def __init__(self, hparams: Iterable[Hyperparameter]) -> None:
+        if isinstance(hparams, (str, bytes)) or not isinstance(hparams, Iterable):
+            raise InputError("hparam_ranges must be a list of phobbit.Hyperparameter")
+        self.hparams: tuple[Hyperparameter, ...] = tuple(hparams)
+        if not self.hparams:
+            raise InputError("the search space is empty; give at least one Hyperparameter")
+        seen: set[str] = set()
+        for hp in self.hparams:
+            if not isinstance(hp, Hyperparameter):
+                raise InputError(
+                    f"hparam_ranges holds {hp!r}, which is not a phobbit.Hyperparameter"
+                )
+            if hp.name in seen:
+                raise InputError(f"hyperparameter {hp.name!r} is listed twice; names must be unique")
+            seen.add(hp.name)
+
+    def __len__(self) -> int:
+        return len(self.hparams)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Space) and self.hparams == other.hparams
+
+    def __hash__(self) -> int:
+        return hash(self.hparams)
+
+    def __repr__(self) -> str:
+        return f"Space({list(self.hparams)!r})"
+
+    def sample(self, seed: int, iteration: int, run: int, config_id: int) -> dict[str, Any]:
+        """The configuration ``(iteration, run, config_id)`` of the run seeded by ``seed``."""
+        rng = np.random.default_rng([seed, iteration, run, config_id])
+        return {hp.name: hp.sample(rng) for hp in self.hparams}
+
+    def to_list(self) -> list[dict[str, Any]]:
+        """The JSON shape of the space."""
+        return [hp.to_dict() for hp in self.hparams]
+
+    @classmethod
+    def from_list(cls, data: Sequence[dict[str, Any]]) -> Space:
+        """The inverse of :meth:`to_list`."""
+        return cls(Hyperparameter.from_dict(d) for d in data)
+
+    def fingerprint(self) -> str:
+        """A short hash of the space: two runs with the same fingerprint sample alike."""
+        text = json.dumps(self.to_list(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,167 @@
+"""The worker side: pinning a process to one GPU, and running one segment of a trial.
+
+Everything here runs in a worker process. ``pin`` is the pool's initializer: it
+takes a free *slot* (a GPU id, or the CPU) by an OS file lock that the process
+holds until it dies, so a replacement worker finds the slot of the one it
+replaces free, and sets ``CUDA_VISIBLE_DEVICES`` before anything imports
+TensorFlow. ``run_segment`` trains one segment and appends its row to the
+repository.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from phobbit.repository import Repository, SegmentResult, this_host
+from phobbit.trainable import Trainable
+
+HIDDEN = "-1"  # the CUDA_VISIBLE_DEVICES of a CPU worker: no GPU at all
+SLOT_WAIT_S = 30.0
+
+# The worker's one piece of global state, set once by ``pin``: its slot.
+_PINNED: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One unit of work: train configuration ``id`` of bracket ``run`` through ``rung``.
+
+    It is plain data, so it pickles cheaply and can be logged.
+    """
+
+    iteration: int
+    run: int
+    id: int
+    rung: int
+    hparams: dict[str, Any]
+    start_epoch: int
+    epochs: int
+    checkpoint: str
+    prior_best: float | None = None
+
+    @property
+    def key(self) -> tuple[int, int, int, int]:
+        return (self.iteration, self.run, self.id, self.rung)
+
+
+def thread_environment(threads: int) -> dict[str, str]:
+    """Variables that cap a worker's CPU threads (BLAS, OpenMP, TensorFlow)."""
+    value = str(max(1, threads))
+    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+             "TF_NUM_INTRAOP_THREADS")  # fmt: skip
+    env = {name: value for name in names}
+    env["TF_NUM_INTEROP_THREADS"] = "2" if threads > 1 else "1"
+    return env
+
+
+def pin(slots: list[str], lease_dir: str, threads: int, allow_growth: bool) -> None:
+    """Pool initializer: lease a free slot and pin this process to its device.
+
+    Args:
+        slots: one device per worker slot: a GPU id, or ``HIDDEN`` for a CPU worker.
+        lease_dir: a folder of this pool's lease files.
+        threads: CPU threads this worker may use.
+        allow_growth: let TensorFlow grow GPU memory (several jobs share a GPU).
+
+    It never raises: an exception in an initializer breaks the whole pool. A
+    worker that found no slot records why, and ``run_segment`` reports it.
+    """
+    try:
+        os.environ.update(thread_environment(threads))
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        if allow_growth:
+            os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
+        deadline = time.monotonic() + SLOT_WAIT_S
+        while True:
+            for index, device in enumerate(slots):
+                fd = os.open(os.path.join(lease_dir, f"slot-{index}.lock"), os.O_CREAT | os.O_RDWR)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    continue
+                # The lock lives as long as this process: a dead worker frees its slot.
+                os.environ["CUDA_VISIBLE_DEVICES"] = device
+                _PINNED.update(slot=index, device=device, fd=fd)
+                return
+            if time.monotonic() > deadline:
+                _PINNED["error"] = f"no free slot among {len(slots)} after {SLOT_WAIT_S:.0f} s"
+                return
+            time.sleep(0.05)
+    except BaseException as exc:  # noqa: BLE001 - must never break the pool
+        _PINNED["error"] = f"{type(exc).__name__}: {exc}"
+
+
+def pinned_device() -> str:
+    """The device this worker is pinned to (a GPU id, ``-1`` for the CPU), or ``''``."""
+    return _PINNED.get("device", "")
+
+
+class WorkerNotPinnedError(RuntimeError):
+    """The worker found no free slot; the segment goes back to the scheduler."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its type and message."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _failure(losses: list[float], segment: Segment) -> str:
+    """Why the losses a trainable returned fail the segment, or ``''``."""
+    expected = segment.epochs - segment.start_epoch
+    if len(losses) != expected:
+        return f"trainable returned {len(losses)} val losses for {expected} epochs"
+    for epoch, value in enumerate(losses, start=segment.start_epoch + 1):
+        if not math.isfinite(value):
+            return f"val loss is {value} at epoch {epoch}; the model diverged"
+    return ""
+
+
+def run_segment(trainable: Trainable, segment: Segment, repository: str) -> SegmentResult:
+    """Trains one segment and appends its row to ``repository``'s results.
+
+    An exception in user code, or a NaN or infinite loss, fails the segment:
+    its row says why in one line. Only a worker that is not pinned raises.
+    """
+    if "error" in _PINNED:
+        raise WorkerNotPinnedError(_PINNED["error"])
+    start = time.time()
+    losses: list[float] = []
+    error = ""
+    try:
+        losses = [float(v) for v in trainable.train(
+            dict(segment.hparams), segment.checkpoint, segment.start_epoch, segment.epochs
+        )]  # fmt: skip
+        error = _failure(losses, segment)
+    except Exception as exc:  # noqa: BLE001 - user code: fail the trial, not the run
+        error = one_line(exc)
+    finite = [v for v in losses if math.isfinite(v)]
+    best = min(finite + ([segment.prior_best] if segment.prior_best is not None else []),
+               default=None)  # fmt: skip
+    result = SegmentResult(
+        iteration=segment.iteration,
+        run=segment.run,
+        id=segment.id,
+        rung=segment.rung,
+        start_epoch=segment.start_epoch,
+        epochs=segment.epochs,
+        val_loss=None if error else best,
+        last_val_loss=losses[-1] if losses and not error else None,
+        status="failed" if error else "ok",
+        error=error,
+        hparams=segment.hparams,
+        gpu=pinned_device(),
+        pid=os.getpid(),
+        host=this_host(),
+        start=start,
+        end=time.time(),
+    )
+    Repository(Path(repository)).append(result)
+    return result

@@ -1,0 +1,30 @@
+"""phobbit: parallel Hyperband for Keras models on a box of GPUs."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="phobbit",
+    version="0.1.0",
+    description="Parallel Hyperband for Keras: one worker pinned to each GPU, nothing lost.",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["phobbit", "phobbit.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "keras>=3.0",
+        "tensorflow>=2.16",
+        "numpy>=1.24",
+        "pandas>=2.0",
+        "joblib>=1.4",
+        "filelock>=3.12",
+        "rich>=13.0",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "scikit-learn>=1.3", "hypothesis>=6", "psutil>=5.9"],
+        "examples": ["scikit-learn>=1.3"],
+        "dev": ["pytest>=7", "scikit-learn>=1.3", "hypothesis>=6", "psutil>=5.9", "ruff>=0.5"],
+    },
+    entry_points={"console_scripts": ["phobbit=phobbit.cli:main"]},
+)
