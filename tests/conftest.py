@@ -1,0 +1,38 @@
+"""Shared fixtures: a temporary repository and synthetic trainables without TensorFlow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from phobbit import Hyperparameter
+from phobbit.space import Space
+
+
+@pytest.fixture
+def hparams() -> list[Hyperparameter]:
+    """A small mixed search space."""
+    return [
+        Hyperparameter("x", "uniform", (0.0, 1.0)),
+        Hyperparameter("lr", "log-uniform", (1e-4, 1e-1)),
+        Hyperparameter("act", "choice", [("relu", "tanh", "elu")]),
+        Hyperparameter("units", "randint", (8, 64)),
+    ]
+
+
+@pytest.fixture
+def space(hparams: list[Hyperparameter]) -> Space:
+    return Space(hparams)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A repository folder that does not exist yet."""
+    return tmp_path / "repo"
+
+
+def read_records(folder: Path) -> list[dict]:
+    """The JSON records a SyntheticTrainable(record_dir=folder) wrote."""
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
