@@ -1,0 +1,192 @@
+"""ParallelHyperband end to end on a synthetic trainable: the contracts of DESIGN.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import read_records
+from synthetic import failing_curve, x_curve
+
+from phobbit import Hyperparameter, InputError, ParallelHyperband, RepositoryError, brackets
+from phobbit.algorithms import Hyperband
+from phobbit.repository import Repository
+from phobbit.trainable import SyntheticTrainable
+
+STEPS = 10
+
+
+def tune(hparams, repo, curve=x_curve, records=None, **kwargs) -> ParallelHyperband:
+    trainable = SyntheticTrainable(
+        curve=curve, steps_per_epoch=STEPS, record_dir=str(records) if records else None
+    )
+    kwargs.setdefault("verbose", 0)
+    return ParallelHyperband(None, hparams, repo, trainable=trainable, **kwargs)
+
+
+def serial_reference(R: int, eta: int, hparams, seed: int) -> dict:
+    """What a serial Hyperband computes, straight from the definitions."""
+    from phobbit.space import Space
+
+    space = Space(hparams)
+    final = {}
+    for b in brackets(R, eta):
+        alive = list(range(b.n))
+        for rung in b.rungs:
+            scores = {}
+            for i in alive:
+                hp = space.sample(seed, 0, b.run, i)
+                scores[i] = min(x_curve(hp, e) for e in range(1, rung.epochs + 1))
+                final[f"{b.run}-{i}"] = (scores[i], rung.epochs)
+            k = b.rungs[rung.index + 1].n if rung.index + 1 < len(b.rungs) else 0
+            alive = sorted(alive, key=lambda i: (scores[i], i))[:k]
+    return final
+
+
+def test_results_table_is_shaped_like_hobbits(hparams, repo: Path) -> None:
+    results = tune(hparams, repo, n_jobs=2).run(R=20, eta=3)
+    assert list(results.columns[:4]) == ["Hparams", "ID", "Run", "Val Loss"]
+    assert {"Epochs", "Status", "Train Time", "Start", "End"} <= set(results.columns)
+    assert len(results) == 9 + 5 + 3
+    assert set(results.index) == {f"{b.run}-{i}" for b in brackets(20, 3) for i in range(b.n)}
+    assert results["Val Loss"].is_monotonic_increasing
+    assert all(
+        isinstance(h, dict) and set(h) == {"x", "lr", "act", "units"} for h in results["Hparams"]
+    )
+    first = results.loc["2-0"]
+    assert first["Run"] == 2 and first["ID"] == 0
+
+
+def test_every_configuration_matches_a_serial_hyperband(hparams, repo: Path) -> None:
+    results = tune(hparams, repo, gpus=[0, 1, 2]).run(R=27, eta=3)
+    expected = serial_reference(27, 3, hparams, seed=0)
+    got = {idx: (row["Val Loss"], row["Epochs"]) for idx, row in results.iterrows()}
+    assert got.keys() == expected.keys()
+    for idx, (loss, epochs) in expected.items():
+        assert got[idx][1] == epochs, idx
+        assert got[idx][0] == pytest.approx(loss), idx
+
+
+def test_same_seed_same_configurations_and_promotions_with_1_or_4_workers(
+    hparams, tmp_path: Path
+) -> None:
+    one = tune(hparams, tmp_path / "one", n_jobs=1, seed=5).run(R=27, eta=3)
+    four = tune(hparams, tmp_path / "four", gpus=[0, 1, 2, 3], seed=5).run(R=27, eta=3)
+    columns = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status"]
+    pd.testing.assert_frame_equal(one[columns].sort_index(), four[columns].sort_index())
+    other = tune(hparams, tmp_path / "other", n_jobs=2, seed=6).run(R=27, eta=3)
+    assert other.loc["3-0", "Hparams"] != one.loc["3-0", "Hparams"]
+
+
+def test_promoted_configurations_resume_and_train_only_missing_epochs(
+    hparams, repo: Path, tmp_path: Path
+) -> None:
+    records = tmp_path / "records"
+    records.mkdir()
+    results = tune(hparams, repo, records=records, n_jobs=2).run(R=9, eta=3)
+    segments = read_records(records)
+    for idx, row in results.iterrows():
+        run, config_id = map(int, idx.split("-"))
+        state = json.loads((repo / "models" / f"0-{run}-{config_id}.json").read_text())
+        # the optimizer-like count proves no epoch was trained twice nor skipped
+        assert state == {"epoch": row["Epochs"], "iterations": row["Epochs"] * STEPS}
+    trained = sum(s["epochs"] - s["initial_epoch"] for s in segments)
+    assert trained == sum(b.total_epochs(continuation=True) for b in brackets(9, 3))
+    assert any(s["initial_epoch"] > 0 for s in segments)
+
+
+def test_failed_trials_are_recorded_ranked_last_and_the_run_finishes(hparams, repo) -> None:
+    results = tune(hparams, repo, curve=failing_curve, n_jobs=2).run(R=9, eta=3)
+    failed = results[results["Status"] == "failed"]
+    assert len(failed) > 0 and (results["Status"] == "ok").any()
+    assert results["Status"].iloc[-len(failed) :].eq("failed").all()
+    assert failed["Val Loss"].isna().all()
+    errors = set(failed["Error"])
+    assert any(e.startswith("ValueError: user code broke on x=") for e in errors)
+    assert any("val loss is nan" in e and "diverged" in e for e in errors)
+    assert not any("\n" in e for e in errors)
+
+
+def test_repository_holds_rows_settings_and_checkpoints(hparams, repo: Path) -> None:
+    results = tune(hparams, repo, n_jobs=2, seed=3).run(R=9, eta=3)
+    settings = json.loads((repo / "run.json").read_text())
+    assert {k: settings[k] for k in ("R", "eta", "seed")} == {"R": 9, "eta": 3, "seed": 3}
+    assert len(settings["space_fingerprint"]) == 16
+    rows = list(Repository(repo).iter_results())
+    segments = sum(r.n for b in brackets(9, 3) for r in b.rungs)
+    assert len(rows) == segments
+    assert {type(r.hparams) for r in rows} == {dict}
+    assert len(list((repo / "models").glob("*.json"))) == len(results)
+
+
+def test_running_again_resumes_without_training_anything(hparams, repo, tmp_path) -> None:
+    first = tune(hparams, repo, n_jobs=2).run(R=9, eta=3)
+    records = tmp_path / "again"
+    records.mkdir()
+    again = tune(hparams, repo, records=records, n_jobs=2).run(R=9, eta=3)
+    assert read_records(records) == []
+    pd.testing.assert_frame_equal(
+        first.drop(columns=["Train Time"]), again.drop(columns=["Train Time"])
+    )
+    with pytest.raises(RepositoryError, match="holds another run"):
+        tune(hparams, repo, n_jobs=2).run(R=27, eta=3)
+
+
+def test_iterations_run_their_own_configurations(hparams, repo) -> None:
+    results = tune(hparams, repo, n_jobs=2).run(R=9, eta=3, iterations=2)
+    assert len(results) == 2 * sum(b.n for b in brackets(9, 3))
+    assert set(results["Iteration"]) == {0, 1}
+    assert results.loc["0:2-0", "Hparams"] != results.loc["1:2-0", "Hparams"]
+
+
+def test_hobbit_signature_ports_a_hobbit_script(hparams, repo) -> None:
+    dataset = (([[0.0]] * 4, [0] * 4), ([[0.0]] * 2, [0] * 2))
+    tuner = Hyperband(lambda hp: None, dataset, hparams, repo)
+    assert tuner.space.hparams == tuple(hparams) and tuner.repository.path == repo
+    generator = Hyperband(
+        model_function=lambda hp: None,
+        hparam_ranges=hparams,
+        repo_dir=repo,
+        generator_function=lambda n: iter(()),
+        train_gen_args=(1,),
+        valid_gen_args={"n": 2},
+        steps_per_epoch=5,
+        validation_steps=2,
+    )
+    assert generator.space == tuner.space
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"dataset": None}, "no data"),
+        ({"dataset": ([1, 2], [1, 2])}, r"dataset must be \(\(x_train"),
+        ({"dataset": (([1, 2], [1]), ([1], [1]))}, "2 training inputs for 1 labels"),
+        ({"generator_function": print, "steps_per_epoch": 5}, "validation_steps must be"),
+        ({"generator_function": print, "validation_steps": 5}, "steps_per_epoch must be"),
+        ({"dataset": (([1], [1]), ([1], [1])), "seed": -1}, "seed must be"),
+        ({"dataset": (([1], [1]), ([1], [1])), "jobs_per_gpu": 0}, "jobs_per_gpu must be"),
+        ({"dataset": (([1], [1]), ([1], [1])), "gpus": "0,0"}, "listed twice"),
+    ],
+)
+def test_bad_arguments_stop_before_anything_is_written(hparams, repo, kwargs, message) -> None:
+    with pytest.raises(InputError, match=message):
+        ParallelHyperband(lambda hp: None, hparams, repo, **kwargs)
+    assert not repo.exists()
+
+
+@pytest.mark.parametrize(
+    ("R", "eta", "iterations"), [(0, 3, 1), (9, 1, 1), (9, 2.0, 1), (9, 3, 0)]
+)
+def test_bad_run_settings_stop_before_anything_is_written(hparams, repo, R, eta, iterations):
+    with pytest.raises(InputError):
+        tune(hparams, repo).run(R=R, eta=eta, iterations=iterations)
+    assert not repo.exists()
+
+
+def test_hyperparameter_names_reach_the_model_function_as_a_dict(repo) -> None:
+    hp = [Hyperparameter("dropout", "uniform", (0.0, 0.5))]
+    results = tune(hp + [Hyperparameter("x", "uniform", (0, 1))], repo, n_jobs=1).run(3, 3)
+    assert all(0.0 <= h["dropout"] < 0.5 for h in results["Hparams"])

@@ -1,0 +1,119 @@
+"""GPU pinning: one worker per GPU id, set before TensorFlow, never two trials on one GPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from conftest import read_records
+from synthetic import x_curve
+
+from phobbit import InputError, ParallelHyperband
+from phobbit.executor import LocalExecutor, parse_gpus
+from phobbit.trainable import SyntheticTrainable
+from phobbit.worker import HIDDEN
+
+
+def run_recorded(hparams, repo: Path, records: Path, **kwargs):
+    records.mkdir()
+    trainable = SyntheticTrainable(curve=x_curve, epoch_seconds=0.01, record_dir=str(records))
+    tuner = ParallelHyperband(None, hparams, repo, trainable=trainable, verbose=0, **kwargs)
+    return tuner.run(R=9, eta=3), read_records(records)
+
+
+def test_four_gpus_four_pinned_workers_and_no_gpu_runs_two_trials_at_once(
+    hparams, repo: Path, tmp_path: Path
+) -> None:
+    results, records = run_recorded(hparams, repo, tmp_path / "rec", gpus=[0, 1, 2, 3])
+    assert len(records) == len(results) + sum(results["Rung"])  # one record per segment
+    by_gpu: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        by_gpu[record["cuda_visible_devices"]].append(record)
+    assert set(by_gpu) == {"0", "1", "2", "3"}, "every trial saw exactly one id; all were used"
+    pids_by_gpu = {gpu: {r["pid"] for r in rs} for gpu, rs in by_gpu.items()}
+    assert all(len(p) == 1 for p in pids_by_gpu.values()), "one worker process per GPU"
+    for gpu, rows in by_gpu.items():
+        rows.sort(key=lambda r: r["start"])
+        for before, after in zip(rows, rows[1:]):
+            assert before["end"] <= after["start"], f"two trials overlapped on GPU {gpu}"
+    assert not any(r["tensorflow_imported"] for r in records)
+    assert set(results["GPU"]) <= {"0", "1", "2", "3"}
+
+
+def test_jobs_per_gpu_shares_a_gpu_between_that_many_trials(hparams, repo, tmp_path) -> None:
+    _, records = run_recorded(hparams, repo, tmp_path / "rec", gpus=[3, 5], jobs_per_gpu=2)
+    events = defaultdict(list)
+    for r in records:
+        events[r["cuda_visible_devices"]] += [(r["start"], 1), (r["end"], -1)]
+    assert set(events) == {"3", "5"}
+    for changes in events.values():
+        running = peak = 0
+        for _, change in sorted(changes, key=lambda e: (e[0], e[1])):
+            running += change
+            peak = max(peak, running)
+        assert peak <= 2
+
+
+def test_cpu_workers_hide_gpus_and_split_threads(hparams, repo, tmp_path) -> None:
+    _, records = run_recorded(hparams, repo, tmp_path / "rec", n_jobs=2)
+    assert {r["cuda_visible_devices"] for r in records} == {HIDDEN}
+    assert len({r["pid"] for r in records}) == 2
+    executor = LocalExecutor(n_jobs=2)
+    assert executor.threads == max(1, (os.cpu_count() or 1) // 2)
+
+
+def test_workers_are_reused_across_trials(hparams, repo, tmp_path) -> None:
+    results, records = run_recorded(hparams, repo, tmp_path / "rec", gpus=[0, 1])
+    assert len(records) > 10 and len({r["pid"] for r in records}) == 2
+
+
+def test_driver_never_imports_tensorflow(tmp_path: Path) -> None:
+    script = f"""
+import sys
+from phobbit import Hyperparameter, ParallelHyperband
+from phobbit.trainable import SyntheticTrainable
+if __name__ == "__main__":
+    hp = [Hyperparameter("x", "uniform", (0, 1))]
+    ParallelHyperband(None, hp, {str(tmp_path / "repo")!r}, trainable=SyntheticTrainable(),
+                      gpus=[0, 1], verbose=0).run(R=3, eta=3)
+    assert not [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')], "imported"
+    print("clean")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "clean" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("gpus", "message"),
+    [
+        ("0,,1", "malformed"),
+        ("a", "malformed"),
+        ([0, 0], "listed twice"),
+        ("1,1", "listed twice"),
+        ([-1], "negative"),
+        ([0.5], "integer GPU ids"),
+    ],
+)
+def test_bad_gpu_lists_are_refused(gpus, message) -> None:
+    with pytest.raises(InputError, match=message):
+        parse_gpus(gpus)
+
+
+def test_gpu_lists_parse() -> None:
+    assert parse_gpus("0, 2,3") == [0, 2, 3]
+    assert parse_gpus(None) is None and parse_gpus("") is None
+    assert LocalExecutor([0, 1], jobs_per_gpu=3).slots == ["0"] * 3 + ["1"] * 3
+
+
+def test_gpu_ids_beyond_what_the_machine_has_are_refused(monkeypatch) -> None:
+    monkeypatch.setattr("phobbit.executor.visible_gpu_count", lambda: 2)
+    assert parse_gpus("0,1") == [0, 1]
+    with pytest.raises(InputError, match="GPU id 2 does not exist: this machine has 2 GPU"):
+        parse_gpus("0,2")

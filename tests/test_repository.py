@@ -1,0 +1,125 @@
+"""The repository: CRC-checked rows, appends under a file lock, run.json settings."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+
+from phobbit import RepositoryError
+from phobbit.repository import HEADER, Repository, SegmentResult, decode_row, encode_row
+
+
+def row(config_id: int, rung: int = 0, **changes) -> SegmentResult:
+    values = dict(
+        iteration=0,
+        run=2,
+        id=config_id,
+        rung=rung,
+        start_epoch=0,
+        epochs=3,
+        val_loss=0.25,
+        last_val_loss=0.3,
+        status="ok",
+        error="",
+        gpu="1",
+        pid=42,
+        host="box",
+        start=1.5,
+        end=2.5,
+        hparams={"act": "relu", "lr": 0.001, "s": 'a,"b"\n'},
+    )
+    values.update(changes)
+    return SegmentResult(**values)
+
+
+def test_rows_round_trip_exactly() -> None:
+    original = row(3, val_loss=0.1 + 0.2, error="ValueError: bad\nthing")
+    line = encode_row(original)
+    assert line.count("\n") == 1 and line.endswith("\n")
+    decoded = decode_row(line)
+    assert decoded == SegmentResult(**{**original.__dict__, "error": "ValueError: bad thing"})
+    assert decoded.hparams == original.hparams
+    failed = decode_row(encode_row(row(4, val_loss=None, last_val_loss=None, status="failed")))
+    assert failed.val_loss is None and not failed.ok
+
+
+def test_torn_and_corrupt_lines_are_ignored_not_parsed() -> None:
+    line = encode_row(row(1))
+    assert decode_row(line[:-1]) is None  # no newline: torn at the end
+    assert decode_row(line[: len(line) // 2] + "\n") is None
+    assert decode_row(line.replace("0.25", "0.75")) is None  # a changed value fails the CRC
+    assert decode_row(HEADER) is None
+
+
+def test_append_after_a_torn_row_starts_a_new_line(repo: Path) -> None:
+    repository = Repository(repo)
+    repository.create({"R": 9})
+    repository.append(row(0))
+    with open(repository.results_path, "a") as handle:
+        handle.write(encode_row(row(1))[:30])  # a writer killed mid-row
+    repository.append(row(2))
+    assert [r.id for r in repository.iter_results()] == [0, 2]
+
+
+def test_first_row_of_a_segment_wins_over_duplicates(repo: Path) -> None:
+    repository = Repository(repo)
+    repository.create({"R": 9})
+    repository.append(row(0, val_loss=0.5))
+    repository.append(row(0, val_loss=0.9))
+    repository.append(row(0, rung=1, val_loss=0.4))
+    found = repository.results()
+    assert len(found) == 2 and found[(0, 2, 0, 0)].val_loss == 0.5
+
+
+def _writer(path: str, writer: int, count: int) -> None:
+    repository = Repository(path)
+    for i in range(count):
+        repository.append(row(writer * 10_000 + i, pid=os.getpid()))
+
+
+def test_eight_processes_appending_at_once_lose_and_tear_nothing(repo: Path) -> None:
+    Repository(repo).create({"R": 9})
+    context = multiprocessing.get_context("spawn")
+    procs = [context.Process(target=_writer, args=(str(repo), w, 150)) for w in range(8)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    lines = Repository(repo).results_path.read_text().splitlines(keepends=True)
+    assert lines[0] == HEADER and len(lines) == 1 + 8 * 150
+    ids = [decode_row(line).id for line in lines[1:]]
+    assert sorted(ids) == sorted(w * 10_000 + i for w in range(8) for i in range(150))
+
+
+def test_settings_of_another_run_are_refused_and_nothing_written(repo: Path) -> None:
+    repository = Repository(repo)
+    settings = {"R": 9, "eta": 3, "seed": 0, "space_fingerprint": "abc"}
+    assert repository.check_settings(settings) is False
+    assert not repo.exists()
+    repository.create(settings)
+    assert repository.check_settings(settings) is True
+    before = repository.run_path.read_text()
+    with pytest.raises(RepositoryError, match=r"R=9 there, 27 here.*delete this one to start"):
+        repository.check_settings({**settings, "R": 27})
+    assert repository.run_path.read_text() == before
+
+
+def test_results_without_run_json_are_not_taken_for_a_run(repo: Path) -> None:
+    repo.mkdir()
+    (repo / "results.csv").write_text("something else\n")
+    with pytest.raises(RepositoryError, match="no run.json"):
+        Repository(repo).check_settings({"R": 9})
+
+
+def test_second_driver_is_refused_with_the_first_ones_pid(repo: Path) -> None:
+    first = Repository(repo)
+    with first.driver_lock():
+        with pytest.raises(RepositoryError, match=f"pid {os.getpid()} on "):
+            with Repository(repo).driver_lock():
+                pass
+    with Repository(repo).driver_lock():  # free again once the first is done
+        pass
