@@ -52,3 +52,23 @@ def test_a_model_function_that_returns_no_model_fails_its_trials(tmp_path: Path)
     results = tuner.run(R=3, eta=3)
     assert (results["Status"] == "failed").all()
     assert results["Error"].str.contains("returned NoneType, not a compiled keras.Model").all()
+
+
+def test_large_arrays_travel_once_per_worker_not_once_per_trial(tmp_path: Path) -> None:
+    import pickle
+
+    import numpy as np
+    from phobbit.keras_trainable import KerasTrainable, staged_dataset
+    from phobbit.worker import Segment
+
+    big = np.zeros((20_000, 100), dtype="float32")  # 8 MB
+    dataset = ((big, np.zeros(20_000)), (big[:100], np.zeros(100)))
+    with staged_dataset(dataset, str(tmp_path)) as path:
+        trainable = KerasTrainable(mlp, data_path=path)
+        segment = Segment(0, 2, 0, 0, {"x": 1.0}, 0, 1, str(tmp_path / "c"))
+        task = pickle.dumps((trainable, segment), protocol=pickle.HIGHEST_PROTOCOL)
+        assert len(task) < 20_000, "a trial's payload must not carry the arrays"
+        first = trainable._arrays()
+        assert trainable._arrays() is first  # loaded once per worker process
+        assert isinstance(first[0][0], np.memmap)
+    assert not Path(path).exists()
