@@ -14,13 +14,17 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,50 +66,90 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser(
-        "train", help="tune the model of a model file",
+        "train",
+        help="tune the model of a model file",
         description="Tune the model of MODEL_FILE with Hyperband; running again on the same "
         "--repo with the same settings resumes.",
-    )  # fmt: skip
-    train.add_argument("model_file", metavar="MODEL_FILE",
-                       help="a Python file defining the model function, hparams and data")
+    )
+    train.add_argument(
+        "model_file",
+        metavar="MODEL_FILE",
+        help="a Python file defining the model function, hparams and data",
+    )
     names = train.add_argument_group("names in the model file (defaults: Hobbit's, then plain)")
-    names.add_argument("--model-fn", metavar="NAME", help="model function (my_model, model_function)")
-    names.add_argument("--hparams", metavar="NAME",
-                       help="hyperparameter list (my_hparam_ranges, hparam_ranges)")
-    names.add_argument("--dataset", metavar="NAME",
-                       help="data, or a function returning it (my_dataset, dataset, load_dataset)")
+    names.add_argument(
+        "--model-fn", metavar="NAME", help="model function (my_model, model_function)"
+    )
+    names.add_argument(
+        "--hparams", metavar="NAME", help="hyperparameter list (my_hparam_ranges, hparam_ranges)"
+    )
+    names.add_argument(
+        "--dataset",
+        metavar="NAME",
+        help="data, or a function returning it (my_dataset, dataset, load_dataset)",
+    )
     where = train.add_argument_group("workers")
     where.add_argument("--gpus", metavar="IDS", help="GPU ids, one worker pinned to each: 0,1,2,3")
-    where.add_argument("--jobs-per-gpu", type=int, default=1, metavar="K",
-                       help="trials at once on one GPU (default 1)")
-    where.add_argument("--jobs", type=int, metavar="N",
-                       help="CPU workers when there are no GPUs (default: the number of cores)")
+    where.add_argument(
+        "--jobs-per-gpu",
+        type=int,
+        default=1,
+        metavar="K",
+        help="trials at once on one GPU (default 1)",
+    )
+    where.add_argument(
+        "--jobs",
+        type=int,
+        metavar="N",
+        help="CPU workers when there are no GPUs (default: the number of cores)",
+    )
     run = train.add_argument_group("the run")
     _add_schedule_options(run)
-    run.add_argument("--repo", default=DEFAULT_REPO, metavar="DIR",
-                     help=f"repository folder (default ./{DEFAULT_REPO})")
+    run.add_argument(
+        "--repo",
+        default=DEFAULT_REPO,
+        metavar="DIR",
+        help=f"repository folder (default ./{DEFAULT_REPO})",
+    )
     run.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     run.add_argument("--batch-size", type=int, metavar="N", help="fit's batch size (Keras: 32)")
     show = train.add_argument_group("output")
-    show.add_argument("--progress", choices=("auto", "live", "plain"), default="auto",
-                      help="live display, plain lines, or live on a terminal only (default)")
-    show.add_argument("-v", "--verbose", action="store_true",
-                      help="plain lines: one per finished segment too")
-    show.add_argument("--top", type=int, default=5, metavar="K",
-                      help="best configurations shown at the end (default 5)")  # fmt: skip
+    show.add_argument(
+        "--progress",
+        choices=("auto", "live", "plain"),
+        default="auto",
+        help="live display, plain lines, or live on a terminal only (default)",
+    )
+    show.add_argument(
+        "-v", "--verbose", action="store_true", help="plain lines: one per finished segment too"
+    )
+    show.add_argument(
+        "--top",
+        type=int,
+        default=5,
+        metavar="K",
+        help="best configurations shown at the end (default 5)",
+    )
 
-    schedule = commands.add_parser("brackets", help="print the schedule of R and eta",
-                                   description="Print Hyperband's brackets with totals.")
+    schedule = commands.add_parser(
+        "brackets",
+        help="print the schedule of R and eta",
+        description="Print Hyperband's brackets with totals.",
+    )
     _add_schedule_options(schedule)
 
     status = commands.add_parser(
-        "status", help="progress of a run (safe while it runs)",
+        "status",
+        help="progress of a run (safe while it runs)",
         description="Progress of the run in DIR; safe to call while the run is writing.",
-    )  # fmt: skip
+    )
     status.add_argument("repo", metavar="DIR", help="the repository folder")
 
-    best = commands.add_parser("best", help="the best configurations of a run",
-                               description="The best configurations of the run in DIR.")
+    best = commands.add_parser(
+        "best",
+        help="the best configurations of a run",
+        description="The best configurations of the run in DIR.",
+    )
     best.add_argument("repo", metavar="DIR", help="the repository folder")
     best.add_argument("--top", type=int, default=5, metavar="K", help="how many (default 5)")
     best.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -113,17 +157,22 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_schedule_options(group: Any) -> None:
-    group.add_argument("--R", type=int, default=20, help="most epochs per configuration (default 20)")
+    group.add_argument(
+        "--R", type=int, default=20, help="most epochs per configuration (default 20)"
+    )
     group.add_argument("--eta", type=int, default=3, help="cut factor (default 3)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one command and returns its exit code (the ``phobbit`` console script)."""
     args = _parser().parse_args(argv)
-    console = Console(soft_wrap=True)
+    # Off a terminal rich would wrap tables at 80 columns; logs read better wider.
+    wide = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
+    console = Console(width=wide)
     try:
         if args.command == "train":
-            return _train(args, console)
+            with _terminate_as_interrupt():
+                return _train(args, console)
         if args.command == "brackets":
             validate(args.R, args.eta)
             console.print(format_schedule(brackets(args.R, args.eta)), highlight=False)
@@ -142,6 +191,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         traceback.print_exc()
         _error(f"{type(exc).__name__}: {exc}")
         return 1
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """``kill PID`` (SIGTERM) stops a run as Ctrl-C does: workers killed, resumable.
+
+    Background jobs of a shell ignore SIGINT, so SIGTERM is how they are stopped.
+    """
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _error(message: str) -> None:
@@ -183,9 +252,11 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         f"{tuner.executor.capacity} workers ({slots}), repository {args.repo}"
     )
     if live:
-        tuner.reporter = LiveReporter(console, title, previous)
+        tuner.reporter = LiveReporter(console, title, previous, tuner.executor.slots)
     else:
-        tuner.reporter = LineReporter(sys.stdout, 2 if args.verbose else 1, title, previous)
+        tuner.reporter = LineReporter(
+            sys.stdout, 2 if args.verbose else 1, title, previous, tuner.executor.slots
+        )
     frame = tuner.run(R=args.R, eta=args.eta)
     console.print(best_table(frame, args.top, repository))
     console.print(f"Repository: {args.repo}", highlight=False)
@@ -211,8 +282,11 @@ def _checkpoint(repository: Repository, row: Any) -> Path | None:
 
 def best_table(frame: Any, top: int, repository: Repository) -> Table:
     """The ``top`` best configurations of a results table, as a rich table."""
-    table = Table(title=f"Best {min(top, len(frame))} of {len(frame)} configurations",
-                  title_justify="left", box=box.SIMPLE_HEAD)  # fmt: skip
+    table = Table(
+        title=f"Best {min(top, len(frame))} of {len(frame)} configurations",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
     failed = bool((frame["Status"] != "ok").any())
     for column in ("Trial", "Val Loss", "Epochs", "Hparams") + (("Status",) if failed else ()):
         table.add_column(column, justify="right" if column in ("Val Loss", "Epochs") else "left")
@@ -248,21 +322,23 @@ def _records(frame: Any, repository: Repository) -> list[dict[str, Any]]:
     records = []
     for trial, row in frame.iterrows():
         path = _checkpoint(repository, row)
-        records.append({
-            "trial": str(trial),
-            "iteration": int(row["Iteration"]),
-            "run": int(row["Run"]),
-            "id": int(row["ID"]),
-            "val_loss": None if math.isnan(row["Val Loss"]) else float(row["Val Loss"]),
-            "epochs": int(row["Epochs"]),
-            "rung": int(row["Rung"]),
-            "status": row["Status"],
-            "error": row["Error"],
-            "hparams": row["Hparams"],
-            "gpu": row["GPU"],
-            "train_time_s": round(float(row["Train Time"]), 3),
-            "checkpoint": None if path is None else str(path.relative_to(repository.path)),
-        })  # fmt: skip
+        records.append(
+            {
+                "trial": str(trial),
+                "iteration": int(row["Iteration"]),
+                "run": int(row["Run"]),
+                "id": int(row["ID"]),
+                "val_loss": None if math.isnan(row["Val Loss"]) else float(row["Val Loss"]),
+                "epochs": int(row["Epochs"]),
+                "rung": int(row["Rung"]),
+                "status": row["Status"],
+                "error": row["Error"],
+                "hparams": row["Hparams"],
+                "gpu": row["GPU"],
+                "train_time_s": round(float(row["Train Time"]), 3),
+                "checkpoint": None if path is None else str(path.relative_to(repository.path)),
+            }
+        )
     return records
 
 
@@ -340,12 +416,20 @@ def _status(path: Path, console: Console) -> int:
         now = time.time()
         first = min(row.start for row in rows.values())
         last = max(row.end for row in rows.values())
-        line += f"; started {format_duration(now - first)} ago, last result {format_duration(now - last)} ago"
+        line += (
+            f"; started {format_duration(now - first)} ago, "
+            f"last result {format_duration(now - last)} ago"
+        )
         if running:
-            line += f", left ~{format_duration(_left(repository, rows, epochs_done, epochs_total))}"
+            line += (
+                f", left ~{format_duration(_left(repository, rows, epochs_done, epochs_total))}"
+            )
     console.print(line, highlight=False)
-    best = min((r for r in rows.values() if r.ok and r.val_loss is not None),
-               key=lambda r: r.val_loss, default=None)  # fmt: skip
+    best = min(
+        (r for r in rows.values() if r.ok and r.val_loss is not None),
+        key=lambda r: r.val_loss,
+        default=None,
+    )
     console.print(f"Best Val Loss {best_line(best)}", highlight=False)
     return 0
 

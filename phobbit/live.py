@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -79,8 +79,15 @@ def schedule_progress(
     """Every rung of ``iterations`` iterations of ``schedule``, with ``done[(iteration, run,
     rung)]`` segments done, in the order a display lists them."""
     return [
-        RungProgress(i, b.run, r.index, done.get((i, b.run, r.index), 0), r.n, r.epochs,
-                     b.segment_epochs(r.index))  # fmt: skip
+        RungProgress(
+            i,
+            b.run,
+            r.index,
+            done.get((i, b.run, r.index), 0),
+            r.n,
+            r.epochs,
+            b.segment_epochs(r.index),
+        )
         for i in range(iterations)
         for b in sorted(schedule, key=lambda b: -b.run)
         for r in b.rungs
@@ -100,11 +107,16 @@ class RunTracker:
     """Progress of a run, built from the scheduler's reports; callers serialize access.
 
     Args:
+        slots: the device of each worker slot (a GPU id, or ``-1`` for the CPU), if known.
         clock: the time source (``time.monotonic``); tests pass their own.
     """
 
-    def __init__(self, clock=time.monotonic) -> None:
+    def __init__(
+        self, slots: Sequence[str] = (), clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.clock = clock
+        # With one device for every slot (the CPU, or one GPU), nothing needs inferring.
+        self._unknown = slots[0] if slots and len(set(slots)) == 1 else UNKNOWN
         self.plan: Plan | None = None
         self.started_at = 0.0
         self.resumed = 0
@@ -122,7 +134,7 @@ class RunTracker:
         self._refresh()
 
     def dispatched(self, segment: Segment) -> None:
-        gpu = self._idle.pop(0) if self._idle else UNKNOWN
+        gpu = self._idle.pop(0) if self._idle else self._unknown
         self.running[segment.key] = Running(segment, gpu, self.clock())
         self._refresh()  # resumed segments are recorded without a report: count them now
 
@@ -149,7 +161,11 @@ class RunTracker:
         """Takes the best of rows already in the repository (a resumed run)."""
         for row in rows:
             if row.ok and row.val_loss is not None:
-                if self.best is None or self.best.val_loss is None or row.val_loss < self.best.val_loss:
+                if (
+                    self.best is None
+                    or self.best.val_loss is None
+                    or row.val_loss < self.best.val_loss
+                ):
                     self.best = row
 
     def _refresh(self) -> None:
@@ -184,9 +200,9 @@ class RunTracker:
 
     def summary(self) -> str:
         """One line: epochs and segments done, elapsed, left, failures."""
-        total = self.epochs_total or 1
+        done, total = self.epochs_done, self.epochs_total
         text = (
-            f"{self.epochs_done}/{self.epochs_total} epochs ({100 * self.epochs_done / total:.0f}%), "
+            f"{done}/{total} epochs ({100 * done / max(total, 1):.0f}%), "
             f"{self.segments_done}/{self.segments_total} segments, "
             f"elapsed {format_duration(self.elapsed())}, left ~{format_duration(self.left())}"
         )
@@ -211,8 +227,13 @@ def rung_table(rungs: Sequence[RungProgress]) -> Table:
     """Segments done per bracket (a row) and rung (a column), as ``done/n xEPOCHSep``."""
     depth = max((r.rung for r in rungs), default=-1) + 1
     several = len({r.iteration for r in rungs}) > 1
-    grid = Table(title="Segments done per bracket and rung", title_justify="left", box=None,
-                 padding=(0, 2), show_edge=False)  # fmt: skip
+    grid = Table(
+        title="Segments done per bracket and rung",
+        title_justify="left",
+        box=None,
+        padding=(0, 2),
+        show_edge=False,
+    )
     grid.add_column("Iteration:Run" if several else "Run", justify="right")
     for rung in range(depth):
         grid.add_column(f"rung {rung}", justify="right")
@@ -233,15 +254,22 @@ def render(tracker: RunTracker, title: str = "") -> RenderableType:
     if title:
         parts.append(Text(title, style="bold"))
     parts.append(rung_table(tracker.rungs))
-    running = Table(title="Training now", title_justify="left", box=None, padding=(0, 2),
-                    show_edge=False)  # fmt: skip
+    running = Table(
+        title="Training now", title_justify="left", box=None, padding=(0, 2), show_edge=False
+    )
     for column in ("Device", "Run", "ID", "Rung", "Epochs", "For"):
         running.add_column(column, justify="left" if column == "Device" else "right")
     now = tracker.clock()
     for item in sorted(tracker.running.values(), key=lambda r: (r.gpu == UNKNOWN, r.gpu)):
         s = item.segment
-        running.add_row(device_label(item.gpu), str(s.run), str(s.id), str(s.rung),
-                        f"{s.start_epoch}->{s.epochs}", format_duration(now - item.since))  # fmt: skip
+        running.add_row(
+            device_label(item.gpu),
+            str(s.run),
+            str(s.id),
+            str(s.rung),
+            f"{s.start_epoch}->{s.epochs}",
+            format_duration(now - item.since),
+        )
     parts.append(running)
     parts.append(Text.assemble(("Best Val Loss ", "bold"), best_line(tracker.best)))
     bar = ProgressBar(total=max(tracker.epochs_total, 1), completed=tracker.epochs_done, width=30)
@@ -258,14 +286,19 @@ class LiveReporter:
         console: where to draw (a terminal).
         title: a header line (settings, repository).
         previous: rows already in the repository, so a resumed run shows its best.
+        slots: the device of each worker slot (``executor.slots``).
     """
 
     def __init__(
-        self, console: Console, title: str = "", previous: Sequence[SegmentResult] = ()
+        self,
+        console: Console,
+        title: str = "",
+        previous: Sequence[SegmentResult] = (),
+        slots: Sequence[str] = (),
     ) -> None:
         self.console = console
         self.title = title
-        self.tracker = RunTracker()
+        self.tracker = RunTracker(slots)
         self.tracker.seed_best(previous)
         # The scheduler reports from the main thread while Live redraws from its own.
         self._lock = threading.Lock()
@@ -281,8 +314,12 @@ class LiveReporter:
             self.console.print(f"Resuming: {resumed} segments are already in the repository")
         with self._lock:
             self.tracker.started(plan, resumed)
-        self._live = Live(console=self.console, get_renderable=self._renderable,
-                          refresh_per_second=2, redirect_stderr=False)  # fmt: skip
+        self._live = Live(
+            console=self.console,
+            get_renderable=self._renderable,
+            refresh_per_second=2,
+            redirect_stderr=False,
+        )
         self._live.start()
 
     def dispatched(self, segment: Segment) -> None:
@@ -310,7 +347,9 @@ class LiveReporter:
             self._live.stop()
             self._live = None
         with self._lock:
-            self.console.print(f"Trained {self.tracker.finished_now} segments: {self.tracker.summary()}")
+            self.console.print(
+                f"Trained {self.tracker.finished_now} segments: {self.tracker.summary()}"
+            )
 
 
 class LineReporter(PlainReporter):
@@ -322,6 +361,7 @@ class LineReporter(PlainReporter):
         verbose: 1 rungs, failures and each new best; 2 every segment too.
         title: a first line (settings, repository).
         previous: rows already in the repository (a resumed run).
+        slots: the device of each worker slot (``executor.slots``).
     """
 
     def __init__(
@@ -330,10 +370,11 @@ class LineReporter(PlainReporter):
         verbose: int = 1,
         title: str = "",
         previous: Sequence[SegmentResult] = (),
+        slots: Sequence[str] = (),
     ) -> None:
         super().__init__(stream, verbose)
         self.title = title
-        self.tracker = RunTracker()
+        self.tracker = RunTracker(slots)
         self.tracker.seed_best(previous)
         self.best = self.tracker.best
         self._announced: set[tuple[int, int, int]] = set()
@@ -343,8 +384,9 @@ class LineReporter(PlainReporter):
             self._say(self.title)
         super().started(plan, resumed)
         self.tracker.started(plan, resumed)
-        self._announced = {(r.iteration, r.run, r.rung) for r in self.tracker.rungs
-                           if r.done == r.n}  # fmt: skip
+        self._announced = {
+            (r.iteration, r.run, r.rung) for r in self.tracker.rungs if r.done == r.n
+        }
 
     def dispatched(self, segment: Segment) -> None:
         super().dispatched(segment)

@@ -41,9 +41,12 @@ MODEL_FUNCTION_NAMES = ("my_model", "model_function")
 HPARAM_NAMES = ("my_hparam_ranges", "hparam_ranges")
 DATASET_NAMES = ("my_dataset", "dataset", "load_dataset")
 GENERATOR_NAMES = (
-    "generator_function", "train_gen_args", "valid_gen_args", "steps_per_epoch",
+    "generator_function",
+    "train_gen_args",
+    "valid_gen_args",
+    "steps_per_epoch",
     "validation_steps",
-)  # fmt: skip
+)
 TRAINABLE_NAME = "trainable"
 
 
@@ -166,8 +169,9 @@ class ModelFile:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-def _named(module: ModuleType, path: Path, given: str | None, names: tuple[str, ...],
-           option: str) -> str | None:  # fmt: skip
+def _named(
+    module: ModuleType, path: Path, given: str | None, names: tuple[str, ...], option: str
+) -> str | None:
     """The name to use: ``given`` (which must exist), else the first of ``names`` defined."""
     if given is not None:
         if not hasattr(module, given):
@@ -228,7 +232,8 @@ def load_model_file(
     if fn_name is None:
         raise InputError(
             f"model file {path} defines no model function: looked for "
-            f"{', '.join(MODEL_FUNCTION_NAMES)} (or a {TRAINABLE_NAME}); name yours with --model-fn"
+            f"{', '.join(MODEL_FUNCTION_NAMES)} (or a {TRAINABLE_NAME}); "
+            "name yours with --model-fn"
         )
     if not callable(getattr(module, fn_name)):
         raise InputError(f"{fn_name} in model file {path} is not a function")
