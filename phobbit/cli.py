@@ -168,21 +168,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # Off a terminal rich would wrap tables at 80 columns; logs read better wider.
     wide = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
-    console = Console(width=wide)
+    console = Console(width=wide, highlight=False)
     try:
         if args.command == "train":
             with _terminate_as_interrupt():
                 return _train(args, console)
         if args.command == "brackets":
             validate(args.R, args.eta)
-            console.print(format_schedule(brackets(args.R, args.eta)), highlight=False)
+            console.print(format_schedule(brackets(args.R, args.eta)), soft_wrap=True)
             return 0
         if args.command == "status":
             return _status(Path(args.repo), console)
         return _best(args, console)
     except KeyboardInterrupt:
-        where = getattr(args, "repo", DEFAULT_REPO)
-        _error(f"interrupted; workers stopped. Run the same command again to resume from {where}")
+        if args.command == "train":
+            _error(
+                "interrupted; workers stopped. "
+                f"Run the same command again to resume from {args.repo}"
+            )
+        else:
+            _error("interrupted")
         return INTERRUPTED
     except PhobbitError as exc:
         _error(str(exc))
@@ -258,15 +263,15 @@ def _train(args: argparse.Namespace, console: Console) -> int:
             sys.stdout, 2 if args.verbose else 1, title, previous, tuner.executor.slots
         )
     frame = tuner.run(R=args.R, eta=args.eta)
-    console.print(best_table(frame, args.top, repository))
-    console.print(f"Repository: {args.repo}", highlight=False)
+    console.print(best_table(frame, args.top, [hp.name for hp in tuner.space.hparams]))
+    console.print(f"Repository: {args.repo}", soft_wrap=True)
     ok = frame[frame["Status"] == "ok"]
     if ok.empty:
         first = frame["Error"].iloc[0] if not frame.empty else "no results"
         raise CliError(f"every trial failed; the first says: {first}")
     model_path = _checkpoint(repository, ok.iloc[0])
     if model_path is not None:
-        console.print(f"Best model: {model_path}", highlight=False)
+        console.print(f"Best model: {model_path}", soft_wrap=True)
     return 0
 
 
@@ -280,8 +285,14 @@ def _checkpoint(repository: Repository, row: Any) -> Path | None:
     return found[0] if found else None
 
 
-def best_table(frame: Any, top: int, repository: Repository) -> Table:
-    """The ``top`` best configurations of a results table, as a rich table."""
+def best_table(frame: Any, top: int, order: Sequence[str] = ()) -> Table:
+    """The ``top`` best configurations of a results table, as a rich table.
+
+    Args:
+        frame: the results table (``results_frame``), best first.
+        top: how many rows.
+        order: hyperparameter names in the search space's order (else as stored).
+    """
     table = Table(
         title=f"Best {min(top, len(frame))} of {len(frame)} configurations",
         title_justify="left",
@@ -292,7 +303,9 @@ def best_table(frame: Any, top: int, repository: Repository) -> Table:
         table.add_column(column, justify="right" if column in ("Val Loss", "Epochs") else "left")
     for trial, row in frame.head(top).iterrows():
         loss = "-" if math.isnan(row["Val Loss"]) else f"{row['Val Loss']:.4g}"
-        cells = [str(trial), loss, str(row["Epochs"]), format_hparams(row["Hparams"])]
+        hparams = row["Hparams"]
+        hparams = {n: hparams[n] for n in order if n in hparams} | hparams
+        cells = [str(trial), loss, str(row["Epochs"]), format_hparams(hparams)]
         if failed:
             cells.append("ok" if row["Status"] == "ok" else f"failed: {row['Error']}")
         table.add_row(*cells)
@@ -302,18 +315,19 @@ def best_table(frame: Any, top: int, repository: Repository) -> Table:
 def _best(args: argparse.Namespace, console: Console) -> int:
     if args.top < 1:
         raise InputError(f"--top must be an integer >= 1, got {args.top}")
-    repository, _ = _open(Path(args.repo))
+    repository, settings = _open(Path(args.repo))
     frame = results_frame(repository.iter_results())
     if args.json:
         print(json.dumps(_records(frame.head(args.top), repository), indent=2))
         return 0
     if frame.empty:
-        console.print(f"{args.repo} has no results yet")
+        console.print(f"{args.repo} has no results yet", soft_wrap=True)
         return 0
-    console.print(best_table(frame, args.top, repository))
+    order = [hp.get("name") for hp in settings.get("space", []) if isinstance(hp, dict)]
+    console.print(best_table(frame, args.top, order))
     model_path = _checkpoint(repository, frame.iloc[0])
     if model_path is not None and frame.iloc[0]["Status"] == "ok":
-        console.print(f"Best model: {model_path}", highlight=False)
+        console.print(f"Best model: {model_path}", soft_wrap=True)
     return 0
 
 
@@ -403,7 +417,7 @@ def _status(path: Path, console: Console) -> int:
     console.print(
         f"Repository {path}: R={R} eta={eta} seed={settings.get('seed')}, "
         f"{iterations} iteration(s); driver {state}",
-        highlight=False,
+        soft_wrap=True,
     )
     console.print(rung_table(rungs))
     line = (
@@ -424,13 +438,13 @@ def _status(path: Path, console: Console) -> int:
             line += (
                 f", left ~{format_duration(_left(repository, rows, epochs_done, epochs_total))}"
             )
-    console.print(line, highlight=False)
+    console.print(line, soft_wrap=True)
     best = min(
         (r for r in rows.values() if r.ok and r.val_loss is not None),
         key=lambda r: r.val_loss,
         default=None,
     )
-    console.print(f"Best Val Loss {best_line(best)}", highlight=False)
+    console.print(f"Best Val Loss {best_line(best)}", soft_wrap=True)
     return 0
 
 

@@ -309,9 +309,13 @@ class LiveReporter:
             return render(self.tracker, self.title)
 
     def started(self, plan: Plan, resumed: int) -> None:
-        self.console.print(format_schedule(plan.schedule))
+        self.console.print(format_schedule(plan.schedule), highlight=False, soft_wrap=True)
         if resumed:
-            self.console.print(f"Resuming: {resumed} segments are already in the repository")
+            self.console.print(
+                f"Resuming: {resumed} segments are already in the repository",
+                highlight=False,
+                soft_wrap=True,
+            )
         with self._lock:
             self.tracker.started(plan, resumed)
         self._live = Live(
@@ -331,7 +335,9 @@ class LiveReporter:
             self.tracker.finished(result)
         if not result.ok:
             self.console.print(
-                f"FAILED run {result.run} id {result.id} rung {result.rung}: {result.error}"
+                f"FAILED run {result.run} id {result.id} rung {result.rung}: {result.error}",
+                highlight=False,
+                soft_wrap=True,
             )
 
     def retrying(self, segment: Segment, cause: str, attempt: int) -> None:
@@ -339,7 +345,9 @@ class LiveReporter:
             self.tracker.retrying(segment)
         self.console.print(
             f"worker died running run {segment.run} id {segment.id} rung {segment.rung} "
-            f"({cause}); retry {attempt}"
+            f"({cause}); retry {attempt}",
+            highlight=False,
+            soft_wrap=True,
         )
 
     def closed(self) -> None:
@@ -348,7 +356,9 @@ class LiveReporter:
             self._live = None
         with self._lock:
             self.console.print(
-                f"Trained {self.tracker.finished_now} segments: {self.tracker.summary()}"
+                f"Trained {self.tracker.finished_now} segments: {self.tracker.summary()}",
+                highlight=False,
+                soft_wrap=True,
             )
 
 
