@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -57,6 +58,17 @@ class CliError(PhobbitError):
     """The run finished but produced nothing usable (every trial failed)."""
 
 
+def _count(text: str) -> int:
+    """An argparse type: an integer >= 1 (workers, rows, batch size)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="phobbit",
@@ -92,14 +104,14 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--gpus", metavar="IDS", help="GPU ids, one worker pinned to each: 0,1,2,3")
     where.add_argument(
         "--jobs-per-gpu",
-        type=int,
+        type=_count,
         default=1,
         metavar="K",
         help="trials at once on one GPU (default 1)",
     )
     where.add_argument(
         "--jobs",
-        type=int,
+        type=_count,
         metavar="N",
         help="CPU workers when there are no GPUs (default: the number of cores)",
     )
@@ -112,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"repository folder (default ./{DEFAULT_REPO})",
     )
     run.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    run.add_argument("--batch-size", type=int, metavar="N", help="fit's batch size (Keras: 32)")
+    run.add_argument("--batch-size", type=_count, metavar="N", help="fit's batch size (Keras: 32)")
     show = train.add_argument_group("output")
     show.add_argument(
         "--progress",
@@ -125,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     show.add_argument(
         "--top",
-        type=int,
+        type=_count,
         default=5,
         metavar="K",
         help="best configurations shown at the end (default 5)",
@@ -151,7 +163,7 @@ def _parser() -> argparse.ArgumentParser:
         description="The best configurations of the run in DIR.",
     )
     best.add_argument("repo", metavar="DIR", help="the repository folder")
-    best.add_argument("--top", type=int, default=5, metavar="K", help="how many (default 5)")
+    best.add_argument("--top", type=_count, default=5, metavar="K", help="how many (default 5)")
     best.add_argument("--json", action="store_true", help="print JSON for scripts")
     return parser
 
@@ -233,8 +245,6 @@ def _train(args: argparse.Namespace, console: Console) -> int:
 
     if args.jobs is not None and args.gpus:
         raise InputError("--jobs sets CPU workers; with --gpus use --jobs-per-gpu")
-    if args.top < 1:
-        raise InputError(f"--top must be an integer >= 1, got {args.top}")
     model = load_model_file(args.model_file, args.model_fn, args.hparams, args.dataset)
     repository = Repository(args.repo)
     previous = list(repository.iter_results()) if repository.path.is_dir() else []
@@ -278,6 +288,19 @@ def _train(args: argparse.Namespace, console: Console) -> int:
 # -- best ------------------------------------------------------------------------
 
 
+def _space_order(settings: dict[str, Any]) -> list[str]:
+    """The hyperparameter names in the order of the run's search space (run.json)."""
+    space = settings.get("space")
+    if not isinstance(space, list):
+        return []
+    return [hp["name"] for hp in space if isinstance(hp, dict) and isinstance(hp.get("name"), str)]
+
+
+def _in_order(hparams: dict[str, Any], order: Sequence[str]) -> dict[str, Any]:
+    """``hparams`` with the names of ``order`` first, in that order (JSON sorted them)."""
+    return {n: hparams[n] for n in order if n in hparams} | hparams
+
+
 def _checkpoint(repository: Repository, row: Any) -> Path | None:
     """The checkpoint file of a configuration of the results table, if there is one."""
     stem = config_name(int(row["Iteration"]), int(row["Run"]), int(row["ID"]))
@@ -303,9 +326,8 @@ def best_table(frame: Any, top: int, order: Sequence[str] = ()) -> Table:
         table.add_column(column, justify="right" if column in ("Val Loss", "Epochs") else "left")
     for trial, row in frame.head(top).iterrows():
         loss = "-" if math.isnan(row["Val Loss"]) else f"{row['Val Loss']:.4g}"
-        hparams = row["Hparams"]
-        hparams = {n: hparams[n] for n in order if n in hparams} | hparams
-        cells = [str(trial), loss, str(row["Epochs"]), format_hparams(hparams)]
+        hparams = format_hparams(_in_order(row["Hparams"], order))
+        cells = [str(trial), loss, str(row["Epochs"]), hparams]
         if failed:
             cells.append("ok" if row["Status"] == "ok" else f"failed: {row['Error']}")
         table.add_row(*cells)
@@ -313,8 +335,6 @@ def best_table(frame: Any, top: int, order: Sequence[str] = ()) -> Table:
 
 
 def _best(args: argparse.Namespace, console: Console) -> int:
-    if args.top < 1:
-        raise InputError(f"--top must be an integer >= 1, got {args.top}")
     repository, settings = _open(Path(args.repo))
     frame = results_frame(repository.iter_results())
     if args.json:
@@ -323,8 +343,7 @@ def _best(args: argparse.Namespace, console: Console) -> int:
     if frame.empty:
         console.print(f"{args.repo} has no results yet", soft_wrap=True)
         return 0
-    order = [hp.get("name") for hp in settings.get("space", []) if isinstance(hp, dict)]
-    console.print(best_table(frame, args.top, order))
+    console.print(best_table(frame, args.top, _space_order(settings)))
     model_path = _checkpoint(repository, frame.iloc[0])
     if model_path is not None and frame.iloc[0]["Status"] == "ok":
         console.print(f"Best model: {model_path}", soft_wrap=True)
@@ -444,6 +463,8 @@ def _status(path: Path, console: Console) -> int:
         key=lambda r: r.val_loss,
         default=None,
     )
+    if best is not None:
+        best = dataclasses.replace(best, hparams=_in_order(best.hparams, _space_order(settings)))
     console.print(f"Best Val Loss {best_line(best)}", soft_wrap=True)
     return 0
 

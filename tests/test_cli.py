@@ -292,7 +292,7 @@ def test_brackets_rejects_eta_1() -> None:
 def test_status_while_run_is_writing(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     proc = start(
-        "train", SYNTHETIC, "--jobs", 2, "--R", 9, "--repo", repo, PHOBBIT_TEST_EPOCH_S="0.15"
+        "train", SYNTHETIC, "--jobs", 2, "--R", 9, "--repo", repo, PHOBBIT_TEST_EPOCH_S="0.25"
     )
     try:
         wait_for_rows(repo, 3, proc)
