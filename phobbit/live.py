@@ -401,6 +401,10 @@ class LineReporter(PlainReporter):
     def dispatched(self, segment: Segment) -> None:
         super().dispatched(segment)
         self.tracker.dispatched(segment)
+        # Rungs that segments of a resumed run completed were announced by that run.
+        self._announced |= {
+            (r.iteration, r.run, r.rung) for r in self.tracker.rungs if r.done == r.n
+        }
 
     def finished(self, result: SegmentResult) -> None:
         super().finished(result)
