@@ -1,0 +1,479 @@
+"""The command line: ``phobbit train|brackets|status|best``. Parsing, printing, exit codes.
+
+Every decision is the library's; this module only wires arguments to it and
+turns its errors into one line on stderr: exit code 2 for bad input (nothing
+is written), 1 when the run itself fails, 130 after Ctrl-C (the same command
+resumes).
+
+Example:
+    $ python -m phobbit train examples/mnist_mlp.py --gpus 0,1,2,3 --R 20 --eta 3
+    $ phobbit status phobbit_repo
+    $ phobbit best phobbit_repo --top 5 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from phobbit import __version__
+from phobbit.errors import InputError, PhobbitError, RepositoryError
+from phobbit.live import (
+    LineReporter,
+    LiveReporter,
+    best_line,
+    device_label,
+    estimate_left,
+    format_duration,
+    rung_table,
+    schedule_progress,
+)
+from phobbit.progress import format_hparams
+from phobbit.repository import Repository, config_name
+from phobbit.results import results_frame
+from phobbit.schedule import brackets, format_schedule, validate
+
+DEFAULT_REPO = "phobbit_repo"
+INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
+
+
+class CliError(PhobbitError):
+    """The run finished but produced nothing usable (every trial failed)."""
+
+
+def _count(text: str) -> int:
+    """An argparse type: an integer >= 1 (workers, rows, batch size)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="phobbit",
+        description="Parallel Hyperband for Keras models, one worker pinned to each GPU.",
+    )
+    parser.add_argument("--version", action="version", version=f"phobbit {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        help="tune the model of a model file",
+        description="Tune the model of MODEL_FILE with Hyperband; running again on the same "
+        "--repo with the same settings resumes.",
+    )
+    train.add_argument(
+        "model_file",
+        metavar="MODEL_FILE",
+        help="a Python file defining the model function, hparams and data",
+    )
+    names = train.add_argument_group("names in the model file (defaults: Hobbit's, then plain)")
+    names.add_argument(
+        "--model-fn", metavar="NAME", help="model function (my_model, model_function)"
+    )
+    names.add_argument(
+        "--hparams", metavar="NAME", help="hyperparameter list (my_hparam_ranges, hparam_ranges)"
+    )
+    names.add_argument(
+        "--dataset",
+        metavar="NAME",
+        help="data, or a function returning it (my_dataset, dataset, load_dataset)",
+    )
+    where = train.add_argument_group("workers")
+    where.add_argument("--gpus", metavar="IDS", help="GPU ids, one worker pinned to each: 0,1,2,3")
+    where.add_argument(
+        "--jobs-per-gpu",
+        type=_count,
+        default=1,
+        metavar="K",
+        help="trials at once on one GPU (default 1)",
+    )
+    where.add_argument(
+        "--jobs",
+        type=_count,
+        metavar="N",
+        help="CPU workers when there are no GPUs (default: the number of cores)",
+    )
+    run = train.add_argument_group("the run")
+    _add_schedule_options(run)
+    run.add_argument(
+        "--repo",
+        default=DEFAULT_REPO,
+        metavar="DIR",
+        help=f"repository folder (default ./{DEFAULT_REPO})",
+    )
+    run.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    run.add_argument("--batch-size", type=_count, metavar="N", help="fit's batch size (Keras: 32)")
+    show = train.add_argument_group("output")
+    show.add_argument(
+        "--progress",
+        choices=("auto", "live", "plain"),
+        default="auto",
+        help="live display, plain lines, or live on a terminal only (default)",
+    )
+    show.add_argument(
+        "-v", "--verbose", action="store_true", help="plain lines: one per finished segment too"
+    )
+    show.add_argument(
+        "--top",
+        type=_count,
+        default=5,
+        metavar="K",
+        help="best configurations shown at the end (default 5)",
+    )
+
+    schedule = commands.add_parser(
+        "brackets",
+        help="print the schedule of R and eta",
+        description="Print Hyperband's brackets with totals.",
+    )
+    _add_schedule_options(schedule)
+
+    status = commands.add_parser(
+        "status",
+        help="progress of a run (safe while it runs)",
+        description="Progress of the run in DIR; safe to call while the run is writing.",
+    )
+    status.add_argument("repo", metavar="DIR", help="the repository folder")
+
+    best = commands.add_parser(
+        "best",
+        help="the best configurations of a run",
+        description="The best configurations of the run in DIR.",
+    )
+    best.add_argument("repo", metavar="DIR", help="the repository folder")
+    best.add_argument("--top", type=_count, default=5, metavar="K", help="how many (default 5)")
+    best.add_argument("--json", action="store_true", help="print JSON for scripts")
+    return parser
+
+
+def _add_schedule_options(group: Any) -> None:
+    group.add_argument(
+        "--R", type=int, default=20, help="most epochs per configuration (default 20)"
+    )
+    group.add_argument("--eta", type=int, default=3, help="cut factor (default 3)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command and returns its exit code (the ``phobbit`` console script)."""
+    args = _parser().parse_args(argv)
+    # Off a terminal rich would wrap tables at 80 columns; logs read better wider.
+    wide = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
+    console = Console(width=wide, highlight=False)
+    try:
+        if args.command == "train":
+            with _terminate_as_interrupt():
+                return _train(args, console)
+        if args.command == "brackets":
+            validate(args.R, args.eta)
+            console.print(format_schedule(brackets(args.R, args.eta)), soft_wrap=True)
+            return 0
+        if args.command == "status":
+            return _status(Path(args.repo), console)
+        return _best(args, console)
+    except KeyboardInterrupt:
+        if args.command == "train":
+            _error(
+                "interrupted; workers stopped. "
+                f"Run the same command again to resume from {args.repo}"
+            )
+        else:
+            _error("interrupted")
+        return INTERRUPTED
+    except PhobbitError as exc:
+        _error(str(exc))
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - not a user's mistake: keep the traceback
+        traceback.print_exc()
+        _error(f"{type(exc).__name__}: {exc}")
+        return 1
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """``kill PID`` (SIGTERM) stops a run as Ctrl-C does: workers killed, resumable.
+
+    Background jobs of a shell ignore SIGINT, so SIGTERM is how they are stopped.
+    """
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _error(message: str) -> None:
+    print(f"phobbit: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+
+# -- train -----------------------------------------------------------------------
+
+
+def _train(args: argparse.Namespace, console: Console) -> int:
+    # The model file and the API are imported here so that `brackets`, `status` and
+    # `best` start fast; the API itself never imports TensorFlow.
+    from phobbit.api import ParallelHyperband
+    from phobbit.model_file import load_model_file
+
+    if args.jobs is not None and args.gpus:
+        raise InputError("--jobs sets CPU workers; with --gpus use --jobs-per-gpu")
+    model = load_model_file(args.model_file, args.model_fn, args.hparams, args.dataset)
+    repository = Repository(args.repo)
+    previous = list(repository.iter_results()) if repository.path.is_dir() else []
+    live = args.progress == "live" or (args.progress == "auto" and console.is_terminal)
+    tuner = ParallelHyperband(
+        model.model_function,
+        model.hparam_ranges,
+        args.repo,
+        gpus=args.gpus,
+        jobs_per_gpu=args.jobs_per_gpu,
+        n_jobs=args.jobs,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        trainable=model.trainable,
+        **model.data,
+    )
+    slots = ", ".join(device_label(s) for s in tuner.executor.slots)
+    title = (
+        f"phobbit train {args.model_file}: R={args.R} eta={args.eta} seed={args.seed}, "
+        f"{tuner.executor.capacity} workers ({slots}), repository {args.repo}"
+    )
+    if live:
+        tuner.reporter = LiveReporter(console, title, previous, tuner.executor.slots)
+    else:
+        tuner.reporter = LineReporter(
+            sys.stdout, 2 if args.verbose else 1, title, previous, tuner.executor.slots
+        )
+    frame = tuner.run(R=args.R, eta=args.eta)
+    console.print(best_table(frame, args.top, [hp.name for hp in tuner.space.hparams]))
+    console.print(f"Repository: {args.repo}", soft_wrap=True)
+    ok = frame[frame["Status"] == "ok"]
+    if ok.empty:
+        first = frame["Error"].iloc[0] if not frame.empty else "no results"
+        raise CliError(f"every trial failed; the first says: {first}")
+    model_path = _checkpoint(repository, ok.iloc[0])
+    if model_path is not None:
+        console.print(f"Best model: {model_path}", soft_wrap=True)
+    return 0
+
+
+# -- best ------------------------------------------------------------------------
+
+
+def _space_order(settings: dict[str, Any]) -> list[str]:
+    """The hyperparameter names in the order of the run's search space (run.json)."""
+    space = settings.get("space")
+    if not isinstance(space, list):
+        return []
+    return [hp["name"] for hp in space if isinstance(hp, dict) and isinstance(hp.get("name"), str)]
+
+
+def _in_order(hparams: dict[str, Any], order: Sequence[str]) -> dict[str, Any]:
+    """``hparams`` with the names of ``order`` first, in that order (JSON sorted them)."""
+    return {n: hparams[n] for n in order if n in hparams} | hparams
+
+
+def _checkpoint(repository: Repository, row: Any) -> Path | None:
+    """The checkpoint file of a configuration of the results table, if there is one."""
+    stem = config_name(int(row["Iteration"]), int(row["Run"]), int(row["ID"]))
+    found = sorted(p for p in repository.models.glob(f"{stem}.*") if ".tmp" not in p.name)
+    return found[0] if found else None
+
+
+def best_table(frame: Any, top: int, order: Sequence[str] = ()) -> Table:
+    """The ``top`` best configurations of a results table, as a rich table.
+
+    Args:
+        frame: the results table (``results_frame``), best first.
+        top: how many rows.
+        order: hyperparameter names in the search space's order (else as stored).
+    """
+    table = Table(
+        title=f"Best {min(top, len(frame))} of {len(frame)} configurations",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    failed = bool((frame["Status"] != "ok").any())
+    for column in ("Trial", "Val Loss", "Epochs", "Hparams") + (("Status",) if failed else ()):
+        table.add_column(column, justify="right" if column in ("Val Loss", "Epochs") else "left")
+    for trial, row in frame.head(top).iterrows():
+        loss = "-" if math.isnan(row["Val Loss"]) else f"{row['Val Loss']:.4g}"
+        hparams = format_hparams(_in_order(row["Hparams"], order))
+        cells = [str(trial), loss, str(row["Epochs"]), hparams]
+        if failed:
+            cells.append("ok" if row["Status"] == "ok" else f"failed: {row['Error']}")
+        table.add_row(*cells)
+    return table
+
+
+def _best(args: argparse.Namespace, console: Console) -> int:
+    repository, settings = _open(Path(args.repo))
+    frame = results_frame(repository.iter_results())
+    if args.json:
+        print(json.dumps(_records(frame.head(args.top), repository), indent=2))
+        return 0
+    if frame.empty:
+        console.print(f"{args.repo} has no results yet", soft_wrap=True)
+        return 0
+    console.print(best_table(frame, args.top, _space_order(settings)))
+    model_path = _checkpoint(repository, frame.iloc[0])
+    if model_path is not None and frame.iloc[0]["Status"] == "ok":
+        console.print(f"Best model: {model_path}", soft_wrap=True)
+    return 0
+
+
+def _records(frame: Any, repository: Repository) -> list[dict[str, Any]]:
+    """The results table as JSON-ready records; paths relative to the repository."""
+    records = []
+    for trial, row in frame.iterrows():
+        path = _checkpoint(repository, row)
+        records.append(
+            {
+                "trial": str(trial),
+                "iteration": int(row["Iteration"]),
+                "run": int(row["Run"]),
+                "id": int(row["ID"]),
+                "val_loss": None if math.isnan(row["Val Loss"]) else float(row["Val Loss"]),
+                "epochs": int(row["Epochs"]),
+                "rung": int(row["Rung"]),
+                "status": row["Status"],
+                "error": row["Error"],
+                "hparams": row["Hparams"],
+                "gpu": row["GPU"],
+                "train_time_s": round(float(row["Train Time"]), 3),
+                "checkpoint": None if path is None else str(path.relative_to(repository.path)),
+            }
+        )
+    return records
+
+
+# -- status ----------------------------------------------------------------------
+
+
+def _open(path: Path) -> tuple[Repository, dict[str, Any]]:
+    """A repository that holds a run, and its settings; ``RepositoryError`` otherwise."""
+    if not path.is_dir():
+        raise RepositoryError(f"repository {path} does not exist")
+    repository = Repository(path)
+    settings = repository.read_settings()
+    if settings is None:
+        raise RepositoryError(f"{path} holds no phobbit run (it has no run.json)")
+    return repository, settings
+
+
+def driver_state(repository: Repository) -> tuple[bool | None, str]:
+    """Whether a driver runs in the repository now (None: cannot tell), and who it is/was.
+
+    A live driver holds ``.driver.lock``; trying the lock without waiting tells,
+    and never blocks a driver for longer than the try.
+    """
+    from filelock import FileLock, Timeout
+
+    try:
+        who = json.loads((repository.path / "driver.json").read_text())
+        name = f"pid {who['pid']} on {who['host']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        name = "unknown"
+    lock_path = repository.path / ".driver.lock"
+    if not lock_path.exists():
+        return False, name
+    try:
+        lock = FileLock(str(lock_path), timeout=0)
+        lock.acquire()
+    except Timeout:
+        return True, name
+    except OSError:
+        return None, name  # e.g. a read-only copy of the repository
+    lock.release()
+    return False, name
+
+
+def _status(path: Path, console: Console) -> int:
+    repository, settings = _open(path)
+    try:
+        R, eta = settings["R"], settings["eta"]
+        iterations = int(settings.get("iterations", 1))
+        validate(R, eta)
+    except (KeyError, TypeError, ValueError):
+        raise RepositoryError(f"{repository.run_path} lacks valid R and eta settings") from None
+    rows = repository.results()
+    running, driver = driver_state(repository)
+    schedule = brackets(R, eta)
+    done = Counter((i, s, rung) for i, s, _, rung in rows)
+    rungs = schedule_progress(schedule, iterations, done)
+    epochs_done = sum(r.done * r.segment_epochs for r in rungs)
+    epochs_total = sum(r.n * r.segment_epochs for r in rungs)
+    failed = sum(1 for row in rows.values() if not row.ok)
+    state = {True: f"running ({driver})", False: "not running", None: "unknown"}[running]
+    console.print(
+        f"Repository {path}: R={R} eta={eta} seed={settings.get('seed')}, "
+        f"{iterations} iteration(s); driver {state}",
+        soft_wrap=True,
+    )
+    console.print(rung_table(rungs))
+    line = (
+        f"{epochs_done}/{epochs_total} epochs ({100 * epochs_done / max(epochs_total, 1):.0f}%), "
+        f"{len(rows)}/{sum(r.n for r in rungs)} segments"
+    )
+    if failed:
+        line += f", {failed} failed"
+    if rows:
+        now = time.time()
+        first = min(row.start for row in rows.values())
+        last = max(row.end for row in rows.values())
+        line += (
+            f"; started {format_duration(now - first)} ago, "
+            f"last result {format_duration(now - last)} ago"
+        )
+        if running:
+            line += (
+                f", left ~{format_duration(_left(repository, rows, epochs_done, epochs_total))}"
+            )
+    console.print(line, soft_wrap=True)
+    best = min(
+        (r for r in rows.values() if r.ok and r.val_loss is not None),
+        key=lambda r: r.val_loss,
+        default=None,
+    )
+    if best is not None:
+        best = dataclasses.replace(best, hparams=_in_order(best.hparams, _space_order(settings)))
+    console.print(f"Best Val Loss {best_line(best)}", soft_wrap=True)
+    return 0
+
+
+def _left(repository: Repository, rows: dict, done: int, total: int) -> float | None:
+    """Seconds left at the rate of the running driver, which started when it wrote driver.json."""
+    try:
+        since = (repository.path / "driver.json").stat().st_mtime
+    except OSError:
+        return None
+    trained = sum(r.epochs - r.start_epoch for r in rows.values() if r.end >= since)
+    return estimate_left(done, total, trained, time.time() - since)

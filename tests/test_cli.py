@@ -1,0 +1,338 @@
+"""The command line, driven as a user drives it: ``python -m phobbit ...`` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from phobbit.executor import visible_gpu_count
+from phobbit.repository import Repository
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = Path(__file__).parent / "models"
+SYNTHETIC = MODELS / "synthetic.py"
+SEGMENTS_R9 = 9 + 3 + 1 + 5 + 1 + 3  # the segments of brackets(9, 3)
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    # This worktree's package, not an installed one, in the driver and its workers.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env.pop("COLUMNS", None)
+    env.update(extra)
+    return env
+
+
+def _command(*args: object) -> list[str]:
+    return [sys.executable, "-m", "phobbit", *map(str, args)]
+
+
+def phobbit(*args: object, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+    """Runs ``python -m phobbit ARGS`` to the end."""
+    return subprocess.run(
+        _command(*args), capture_output=True, text=True, env=_env(**env), timeout=timeout, cwd=ROOT
+    )
+
+
+def start(*args: object, **env: str) -> subprocess.Popen:
+    """Starts ``python -m phobbit ARGS`` in its own process group, as a terminal would."""
+    return subprocess.Popen(
+        _command(*args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(**env),
+        cwd=ROOT,
+        start_new_session=True,
+    )
+
+
+def wait_for_rows(repo: Path, count: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list(Repository(repo).iter_results())) < count:
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (rc {proc.returncode}) before {count} rows")
+        if time.monotonic() > deadline:
+            pytest.fail(f"fewer than {count} rows after {timeout} s")
+        time.sleep(0.05)
+
+
+def keys(repo: Path) -> list[tuple[int, int, int, int]]:
+    return [row.key for row in Repository(repo).iter_results()]
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, code: int = 2) -> str:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("phobbit: error: "), result.stderr
+    return lines[0]
+
+
+# -- train ---------------------------------------------------------------------------
+
+
+@pytest.mark.keras
+def test_train_keras_model_file_on_gpus_0_1_fills_repository(tmp_path: Path) -> None:
+    count = visible_gpu_count()
+    if count is not None and count < 2:
+        pytest.skip(f"--gpus 0,1 needs two GPUs; this machine has {count}")
+    repo = tmp_path / "repo"
+    result = phobbit(
+        "train",
+        MODELS / "tiny_keras.py",
+        "--gpus",
+        "0,1",
+        "--R",
+        3,
+        "--eta",
+        3,
+        "--repo",
+        repo,
+        "--batch-size",
+        64,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    # The schedule of R=3, eta=3 comes before any result.
+    assert out.index("Run 1: 3x1, 1x3") < out.index("Run 0: 2x3") < out.index("best so far")
+    assert "Total: 5 configurations, 11 epochs with checkpoint continuation" in out
+    assert "2 workers (GPU 0, GPU 1)" in out
+    rows = list(Repository(repo).iter_results())
+    assert sorted(r.key for r in rows) == sorted(set(r.key for r in rows))
+    assert len(rows) == 6 and all(r.ok for r in rows), [r.error for r in rows]
+    assert {r.gpu for r in rows} == {"0", "1"}  # each worker pinned to its own id
+    assert json.loads((repo / "run.json").read_text())["R"] == 3
+    best = min(rows, key=lambda r: r.val_loss)
+    model = repo / "models" / f"{best.iteration}-{best.run}-{best.id}.keras"
+    assert model.is_file()
+    assert f"Best model: {model}" in out
+    assert f"{best.run}-{best.id}" in out.split("Best ")[-2]  # the table lists it
+
+
+def test_train_prints_schedule_and_best_table(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    result = phobbit("train", SYNTHETIC, "--jobs", 2, "--R", 9, "--repo", repo)
+    assert result.returncode == 0, result.stderr
+    assert "Run 2: 9x1, 3x3, 1x9" in result.stdout
+    assert "Total: 17 configurations, 69 epochs" in result.stdout
+    assert "run 2 rung 2 done" in result.stdout
+    assert "Trained 22 segments" in result.stdout
+    assert f"Repository: {repo}" in result.stdout
+    assert len(keys(repo)) == SEGMENTS_R9
+
+
+def test_same_command_again_skips_everything(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    assert phobbit("train", SYNTHETIC, "--jobs", 2, "--R", 9, "--repo", repo).returncode == 0
+    again = phobbit("train", SYNTHETIC, "--jobs", 2, "--R", 9, "--repo", repo)
+    assert again.returncode == 0, again.stderr
+    assert f"Resuming: {SEGMENTS_R9} segments" in again.stdout
+    assert len(keys(repo)) == SEGMENTS_R9
+
+
+def test_live_progress_renders_when_forced(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    result = phobbit(
+        "train", SYNTHETIC, "--jobs", 2, "--R", 9, "--repo", repo, "--progress", "live"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Segments done per bracket and rung" in result.stdout
+    assert "Best Val Loss" in result.stdout
+    assert "Trained 22 segments" in result.stdout
+
+
+@pytest.mark.parametrize("kill", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_interrupted_run_resumes_without_retraining(tmp_path: Path, kill: signal.Signals) -> None:
+    repo = tmp_path / "repo"
+    args = ("train", SYNTHETIC, "--jobs", 2, "--R", 9, "--repo", repo)
+    proc = start(*args, PHOBBIT_TEST_EPOCH_S="0.1")
+    wait_for_rows(repo, 4, proc)
+    os.killpg(proc.pid, kill)  # the whole group, as Ctrl-C in a terminal (or a crash)
+    _, stderr = proc.communicate(timeout=60)
+    if kill == signal.SIGINT:
+        assert proc.returncode == 130, stderr
+        assert "Run the same command again to resume" in stderr
+        assert "Traceback" not in stderr
+    before = keys(repo)
+    assert 4 <= len(before) < SEGMENTS_R9
+    status = phobbit("status", repo)
+    assert status.returncode == 0 and "driver not running" in status.stdout, status.stdout
+
+    again = phobbit(*args)
+    assert again.returncode == 0, again.stderr
+    assert f"Resuming: {len(before)} segments" in again.stdout
+    after = keys(repo)
+    assert after[: len(before)] == before  # appended to, never rewritten
+    assert len(after) == len(set(after)) == SEGMENTS_R9  # nothing trained twice
+
+
+def test_different_settings_on_same_repo_are_refused(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    assert phobbit("train", SYNTHETIC, "--jobs", 1, "--R", 3, "--repo", repo).returncode == 0
+    written = (repo / "results.csv").read_bytes()
+    result = phobbit("train", SYNTHETIC, "--jobs", 1, "--R", 9, "--repo", repo)
+    line = assert_one_line_error(result)
+    assert "R=3 there, 9 here" in line and "start fresh" in line
+    assert (repo / "results.csv").read_bytes() == written
+
+
+# -- bad input -----------------------------------------------------------------------
+
+NO_MODEL = (
+    "from phobbit import Hyperparameter\n"
+    "hparam_ranges = [Hyperparameter('x', 'uniform', (0, 1))]\n"
+)
+EMPTY_SPACE = (
+    "from phobbit.trainable import SyntheticTrainable\n"
+    "hparam_ranges = []\n"
+    "trainable = SyntheticTrainable()\n"
+)
+BROKEN = "x = 1\nraise RuntimeError('no data here')\n"
+
+
+@pytest.mark.parametrize(
+    ("source", "options", "message"),
+    [
+        (None, [], "does not exist"),
+        (NO_MODEL, [], "no model function: looked for my_model, model_function"),
+        (BROKEN, [], "failed to load (line 2): RuntimeError: no data here"),
+        (EMPTY_SPACE, [], "the search space is empty"),
+        ("synthetic", ["--R", 0], "R must be an integer >= 1, got 0"),
+        ("synthetic", ["--eta", 1], "eta must be an integer >= 2, got 1"),
+        ("synthetic", ["--gpus", "0,,1"], "--gpus '0,,1' is malformed"),
+        ("synthetic", ["--gpus", "0,1", "--jobs", 2], "with --gpus use --jobs-per-gpu"),
+        ("synthetic", ["--gpus", "0,5"], "GPU id 5 does not exist: this machine has 2 GPU(s)"),
+    ],
+    ids=[
+        "missing-file",
+        "no-model-function",
+        "broken-file",
+        "empty-space",
+        "R<1",
+        "eta<2",
+        "malformed-gpus",
+        "jobs-with-gpus",
+        "no-such-gpu",
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    tmp_path: Path, source: str | None, options: list, message: str
+) -> None:
+    model = tmp_path / "model.py"
+    if source == "synthetic":
+        model = SYNTHETIC
+    elif source is not None:
+        model.write_text(source)
+    # A fake nvidia-smi that lists two GPUs: this machine can then tell which ids exist.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text(
+        "#!/bin/sh\necho 'GPU 0: Fake (UUID: GPU-0)'\necho 'GPU 1: Fake (UUID: GPU-1)'\n"
+    )
+    smi.chmod(smi.stat().st_mode | stat.S_IEXEC)
+    repo = tmp_path / "repo"
+    result = phobbit(
+        "train", model, "--repo", repo, *options, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    )
+    assert message in assert_one_line_error(result)
+    assert not repo.exists()
+
+
+def test_unknown_option_is_a_usage_error() -> None:
+    result = phobbit("train", SYNTHETIC, "--R", "many")
+    assert result.returncode == 2
+    assert "invalid int value: 'many'" in result.stderr
+
+
+def test_run_where_every_trial_fails_exits_1(tmp_path: Path) -> None:
+    model = tmp_path / "failing.py"
+    model.write_text(
+        "from phobbit import Hyperparameter\n"
+        "hparam_ranges = [Hyperparameter('x', 'uniform', (0, 1))]\n"
+        "class Broken:\n"
+        "    def train(self, hparams, checkpoint, initial_epoch, epochs):\n"
+        "        raise OSError('data went missing')\n"
+        "trainable = Broken()\n"
+    )
+    result = phobbit("train", model, "--jobs", 1, "--R", 1, "--repo", tmp_path / "repo")
+    assert result.returncode == 1
+    assert "every trial failed" in result.stderr and "data went missing" in result.stderr
+
+
+# -- brackets, status, best ----------------------------------------------------------------
+
+
+def test_brackets_prints_schedule_with_totals() -> None:
+    result = phobbit("brackets", "--R", 20, "--eta", 3)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("Run 2: 9x2, 3x7, 1x20")
+    assert lines[1].startswith("Run 1: 5x7, 1x20")
+    assert lines[2].startswith("Run 0: 3x20")
+    assert lines[3] == (
+        "Total: 17 configurations, 154 epochs with checkpoint continuation (174 from scratch)"
+    )
+
+
+def test_brackets_rejects_eta_1() -> None:
+    assert "eta must be" in assert_one_line_error(phobbit("brackets", "--R", 9, "--eta", 1))
+
+
+def test_status_while_run_is_writing(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    proc = start(
+        "train", SYNTHETIC, "--jobs", 2, "--R", 9, "--repo", repo, PHOBBIT_TEST_EPOCH_S="0.25"
+    )
+    try:
+        wait_for_rows(repo, 3, proc)
+        during = phobbit("status", repo)
+        assert during.returncode == 0, during.stderr
+        assert f"driver running (pid {proc.pid} on " in during.stdout
+        done = int(during.stdout.split("/22 segments")[0].split()[-1])
+        assert 3 <= done <= SEGMENTS_R9
+        assert "Segments done per bracket and rung" in during.stdout
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    after = phobbit("status", repo)
+    assert "driver not running" in after.stdout
+    assert "69/69 epochs (100%), 22/22 segments" in after.stdout
+
+
+def test_status_of_a_folder_without_run_exits_2(tmp_path: Path) -> None:
+    assert "does not exist" in assert_one_line_error(phobbit("status", tmp_path / "nothing"))
+    assert "no run.json" in assert_one_line_error(phobbit("status", tmp_path))
+
+
+def test_best_json_lists_best_configurations_first(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    assert phobbit("train", SYNTHETIC, "--jobs", 2, "--R", 9, "--repo", repo).returncode == 0
+    result = phobbit("best", repo, "--top", 3, "--json")
+    assert result.returncode == 0, result.stderr
+    best = json.loads(result.stdout)
+    assert len(best) == 3
+    losses = [b["val_loss"] for b in best]
+    assert losses == sorted(losses)
+    rows = list(Repository(repo).iter_results())
+    assert losses[0] == min(r.val_loss for r in rows)
+    top = next(r for r in rows if r.val_loss == losses[0])
+    assert (best[0]["run"], best[0]["id"], best[0]["hparams"]) == (top.run, top.id, top.hparams)
+    assert (repo / best[0]["checkpoint"]).is_file()
+
+    table = phobbit("best", repo, "--top", 2)
+    assert table.returncode == 0
+    assert f"{best[0]['run']}-{best[0]['id']}" in table.stdout
+    assert "Best model:" in table.stdout

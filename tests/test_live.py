@@ -1,0 +1,127 @@
+"""Progress displays: the tracker's arithmetic, the rich display and the plain lines."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from phobbit.live import LineReporter, LiveReporter, RunTracker, estimate_left, render
+from phobbit.plan import Plan
+from phobbit.repository import SegmentResult
+from phobbit.space import Space
+from phobbit.worker import Segment
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def result_of(segment: Segment, gpu: str, loss: float, ok: bool = True) -> SegmentResult:
+    return SegmentResult(
+        iteration=segment.iteration,
+        run=segment.run,
+        id=segment.id,
+        rung=segment.rung,
+        start_epoch=segment.start_epoch,
+        epochs=segment.epochs,
+        val_loss=loss if ok else None,
+        last_val_loss=loss if ok else None,
+        status="ok" if ok else "failed",
+        error="" if ok else "ValueError: boom",
+        hparams=segment.hparams,
+        gpu=gpu,
+        pid=1234,
+    )
+
+
+def text_of(renderable: object) -> str:
+    console = Console(file=io.StringIO(), width=120, record=True)
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_estimate_left_scales_remaining_epochs_by_the_rate_so_far() -> None:
+    assert estimate_left(done=10, total=30, trained=10, seconds=5) == 10
+    assert estimate_left(done=10, total=30, trained=0, seconds=5) is None
+    assert estimate_left(done=30, total=30, trained=30, seconds=5) == 0
+
+
+def test_tracker_counts_epochs_and_infers_the_gpu_of_new_segments(space: Space) -> None:
+    clock = Clock()
+    plan = Plan(space, R=9, eta=3, workers=2)
+    tracker = RunTracker(slots=["0", "1"], clock=clock)
+    tracker.started(plan, resumed=0)
+    assert (tracker.epochs_done, tracker.epochs_total) == (0, 69)
+    assert (tracker.segments_done, tracker.segments_total) == (0, 22)
+    first, second = plan.next_segment(), plan.next_segment()
+    tracker.dispatched(first)
+    tracker.dispatched(second)
+    assert {r.gpu for r in tracker.running.values()} == {"?"}  # nobody has reported yet
+    clock.now += 10
+    plan.record(result_of(first, gpu="1", loss=0.5))
+    tracker.finished(result_of(first, gpu="1", loss=0.5))
+    third = plan.next_segment()
+    tracker.dispatched(third)
+    assert tracker.running[third.key].gpu == "1"  # the worker that just reported is the free one
+    trained = first.epochs - first.start_epoch
+    assert tracker.epochs_done == trained and tracker.epochs_now == trained
+    assert tracker.left() == (69 - trained) * 10 / trained
+    assert tracker.best is not None and tracker.best.val_loss == 0.5
+
+    shown = text_of(render(tracker, title="phobbit train"))
+    assert "Segments done per bracket and rung" in shown
+    assert "GPU 1" in shown and "GPU ?" in shown
+    assert f"{trained}/69 epochs" in shown and "1/22 segments" in shown
+    assert "Best Val Loss 0.5" in shown
+
+
+def test_tracker_knows_the_device_when_every_slot_is_the_cpu(space: Space) -> None:
+    plan = Plan(space, R=3, eta=3)
+    tracker = RunTracker(slots=["-1", "-1"])
+    tracker.started(plan, resumed=0)
+    segment = plan.next_segment()
+    tracker.dispatched(segment)
+    assert "CPU" in text_of(render(tracker))
+
+
+def test_live_reporter_draws_on_a_terminal_and_stops(space: Space) -> None:
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=100)
+    plan = Plan(space, R=3, eta=3)
+    reporter = LiveReporter(console, "phobbit train model.py", slots=["0"])
+    reporter.started(plan, resumed=0)
+    while (segment := plan.next_segment()) is not None:
+        reporter.dispatched(segment)
+        result = result_of(segment, gpu="0", loss=1.0 / (1 + segment.id), ok=segment.id != 1)
+        plan.record(result)
+        reporter.finished(result)
+    reporter.closed()
+    shown = out.getvalue()
+    assert "Run 1: 3x1, 1x3" in shown  # the schedule first
+    assert "FAILED run" in shown and "ValueError: boom" in shown
+    assert "Trained 6 segments" in shown
+
+
+def test_line_reporter_announces_each_rung_once(space: Space) -> None:
+    out = io.StringIO()
+    plan = Plan(space, R=3, eta=3)
+    reporter = LineReporter(out, verbose=1, title="phobbit train model.py")
+    reporter.started(plan, resumed=0)
+    while (segment := plan.next_segment()) is not None:
+        reporter.dispatched(segment)
+        result = result_of(segment, gpu="-1", loss=1.0 / (1 + segment.id))
+        plan.record(result)
+        reporter.finished(result)
+    reporter.closed()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "phobbit train model.py"
+    done = [line for line in lines if " done (" in line]
+    assert len(done) == 3  # run 1 rung 0, run 1 rung 1, run 0 rung 0
+    assert "11/11 epochs (100%), 6/6 segments" in lines[-1]
