@@ -22,9 +22,23 @@ setup(
         "rich>=13.0",
     ],
     extras_require={
-        "test": ["pytest>=7", "scikit-learn>=1.3", "hypothesis>=6", "psutil>=5.9"],
+        "test": [
+            "pytest>=7",
+            "scikit-learn>=1.3",
+            "hypothesis>=6",
+            "psutil>=5.9",
+            "dask[distributed]>=2024.1",
+        ],
         "examples": ["scikit-learn>=1.3"],
-        "dev": ["pytest>=7", "scikit-learn>=1.3", "hypothesis>=6", "psutil>=5.9", "ruff>=0.5"],
+        "dask": ["dask[distributed]>=2024.1"],
+        "dev": [
+            "pytest>=7",
+            "scikit-learn>=1.3",
+            "hypothesis>=6",
+            "psutil>=5.9",
+            "dask[distributed]>=2024.1",
+            "ruff>=0.5",
+        ],
     },
     entry_points={"console_scripts": ["phobbit=phobbit.cli:main"]},
 )

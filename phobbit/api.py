@@ -18,7 +18,7 @@ from phobbit.plan import Plan
 from phobbit.progress import PlainReporter
 from phobbit.repository import Repository
 from phobbit.results import results_frame
-from phobbit.scheduler import Reporter, Scheduler, run_settings
+from phobbit.scheduler import Executor, Reporter, Scheduler, run_settings
 from phobbit.schedule import validate
 from phobbit.space import Hyperparameter, Space
 from phobbit.trainable import Trainable
@@ -59,6 +59,9 @@ class ParallelHyperband:
             ``phobbit.trainable.Trainable`` interface (for non-Keras or synthetic work).
         max_retries: how often a trial whose worker died is retried (default 2).
         reporter: a progress reporter instead of the plain lines of ``verbose``.
+        executor: where segments run instead of a local process pool, e.g. a
+            ``phobbit.dask_executor.DaskExecutor`` past one machine (``gpus``,
+            ``jobs_per_gpu`` and ``n_jobs`` then go to it, not here).
 
     Raises:
         InputError: (a ``ValueError``) for bad input, before anything is written.
@@ -91,6 +94,7 @@ class ParallelHyperband:
         trainable: Trainable | None = None,
         max_retries: int = 2,
         reporter: Reporter | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self.space = Space(hparam_ranges)
         if repo_dir is None or str(repo_dir) == "":
@@ -103,7 +107,9 @@ class ParallelHyperband:
         _positive_int("batch_size", batch_size)
         self.seed, self.max_retries, self.verbose = int(seed), max_retries, verbose
         self.reporter = reporter
-        self.executor = LocalExecutor(parse_gpus(gpus), jobs_per_gpu, n_jobs)
+        if executor is not None and (gpus is not None or n_jobs is not None):
+            raise InputError("give gpus/n_jobs to the executor, not beside it")
+        self.executor = executor or LocalExecutor(parse_gpus(gpus), jobs_per_gpu, n_jobs)
         self._dataset = None
         if trainable is not None:
             if model_function is not None:
@@ -170,7 +176,11 @@ class ParallelHyperband:
             if trainable is None:
                 kwargs = dict(self._keras_kwargs)
                 if self._dataset is not None:
-                    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="phobbit-"))
+                    # Workers on other hosts cannot read this one's /tmp: stage beside the repo.
+                    shared = getattr(self.executor, "stage_in_repository", False)
+                    folder = stack.enter_context(tempfile.TemporaryDirectory(
+                        prefix=".staging-" if shared else "phobbit-",
+                        dir=self.repository.path if shared else None))
                     kwargs["data_path"] = stack.enter_context(staged_dataset(self._dataset, folder))
                 trainable = KerasTrainable(**kwargs)
             Scheduler(trainable, plan, self.repository, self.executor, self.max_retries,

@@ -1,0 +1,119 @@
+"""Past one machine: the same scheduler drives a Dask cluster (``dask.distributed``).
+
+Each Dask worker (one thread each) is pinned to one GPU slot of its host the
+way local workers are: a worker plugin runs ``worker.pin`` when the worker
+starts, before any task imports TensorFlow, and a restarted worker leases the
+slot its predecessor freed. The repository (and the staged dataset) must then
+sit on a file system that every host shares.
+
+Example:
+    >>> from dask.distributed import Client
+    >>> client = Client("tcp://scheduler:8786")   # workers started with --nthreads 1
+    >>> executor = DaskExecutor(client, gpus=[0, 1, 2, 3])
+    >>> ParallelHyperband(my_model, hparams, "/shared/repo", dataset=data,
+    ...                   executor=executor).run(R=81, eta=3)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from distributed import WorkerPlugin
+
+from phobbit.errors import InputError
+from phobbit.worker import HIDDEN, pin
+
+
+class WorkerLostError(BrokenProcessPool):
+    """A Dask worker died running the segment more often than Dask retries."""
+
+
+class PinPlugin(WorkerPlugin):
+    """A Dask worker plugin: pins the worker's process to a free slot of its host."""
+
+    name = "phobbit-pin"
+
+    def __init__(self, slots: list[str], token: str, threads: int, allow_growth: bool) -> None:
+        self.slots, self.token = slots, token
+        self.threads, self.allow_growth = threads, allow_growth
+
+    def setup(self, worker: Any) -> None:
+        # Leases are OS file locks, so they are per host: one folder per run on each host.
+        lease_dir = os.path.join(tempfile.gettempdir(), f"phobbit-dask-{self.token}")
+        os.makedirs(lease_dir, exist_ok=True)
+        pin(self.slots, lease_dir, self.threads, self.allow_growth)
+
+
+class DaskExecutor:
+    """Runs segments on a ``dask.distributed`` cluster, one per worker thread at a time.
+
+    Args:
+        client: a connected ``dask.distributed.Client``; start its workers with
+            one thread each (``--nthreads 1``), as many per host as GPU slots.
+        gpus: the GPU ids of every host; each gets ``jobs_per_gpu`` slots. None
+            runs on the CPU with GPUs hidden.
+        jobs_per_gpu: trials at once on one GPU.
+    """
+
+    stage_in_repository = True  # workers on other hosts cannot read this host's /tmp
+
+    def __init__(
+        self, client: Any, gpus: Sequence[int] | None = None, jobs_per_gpu: int = 1
+    ) -> None:
+        threads = client.nthreads()
+        if not threads:
+            raise InputError("the Dask cluster has no workers; start some, then run again")
+        if any(n != 1 for n in threads.values()):
+            raise InputError(
+                "Dask workers must have one thread each (dask worker --nthreads 1), "
+                f"got {sorted(set(threads.values()))}"
+            )
+        self.client = client
+        self._capacity = len(threads)
+        slots = [str(g) for g in gpus for _ in range(jobs_per_gpu)] if gpus else []
+        self.slots = slots or [HIDDEN] * self._capacity
+        self._plugin = PinPlugin(self.slots, uuid.uuid4().hex[:12], 1, jobs_per_gpu > 1)
+        self._registered = False
+        self._tasks: set[Any] = set()
+
+    @property
+    def capacity(self) -> int:
+        """How many segments run at once: one per Dask worker."""
+        return self._capacity
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Runs ``fn(*args)`` on a pinned Dask worker; a lost worker raises ``WorkerLostError``."""
+        if not self._registered:
+            self.client.register_plugin(self._plugin, name=PinPlugin.name)
+            self._registered = True
+        result: Future = Future()
+        result.set_running_or_notify_cancel()
+        task = self.client.submit(fn, *args, pure=False)
+        self._tasks.add(task)
+
+        def transfer(done: Any) -> None:
+            self._tasks.discard(done)
+            try:
+                result.set_result(done.result())
+            except Exception as exc:  # noqa: BLE001 - handed to the scheduler as is
+                if type(exc).__name__ == "KilledWorker":
+                    exc = WorkerLostError(str(exc))
+                result.set_exception(exc)
+
+        task.add_done_callback(transfer)
+        return result
+
+    def restart(self) -> None:
+        """Nothing to rebuild: Dask replaces lost workers itself."""
+
+    def shutdown(self, kill: bool = False) -> None:
+        """Leaves the cluster to its owner; ``kill`` cancels what is still queued."""
+        tasks, self._tasks = list(self._tasks), set()
+        if kill and tasks:
+            self.client.cancel(tasks, force=True)

@@ -1,0 +1,65 @@
+"""The Dask executor: the same scheduler on a dask.distributed cluster, workers pinned."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import read_records
+from synthetic import x_curve
+
+from phobbit import InputError, ParallelHyperband
+from phobbit.trainable import SyntheticTrainable
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def client():
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+def test_dask_workers_are_pinned_and_compute_what_a_local_run_does(
+    client, hparams, tmp_path: Path
+) -> None:
+    from phobbit.dask_executor import DaskExecutor
+
+    records = tmp_path / "records"
+    records.mkdir()
+    trainable = SyntheticTrainable(curve=x_curve, epoch_seconds=0.005, record_dir=str(records))
+    executor = DaskExecutor(client, gpus=[0, 1])
+    on_dask = ParallelHyperband(
+        None, hparams, tmp_path / "dask", trainable=trainable, executor=executor, verbose=0
+    ).run(R=9, eta=3)
+    local = ParallelHyperband(
+        None, hparams, tmp_path / "local", trainable=SyntheticTrainable(curve=x_curve),
+        n_jobs=2, verbose=0,
+    ).run(R=9, eta=3)  # fmt: skip
+    columns = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Status"]
+    pd.testing.assert_frame_equal(on_dask[columns].sort_index(), local[columns].sort_index())
+    pids_by_gpu = defaultdict(set)
+    for record in read_records(records):
+        pids_by_gpu[record["cuda_visible_devices"]].add(record["pid"])
+    assert set(pids_by_gpu) == {"0", "1"}
+    assert all(len(pids) == 1 for pids in pids_by_gpu.values())
+
+
+def test_dask_workers_with_several_threads_are_refused(tmp_path: Path) -> None:
+    from phobbit.dask_executor import DaskExecutor
+
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        with pytest.raises(InputError, match="one thread each"):
+            DaskExecutor(client)
