@@ -183,8 +183,9 @@ def run_segment(trainable: Trainable, segment: Segment, repository: str) -> Segm
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code: fail the trial, not the run
         if _disk_full(exc):
             raise RepositoryError(
-                f"no space left to save the checkpoint of {segment.checkpoint} ({one_line(exc)}); "
-                "free some disk space, then run the same command again to resume"
+                f"no space left on the disk while training {Path(segment.checkpoint).name} "
+                f"({one_line(exc)}); free some disk space, then run the same command again "
+                "to resume"
             ) from None
         error = one_line(exc)
     finite = [v for v in losses if math.isfinite(v)]

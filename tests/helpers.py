@@ -7,6 +7,7 @@ helpers.py`` runs a driver in a subprocess that tests kill.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -64,7 +65,8 @@ class DyingTrainable(SyntheticTrainable):
     Args:
         victim: the checkpoint stem (``iteration-run-id``) whose worker dies.
         how: ``exit`` (``os._exit(1)``), ``sigkill`` (what the out-of-memory killer
-            sends), or ``raise`` (an exception in user code: the trial fails, the worker lives).
+            sends), ``raise`` (an exception in user code: the trial fails, the worker lives)
+            or ``disk-full`` (saving its checkpoint finds no space left).
         deaths: how many times it dies; then it trains normally.
         tally_dir: a folder where each death leaves a file, to count them across processes.
         after_epochs: epochs of the segment it trains (and checkpoints) before it dies.
@@ -93,6 +95,8 @@ class DyingTrainable(SyntheticTrainable):
             (tally / f"death-{len(list(tally.iterdir()))}-{os.getpid()}").touch()
             if self.how == "raise":
                 raise RuntimeError(f"{self.victim} fails")
+            if self.how == "disk-full":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), checkpoint)
             if self.how == "sigkill":
                 os.kill(os.getpid(), signal.SIGKILL)
             os._exit(1)

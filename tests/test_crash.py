@@ -271,3 +271,29 @@ def test_orphan_rows_of_a_segment_written_twice_are_read_once(tmp_path: Path) ->
     records.mkdir()
     tuner(repo, records, n_jobs=1).run(R=3, eta=3)
     assert records_of(records) == []
+
+
+def test_ctrl_c_stops_driver_and_workers_at_once_and_a_rerun_resumes(tmp_path: Path) -> None:
+    repo, records = tmp_path / "repo", tmp_path / "records"
+    records.mkdir()
+    settings = {**SETTINGS, "R": 9}
+    driver = subprocess.Popen(driver_command(repo, records, settings), env=subprocess_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              start_new_session=True)  # fmt: skip
+    workers: list[psutil.Process] = []
+    try:
+        wait_for(lambda: rows_in(repo) >= 4 or driver.poll() is not None)
+        assert driver.poll() is None, driver.stderr.read().decode()
+        workers = psutil.Process(driver.pid).children(recursive=True)
+        os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+        assert driver.wait(timeout=20) != 0
+        assert "KeyboardInterrupt" in driver.stderr.read().decode()
+        _, alive = psutil.wait_procs(workers, timeout=5)
+        assert not alive, f"workers outlived Ctrl-C: {alive}"
+    finally:
+        kill_tree([p.pid for p in workers] + [driver.pid])
+    rows = Repository(repo).results()
+    assert 4 <= len(rows) < 22 and all(row.ok for row in rows.values())
+    resumed = tuner(repo, n_jobs=2, seed=SETTINGS["seed"]).run(R=9, eta=3)
+    reference = tuner(tmp_path / "reference", n_jobs=2, seed=SETTINGS["seed"]).run(R=9, eta=3)
+    pd.testing.assert_frame_equal(resumed[COLUMNS].sort_index(), reference[COLUMNS].sort_index())

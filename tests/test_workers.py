@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from helpers import STEPS, DyingTrainable, bad_curve, exiting_curve, tuner, x_curve
 
+from phobbit import RepositoryError
 from phobbit.repository import Repository
 from phobbit.trainable import SyntheticTrainable
 from phobbit.worker import Segment, run_segment
@@ -147,3 +150,34 @@ def test_model_function_returning_no_compiled_keras_model_fails_the_trial(
     result = run_segment(trainable, _segment({}, tmp_path / "c"), str(tmp_path))
     assert result.status == "failed" and result.error.startswith(error)
     assert [r.error for r in Repository(tmp_path).iter_results()] == [result.error]
+
+
+def test_a_full_disk_stops_the_run_without_failing_the_trial_and_a_rerun_resumes(
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "repo"
+    full = dying(tmp_path, victim="0-1-2", how="disk-full")
+    with pytest.raises(RepositoryError, match=r"no space left .* run the same command again"):
+        tuner(repo, trainable=full, n_jobs=2).run(9, 3)
+    assert all(row.ok for row in Repository(repo).iter_results()), "no trial was failed"
+    results = tuner(repo, n_jobs=2).run(9, 3)
+    reference = tuner(tmp_path / "ref", n_jobs=2).run(9, 3)
+    pd.testing.assert_frame_equal(results[COLUMNS].sort_index(), reference[COLUMNS].sort_index())
+
+
+@pytest.mark.parametrize("written", ["short", "raises"])
+def test_a_row_the_disk_cannot_hold_stops_with_a_message_saying_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, written: str
+) -> None:
+    repository = Repository(tmp_path)
+    repository.create({"R": 1})
+    result = run_segment(SyntheticTrainable(), _segment({}, tmp_path / "c"), str(tmp_path))
+
+    def write(fd: int, data: bytes) -> int:
+        if written == "short":
+            return len(data) // 2
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("phobbit.repository.os.write", write)
+    with pytest.raises(RepositoryError, match=r"(is the disk full|No space left on device)"):
+        repository.append(result)
