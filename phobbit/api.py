@@ -18,8 +18,8 @@ from phobbit.plan import Plan
 from phobbit.progress import PlainReporter
 from phobbit.repository import Repository
 from phobbit.results import results_frame
-from phobbit.scheduler import Reporter, Scheduler, run_settings
 from phobbit.schedule import validate
+from phobbit.scheduler import Reporter, Scheduler, run_settings
 from phobbit.space import Hyperparameter, Space
 from phobbit.trainable import Trainable
 

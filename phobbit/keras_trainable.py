@@ -217,6 +217,7 @@ class KerasTrainable:
     def train(
         self, hparams: dict[str, Any], checkpoint: str, initial_epoch: int, epochs: int
     ) -> Sequence[float]:
+        data = self._fit_data()  # first: a bad dataset stops the run before Keras is imported
         model = self.build(hparams)
         path = checkpoint + ".keras"
         progress = read_progress(path)
@@ -238,7 +239,7 @@ class KerasTrainable:
             initial_epoch=done,
             verbose=self.verbose,
             callbacks=callbacks,
-            **self._fit_data(),
+            **data,
             **fit_kwargs,
         )
         new = fitted.history.get("val_loss")

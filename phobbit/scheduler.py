@@ -177,13 +177,20 @@ class Scheduler:
                     held_back.append(segment)
                     continue
                 suspect_in_flight = True
-            future = self.executor.submit(
-                run_segment, self.trainable, segment, str(self.repository.path)
-            )
+            future = self._submit(segment)
             self._in_flight[future] = segment
             self.reporter.dispatched(segment)
         for segment in held_back:
             self.plan.give_back(segment)
+
+    def _submit(self, segment: Segment) -> Future:
+        args = (run_segment, self.trainable, segment, str(self.repository.path))
+        try:
+            return self.executor.submit(*args)
+        except BrokenProcessPool:
+            # A worker died while idle (e.g. killed for memory): no trial is to blame.
+            self.executor.restart()
+            return self.executor.submit(*args)
 
     def _collect(self, finished: Iterable[Future]) -> None:
         lost = self._outcomes(finished)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from phobbit.errors import RepositoryError
+from phobbit.errors import FatalError, RepositoryError
 from phobbit.repository import Repository, SegmentResult, this_host
 from phobbit.trainable import Trainable
 
@@ -167,6 +167,7 @@ def run_segment(trainable: Trainable, segment: Segment, repository: str) -> Segm
 
     Raises:
         WorkerNotPinnedError: when the worker found no free slot.
+        FatalError: bad input only a worker can see (what a dataset function returns).
         RepositoryError: when the disk is full, which is no fault of the trial:
             the run stops, and resumes once there is space again.
     """
@@ -180,6 +181,8 @@ def run_segment(trainable: Trainable, segment: Segment, repository: str) -> Segm
             dict(segment.hparams), segment.checkpoint, segment.start_epoch, segment.epochs
         )]  # fmt: skip
         error = _failure(losses, segment)
+    except FatalError:
+        raise  # bad input found in the worker (a dataset function's result): stop the run
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code: fail the trial, not the run
         if _disk_full(exc):
             raise RepositoryError(

@@ -58,6 +58,16 @@ def exiting_curve(hparams: dict[str, Any], epoch: int) -> float:
     return x_curve(hparams, epoch)
 
 
+def mislabelled_dataset() -> tuple:
+    """A dataset function whose result has fewer training labels than inputs."""
+    return ([[0.0]] * 4, [0] * 3), ([[0.0]], [0])
+
+
+def no_model(hparams: dict[str, Any]) -> None:
+    """A model function that is never reached in the tests that use it."""
+    raise AssertionError("the model function ran although the dataset is bad")
+
+
 @dataclass(frozen=True)
 class DyingTrainable(SyntheticTrainable):
     """A synthetic trainable whose worker process dies while it trains one configuration.

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import space, tuner
+from helpers import mislabelled_dataset, no_model, space, tuner
 
 from phobbit import Hyperparameter, InputError, ParallelHyperband, RepositoryError
 from phobbit.repository import Repository
@@ -152,6 +152,16 @@ def test_bad_input_is_refused_with_its_name_and_no_repository_is_made(
     assert isinstance(raised.value, ValueError)
     assert "\n" not in str(raised.value)
     assert not repo.exists()
+
+
+def test_a_dataset_function_returning_a_bad_dataset_stops_the_run_at_its_first_trial(
+    repo: Path,
+) -> None:
+    hyperband = ParallelHyperband(no_model, space(), repo, dataset=mislabelled_dataset, n_jobs=1,
+                              verbose=0)  # fmt: skip
+    with pytest.raises(InputError, match=r"dataset has 4 training inputs for 3 labels"):
+        hyperband.run(R=3, eta=3)
+    assert list(Repository(repo).iter_results()) == [], "no trial was failed for it"
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes | None, int]]:

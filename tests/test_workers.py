@@ -5,14 +5,20 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import STEPS, DyingTrainable, bad_curve, exiting_curve, tuner, x_curve
+from helpers import STEPS, DyingTrainable, bad_curve, exiting_curve, space, tuner, x_curve
 
 from phobbit import RepositoryError
+from phobbit.executor import LocalExecutor
+from phobbit.plan import Plan
 from phobbit.repository import Repository
+from phobbit.scheduler import Scheduler
+from phobbit.space import Space
 from phobbit.trainable import SyntheticTrainable
 from phobbit.worker import Segment, run_segment
 
@@ -181,3 +187,19 @@ def test_a_row_the_disk_cannot_hold_stops_with_a_message_saying_so(
     monkeypatch.setattr("phobbit.repository.os.write", write)
     with pytest.raises(RepositoryError, match=r"(is the disk full|No space left on device)"):
         repository.append(result)
+
+
+def test_a_worker_killed_while_idle_breaks_no_trial_and_the_pool_is_rebuilt(
+    tmp_path: Path,
+) -> None:
+    executor = LocalExecutor(n_jobs=1)
+    idle = executor.submit(os.getpid).result()
+    os.kill(idle, signal.SIGKILL)  # e.g. the out-of-memory killer, between two trials
+    time.sleep(0.5)  # loky marks the pool broken; the next submit raises at once
+    repository = Repository(tmp_path / "repo")
+    repository.create({"R": 3})
+    plan = Plan(Space(space()), R=3, eta=3, checkpoint_dir=str(repository.models))
+    trainable = SyntheticTrainable(curve=x_curve, steps_per_epoch=STEPS)
+    Scheduler(trainable, plan, repository, executor).run()
+    assert plan.done and all(row.ok for row in repository.iter_results())
+    assert len(repository.results()) == plan.total_segments()
