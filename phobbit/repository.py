@@ -38,6 +38,7 @@ RUN_FILE = "run.json"
 DRIVER_FILE = "driver.json"
 MODELS = "models"
 LOCK_TIMEOUT_S = 60.0
+DRIVER_LOCK_WAIT_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -255,7 +256,8 @@ class Repository:
             RepositoryError: naming the driver (pid, host) that holds the folder now.
         """
         self.path.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.path / ".driver.lock"), timeout=0)
+        # Not 0: a reader such as `phobbit status` may test the lock for an instant.
+        lock = FileLock(str(self.path / ".driver.lock"), timeout=DRIVER_LOCK_WAIT_S)
         try:
             lock.acquire()
         except Timeout:
