@@ -226,12 +226,12 @@ class Scheduler:
         suspects = [s for s, _ in lost if s.key in self._suspects]
         culprit = lost[0][0] if len(lost) == 1 else suspects[0] if len(suspects) == 1 else None
         for segment, cause in lost:
+            self._suspects.add(segment.key)  # cleared once it finishes, or fails for good
             if culprit is not None and segment.key == culprit.key:
                 self._crashed(segment, cause)
             else:
                 self.plan.give_back(segment)  # an innocent until proven otherwise: no charge
                 self.reporter.retrying(segment, cause, 0)
-            self._suspects.add(segment.key)
 
     def _record_if_done(
         self, done: dict[tuple[int, int, int, int], SegmentResult], segment: Segment
