@@ -199,8 +199,10 @@ class Scheduler:
             rest = dict(self._in_flight)
             wait(rest)
             lost += self._outcomes(rest)
-            self._blame(lost)
+            # Kill the old workers before reading which rows they wrote: one still finishing
+            # could otherwise append its row after the read, and its segment would run twice.
             self.executor.restart()
+            self._blame(lost)
 
     def _outcomes(self, finished: Iterable[Future]) -> list[tuple[Segment, str]]:
         """Records what finished; returns the segments whose worker died, with the cause."""
