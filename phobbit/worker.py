@@ -30,7 +30,7 @@ from phobbit.trainable import Trainable
 
 HIDDEN = "-1"  # the CUDA_VISIBLE_DEVICES of a CPU worker: no GPU at all
 SLOT_WAIT_S = 30.0
-PARENT_POLL_S = 0.1
+PARENT_POLL_S = 0.05
 MAX_ERROR_CHARS = 500
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
