@@ -7,7 +7,7 @@ replaces free, and sets ``CUDA_VISIBLE_DEVICES`` before anything imports
 TensorFlow. ``run_segment`` trains one segment and appends its row to the
 repository.
 
-A worker whose driver died (SIGKILL, a crash) stops within a fraction of a
+A pool worker whose driver died (SIGKILL, a crash) stops within a fraction of a
 second instead of finishing a segment nobody waits for: the resumed driver
 trains that segment again from its last epoch checkpoint.
 """
@@ -70,7 +70,9 @@ def thread_environment(threads: int) -> dict[str, str]:
     return env
 
 
-def pin(slots: list[str], lease_dir: str, threads: int, allow_growth: bool) -> None:
+def pin(
+    slots: list[str], lease_dir: str, threads: int, allow_growth: bool, watch_parent: bool = False
+) -> None:
     """Pool initializer: lease a free slot and pin this process to its device.
 
     Args:
@@ -78,12 +80,16 @@ def pin(slots: list[str], lease_dir: str, threads: int, allow_growth: bool) -> N
         lease_dir: a folder of this pool's lease files.
         threads: CPU threads this worker may use.
         allow_growth: let TensorFlow grow GPU memory (several jobs share a GPU).
+        watch_parent: end this process once its parent (the driver) has died; for
+            pool workers that the driver started itself, never for a process that
+            may be the driver (a Dask worker thread) or outlives it on purpose.
 
     It never raises: an exception in an initializer breaks the whole pool. A
     worker that found no slot records why, and ``run_segment`` reports it.
     """
     try:
-        _watch_parent(os.getppid())
+        if watch_parent:
+            _watch_parent(os.getppid())
         os.environ.update(thread_environment(threads))
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         if allow_growth:
