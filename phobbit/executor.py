@@ -127,7 +127,8 @@ class LocalExecutor:
             max_workers=self.capacity,
             timeout=None,  # idle workers stay: no TensorFlow re-import after a reducer pause
             initializer=pin,
-            initargs=(self.slots, self._lease_dir, self.threads, self.allow_growth),
+            # Workers end with their driver: a killed driver's orphans must not train on.
+            initargs=(self.slots, self._lease_dir, self.threads, self.allow_growth, True),
         )
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:

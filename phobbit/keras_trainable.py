@@ -3,26 +3,39 @@
 A configuration is built by the user's model function (a compiled model), or
 rebuilt by it and restored from its checkpoint: weights *and* optimizer state,
 so a promoted configuration trains only the epochs it is missing. Restoring
-never deserializes user code from the checkpoint (a plain ``load_weights``
-after the optimizer is built), and the checkpoint is a full ``.keras`` model a
-user can load later with ``keras.saving.load_model``.
+never deserializes anything from the checkpoint but arrays (a plain
+``load_weights`` on the model the user's function rebuilt, after the optimizer
+is built): no code, no layer config, no lambda is ever loaded from a
+repository. The checkpoint is a full ``.keras`` model a user can load later
+with ``keras.saving.load_model(path, safe_mode=True)``.
+
+The checkpoint is saved after every epoch, and holds one more member,
+``phobbit.json``, with the epoch it holds and the val losses of every epoch so
+far: model and progress live in one file replaced atomically, so they can never
+disagree after a kill.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+import zipfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from phobbit.errors import InputError
+from phobbit.trainable import resume_epoch
 
 # Per worker process: datasets loaded once and reused by every trial it runs.
 _DATA_CACHE: dict[str, Any] = {}
 
 Arrays = tuple[tuple[Any, Any], tuple[Any, Any]]
+
+PROGRESS_MEMBER = "phobbit.json"
 
 
 def check_dataset(dataset: Any) -> None:
@@ -42,6 +55,63 @@ def check_dataset(dataset: Any) -> None:
         )
     if sizes[0] == 0 or sizes[2] == 0:
         raise InputError("dataset has no training or no validation samples")
+    for name, train, val in (("inputs", x_train, x_val), ("labels", y_train, y_val)):
+        train_shape, val_shape = _sample_shape(train), _sample_shape(val)
+        if train_shape is not None and val_shape is not None and train_shape != val_shape:
+            raise InputError(
+                f"dataset has training {name} of shape {train_shape} per sample but "
+                f"validation {name} of shape {val_shape}; they must match"
+            )
+
+
+def _sample_shape(array: Any) -> tuple[int, ...] | None:
+    """The shape of one sample of an array-like, None when it has no ``shape``."""
+    shape = getattr(array, "shape", None)
+    return tuple(shape[1:]) if shape is not None and len(shape) > 0 else None
+
+
+def read_progress(path: str) -> tuple[int, list[float]] | None:
+    """The epoch a ``.keras`` checkpoint holds and the val losses of its epochs; None if absent.
+
+    Raises:
+        RuntimeError: for a file that is not a checkpoint phobbit wrote.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            progress = json.loads(archive.read(PROGRESS_MEMBER))
+        epoch, losses = int(progress["epoch"]), [float(v) for v in progress["val_losses"]]
+    except FileNotFoundError:
+        return None
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError, TypeError) as exc:
+        raise RuntimeError(
+            f"checkpoint {path} is unreadable ({exc}); delete it to retrain"
+        ) from None
+    if len(losses) != epoch:
+        raise RuntimeError(f"checkpoint {path} holds {len(losses)} val losses for {epoch} epochs")
+    return epoch, losses
+
+
+def save_checkpoint(model: Any, checkpoint: str, val_losses: Sequence[float]) -> None:
+    """Saves ``model`` and its progress as one ``.keras`` file, atomically."""
+    temp = f"{checkpoint}.tmp{os.getpid()}.keras"
+    model.save(temp)
+    progress = {"epoch": len(val_losses), "val_losses": list(val_losses)}
+    with zipfile.ZipFile(temp, "a") as archive:
+        archive.writestr(PROGRESS_MEMBER, json.dumps(progress))
+    os.replace(temp, checkpoint + ".keras")
+
+
+def _epoch_saver(checkpoint: str, val_losses: list[float]) -> Any:
+    """A Keras callback that saves the checkpoint at the end of every epoch."""
+    import keras
+
+    class EpochCheckpoint(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            value = (logs or {}).get("val_loss")
+            val_losses.append(math.nan if value is None else float(value))
+            save_checkpoint(self.model, checkpoint, val_losses)
+
+    return EpochCheckpoint()
 
 
 @contextmanager
@@ -87,6 +157,10 @@ class KerasTrainable:
         batch_size: passed to ``fit`` with arrays.
         verbose: passed to ``fit``.
         fit_kwargs: more keyword arguments for ``fit``.
+        checkpoint_every_epoch: save the checkpoint after every epoch (the default),
+            so a killed segment resumes from its last epoch; False saves only at
+            the end of a segment, for models so large that saving costs more than
+            the epochs a kill may lose.
     """
 
     model_function: Callable[[dict[str, Any]], Any]
@@ -100,6 +174,7 @@ class KerasTrainable:
     batch_size: int | None = None
     verbose: int = 0
     fit_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
+    checkpoint_every_epoch: bool = True
 
     def _arrays(self) -> Arrays:
         key = self.data_path or f"{self.load_dataset!r}"
@@ -142,23 +217,35 @@ class KerasTrainable:
     def train(
         self, hparams: dict[str, Any], checkpoint: str, initial_epoch: int, epochs: int
     ) -> Sequence[float]:
+        data = self._fit_data()  # first: a bad dataset stops the run before Keras is imported
         model = self.build(hparams)
         path = checkpoint + ".keras"
-        if initial_epoch > 0:
+        progress = read_progress(path)
+        done = resume_epoch(path, None if progress is None else progress[0], initial_epoch, epochs)
+        history = progress[1][:done] if progress is not None else []
+        if done > 0:
             # load_weights restores the optimizer's variables only once it is built.
             model.optimizer.build(model.trainable_variables)
             model.load_weights(path)
-        history = model.fit(
+        losses = history[initial_epoch:done]  # trained by an attempt that was killed
+        if done == epochs:
+            return losses
+        fit_kwargs = dict(self.fit_kwargs)
+        callbacks = list(fit_kwargs.pop("callbacks", None) or [])
+        if self.checkpoint_every_epoch:
+            callbacks.insert(0, _epoch_saver(checkpoint, list(history)))
+        fitted = model.fit(
             epochs=epochs,
-            initial_epoch=initial_epoch,
+            initial_epoch=done,
             verbose=self.verbose,
-            **self._fit_data(),
-            **self.fit_kwargs,
+            callbacks=callbacks,
+            **data,
+            **fit_kwargs,
         )
-        temp = f"{checkpoint}.tmp{os.getpid()}.keras"
-        model.save(temp)
-        os.replace(temp, path)
-        losses = history.history.get("val_loss")
-        if losses is None:
+        new = fitted.history.get("val_loss")
+        if new is None:
             raise ValueError("fit reported no val_loss; give validation data")
-        return [float(v) for v in losses]
+        new = [float(v) for v in new]
+        if not self.checkpoint_every_epoch:
+            save_checkpoint(model, checkpoint, history + new)
+        return losses + new

@@ -72,6 +72,12 @@ class PlainReporter:
         )
 
     def retrying(self, segment: Segment, cause: str, attempt: int) -> None:
+        if attempt == 0:
+            self._say(
+                f"requeued run {segment.run} id {segment.id} rung {segment.rung}: "
+                "a worker died while it ran, which one is not known yet; no retry charged"
+            )
+            return
         self._say(
             f"worker died running run {segment.run} id {segment.id} rung {segment.rung} "
             f"({cause}); retry {attempt}"

@@ -10,14 +10,16 @@ data. Hparams are stored as JSON and parsed as JSON, never evaluated.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
 import os
 import socket
+import time
 import zlib
-from contextlib import contextmanager
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +35,10 @@ COLUMNS = (
 HEADER = ",".join(COLUMNS) + ",crc\n"
 RESULTS = "results.csv"
 RUN_FILE = "run.json"
+DRIVER_FILE = "driver.json"
 MODELS = "models"
 LOCK_TIMEOUT_S = 60.0
+DRIVER_LOCK_WAIT_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -99,18 +103,29 @@ def encode_row(result: SegmentResult) -> str:
     return f"{body}{zlib.crc32(body.encode()):08x}\n"
 
 
-def decode_row(line: str) -> SegmentResult | None:
-    """The result a line holds, or None for a torn, corrupt or header line."""
-    if not line.endswith("\n"):
+def decode_row(line: str | bytes) -> SegmentResult | None:
+    """The result a line holds, or None for a torn, corrupt or header line.
+
+    The CRC is checked on the raw bytes before anything is decoded, so a row
+    torn in the middle of a multi-byte character is skipped like any other.
+    """
+    raw_line = line.encode() if isinstance(line, str) else line
+    if not raw_line.endswith(b"\n"):
         return None
-    body, _, crc = line[:-1].rpartition(",")
-    if not body or f"{zlib.crc32((body + ',').encode()):08x}" != crc:
+    body, _, crc = raw_line[:-1].rpartition(b",")
+    if not body or f"{zlib.crc32(body + b','):08x}".encode() != crc:
         return None
-    fields = next(csv.reader([body]))
+    try:
+        fields = next(csv.reader([body.decode()]))
+    except (UnicodeDecodeError, csv.Error, StopIteration):
+        return None
     if len(fields) != len(COLUMNS):
         return None
-    raw = dict(zip(COLUMNS, fields))
+    raw = dict(zip(COLUMNS, fields, strict=True))
     try:
+        hparams = json.loads(raw["hparams"])
+        if not isinstance(hparams, dict):
+            return None
         return SegmentResult(
             iteration=int(raw["iteration"]),
             run=int(raw["run"]),
@@ -122,7 +137,7 @@ def decode_row(line: str) -> SegmentResult | None:
             last_val_loss=_float_value(raw["last_val_loss"]),
             status=raw["status"],
             error=raw["error"],
-            hparams=json.loads(raw["hparams"]),
+            hparams=hparams,
             gpu=raw["gpu"],
             pid=int(raw["pid"]),
             host=raw["host"],
@@ -177,8 +192,9 @@ class Repository:
             True when the folder already holds this run (a resume).
 
         Raises:
-            RepositoryError: when the folder holds another run; the message says
-                what differs and how to start fresh. Nothing is written.
+            RepositoryError: when the folder holds another run or files phobbit
+                cannot read; the message says what is wrong and what to do.
+                Nothing is written.
         """
         if self.path.exists() and not self.path.is_dir():
             raise RepositoryError(f"repository {self.path} is a file, not a folder")
@@ -200,13 +216,31 @@ class Repository:
                 f"repository {self.path} holds another run ({'; '.join(differ)}); "
                 "use another repository folder, or delete this one to start fresh"
             )
+        self.check_results()
         return True
+
+    def check_results(self) -> None:
+        """Raises ``RepositoryError`` unless ``results.csv`` is absent or a readable results file.
+
+        It reads the first line only, so it is cheap enough to call before every run.
+        """
+        try:
+            with open(self.results_path, "rb") as handle:
+                first = handle.readline()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise RepositoryError(
+                f"cannot read {self.results_path}: {exc.strerror}; "
+                "move it away or use another repository folder"
+            ) from None
+        _check_header(self.results_path, first)
 
     def create(self, settings: Mapping[str, Any]) -> None:
         """Makes the folder and writes ``run.json`` (write to temp, then replace)."""
         self.models.mkdir(parents=True, exist_ok=True)
         if self.read_settings() is None:
-            temp = self.run_path.with_suffix(f".tmp{os.getpid()}")
+            temp = self.run_path.with_name(f".{RUN_FILE}.{os.getpid()}.tmp")
             temp.write_text(json.dumps(dict(settings), indent=2, sort_keys=True) + "\n")
             os.replace(temp, self.run_path)
 
@@ -214,25 +248,25 @@ class Repository:
     def driver_lock(self) -> Iterator[None]:
         """Held by the one driver that runs in this folder; a killed driver's lock dies with it.
 
+        The lock is an OS file lock (``flock``), which the kernel releases when
+        its holder dies however it dies, so a stale ``driver.json`` left by a
+        killed driver never blocks a resume.
+
         Raises:
             RepositoryError: naming the driver (pid, host) that holds the folder now.
         """
         self.path.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.path / ".driver.lock"), timeout=0)
-        owner = self.path / "driver.json"
+        # Not 0: a reader such as `phobbit status` may test the lock for an instant.
+        lock = FileLock(str(self.path / ".driver.lock"), timeout=DRIVER_LOCK_WAIT_S)
         try:
             lock.acquire()
         except Timeout:
-            try:
-                who = json.loads(owner.read_text())
-                name = f"pid {who['pid']} on {who['host']}"
-            except (OSError, ValueError, KeyError, TypeError):
-                name = "another process"
             raise RepositoryError(
-                f"repository {self.path} is in use by a running phobbit ({name}); "
+                f"repository {self.path} is in use by a running phobbit ({self._driver_name()}); "
                 "wait for it to finish or stop it, or use another folder"
             ) from None
         try:
+            owner = self.path / DRIVER_FILE
             temp = owner.with_name(f".driver.{os.getpid()}.tmp")
             temp.write_text(json.dumps({"pid": os.getpid(), "host": this_host()}))
             os.replace(temp, owner)
@@ -240,10 +274,34 @@ class Repository:
         finally:
             lock.release()
 
+    def _driver_name(self) -> str:
+        """Who holds the driver lock, as ``pid N on HOST``, from ``driver.json``.
+
+        The holder writes ``driver.json`` just after taking the lock; until then
+        the file may still name a driver that was killed, so a dead pid on this
+        host is read again for a moment before it is believed.
+        """
+        name = "another process"
+        for _ in range(10):
+            try:
+                who = json.loads((self.path / DRIVER_FILE).read_text())
+                name = f"pid {who['pid']} on {who['host']}"
+                if who["host"] != this_host() or _alive(int(who["pid"])):
+                    break
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+            time.sleep(0.05)
+        return name
+
     # -- results.csv ----------------------------------------------------------------
 
     def append(self, result: SegmentResult) -> None:
-        """Appends one row under the lock, with a single write."""
+        """Appends one row under the lock, with a single write.
+
+        Raises:
+            RepositoryError: when the row cannot be written in full (a full disk,
+                a file system gone read-only); the run must stop, not lose the row.
+        """
         line = encode_row(result).encode()
         try:
             with self._lock:
@@ -254,7 +312,7 @@ class Repository:
                         line = HEADER.encode() + line
                     elif os.pread(fd, 1, size - 1) != b"\n":
                         line = b"\n" + line  # a torn row before us stays on its own line
-                    os.write(fd, line)
+                    written = os.write(fd, line)
                 finally:
                     os.close(fd)
         except Timeout:
@@ -262,20 +320,45 @@ class Repository:
                 f"could not lock {self.results_path} within {LOCK_TIMEOUT_S:.0f} s; "
                 "is its file system shared and locked elsewhere?"
             ) from None
+        except OSError as exc:
+            hint = "free some disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (
+                "fix the repository folder")  # fmt: skip
+            raise RepositoryError(
+                f"cannot append to {self.results_path}: {exc.strerror}; "
+                f"{hint}, then run the same command again to resume"
+            ) from None
+        if written != len(line):
+            # The torn tail fails its CRC and is skipped; the segment is trained again.
+            raise RepositoryError(
+                f"wrote only {written} of {len(line)} bytes to {self.results_path}; "
+                "is the disk full? Free some space, then run again to resume"
+            )
 
     def iter_results(self) -> Iterator[SegmentResult]:
-        """Every intact row, in the order written; torn or corrupt lines are skipped."""
+        """Every intact row, in the order written; torn or corrupt lines are skipped.
+
+        Raises:
+            RepositoryError: when ``results.csv`` cannot be read or is not a results file.
+        """
         try:
-            handle = open(self.results_path, newline="")
+            handle = open(self.results_path, "rb")
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise RepositoryError(f"cannot read {self.results_path}: {exc.strerror}") from None
+            raise RepositoryError(
+                f"cannot read {self.results_path}: {exc.strerror}; "
+                "move it away or use another repository folder"
+            ) from None
         with handle:
-            for line in handle:
-                result = decode_row(line)
-                if result is not None:
-                    yield result
+            try:
+                lines = iter(handle)
+                _check_header(self.results_path, next(lines, b""))
+                for line in lines:
+                    result = decode_row(line)
+                    if result is not None:
+                        yield result
+            except OSError as exc:
+                raise RepositoryError(f"cannot read {self.results_path}: {exc.strerror}") from None
 
     def results(self) -> dict[tuple[int, int, int, int], SegmentResult]:
         """The first intact row of every segment, by (iteration, run, id, rung)."""
@@ -287,6 +370,28 @@ class Repository:
     def checkpoint(self, iteration: int, run: int, config_id: int) -> Path:
         """Where the configuration's checkpoint lives (the trainable picks the suffix)."""
         return self.models / config_name(iteration, run, config_id)
+
+
+def _check_header(path: Path, first: bytes) -> None:
+    """Raises ``RepositoryError`` unless ``first`` is the results header, whole or torn."""
+    header = HEADER.encode()
+    if first == header or (not first.endswith(b"\n") and header.startswith(first)):
+        return  # a header still being written, or torn by a kill, holds no rows yet
+    raise RepositoryError(
+        f"{path} is not a phobbit results file (its first line is not the results header); "
+        "move it away or use another repository folder"
+    )
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def this_host() -> str:

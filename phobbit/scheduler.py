@@ -4,12 +4,23 @@ It keeps every worker busy (a new segment is dispatched the moment one comes
 back; the loop blocks on the futures, it never polls with sleeps), skips
 segments already in the repository (a resume), retries the trials of a worker
 that died, and tells a reporter what happens. It never imports TensorFlow.
+
+When one worker dies, loky stops them all: every segment in flight fails with
+the same ``TerminatedWorkerError`` and none says which worker died. Charging
+them all a retry would fail innocent trials, so the scheduler isolates
+*suspects* instead: a crash with one segment in flight charges that one; a
+crash with several makes them all suspects without charging anyone; and at
+most one suspect is in flight at a time (beside any number of others), so the
+next crash with a suspect in flight charges it. A suspect that finishes is
+cleared. Requeued segments resume from their last epoch checkpoint, so the
+innocent ones lose at most the epoch they were in.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
@@ -44,7 +55,13 @@ class Reporter(Protocol):
 
     def finished(self, result: SegmentResult) -> None: ...
 
-    def retrying(self, segment: Segment, cause: str, attempt: int) -> None: ...
+    def retrying(self, segment: Segment, cause: str, attempt: int) -> None:
+        """A segment goes back to the queue because a worker died.
+
+        ``attempt`` is the retry it is charged, or 0 for a segment requeued
+        without charge: it was in flight when some worker died, and which one
+        is not known yet.
+        """
 
     def closed(self) -> None: ...
 
@@ -66,6 +83,19 @@ class SilentReporter:
 
     def closed(self) -> None:
         pass
+
+
+def _crash_cause(exc: BaseException) -> str:
+    """Why a worker died, in one short line: loky's exit codes when it gives them."""
+    if isinstance(exc, WorkerNotPinnedError):
+        return one_line(exc)
+    text = " ".join(str(exc).split())
+    codes = text[text.find("{") : text.find("}") + 1] if "exit codes" in text else ""
+    where = f" (exit code {codes.strip('{}')})" if codes else ""
+    return (
+        f"the worker process died{where}: out of memory, a segfault, a kill or os._exit "
+        "in user code"
+    )
 
 
 def run_settings(space: Space, R: int, eta: int, seed: int, iterations: int) -> dict[str, Any]:
@@ -109,6 +139,7 @@ class Scheduler:
         self.reporter = reporter or SilentReporter()
         self._in_flight: dict[Future, Segment] = {}
         self._crashes: Counter[tuple[int, int, int, int]] = Counter()
+        self._suspects: set[tuple[int, int, int, int]] = set()
 
     def run(self) -> None:
         """Runs until every bracket has finished; Ctrl-C kills the workers and re-raises."""
@@ -131,60 +162,99 @@ class Scheduler:
         self.executor.shutdown()
 
     def _dispatch(self, done_before: dict[tuple[int, int, int, int], SegmentResult]) -> None:
+        held_back: list[Segment] = []
+        suspect_in_flight = any(seg.key in self._suspects for seg in self._in_flight.values())
         while len(self._in_flight) < self.executor.capacity:
             segment = self.plan.next_segment()
             if segment is None:
-                return
+                break
             row = done_before.get(segment.key)
             if row is not None:
                 self.plan.record(row)  # trained before this resume
                 continue
-            future = self.executor.submit(
-                run_segment, self.trainable, segment, str(self.repository.path)
-            )
+            if segment.key in self._suspects:
+                if suspect_in_flight:
+                    held_back.append(segment)
+                    continue
+                suspect_in_flight = True
+            future = self._submit(segment)
             self._in_flight[future] = segment
             self.reporter.dispatched(segment)
+        for segment in held_back:
+            self.plan.give_back(segment)
 
-    def _collect(self, finished: set[Future]) -> None:
-        broken = False
-        for future in finished:
+    def _submit(self, segment: Segment) -> Future:
+        args = (run_segment, self.trainable, segment, str(self.repository.path))
+        try:
+            return self.executor.submit(*args)
+        except BrokenProcessPool:
+            # A worker died while idle (e.g. killed for memory): no trial is to blame.
+            self.executor.restart()
+            return self.executor.submit(*args)
+
+    def _collect(self, finished: Iterable[Future]) -> None:
+        lost = self._outcomes(finished)
+        if lost:
+            # A broken pool fails every trial in flight: collect them all, then rebuild.
+            rest = dict(self._in_flight)
+            wait(rest)
+            lost += self._outcomes(rest)
+            # Kill the old workers before reading which rows they wrote: one still finishing
+            # could otherwise append its row after the read, and its segment would run twice.
+            self.executor.restart()
+            self._blame(lost)
+
+    def _outcomes(self, finished: Iterable[Future]) -> list[tuple[Segment, str]]:
+        """Records what finished; returns the segments whose worker died, with the cause."""
+        lost = []
+        for future in list(finished):
             segment = self._in_flight.pop(future)
             try:
                 result = future.result()
-            except BrokenProcessPool as exc:
-                broken = True
-                self._crashed(segment, one_line(exc))
+            except (BrokenProcessPool, WorkerNotPinnedError) as exc:
+                lost.append((segment, _crash_cause(exc)))
                 continue
-            except WorkerNotPinnedError as exc:
-                broken = True
-                self._crashed(segment, one_line(exc))
-                continue
+            except FatalError:
+                raise  # e.g. a full disk: stop the run, it resumes once fixed
             except Exception as exc:  # noqa: BLE001 - e.g. the trainable does not pickle
                 result = self._failed(segment, one_line(exc))
-            self.plan.record(result)
-            self.reporter.finished(result)
-        if broken:
-            # Every trial of a broken pool fails with it; collect them all, then rebuild.
-            rest = dict(self._in_flight)
-            self._in_flight.clear()
-            wait(rest)
-            for future, segment in rest.items():
-                try:
-                    result = future.result()
-                except Exception as exc:  # noqa: BLE001
-                    self._crashed(segment, one_line(exc))
-                    continue
-                self.plan.record(result)
-                self.reporter.finished(result)
-            self.executor.restart()
+            self._record(result)
+        return lost
+
+    def _blame(self, lost: list[tuple[Segment, str]]) -> None:
+        """Charges the segment that killed its worker, when it is known; requeues the rest."""
+        done = self.repository.results()
+        lost = [(s, cause) for s, cause in lost if not self._record_if_done(done, s)]
+        suspects = [s for s, _ in lost if s.key in self._suspects]
+        culprit = lost[0][0] if len(lost) == 1 else suspects[0] if len(suspects) == 1 else None
+        for segment, cause in lost:
+            self._suspects.add(segment.key)  # cleared once it finishes, or fails for good
+            if culprit is not None and segment.key == culprit.key:
+                self._crashed(segment, cause)
+            else:
+                self.plan.give_back(segment)  # an innocent until proven otherwise: no charge
+                self.reporter.retrying(segment, cause, 0)
+
+    def _record_if_done(
+        self, done: dict[tuple[int, int, int, int], SegmentResult], segment: Segment
+    ) -> bool:
+        """Records a lost segment whose worker wrote its row before the pool broke."""
+        row = done.get(segment.key)
+        if row is not None:
+            self._record(row)
+        return row is not None
+
+    def _record(self, result: SegmentResult) -> None:
+        self._suspects.discard(result.key)
+        self.plan.record(result)
+        self.reporter.finished(result)
 
     def _crashed(self, segment: Segment, cause: str) -> None:
         self._crashes[segment.key] += 1
         attempt = self._crashes[segment.key]
         if attempt > self.max_retries:
-            result = self._failed(segment, f"worker died {attempt} times; last: {cause}")
-            self.plan.record(result)
-            self.reporter.finished(result)
+            tries = "once" if attempt == 1 else f"{attempt} times"
+            self._record(self._failed(segment, f"its worker died {tries}: {cause}"))
             return
         self.plan.give_back(segment)
         self.reporter.retrying(segment, cause, attempt)

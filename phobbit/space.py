@@ -87,7 +87,9 @@ class Hyperparameter:
         name, dist, args = self.name, self.distribution, self.distr_args
         if dist == "choice":
             if not args:
-                raise InputError(f"choice hyperparameter {name!r} has no options; give at least one")
+                raise InputError(
+                    f"choice hyperparameter {name!r} has no options; give at least one"
+                )
             try:
                 json.dumps(_thaw(args))
             except (TypeError, ValueError):
@@ -107,7 +109,9 @@ class Hyperparameter:
                 raise InputError(f"normal hyperparameter {name!r} needs sigma > 0, got {b!r}")
             return
         if a >= b:
-            raise InputError(f"{dist} hyperparameter {name!r} needs lo < hi, got lo={a!r}, hi={b!r}")
+            raise InputError(
+                f"{dist} hyperparameter {name!r} needs lo < hi, got lo={a!r}, hi={b!r}"
+            )
         if dist == "log-uniform" and a <= 0:
             raise InputError(f"log-uniform hyperparameter {name!r} needs lo > 0, got lo={a!r}")
         if dist == "randint" and not all(float(v).is_integer() for v in args):
@@ -128,7 +132,11 @@ class Hyperparameter:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of this hyperparameter."""
-        return {"name": self.name, "distribution": self.distribution, "distr_args": _thaw(self.distr_args)}
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "distr_args": _thaw(self.distr_args),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Hyperparameter:
@@ -157,7 +165,9 @@ class Space:
                     f"hparam_ranges holds {hp!r}, which is not a phobbit.Hyperparameter"
                 )
             if hp.name in seen:
-                raise InputError(f"hyperparameter {hp.name!r} is listed twice; names must be unique")
+                raise InputError(
+                    f"hyperparameter {hp.name!r} is listed twice; names must be unique"
+                )
             seen.add(hp.name)
 
     def __len__(self) -> int:

@@ -6,23 +6,33 @@ holds until it dies, so a replacement worker finds the slot of the one it
 replaces free, and sets ``CUDA_VISIBLE_DEVICES`` before anything imports
 TensorFlow. ``run_segment`` trains one segment and appends its row to the
 repository.
+
+A pool worker whose driver died (SIGKILL, a crash) stops within a fraction of a
+second instead of finishing a segment nobody waits for: the resumed driver
+trains that segment again from its last epoch checkpoint.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from phobbit.errors import FatalError, RepositoryError
 from phobbit.repository import Repository, SegmentResult, this_host
 from phobbit.trainable import Trainable
 
 HIDDEN = "-1"  # the CUDA_VISIBLE_DEVICES of a CPU worker: no GPU at all
 SLOT_WAIT_S = 30.0
+PARENT_POLL_S = 0.05
+MAX_ERROR_CHARS = 500
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 # The worker's one piece of global state, set once by ``pin``: its slot.
 _PINNED: dict[str, Any] = {}
@@ -60,7 +70,9 @@ def thread_environment(threads: int) -> dict[str, str]:
     return env
 
 
-def pin(slots: list[str], lease_dir: str, threads: int, allow_growth: bool) -> None:
+def pin(
+    slots: list[str], lease_dir: str, threads: int, allow_growth: bool, watch_parent: bool = False
+) -> None:
     """Pool initializer: lease a free slot and pin this process to its device.
 
     Args:
@@ -68,11 +80,16 @@ def pin(slots: list[str], lease_dir: str, threads: int, allow_growth: bool) -> N
         lease_dir: a folder of this pool's lease files.
         threads: CPU threads this worker may use.
         allow_growth: let TensorFlow grow GPU memory (several jobs share a GPU).
+        watch_parent: end this process once its parent (the driver) has died; for
+            pool workers that the driver started itself, never for a process that
+            may be the driver (a Dask worker thread) or outlives it on purpose.
 
     It never raises: an exception in an initializer breaks the whole pool. A
     worker that found no slot records why, and ``run_segment`` reports it.
     """
     try:
+        if watch_parent:
+            _watch_parent(os.getppid())
         os.environ.update(thread_environment(threads))
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         if allow_growth:
@@ -98,6 +115,21 @@ def pin(slots: list[str], lease_dir: str, threads: int, allow_growth: bool) -> N
         _PINNED["error"] = f"{type(exc).__name__}: {exc}"
 
 
+def _watch_parent(parent: int) -> None:
+    """Ends this worker once its parent (the driver) has died and it was re-parented.
+
+    A killed driver's workers would otherwise train on as orphans and append
+    rows and checkpoints while the resumed driver trains the same segments.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="phobbit-parent-watch", daemon=True).start()
+
+
 def pinned_device() -> str:
     """The device this worker is pinned to (a GPU id, ``-1`` for the CPU), or ``''``."""
     return _PINNED.get("device", "")
@@ -107,10 +139,19 @@ class WorkerNotPinnedError(RuntimeError):
     """The worker found no free slot; the segment goes back to the scheduler."""
 
 
-def one_line(exc: BaseException) -> str:
-    """An exception as one line: its type and message."""
+def one_line(exc: BaseException, limit: int = MAX_ERROR_CHARS) -> str:
+    """An exception as one line of at most ``limit`` characters: its type and message."""
     text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk or the quota is full (h5py and TensorFlow wrap errno)."""
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        return True
+    text = str(exc)
+    return any(os.strerror(code) in text for code in DISK_FULL)
 
 
 def _failure(losses: list[float], segment: Segment) -> str:
@@ -128,7 +169,13 @@ def run_segment(trainable: Trainable, segment: Segment, repository: str) -> Segm
     """Trains one segment and appends its row to ``repository``'s results.
 
     An exception in user code, or a NaN or infinite loss, fails the segment:
-    its row says why in one line. Only a worker that is not pinned raises.
+    its row says why in one line.
+
+    Raises:
+        WorkerNotPinnedError: when the worker found no free slot.
+        FatalError: bad input only a worker can see (what a dataset function returns).
+        RepositoryError: when the disk is full, which is no fault of the trial:
+            the run stops, and resumes once there is space again.
     """
     if "error" in _PINNED:
         raise WorkerNotPinnedError(_PINNED["error"])
@@ -140,7 +187,15 @@ def run_segment(trainable: Trainable, segment: Segment, repository: str) -> Segm
             dict(segment.hparams), segment.checkpoint, segment.start_epoch, segment.epochs
         )]  # fmt: skip
         error = _failure(losses, segment)
-    except Exception as exc:  # noqa: BLE001 - user code: fail the trial, not the run
+    except FatalError:
+        raise  # bad input found in the worker (a dataset function's result): stop the run
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code: fail the trial, not the run
+        if _disk_full(exc):
+            raise RepositoryError(
+                f"no space left on the disk while training {Path(segment.checkpoint).name} "
+                f"({one_line(exc)}); free some disk space, then run the same command again "
+                "to resume"
+            ) from None
         error = one_line(exc)
     finite = [v for v in losses if math.isfinite(v)]
     best = min(finite + ([segment.prior_best] if segment.prior_best is not None else []),

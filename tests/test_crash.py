@@ -1,0 +1,318 @@
+"""A killed driver loses nothing: a rerun resumes and ends with an uninterrupted run's table."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+from helpers import STEPS, driver_command, kill_tree, subprocess_env, tuner, x_curve
+
+from phobbit import RepositoryError
+from phobbit.repository import Repository, SegmentResult, encode_row
+from phobbit.results import results_frame
+from phobbit.trainable import SyntheticTrainable
+
+COLUMNS = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status"]
+RUNG_EPOCHS = (1, 3, 9, 27)  # of R=27, eta=3
+SETTINGS = {"R": 27, "eta": 3, "n_jobs": 2, "seed": 7, "epoch_seconds": 0.01, "jitter": 0.5}
+
+
+def rows_in(repo: Path) -> int:
+    try:
+        return len(list(Repository(repo).iter_results()))
+    except RepositoryError:
+        return 0
+
+
+def start_driver(repo: Path, records: Path, settings: dict = SETTINGS) -> subprocess.Popen:
+    return subprocess.Popen(driver_command(repo, records, dict(settings)), env=subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+
+
+def wait_for(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def records_of(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in folder.glob("*.json")]
+
+
+def second_driver_is_refused_at_once(repo: Path, driver: subprocess.Popen) -> None:
+    """Two drivers on one repository: the second stops at once, naming the first."""
+    wait_for(lambda: (repo / "driver.json").exists())
+    wait_for(lambda: json.loads((repo / "driver.json").read_text())["pid"] == driver.pid)
+    began = time.monotonic()
+    running = rf"in use by a running phobbit \(pid {driver.pid} on {socket.gethostname()}\)"
+    with pytest.raises(RepositoryError, match=running):
+        tuner(repo, **{k: v for k, v in SETTINGS.items() if k not in ("R", "eta")}).run(27, 3)
+    assert time.monotonic() - began < 2.0
+
+
+def mid_segment(repo: Path) -> tuple[str, int] | None:
+    """A configuration whose checkpoint is at least 4 epochs short of its rung: mid-segment."""
+    for path in (repo / "models").glob("*.json"):
+        try:
+            epoch = json.loads(path.read_text())["epoch"]
+        except (OSError, ValueError):
+            continue  # replaced while read
+        rung_end = min(r for r in RUNG_EPOCHS if r >= epoch)
+        if rung_end - epoch >= 4:
+            return path.stem, epoch
+    return None
+
+
+def interrupted(repo: Path) -> set[tuple[str, int]]:
+    """Configurations whose checkpoint is ahead of their rows: their segment was cut short.
+
+    Returns (checkpoint stem, epoch held) pairs.
+    """
+    done: dict[str, int] = {}
+    for row in Repository(repo).results().values():
+        stem = f"{row.iteration}-{row.run}-{row.id}"
+        done[stem] = max(done.get(stem, 0), row.epochs)
+    found = set()
+    for path in (repo / "models").glob("*.json"):
+        epoch = json.loads(path.read_text())["epoch"]
+        if epoch > done.get(path.stem, 0):
+            found.add((path.stem, epoch))
+    return found
+
+
+def kill_mid_segment(
+    repo: Path, driver: subprocess.Popen, rows: int, delay: float, orphans: list[int]
+) -> set[tuple[str, int]]:
+    """SIGKILLs the driver after ``rows`` more rows, the next time a segment is mid-way
+    and ``delay`` s later; its workers go to ``orphans``. Returns the segments it cut short."""
+    target = rows_in(repo) + rows
+    wait_for(lambda: rows_in(repo) >= target or driver.poll() is not None)
+    wait_for(lambda: mid_segment(repo) is not None or driver.poll() is not None)
+    assert driver.poll() is None, driver.stderr.read().decode()
+    time.sleep(delay)
+    workers = psutil.Process(driver.pid).children(recursive=True)
+    orphans += [p.pid for p in workers]
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    # Orphaned by the kill, the workers must stop by themselves, not train on.
+    _, alive = psutil.wait_procs(workers, timeout=5)
+    assert not alive, f"orphaned workers still run: {alive}"
+    return interrupted(repo)
+
+
+def test_driver_killed_at_random_moments_resumes_to_the_table_of_an_uninterrupted_run(
+    tmp_path: Path,
+) -> None:
+    repo, records = tmp_path / "repo", tmp_path / "records"
+    records.mkdir()
+    rng = random.Random(5)
+    orphans: list[int] = []
+    cut_short: set[tuple[str, int]] = set()
+    try:
+        # Three kills, and more (up to six) until one has cut a segment short: an orphaned
+        # worker may finish its segment in the moment before it notices the kill.
+        for kill in range(6):
+            if kill >= 3 and cut_short:
+                break
+            driver = start_driver(repo, records)
+            if kill == 0:
+                second_driver_is_refused_at_once(repo, driver)
+            cut_short |= kill_mid_segment(repo, driver, rng.randint(3, 15),
+                                          rng.uniform(0, 0.01), orphans)  # fmt: skip
+            if kill == 0:
+                # A row torn by the kill in the middle of a write: it must never be parsed.
+                torn = SegmentResult(iteration=0, run=0, id=0, rung=0, start_epoch=0, epochs=27,
+                                     val_loss=-1.0, last_val_loss=-1.0, status="ok", error="",
+                                     hparams={"x": 0.3})  # fmt: skip
+                with open(repo / "results.csv", "a") as handle:
+                    handle.write(encode_row(torn)[:60])
+        # A stale driver.json names the last killed driver; it must not block the resume.
+        assert json.loads((repo / "driver.json").read_text())["pid"] == driver.pid
+        driver = start_driver(repo, records)  # the same command, run again
+        assert driver.wait(timeout=120) == 0, driver.stderr.read().decode()
+    finally:
+        kill_tree(orphans)
+    resumed = results_frame(Repository(repo).iter_results())
+    reference = tuner(tmp_path / "reference", n_jobs=2, seed=SETTINGS["seed"]).run(R=27, eta=3)
+    pd.testing.assert_frame_equal(resumed[COLUMNS].sort_index(), reference[COLUMNS].sort_index())
+    assert (resumed["Val Loss"] > 0).all(), "the torn row was parsed"
+
+    rows = list(Repository(repo).iter_results())
+    first_end = {}
+    for row in rows:
+        first_end.setdefault(row.key, row.end)
+    by_call = {}
+    for row in rows:
+        by_call.setdefault((f"0-{row.run}-{row.id}", row.epochs), row.key)
+    trained = records_of(records)
+    for record in trained:
+        key = by_call[(Path(record["checkpoint"]).name, record["epochs"])]
+        if record["resumed_epoch"] < record["epochs"]:
+            # Nothing was trained for a segment that was already in results.csv.
+            assert record["start"] <= first_end[key], record
+    assert cut_short, "no kill cut a segment short"
+    for stem, epoch in cut_short:
+        # A segment cut short went on from its last checkpoint, not from its rung's start.
+        assert any(Path(r["checkpoint"]).name == stem and r["initial_epoch"] < epoch
+                   and r["resumed_epoch"] >= epoch for r in trained), (stem, epoch)  # fmt: skip
+    for index, row in resumed.iterrows():
+        run, config_id = index.split("-")
+        state = json.loads((repo / "models" / f"0-{run}-{config_id}.json").read_text())
+        # Total epochs trained per configuration never exceed its final rung's epochs.
+        assert state == {"epoch": row["Epochs"], "iterations": row["Epochs"] * STEPS}
+
+    # run() on the same repository now trains nothing and returns the same table.
+    shutil.rmtree(records)
+    records.mkdir()
+    again = tuner(repo, records, n_jobs=2, seed=SETTINGS["seed"]).run(R=27, eta=3)
+    assert records_of(records) == []
+    pd.testing.assert_frame_equal(again[COLUMNS].sort_index(), reference[COLUMNS].sort_index())
+
+
+def test_an_interrupted_segment_resumes_from_its_last_epoch_checkpoint(tmp_path: Path) -> None:
+    trainable = SyntheticTrainable(curve=x_curve, steps_per_epoch=STEPS)
+    hparams = {"x": 0.5}
+    whole = trainable.train(hparams, str(tmp_path / "whole"), 0, 9)
+    stem = str(tmp_path / "cut")
+    trainable.train(hparams, stem, 0, 3)
+    # A segment 3 -> 9 killed after its epoch 5 was saved, then run again from 3.
+    assert trainable.train(hparams, stem, 3, 5) == whole[3:5]
+    assert trainable.train(hparams, stem, 3, 9) == whole[3:9]
+    assert json.loads(Path(stem + ".json").read_text()) == {"epoch": 9, "iterations": 9 * STEPS}
+    # A segment that finished but whose row was lost trains nothing when run again.
+    assert trainable.train(hparams, stem, 3, 9) == whole[3:9]
+    assert json.loads(Path(stem + ".json").read_text())["iterations"] == 9 * STEPS
+    with pytest.raises(RuntimeError, match="holds epoch 9, beyond the 7 epochs"):
+        trainable.train(hparams, stem, 3, 7)
+    with pytest.raises(RuntimeError, match="is missing; expected epoch 3"):
+        trainable.train(hparams, str(tmp_path / "none"), 3, 9)
+
+
+def small_model(hparams: dict):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(1)])  # fmt: skip
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
+    return model
+
+
+def keras_data():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    y = x.sum(axis=1, keepdims=True)
+    return (x[:48], y[:48]), (x[48:], y[48:])
+
+
+class KilledAfterEpoch(Exception):
+    pass
+
+
+def kill_after(epoch: int):
+    import keras
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_end(self, index: int, logs=None) -> None:
+            if index + 1 == epoch:
+                raise KilledAfterEpoch
+
+    return Kill()
+
+
+@pytest.mark.keras
+def test_keras_segment_killed_mid_way_resumes_from_its_last_epoch_with_optimizer_state(
+    tmp_path: Path,
+) -> None:
+    import keras
+
+    from phobbit.keras_trainable import KerasTrainable, read_progress
+
+    trainable = KerasTrainable(small_model, load_dataset=keras_data, batch_size=16)
+    whole = trainable.train({}, str(tmp_path / "whole"), 0, 5)
+    killed = KerasTrainable(small_model, load_dataset=keras_data, batch_size=16,
+                            fit_kwargs={"callbacks": [kill_after(3)]})  # fmt: skip
+    stem = str(tmp_path / "cut")
+    with pytest.raises(KilledAfterEpoch):
+        killed.train({}, stem, 0, 5)
+    epoch, recorded = read_progress(stem + ".keras")
+    assert epoch == 3
+    again = trainable.train({}, stem, 0, 5)
+    assert again[:3] == recorded, "the epochs trained before the kill are recorded, not retrained"
+    assert again == pytest.approx(whole, rel=1e-3)
+    restored = keras.saving.load_model(stem + ".keras", safe_mode=True)
+    assert int(restored.optimizer.iterations.numpy()) == 5 * 3  # 48 samples / 16 per batch
+    assert read_progress(stem + ".keras") == (5, again)
+    # The checkpoint is read on another machine from a copy of the repository.
+    copy = tmp_path / "elsewhere" / "cut.keras"
+    copy.parent.mkdir()
+    shutil.copy(stem + ".keras", copy)
+    assert keras.saving.load_model(copy, safe_mode=True).count_params() == restored.count_params()
+
+
+def test_repository_copied_to_another_folder_reads_and_resumes_there(tmp_path: Path) -> None:
+    original = tuner(tmp_path / "here", n_jobs=2).run(R=9, eta=3)
+    shutil.copytree(tmp_path / "here", tmp_path / "there")
+    shutil.rmtree(tmp_path / "here")
+    there = Repository(tmp_path / "there")
+    read = results_frame(there.iter_results())
+    pd.testing.assert_frame_equal(read, original)
+    records = tmp_path / "records"
+    records.mkdir()
+    again = tuner(tmp_path / "there", records, n_jobs=2).run(R=9, eta=3)
+    assert records_of(records) == [] and not (tmp_path / "here").exists()
+    pd.testing.assert_frame_equal(again, original)
+
+
+def test_orphan_rows_of_a_segment_written_twice_are_read_once(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    tuner(repo, n_jobs=1).run(R=3, eta=3)
+    repository = Repository(repo)
+    rows = list(repository.iter_results())
+    for row in rows[:2]:  # what an orphaned worker finishing a resumed segment would add
+        repository.append(SegmentResult(**{**row.__dict__, "pid": os.getpid() + 1}))
+    assert len(list(repository.iter_results())) == len(rows) + 2
+    assert repository.results() == {row.key: row for row in rows}
+    records = tmp_path / "records"
+    records.mkdir()
+    tuner(repo, records, n_jobs=1).run(R=3, eta=3)
+    assert records_of(records) == []
+
+
+def test_ctrl_c_stops_driver_and_workers_at_once_and_a_rerun_resumes(tmp_path: Path) -> None:
+    repo, records = tmp_path / "repo", tmp_path / "records"
+    records.mkdir()
+    settings = {**SETTINGS, "R": 9}
+    driver = subprocess.Popen(driver_command(repo, records, settings), env=subprocess_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              start_new_session=True)  # fmt: skip
+    workers: list[psutil.Process] = []
+    try:
+        wait_for(lambda: rows_in(repo) >= 4 or driver.poll() is not None)
+        assert driver.poll() is None, driver.stderr.read().decode()
+        workers = psutil.Process(driver.pid).children(recursive=True)
+        os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+        assert driver.wait(timeout=20) != 0
+        assert "KeyboardInterrupt" in driver.stderr.read().decode()
+        _, alive = psutil.wait_procs(workers, timeout=5)
+        assert not alive, f"workers outlived Ctrl-C: {alive}"
+    finally:
+        kill_tree([p.pid for p in workers] + [driver.pid])
+    rows = Repository(repo).results()
+    assert 4 <= len(rows) < 22 and all(row.ok for row in rows.values())
+    resumed = tuner(repo, n_jobs=2, seed=SETTINGS["seed"]).run(R=9, eta=3)
+    reference = tuner(tmp_path / "reference", n_jobs=2, seed=SETTINGS["seed"]).run(R=9, eta=3)
+    pd.testing.assert_frame_equal(resumed[COLUMNS].sort_index(), reference[COLUMNS].sort_index())
