@@ -18,8 +18,8 @@ from phobbit.plan import Plan
 from phobbit.progress import PlainReporter
 from phobbit.repository import Repository
 from phobbit.results import results_frame
-from phobbit.scheduler import Executor, Reporter, Scheduler, run_settings
 from phobbit.schedule import validate
+from phobbit.scheduler import Executor, Reporter, Scheduler, run_settings
 from phobbit.space import Hyperparameter, Space
 from phobbit.trainable import Trainable
 
@@ -127,7 +127,9 @@ class ParallelHyperband:
             if dataset is not None:
                 raise InputError("give dataset or generator_function, not both")
             if not callable(generator_function):
-                raise InputError(f"generator_function must be a function, got {generator_function!r}")
+                raise InputError(
+                    f"generator_function must be a function, got {generator_function!r}"
+                )
             _positive_int("steps_per_epoch", steps_per_epoch, allow_none=False)
             _positive_int("validation_steps", validation_steps, allow_none=False)
             kwargs.update(generator_function=generator_function, train_gen_args=train_gen_args,
@@ -178,10 +180,15 @@ class ParallelHyperband:
                 if self._dataset is not None:
                     # Workers on other hosts cannot read this one's /tmp: stage beside the repo.
                     shared = getattr(self.executor, "stage_in_repository", False)
-                    folder = stack.enter_context(tempfile.TemporaryDirectory(
-                        prefix=".staging-" if shared else "phobbit-",
-                        dir=self.repository.path if shared else None))
-                    kwargs["data_path"] = stack.enter_context(staged_dataset(self._dataset, folder))
+                    folder = stack.enter_context(
+                        tempfile.TemporaryDirectory(
+                            prefix=".staging-" if shared else "phobbit-",
+                            dir=self.repository.path if shared else None,
+                        )
+                    )
+                    kwargs["data_path"] = stack.enter_context(
+                        staged_dataset(self._dataset, folder)
+                    )
                 trainable = KerasTrainable(**kwargs)
             Scheduler(trainable, plan, self.repository, self.executor, self.max_retries,
                       reporter).run()  # fmt: skip

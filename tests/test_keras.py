@@ -58,6 +58,7 @@ def test_large_arrays_travel_once_per_worker_not_once_per_trial(tmp_path: Path) 
     import pickle
 
     import numpy as np
+
     from phobbit.keras_trainable import KerasTrainable, staged_dataset
     from phobbit.worker import Segment
 
