@@ -1,4 +1,4 @@
-"""A discrete-event simulation of phobbit's plan and of the naive plan: a virtual clock, no processes.
+"""A discrete-event simulation of phobbit's plan and of the naive plan: a virtual clock.
 
 Segments take exactly the time ``SyntheticTrainable`` would sleep (the same
 jitter, drawn from the configuration and epoch), so the simulated makespans
@@ -19,7 +19,7 @@ from typing import Any
 from phobbit import reducer
 from phobbit.plan import Plan
 from phobbit.repository import SegmentResult, config_name
-from phobbit.schedule import Rung, brackets
+from phobbit.schedule import brackets
 from phobbit.space import Hyperparameter, Space
 from phobbit.trainable import default_curve, hparams_unit
 from phobbit.worker import Segment
@@ -46,7 +46,8 @@ def segment_time(segment: Segment, epoch_seconds: float, jitter: float) -> float
 
 def result_of(segment: Segment, start: float = 0.0, end: float = 0.0) -> SegmentResult:
     """The row ``run_segment`` would write for a ``SyntheticTrainable`` with the default curve."""
-    losses = [default_curve(segment.hparams, e) for e in range(segment.start_epoch + 1, segment.epochs + 1)]  # noqa: E501
+    epochs = range(segment.start_epoch + 1, segment.epochs + 1)
+    losses = [default_curve(segment.hparams, e) for e in epochs]
     best = reducer.best_so_far(losses, segment.prior_best)
     return SegmentResult(
         iteration=segment.iteration, run=segment.run, id=segment.id, rung=segment.rung,
@@ -159,7 +160,12 @@ class NaiveRung:
 
 
 def naive_rungs(
-    space: Space, R: int, eta: int, seed: int = 0, iterations: int = 1, checkpoint_dir: str = "models"
+    space: Space,
+    R: int,
+    eta: int,
+    seed: int = 0,
+    iterations: int = 1,
+    checkpoint_dir: str = "models",
 ) -> Iterator[NaiveRung]:
     """The naive plan, a serial Hyperband: bracket by bracket, rung by rung.
 
@@ -173,6 +179,8 @@ def naive_rungs(
             alive = list(range(bracket.n))
             best: dict[int, float | None] = dict.fromkeys(alive)
             hparams = {i: space.sample(seed, iteration, bracket.run, i) for i in alive}
+            stem = {i: os.path.join(checkpoint_dir, config_name(iteration, bracket.run, i))
+                    for i in alive}  # fmt: skip
             for rung in bracket.rungs:
                 last = rung.index + 1 == len(bracket.rungs)
                 segments = [
@@ -181,7 +189,7 @@ def naive_rungs(
                         hparams=hparams[i],
                         start_epoch=bracket.rungs[rung.index - 1].epochs if rung.index else 0,
                         epochs=rung.epochs,
-                        checkpoint=os.path.join(checkpoint_dir, config_name(iteration, bracket.run, i)),
+                        checkpoint=stem[i],
                         prior_best=best[i],
                     )
                     for i in alive
@@ -224,3 +232,97 @@ def simulate_naive(
         if rung.k:
             promotions[rung.key] = sorted(promoted)
     return Outcome(clock, count, promotions)
+
+
+# -- other dispatch rules, for comparison -------------------------------------------------------
+
+Rule = Callable[[Plan, Segment], tuple]
+
+
+def _bracket_span(plan: Plan, segment: Segment, from_rung: int) -> int:
+    """Epochs the bracket still needs from ``from_rung`` on if it had every worker."""
+    state = plan._brackets[(segment.iteration, segment.run)]
+    span = 0
+    for rung in state.bracket.rungs[from_rung:]:
+        left = max(rung.n - len(state.finished[rung.index]), 0)
+        span += -(-left // plan.workers) * state.bracket.segment_epochs(rung.index)
+    return span
+
+
+def _length(segment: Segment) -> int:
+    return segment.epochs - segment.start_epoch
+
+
+RULES: dict[str, Rule] = {
+    # phobbit's first guess: the longest chain of epochs ahead, then the bracket's span.
+    "chain, then span": lambda p, s: (
+        p.R - s.start_epoch,
+        _bracket_span(p, s, s.rung),
+        _length(s),
+        -s.iteration,
+        -s.id,
+    ),
+    "bracket span": lambda p, s: (_bracket_span(p, s, 0), _length(s), -s.iteration, -s.id),
+    "serial order, backfilled": lambda p, s: (-s.iteration, s.run, s.rung, -s.id),
+    "longest segment": lambda p, s: (_length(s), -s.iteration, -s.id),
+}
+
+
+class GreedyPlan(Plan):
+    """A ``Plan`` that hands out the ready segment a greedy ``rule`` scores highest.
+
+    For comparing dispatch rules only: it scores every ready segment on every
+    call, and it keeps ``Plan``'s private bookkeeping in step by hand.
+    """
+
+    def __init__(self, rule: Rule, *args: Any, **kwargs: Any) -> None:
+        self.rule = rule
+        super().__init__(*args, **kwargs)
+
+    def next_segment(self) -> Segment | None:
+        if not self._ready:
+            return None
+        key = max(self._ready, key=lambda k: self.rule(self, self._ready[k]))
+        segment = self._ready.pop(key)
+        group = (segment.iteration, segment.run, segment.rung)
+        self._outstanding.add(key)
+        self._ready_count[group] -= 1
+        self._started[group] += 1
+        self._requeue(group)
+        return segment
+
+
+CASES = [(81, 3, w, k) for k in (1, 2) for w in (2, 4, 8, 16)] + [
+    (27, 3, 4, 1), (27, 3, 8, 1), (243, 3, 8, 1), (243, 3, 16, 1), (100, 4, 8, 1),
+]  # fmt: skip
+
+
+def compare_rules(jitter: float = 0.3) -> str:
+    """A markdown table: efficiency of every rule, and phobbit's, on ``CASES``."""
+    space = Space(SPACE)
+    header = "| rule | " + " | ".join(f"R={R} eta={e} W={w} K={k}" for R, e, w, k in CASES)
+    lines = [header + " | mean |", "|---" * (len(CASES) + 2) + "|"]
+
+    def duration(segment: Segment) -> float:
+        return segment_time(segment, 1.0, jitter)
+
+    rules: dict[str, Rule | None] = {"latest start (phobbit)": None, **RULES, "naive": None}
+    for name, rule in rules.items():
+        values = []
+        for R, eta, workers, k in CASES:
+            bound = lower_bound(Plan(space, R, eta, 0, k, workers), workers, 1.0, jitter).value
+            args = (space, R, eta, 0, k, workers)
+            if name == "naive":
+                outcome = simulate_naive(R, eta, workers, duration, 0, k)
+            else:
+                plan = Plan(*args) if rule is None else GreedyPlan(rule, *args)
+                outcome = simulate_plan(plan, workers, duration)
+            values.append(bound / outcome.makespan)
+        cells = " | ".join(f"{v:.3f}" for v in values)
+        lines.append(f"| {name} | {cells} | {sum(values) / len(values):.3f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print("Simulated efficiency (bound / makespan) of dispatch rules, epochs +-30%:\n")
+    print(compare_rules())
