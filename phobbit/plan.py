@@ -111,7 +111,9 @@ def latest_starts(
         waiting[key] = rung.n
         before = bracket.rungs[rung.index - 1].epochs if rung.index else 0
         for _ in range(rung.n):
-            entry = (-before, -bracket.segment_epochs(rung.index), key[0], next(tiebreak), key)
+            # Deepest first backwards is last forwards: the ends of long chains
+            # close the run, shallow rungs go early; later iterations go later.
+            entry = (-before, -bracket.segment_epochs(rung.index), -key[0], next(tiebreak), key)
             heapq.heappush(ready, entry)
 
     for iteration in range(iterations):
