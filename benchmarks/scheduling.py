@@ -35,7 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # simulation.py beside this file
+# This checkout's phobbit (not an installed one) and simulation.py beside this file.
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 from simulation import (  # noqa: E402
     SPACE,
