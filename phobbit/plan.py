@@ -5,12 +5,24 @@ segments (a configuration to train through one rung) in an order that keeps
 workers busy, and takes back results, promoting a configuration as soon as the
 reducer is certain it is among its rung's best. Whatever the order in which
 results come back, the configurations and promotions are those of a serial run.
+
+The dispatch order is *latest start first*. Before anything runs, the plan
+schedules the shape of the run (how many segments of how many epochs each rung
+holds) backwards in time on the workers, from the last rungs to the first, as
+if each rung could start only once the one before it had finished. Read
+forwards, that gives every segment of every rung the latest moment it can start
+without lengthening the run; a free worker takes the ready segment whose latest
+start is earliest. It pulls long chains (deep brackets) forward and lets
+independent long segments (the last bracket's) fill the end, and it beat every
+greedy rule tried in ``benchmarks/simulation.py`` (see ``benchmarks/README.md``).
 """
 
 from __future__ import annotations
 
-import math
+import heapq
+import itertools
 import os
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,13 +69,69 @@ class _BracketState:
             return running
         return running + self.k(rung - 1) - len(self.promoted[rung - 1])
 
-    def remaining_epochs(self, rung: int, workers: int) -> float:
-        """The span of the bracket from ``rung`` on if it had every worker: its critical path."""
-        span = 0.0
-        for r in self.bracket.rungs[rung:]:
-            left = r.n - len(self.finished[r.index])
-            span += math.ceil(max(left, 0) / workers) * self.bracket.segment_epochs(r.index)
-        return span
+
+RungKey = tuple[int, int, int]  # (iteration, run, rung)
+SegmentKey = tuple[int, int, int, int]  # (iteration, run, id, rung)
+
+
+def _rung_key(segment: Segment) -> RungKey:
+    return (segment.iteration, segment.run, segment.rung)
+
+
+def latest_starts(
+    schedule: list[Bracket], iterations: int, workers: int
+) -> dict[RungKey, list[int]]:
+    """When each segment of each rung must start at the latest, in epochs from the start.
+
+    A list schedule run backwards: the last rung of every bracket is ready at
+    the (reversed) start, a rung becomes ready once every segment of the rung
+    after it has finished, and a free worker takes the ready segment that sits
+    deepest in its bracket (the most epochs before it), then the longest. Read
+    forwards, a segment that finishes at reversed time t may start at T - t at
+    the latest, T being the reversed makespan.
+
+    Args:
+        schedule: the brackets of one iteration.
+        iterations: how many iterations run at once.
+        workers: how many segments run at once.
+
+    Returns:
+        (iteration, run, rung) -> the rung's latest start times, earliest first:
+        the k-th segment of the rung to start should start by the k-th.
+    """
+    workers = max(1, workers)
+    by_run = {b.run: b for b in schedule}
+    tiebreak = itertools.count()
+    ready: list[tuple[int, int, int, int, RungKey]] = []
+    waiting: dict[RungKey, int] = {}
+
+    def release(key: RungKey) -> None:
+        bracket = by_run[key[1]]
+        rung = bracket.rungs[key[2]]
+        waiting[key] = rung.n
+        before = bracket.rungs[rung.index - 1].epochs if rung.index else 0
+        for _ in range(rung.n):
+            # Deepest first backwards is last forwards: the ends of long chains
+            # close the run, shallow rungs go early; later iterations go later.
+            entry = (-before, -bracket.segment_epochs(rung.index), -key[0], next(tiebreak), key)
+            heapq.heappush(ready, entry)
+
+    for iteration in range(iterations):
+        for bracket in schedule:
+            release((iteration, bracket.run, len(bracket.rungs) - 1))
+    clock, running = 0, []
+    finished: dict[RungKey, list[int]] = {}
+    while ready or running:
+        while ready and len(running) < workers:
+            key = heapq.heappop(ready)[-1]
+            epochs = by_run[key[1]].segment_epochs(key[2])
+            heapq.heappush(running, (clock + epochs, next(tiebreak), key))
+        clock, _, key = heapq.heappop(running)
+        finished.setdefault(key, []).append(clock)
+        waiting[key] -= 1
+        if waiting[key] == 0 and key[2] > 0:
+            release((key[0], key[1], key[2] - 1))
+    return {key: sorted(clock - t for t in ends) for key, ends in finished.items()}
 
 
 class Plan:
@@ -98,8 +166,21 @@ class Plan:
         self.R, self.eta, self.seed, self.workers = R, eta, seed, max(1, workers)
         self.checkpoint_dir = checkpoint_dir
         self._brackets: dict[tuple[int, int], _BracketState] = {}
-        self._ready: dict[tuple[int, int, int, int], Segment] = {}
-        self._outstanding: set[tuple[int, int, int, int]] = set()
+        self._ready: dict[SegmentKey, Segment] = {}
+        self._outstanding: set[SegmentKey] = set()
+        self._latest = latest_starts(self.schedule, iterations, self.workers)
+        # Per rung: the IDs ready to start (a heap, lowest first, from which IDs
+        # no longer ready are dropped lazily), how many, and how many segments
+        # have started (handed out or finished): that says which latest start is
+        # the rung's next. _queue orders the rungs with ready work; an entry is
+        # current while its version is the rung's, so a rung whose rank changes
+        # is pushed again, never searched for.
+        self._ready_ids: dict[RungKey, list[int]] = {}
+        self._ready_count: Counter[RungKey] = Counter()
+        self._started: Counter[RungKey] = Counter()
+        self._version: Counter[RungKey] = Counter()
+        self._queue: list[tuple[tuple, int, RungKey]] = []
+        self._new: list[Segment] = []
         for iteration in range(iterations):
             for b in self.schedule:
                 configs = {i: space.sample(seed, iteration, b.run, i) for i in range(b.n)}
@@ -107,6 +188,7 @@ class Plan:
                 self._brackets[(iteration, b.run)] = state
                 for config_id in configs:
                     self._enqueue(state, config_id, rung=0, prior_best=None)
+        self._new.clear()
 
     # -- handing out work --------------------------------------------------------
 
@@ -126,23 +208,62 @@ class Plan:
             checkpoint=os.path.join(self.checkpoint_dir, stem),
             prior_best=prior_best,
         )
+        self._make_ready(segment)
+        self._new.append(segment)
+
+    def _make_ready(self, segment: Segment) -> None:
         self._ready[segment.key] = segment
+        group = _rung_key(segment)
+        heapq.heappush(self._ready_ids.setdefault(group, []), segment.id)
+        self._ready_count[group] += 1
+        if self._ready_count[group] == 1:
+            self._requeue(group)
+
+    def _requeue(self, group: RungKey) -> None:
+        """Puts rung ``group`` in the queue at its current rank (older entries go stale)."""
+        self._version[group] += 1
+        if self._ready_count[group]:
+            heapq.heappush(self._queue, (self._rank(group), self._version[group], group))
+
+    def _latest_start(self, group: RungKey) -> int:
+        """When the next segment of rung ``group`` to start should start at the latest."""
+        starts = self._latest.get(group)
+        if not starts:
+            return 0
+        return starts[min(self._started[group], len(starts) - 1)]
+
+    def _rank(self, group: RungKey) -> tuple:
+        """A rung's place in the dispatch order, lowest first: see ``priority``."""
+        iteration, run, rung = group
+        epochs = self._brackets[(iteration, run)].bracket.segment_epochs(rung)
+        return (self._latest_start(group), -epochs, iteration, -run, rung)
 
     def priority(self, segment: Segment) -> tuple:
-        """Higher runs first: the longest chain of epochs still ahead of the segment,
-        then the span of what is left of its bracket, then the longest segment."""
-        state = self._brackets[(segment.iteration, segment.run)]
-        chain = self.R - segment.start_epoch
-        span = state.remaining_epochs(segment.rung, self.workers)
-        return (chain, span, segment.epochs - segment.start_epoch, -segment.iteration, -segment.id)
+        """Higher runs first: the earliest latest start (see ``latest_starts``), then the
+        longest segment, then the earliest iteration, the deepest bracket, the lowest ID.
+
+        ``next_segment`` returns the ready segment of highest priority.
+        """
+        rank = self._rank(_rung_key(segment))
+        return tuple(-x for x in rank) + (-segment.id,)
 
     def next_segment(self) -> Segment | None:
         """The ready segment that shortens the run most, now marked outstanding; None if none."""
-        if not self._ready:
-            return None
-        key = max(self._ready, key=lambda k: self.priority(self._ready[k]))
-        self._outstanding.add(key)
-        return self._ready.pop(key)
+        while self._queue:
+            _, version, group = heapq.heappop(self._queue)
+            if version != self._version[group]:
+                continue
+            ids = self._ready_ids[group]
+            while (group[0], group[1], ids[0], group[2]) not in self._ready:
+                heapq.heappop(ids)  # recorded without being handed out
+            key = (group[0], group[1], heapq.heappop(ids), group[2])
+            segment = self._ready.pop(key)
+            self._outstanding.add(key)
+            self._ready_count[group] -= 1
+            self._started[group] += 1
+            self._requeue(group)
+            return segment
+        return None
 
     def ready(self) -> list[Segment]:
         """Segments that could start now, without taking them."""
@@ -150,8 +271,14 @@ class Plan:
 
     def give_back(self, segment: Segment) -> None:
         """Puts an outstanding segment back among the ready ones (its worker died)."""
-        self._outstanding.discard(segment.key)
-        self._ready[segment.key] = segment
+        if segment.key in self._ready:
+            return
+        if segment.key in self._outstanding:
+            self._outstanding.discard(segment.key)
+            self._started[_rung_key(segment)] -= 1
+        self._make_ready(segment)
+        if self._ready_count[_rung_key(segment)] > 1:
+            self._requeue(_rung_key(segment))  # its rank moved up with one fewer started
 
     # -- taking results back ------------------------------------------------------
 
@@ -163,10 +290,15 @@ class Plan:
             raise ValueError(f"segment {key} is not part of this plan")
         if result.id in state.finished[result.rung]:
             return []  # a duplicate row, e.g. a retried segment that did finish
-        self._outstanding.discard(key)
-        self._ready.pop(key, None)
+        if key in self._outstanding:
+            self._outstanding.discard(key)
+        else:  # finished without being handed out by this plan
+            group = (result.iteration, result.run, result.rung)
+            self._started[group] += 1
+            if self._ready.pop(key, None) is not None:
+                self._ready_count[group] -= 1
+            self._requeue(group)
         state.finished[result.rung][result.id] = result.val_loss if result.ok else None
-        before = set(self._ready)
         for rung in range(result.rung, len(state.bracket.rungs) - 1):
             chosen = reducer.certain_promotions(
                 state.finished[rung], state.k(rung), state.unfinished(rung)
@@ -176,7 +308,8 @@ class Plan:
                     state.promoted[rung].append(config_id)
                     state.members[rung + 1].add(config_id)
                     self._enqueue(state, config_id, rung + 1, state.finished[rung][config_id])
-        return [self._ready[k] for k in self._ready if k not in before]
+        made_ready, self._new = self._new, []
+        return made_ready
 
     @property
     def done(self) -> bool:

@@ -1,0 +1,315 @@
+"""How close phobbit's scheduling comes to the lower bound, against the naive plan.
+
+Run it with ``python benchmarks/scheduling.py`` (``--quick`` for a short smoke
+run, ``--simulate`` to add the discrete-event numbers). For R=81, eta=3 and
+W = 1, 2, 4, 8 virtual GPUs (pinned ids; no GPU is touched) it runs a synthetic
+trainable whose epochs sleep 20 ms with +-30% jitter, twice per W:
+
+- the naive plan: bracket by bracket, a barrier after each rung (a serial
+  Hyperband whose rungs are spread over the workers);
+- phobbit: every bracket live at once, early promotion, latest start first.
+
+Both use the same ``LocalExecutor``, ``run_segment`` and ``SyntheticTrainable``.
+It prints a markdown table: makespan, the lower bound max(total work / W,
+longest chain of dependent epochs), efficiency = bound / makespan, segments
+run, and the per-segment overhead as segments per second of the same run with
+epochs of zero time. Worker processes are started before the clock starts, as
+they are once per run whatever the plan. Last, it checks that phobbit's
+promotions equal a serial run's, through ``ParallelHyperband`` with 4 workers.
+
+This is a benchmark, not a test: it measures and prints, it asserts nothing
+about time; the exit code is 1 only when promotions differ from the serial run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# This checkout's phobbit (not an installed one) and simulation.py beside this file.
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+from simulation import (  # noqa: E402
+    SPACE,
+    lower_bound,
+    naive_rungs,
+    segment_time,
+    simulate_naive,
+    simulate_plan,
+)
+
+from phobbit import ParallelHyperband  # noqa: E402
+from phobbit.executor import LocalExecutor  # noqa: E402
+from phobbit.plan import Plan  # noqa: E402
+from phobbit.repository import Repository, SegmentResult  # noqa: E402
+from phobbit.scheduler import Scheduler, run_settings  # noqa: E402
+from phobbit.space import Space  # noqa: E402
+from phobbit.trainable import SyntheticTrainable  # noqa: E402
+from phobbit.worker import run_segment  # noqa: E402
+
+Promotions = dict[tuple[int, int, int], list[int]]
+
+
+class WarmExecutor:
+    """A ``LocalExecutor`` whose workers outlive a run, so timings leave out their start.
+
+    ``Scheduler.run`` shuts its executor down at the end; here that keeps the
+    pool, and ``close`` ends it.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self._pool = LocalExecutor(gpus=list(range(workers)))
+
+    @property
+    def capacity(self) -> int:
+        return self._pool.capacity
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        return self._pool.submit(fn, *args)
+
+    def restart(self) -> None:
+        self._pool.restart()
+
+    def shutdown(self, kill: bool = False) -> None:
+        if kill:
+            self._pool.shutdown(kill=True)
+
+    def warm(self) -> None:
+        """Starts every worker: one short task each, all at once."""
+        wait([self.submit(time.sleep, 0.3) for _ in range(self.capacity)])
+
+    def close(self) -> None:
+        self._pool.shutdown()
+
+
+@dataclass
+class Timed:
+    """One timed run."""
+
+    seconds: float
+    segments: int
+    promotions: Promotions
+    losses: dict[tuple[int, int, int, int], float | None]
+
+
+def _repository(folder: str, R: int, eta: int, seed: int, iterations: int) -> Repository:
+    repository = Repository(folder)
+    repository.create(run_settings(Space(SPACE), R, eta, seed, iterations))
+    return repository
+
+
+def _rows(repository: Repository) -> dict[tuple[int, int, int, int], float | None]:
+    return {key: row.val_loss for key, row in repository.results().items()}
+
+
+def run_phobbit(executor: WarmExecutor, trainable: SyntheticTrainable, R: int, eta: int,
+                seed: int, iterations: int) -> Timed:  # fmt: skip
+    """phobbit's plan and scheduler on a warm pool."""
+    with tempfile.TemporaryDirectory(prefix="phobbit-bench-") as folder:
+        repository = _repository(folder, R, eta, seed, iterations)
+        start = time.perf_counter()
+        plan = Plan(Space(SPACE), R, eta, seed, iterations, workers=executor.capacity,
+                    checkpoint_dir=str(repository.models))  # fmt: skip
+        Scheduler(trainable, plan, repository, executor).run()
+        seconds = time.perf_counter() - start
+        rows = _rows(repository)
+    promotions = {k: sorted(v) for k, v in plan.promotions().items()}
+    return Timed(seconds, len(rows), promotions, rows)
+
+
+def run_naive(executor: WarmExecutor, trainable: SyntheticTrainable, R: int, eta: int,
+              seed: int, iterations: int) -> Timed:  # fmt: skip
+    """The naive plan on a warm pool: submit a rung, wait for all of it, reduce, go on."""
+    promotions: Promotions = {}
+    with tempfile.TemporaryDirectory(prefix="phobbit-bench-") as folder:
+        repository = _repository(folder, R, eta, seed, iterations)
+        path = str(repository.path)
+        start = time.perf_counter()
+        for rung in naive_rungs(Space(SPACE), R, eta, seed, iterations, str(repository.models)):
+            futures = [executor.submit(run_segment, trainable, s, path) for s in rung.segments]
+            wait(futures)
+            chosen = rung.reduce([f.result() for f in futures])
+            if rung.k:
+                promotions[rung.key] = sorted(chosen)
+        seconds = time.perf_counter() - start
+        rows = _rows(repository)
+    return Timed(seconds, len(rows), promotions, rows)
+
+
+def serial_reference(R: int, eta: int, seed: int, iterations: int) -> tuple[Promotions, dict]:
+    """A serial run in this process, one segment after another: the reference."""
+    promotions: Promotions = {}
+    trainable = SyntheticTrainable()
+    with tempfile.TemporaryDirectory(prefix="phobbit-bench-") as folder:
+        repository = _repository(folder, R, eta, seed, iterations)
+        for rung in naive_rungs(Space(SPACE), R, eta, seed, iterations, str(repository.models)):
+            results: list[SegmentResult] = [
+                run_segment(trainable, s, str(repository.path)) for s in rung.segments
+            ]
+            chosen = rung.reduce(results)
+            if rung.k:
+                promotions[rung.key] = sorted(chosen)
+        return promotions, _rows(repository)
+
+
+def api_promotions(rows: dict[tuple[int, int, int, int], Any], R: int, eta: int,
+                   iterations: int) -> Promotions:  # fmt: skip
+    """What a repository's rows say was promoted: the IDs that trained the next rung."""
+    plan = Plan(Space(SPACE), R, eta, 0, iterations)
+    promotions: Promotions = {key: [] for key in plan.promotions()}
+    for iteration, run, config_id, rung in rows:
+        if rung > 0:
+            promotions[(iteration, run, rung - 1)].append(config_id)
+    return {key: sorted(ids) for key, ids in promotions.items()}
+
+
+def check_serial_equality(R: int, eta: int, workers: int, iterations: int) -> bool:
+    """phobbit through ``ParallelHyperband`` on ``workers`` workers against a serial run."""
+    expected, expected_rows = serial_reference(R, eta, 0, iterations)
+    with tempfile.TemporaryDirectory(prefix="phobbit-bench-") as folder:
+        tuner = ParallelHyperband(None, SPACE, folder, trainable=SyntheticTrainable(jitter=0.3),
+                                  gpus=list(range(workers)), verbose=0)  # fmt: skip
+        tuner.run(R, eta, iterations)
+        rows = _rows(tuner.repository)
+    got = api_promotions(rows, R, eta, iterations)
+    same = got == expected and rows == expected_rows
+    rungs = len(expected)
+    print(
+        f"Serial equality (ParallelHyperband, R={R}, eta={eta}, iterations={iterations}, "
+        f"{workers} workers): {len(rows)} segments, promotions of {rungs} rungs "
+        f"{'equal' if got == expected else 'DIFFER from'} a serial run's, val losses "
+        f"{'equal' if rows == expected_rows else 'DIFFER'}."
+    )
+    return same
+
+
+@dataclass
+class Row:
+    workers: int
+    plan: str
+    makespan: float
+    bound: float
+    segments: int
+    rate: float | None = None
+
+    def markdown(self) -> str:
+        rate = f"{self.rate:,.0f}" if self.rate is not None else "-"
+        return (
+            f"| {self.workers} | {self.plan} | {self.makespan:.2f} | {self.bound:.2f} | "
+            f"{self.bound / self.makespan:.3f} | {self.segments} | {rate} |"
+        )
+
+
+HEADER = (
+    "| W | plan | makespan (s) | bound (s) | efficiency | segments | zero-time segments/s |\n"
+    "|---|---|---|---|---|---|---|"
+)
+
+
+def measure(args: argparse.Namespace) -> tuple[list[Row], bool]:
+    """The timed runs: naive and phobbit per W, with epochs of ``epoch_seconds`` and of zero."""
+    R, eta, seed, k = args.R, args.eta, 0, args.iterations
+    timed = SyntheticTrainable(epoch_seconds=args.epoch_seconds, jitter=args.jitter)
+    instant = SyntheticTrainable(jitter=args.jitter)
+    rows, same = [], True
+    serial: Promotions | None = None
+    for workers in args.workers:
+        bound = lower_bound(Plan(Space(SPACE), R, eta, seed, k, workers), workers,
+                            args.epoch_seconds, args.jitter)  # fmt: skip
+        executor = WarmExecutor(workers)
+        try:
+            executor.warm()
+            for name, runner in (("naive", run_naive), ("phobbit", run_phobbit)):
+                result = runner(executor, timed, R, eta, seed, k)
+                zero = runner(executor, instant, R, eta, seed, k)
+                rows.append(Row(workers, name, result.seconds, bound.value, result.segments,
+                                zero.segments / zero.seconds))  # fmt: skip
+                serial = serial or result.promotions
+                same = same and result.promotions == zero.promotions == serial
+                print(rows[-1].markdown(), file=sys.stderr, flush=True)
+        finally:
+            executor.close()
+    return rows, same
+
+
+def simulated(args: argparse.Namespace) -> list[Row]:
+    """The same table from the discrete-event simulation: no processes, no overhead."""
+    R, eta, seed, k = args.R, args.eta, 0, args.iterations
+
+    def duration(segment: Any) -> float:
+        return segment_time(segment, args.epoch_seconds, args.jitter)
+
+    rows = []
+    for workers in args.workers:
+        bound = lower_bound(Plan(Space(SPACE), R, eta, seed, k, workers), workers,
+                            args.epoch_seconds, args.jitter).value  # fmt: skip
+        naive = simulate_naive(R, eta, workers, duration, seed, k)
+        ours = simulate_plan(Plan(Space(SPACE), R, eta, seed, k, workers), workers, duration)
+        rows.append(Row(workers, "naive", naive.makespan, bound, naive.segments))
+        rows.append(Row(workers, "phobbit", ours.makespan, bound, ours.segments))
+    return rows
+
+
+def machine() -> str:
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"{os.cpu_count()} CPUs, load average {load} at the start; Python "
+            f"{platform.python_version()} on {platform.system()}")  # fmt: skip
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--R", type=int, default=81, help="max epochs (default 81)")
+    parser.add_argument("--eta", type=int, default=3, help="cut factor (default 3)")
+    parser.add_argument("--iterations", type=int, default=1, help="Hyperband iterations")
+    parser.add_argument("--workers", default="1,2,4,8", help="W values (default 1,2,4,8)")
+    parser.add_argument("--epoch-seconds", type=float, default=0.02, help="default 0.02")
+    parser.add_argument("--jitter", type=float, default=0.3, help="relative, default 0.3")
+    parser.add_argument("--simulate", action="store_true",
+                        help="also print the discrete-event simulation's table")  # fmt: skip
+    parser.add_argument("--simulate-only", action="store_true", help="only the simulation")
+    parser.add_argument("--quick", action="store_true",
+                        help="a short smoke run: R=27, W=1,2, 5 ms epochs")  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.R, args.workers, args.epoch_seconds = 27, "1,2", 0.005
+    args.workers = [int(w) for w in args.workers.split(",")]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    settings = (f"R={args.R}, eta={args.eta}, iterations={args.iterations}, epochs of "
+                f"{args.epoch_seconds * 1000:g} ms +-{args.jitter:.0%}")  # fmt: skip
+    print(f"Scheduling benchmark: {settings}; {machine()}.\n")
+    if args.simulate or args.simulate_only:
+        print("Discrete-event simulation (virtual clock, no overhead):\n")
+        print(HEADER)
+        for row in simulated(args):
+            print(row.markdown())
+        print()
+        if args.simulate_only:
+            return 0
+    rows, same = measure(args)
+    print("Measured (warm worker pools; the last column from the same run with 0 s epochs):\n")
+    print(HEADER)
+    for row in rows:
+        print(row.markdown())
+    print()
+    print(f"Promotions of every run above equal the W={args.workers[0]} naive run's: "
+          f"{'yes' if same else 'NO'}.")  # fmt: skip
+    same = check_serial_equality(args.R, args.eta, 4, 2 if not args.quick else 1) and same
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
