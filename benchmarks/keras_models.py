@@ -91,8 +91,9 @@ def run_phobbit(R: int, eta: int, n_jobs: int) -> dict[str, Any]:
 
     data = load_digits_split()
     with tempfile.TemporaryDirectory(prefix="phobbit-keras-") as repo:
-        tuner = ParallelHyperband(phobbit_model, phobbit_space(), repo, dataset=data,
-                                  n_jobs=n_jobs, seed=0, verbose=0)  # fmt: skip
+        tuner = ParallelHyperband(
+            phobbit_model, phobbit_space(), repo, dataset=data, n_jobs=n_jobs, seed=0, verbose=0
+        )
         start = time.perf_counter()
         results = tuner.run(R=R, eta=eta)
         search = time.perf_counter() - start
@@ -140,9 +141,17 @@ def run_keras_tuner(R: int, eta: int) -> dict[str, Any]:
 
     (x, y), validation = load_digits_split()
     with tempfile.TemporaryDirectory(prefix="keras-tuner-") as folder:
-        tuner = Hyperband(build, objective="val_loss", max_epochs=R, factor=eta,
-                                      hyperband_iterations=1, seed=0, directory=folder,
-                                      project_name="digits", overwrite=True)  # fmt: skip
+        tuner = Hyperband(
+            build,
+            objective="val_loss",
+            max_epochs=R,
+            factor=eta,
+            hyperband_iterations=1,
+            seed=0,
+            directory=folder,
+            project_name="digits",
+            overwrite=True,
+        )
         start = time.perf_counter()
         tuner.search(x, y, validation_data=validation, callbacks=[EpochCounter()], verbose=0)
         search = time.perf_counter() - start
@@ -174,8 +183,18 @@ def one(which: str, R: int, eta: int, n_jobs: int) -> None:
 
 def fresh(which: str, R: int, eta: int, n_jobs: int = 1) -> dict[str, Any]:
     """One contender in a fresh Python process: its wall time includes every import."""
-    command = [sys.executable, __file__, "--one", which, "--R", str(R), "--eta", str(eta),
-               "--n-jobs", str(n_jobs)]  # fmt: skip
+    command = [
+        sys.executable,
+        __file__,
+        "--one",
+        which,
+        "--R",
+        str(R),
+        "--eta",
+        str(eta),
+        "--n-jobs",
+        str(n_jobs),
+    ]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
     wall = time.perf_counter() - start
@@ -212,9 +231,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         one(args.one, args.R, args.eta, args.n_jobs)
         return 0
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"Real-model benchmark: the tutorial MLP on scikit-learn digits (1437 train, 360 "
-          f"validation), R={args.R}, eta={args.eta}, batch 32, seed 0; search space {SPACE_DOC}; "
-          f"{os.cpu_count()} CPUs, load average {load} at the start.\n")  # fmt: skip
+    print(
+        f"Real-model benchmark: the tutorial MLP on scikit-learn digits (1437 train, 360 "
+        f"validation), R={args.R}, eta={args.eta}, batch 32, seed 0; search space {SPACE_DOC}; "
+        f"{os.cpu_count()} CPUs, load average {load} at the start.\n"
+    )
     print(
         "| tuner | wall (s) | search (s) | best val loss | configurations | training runs "
         "| epochs trained | notes |"
@@ -227,9 +248,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     for name, go in runs:
         print(row(name, go()), flush=True)
-    print("\nwall: the whole fresh process, imports included; search: the tuning call alone "
-          "(phobbit's includes starting its workers, which import TensorFlow); training runs: "
-          "phobbit's segments, Keras Tuner's trials (a promotion is a new trial).")  # fmt: skip
+    print(
+        "\nwall: the whole fresh process, imports included; search: the tuning call alone "
+        "(phobbit's includes starting its workers, which import TensorFlow); training runs: "
+        "phobbit's segments, Keras Tuner's trials (a promotion is a new trial)."
+    )
     return 0
 
 

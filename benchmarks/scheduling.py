@@ -112,14 +112,27 @@ def _rows(repository: Repository) -> dict[tuple[int, int, int, int], float | Non
     return {key: row.val_loss for key, row in repository.results().items()}
 
 
-def run_phobbit(executor: WarmExecutor, trainable: SyntheticTrainable, R: int, eta: int,
-                seed: int, iterations: int) -> Timed:  # fmt: skip
+def run_phobbit(
+    executor: WarmExecutor,
+    trainable: SyntheticTrainable,
+    R: int,
+    eta: int,
+    seed: int,
+    iterations: int,
+) -> Timed:
     """phobbit's plan and scheduler on a warm pool."""
     with tempfile.TemporaryDirectory(prefix="phobbit-bench-") as folder:
         repository = _repository(folder, R, eta, seed, iterations)
         start = time.perf_counter()
-        plan = Plan(Space(SPACE), R, eta, seed, iterations, workers=executor.capacity,
-                    checkpoint_dir=str(repository.models))  # fmt: skip
+        plan = Plan(
+            Space(SPACE),
+            R,
+            eta,
+            seed,
+            iterations,
+            workers=executor.capacity,
+            checkpoint_dir=str(repository.models),
+        )
         Scheduler(trainable, plan, repository, executor).run()
         seconds = time.perf_counter() - start
         rows = _rows(repository)
@@ -127,8 +140,14 @@ def run_phobbit(executor: WarmExecutor, trainable: SyntheticTrainable, R: int, e
     return Timed(seconds, len(rows), promotions, rows)
 
 
-def run_naive(executor: WarmExecutor, trainable: SyntheticTrainable, R: int, eta: int,
-              seed: int, iterations: int) -> Timed:  # fmt: skip
+def run_naive(
+    executor: WarmExecutor,
+    trainable: SyntheticTrainable,
+    R: int,
+    eta: int,
+    seed: int,
+    iterations: int,
+) -> Timed:
     """The naive plan on a warm pool: submit a rung, wait for all of it, reduce, go on."""
     promotions: Promotions = {}
     with tempfile.TemporaryDirectory(prefix="phobbit-bench-") as folder:
@@ -162,8 +181,9 @@ def serial_reference(R: int, eta: int, seed: int, iterations: int) -> tuple[Prom
         return promotions, _rows(repository)
 
 
-def api_promotions(rows: dict[tuple[int, int, int, int], Any], R: int, eta: int,
-                   iterations: int) -> Promotions:  # fmt: skip
+def api_promotions(
+    rows: dict[tuple[int, int, int, int], Any], R: int, eta: int, iterations: int
+) -> Promotions:
     """What a repository's rows say was promoted: the IDs that trained the next rung."""
     plan = Plan(Space(SPACE), R, eta, 0, iterations)
     promotions: Promotions = {key: [] for key in plan.promotions()}
@@ -177,8 +197,14 @@ def check_serial_equality(R: int, eta: int, workers: int, iterations: int) -> bo
     """phobbit through ``ParallelHyperband`` on ``workers`` workers against a serial run."""
     expected, expected_rows = serial_reference(R, eta, 0, iterations)
     with tempfile.TemporaryDirectory(prefix="phobbit-bench-") as folder:
-        tuner = ParallelHyperband(None, SPACE, folder, trainable=SyntheticTrainable(jitter=0.3),
-                                  gpus=list(range(workers)), verbose=0)  # fmt: skip
+        tuner = ParallelHyperband(
+            None,
+            SPACE,
+            folder,
+            trainable=SyntheticTrainable(jitter=0.3),
+            gpus=list(range(workers)),
+            verbose=0,
+        )
         tuner.run(R, eta, iterations)
         rows = _rows(tuner.repository)
     got = api_promotions(rows, R, eta, iterations)
@@ -224,16 +250,25 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], bool]:
     rows, same = [], True
     serial: Promotions | None = None
     for workers in args.workers:
-        bound = lower_bound(Plan(Space(SPACE), R, eta, seed, k, workers), workers,
-                            args.epoch_seconds, args.jitter)  # fmt: skip
+        bound = lower_bound(
+            Plan(Space(SPACE), R, eta, seed, k, workers), workers, args.epoch_seconds, args.jitter
+        )
         executor = WarmExecutor(workers)
         try:
             executor.warm()
             for name, runner in (("naive", run_naive), ("phobbit", run_phobbit)):
                 result = runner(executor, timed, R, eta, seed, k)
                 zero = runner(executor, instant, R, eta, seed, k)
-                rows.append(Row(workers, name, result.seconds, bound.value, result.segments,
-                                zero.segments / zero.seconds))  # fmt: skip
+                rows.append(
+                    Row(
+                        workers,
+                        name,
+                        result.seconds,
+                        bound.value,
+                        result.segments,
+                        zero.segments / zero.seconds,
+                    )
+                )
                 serial = serial or result.promotions
                 same = same and result.promotions == zero.promotions == serial
                 print(rows[-1].markdown(), file=sys.stderr, flush=True)
@@ -251,8 +286,9 @@ def simulated(args: argparse.Namespace) -> list[Row]:
 
     rows = []
     for workers in args.workers:
-        bound = lower_bound(Plan(Space(SPACE), R, eta, seed, k, workers), workers,
-                            args.epoch_seconds, args.jitter).value  # fmt: skip
+        bound = lower_bound(
+            Plan(Space(SPACE), R, eta, seed, k, workers), workers, args.epoch_seconds, args.jitter
+        ).value
         naive = simulate_naive(R, eta, workers, duration, seed, k)
         ours = simulate_plan(Plan(Space(SPACE), R, eta, seed, k, workers), workers, duration)
         rows.append(Row(workers, "naive", naive.makespan, bound, naive.segments))
@@ -262,8 +298,10 @@ def simulated(args: argparse.Namespace) -> list[Row]:
 
 def machine() -> str:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"{os.cpu_count()} CPUs, load average {load} at the start; Python "
-            f"{platform.python_version()} on {platform.system()}")  # fmt: skip
+    return (
+        f"{os.cpu_count()} CPUs, load average {load} at the start; Python "
+        f"{platform.python_version()} on {platform.system()}"
+    )
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -274,11 +312,13 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", default="1,2,4,8", help="W values (default 1,2,4,8)")
     parser.add_argument("--epoch-seconds", type=float, default=0.02, help="default 0.02")
     parser.add_argument("--jitter", type=float, default=0.3, help="relative, default 0.3")
-    parser.add_argument("--simulate", action="store_true",
-                        help="also print the discrete-event simulation's table")  # fmt: skip
+    parser.add_argument(
+        "--simulate", action="store_true", help="also print the discrete-event simulation's table"
+    )
     parser.add_argument("--simulate-only", action="store_true", help="only the simulation")
-    parser.add_argument("--quick", action="store_true",
-                        help="a short smoke run: R=27, W=1,2, 5 ms epochs")  # fmt: skip
+    parser.add_argument(
+        "--quick", action="store_true", help="a short smoke run: R=27, W=1,2, 5 ms epochs"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.R, args.workers, args.epoch_seconds = 27, "1,2", 0.005
@@ -288,8 +328,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
-    settings = (f"R={args.R}, eta={args.eta}, iterations={args.iterations}, epochs of "
-                f"{args.epoch_seconds * 1000:g} ms +-{args.jitter:.0%}")  # fmt: skip
+    settings = (
+        f"R={args.R}, eta={args.eta}, iterations={args.iterations}, epochs of "
+        f"{args.epoch_seconds * 1000:g} ms +-{args.jitter:.0%}"
+    )
     print(f"Scheduling benchmark: {settings}; {machine()}.\n")
     if args.simulate or args.simulate_only:
         print("Discrete-event simulation (virtual clock, no overhead):\n")
@@ -305,8 +347,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for row in rows:
         print(row.markdown())
     print()
-    print(f"Promotions of every run above equal the W={args.workers[0]} naive run's: "
-          f"{'yes' if same else 'NO'}.")  # fmt: skip
+    print(
+        f"Promotions of every run above equal the W={args.workers[0]} naive run's: "
+        f"{'yes' if same else 'NO'}."
+    )
     same = check_serial_equality(args.R, args.eta, 4, 2 if not args.quick else 1) and same
     return 0 if same else 1
 

@@ -50,11 +50,20 @@ def result_of(segment: Segment, start: float = 0.0, end: float = 0.0) -> Segment
     losses = [default_curve(segment.hparams, e) for e in epochs]
     best = reducer.best_so_far(losses, segment.prior_best)
     return SegmentResult(
-        iteration=segment.iteration, run=segment.run, id=segment.id, rung=segment.rung,
-        start_epoch=segment.start_epoch, epochs=segment.epochs, val_loss=best,
-        last_val_loss=losses[-1], status="ok", error="", hparams=segment.hparams,
-        start=start, end=end,
-    )  # fmt: skip
+        iteration=segment.iteration,
+        run=segment.run,
+        id=segment.id,
+        rung=segment.rung,
+        start_epoch=segment.start_epoch,
+        epochs=segment.epochs,
+        val_loss=best,
+        last_val_loss=losses[-1],
+        status="ok",
+        error="",
+        hparams=segment.hparams,
+        start=start,
+        end=end,
+    )
 
 
 @dataclass(frozen=True)
@@ -179,13 +188,18 @@ def naive_rungs(
             alive = list(range(bracket.n))
             best: dict[int, float | None] = dict.fromkeys(alive)
             hparams = {i: space.sample(seed, iteration, bracket.run, i) for i in alive}
-            stem = {i: os.path.join(checkpoint_dir, config_name(iteration, bracket.run, i))
-                    for i in alive}  # fmt: skip
+            stem = {
+                i: os.path.join(checkpoint_dir, config_name(iteration, bracket.run, i))
+                for i in alive
+            }
             for rung in bracket.rungs:
                 last = rung.index + 1 == len(bracket.rungs)
                 segments = [
                     Segment(
-                        iteration=iteration, run=bracket.run, id=i, rung=rung.index,
+                        iteration=iteration,
+                        run=bracket.run,
+                        id=i,
+                        rung=rung.index,
                         hparams=hparams[i],
                         start_epoch=bracket.rungs[rung.index - 1].epochs if rung.index else 0,
                         epochs=rung.epochs,
@@ -193,9 +207,12 @@ def naive_rungs(
                         prior_best=best[i],
                     )
                     for i in alive
-                ]  # fmt: skip
-                step = NaiveRung((iteration, bracket.run, rung.index), segments,
-                                 0 if last else bracket.rungs[rung.index + 1].n)  # fmt: skip
+                ]
+                step = NaiveRung(
+                    (iteration, bracket.run, rung.index),
+                    segments,
+                    0 if last else bracket.rungs[rung.index + 1].n,
+                )
                 yield step
                 best.update(step.finished)
                 alive = sorted(step.promoted)
@@ -293,8 +310,12 @@ class GreedyPlan(Plan):
 
 
 CASES = [(81, 3, w, k) for k in (1, 2) for w in (2, 4, 8, 16)] + [
-    (27, 3, 4, 1), (27, 3, 8, 1), (243, 3, 8, 1), (243, 3, 16, 1), (100, 4, 8, 1),
-]  # fmt: skip
+    (27, 3, 4, 1),
+    (27, 3, 8, 1),
+    (243, 3, 8, 1),
+    (243, 3, 16, 1),
+    (100, 4, 8, 1),
+]
 
 
 def compare_rules(jitter: float = 0.3) -> str:

@@ -121,8 +121,11 @@ class ParallelHyperband:
         if not callable(model_function):
             raise InputError(f"model_function must be a function, got {model_function!r}")
         self.trainable = None
-        kwargs: dict[str, Any] = {"model_function": model_function, "batch_size": batch_size,
-                                  "verbose": 0}  # fmt: skip
+        kwargs: dict[str, Any] = {
+            "model_function": model_function,
+            "batch_size": batch_size,
+            "verbose": 0,
+        }
         if generator_function is not None:
             if dataset is not None:
                 raise InputError("give dataset or generator_function, not both")
@@ -132,9 +135,13 @@ class ParallelHyperband:
                 )
             _positive_int("steps_per_epoch", steps_per_epoch, allow_none=False)
             _positive_int("validation_steps", validation_steps, allow_none=False)
-            kwargs.update(generator_function=generator_function, train_gen_args=train_gen_args,
-                          valid_gen_args=valid_gen_args, steps_per_epoch=steps_per_epoch,
-                          validation_steps=validation_steps)  # fmt: skip
+            kwargs.update(
+                generator_function=generator_function,
+                train_gen_args=train_gen_args,
+                valid_gen_args=valid_gen_args,
+                steps_per_epoch=steps_per_epoch,
+                validation_steps=validation_steps,
+            )
         elif callable(dataset):
             kwargs["load_dataset"] = dataset
         elif dataset is not None:
@@ -168,8 +175,15 @@ class ParallelHyperband:
         R, eta, iterations = int(R), int(eta), int(iterations)
         settings = run_settings(self.space, R, eta, self.seed, iterations)
         self.repository.check_settings(settings)
-        plan = Plan(self.space, R, eta, self.seed, iterations, workers=self.executor.capacity,
-                    checkpoint_dir=str(self.repository.models))  # fmt: skip
+        plan = Plan(
+            self.space,
+            R,
+            eta,
+            self.seed,
+            iterations,
+            workers=self.executor.capacity,
+            checkpoint_dir=str(self.repository.models),
+        )
         reporter = self.reporter or PlainReporter(verbose=self.verbose)
         with ExitStack() as stack:
             stack.enter_context(self.repository.driver_lock())
@@ -190,8 +204,9 @@ class ParallelHyperband:
                         staged_dataset(self._dataset, folder)
                     )
                 trainable = KerasTrainable(**kwargs)
-            Scheduler(trainable, plan, self.repository, self.executor, self.max_retries,
-                      reporter).run()  # fmt: skip
+            Scheduler(
+                trainable, plan, self.repository, self.executor, self.max_retries, reporter
+            ).run()
         return self.results()
 
     def results(self) -> pd.DataFrame:

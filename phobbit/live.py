@@ -26,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from phobbit.plan import Plan
-from phobbit.progress import PlainReporter, format_hparams
+from phobbit.progress import PlainReporter, format_hparams, retry_line
 from phobbit.repository import SegmentResult
 from phobbit.schedule import Bracket, format_schedule
 from phobbit.worker import HIDDEN, Segment
@@ -344,8 +344,7 @@ class LiveReporter:
         with self._lock:
             self.tracker.retrying(segment)
         self.console.print(
-            f"worker died running run {segment.run} id {segment.id} rung {segment.rung} "
-            f"({cause}); retry {attempt}",
+            retry_line(segment, cause, attempt),
             highlight=False,
             soft_wrap=True,
         )

@@ -21,12 +21,24 @@ def format_hparams(hparams: dict) -> str:
     return ", ".join(parts)
 
 
+def retry_line(segment: Segment, cause: str, attempt: int) -> str:
+    """What a reporter says when a trial goes back to the queue because its worker died."""
+    where = f"run {segment.run} id {segment.id} rung {segment.rung}"
+    if attempt == 0:
+        return (
+            f"requeued {where}: a worker died while it ran, which one is not known yet; "
+            "no retry charged"
+        )
+    return f"worker died running {where} ({cause}); retry {attempt}"
+
+
 class PlainReporter:
-    """Prints plain lines: the schedule, every closed rung, failures, the best so far.
+    """Prints plain lines: the schedule, failures, each new best so far, retries.
 
     Args:
         stream: where to print (standard output by default).
-        verbose: 0 prints nothing, 1 rungs and failures, 2 every segment too.
+        verbose: 0 prints nothing, 1 the schedule, failures, retries and each new
+            best, 2 every segment too.
     """
 
     def __init__(self, stream: TextIO | None = None, verbose: int = 1) -> None:
@@ -72,16 +84,7 @@ class PlainReporter:
         )
 
     def retrying(self, segment: Segment, cause: str, attempt: int) -> None:
-        if attempt == 0:
-            self._say(
-                f"requeued run {segment.run} id {segment.id} rung {segment.rung}: "
-                "a worker died while it ran, which one is not known yet; no retry charged"
-            )
-            return
-        self._say(
-            f"worker died running run {segment.run} id {segment.id} rung {segment.rung} "
-            f"({cause}); retry {attempt}"
-        )
+        self._say(retry_line(segment, cause, attempt))
 
     def closed(self) -> None:
         elapsed = time.monotonic() - self._started

@@ -29,9 +29,7 @@ def ranked(finished: Mapping[int, float | None]) -> list[int]:
     return sorted(finished, key=lambda i: rank_key(i, finished[i]))
 
 
-def certain_promotions(
-    finished: Mapping[int, float | None], k: int, unfinished: int
-) -> list[int]:
+def certain_promotions(finished: Mapping[int, float | None], k: int, unfinished: int) -> list[int]:
     """The finished configurations already certain to be among the best ``k``.
 
     Args:
@@ -60,7 +58,7 @@ def serial_promotions(finished: Mapping[int, float | None], k: int) -> list[int]
 
 def best_so_far(losses: Iterable[float], before: float | None = None) -> float | None:
     """The lowest loss among ``losses`` and ``before``; None when there is none."""
-    values = [v for v in losses if v is not None and not math.isnan(v)]
+    values = [v for v in losses if v is not None and math.isfinite(v)]
     if before is not None:
         values.append(before)
     return min(values) if values else None

@@ -13,7 +13,6 @@ import csv
 import errno
 import io
 import json
-import math
 import os
 import socket
 import time
@@ -29,9 +28,23 @@ from filelock import FileLock, Timeout
 from phobbit.errors import RepositoryError
 
 COLUMNS = (
-    "iteration", "run", "id", "rung", "start_epoch", "epochs", "val_loss", "last_val_loss",
-    "status", "error", "hparams", "gpu", "pid", "host", "start", "end",
-)  # fmt: skip
+    "iteration",
+    "run",
+    "id",
+    "rung",
+    "start_epoch",
+    "epochs",
+    "val_loss",
+    "last_val_loss",
+    "status",
+    "error",
+    "hparams",
+    "gpu",
+    "pid",
+    "host",
+    "start",
+    "end",
+)
 HEADER = ",".join(COLUMNS) + ",crc\n"
 RESULTS = "results.csv"
 RUN_FILE = "run.json"
@@ -321,8 +334,11 @@ class Repository:
                 "is its file system shared and locked elsewhere?"
             ) from None
         except OSError as exc:
-            hint = "free some disk space" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (
-                "fix the repository folder")  # fmt: skip
+            hint = (
+                "free some disk space"
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                else ("fix the repository folder")
+            )
             raise RepositoryError(
                 f"cannot append to {self.results_path}: {exc.strerror}; "
                 f"{hint}, then run the same command again to resume"
@@ -397,8 +413,3 @@ def _alive(pid: int) -> bool:
 def this_host() -> str:
     """The host name written into every row."""
     return socket.gethostname()
-
-
-def finite_or_none(value: float | None) -> float | None:
-    """``value`` when it is a finite number, else None."""
-    return value if value is not None and math.isfinite(value) else None

@@ -9,8 +9,21 @@ import pandas as pd
 
 from phobbit.repository import SegmentResult
 
-COLUMNS = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status", "Error",
-           "Iteration", "GPU", "Train Time", "Start", "End"]  # fmt: skip
+COLUMNS = [
+    "Hparams",
+    "ID",
+    "Run",
+    "Val Loss",
+    "Epochs",
+    "Rung",
+    "Status",
+    "Error",
+    "Iteration",
+    "GPU",
+    "Train Time",
+    "Start",
+    "End",
+]
 
 
 def results_frame(rows: Iterable[SegmentResult]) -> pd.DataFrame:
@@ -35,24 +48,33 @@ def results_frame(rows: Iterable[SegmentResult]) -> pd.DataFrame:
     for config, row in latest.items():
         iteration, run, config_id = config
         index.append(f"{iteration}:{run}-{config_id}" if several else f"{run}-{config_id}")
-        records.append({
-            "Hparams": row.hparams,
-            "ID": config_id,
-            "Run": run,
-            "Val Loss": np.nan if row.val_loss is None else row.val_loss,
-            "Epochs": row.epochs,
-            "Rung": row.rung,
-            "Status": row.status,
-            "Error": row.error,
-            "Iteration": iteration,
-            "GPU": row.gpu,
-            "Train Time": seconds[config],
-            "Start": pd.Timestamp(first[config], unit="s"),
-            "End": pd.Timestamp(row.end, unit="s"),
-        })  # fmt: skip
+        records.append(
+            {
+                "Hparams": row.hparams,
+                "ID": config_id,
+                "Run": run,
+                "Val Loss": np.nan if row.val_loss is None else row.val_loss,
+                "Epochs": row.epochs,
+                "Rung": row.rung,
+                "Status": row.status,
+                "Error": row.error,
+                "Iteration": iteration,
+                "GPU": row.gpu,
+                "Train Time": seconds[config],
+                "Start": pd.Timestamp(first[config], unit="s"),
+                "End": pd.Timestamp(row.end, unit="s"),
+            }
+        )
     frame = pd.DataFrame(records, index=pd.Index(index, name="Trial"), columns=COLUMNS)
     if frame.empty:
         return frame
-    order = np.lexsort((frame["ID"], -frame["Run"], frame["Iteration"],
-                        frame["Val Loss"].fillna(np.inf), frame["Status"] != "ok"))  # fmt: skip
+    order = np.lexsort(
+        (
+            frame["ID"],
+            -frame["Run"],
+            frame["Iteration"],
+            frame["Val Loss"].fillna(np.inf),
+            frame["Status"] != "ok",
+        )
+    )
     return frame.iloc[order]

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from phobbit import reducer
 from phobbit.errors import FatalError, RepositoryError
 from phobbit.repository import Repository, SegmentResult, this_host
 from phobbit.trainable import Trainable
@@ -63,8 +64,12 @@ class Segment:
 def thread_environment(threads: int) -> dict[str, str]:
     """Variables that cap a worker's CPU threads (BLAS, OpenMP, TensorFlow)."""
     value = str(max(1, threads))
-    names = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-             "TF_NUM_INTRAOP_THREADS")  # fmt: skip
+    names = (
+        "OMP_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "TF_NUM_INTRAOP_THREADS",
+    )
     env = {name: value for name in names}
     env["TF_NUM_INTEROP_THREADS"] = "2" if threads > 1 else "1"
     return env
@@ -183,9 +188,12 @@ def run_segment(trainable: Trainable, segment: Segment, repository: str) -> Segm
     losses: list[float] = []
     error = ""
     try:
-        losses = [float(v) for v in trainable.train(
-            dict(segment.hparams), segment.checkpoint, segment.start_epoch, segment.epochs
-        )]  # fmt: skip
+        losses = [
+            float(v)
+            for v in trainable.train(
+                dict(segment.hparams), segment.checkpoint, segment.start_epoch, segment.epochs
+            )
+        ]
         error = _failure(losses, segment)
     except FatalError:
         raise  # bad input found in the worker (a dataset function's result): stop the run
@@ -197,9 +205,7 @@ def run_segment(trainable: Trainable, segment: Segment, repository: str) -> Segm
                 "to resume"
             ) from None
         error = one_line(exc)
-    finite = [v for v in losses if math.isfinite(v)]
-    best = min(finite + ([segment.prior_best] if segment.prior_best is not None else []),
-               default=None)  # fmt: skip
+    best = reducer.best_so_far(losses, segment.prior_best)
     result = SegmentResult(
         iteration=segment.iteration,
         run=segment.run,

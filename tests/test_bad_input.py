@@ -157,8 +157,9 @@ def test_bad_input_is_refused_with_its_name_and_no_repository_is_made(
 def test_a_dataset_function_returning_a_bad_dataset_stops_the_run_at_its_first_trial(
     repo: Path,
 ) -> None:
-    hyperband = ParallelHyperband(no_model, space(), repo, dataset=mislabelled_dataset, n_jobs=1,
-                              verbose=0)  # fmt: skip
+    hyperband = ParallelHyperband(
+        no_model, space(), repo, dataset=mislabelled_dataset, n_jobs=1, verbose=0
+    )
     with pytest.raises(InputError, match=r"dataset has 4 training inputs for 3 labels"):
         hyperband.run(R=3, eta=3)
     assert list(Repository(repo).iter_results()) == [], "no trial was failed for it"

@@ -17,10 +17,24 @@ WRITERS, ROWS = 16, 500
 
 
 def row(writer: int, i: int) -> SegmentResult:
-    return SegmentResult(iteration=writer, run=2, id=i, rung=0, start_epoch=0, epochs=3,
-                         val_loss=0.25 + i, last_val_loss=0.5, status="ok", error="",
-                         hparams={"writer": writer, "i": i, "s": 'a,"b"\n\u00e9'}, gpu="0",
-                         pid=os.getpid(), host="box", start=1.0, end=2.0)  # fmt: skip
+    return SegmentResult(
+        iteration=writer,
+        run=2,
+        id=i,
+        rung=0,
+        start_epoch=0,
+        epochs=3,
+        val_loss=0.25 + i,
+        last_val_loss=0.5,
+        status="ok",
+        error="",
+        hparams={"writer": writer, "i": i, "s": 'a,"b"\n\u00e9'},
+        gpu="0",
+        pid=os.getpid(),
+        host="box",
+        start=1.0,
+        end=2.0,
+    )
 
 
 def _writer(path: str, writer: int, go: multiprocessing.synchronize.Event) -> None:
@@ -47,8 +61,13 @@ def test_sixteen_writers_append_8000_rows_none_torn_lost_or_doubled_while_read(
         assert len(rows) >= seen and all(r.run == 2 and r.epochs == 3 for r in rows)
         seen, reads = len(rows), reads + 1
         if status and not statuses:  # `phobbit status` itself, once the CLI is merged
-            statuses.append(subprocess.run([sys.executable, "-m", "phobbit", "status", str(repo)],
-                                           env=subprocess_env(), capture_output=True))  # fmt: skip
+            statuses.append(
+                subprocess.run(
+                    [sys.executable, "-m", "phobbit", "status", str(repo)],
+                    env=subprocess_env(),
+                    capture_output=True,
+                )
+            )
     for process in writers:
         process.join(timeout=120)
         assert process.exitcode == 0

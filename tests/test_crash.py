@@ -24,7 +24,7 @@ from phobbit.trainable import SyntheticTrainable
 
 COLUMNS = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status"]
 RUNG_EPOCHS = (1, 3, 9, 27)  # of R=27, eta=3
-SETTINGS = {"R": 27, "eta": 3, "n_jobs": 2, "seed": 7, "epoch_seconds": 0.01, "jitter": 0.5}
+SETTINGS = {"R": 27, "eta": 3, "n_jobs": 2, "seed": 7, "epoch_seconds": 0.02, "jitter": 0.5}
 
 
 def rows_in(repo: Path) -> int:
@@ -35,8 +35,12 @@ def rows_in(repo: Path) -> int:
 
 
 def start_driver(repo: Path, records: Path, settings: dict = SETTINGS) -> subprocess.Popen:
-    return subprocess.Popen(driver_command(repo, records, dict(settings)), env=subprocess_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    return subprocess.Popen(
+        driver_command(repo, records, dict(settings)),
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def wait_for(condition, timeout: float = 60.0) -> None:
@@ -128,13 +132,24 @@ def test_driver_killed_at_random_moments_resumes_to_the_table_of_an_uninterrupte
             driver = start_driver(repo, records)
             if kill == 0:
                 second_driver_is_refused_at_once(repo, driver)
-            cut_short |= kill_mid_segment(repo, driver, rng.randint(3, 15),
-                                          rng.uniform(0, 0.01), orphans)  # fmt: skip
+            cut_short |= kill_mid_segment(
+                repo, driver, rng.randint(2, 8), rng.uniform(0, 0.01), orphans
+            )
             if kill == 0:
                 # A row torn by the kill in the middle of a write: it must never be parsed.
-                torn = SegmentResult(iteration=0, run=0, id=0, rung=0, start_epoch=0, epochs=27,
-                                     val_loss=-1.0, last_val_loss=-1.0, status="ok", error="",
-                                     hparams={"x": 0.3})  # fmt: skip
+                torn = SegmentResult(
+                    iteration=0,
+                    run=0,
+                    id=0,
+                    rung=0,
+                    start_epoch=0,
+                    epochs=27,
+                    val_loss=-1.0,
+                    last_val_loss=-1.0,
+                    status="ok",
+                    error="",
+                    hparams={"x": 0.3},
+                )
                 with open(repo / "results.csv", "a") as handle:
                     handle.write(encode_row(torn)[:60])
         # A stale driver.json names the last killed driver; it must not block the resume.
@@ -164,8 +179,12 @@ def test_driver_killed_at_random_moments_resumes_to_the_table_of_an_uninterrupte
     assert cut_short, "no kill cut a segment short"
     for stem, epoch in cut_short:
         # A segment cut short went on from its last checkpoint, not from its rung's start.
-        assert any(Path(r["checkpoint"]).name == stem and r["initial_epoch"] < epoch
-                   and r["resumed_epoch"] >= epoch for r in trained), (stem, epoch)  # fmt: skip
+        assert any(
+            Path(r["checkpoint"]).name == stem
+            and r["initial_epoch"] < epoch
+            and r["resumed_epoch"] >= epoch
+            for r in trained
+        ), (stem, epoch)
     for index, row in resumed.iterrows():
         run, config_id = index.split("-")
         state = json.loads((repo / "models" / f"0-{run}-{config_id}.json").read_text())
@@ -203,8 +222,9 @@ def small_model(hparams: dict):
     import keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
-                              keras.layers.Dense(1)])  # fmt: skip
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(1)]
+    )
     model.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse")
     return model
 
@@ -243,8 +263,12 @@ def test_keras_segment_killed_mid_way_resumes_from_its_last_epoch_with_optimizer
 
     trainable = KerasTrainable(small_model, load_dataset=keras_data, batch_size=16)
     whole = trainable.train({}, str(tmp_path / "whole"), 0, 5)
-    killed = KerasTrainable(small_model, load_dataset=keras_data, batch_size=16,
-                            fit_kwargs={"callbacks": [kill_after(3)]})  # fmt: skip
+    killed = KerasTrainable(
+        small_model,
+        load_dataset=keras_data,
+        batch_size=16,
+        fit_kwargs={"callbacks": [kill_after(3)]},
+    )
     stem = str(tmp_path / "cut")
     with pytest.raises(KilledAfterEpoch):
         killed.train({}, stem, 0, 5)
@@ -296,9 +320,13 @@ def test_ctrl_c_stops_driver_and_workers_at_once_and_a_rerun_resumes(tmp_path: P
     repo, records = tmp_path / "repo", tmp_path / "records"
     records.mkdir()
     settings = {**SETTINGS, "R": 9}
-    driver = subprocess.Popen(driver_command(repo, records, settings), env=subprocess_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              start_new_session=True)  # fmt: skip
+    driver = subprocess.Popen(
+        driver_command(repo, records, settings),
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     workers: list[psutil.Process] = []
     try:
         wait_for(lambda: rows_in(repo) >= 4 or driver.poll() is not None)

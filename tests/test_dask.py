@@ -40,9 +40,13 @@ def test_dask_workers_are_pinned_and_compute_what_a_local_run_does(
         None, hparams, tmp_path / "dask", trainable=trainable, executor=executor, verbose=0
     ).run(R=9, eta=3)
     local = ParallelHyperband(
-        None, hparams, tmp_path / "local", trainable=SyntheticTrainable(curve=x_curve),
-        n_jobs=2, verbose=0,
-    ).run(R=9, eta=3)  # fmt: skip
+        None,
+        hparams,
+        tmp_path / "local",
+        trainable=SyntheticTrainable(curve=x_curve),
+        n_jobs=2,
+        verbose=0,
+    ).run(R=9, eta=3)
     columns = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Status"]
     pd.testing.assert_frame_equal(on_dask[columns].sort_index(), local[columns].sort_index())
     pids_by_gpu = defaultdict(set)

@@ -48,17 +48,25 @@ def outcome(seed: int, fail_rate: float = 0.0, levels: int = 0) -> Outcome:
         if rng.random() < fail_rate:
             status, value = "failed", None if rng.random() < 0.5 else math.nan
         return SegmentResult(
-            iteration=segment.iteration, run=segment.run, id=segment.id, rung=segment.rung,
-            start_epoch=segment.start_epoch, epochs=segment.epochs, val_loss=value,
-            last_val_loss=value, status=status, error="" if status == "ok" else "boom",
+            iteration=segment.iteration,
+            run=segment.run,
+            id=segment.id,
+            rung=segment.rung,
+            start_epoch=segment.start_epoch,
+            epochs=segment.epochs,
+            val_loss=value,
+            last_val_loss=value,
+            status=status,
+            error="" if status == "ok" else "boom",
             hparams=segment.hparams,
-        )  # fmt: skip
+        )
 
     return result
 
 
-def serial_promotions(space: Space, R: int, eta: int, iterations: int, result: Outcome,
-                      seed: int = 0) -> Promotions:  # fmt: skip
+def serial_promotions(
+    space: Space, R: int, eta: int, iterations: int, result: Outcome, seed: int = 0
+) -> Promotions:
     """A serial Hyperband, written out independently of ``Plan``: rung after rung."""
     promotions: Promotions = {}
     for iteration in range(iterations):
@@ -68,10 +76,15 @@ def serial_promotions(space: Space, R: int, eta: int, iterations: int, result: O
                 finished = {}
                 for config_id in alive:
                     segment = Segment(
-                        iteration, bracket.run, config_id, rung.index,
+                        iteration,
+                        bracket.run,
+                        config_id,
+                        rung.index,
                         space.sample(seed, iteration, bracket.run, config_id),
-                        0, rung.epochs, "unused",
-                    )  # fmt: skip
+                        0,
+                        rung.epochs,
+                        "unused",
+                    )
                     r = result(segment)
                     finished[config_id] = r.val_loss if r.ok else None
                 k = bracket.rungs[rung.index + 1].n
@@ -182,11 +195,18 @@ def test_a_configuration_is_promoted_before_its_rung_has_finished(space: Space) 
 
 def _result(segment: Segment, loss: float | None) -> SegmentResult:
     return SegmentResult(
-        iteration=segment.iteration, run=segment.run, id=segment.id, rung=segment.rung,
-        start_epoch=segment.start_epoch, epochs=segment.epochs, val_loss=loss,
-        last_val_loss=loss, status="ok" if loss is not None else "failed", error="",
+        iteration=segment.iteration,
+        run=segment.run,
+        id=segment.id,
+        rung=segment.rung,
+        start_epoch=segment.start_epoch,
+        epochs=segment.epochs,
+        val_loss=loss,
+        last_val_loss=loss,
+        status="ok" if loss is not None else "failed",
+        error="",
         hparams=segment.hparams,
-    )  # fmt: skip
+    )
 
 
 # -- equal promotions whatever the number of workers ------------------------------------------

@@ -28,8 +28,14 @@ COLUMNS = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status"]
 def dying(tmp_path: Path, victim: str, **kwargs) -> DyingTrainable:
     tally = tmp_path / "tally"
     tally.mkdir(parents=True)
-    return DyingTrainable(curve=x_curve, epoch_seconds=0.005, steps_per_epoch=STEPS,
-                          victim=victim, tally_dir=str(tally), **kwargs)  # fmt: skip
+    return DyingTrainable(
+        curve=x_curve,
+        epoch_seconds=0.005,
+        steps_per_epoch=STEPS,
+        victim=victim,
+        tally_dir=str(tally),
+        **kwargs,
+    )
 
 
 def deaths(tmp_path: Path) -> int:
@@ -60,8 +66,9 @@ def test_worker_that_always_dies_is_retried_max_retries_times_then_failed_alone(
     # Every other trial is what a run whose victim failed in user code gives.
     failing = dying(tmp_path / "ref", victim="0-2-1", how="raise")
     reference = tuner(tmp_path / "ref" / "repo", trainable=failing, n_jobs=1).run(9, 3)
-    pd.testing.assert_frame_equal(others[COLUMNS].sort_index(),
-                                  reference.drop(index="2-1")[COLUMNS].sort_index())  # fmt: skip
+    pd.testing.assert_frame_equal(
+        others[COLUMNS].sort_index(), reference.drop(index="2-1")[COLUMNS].sort_index()
+    )
 
 
 @pytest.mark.parametrize("how", ["exit", "sigkill"])
@@ -111,8 +118,16 @@ def test_user_code_that_calls_sys_exit_fails_its_trial_not_the_worker(tmp_path: 
 
 
 def _segment(hparams: dict, checkpoint: Path, start: int = 0, epochs: int = 1) -> Segment:
-    return Segment(iteration=0, run=0, id=0, rung=0, hparams=hparams, start_epoch=start,
-                   epochs=epochs, checkpoint=str(checkpoint))  # fmt: skip
+    return Segment(
+        iteration=0,
+        run=0,
+        id=0,
+        rung=0,
+        hparams=hparams,
+        start_epoch=start,
+        epochs=epochs,
+        checkpoint=str(checkpoint),
+    )
 
 
 def test_a_long_error_is_cut_to_one_short_line(tmp_path: Path) -> None:
@@ -121,8 +136,9 @@ def test_a_long_error_is_cut_to_one_short_line(tmp_path: Path) -> None:
     def long_curve(hparams: dict, epoch: int) -> float:
         raise RuntimeError("x" * 5000 + "\n" + "y" * 5000)
 
-    result = run_segment(SyntheticTrainable(curve=long_curve), _segment({}, tmp_path / "c"),
-                         str(tmp_path))  # fmt: skip
+    result = run_segment(
+        SyntheticTrainable(curve=long_curve), _segment({}, tmp_path / "c"), str(tmp_path)
+    )
     assert result.status == "failed" and len(result.error) <= 500 and "\n" not in result.error
     assert result.error.startswith("RuntimeError: xxx") and result.error.endswith("...")
 
