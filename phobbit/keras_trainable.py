@@ -9,7 +9,8 @@ is built): no code, no layer config, no lambda is ever loaded from a
 repository. The checkpoint is a full ``.keras`` model a user can load later
 with ``keras.saving.load_model(path, safe_mode=True)``.
 
-The checkpoint is saved after every epoch, and holds one more member,
+The checkpoint is saved after every epoch (every few epochs when saving would
+cost more than a tenth of the training time), and holds one more member,
 ``phobbit.json``, with the epoch it holds and the val losses of every epoch so
 far: model and progress live in one file replaced atomically, so they can never
 disagree after a kill.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -101,15 +103,36 @@ def save_checkpoint(model: Any, checkpoint: str, val_losses: Sequence[float]) ->
     os.replace(temp, checkpoint + ".keras")
 
 
-def _epoch_saver(checkpoint: str, val_losses: list[float]) -> Any:
-    """A Keras callback that saves the checkpoint at the end of every epoch."""
+SAVE_BUDGET = 0.1  # per-epoch checkpoints may cost at most this share of training time
+
+
+def _epoch_saver(checkpoint: str, val_losses: list[float], epochs: int, every_epoch: bool) -> Any:
+    """A Keras callback that saves the checkpoint at epoch ends and always at the last.
+
+    With ``every_epoch``, it saves after every epoch unless saving would cost more
+    than ``SAVE_BUDGET`` of the time trained since the last save (small models with
+    fast epochs then save every few epochs; a kill loses at most those).
+    """
     import keras
 
     class EpochCheckpoint(keras.callbacks.Callback):
+        trained_since = 0.0  # seconds of training since the last save
+        save_seconds = 0.0  # what the last save took
+        began = 0.0
+
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self.began = time.perf_counter()
+
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             value = (logs or {}).get("val_loss")
             val_losses.append(math.nan if value is None else float(value))
-            save_checkpoint(self.model, checkpoint, val_losses)
+            self.trained_since += time.perf_counter() - self.began
+            affordable = self.save_seconds <= SAVE_BUDGET * self.trained_since
+            if epoch + 1 == epochs or (every_epoch and affordable):
+                started = time.perf_counter()
+                save_checkpoint(self.model, checkpoint, val_losses)
+                self.save_seconds = time.perf_counter() - started
+                self.trained_since = 0.0
 
     return EpochCheckpoint()
 
@@ -157,10 +180,10 @@ class KerasTrainable:
         batch_size: passed to ``fit`` with arrays.
         verbose: passed to ``fit``.
         fit_kwargs: more keyword arguments for ``fit``.
-        checkpoint_every_epoch: save the checkpoint after every epoch (the default),
-            so a killed segment resumes from its last epoch; False saves only at
-            the end of a segment, for models so large that saving costs more than
-            the epochs a kill may lose.
+        checkpoint_every_epoch: save the checkpoint after every epoch (the default;
+            every few epochs when a save would cost more than a tenth of the
+            training since the last), so a killed segment resumes from its last
+            save; False saves only at the end of a segment.
     """
 
     model_function: Callable[[dict[str, Any]], Any]
@@ -232,8 +255,8 @@ class KerasTrainable:
             return losses
         fit_kwargs = dict(self.fit_kwargs)
         callbacks = list(fit_kwargs.pop("callbacks", None) or [])
-        if self.checkpoint_every_epoch:
-            callbacks.insert(0, _epoch_saver(checkpoint, list(history)))
+        saver = _epoch_saver(checkpoint, list(history), epochs, self.checkpoint_every_epoch)
+        callbacks.insert(0, saver)
         fitted = model.fit(
             epochs=epochs,
             initial_epoch=done,
@@ -245,7 +268,4 @@ class KerasTrainable:
         new = fitted.history.get("val_loss")
         if new is None:
             raise ValueError("fit reported no val_loss; give validation data")
-        new = [float(v) for v in new]
-        if not self.checkpoint_every_epoch:
-            save_checkpoint(model, checkpoint, history + new)
-        return losses + new
+        return losses + [float(v) for v in new]

@@ -111,7 +111,7 @@ class SyntheticTrainable:
     Args:
         curve: ``curve(hparams, epoch) -> val loss`` for epoch 1, 2, ...; a
             module-level function so it pickles by reference.
-        epoch_seconds: how long each epoch sleeps.
+        epoch_seconds: how long each epoch takes, its checkpoint included.
         jitter: relative jitter of the sleep (0.3 gives +-30%), drawn from the
             configuration and epoch so that runs are repeatable.
         steps_per_epoch: iterations added to the count per epoch.
@@ -144,11 +144,15 @@ class SyntheticTrainable:
         # Epochs a killed attempt of this segment already trained are not trained again.
         losses = [float(self.curve(hparams, e)) for e in range(initial_epoch + 1, done + 1)]
         training = saving = 0.0  # seconds trained since the last save; what the last took
+        # Epochs end on a schedule from the segment's start: an epoch takes its set time,
+        # its checkpoint included, and the sleeps' overshoot does not add up.
+        deadline = time.perf_counter()
         for epoch in range(done + 1, epochs + 1):
             began = time.perf_counter()
             if self.epoch_seconds > 0:
                 shake = 1.0 + self.jitter * (2.0 * hparams_unit({**hparams, "_e": epoch}) - 1.0)
-                time.sleep(self.epoch_seconds * shake)
+                deadline += self.epoch_seconds * shake
+                time.sleep(max(0.0, deadline - began))
             iterations += self.steps_per_epoch
             losses.append(float(self.curve(hparams, epoch)))
             training += time.perf_counter() - began

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -255,11 +256,14 @@ def kill_after(epoch: int):
 
 @pytest.mark.keras
 def test_keras_segment_killed_mid_way_resumes_from_its_last_epoch_with_optimizer_state(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import keras
 
     from phobbit.keras_trainable import KerasTrainable, read_progress
+
+    # This model's epochs take milliseconds: let it save after each one whatever it costs.
+    monkeypatch.setattr("phobbit.keras_trainable.SAVE_BUDGET", math.inf)
 
     trainable = KerasTrainable(small_model, load_dataset=keras_data, batch_size=16)
     whole = trainable.train({}, str(tmp_path / "whole"), 0, 5)
@@ -344,3 +348,24 @@ def test_ctrl_c_stops_driver_and_workers_at_once_and_a_rerun_resumes(tmp_path: P
     resumed = tuner(repo, n_jobs=2, seed=SETTINGS["seed"]).run(R=9, eta=3)
     reference = tuner(tmp_path / "reference", n_jobs=2, seed=SETTINGS["seed"]).run(R=9, eta=3)
     pd.testing.assert_frame_equal(resumed[COLUMNS].sort_index(), reference[COLUMNS].sort_index())
+
+
+def test_keras_saves_skip_epochs_where_saving_costs_more_than_its_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from phobbit.keras_trainable import KerasTrainable, read_progress
+
+    monkeypatch.setattr("phobbit.keras_trainable.SAVE_BUDGET", 0.0)  # no save is affordable
+    killed = KerasTrainable(
+        small_model,
+        load_dataset=keras_data,
+        batch_size=16,
+        fit_kwargs={"callbacks": [kill_after(3)]},
+    )
+    with pytest.raises(KilledAfterEpoch):
+        killed.train({}, str(tmp_path / "cut"), 0, 5)
+    # The first save measures what a save costs; epochs 2 and 3 could not afford one.
+    assert read_progress(str(tmp_path / "cut.keras"))[0] == 1
+    finished = KerasTrainable(small_model, load_dataset=keras_data, batch_size=16)
+    losses = finished.train({}, str(tmp_path / "whole"), 0, 5)
+    assert read_progress(str(tmp_path / "whole.keras")) == (5, losses)  # the last epoch always
