@@ -49,18 +49,11 @@ def result_of(segment: Segment, start: float = 0.0, end: float = 0.0) -> Segment
     epochs = range(segment.start_epoch + 1, segment.epochs + 1)
     losses = [default_curve(segment.hparams, e) for e in epochs]
     best = reducer.best_so_far(losses, segment.prior_best)
-    return SegmentResult(
-        iteration=segment.iteration,
-        run=segment.run,
-        id=segment.id,
-        rung=segment.rung,
-        start_epoch=segment.start_epoch,
-        epochs=segment.epochs,
+    return segment.result(
         val_loss=best,
         last_val_loss=losses[-1],
         status="ok",
         error="",
-        hparams=segment.hparams,
         start=start,
         end=end,
     )

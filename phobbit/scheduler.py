@@ -262,18 +262,11 @@ class Scheduler:
     def _failed(self, segment: Segment, error: str) -> SegmentResult:
         """A failed row written by the driver, for a trial no worker could report."""
         now = time.time()
-        result = SegmentResult(
-            iteration=segment.iteration,
-            run=segment.run,
-            id=segment.id,
-            rung=segment.rung,
-            start_epoch=segment.start_epoch,
-            epochs=segment.epochs,
+        result = segment.result(
             val_loss=None,
             last_val_loss=None,
             status="failed",
             error=error,
-            hparams=segment.hparams,
             gpu="",
             pid=0,
             host=this_host(),

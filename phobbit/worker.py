@@ -60,6 +60,19 @@ class Segment:
     def key(self) -> tuple[int, int, int, int]:
         return (self.iteration, self.run, self.id, self.rung)
 
+    def result(self, **outcome: Any) -> SegmentResult:
+        """The row of this segment with ``outcome`` (val_loss, status, error, gpu, ...)."""
+        return SegmentResult(
+            iteration=self.iteration,
+            run=self.run,
+            id=self.id,
+            rung=self.rung,
+            start_epoch=self.start_epoch,
+            epochs=self.epochs,
+            hparams=self.hparams,
+            **outcome,
+        )
+
 
 def thread_environment(threads: int) -> dict[str, str]:
     """Variables that cap a worker's CPU threads (BLAS, OpenMP, TensorFlow)."""
@@ -206,18 +219,11 @@ def run_segment(trainable: Trainable, segment: Segment, repository: str) -> Segm
             ) from None
         error = one_line(exc)
     best = reducer.best_so_far(losses, segment.prior_best)
-    result = SegmentResult(
-        iteration=segment.iteration,
-        run=segment.run,
-        id=segment.id,
-        rung=segment.rung,
-        start_epoch=segment.start_epoch,
-        epochs=segment.epochs,
+    result = segment.result(
         val_loss=None if error else best,
         last_val_loss=losses[-1] if losses and not error else None,
         status="failed" if error else "ok",
         error=error,
-        hparams=segment.hparams,
         gpu=pinned_device(),
         pid=os.getpid(),
         host=this_host(),

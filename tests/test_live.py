@@ -24,18 +24,11 @@ class Clock:
 
 
 def result_of(segment: Segment, gpu: str, loss: float, ok: bool = True) -> SegmentResult:
-    return SegmentResult(
-        iteration=segment.iteration,
-        run=segment.run,
-        id=segment.id,
-        rung=segment.rung,
-        start_epoch=segment.start_epoch,
-        epochs=segment.epochs,
+    return segment.result(
         val_loss=loss if ok else None,
         last_val_loss=loss if ok else None,
         status="ok" if ok else "failed",
         error="" if ok else "ValueError: boom",
-        hparams=segment.hparams,
         gpu=gpu,
         pid=1234,
     )

@@ -47,18 +47,11 @@ def outcome(seed: int, fail_rate: float = 0.0, levels: int = 0) -> Outcome:
         status, value = "ok", loss
         if rng.random() < fail_rate:
             status, value = "failed", None if rng.random() < 0.5 else math.nan
-        return SegmentResult(
-            iteration=segment.iteration,
-            run=segment.run,
-            id=segment.id,
-            rung=segment.rung,
-            start_epoch=segment.start_epoch,
-            epochs=segment.epochs,
+        return segment.result(
             val_loss=value,
             last_val_loss=value,
             status=status,
             error="" if status == "ok" else "boom",
-            hparams=segment.hparams,
         )
 
     return result
@@ -194,18 +187,11 @@ def test_a_configuration_is_promoted_before_its_rung_has_finished(space: Space) 
 
 
 def _result(segment: Segment, loss: float | None) -> SegmentResult:
-    return SegmentResult(
-        iteration=segment.iteration,
-        run=segment.run,
-        id=segment.id,
-        rung=segment.rung,
-        start_epoch=segment.start_epoch,
-        epochs=segment.epochs,
+    return segment.result(
         val_loss=loss,
         last_val_loss=loss,
         status="ok" if loss is not None else "failed",
         error="",
-        hparams=segment.hparams,
     )
 
 
