@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from phobbit.errors import InputError
-from phobbit.trainable import resume_epoch
+from phobbit.trainable import hparams_unit, resume_epoch
 
 # Per worker process: datasets loaded once and reused by every trial it runs.
 _DATA_CACHE: dict[str, Any] = {}
@@ -241,11 +241,16 @@ class KerasTrainable:
         self, hparams: dict[str, Any], checkpoint: str, initial_epoch: int, epochs: int
     ) -> Sequence[float]:
         data = self._fit_data()  # first: a bad dataset stops the run before Keras is imported
-        model = self.build(hparams)
         path = checkpoint + ".keras"
         progress = read_progress(path)
         done = resume_epoch(path, None if progress is None else progress[0], initial_epoch, epochs)
         history = progress[1][:done] if progress is not None else []
+        import keras
+
+        # Seeded by the configuration and where it starts: the same run trains alike,
+        # whichever worker takes the segment and whatever it ran before.
+        keras.utils.set_random_seed(int(hparams_unit({**hparams, "_from": done}) * 2**31))
+        model = self.build(hparams)
         if done > 0:
             # load_weights restores the optimizer's variables only once it is built.
             model.optimizer.build(model.trainable_variables)

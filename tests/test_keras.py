@@ -73,3 +73,14 @@ def test_large_arrays_travel_once_per_worker_not_once_per_trial(tmp_path: Path) 
         assert trainable._arrays() is first  # loaded once per worker process
         assert isinstance(first[0][0], np.memmap)
     assert not Path(path).exists()
+
+
+def test_a_segment_trains_alike_whichever_worker_runs_it(tmp_path: Path) -> None:
+    from phobbit.keras_trainable import KerasTrainable
+
+    trainable = KerasTrainable(mlp, load_dataset=digits, batch_size=BATCH)
+    hparams = {"dropout1": 0.3, "dropout2": 0.3, "activation": "relu", "learning_rate": 0.01}
+    first = trainable.train(hparams, str(tmp_path / "a"), 0, 2)
+    trainable.train({**hparams, "dropout1": 0.1}, str(tmp_path / "other"), 0, 1)
+    again = trainable.train(hparams, str(tmp_path / "b"), 0, 2)
+    assert again == first
