@@ -124,6 +124,13 @@ def _parser() -> argparse.ArgumentParser:
         help=f"repository folder (default ./{DEFAULT_REPO})",
     )
     run.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    run.add_argument(
+        "--iterations",
+        type=_count,
+        default=1,
+        metavar="K",
+        help="Hyperband iterations, each with its own configurations, run interleaved (default 1)",
+    )
     run.add_argument("--batch-size", type=_count, metavar="N", help="fit's batch size (Keras: 32)")
     show = train.add_argument_group("output")
     show.add_argument(
@@ -263,7 +270,8 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     )
     slots = ", ".join(device_label(s) for s in tuner.executor.slots)
     title = (
-        f"phobbit train {args.model_file}: R={args.R} eta={args.eta} seed={args.seed}, "
+        f"phobbit train {args.model_file}: R={args.R} eta={args.eta} seed={args.seed}"
+        f"{f', {args.iterations} iterations' if args.iterations > 1 else ''}, "
         f"{tuner.executor.capacity} workers ({slots}), repository {args.repo}"
     )
     if live:
@@ -272,7 +280,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         tuner.reporter = LineReporter(
             sys.stdout, 2 if args.verbose else 1, title, previous, tuner.executor.slots
         )
-    frame = tuner.run(R=args.R, eta=args.eta)
+    frame = tuner.run(R=args.R, eta=args.eta, iterations=args.iterations)
     console.print(best_table(frame, args.top, [hp.name for hp in tuner.space.hparams]))
     console.print(f"Repository: {args.repo}", soft_wrap=True)
     ok = frame[frame["Status"] == "ok"]

@@ -336,3 +336,16 @@ def test_best_json_lists_best_configurations_first(tmp_path: Path) -> None:
     assert table.returncode == 0
     assert f"{best[0]['run']}-{best[0]['id']}" in table.stdout
     assert "Best model:" in table.stdout
+
+
+def test_iterations_run_their_own_configurations_and_status_counts_them(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    done = phobbit("train", SYNTHETIC, "--jobs", 2, "--R", 9, "--iterations", 2, "--repo", repo)
+    assert done.returncode == 0, done.stderr
+    assert "2 iterations" in done.stdout
+    assert len(keys(repo)) == 2 * SEGMENTS_R9
+    assert {key[0] for key in keys(repo)} == {0, 1}
+    status = phobbit("status", repo)
+    assert status.returncode == 0, status.stderr
+    assert "2 iteration(s)" in status.stdout
+    assert f"{2 * SEGMENTS_R9}/{2 * SEGMENTS_R9} segments" in status.stdout
