@@ -219,11 +219,10 @@ class Repository:
                     "it is not a phobbit repository, use another folder"
                 )
             return False
-        differ = [
-            f"{k}={existing.get(k)!r} there, {v!r} here"
-            for k, v in settings.items()
-            if k in existing and existing[k] != v
-        ]
+        keys = [k for k, v in settings.items() if k in existing and existing[k] != v]
+        if "space" in keys and "space_fingerprint" in keys:
+            keys.remove("space_fingerprint")  # the space's own difference says more
+        differ = [_difference(k, existing[k], settings[k]) for k in keys]
         if differ:
             raise RepositoryError(
                 f"repository {self.path} holds another run ({'; '.join(differ)}); "
@@ -408,6 +407,25 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _difference(key: str, there: Any, here: Any) -> str:
+    """One setting that differs, said briefly; a search space by the names that changed."""
+    if key == "space" and isinstance(there, list) and isinstance(here, list):
+        old = {hp.get("name"): hp for hp in there if isinstance(hp, dict)}
+        new = {hp.get("name"): hp for hp in here if isinstance(hp, dict)}
+        changed = sorted(n for n in old.keys() & new.keys() if old[n] != new[n])
+        parts = [
+            f"{what} {', '.join(map(str, names))}"
+            for what, names in (
+                ("added", sorted(new.keys() - old.keys())),
+                ("removed", sorted(old.keys() - new.keys())),
+                ("changed", changed),
+            )
+            if names
+        ]
+        return f"search space differs ({'; '.join(parts) or 'order of hyperparameters'})"
+    return f"{key}={there!r} there, {here!r} here"
 
 
 def this_host() -> str:

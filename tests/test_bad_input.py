@@ -216,7 +216,7 @@ EXISTING_REPOSITORY = {
         lambda r: ParallelHyperband(None, space()[:1], r, trainable=_synthetic(), seed=3).run(
             3, 3
         ),
-        r"holds another run \(space_fingerprint=",
+        r"holds another run \(search space differs \(removed [a-z_, ]+\)\)",
     ),
     "results.csv a folder": (
         _results_a_folder,

@@ -123,3 +123,16 @@ def test_second_driver_is_refused_with_the_first_ones_pid(repo: Path) -> None:
                 pass
     with Repository(repo).driver_lock():  # free again once the first is done
         pass
+
+
+def test_a_changed_search_space_is_named_by_its_hyperparameters(repo: Path) -> None:
+    def space(hi: float, extra: bool) -> list[dict]:
+        hps = [{"name": "lr", "distribution": "uniform", "distr_args": [0, hi]}]
+        return hps + ([{"name": "units", "distribution": "randint", "distr_args": [1, 9]}] * extra)
+
+    repository = Repository(repo)
+    repository.create({"R": 9, "space_fingerprint": "a", "space": space(1.0, False)})
+    with pytest.raises(RepositoryError, match=r"search space differs \(added units; changed lr\)"):
+        repository.check_settings({"R": 9, "space_fingerprint": "b", "space": space(2.0, True)})
+    with pytest.raises(RepositoryError, match="space_fingerprint='a' there, 'b' here"):
+        repository.check_settings({"R": 9, "space_fingerprint": "b"})
