@@ -45,7 +45,6 @@ class PlainReporter:
         self.stream = stream or sys.stdout
         self.verbose = verbose
         self.best: SegmentResult | None = None
-        self._plan: Plan | None = None
         self._started = 0.0
         self._done = 0
 
@@ -54,7 +53,7 @@ class PlainReporter:
             print(text, file=self.stream, flush=True)
 
     def started(self, plan: Plan, resumed: int) -> None:
-        self._plan, self._started = plan, time.monotonic()
+        self._started = time.monotonic()
         self._say(format_schedule(plan.schedule))
         if resumed:
             self._say(f"Resuming: {resumed} segments are already in the repository")
