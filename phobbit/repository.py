@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from filelock import FileLock, Timeout
 
@@ -236,16 +236,11 @@ class Repository:
 
         It reads the first line only, so it is cheap enough to call before every run.
         """
-        try:
-            with open(self.results_path, "rb") as handle:
-                first = handle.readline()
-        except FileNotFoundError:
+        handle = self._open_results()
+        if handle is None:
             return
-        except OSError as exc:
-            raise RepositoryError(
-                f"cannot read {self.results_path}: {exc.strerror}; "
-                "move it away or use another repository folder"
-            ) from None
+        with handle:
+            first = handle.readline()
         _check_header(self.results_path, first)
 
     def create(self, settings: Mapping[str, Any]) -> None:
@@ -349,21 +344,27 @@ class Repository:
                 "is the disk full? Free some space, then run again to resume"
             )
 
+    def _open_results(self) -> BinaryIO | None:
+        """``results.csv`` opened for reading bytes; None when there is none yet."""
+        try:
+            return open(self.results_path, "rb")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise RepositoryError(
+                f"cannot read {self.results_path}: {exc.strerror}; "
+                "move it away or use another repository folder"
+            ) from None
+
     def iter_results(self) -> Iterator[SegmentResult]:
         """Every intact row, in the order written; torn or corrupt lines are skipped.
 
         Raises:
             RepositoryError: when ``results.csv`` cannot be read or is not a results file.
         """
-        try:
-            handle = open(self.results_path, "rb")
-        except FileNotFoundError:
+        handle = self._open_results()
+        if handle is None:
             return
-        except OSError as exc:
-            raise RepositoryError(
-                f"cannot read {self.results_path}: {exc.strerror}; "
-                "move it away or use another repository folder"
-            ) from None
         with handle:
             try:
                 lines = iter(handle)

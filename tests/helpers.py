@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from synthetic import x_curve  # the curve shared with the core tests; workers import it too
 
 from phobbit import Hyperparameter, ParallelHyperband
 from phobbit.trainable import SyntheticTrainable
@@ -33,11 +34,6 @@ def space() -> list[Hyperparameter]:
         Hyperparameter("x", "uniform", (0.0, 1.0)),
         Hyperparameter("act", "choice", [("relu", "tanh")]),
     ]
-
-
-def x_curve(hparams: dict[str, Any], epoch: int) -> float:
-    """Loss falls with epochs; a configuration's floor is its distance from x = 0.3."""
-    return abs(hparams["x"] - 0.3) + 1.0 / epoch
 
 
 def bad_curve(hparams: dict[str, Any], epoch: int) -> float:
