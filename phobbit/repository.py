@@ -14,7 +14,9 @@ import errno
 import io
 import json
 import os
+import re
 import socket
+import threading
 import time
 import zlib
 from collections.abc import Iterator, Mapping
@@ -26,6 +28,7 @@ from typing import Any, BinaryIO
 from filelock import FileLock, Timeout
 
 from phobbit.errors import RepositoryError
+from phobbit.space import MAX_NESTING
 
 COLUMNS = (
     "iteration",
@@ -116,11 +119,40 @@ def encode_row(result: SegmentResult) -> str:
     return f"{body}{zlib.crc32(body.encode()):08x}\n"
 
 
+_FIELD_LIMIT = threading.Lock()
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _allow_fields_of(size: int) -> None:
+    """Raises the csv module's field size limit (128 KiB by default) to at least ``size``.
+
+    The writer has no such limit, so without this a row holding a long choice
+    value would be written but never read back, and its segment trained on
+    every resume. The limit is process-wide; it is only ever raised, under a lock.
+    """
+    with _FIELD_LIMIT:
+        if csv.field_size_limit() < size:
+            csv.field_size_limit(size)
+
+
+def _nesting(text: str) -> int:
+    """How deeply the JSON ``text`` nests arrays and objects, counted without parsing it."""
+    depth = deepest = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def decode_row(line: str | bytes) -> SegmentResult | None:
-    """The result a line holds, or None for a torn, corrupt or header line.
+    """The result a line holds, or None for a torn, corrupt, hostile or header line.
 
     The CRC is checked on the raw bytes before anything is decoded, so a row
-    torn in the middle of a multi-byte character is skipped like any other.
+    torn in the middle of a multi-byte character is skipped like any other. A
+    row whose CRC holds but whose hparams nest deeper than any search space can
+    (``space.MAX_NESTING``) was not written by phobbit: it is skipped like a
+    corrupt one, before its JSON is parsed, and its segment is trained again.
     """
     raw_line = line.encode() if isinstance(line, str) else line
     if not raw_line.endswith(b"\n"):
@@ -129,12 +161,16 @@ def decode_row(line: str | bytes) -> SegmentResult | None:
     if not body or f"{zlib.crc32(body + b','):08x}".encode() != crc:
         return None
     try:
-        fields = next(csv.reader([body.decode()]))
+        text = body.decode()
+        _allow_fields_of(len(text))
+        fields = next(csv.reader([text]))
     except (UnicodeDecodeError, csv.Error, StopIteration):
         return None
     if len(fields) != len(COLUMNS):
         return None
     raw = dict(zip(COLUMNS, fields, strict=True))
+    if _nesting(raw["hparams"]) > 1 + MAX_NESTING:
+        return None  # not written by phobbit; parsing it could exhaust the stack
     try:
         hparams = json.loads(raw["hparams"])
         if not isinstance(hparams, dict):

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import zlib
 from pathlib import Path
 
 import pytest
 
 from phobbit import RepositoryError
-from phobbit.repository import HEADER, Repository, SegmentResult, decode_row, encode_row
+from phobbit.repository import (
+    COLUMNS,
+    HEADER,
+    Repository,
+    SegmentResult,
+    decode_row,
+    encode_row,
+)
+from phobbit.space import MAX_NESTING
 
 
 def row(config_id: int, rung: int = 0, **changes) -> SegmentResult:
@@ -136,3 +146,35 @@ def test_a_changed_search_space_is_named_by_its_hyperparameters(repo: Path) -> N
         repository.check_settings({"R": 9, "space_fingerprint": "b", "space": space(2.0, True)})
     with pytest.raises(RepositoryError, match="space_fingerprint='a' there, 'b' here"):
         repository.check_settings({"R": 9, "space_fingerprint": "b"})
+
+
+def forged(config_id: int, hparams_json: str) -> bytes:
+    """A row whose hparams field is ``hparams_json``, with a correct CRC."""
+    fields = encode_row(row(config_id, hparams={})).rsplit(",", 1)[0].split(",")
+    fields[COLUMNS.index("hparams")] = '"' + hparams_json.replace('"', '""') + '"'
+    body = ",".join(fields) + ","
+    return f"{body}{zlib.crc32(body.encode()):08x}\n".encode()
+
+
+def test_a_row_with_a_correct_crc_and_hostile_nesting_is_skipped_like_a_corrupt_one() -> None:
+    hostile = forged(7, "[" * 60_000 + "]" * 60_000)
+    assert decode_row(hostile) is None  # no RecursionError
+    assert decode_row(forged(7, '{"a": 1, "b": "[[[["}')).hparams == {"a": 1, "b": "[[[["}
+    deepest = {"x": json.loads("[" * MAX_NESTING + "]" * MAX_NESTING)}
+    assert decode_row(encode_row(row(8, hparams=deepest))).hparams == deepest
+    too_deep = json.dumps({"x": json.loads("[" * (MAX_NESTING + 1) + "]" * (MAX_NESTING + 1))})
+    assert decode_row(forged(8, too_deep)) is None
+
+
+def test_a_repository_reader_skips_a_hostile_row_and_reads_the_rest(repo: Path) -> None:
+    repository = Repository(repo)
+    repository.append(row(0))
+    with open(repository.results_path, "ab") as handle:
+        handle.write(forged(1, '{"a": ' + "[" * 60_000 + "]" * 60_000 + "}"))
+    repository.append(row(2))
+    assert [r.id for r in repository.iter_results()] == [0, 2]
+
+
+def test_a_row_holding_a_value_longer_than_the_csv_field_limit_is_read_back() -> None:
+    long = row(3, hparams={"act": "r" * 200_000, "n" * 140_000: 1})
+    assert decode_row(encode_row(long)) == long
