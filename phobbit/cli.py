@@ -46,6 +46,7 @@ from phobbit.live import (
     schedule_progress,
 )
 from phobbit.progress import format_hparams
+from phobbit.records import RunSettings
 from phobbit.repository import Repository, config_name
 from phobbit.results import results_frame
 from phobbit.schedule import brackets, format_schedule, validate
@@ -296,12 +297,9 @@ def _train(args: argparse.Namespace, console: Console) -> int:
 # -- best ------------------------------------------------------------------------
 
 
-def _space_order(settings: dict[str, Any]) -> list[str]:
+def _space_order(settings: RunSettings) -> list[str]:
     """The hyperparameter names in the order of the run's search space (run.json)."""
-    space = settings.get("space")
-    if not isinstance(space, list):
-        return []
-    return [hp["name"] for hp in space if isinstance(hp, dict) and isinstance(hp.get("name"), str)]
+    return [hp.name for hp in settings.space.hparams]
 
 
 def _in_order(hparams: dict[str, Any], order: Sequence[str]) -> dict[str, Any]:
@@ -386,7 +384,7 @@ def _records(frame: Any, repository: Repository) -> list[dict[str, Any]]:
 # -- status ----------------------------------------------------------------------
 
 
-def _open(path: Path) -> tuple[Repository, dict[str, Any]]:
+def _open(path: Path) -> tuple[Repository, RunSettings]:
     """A repository that holds a run, and its settings; ``RepositoryError`` otherwise."""
     if not path.is_dir():
         raise RepositoryError(f"repository {path} does not exist")
@@ -426,12 +424,7 @@ def driver_state(repository: Repository) -> tuple[bool | None, str]:
 
 def _status(path: Path, console: Console) -> int:
     repository, settings = _open(path)
-    try:
-        R, eta = settings["R"], settings["eta"]
-        iterations = int(settings.get("iterations", 1))
-        validate(R, eta)
-    except (KeyError, TypeError, ValueError):
-        raise RepositoryError(f"{repository.run_path} lacks valid R and eta settings") from None
+    R, eta, iterations = settings.R, settings.eta, settings.iterations
     rows = repository.results()
     running, driver = driver_state(repository)
     schedule = brackets(R, eta)
@@ -442,7 +435,7 @@ def _status(path: Path, console: Console) -> int:
     failed = sum(1 for row in rows.values() if not row.ok)
     state = {True: f"running ({driver})", False: "not running", None: "unknown"}[running]
     console.print(
-        f"Repository {path}: R={R} eta={eta} seed={settings.get('seed')}, "
+        f"Repository {path}: R={R} eta={eta} seed={settings.seed}, "
         f"{iterations} iteration(s); driver {state}",
         soft_wrap=True,
     )

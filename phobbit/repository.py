@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 from filelock import FileLock, Timeout
 
 from phobbit.errors import RepositoryError
+from phobbit.records import RunSettings
 from phobbit.space import MAX_NESTING
 
 COLUMNS = (
@@ -216,25 +217,30 @@ class Repository:
 
     # -- run.json -----------------------------------------------------------------
 
-    def read_settings(self) -> dict[str, Any] | None:
-        """The settings in ``run.json``, or None for a folder that holds no run yet."""
+    def read_settings(self) -> RunSettings | None:
+        """The settings in ``run.json``, or None for a folder that holds no run yet.
+
+        Raises:
+            RepositoryError: naming ``run.json`` and what is wrong with it: not
+                JSON, a setting missing, unknown or out of range, a search space
+                that does not parse or does not match its fingerprint.
+        """
         try:
             text = self.run_path.read_text()
         except FileNotFoundError:
             return None
-        except OSError as exc:
-            raise RepositoryError(f"cannot read {self.run_path}: {exc.strerror}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or "it is not text"
+            raise RepositoryError(f"cannot read {self.run_path}: {why}") from None
         try:
-            settings = json.loads(text)
-        except json.JSONDecodeError:
+            data = json.loads(text)
+        except (ValueError, RecursionError):  # RecursionError: nested absurdly deep
             raise RepositoryError(
                 f"{self.run_path} is not valid JSON; restore it or use another repository"
             ) from None
-        if not isinstance(settings, dict):
-            raise RepositoryError(f"{self.run_path} does not hold a phobbit run")
-        return settings
+        return RunSettings.from_dict(data, self.run_path)
 
-    def check_settings(self, settings: Mapping[str, Any]) -> bool:
+    def check_settings(self, settings: RunSettings) -> bool:
         """Checks that this folder is new or holds a run with the same settings.
 
         Returns:
@@ -255,10 +261,7 @@ class Repository:
                     "it is not a phobbit repository, use another folder"
                 )
             return False
-        keys = [k for k, v in settings.items() if k in existing and existing[k] != v]
-        if "space" in keys and "space_fingerprint" in keys:
-            keys.remove("space_fingerprint")  # the space's own difference says more
-        differ = [_difference(k, existing[k], settings[k]) for k in keys]
+        differ = _differences(existing, settings)
         if differ:
             raise RepositoryError(
                 f"repository {self.path} holds another run ({'; '.join(differ)}); "
@@ -279,12 +282,12 @@ class Repository:
             first = handle.readline()
         _check_header(self.results_path, first)
 
-    def create(self, settings: Mapping[str, Any]) -> None:
+    def create(self, settings: RunSettings) -> None:
         """Makes the folder and writes ``run.json`` (write to temp, then replace)."""
         self.models.mkdir(parents=True, exist_ok=True)
         if self.read_settings() is None:
             temp = self.run_path.with_name(f".{RUN_FILE}.{os.getpid()}.tmp")
-            temp.write_text(json.dumps(dict(settings), indent=2, sort_keys=True) + "\n")
+            temp.write_text(json.dumps(settings.to_dict(), indent=2, sort_keys=True) + "\n")
             os.replace(temp, self.run_path)
 
     @contextmanager
@@ -446,14 +449,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _difference(key: str, there: Any, here: Any) -> str:
-    """One setting that differs, said briefly; a search space by the names that changed."""
-    if key == "space" and isinstance(there, list) and isinstance(here, list):
-        old = {hp.get("name"): hp for hp in there if isinstance(hp, dict)}
-        new = {hp.get("name"): hp for hp in here if isinstance(hp, dict)}
+def _differences(there: RunSettings, here: RunSettings) -> list[str]:
+    """The settings that differ between two runs, said briefly; the space by its names."""
+    differ = [
+        f"{key}={getattr(there, key)!r} there, {getattr(here, key)!r} here"
+        for key in ("R", "eta", "seed", "iterations")
+        if getattr(there, key) != getattr(here, key)
+    ]
+    # By fingerprint, not ==: choice options 1 and 1.0 compare equal but sample apart.
+    if there.space_fingerprint != here.space_fingerprint:
+        old = {hp.name: _json(hp.to_dict()) for hp in there.space.hparams}
+        new = {hp.name: _json(hp.to_dict()) for hp in here.space.hparams}
         changed = sorted(n for n in old.keys() & new.keys() if old[n] != new[n])
         parts = [
-            f"{what} {', '.join(map(str, names))}"
+            f"{what} {', '.join(names)}"
             for what, names in (
                 ("added", sorted(new.keys() - old.keys())),
                 ("removed", sorted(old.keys() - new.keys())),
@@ -461,8 +470,12 @@ def _difference(key: str, there: Any, here: Any) -> str:
             )
             if names
         ]
-        return f"search space differs ({'; '.join(parts) or 'order of hyperparameters'})"
-    return f"{key}={there!r} there, {here!r} here"
+        differ.append(f"search space differs ({'; '.join(parts) or 'order of hyperparameters'})")
+    return differ
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
 
 
 def this_host() -> str:

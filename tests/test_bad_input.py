@@ -206,6 +206,19 @@ def _run_json_garbage(repo: Path) -> None:
     (repo / "run.json").write_text("{not json")
 
 
+def _run_json_emptied(repo: Path) -> None:
+    (repo / "run.json").write_text("{}")
+
+
+def _run_json_nested_deep(repo: Path) -> None:
+    (repo / "run.json").write_text("[" * 60_000 + "]" * 60_000)
+
+
+def _run_json_iterations_absurd(repo: Path) -> None:
+    settings = json.loads((repo / "run.json").read_text())
+    (repo / "run.json").write_text(json.dumps({**settings, "iterations": 10**9}))
+
+
 # Each case: how to spoil a finished repository, the run that meets it, the message.
 EXISTING_REPOSITORY = {
     "another R": (_finished_run, lambda r: tuner(r, seed=3).run(9, 3), r"R=3 there, 9 here"),
@@ -237,6 +250,21 @@ EXISTING_REPOSITORY = {
         _run_json_garbage,
         lambda r: tuner(r, seed=3).run(3, 3),
         r"run.json is not valid JSON",
+    ),
+    "run.json emptied, another seed": (
+        _run_json_emptied,
+        lambda r: tuner(r, seed=5).run(3, 3),
+        r"run.json lacks R, eta, seed, iterations, space_fingerprint, space; restore it",
+    ),
+    "run.json nested 60,000 deep": (
+        _run_json_nested_deep,
+        lambda r: tuner(r, seed=3).run(3, 3),
+        r"run.json is not valid JSON",
+    ),
+    "run.json with 10**9 iterations": (
+        _run_json_iterations_absurd,
+        lambda r: tuner(r, seed=3).run(3, 3),
+        r"run.json is not valid: R=3, eta=3 and iterations=1000000000 make more than",
     ),
 }
 

@@ -349,3 +349,35 @@ def test_iterations_run_their_own_configurations_and_status_counts_them(tmp_path
     assert status.returncode == 0, status.stderr
     assert "2 iteration(s)" in status.stdout
     assert f"{2 * SEGMENTS_R9}/{2 * SEGMENTS_R9} segments" in status.stdout
+
+
+@pytest.mark.parametrize(
+    ("run_json", "message"),
+    [
+        ("{}", "run.json lacks R, eta, seed, iterations, space_fingerprint, space"),
+        ("[" * 60_000 + "]" * 60_000, "run.json is not valid JSON"),
+        ("iterations", "iterations=1000000000 make more than 1,000,000 segments"),
+        ("unknown", "run.json holds settings this phobbit does not know (shuffle)"),
+    ],
+    ids=["emptied", "nested", "iterations-1e9", "unknown-key"],
+)
+def test_an_edited_run_json_is_refused_by_every_command_in_one_line(
+    tmp_path: Path, run_json: str, message: str
+) -> None:
+    repo = tmp_path / "repo"
+    assert phobbit("train", SYNTHETIC, "--jobs", 1, "--R", 3, "--repo", repo).returncode == 0
+    settings = json.loads((repo / "run.json").read_text())
+    if run_json == "iterations":
+        run_json = json.dumps({**settings, "iterations": 10**9})
+    elif run_json == "unknown":
+        run_json = json.dumps({**settings, "shuffle": True})
+    (repo / "run.json").write_text(run_json)
+    written = (repo / "results.csv").read_bytes()
+    for command in (
+        ("status", repo),
+        ("best", repo),
+        ("train", SYNTHETIC, "--jobs", 1, "--R", 3, "--seed", 5, "--repo", repo),
+    ):
+        line = assert_one_line_error(phobbit(*command, timeout=60))
+        assert message in line and str(repo / "run.json") in line, line
+    assert (repo / "results.csv").read_bytes() == written

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import run_settings
 from helpers import subprocess_env
 
 from phobbit.repository import HEADER, Repository, SegmentResult, decode_row
@@ -47,7 +48,7 @@ def _writer(path: str, writer: int, go: multiprocessing.synchronize.Event) -> No
 def test_sixteen_writers_append_8000_rows_none_torn_lost_or_doubled_while_read(
     repo: Path,
 ) -> None:
-    Repository(repo).create({"R": 9, "eta": 3, "seed": 0, "iterations": 1})
+    Repository(repo).create(run_settings(9))
     context = multiprocessing.get_context("fork")
     go = context.Event()
     writers = [context.Process(target=_writer, args=(str(repo), w, go)) for w in range(WRITERS)]
@@ -85,7 +86,7 @@ def test_sixteen_writers_append_8000_rows_none_torn_lost_or_doubled_while_read(
 
 def test_a_reader_skips_a_row_torn_anywhere_and_never_fails(repo: Path) -> None:
     repository = Repository(repo)
-    repository.create({"R": 9})
+    repository.create(run_settings(9))
     repository.results_path.write_bytes(HEADER.encode()[:10])  # the first write, cut
     assert list(repository.iter_results()) == []
     repository.results_path.unlink()
