@@ -183,8 +183,11 @@ class ParallelHyperband:
             checkpoint_dir=str(self.repository.models),
         )
         reporter = self.reporter or PlainReporter(verbose=self.verbose)
+        made = self.repository.fresh()
         with ExitStack() as stack:
             stack.enter_context(self.repository.driver_lock())
+            # Bad input a worker finds (a dataset function's result) leaves a new folder as it was.
+            stack.enter_context(self.repository.undone_on_bad_input(made))
             self.repository.create(settings)
             trainable = self.trainable
             if trainable is None:

@@ -15,19 +15,20 @@ import io
 import json
 import os
 import re
+import shutil
 import socket
 import threading
 import time
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from filelock import FileLock, Timeout
 
-from phobbit.errors import RepositoryError
+from phobbit.errors import InputError, RepositoryError
 from phobbit.records import RunSettings
 from phobbit.space import MAX_NESTING
 
@@ -53,6 +54,8 @@ HEADER = ",".join(COLUMNS) + ",crc\n"
 RESULTS = "results.csv"
 RUN_FILE = "run.json"
 DRIVER_FILE = "driver.json"
+DRIVER_LOCK = ".driver.lock"
+RESULTS_LOCK = ".results.lock"
 MODELS = "models"
 LOCK_TIMEOUT_S = 60.0
 DRIVER_LOCK_WAIT_S = 0.5
@@ -210,7 +213,7 @@ class Repository:
         self.results_path = self.path / RESULTS
         self.run_path = self.path / RUN_FILE
         self.models = self.path / MODELS
-        self._lock = FileLock(str(self.path / ".results.lock"), timeout=LOCK_TIMEOUT_S)
+        self._lock = FileLock(str(self.path / RESULTS_LOCK), timeout=LOCK_TIMEOUT_S)
 
     def __repr__(self) -> str:
         return f"Repository({str(self.path)!r})"
@@ -289,6 +292,51 @@ class Repository:
             temp = self.run_path.with_name(f".{RUN_FILE}.{os.getpid()}.tmp")
             temp.write_text(json.dumps(settings.to_dict(), indent=2, sort_keys=True) + "\n")
             os.replace(temp, self.run_path)
+
+    def fresh(self) -> list[Path] | None:
+        """The paths a run would make here, when the folder holds no run yet; else None.
+
+        ``ParallelHyperband.run`` takes this before it makes anything, and hands it
+        to :meth:`undone_on_bad_input`.
+        """
+        if self.run_path.exists():
+            return None
+        candidates = [
+            self.run_path,
+            self.path / DRIVER_FILE,
+            self.path / DRIVER_LOCK,
+            self.path / RESULTS_LOCK,
+            self.models,
+        ]
+        made = [p for p in candidates if not p.exists()]
+        return made if self.path.exists() else [*made, self.path]
+
+    @contextmanager
+    def undone_on_bad_input(self, made: list[Path] | None) -> Iterator[None]:
+        """Removes the paths ``made`` when bad input stops this run before it wrote a row.
+
+        Bad input that only a worker can see (what a dataset function returns)
+        stops a run after it made ``run.json``, ``driver.json`` and ``models/``;
+        a new run leaves the folder as it found it. Only what this run made goes,
+        and only while no row exists: a resumed run (``made`` is None) and one
+        that wrote rows keep everything. A full disk is no bad input: it keeps all.
+        """
+        try:
+            yield
+        except RepositoryError:
+            raise
+        except InputError:
+            if made is not None and not self.results_path.exists():
+                for path in made:
+                    if path.is_dir() and path != self.path:
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        with suppress(FileNotFoundError, IsADirectoryError):
+                            path.unlink()
+                if self.path in made:
+                    with suppress(OSError):  # something else appeared in it: keep it
+                        self.path.rmdir()
+            raise
 
     @contextmanager
     def driver_lock(self) -> Iterator[None]:

@@ -15,7 +15,9 @@ import pytest
 from helpers import mislabelled_dataset, no_model, space, tuner
 
 from phobbit import Hyperparameter, InputError, ParallelHyperband, RepositoryError
+from phobbit.records import RunSettings
 from phobbit.repository import Repository
+from phobbit.space import Space
 
 PACKAGE = Path(__file__).resolve().parent.parent / "phobbit"
 ARRAYS = (([[0.0, 1.0]] * 4, [0] * 4), ([[1.0, 0.0]] * 2, [1] * 2))
@@ -162,7 +164,32 @@ def test_a_dataset_function_returning_a_bad_dataset_stops_the_run_at_its_first_t
     )
     with pytest.raises(InputError, match=r"dataset has 4 training inputs for 3 labels"):
         hyperband.run(R=3, eta=3)
-    assert list(Repository(repo).iter_results()) == [], "no trial was failed for it"
+    assert not repo.exists(), "the run made the folder: it removes it again"
+
+
+def test_a_bad_dataset_leaves_an_existing_empty_folder_empty_and_a_resumed_run_untouched(
+    repo: Path,
+) -> None:
+    def run() -> None:
+        hyperband = ParallelHyperband(
+            no_model, space(), repo, dataset=mislabelled_dataset, n_jobs=1, verbose=0
+        )
+        with pytest.raises(InputError, match=r"dataset has 4 training inputs for 3 labels"):
+            hyperband.run(R=3, eta=3)
+
+    repo.mkdir()
+    (repo / "notes.txt").write_text("mine")
+    run()
+    assert [p.name for p in repo.iterdir()] == ["notes.txt"]
+
+    Repository(repo).create(RunSettings.of(Space(space()), R=3, eta=3, seed=0))
+    (repo / "models" / "0-1-0.json").write_text("{}")
+    before = snapshot(repo)
+    run()
+    after = snapshot(repo)
+    for made_by_every_driver in ("driver.json", ".driver.lock"):
+        after.pop(made_by_every_driver)
+    assert after == before
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes | None, int]]:

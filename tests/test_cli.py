@@ -351,6 +351,27 @@ def test_iterations_run_their_own_configurations_and_status_counts_them(tmp_path
     assert f"{2 * SEGMENTS_R9}/{2 * SEGMENTS_R9} segments" in status.stdout
 
 
+BAD_DATASET = (
+    "from phobbit import Hyperparameter\n"
+    "hparam_ranges = [Hyperparameter('x', 'uniform', (0, 1))]\n"
+    "def my_model(hparams):\n"
+    "    raise AssertionError('the model function ran although the dataset is bad')\n"
+    "def load_dataset():\n"
+    "    return ([[0.0]] * 4, [0] * 3), ([[0.0]], [0])\n"
+)
+
+
+def test_a_dataset_function_returning_bad_shapes_exits_2_and_leaves_no_repository(
+    tmp_path: Path,
+) -> None:
+    model = tmp_path / "model.py"
+    model.write_text(BAD_DATASET)
+    repo = tmp_path / "repo"
+    result = phobbit("train", model, "--jobs", 1, "--R", 3, "--repo", repo)
+    assert "dataset has 4 training inputs for 3 labels" in assert_one_line_error(result)
+    assert not repo.exists(), sorted(p.name for p in repo.rglob("*"))
+
+
 @pytest.mark.parametrize(
     ("run_json", "message"),
     [
