@@ -32,6 +32,7 @@ from typing import Any
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from phobbit import __version__
 from phobbit.errors import InputError, PhobbitError, RepositoryError
@@ -188,7 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # Off a terminal rich would wrap tables at 80 columns; logs read better wider.
     wide = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
-    console = Console(width=wide, highlight=False)
+    # Nothing printed is markup: hparams, names, paths and errors are the user's text,
+    # and "[red]" or ":smile:" in them must print as written.
+    console = Console(width=wide, highlight=False, markup=False, emoji=False)
     try:
         if args.command == "train":
             with _terminate_as_interrupt():
@@ -336,7 +339,7 @@ def best_table(frame: Any, top: int, order: Sequence[str] = ()) -> Table:
         cells = [str(trial), loss, str(row["Epochs"]), hparams]
         if failed:
             cells.append("ok" if row["Status"] == "ok" else f"failed: {row['Error']}")
-        table.add_row(*cells)
+        table.add_row(*map(Text, cells))  # Text, not str: a str cell is parsed as markup
     return table
 
 

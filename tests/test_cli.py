@@ -402,3 +402,55 @@ def test_an_edited_run_json_is_refused_by_every_command_in_one_line(
         line = assert_one_line_error(phobbit(*command, timeout=60))
         assert message in line and str(repo / "run.json") in line, line
     assert (repo / "results.csv").read_bytes() == written
+
+
+HOSTILE_NAMES = (
+    "from dataclasses import dataclass\n"
+    "from phobbit import Hyperparameter\n"
+    "from phobbit.trainable import SyntheticTrainable\n"
+    "hparam_ranges = [\n"
+    "    Hyperparameter('x', 'uniform', (0, 1)),\n"
+    "    Hyperparameter('[red]c', 'choice', ['[/]', '[red]', '[bold]b[/bold]', ':smile:']),\n"
+    "]\n"
+    "@dataclass(frozen=True)\n"
+    "class Picky(SyntheticTrainable):\n"
+    "    def train(self, hparams, checkpoint, initial_epoch, epochs):\n"
+    "        if hparams['x'] > 0.6:\n"
+    "            raise ValueError('[/] broke on [red]' + hparams['[red]c'])\n"
+    "        return super().train(hparams, checkpoint, initial_epoch, epochs)\n"
+    "trainable = Picky()\n"
+)
+
+
+@pytest.mark.parametrize("progress", ["plain", "live"])
+def test_user_text_is_printed_as_it_is_never_as_rich_markup(tmp_path: Path, progress: str) -> None:
+    folder = tmp_path / "[dim]models"
+    folder.mkdir()
+    model = folder / "hostile.py"
+    model.write_text(HOSTILE_NAMES)
+    repo = tmp_path / "r_[exp1]"
+    train = phobbit("train", model, "--jobs", 2, "--R", 9, "--repo", repo, "--progress", progress)
+    assert train.returncode == 0, train.stderr
+    assert "Traceback" not in train.stderr
+    results = {row.key[:3]: row for row in Repository(repo).iter_results()}
+    failed = [row for row in results.values() if not row.ok]
+    assert failed and len(failed) < len(results)  # both kinds are printed
+    best = phobbit("best", repo, "--top", 100)
+    status = phobbit("status", repo)
+    for done in (best, status):
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    for row in results.values():
+        shown = f"'[red]c': {row.hparams['[red]c']!r}"[1:].replace("': ", "=")  # name=value
+        assert shown in train.stdout and shown in best.stdout
+    for row in failed:
+        assert f"[/] broke on [red]{row.hparams['[red]c']}" in train.stdout + best.stdout
+    assert f"Repository: {repo}" in train.stdout
+    assert f"Repository {repo}: R=9" in status.stdout
+    top = min((r for r in results.values() if r.ok), key=lambda r: r.val_loss)
+    checkpoint = repo / "models" / f"{top.iteration}-{top.run}-{top.id}.json"
+    for done in (train, best):
+        assert f"Best model: {checkpoint}" in done.stdout
+    assert f"[red]c={top.hparams['[red]c']!r}" in status.stdout
+    if progress == "live":
+        assert f"phobbit train {model}: R=9" in train.stdout
+        assert f"FAILED run {failed[0].run} id {failed[0].id}" in train.stdout
