@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -9,12 +10,13 @@ import stat
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
 
 from phobbit.executor import visible_gpu_count
-from phobbit.repository import Repository
+from phobbit.repository import Repository, encode_row
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = Path(__file__).parent / "models"
@@ -454,3 +456,89 @@ def test_user_text_is_printed_as_it_is_never_as_rich_markup(tmp_path: Path, prog
     if progress == "live":
         assert f"phobbit train {model}: R=9" in train.stdout
         assert f"FAILED run {failed[0].run} id {failed[0].id}" in train.stdout
+
+
+LONG_VALUES = (
+    "from phobbit import Hyperparameter\n"
+    "from phobbit.trainable import SyntheticTrainable\n"
+    "hparam_ranges = [\n"
+    "    Hyperparameter('x', 'uniform', (0, 1)),\n"
+    "    Hyperparameter('c' * 140_000, 'choice', ['a' * 200_000, 'b']),\n"
+    "]\n"
+    "trainable = SyntheticTrainable()\n"
+)
+
+
+def test_values_longer_than_the_csv_field_limit_are_read_back_and_never_trained_twice(
+    tmp_path: Path,
+) -> None:
+    model = tmp_path / "long.py"
+    model.write_text(LONG_VALUES)
+    repo = tmp_path / "repo"
+    args = ("train", model, "--jobs", 2, "--R", 3, "--repo", repo, "--top", 1)
+    first = phobbit(*args)
+    assert first.returncode == 0, first.stderr
+    rows = list(Repository(repo).iter_results())
+    assert len(rows) == 6 and any(len(r.hparams["c" * 140_000]) == 200_000 for r in rows)
+    again = phobbit(*args)
+    assert again.returncode == 0, again.stderr
+    assert "Resuming: 6 segments" in again.stdout
+    assert keys(repo) == [r.key for r in rows]  # nothing trained twice
+
+
+def test_a_hostile_row_with_a_correct_crc_is_skipped_by_every_command(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    args = ("train", SYNTHETIC, "--jobs", 1, "--R", 3, "--repo", repo)
+    assert phobbit(*args).returncode == 0
+    rows = list(Repository(repo).iter_results())
+    fields = encode_row(dataclasses.replace(rows[0], id=99, hparams={})).rsplit(",", 1)[0]
+    body = fields.replace(",{},", ',"[' + "[" * 60_000 + "]" * 60_000 + ']",') + ","
+    with open(repo / "results.csv", "a") as handle:
+        handle.write(f"{body}{zlib.crc32(body.encode()):08x}\n")
+    for command in (args, ("status", repo), ("best", repo), ("best", repo, "--json")):
+        done = phobbit(*command)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert keys(repo) == [r.key for r in rows]
+
+
+@pytest.mark.parametrize(
+    ("hparams", "message"),
+    [
+        ("Hyperparameter('c', 'choice', [0.1, float('nan')])", "has the option nan"),
+        ("Hyperparameter('n', 'randint', (0, 10**20))", "bounds within [-2**63, 2**63 - 1]"),
+        ("Hyperparameter('u', 'uniform', (-1e308, 1e308))", "hi - lo to be a finite float"),
+    ],
+    ids=["nan-choice", "randint-10**20", "uniform-1e308"],
+)
+def test_hyperparameters_that_cannot_round_trip_exit_2_in_one_line(
+    tmp_path: Path, hparams: str, message: str
+) -> None:
+    model = tmp_path / "model.py"
+    model.write_text(
+        "from phobbit import Hyperparameter\n"
+        "from phobbit.trainable import SyntheticTrainable\n"
+        f"hparam_ranges = [{hparams}]\n"
+        "trainable = SyntheticTrainable()\n"
+    )
+    result = phobbit("train", model, "--jobs", 1, "--R", 3, "--repo", tmp_path / "repo")
+    assert message in assert_one_line_error(result)
+    assert not (tmp_path / "repo").exists()
+
+
+def test_numpy_bounds_and_options_in_a_model_file_train_and_resume(tmp_path: Path) -> None:
+    model = tmp_path / "model.py"
+    model.write_text(
+        "import numpy as np\n"
+        "from phobbit import Hyperparameter\n"
+        "from phobbit.trainable import SyntheticTrainable\n"
+        "hparam_ranges = [\n"
+        "    Hyperparameter('units', 'randint', (np.int64(16), np.int64(128))),\n"
+        "    Hyperparameter('lr', 'choice', [np.float32(0.5), np.float64(0.1)]),\n"
+        "]\n"
+        "trainable = SyntheticTrainable()\n"
+    )
+    args = ("train", model, "--jobs", 1, "--R", 3, "--repo", tmp_path / "repo")
+    first = phobbit(*args)
+    assert first.returncode == 0, first.stderr
+    again = phobbit(*args)
+    assert again.returncode == 0 and "Resuming: 6 segments" in again.stdout, again.stderr
