@@ -6,10 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from phobbit import Hyperparameter
 from phobbit.records import RunSettings
 from phobbit.space import Space
+
+# No per-example deadline: on a loaded machine a slow example is no failure, and
+# hypothesis would report it as one (DeadlineExceeded, then Flaky on the rerun).
+settings.register_profile("phobbit", deadline=None)
+settings.load_profile("phobbit")
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+from gates import open_gate
 
 from phobbit.executor import visible_gpu_count
 from phobbit.repository import Repository, encode_row
@@ -26,8 +27,10 @@ SEGMENTS_R9 = 9 + 3 + 1 + 5 + 1 + 3  # the segments of brackets(9, 3)
 
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    # This worktree's package, not an installed one, in the driver and its workers.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    # This worktree's package, not an installed one, in the driver and its workers; and
+    # tests/ for the gate of the synthetic model file.
+    paths = [str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH")]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     env.pop("COLUMNS", None)
     env.update(extra)
     return env
@@ -55,6 +58,14 @@ def start(*args: object, **env: str) -> subprocess.Popen:
         cwd=ROOT,
         start_new_session=True,
     )
+
+
+def held_after(tmp_path: Path, segments: int) -> dict[str, str]:
+    """The environment that holds every segment of the synthetic model file after the
+    first ``segments`` until ``open_gate`` (``tests/gates.py``)."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    return {"PHOBBIT_TEST_GATE": str(gate), "PHOBBIT_TEST_HOLD_AFTER": str(segments)}
 
 
 def wait_for_rows(repo: Path, count: int, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -157,7 +168,7 @@ def test_live_progress_renders_when_forced(tmp_path: Path) -> None:
 def test_interrupted_run_resumes_without_retraining(tmp_path: Path, kill: signal.Signals) -> None:
     repo = tmp_path / "repo"
     args = ("train", SYNTHETIC, "--jobs", 2, "--R", 9, "--repo", repo)
-    proc = start(*args, PHOBBIT_TEST_EPOCH_S="0.1")
+    proc = start(*args, **held_after(tmp_path, 4))  # the run cannot end before the kill
     wait_for_rows(repo, 4, proc)
     os.killpg(proc.pid, kill)  # the whole group, as Ctrl-C in a terminal (or a crash)
     _, stderr = proc.communicate(timeout=60)
@@ -293,17 +304,16 @@ def test_brackets_rejects_eta_1() -> None:
 
 def test_status_while_run_is_writing(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    proc = start(
-        "train", SYNTHETIC, "--jobs", 2, "--R", 9, "--repo", repo, PHOBBIT_TEST_EPOCH_S="0.25"
-    )
+    gate = held_after(tmp_path, 3)
+    proc = start("train", SYNTHETIC, "--jobs", 2, "--R", 9, "--repo", repo, **gate)
     try:
-        wait_for_rows(repo, 3, proc)
+        wait_for_rows(repo, 3, proc)  # and no more until the gate opens: the run is mid-way
         during = phobbit("status", repo)
         assert during.returncode == 0, during.stderr
         assert f"driver running (pid {proc.pid} on " in during.stdout
-        done = int(during.stdout.split("/22 segments")[0].split()[-1])
-        assert 3 <= done <= SEGMENTS_R9
+        assert "3/22 segments" in during.stdout
         assert "Segments done per bracket and rung" in during.stdout
+        open_gate(gate["PHOBBIT_TEST_GATE"])
         assert proc.wait(timeout=120) == 0
     finally:
         if proc.poll() is None:

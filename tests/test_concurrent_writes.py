@@ -38,10 +38,18 @@ def row(writer: int, i: int) -> SegmentResult:
     )
 
 
-def _writer(path: str, writer: int, go: multiprocessing.synchronize.Event) -> None:
+def _writer(
+    path: str,
+    writer: int,
+    go: multiprocessing.synchronize.Event,
+    second_half: multiprocessing.synchronize.Event,
+) -> None:
     repository = Repository(path)
     go.wait()
     for i in range(ROWS):
+        if i == ROWS // 2:
+            # Until the reader has read twice: however slow it is, it overlaps the writers.
+            second_half.wait(timeout=120)
         repository.append(row(writer, i))
 
 
@@ -50,8 +58,11 @@ def test_sixteen_writers_append_8000_rows_none_torn_lost_or_doubled_while_read(
 ) -> None:
     Repository(repo).create(run_settings(9))
     context = multiprocessing.get_context("fork")
-    go = context.Event()
-    writers = [context.Process(target=_writer, args=(str(repo), w, go)) for w in range(WRITERS)]
+    go, second_half = context.Event(), context.Event()
+    writers = [
+        context.Process(target=_writer, args=(str(repo), w, go, second_half))
+        for w in range(WRITERS)
+    ]
     for process in writers:
         process.start()
     go.set()
@@ -69,6 +80,8 @@ def test_sixteen_writers_append_8000_rows_none_torn_lost_or_doubled_while_read(
                     capture_output=True,
                 )
             )
+        if reads >= 2:
+            second_half.set()
     for process in writers:
         process.join(timeout=120)
         assert process.exitcode == 0
