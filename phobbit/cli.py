@@ -409,7 +409,7 @@ def driver_state(repository: Repository) -> tuple[bool | None, str]:
     try:
         who = json.loads((repository.path / "driver.json").read_text())
         name = f"pid {who['pid']} on {who['host']}"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # any damage: unknown
         name = "unknown"
     lock_path = repository.path / ".driver.lock"
     if not lock_path.exists():

@@ -552,3 +552,15 @@ def test_numpy_bounds_and_options_in_a_model_file_train_and_resume(tmp_path: Pat
     assert first.returncode == 0, first.stderr
     again = phobbit(*args)
     assert again.returncode == 0 and "Resuming: 6 segments" in again.stdout, again.stderr
+
+
+def test_status_of_a_repository_with_a_hostile_driver_json_says_unknown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from phobbit.cli import main
+
+    repo = tmp_path / "repo"
+    assert phobbit("train", SYNTHETIC, "--jobs", 1, "--R", 1, "--repo", repo).returncode == 0
+    (repo / "driver.json").write_text("[" * 60_000 + "]" * 60_000)
+    assert main(["status", str(repo)]) == 0
+    assert "driver not running" in capsys.readouterr().out
