@@ -166,7 +166,7 @@ _scalars = st.one_of(
     st.integers(),
     st.floats(),
     st.text(max_size=20),
-    st.integers(-(2**31), 2**31).map(np.int32),
+    st.integers(-(2**31), 2**31 - 1).map(np.int32),
     st.floats(width=32).map(np.float32),
 )
 _options = st.recursive(
