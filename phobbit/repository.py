@@ -213,7 +213,7 @@ class Repository:
         self.results_path = self.path / RESULTS
         self.run_path = self.path / RUN_FILE
         self.models = self.path / MODELS
-        self._lock = FileLock(str(self.path / RESULTS_LOCK), timeout=LOCK_TIMEOUT_S)
+        self._lock = FileLock(str(self.path / ".results.lock"), timeout=LOCK_TIMEOUT_S)
 
     def __repr__(self) -> str:
         return f"Repository({str(self.path)!r})"
