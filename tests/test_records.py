@@ -28,13 +28,16 @@ def test_settings_round_trip_through_json() -> None:
     }
 
 
+_DROP = object()  # a value for _edited: remove the key
+
+
 def _edited(**changes: object) -> dict:
+    """What run.json holds for ``run_settings()``, with ``changes``."""
     data = run_settings().to_dict()
     data.update(changes)
     return {k: v for k, v in data.items() if v is not _DROP}
 
 
-_DROP = object()
 _SPACE = [{"name": "x", "distribution": "uniform", "distr_args": [0.0, 1.0]}]
 
 # Each case: what run.json holds, and what the message must say.
