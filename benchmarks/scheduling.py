@@ -51,8 +51,9 @@ from simulation import (  # noqa: E402
 from phobbit import ParallelHyperband  # noqa: E402
 from phobbit.executor import LocalExecutor  # noqa: E402
 from phobbit.plan import Plan  # noqa: E402
+from phobbit.records import RunSettings  # noqa: E402
 from phobbit.repository import Repository, SegmentResult  # noqa: E402
-from phobbit.scheduler import Scheduler, run_settings  # noqa: E402
+from phobbit.scheduler import Scheduler  # noqa: E402
 from phobbit.space import Space  # noqa: E402
 from phobbit.trainable import SyntheticTrainable  # noqa: E402
 from phobbit.worker import run_segment  # noqa: E402
@@ -104,7 +105,7 @@ class Timed:
 
 def _repository(folder: str, R: int, eta: int, seed: int, iterations: int) -> Repository:
     repository = Repository(folder)
-    repository.create(run_settings(Space(SPACE), R, eta, seed, iterations))
+    repository.create(RunSettings.of(Space(SPACE), R, eta, seed, iterations))
     return repository
 
 

@@ -16,10 +16,10 @@ from phobbit.executor import LocalExecutor, parse_gpus
 from phobbit.keras_trainable import KerasTrainable, check_dataset, staged_dataset
 from phobbit.plan import Plan
 from phobbit.progress import PlainReporter
+from phobbit.records import RunSettings
 from phobbit.repository import Repository
 from phobbit.results import results_frame
-from phobbit.schedule import validate
-from phobbit.scheduler import Executor, Reporter, Scheduler, run_settings
+from phobbit.scheduler import Executor, Reporter, Scheduler
 from phobbit.space import Hyperparameter, Space
 from phobbit.trainable import Trainable
 
@@ -170,10 +170,8 @@ class ParallelHyperband:
         Raises:
             InputError: for bad R, eta or iterations, or a repository of another run.
         """
-        validate(R, eta)
-        _positive_int("iterations", iterations, allow_none=False)
-        R, eta, iterations = int(R), int(eta), int(iterations)
-        settings = run_settings(self.space, R, eta, self.seed, iterations)
+        settings = RunSettings.of(self.space, R, eta, self.seed, iterations)
+        R, eta, iterations = settings.R, settings.eta, settings.iterations
         self.repository.check_settings(settings)
         plan = Plan(
             self.space,
@@ -185,8 +183,11 @@ class ParallelHyperband:
             checkpoint_dir=str(self.repository.models),
         )
         reporter = self.reporter or PlainReporter(verbose=self.verbose)
+        made = self.repository.fresh()
         with ExitStack() as stack:
             stack.enter_context(self.repository.driver_lock())
+            # Bad input a worker finds (a dataset function's result) leaves a new folder as it was.
+            stack.enter_context(self.repository.undone_on_bad_input(made))
             self.repository.create(settings)
             trainable = self.trainable
             if trainable is None:

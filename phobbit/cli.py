@@ -32,6 +32,7 @@ from typing import Any
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from phobbit import __version__
 from phobbit.errors import InputError, PhobbitError, RepositoryError
@@ -46,6 +47,7 @@ from phobbit.live import (
     schedule_progress,
 )
 from phobbit.progress import format_hparams
+from phobbit.records import RunSettings
 from phobbit.repository import Repository, config_name
 from phobbit.results import results_frame
 from phobbit.schedule import brackets, format_schedule, validate
@@ -187,7 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # Off a terminal rich would wrap tables at 80 columns; logs read better wider.
     wide = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
-    console = Console(width=wide, highlight=False)
+    # Nothing printed is markup: hparams, names, paths and errors are the user's text,
+    # and "[red]" or ":smile:" in them must print as written.
+    console = Console(width=wide, highlight=False, markup=False, emoji=False)
     try:
         if args.command == "train":
             with _terminate_as_interrupt():
@@ -296,12 +300,9 @@ def _train(args: argparse.Namespace, console: Console) -> int:
 # -- best ------------------------------------------------------------------------
 
 
-def _space_order(settings: dict[str, Any]) -> list[str]:
+def _space_order(settings: RunSettings) -> list[str]:
     """The hyperparameter names in the order of the run's search space (run.json)."""
-    space = settings.get("space")
-    if not isinstance(space, list):
-        return []
-    return [hp["name"] for hp in space if isinstance(hp, dict) and isinstance(hp.get("name"), str)]
+    return [hp.name for hp in settings.space.hparams]
 
 
 def _in_order(hparams: dict[str, Any], order: Sequence[str]) -> dict[str, Any]:
@@ -338,7 +339,7 @@ def best_table(frame: Any, top: int, order: Sequence[str] = ()) -> Table:
         cells = [str(trial), loss, str(row["Epochs"]), hparams]
         if failed:
             cells.append("ok" if row["Status"] == "ok" else f"failed: {row['Error']}")
-        table.add_row(*cells)
+        table.add_row(*map(Text, cells))  # Text, not str: a str cell is parsed as markup
     return table
 
 
@@ -386,7 +387,7 @@ def _records(frame: Any, repository: Repository) -> list[dict[str, Any]]:
 # -- status ----------------------------------------------------------------------
 
 
-def _open(path: Path) -> tuple[Repository, dict[str, Any]]:
+def _open(path: Path) -> tuple[Repository, RunSettings]:
     """A repository that holds a run, and its settings; ``RepositoryError`` otherwise."""
     if not path.is_dir():
         raise RepositoryError(f"repository {path} does not exist")
@@ -408,7 +409,7 @@ def driver_state(repository: Repository) -> tuple[bool | None, str]:
     try:
         who = json.loads((repository.path / "driver.json").read_text())
         name = f"pid {who['pid']} on {who['host']}"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # any damage: unknown
         name = "unknown"
     lock_path = repository.path / ".driver.lock"
     if not lock_path.exists():
@@ -426,12 +427,7 @@ def driver_state(repository: Repository) -> tuple[bool | None, str]:
 
 def _status(path: Path, console: Console) -> int:
     repository, settings = _open(path)
-    try:
-        R, eta = settings["R"], settings["eta"]
-        iterations = int(settings.get("iterations", 1))
-        validate(R, eta)
-    except (KeyError, TypeError, ValueError):
-        raise RepositoryError(f"{repository.run_path} lacks valid R and eta settings") from None
+    R, eta, iterations = settings.R, settings.eta, settings.iterations
     rows = repository.results()
     running, driver = driver_state(repository)
     schedule = brackets(R, eta)
@@ -442,7 +438,7 @@ def _status(path: Path, console: Console) -> int:
     failed = sum(1 for row in rows.values() if not row.ok)
     state = {True: f"running ({driver})", False: "not running", None: "unknown"}[running]
     console.print(
-        f"Repository {path}: R={R} eta={eta} seed={settings.get('seed')}, "
+        f"Repository {path}: R={R} eta={eta} seed={settings.seed}, "
         f"{iterations} iteration(s); driver {state}",
         soft_wrap=True,
     )

@@ -338,6 +338,8 @@ class LiveReporter:
                 f"FAILED run {result.run} id {result.id} rung {result.rung}: {result.error}",
                 highlight=False,
                 soft_wrap=True,
+                markup=False,  # the error is the user's text: "[/]" in it is no markup
+                emoji=False,
             )
 
     def retrying(self, segment: Segment, cause: str, attempt: int) -> None:
@@ -347,6 +349,8 @@ class LiveReporter:
             retry_line(segment, cause, attempt),
             highlight=False,
             soft_wrap=True,
+            markup=False,
+            emoji=False,
         )
 
     def closed(self) -> None:

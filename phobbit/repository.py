@@ -14,18 +14,23 @@ import errno
 import io
 import json
 import os
+import re
+import shutil
 import socket
+import threading
 import time
 import zlib
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from filelock import FileLock, Timeout
 
-from phobbit.errors import RepositoryError
+from phobbit.errors import InputError, RepositoryError
+from phobbit.records import RunSettings
+from phobbit.space import MAX_NESTING
 
 COLUMNS = (
     "iteration",
@@ -49,6 +54,8 @@ HEADER = ",".join(COLUMNS) + ",crc\n"
 RESULTS = "results.csv"
 RUN_FILE = "run.json"
 DRIVER_FILE = "driver.json"
+DRIVER_LOCK = ".driver.lock"
+RESULTS_LOCK = ".results.lock"
 MODELS = "models"
 LOCK_TIMEOUT_S = 60.0
 DRIVER_LOCK_WAIT_S = 0.5
@@ -116,11 +123,40 @@ def encode_row(result: SegmentResult) -> str:
     return f"{body}{zlib.crc32(body.encode()):08x}\n"
 
 
+_FIELD_LIMIT = threading.Lock()
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _allow_fields_of(size: int) -> None:
+    """Raises the csv module's field size limit (128 KiB by default) to at least ``size``.
+
+    The writer has no such limit, so without this a row holding a long choice
+    value would be written but never read back, and its segment trained on
+    every resume. The limit is process-wide; it is only ever raised, under a lock.
+    """
+    with _FIELD_LIMIT:
+        if csv.field_size_limit() < size:
+            csv.field_size_limit(size)
+
+
+def _nesting(text: str) -> int:
+    """How deeply the JSON ``text`` nests arrays and objects, counted without parsing it."""
+    depth = deepest = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def decode_row(line: str | bytes) -> SegmentResult | None:
-    """The result a line holds, or None for a torn, corrupt or header line.
+    """The result a line holds, or None for a torn, corrupt, hostile or header line.
 
     The CRC is checked on the raw bytes before anything is decoded, so a row
-    torn in the middle of a multi-byte character is skipped like any other.
+    torn in the middle of a multi-byte character is skipped like any other. A
+    row whose CRC holds but whose hparams nest deeper than any search space can
+    (``space.MAX_NESTING``) was not written by phobbit: it is skipped like a
+    corrupt one, before its JSON is parsed, and its segment is trained again.
     """
     raw_line = line.encode() if isinstance(line, str) else line
     if not raw_line.endswith(b"\n"):
@@ -129,12 +165,16 @@ def decode_row(line: str | bytes) -> SegmentResult | None:
     if not body or f"{zlib.crc32(body + b','):08x}".encode() != crc:
         return None
     try:
-        fields = next(csv.reader([body.decode()]))
+        text = body.decode()
+        _allow_fields_of(len(text))
+        fields = next(csv.reader([text]))
     except (UnicodeDecodeError, csv.Error, StopIteration):
         return None
     if len(fields) != len(COLUMNS):
         return None
     raw = dict(zip(COLUMNS, fields, strict=True))
+    if _nesting(raw["hparams"]) > 1 + MAX_NESTING:
+        return None  # not written by phobbit; parsing it could exhaust the stack
     try:
         hparams = json.loads(raw["hparams"])
         if not isinstance(hparams, dict):
@@ -180,25 +220,30 @@ class Repository:
 
     # -- run.json -----------------------------------------------------------------
 
-    def read_settings(self) -> dict[str, Any] | None:
-        """The settings in ``run.json``, or None for a folder that holds no run yet."""
+    def read_settings(self) -> RunSettings | None:
+        """The settings in ``run.json``, or None for a folder that holds no run yet.
+
+        Raises:
+            RepositoryError: naming ``run.json`` and what is wrong with it: not
+                JSON, a setting missing, unknown or out of range, a search space
+                that does not parse or does not match its fingerprint.
+        """
         try:
             text = self.run_path.read_text()
         except FileNotFoundError:
             return None
-        except OSError as exc:
-            raise RepositoryError(f"cannot read {self.run_path}: {exc.strerror}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or "it is not text"
+            raise RepositoryError(f"cannot read {self.run_path}: {why}") from None
         try:
-            settings = json.loads(text)
-        except json.JSONDecodeError:
+            data = json.loads(text)
+        except (ValueError, RecursionError):  # RecursionError: nested absurdly deep
             raise RepositoryError(
                 f"{self.run_path} is not valid JSON; restore it or use another repository"
             ) from None
-        if not isinstance(settings, dict):
-            raise RepositoryError(f"{self.run_path} does not hold a phobbit run")
-        return settings
+        return RunSettings.from_dict(data, self.run_path)
 
-    def check_settings(self, settings: Mapping[str, Any]) -> bool:
+    def check_settings(self, settings: RunSettings) -> bool:
         """Checks that this folder is new or holds a run with the same settings.
 
         Returns:
@@ -219,10 +264,7 @@ class Repository:
                     "it is not a phobbit repository, use another folder"
                 )
             return False
-        keys = [k for k, v in settings.items() if k in existing and existing[k] != v]
-        if "space" in keys and "space_fingerprint" in keys:
-            keys.remove("space_fingerprint")  # the space's own difference says more
-        differ = [_difference(k, existing[k], settings[k]) for k in keys]
+        differ = _differences(existing, settings)
         if differ:
             raise RepositoryError(
                 f"repository {self.path} holds another run ({'; '.join(differ)}); "
@@ -243,13 +285,58 @@ class Repository:
             first = handle.readline()
         _check_header(self.results_path, first)
 
-    def create(self, settings: Mapping[str, Any]) -> None:
+    def create(self, settings: RunSettings) -> None:
         """Makes the folder and writes ``run.json`` (write to temp, then replace)."""
         self.models.mkdir(parents=True, exist_ok=True)
         if self.read_settings() is None:
             temp = self.run_path.with_name(f".{RUN_FILE}.{os.getpid()}.tmp")
-            temp.write_text(json.dumps(dict(settings), indent=2, sort_keys=True) + "\n")
+            temp.write_text(json.dumps(settings.to_dict(), indent=2, sort_keys=True) + "\n")
             os.replace(temp, self.run_path)
+
+    def fresh(self) -> list[Path] | None:
+        """The paths a run would make here, when the folder holds no run yet; else None.
+
+        ``ParallelHyperband.run`` takes this before it makes anything, and hands it
+        to :meth:`undone_on_bad_input`.
+        """
+        if self.run_path.exists():
+            return None
+        candidates = [
+            self.run_path,
+            self.path / DRIVER_FILE,
+            self.path / DRIVER_LOCK,
+            self.path / RESULTS_LOCK,
+            self.models,
+        ]
+        made = [p for p in candidates if not p.exists()]
+        return made if self.path.exists() else [*made, self.path]
+
+    @contextmanager
+    def undone_on_bad_input(self, made: list[Path] | None) -> Iterator[None]:
+        """Removes the paths ``made`` when bad input stops this run before it wrote a row.
+
+        Bad input that only a worker can see (what a dataset function returns)
+        stops a run after it made ``run.json``, ``driver.json`` and ``models/``;
+        a new run leaves the folder as it found it. Only what this run made goes,
+        and only while no row exists: a resumed run (``made`` is None) and one
+        that wrote rows keep everything. A full disk is no bad input: it keeps all.
+        """
+        try:
+            yield
+        except RepositoryError:
+            raise
+        except InputError:
+            if made is not None and not self.results_path.exists():
+                for path in made:
+                    if path.is_dir() and path != self.path:
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        with suppress(FileNotFoundError, IsADirectoryError):
+                            path.unlink()
+                if self.path in made:
+                    with suppress(OSError):  # something else appeared in it: keep it
+                        self.path.rmdir()
+            raise
 
     @contextmanager
     def driver_lock(self) -> Iterator[None]:
@@ -410,14 +497,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _difference(key: str, there: Any, here: Any) -> str:
-    """One setting that differs, said briefly; a search space by the names that changed."""
-    if key == "space" and isinstance(there, list) and isinstance(here, list):
-        old = {hp.get("name"): hp for hp in there if isinstance(hp, dict)}
-        new = {hp.get("name"): hp for hp in here if isinstance(hp, dict)}
+def _differences(there: RunSettings, here: RunSettings) -> list[str]:
+    """The settings that differ between two runs, said briefly; the space by its names."""
+    differ = [
+        f"{key}={getattr(there, key)!r} there, {getattr(here, key)!r} here"
+        for key in ("R", "eta", "seed", "iterations")
+        if getattr(there, key) != getattr(here, key)
+    ]
+    # By fingerprint, not ==: choice options 1 and 1.0 compare equal but sample apart.
+    if there.space_fingerprint != here.space_fingerprint:
+        old = {hp.name: _json(hp.to_dict()) for hp in there.space.hparams}
+        new = {hp.name: _json(hp.to_dict()) for hp in here.space.hparams}
         changed = sorted(n for n in old.keys() & new.keys() if old[n] != new[n])
         parts = [
-            f"{what} {', '.join(map(str, names))}"
+            f"{what} {', '.join(names)}"
             for what, names in (
                 ("added", sorted(new.keys() - old.keys())),
                 ("removed", sorted(old.keys() - new.keys())),
@@ -425,8 +518,12 @@ def _difference(key: str, there: Any, here: Any) -> str:
             )
             if names
         ]
-        return f"search space differs ({'; '.join(parts) or 'order of hyperparameters'})"
-    return f"{key}={there!r} there, {here!r} here"
+        differ.append(f"search space differs ({'; '.join(parts) or 'order of hyperparameters'})")
+    return differ
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
 
 
 def this_host() -> str:

@@ -28,7 +28,6 @@ from typing import Any, Protocol
 from phobbit.errors import FatalError
 from phobbit.plan import Plan
 from phobbit.repository import Repository, SegmentResult, this_host
-from phobbit.space import Space
 from phobbit.trainable import Trainable
 from phobbit.worker import Segment, WorkerNotPinnedError, one_line, run_segment
 
@@ -96,18 +95,6 @@ def _crash_cause(exc: BaseException) -> str:
         f"the worker process died{where}: out of memory, a segfault, a kill or os._exit "
         "in user code"
     )
-
-
-def run_settings(space: Space, R: int, eta: int, seed: int, iterations: int) -> dict[str, Any]:
-    """What ``run.json`` records: a repository resumes only a run with the same settings."""
-    return {
-        "R": R,
-        "eta": eta,
-        "seed": seed,
-        "iterations": iterations,
-        "space_fingerprint": space.fingerprint(),
-        "space": space.to_list(),
-    }
 
 
 class Scheduler:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,24 +20,84 @@ import numpy as np
 from phobbit.errors import InputError
 
 DISTRIBUTIONS = ("uniform", "log-uniform", "choice", "randint", "normal")
+MAX_NESTING = 16
+"""How deeply a choice option may nest lists and dicts; rows of deeper hparams are not read."""
+INT64 = (-(2**63), 2**63 - 1)  # randint draws with numpy, in int64
+NORMAL_REACH = 64  # no standard normal numpy draws comes near 64: mu +- 64 sigma must be finite
 
 
-def _freeze(value: Any) -> Any:
-    """Lists become tuples, recursively, so a hyperparameter hashes by its fields."""
-    if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
-    return value
+class _FrozenDict(dict):
+    """A dict option of a choice, hashable so that its hyperparameter hashes by its fields.
+
+    It is never mutated (it lives in a frozen ``Hyperparameter``); ``_thaw``
+    hands model functions a plain copy.
+    """
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items())))
 
 
 def _thaw(value: Any) -> Any:
-    """Tuples become lists, recursively: the JSON shape of a value."""
+    """Tuples become lists and frozen dicts dicts, recursively: the JSON shape of a value."""
     if isinstance(value, (list, tuple)):
         return [_thaw(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _thaw(v) for k, v in value.items()}
     return value
 
 
+def _plain(value: Any, name: str, depth: int = 0) -> Any:
+    """A choice option as frozen JSON data: numpy scalars become Python numbers, lists
+    tuples and dicts frozen dicts, so that the hyperparameter hashes by its fields.
+
+    Raises:
+        InputError: for anything JSON cannot hold exactly: NaN or infinite floats
+            (NaN never equals itself, so a run with one could never be resumed),
+            dicts with non-string keys, other objects, nesting deeper than
+            ``MAX_NESTING``.
+    """
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    elif isinstance(value, np.generic):
+        value = value.item()  # np.int64 -> int, np.float32 -> float, np.str_ -> str
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InputError(
+                f"choice hyperparameter {name!r} has the option {value!r}; options must be "
+                "finite numbers (NaN and infinity are not JSON and never compare equal)"
+            )
+        return value
+    if isinstance(value, (list, tuple, dict)) and depth >= MAX_NESTING:
+        raise InputError(
+            f"options of choice hyperparameter {name!r} nest deeper than {MAX_NESTING} levels"
+        )
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v, name, depth + 1) for v in value)
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return _FrozenDict((k, _plain(v, name, depth + 1)) for k, v in value.items())
+    raise InputError(
+        f"options of choice hyperparameter {name!r} must be JSON values (numbers, strings, "
+        f"booleans, None, lists of them, dicts with string keys), not {type(value).__name__}"
+    )
+
+
+def _number(value: Any) -> Any:
+    """A numpy scalar as the Python number it holds; anything else unchanged."""
+    return value.item() if isinstance(value, (np.integer, np.floating)) else value
+
+
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite(value: Any) -> bool:
+    """Whether ``value`` converts to a finite float (an int too large to does not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -67,6 +128,7 @@ class Hyperparameter:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise InputError(f"hyperparameter name {self.name!r} must be a non-empty string")
+        object.__setattr__(self, "name", str(self.name))  # np.str_ prints as np.str_('x')
         if self.distribution not in DISTRIBUTIONS:
             raise InputError(
                 f"distribution {self.distribution!r} of hyperparameter {self.name!r} is unknown; "
@@ -80,7 +142,11 @@ class Hyperparameter:
             )
         if self.distribution == "choice" and len(args) == 1 and isinstance(args[0], (list, tuple)):
             args = args[0]  # Hobbit's tutorial writes choices as [('a', 'b', 'c')]
-        object.__setattr__(self, "distr_args", _freeze(args))
+        if self.distribution == "choice":
+            args = tuple(_plain(v, self.name) for v in args)
+        else:
+            args = tuple(_number(v) for v in args)
+        object.__setattr__(self, "distr_args", args)
         self._validate()
 
     def _validate(self) -> None:
@@ -92,13 +158,13 @@ class Hyperparameter:
                 )
             try:
                 json.dumps(_thaw(args))
-            except (TypeError, ValueError):
+            except (TypeError, ValueError):  # e.g. an int of more digits than Python prints
                 raise InputError(
                     f"options of choice hyperparameter {name!r} must be JSON values "
                     "(numbers, strings, booleans, None, lists of them)"
                 ) from None
             return
-        if len(args) != 2 or not all(_is_number(a) and math.isfinite(a) for a in args):
+        if len(args) != 2 or not all(_is_number(a) and _finite(a) for a in args):
             shape = "(mu, sigma)" if dist == "normal" else "(lo, hi)"
             raise InputError(
                 f"{dist} hyperparameter {name!r} takes two finite numbers {shape}, got {args!r}"
@@ -107,6 +173,12 @@ class Hyperparameter:
         if dist == "normal":
             if b <= 0:
                 raise InputError(f"normal hyperparameter {name!r} needs sigma > 0, got {b!r}")
+            if not _finite(abs(float(a)) + NORMAL_REACH * float(b)):
+                raise InputError(
+                    f"normal hyperparameter {name!r} would draw infinite values: "
+                    f"|mu| + {NORMAL_REACH} sigma must be below {sys.float_info.max:.4g}, "
+                    f"got mu={a!r}, sigma={b!r}"
+                )
             return
         if a >= b:
             raise InputError(
@@ -114,8 +186,21 @@ class Hyperparameter:
             )
         if dist == "log-uniform" and a <= 0:
             raise InputError(f"log-uniform hyperparameter {name!r} needs lo > 0, got lo={a!r}")
-        if dist == "randint" and not all(float(v).is_integer() for v in args):
-            raise InputError(f"randint hyperparameter {name!r} needs integer bounds, got {args!r}")
+        if dist == "randint":
+            if not all(float(v).is_integer() for v in args):
+                raise InputError(
+                    f"randint hyperparameter {name!r} needs integer bounds, got {args!r}"
+                )
+            if not all(INT64[0] <= int(v) <= INT64[1] for v in args):
+                raise InputError(
+                    f"randint hyperparameter {name!r} needs bounds within "
+                    f"[-2**63, 2**63 - 1] (numpy draws int64), got lo={a!r}, hi={b!r}"
+                )
+        if dist == "uniform" and not _finite(float(b) - float(a)):
+            raise InputError(
+                f"uniform hyperparameter {name!r} needs hi - lo to be a finite float, "
+                f"got lo={a!r}, hi={b!r}"
+            )
 
     def sample(self, rng: np.random.Generator) -> Any:
         """Draws one value from ``rng``; numbers come back as Python ``int``/``float``."""
@@ -141,7 +226,11 @@ class Hyperparameter:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Hyperparameter:
         """The inverse of :meth:`to_dict`."""
-        return cls(data["name"], data["distribution"], data["distr_args"])
+        args = data["distr_args"]
+        if data["distribution"] == "choice" and isinstance(args, (list, tuple)):
+            # In Hobbit's form, so that a single option that is itself a list stays one.
+            args = [tuple(args)]
+        return cls(data["name"], data["distribution"], args)
 
 
 class Space:

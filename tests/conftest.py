@@ -6,9 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from phobbit import Hyperparameter
+from phobbit.records import RunSettings
 from phobbit.space import Space
+
+# No per-example deadline: on a loaded machine a slow example is no failure, and
+# hypothesis would report it as one (DeadlineExceeded, then Flaky on the rerun).
+settings.register_profile("phobbit", deadline=None)
+settings.load_profile("phobbit")
 
 
 @pytest.fixture
@@ -42,3 +49,9 @@ def read_records(folder: Path) -> list[dict]:
 def no_gpu_count(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests pin to made-up GPU ids; on a machine with GPUs, do not check them against it."""
     monkeypatch.setattr("phobbit.executor.visible_gpu_count", lambda: None)
+
+
+def run_settings(R: int = 9, eta: int = 3, seed: int = 0, iterations: int = 1) -> RunSettings:
+    """The settings of a run over a one-hyperparameter space: for tests that need a run.json."""
+    space = Space([Hyperparameter("x", "uniform", (0.0, 1.0))])
+    return RunSettings.of(space, R, eta, seed, iterations)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from gates import GatedTrainable
 from synthetic import x_curve  # the curve shared with the core tests; workers import it too
 
 from phobbit import Hyperparameter, ParallelHyperband
@@ -110,16 +111,21 @@ class DyingTrainable(SyntheticTrainable):
 
 
 def tuner(repo: Path | str, records: Path | str | None = None, **kwargs: Any) -> ParallelHyperband:
-    """A ParallelHyperband over ``space()`` with a synthetic trainable."""
+    """A ParallelHyperband over ``space()`` with a synthetic trainable.
+
+    ``gate_dir`` and ``hold_after`` hold segments at a gate (``gates.GatedTrainable``).
+    """
     trainable_kwargs = {
         k: kwargs.pop(k) for k in ("curve", "epoch_seconds", "jitter") if k in kwargs
     }
-    trainable = kwargs.pop("trainable", None) or SyntheticTrainable(
+    gate = {k: kwargs.pop(k) for k in ("gate_dir", "hold_after") if k in kwargs}
+    trainable = kwargs.pop("trainable", None) or (GatedTrainable if gate else SyntheticTrainable)(
         curve=trainable_kwargs.get("curve", x_curve),
         epoch_seconds=trainable_kwargs.get("epoch_seconds", 0.0),
         jitter=trainable_kwargs.get("jitter", 0.0),
         steps_per_epoch=STEPS,
         record_dir=None if records is None else str(records),
+        **gate,
     )
     kwargs.setdefault("verbose", 0)
     return ParallelHyperband(None, space(), repo, trainable=trainable, **kwargs)

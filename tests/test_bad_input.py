@@ -15,7 +15,9 @@ import pytest
 from helpers import mislabelled_dataset, no_model, space, tuner
 
 from phobbit import Hyperparameter, InputError, ParallelHyperband, RepositoryError
+from phobbit.records import RunSettings
 from phobbit.repository import Repository
+from phobbit.space import Space
 
 PACKAGE = Path(__file__).resolve().parent.parent / "phobbit"
 ARRAYS = (([[0.0, 1.0]] * 4, [0] * 4), ([[1.0, 0.0]] * 2, [1] * 2))
@@ -162,7 +164,32 @@ def test_a_dataset_function_returning_a_bad_dataset_stops_the_run_at_its_first_t
     )
     with pytest.raises(InputError, match=r"dataset has 4 training inputs for 3 labels"):
         hyperband.run(R=3, eta=3)
-    assert list(Repository(repo).iter_results()) == [], "no trial was failed for it"
+    assert not repo.exists(), "the run made the folder: it removes it again"
+
+
+def test_a_bad_dataset_leaves_an_existing_empty_folder_empty_and_a_resumed_run_untouched(
+    repo: Path,
+) -> None:
+    def run() -> None:
+        hyperband = ParallelHyperband(
+            no_model, space(), repo, dataset=mislabelled_dataset, n_jobs=1, verbose=0
+        )
+        with pytest.raises(InputError, match=r"dataset has 4 training inputs for 3 labels"):
+            hyperband.run(R=3, eta=3)
+
+    repo.mkdir()
+    (repo / "notes.txt").write_text("mine")
+    run()
+    assert [p.name for p in repo.iterdir()] == ["notes.txt"]
+
+    Repository(repo).create(RunSettings.of(Space(space()), R=3, eta=3, seed=0))
+    (repo / "models" / "0-1-0.json").write_text("{}")
+    before = snapshot(repo)
+    run()
+    after = snapshot(repo)
+    for made_by_every_driver in ("driver.json", ".driver.lock"):
+        after.pop(made_by_every_driver)
+    assert after == before
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes | None, int]]:
@@ -206,6 +233,19 @@ def _run_json_garbage(repo: Path) -> None:
     (repo / "run.json").write_text("{not json")
 
 
+def _run_json_emptied(repo: Path) -> None:
+    (repo / "run.json").write_text("{}")
+
+
+def _run_json_nested_deep(repo: Path) -> None:
+    (repo / "run.json").write_text("[" * 60_000 + "]" * 60_000)
+
+
+def _run_json_iterations_absurd(repo: Path) -> None:
+    settings = json.loads((repo / "run.json").read_text())
+    (repo / "run.json").write_text(json.dumps({**settings, "iterations": 10**9}))
+
+
 # Each case: how to spoil a finished repository, the run that meets it, the message.
 EXISTING_REPOSITORY = {
     "another R": (_finished_run, lambda r: tuner(r, seed=3).run(9, 3), r"R=3 there, 9 here"),
@@ -237,6 +277,21 @@ EXISTING_REPOSITORY = {
         _run_json_garbage,
         lambda r: tuner(r, seed=3).run(3, 3),
         r"run.json is not valid JSON",
+    ),
+    "run.json emptied, another seed": (
+        _run_json_emptied,
+        lambda r: tuner(r, seed=5).run(3, 3),
+        r"run.json lacks R, eta, seed, iterations, space_fingerprint, space; restore it",
+    ),
+    "run.json nested 60,000 deep": (
+        _run_json_nested_deep,
+        lambda r: tuner(r, seed=3).run(3, 3),
+        r"run.json is not valid JSON",
+    ),
+    "run.json with 10**9 iterations": (
+        _run_json_iterations_absurd,
+        lambda r: tuner(r, seed=3).run(3, 3),
+        r"run.json is not valid: R=3, eta=3 and iterations=1000000000 make more than",
     ),
 }
 

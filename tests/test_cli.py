@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -9,12 +10,14 @@ import stat
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
+from gates import open_gate
 
 from phobbit.executor import visible_gpu_count
-from phobbit.repository import Repository
+from phobbit.repository import Repository, encode_row
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = Path(__file__).parent / "models"
@@ -24,8 +27,10 @@ SEGMENTS_R9 = 9 + 3 + 1 + 5 + 1 + 3  # the segments of brackets(9, 3)
 
 def _env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    # This worktree's package, not an installed one, in the driver and its workers.
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    # This worktree's package, not an installed one, in the driver and its workers; and
+    # tests/ for the gate of the synthetic model file.
+    paths = [str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH")]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     env.pop("COLUMNS", None)
     env.update(extra)
     return env
@@ -53,6 +58,14 @@ def start(*args: object, **env: str) -> subprocess.Popen:
         cwd=ROOT,
         start_new_session=True,
     )
+
+
+def held_after(tmp_path: Path, segments: int) -> dict[str, str]:
+    """The environment that holds every segment of the synthetic model file after the
+    first ``segments`` until ``open_gate`` (``tests/gates.py``)."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    return {"PHOBBIT_TEST_GATE": str(gate), "PHOBBIT_TEST_HOLD_AFTER": str(segments)}
 
 
 def wait_for_rows(repo: Path, count: int, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -155,7 +168,7 @@ def test_live_progress_renders_when_forced(tmp_path: Path) -> None:
 def test_interrupted_run_resumes_without_retraining(tmp_path: Path, kill: signal.Signals) -> None:
     repo = tmp_path / "repo"
     args = ("train", SYNTHETIC, "--jobs", 2, "--R", 9, "--repo", repo)
-    proc = start(*args, PHOBBIT_TEST_EPOCH_S="0.1")
+    proc = start(*args, **held_after(tmp_path, 4))  # the run cannot end before the kill
     wait_for_rows(repo, 4, proc)
     os.killpg(proc.pid, kill)  # the whole group, as Ctrl-C in a terminal (or a crash)
     _, stderr = proc.communicate(timeout=60)
@@ -291,17 +304,16 @@ def test_brackets_rejects_eta_1() -> None:
 
 def test_status_while_run_is_writing(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    proc = start(
-        "train", SYNTHETIC, "--jobs", 2, "--R", 9, "--repo", repo, PHOBBIT_TEST_EPOCH_S="0.25"
-    )
+    gate = held_after(tmp_path, 3)
+    proc = start("train", SYNTHETIC, "--jobs", 2, "--R", 9, "--repo", repo, **gate)
     try:
-        wait_for_rows(repo, 3, proc)
+        wait_for_rows(repo, 3, proc)  # and no more until the gate opens: the run is mid-way
         during = phobbit("status", repo)
         assert during.returncode == 0, during.stderr
         assert f"driver running (pid {proc.pid} on " in during.stdout
-        done = int(during.stdout.split("/22 segments")[0].split()[-1])
-        assert 3 <= done <= SEGMENTS_R9
+        assert "3/22 segments" in during.stdout
         assert "Segments done per bracket and rung" in during.stdout
+        open_gate(gate["PHOBBIT_TEST_GATE"])
         assert proc.wait(timeout=120) == 0
     finally:
         if proc.poll() is None:
@@ -349,3 +361,206 @@ def test_iterations_run_their_own_configurations_and_status_counts_them(tmp_path
     assert status.returncode == 0, status.stderr
     assert "2 iteration(s)" in status.stdout
     assert f"{2 * SEGMENTS_R9}/{2 * SEGMENTS_R9} segments" in status.stdout
+
+
+BAD_DATASET = (
+    "from phobbit import Hyperparameter\n"
+    "hparam_ranges = [Hyperparameter('x', 'uniform', (0, 1))]\n"
+    "def my_model(hparams):\n"
+    "    raise AssertionError('the model function ran although the dataset is bad')\n"
+    "def load_dataset():\n"
+    "    return ([[0.0]] * 4, [0] * 3), ([[0.0]], [0])\n"
+)
+
+
+def test_a_dataset_function_returning_bad_shapes_exits_2_and_leaves_no_repository(
+    tmp_path: Path,
+) -> None:
+    model = tmp_path / "model.py"
+    model.write_text(BAD_DATASET)
+    repo = tmp_path / "repo"
+    result = phobbit("train", model, "--jobs", 1, "--R", 3, "--repo", repo)
+    assert "dataset has 4 training inputs for 3 labels" in assert_one_line_error(result)
+    assert not repo.exists(), sorted(p.name for p in repo.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    ("run_json", "message"),
+    [
+        ("{}", "run.json lacks R, eta, seed, iterations, space_fingerprint, space"),
+        ("[" * 60_000 + "]" * 60_000, "run.json is not valid JSON"),
+        ("iterations", "iterations=1000000000 make more than 1,000,000 segments"),
+        ("unknown", "run.json holds settings this phobbit does not know (shuffle)"),
+    ],
+    ids=["emptied", "nested", "iterations-1e9", "unknown-key"],
+)
+def test_an_edited_run_json_is_refused_by_every_command_in_one_line(
+    tmp_path: Path, run_json: str, message: str
+) -> None:
+    repo = tmp_path / "repo"
+    assert phobbit("train", SYNTHETIC, "--jobs", 1, "--R", 3, "--repo", repo).returncode == 0
+    settings = json.loads((repo / "run.json").read_text())
+    if run_json == "iterations":
+        run_json = json.dumps({**settings, "iterations": 10**9})
+    elif run_json == "unknown":
+        run_json = json.dumps({**settings, "shuffle": True})
+    (repo / "run.json").write_text(run_json)
+    written = (repo / "results.csv").read_bytes()
+    for command in (
+        ("status", repo),
+        ("best", repo),
+        ("train", SYNTHETIC, "--jobs", 1, "--R", 3, "--seed", 5, "--repo", repo),
+    ):
+        line = assert_one_line_error(phobbit(*command, timeout=60))
+        assert message in line and str(repo / "run.json") in line, line
+    assert (repo / "results.csv").read_bytes() == written
+
+
+HOSTILE_NAMES = (
+    "from dataclasses import dataclass\n"
+    "from phobbit import Hyperparameter\n"
+    "from phobbit.trainable import SyntheticTrainable\n"
+    "hparam_ranges = [\n"
+    "    Hyperparameter('x', 'uniform', (0, 1)),\n"
+    "    Hyperparameter('[red]c', 'choice', ['[/]', '[red]', '[bold]b[/bold]', ':smile:']),\n"
+    "]\n"
+    "@dataclass(frozen=True)\n"
+    "class Picky(SyntheticTrainable):\n"
+    "    def train(self, hparams, checkpoint, initial_epoch, epochs):\n"
+    "        if hparams['x'] > 0.6:\n"
+    "            raise ValueError('[/] broke on [red]' + hparams['[red]c'])\n"
+    "        return super().train(hparams, checkpoint, initial_epoch, epochs)\n"
+    "trainable = Picky()\n"
+)
+
+
+@pytest.mark.parametrize("progress", ["plain", "live"])
+def test_user_text_is_printed_as_it_is_never_as_rich_markup(tmp_path: Path, progress: str) -> None:
+    folder = tmp_path / "[dim]models"
+    folder.mkdir()
+    model = folder / "hostile.py"
+    model.write_text(HOSTILE_NAMES)
+    repo = tmp_path / "r_[exp1]"
+    train = phobbit("train", model, "--jobs", 2, "--R", 9, "--repo", repo, "--progress", progress)
+    assert train.returncode == 0, train.stderr
+    assert "Traceback" not in train.stderr
+    results = {row.key[:3]: row for row in Repository(repo).iter_results()}
+    failed = [row for row in results.values() if not row.ok]
+    assert failed and len(failed) < len(results)  # both kinds are printed
+    best = phobbit("best", repo, "--top", 100)
+    status = phobbit("status", repo)
+    for done in (best, status):
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    for row in results.values():
+        shown = f"'[red]c': {row.hparams['[red]c']!r}"[1:].replace("': ", "=")  # name=value
+        assert shown in train.stdout and shown in best.stdout
+    for row in failed:
+        assert f"[/] broke on [red]{row.hparams['[red]c']}" in train.stdout + best.stdout
+    assert f"Repository: {repo}" in train.stdout
+    assert f"Repository {repo}: R=9" in status.stdout
+    top = min((r for r in results.values() if r.ok), key=lambda r: r.val_loss)
+    checkpoint = repo / "models" / f"{top.iteration}-{top.run}-{top.id}.json"
+    for done in (train, best):
+        assert f"Best model: {checkpoint}" in done.stdout
+    assert f"[red]c={top.hparams['[red]c']!r}" in status.stdout
+    if progress == "live":
+        assert f"phobbit train {model}: R=9" in train.stdout
+        assert f"FAILED run {failed[0].run} id {failed[0].id}" in train.stdout
+
+
+LONG_VALUES = (
+    "from phobbit import Hyperparameter\n"
+    "from phobbit.trainable import SyntheticTrainable\n"
+    "hparam_ranges = [\n"
+    "    Hyperparameter('x', 'uniform', (0, 1)),\n"
+    "    Hyperparameter('c' * 140_000, 'choice', ['a' * 200_000, 'b']),\n"
+    "]\n"
+    "trainable = SyntheticTrainable()\n"
+)
+
+
+def test_values_longer_than_the_csv_field_limit_are_read_back_and_never_trained_twice(
+    tmp_path: Path,
+) -> None:
+    model = tmp_path / "long.py"
+    model.write_text(LONG_VALUES)
+    repo = tmp_path / "repo"
+    args = ("train", model, "--jobs", 2, "--R", 3, "--repo", repo, "--top", 1)
+    first = phobbit(*args)
+    assert first.returncode == 0, first.stderr
+    rows = list(Repository(repo).iter_results())
+    assert len(rows) == 6 and any(len(r.hparams["c" * 140_000]) == 200_000 for r in rows)
+    again = phobbit(*args)
+    assert again.returncode == 0, again.stderr
+    assert "Resuming: 6 segments" in again.stdout
+    assert keys(repo) == [r.key for r in rows]  # nothing trained twice
+
+
+def test_a_hostile_row_with_a_correct_crc_is_skipped_by_every_command(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    args = ("train", SYNTHETIC, "--jobs", 1, "--R", 3, "--repo", repo)
+    assert phobbit(*args).returncode == 0
+    rows = list(Repository(repo).iter_results())
+    fields = encode_row(dataclasses.replace(rows[0], id=99, hparams={})).rsplit(",", 1)[0]
+    body = fields.replace(",{},", ',"[' + "[" * 60_000 + "]" * 60_000 + ']",') + ","
+    with open(repo / "results.csv", "a") as handle:
+        handle.write(f"{body}{zlib.crc32(body.encode()):08x}\n")
+    for command in (args, ("status", repo), ("best", repo), ("best", repo, "--json")):
+        done = phobbit(*command)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert keys(repo) == [r.key for r in rows]
+
+
+@pytest.mark.parametrize(
+    ("hparams", "message"),
+    [
+        ("Hyperparameter('c', 'choice', [0.1, float('nan')])", "has the option nan"),
+        ("Hyperparameter('n', 'randint', (0, 10**20))", "bounds within [-2**63, 2**63 - 1]"),
+        ("Hyperparameter('u', 'uniform', (-1e308, 1e308))", "hi - lo to be a finite float"),
+    ],
+    ids=["nan-choice", "randint-10**20", "uniform-1e308"],
+)
+def test_hyperparameters_that_cannot_round_trip_exit_2_in_one_line(
+    tmp_path: Path, hparams: str, message: str
+) -> None:
+    model = tmp_path / "model.py"
+    model.write_text(
+        "from phobbit import Hyperparameter\n"
+        "from phobbit.trainable import SyntheticTrainable\n"
+        f"hparam_ranges = [{hparams}]\n"
+        "trainable = SyntheticTrainable()\n"
+    )
+    result = phobbit("train", model, "--jobs", 1, "--R", 3, "--repo", tmp_path / "repo")
+    assert message in assert_one_line_error(result)
+    assert not (tmp_path / "repo").exists()
+
+
+def test_numpy_bounds_and_options_in_a_model_file_train_and_resume(tmp_path: Path) -> None:
+    model = tmp_path / "model.py"
+    model.write_text(
+        "import numpy as np\n"
+        "from phobbit import Hyperparameter\n"
+        "from phobbit.trainable import SyntheticTrainable\n"
+        "hparam_ranges = [\n"
+        "    Hyperparameter('units', 'randint', (np.int64(16), np.int64(128))),\n"
+        "    Hyperparameter('lr', 'choice', [np.float32(0.5), np.float64(0.1)]),\n"
+        "]\n"
+        "trainable = SyntheticTrainable()\n"
+    )
+    args = ("train", model, "--jobs", 1, "--R", 3, "--repo", tmp_path / "repo")
+    first = phobbit(*args)
+    assert first.returncode == 0, first.stderr
+    again = phobbit(*args)
+    assert again.returncode == 0 and "Resuming: 6 segments" in again.stdout, again.stderr
+
+
+def test_status_of_a_repository_with_a_hostile_driver_json_says_unknown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from phobbit.cli import main
+
+    repo = tmp_path / "repo"
+    assert phobbit("train", SYNTHETIC, "--jobs", 1, "--R", 1, "--repo", repo).returncode == 0
+    (repo / "driver.json").write_text("[" * 60_000 + "]" * 60_000)
+    assert main(["status", str(repo)]) == 0
+    assert "driver not running" in capsys.readouterr().out

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import run_settings
 from helpers import subprocess_env
 
 from phobbit.repository import HEADER, Repository, SegmentResult, decode_row
@@ -37,20 +38,31 @@ def row(writer: int, i: int) -> SegmentResult:
     )
 
 
-def _writer(path: str, writer: int, go: multiprocessing.synchronize.Event) -> None:
+def _writer(
+    path: str,
+    writer: int,
+    go: multiprocessing.synchronize.Event,
+    second_half: multiprocessing.synchronize.Event,
+) -> None:
     repository = Repository(path)
     go.wait()
     for i in range(ROWS):
+        if i == ROWS // 2:
+            # Until the reader has read twice: however slow it is, it overlaps the writers.
+            second_half.wait(timeout=120)
         repository.append(row(writer, i))
 
 
 def test_sixteen_writers_append_8000_rows_none_torn_lost_or_doubled_while_read(
     repo: Path,
 ) -> None:
-    Repository(repo).create({"R": 9, "eta": 3, "seed": 0, "iterations": 1})
+    Repository(repo).create(run_settings(9))
     context = multiprocessing.get_context("fork")
-    go = context.Event()
-    writers = [context.Process(target=_writer, args=(str(repo), w, go)) for w in range(WRITERS)]
+    go, second_half = context.Event(), context.Event()
+    writers = [
+        context.Process(target=_writer, args=(str(repo), w, go, second_half))
+        for w in range(WRITERS)
+    ]
     for process in writers:
         process.start()
     go.set()
@@ -68,6 +80,8 @@ def test_sixteen_writers_append_8000_rows_none_torn_lost_or_doubled_while_read(
                     capture_output=True,
                 )
             )
+        if reads >= 2:
+            second_half.set()
     for process in writers:
         process.join(timeout=120)
         assert process.exitcode == 0
@@ -85,7 +99,7 @@ def test_sixteen_writers_append_8000_rows_none_torn_lost_or_doubled_while_read(
 
 def test_a_reader_skips_a_row_torn_anywhere_and_never_fails(repo: Path) -> None:
     repository = Repository(repo)
-    repository.create({"R": 9})
+    repository.create(run_settings(9))
     repository.results_path.write_bytes(HEADER.encode()[:10])  # the first write, cut
     assert list(repository.iter_results()) == []
     repository.results_path.unlink()

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import read_records
+from gates import GatedTrainable
 from synthetic import x_curve
 
 from phobbit import InputError, ParallelHyperband
@@ -32,9 +33,13 @@ def test_dask_workers_are_pinned_and_compute_what_a_local_run_does(
 ) -> None:
     from phobbit.dask_executor import DaskExecutor
 
-    records = tmp_path / "records"
+    records, gate = tmp_path / "records", tmp_path / "gate"
     records.mkdir()
-    trainable = SyntheticTrainable(curve=x_curve, epoch_seconds=0.005, record_dir=str(records))
+    gate.mkdir()
+    # The first two segments wait for each other: both workers take one, however loaded.
+    trainable = GatedTrainable(
+        curve=x_curve, record_dir=str(records), gate_dir=str(gate), barrier=2
+    )
     executor = DaskExecutor(client, gpus=[0, 1])
     on_dask = ParallelHyperband(
         None, hparams, tmp_path / "dask", trainable=trainable, executor=executor, verbose=0

@@ -10,18 +10,30 @@ from pathlib import Path
 
 import pytest
 from conftest import read_records
+from gates import GatedTrainable
 from synthetic import x_curve
 
 from phobbit import InputError, ParallelHyperband
 from phobbit.executor import LocalExecutor, parse_gpus
-from phobbit.trainable import SyntheticTrainable
 from phobbit.worker import HIDDEN
 
 
 def run_recorded(hparams, repo: Path, records: Path, **kwargs):
+    """Runs R=9 with every record kept; its first segments wait until every slot holds one.
+
+    The barrier is what proves "every worker took work": without it, a loaded
+    machine may start one worker late and the others may take every segment.
+    """
     records.mkdir()
-    trainable = SyntheticTrainable(curve=x_curve, epoch_seconds=0.01, record_dir=str(records))
-    tuner = ParallelHyperband(None, hparams, repo, trainable=trainable, verbose=0, **kwargs)
+    gate = records.parent / "gate"
+    gate.mkdir()
+    executor = LocalExecutor(parse_gpus(kwargs.pop("gpus", None)), **kwargs)
+    trainable = GatedTrainable(
+        curve=x_curve, record_dir=str(records), gate_dir=str(gate), barrier=executor.capacity
+    )
+    tuner = ParallelHyperband(
+        None, hparams, repo, trainable=trainable, verbose=0, executor=executor
+    )
     return tuner.run(R=9, eta=3), read_records(records)
 
 

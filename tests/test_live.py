@@ -6,9 +6,12 @@ import io
 
 from rich.console import Console
 
+from phobbit import Hyperparameter
+from phobbit.cli import best_table
 from phobbit.live import LineReporter, LiveReporter, RunTracker, estimate_left, render
 from phobbit.plan import Plan
 from phobbit.repository import SegmentResult
+from phobbit.results import results_frame
 from phobbit.space import Space
 from phobbit.worker import Segment
 
@@ -118,3 +121,44 @@ def test_line_reporter_announces_each_rung_once(space: Space) -> None:
     done = [line for line in lines if " done (" in line]
     assert len(done) == 3  # run 1 rung 0, run 1 rung 1, run 0 rung 0
     assert "11/11 epochs (100%), 6/6 segments" in lines[-1]
+
+
+def test_user_text_reaches_any_console_as_written_never_as_markup() -> None:
+    """Errors, hparams, names and titles print as they are, on a console that reads markup."""
+    hostile = Space(
+        [
+            Hyperparameter("[red]c", "choice", ["[/]", "[bold]b[/bold]", ":smile:"]),
+            Hyperparameter("x", "uniform", (0, 1)),
+        ]
+    )
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=200)  # markup and emoji on
+    plan = Plan(hostile, R=3, eta=3)
+    reporter = LiveReporter(console, "phobbit train [dim]m.py --repo r_[exp1]", slots=["0"])
+    reporter.started(plan, resumed=0)
+    segment = plan.next_segment()
+    reporter.dispatched(segment)
+    failed = segment.result(
+        val_loss=None,
+        last_val_loss=None,
+        status="failed",
+        error="ValueError: [/] broke on [red] :smile:",
+        gpu="0",
+        pid=1,
+    )
+    reporter.finished(failed)
+    reporter.retrying(plan.next_segment(), "died on [/]", 1)
+    best = result_of(plan.next_segment(), gpu="0", loss=0.5)
+    reporter.tracker.finished(best)
+    shown = text_of(render(reporter.tracker, reporter.title))
+    reporter.closed()
+    printed = out.getvalue()
+    assert "ValueError: [/] broke on [red] :smile:" in printed
+    assert "died on [/]" in printed
+    assert "phobbit train [dim]m.py --repo r_[exp1]" in shown
+    assert f"[red]c={best.hparams['[red]c']!r}" in shown
+
+    frame = results_frame([failed, best])
+    table = text_of(best_table(frame, 5, ["[red]c", "x"]))
+    assert f"[red]c={best.hparams['[red]c']!r}" in table
+    assert "failed: ValueError: [/] broke on [red] :smile:" in table

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
+import zlib
 from pathlib import Path
 
 import pytest
+from conftest import run_settings
 
-from phobbit import RepositoryError
-from phobbit.repository import HEADER, Repository, SegmentResult, decode_row, encode_row
+from phobbit import Hyperparameter, RepositoryError
+from phobbit.records import RunSettings
+from phobbit.repository import (
+    COLUMNS,
+    HEADER,
+    Repository,
+    SegmentResult,
+    decode_row,
+    encode_row,
+)
+from phobbit.space import MAX_NESTING, Space
 
 
 def row(config_id: int, rung: int = 0, **changes) -> SegmentResult:
@@ -56,7 +68,7 @@ def test_torn_and_corrupt_lines_are_ignored_not_parsed() -> None:
 
 def test_append_after_a_torn_row_starts_a_new_line(repo: Path) -> None:
     repository = Repository(repo)
-    repository.create({"R": 9})
+    repository.create(run_settings(9))
     repository.append(row(0))
     with open(repository.results_path, "a") as handle:
         handle.write(encode_row(row(1))[:30])  # a writer killed mid-row
@@ -66,7 +78,7 @@ def test_append_after_a_torn_row_starts_a_new_line(repo: Path) -> None:
 
 def test_first_row_of_a_segment_wins_over_duplicates(repo: Path) -> None:
     repository = Repository(repo)
-    repository.create({"R": 9})
+    repository.create(run_settings(9))
     repository.append(row(0, val_loss=0.5))
     repository.append(row(0, val_loss=0.9))
     repository.append(row(0, rung=1, val_loss=0.4))
@@ -81,7 +93,7 @@ def _writer(path: str, writer: int, count: int) -> None:
 
 
 def test_eight_processes_appending_at_once_lose_and_tear_nothing(repo: Path) -> None:
-    Repository(repo).create({"R": 9})
+    Repository(repo).create(run_settings(9))
     context = multiprocessing.get_context("spawn")
     procs = [context.Process(target=_writer, args=(str(repo), w, 150)) for w in range(8)]
     for p in procs:
@@ -97,14 +109,17 @@ def test_eight_processes_appending_at_once_lose_and_tear_nothing(repo: Path) -> 
 
 def test_settings_of_another_run_are_refused_and_nothing_written(repo: Path) -> None:
     repository = Repository(repo)
-    settings = {"R": 9, "eta": 3, "seed": 0, "space_fingerprint": "abc"}
+    settings = run_settings(9)
     assert repository.check_settings(settings) is False
     assert not repo.exists()
     repository.create(settings)
     assert repository.check_settings(settings) is True
+    assert repository.read_settings() == settings
     before = repository.run_path.read_text()
     with pytest.raises(RepositoryError, match=r"R=9 there, 27 here.*delete this one to start"):
-        repository.check_settings({**settings, "R": 27})
+        repository.check_settings(run_settings(27))
+    with pytest.raises(RepositoryError, match=r"seed=0 there, 5 here; iterations=1 there, 2"):
+        repository.check_settings(run_settings(9, seed=5, iterations=2))
     assert repository.run_path.read_text() == before
 
 
@@ -112,7 +127,7 @@ def test_results_without_run_json_are_not_taken_for_a_run(repo: Path) -> None:
     repo.mkdir()
     (repo / "results.csv").write_text("something else\n")
     with pytest.raises(RepositoryError, match="no run.json"):
-        Repository(repo).check_settings({"R": 9})
+        Repository(repo).check_settings(run_settings())
 
 
 def test_second_driver_is_refused_with_the_first_ones_pid(repo: Path) -> None:
@@ -126,13 +141,47 @@ def test_second_driver_is_refused_with_the_first_ones_pid(repo: Path) -> None:
 
 
 def test_a_changed_search_space_is_named_by_its_hyperparameters(repo: Path) -> None:
-    def space(hi: float, extra: bool) -> list[dict]:
-        hps = [{"name": "lr", "distribution": "uniform", "distr_args": [0, hi]}]
-        return hps + ([{"name": "units", "distribution": "randint", "distr_args": [1, 9]}] * extra)
+    def settings(hi: float, extra: bool, options: tuple = (1, 2)) -> RunSettings:
+        hps = [Hyperparameter("lr", "uniform", (0, hi)), Hyperparameter("c", "choice", options)]
+        hps += [Hyperparameter("units", "randint", (1, 9))] * extra
+        return RunSettings.of(Space(hps), R=9, eta=3, seed=0)
 
     repository = Repository(repo)
-    repository.create({"R": 9, "space_fingerprint": "a", "space": space(1.0, False)})
+    repository.create(settings(1.0, False))
     with pytest.raises(RepositoryError, match=r"search space differs \(added units; changed lr\)"):
-        repository.check_settings({"R": 9, "space_fingerprint": "b", "space": space(2.0, True)})
-    with pytest.raises(RepositoryError, match="space_fingerprint='a' there, 'b' here"):
-        repository.check_settings({"R": 9, "space_fingerprint": "b"})
+        repository.check_settings(settings(2.0, True))
+    # 1.0 == 1 in Python, but the model function would get another type: a changed space.
+    with pytest.raises(RepositoryError, match=r"search space differs \(changed c\)"):
+        repository.check_settings(settings(1.0, False, (1.0, 2)))
+
+
+def forged(config_id: int, hparams_json: str) -> bytes:
+    """A row whose hparams field is ``hparams_json``, with a correct CRC."""
+    fields = encode_row(row(config_id, hparams={})).rsplit(",", 1)[0].split(",")
+    fields[COLUMNS.index("hparams")] = '"' + hparams_json.replace('"', '""') + '"'
+    body = ",".join(fields) + ","
+    return f"{body}{zlib.crc32(body.encode()):08x}\n".encode()
+
+
+def test_a_row_with_a_correct_crc_and_hostile_nesting_is_skipped_like_a_corrupt_one() -> None:
+    hostile = forged(7, "[" * 60_000 + "]" * 60_000)
+    assert decode_row(hostile) is None  # no RecursionError
+    assert decode_row(forged(7, '{"a": 1, "b": "[[[["}')).hparams == {"a": 1, "b": "[[[["}
+    deepest = {"x": json.loads("[" * MAX_NESTING + "]" * MAX_NESTING)}
+    assert decode_row(encode_row(row(8, hparams=deepest))).hparams == deepest
+    too_deep = json.dumps({"x": json.loads("[" * (MAX_NESTING + 1) + "]" * (MAX_NESTING + 1))})
+    assert decode_row(forged(8, too_deep)) is None
+
+
+def test_a_repository_reader_skips_a_hostile_row_and_reads_the_rest(repo: Path) -> None:
+    repository = Repository(repo)
+    repository.append(row(0))
+    with open(repository.results_path, "ab") as handle:
+        handle.write(forged(1, '{"a": ' + "[" * 60_000 + "]" * 60_000 + "}"))
+    repository.append(row(2))
+    assert [r.id for r in repository.iter_results()] == [0, 2]
+
+
+def test_a_row_holding_a_value_longer_than_the_csv_field_limit_is_read_back() -> None:
+    long = row(3, hparams={"act": "r" * 200_000, "n" * 140_000: 1})
+    assert decode_row(encode_row(long)) == long

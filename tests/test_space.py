@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from phobbit import Hyperparameter, InputError
 from phobbit.space import Space
@@ -96,3 +99,118 @@ def test_bad_spaces_are_refused(hparams: list[Hyperparameter]) -> None:
         Space([*hparams, Hyperparameter("x", "uniform", (0, 2))])
     with pytest.raises(InputError, match="not a phobbit.Hyperparameter"):
         Space([*hparams, ("y", "uniform", (0, 1))])
+
+
+# -- hostile and odd values: numpy scalars, overflow, NaN, JSON round trips ------------
+
+
+def test_numpy_scalars_are_taken_as_the_python_numbers_they_hold() -> None:
+    randint = Hyperparameter("n", "randint", (np.int64(16), np.int64(128)))
+    assert randint.distr_args == (16, 128) and type(randint.distr_args[0]) is int
+    options = [np.float32(0.5), np.int8(3), np.bool_(True), np.str_("relu"), np.float64(0.1)]
+    choice = Hyperparameter("c", "choice", options)
+    assert [type(v) for v in choice.distr_args] == [float, int, bool, str, float]
+    assert json.loads(json.dumps(Space([randint, choice]).to_list()))  # serialisable
+    assert Hyperparameter("u", "uniform", (np.float32(0.25), np.float16(0.5))).distr_args == (
+        0.25,
+        0.5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("n", "randint", (0, 10**20)), "bounds within [-2**63, 2**63 - 1]"),
+        (("n", "randint", (-(2**64), 0)), "bounds within [-2**63, 2**63 - 1]"),
+        (("n", "randint", (0, 1e19)), "bounds within [-2**63, 2**63 - 1]"),
+        (("u", "uniform", (-1e308, 1e308)), "hi - lo to be a finite float"),
+        (("u", "uniform", (0, 10**400)), "two finite numbers"),
+        (("lr", "log-uniform", (1e-3, 10**400)), "two finite numbers"),
+        (("s", "normal", (0.0, 1e308)), "would draw infinite values"),
+        (("s", "normal", (1.7e308, 1e306)), "would draw infinite values"),
+        (("c", "choice", [1.0, math.nan]), "has the option nan; options must be finite"),
+        (("c", "choice", [("a", [math.inf])]), "has the option inf"),
+        (("c", "choice", [{1: "a"}]), "must be JSON values"),
+        (("c", "choice", [[[[[[[[[[[[[[[[[[["deep"]]]]]]]]]]]]]]]]]]]), "nest deeper than 16"),
+    ],
+)
+def test_values_that_would_overflow_or_not_round_trip_are_refused(
+    args: tuple, message: str
+) -> None:
+    with pytest.raises(InputError, match=re.escape(message)) as info:
+        Hyperparameter(*args)
+    assert "\n" not in str(info.value)
+
+
+def test_a_choice_of_one_list_round_trips_as_one_option() -> None:
+    single = Hyperparameter("layers", "choice", [[[64, 32]]])
+    assert single.distr_args == ((64, 32),)
+    assert Hyperparameter.from_dict(json.loads(json.dumps(single.to_dict()))) == single
+
+
+def _numbers() -> st.SearchStrategy:
+    """Bounds as users write them: ints of any size, floats of any kind, numpy scalars."""
+    return st.one_of(
+        st.integers(),
+        st.floats(),
+        st.integers(-(2**63), 2**63 - 1).map(np.int64),
+        st.floats(width=32).map(np.float32),
+        st.floats().map(np.float64),
+        st.sampled_from([10**20, -(10**20), 1e308, -1e308, 5e-324, 2**63 - 1, -(2**63)]),
+    )
+
+
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=20),
+    st.integers(-(2**31), 2**31 - 1).map(np.int32),
+    st.floats(width=32).map(np.float32),
+)
+_options = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.tuples(inner, inner),
+        st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    ),
+    max_leaves=12,
+)
+_hyperparameters = st.one_of(
+    st.tuples(
+        st.text(max_size=30),
+        st.sampled_from(["uniform", "log-uniform", "randint", "normal"]),
+        st.tuples(_numbers(), _numbers()),
+    ),
+    st.tuples(st.text(max_size=30), st.just("choice"), st.lists(_options, max_size=5)),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_hyperparameters, st.integers(0, 2**32))
+def test_any_accepted_hyperparameter_samples_serialises_and_round_trips(
+    args: tuple, seed: int
+) -> None:
+    try:
+        hp = Hyperparameter(*args)
+    except InputError:
+        return  # refused with a message: fine; any other exception fails the test
+    text = json.dumps(hp.to_dict(), allow_nan=False)
+    again = Hyperparameter.from_dict(json.loads(text))
+    assert again == hp and hash(again) == hash(hp)
+    assert json.dumps(again.to_dict(), allow_nan=False) == text
+    space = Space([hp])
+    assert Space.from_list(json.loads(json.dumps(space.to_list()))).fingerprint() == (
+        space.fingerprint()
+    )
+    for config_id in range(3):
+        value = space.sample(seed, 0, 0, config_id)[hp.name]
+        assert json.loads(json.dumps(value, allow_nan=False)) == value
+        if hp.distribution != "choice":
+            assert type(value) is (int if hp.distribution == "randint" else float)
+            assert math.isfinite(value)
+        if hp.distribution in ("uniform", "randint"):
+            lo, hi = hp.distr_args
+            assert lo <= value <= hi

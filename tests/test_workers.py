@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import run_settings
 from helpers import STEPS, DyingTrainable, bad_curve, exiting_curve, space, tuner, x_curve
 
 from phobbit import RepositoryError
@@ -131,7 +132,7 @@ def _segment(hparams: dict, checkpoint: Path, start: int = 0, epochs: int = 1) -
 
 
 def test_a_long_error_is_cut_to_one_short_line(tmp_path: Path) -> None:
-    Repository(tmp_path).create({"R": 1})
+    Repository(tmp_path).create(run_settings(1))
 
     def long_curve(hparams: dict, epoch: int) -> float:
         raise RuntimeError("x" * 5000 + "\n" + "y" * 5000)
@@ -168,7 +169,7 @@ def test_model_function_returning_no_compiled_keras_model_fails_the_trial(
 
     data = (([[0.0, 1.0]] * 4, [0.0] * 4), ([[1.0, 0.0]] * 2, [1.0] * 2))
     trainable = KerasTrainable(model_function, load_dataset=lambda: data)
-    Repository(tmp_path).create({"R": 1})
+    Repository(tmp_path).create(run_settings(1))
     result = run_segment(trainable, _segment({}, tmp_path / "c"), str(tmp_path))
     assert result.status == "failed" and result.error.startswith(error)
     assert [r.error for r in Repository(tmp_path).iter_results()] == [result.error]
@@ -192,7 +193,7 @@ def test_a_row_the_disk_cannot_hold_stops_with_a_message_saying_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, written: str
 ) -> None:
     repository = Repository(tmp_path)
-    repository.create({"R": 1})
+    repository.create(run_settings(1))
     result = run_segment(SyntheticTrainable(), _segment({}, tmp_path / "c"), str(tmp_path))
 
     def write(fd: int, data: bytes) -> int:
@@ -213,7 +214,7 @@ def test_a_worker_killed_while_idle_breaks_no_trial_and_the_pool_is_rebuilt(
     os.kill(idle, signal.SIGKILL)  # e.g. the out-of-memory killer, between two trials
     time.sleep(0.5)  # loky marks the pool broken; the next submit raises at once
     repository = Repository(tmp_path / "repo")
-    repository.create({"R": 3})
+    repository.create(run_settings(3))
     plan = Plan(Space(space()), R=3, eta=3, checkpoint_dir=str(repository.models))
     trainable = SyntheticTrainable(curve=x_curve, steps_per_epoch=STEPS)
     Scheduler(trainable, plan, repository, executor).run()

@@ -1,6 +1,10 @@
-"""A model file without TensorFlow: a synthetic trainable whose epochs sleep a little.
+"""A model file without TensorFlow: a synthetic trainable.
 
-The sleep comes from PHOBBIT_TEST_EPOCH_S (default 0) so tests can slow a run down.
+Tests steer it through the environment, which its workers inherit:
+PHOBBIT_TEST_EPOCH_S (default 0) makes each epoch sleep; PHOBBIT_TEST_GATE names a
+folder where every segment after the first PHOBBIT_TEST_HOLD_AFTER waits until the
+test opens the gate (``tests/gates.py``), so a test finds the run mid-way however
+loaded the machine is.
 """
 
 from __future__ import annotations
@@ -15,4 +19,14 @@ hparam_ranges = [
     Hyperparameter("act", "choice", [("relu", "tanh")]),
 ]
 
-trainable = SyntheticTrainable(epoch_seconds=float(os.environ.get("PHOBBIT_TEST_EPOCH_S", "0")))
+epoch_seconds = float(os.environ.get("PHOBBIT_TEST_EPOCH_S", "0"))
+if os.environ.get("PHOBBIT_TEST_GATE"):
+    from gates import GatedTrainable  # tests/ is on the PYTHONPATH of the tests' subprocesses
+
+    trainable = GatedTrainable(
+        epoch_seconds=epoch_seconds,
+        gate_dir=os.environ["PHOBBIT_TEST_GATE"],
+        hold_after=int(os.environ["PHOBBIT_TEST_HOLD_AFTER"]),
+    )
+else:
+    trainable = SyntheticTrainable(epoch_seconds=epoch_seconds)
