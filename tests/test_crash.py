@@ -190,7 +190,7 @@ def test_driver_killed_at_random_moments_resumes_to_the_table_of_an_uninterrupte
         run, config_id = index.split("-")
         state = json.loads((repo / "models" / f"0-{run}-{config_id}.json").read_text())
         # Total epochs trained per configuration never exceed its final rung's epochs.
-        assert state == {"epoch": row["Epochs"], "iterations": row["Epochs"] * STEPS}
+        assert (state["epoch"], state["iterations"]) == (row["Epochs"], row["Epochs"] * STEPS)
 
     # run() on the same repository now trains nothing and returns the same table.
     shutil.rmtree(records)
@@ -209,14 +209,13 @@ def test_an_interrupted_segment_resumes_from_its_last_epoch_checkpoint(tmp_path:
     # A segment 3 -> 9 killed after its epoch 5 was saved, then run again from 3.
     assert trainable.train(hparams, stem, 3, 5) == whole[3:5]
     assert trainable.train(hparams, stem, 3, 9) == whole[3:9]
-    assert json.loads(Path(stem + ".json").read_text()) == {"epoch": 9, "iterations": 9 * STEPS}
-    # A segment that finished but whose row was lost trains nothing when run again.
+    state = json.loads(Path(stem + ".json").read_text())
+    assert state == {"epoch": 9, "iterations": 9 * STEPS, "val_losses": whole}
+    # A segment that finished but whose row was lost trains nothing when run again,
+    # nor one that its checkpoint has gone past: its losses are recorded there.
     assert trainable.train(hparams, stem, 3, 9) == whole[3:9]
+    assert trainable.train(hparams, stem, 3, 7) == whole[3:7]
     assert json.loads(Path(stem + ".json").read_text())["iterations"] == 9 * STEPS
-    with pytest.raises(RuntimeError, match="holds epoch 9, beyond the 7 epochs"):
-        trainable.train(hparams, stem, 3, 7)
-    with pytest.raises(RuntimeError, match="is missing; expected epoch 3"):
-        trainable.train(hparams, str(tmp_path / "none"), 3, 9)
 
 
 def small_model(hparams: dict):
@@ -260,7 +259,8 @@ def test_keras_segment_killed_mid_way_resumes_from_its_last_epoch_with_optimizer
 ) -> None:
     import keras
 
-    from phobbit.keras_trainable import KerasTrainable, read_progress
+    from phobbit.checkpoints import Progress, read_progress
+    from phobbit.keras_trainable import KerasTrainable
 
     # This model's epochs take milliseconds: let it save after each one whatever it costs.
     monkeypatch.setattr("phobbit.keras_trainable.SAVE_BUDGET", math.inf)
@@ -276,14 +276,14 @@ def test_keras_segment_killed_mid_way_resumes_from_its_last_epoch_with_optimizer
     stem = str(tmp_path / "cut")
     with pytest.raises(KilledAfterEpoch):
         killed.train({}, stem, 0, 5)
-    epoch, recorded = read_progress(stem + ".keras")
-    assert epoch == 3
+    recorded = read_progress(stem + ".keras")
+    assert recorded.epoch == 3
     again = trainable.train({}, stem, 0, 5)
-    assert again[:3] == recorded, "the epochs trained before the kill are recorded, not retrained"
-    assert again == pytest.approx(whole, rel=1e-3)
+    assert again[:3] == list(recorded.val_losses), "epochs trained before the kill are kept"
+    assert again == whole
     restored = keras.saving.load_model(stem + ".keras", safe_mode=True)
     assert int(restored.optimizer.iterations.numpy()) == 5 * 3  # 48 samples / 16 per batch
-    assert read_progress(stem + ".keras") == (5, again)
+    assert read_progress(stem + ".keras") == Progress(5, tuple(again))
     # The checkpoint is read on another machine from a copy of the repository.
     copy = tmp_path / "elsewhere" / "cut.keras"
     copy.parent.mkdir()
@@ -353,7 +353,8 @@ def test_ctrl_c_stops_driver_and_workers_at_once_and_a_rerun_resumes(tmp_path: P
 def test_keras_saves_skip_epochs_where_saving_costs_more_than_its_budget(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from phobbit.keras_trainable import KerasTrainable, read_progress
+    from phobbit.checkpoints import Progress, read_progress
+    from phobbit.keras_trainable import KerasTrainable
 
     monkeypatch.setattr("phobbit.keras_trainable.SAVE_BUDGET", 0.0)  # no save is affordable
     killed = KerasTrainable(
@@ -365,7 +366,7 @@ def test_keras_saves_skip_epochs_where_saving_costs_more_than_its_budget(
     with pytest.raises(KilledAfterEpoch):
         killed.train({}, str(tmp_path / "cut"), 0, 5)
     # The first save measures what a save costs; epochs 2 and 3 could not afford one.
-    assert read_progress(str(tmp_path / "cut.keras"))[0] == 1
+    assert read_progress(str(tmp_path / "cut.keras")).epoch == 1
     finished = KerasTrainable(small_model, load_dataset=keras_data, batch_size=16)
     losses = finished.train({}, str(tmp_path / "whole"), 0, 5)
-    assert read_progress(str(tmp_path / "whole.keras")) == (5, losses)  # the last epoch always
+    assert read_progress(str(tmp_path / "whole.keras")) == Progress(5, tuple(losses))  # the last
