@@ -14,6 +14,7 @@ import errno
 import io
 import json
 import os
+import re
 import socket
 import time
 import zlib
@@ -44,8 +45,17 @@ COLUMNS = (
     "host",
     "start",
     "end",
+    "note",  # added last: rows written before it have one field fewer, and still read
 )
 HEADER = ",".join(COLUMNS) + ",crc\n"
+LEGACY_HEADER = ",".join(COLUMNS[:-1]) + ",crc\n"  # a results.csv begun before "note"
+# Failed rows that older versions wrote for a checkpoint they could not use: no fault of
+# the trial, so not final; the segment is trained again (phobbit now retrains such a
+# checkpoint itself, and never fails the trial for it).
+_CHECKPOINT_FAILURE = re.compile(
+    r"^RuntimeError: checkpoint .* (is unreadable \(|is missing; expected epoch "
+    r"|holds \d+ val losses for |holds epoch \d+, (expected|beyond) )"
+)
 RESULTS = "results.csv"
 RUN_FILE = "run.json"
 DRIVER_FILE = "driver.json"
@@ -60,7 +70,8 @@ class SegmentResult:
 
     ``val_loss`` is the lowest validation loss the configuration has seen so far
     (the reducer's ranking value); ``status`` is ``ok`` or ``failed``, and
-    ``error`` says why in one line when it failed.
+    ``error`` says why in one line when it failed. ``note`` says why the segment
+    retrained epochs (its checkpoint was missing or unreadable), or is empty.
     """
 
     iteration: int
@@ -79,6 +90,7 @@ class SegmentResult:
     host: str = ""
     start: float = 0.0
     end: float = 0.0
+    note: str = ""
 
     @property
     def key(self) -> tuple[int, int, int, int]:
@@ -88,6 +100,11 @@ class SegmentResult:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def final(self) -> bool:
+        """False for a failed row whose cause lay outside user code: it is trained again."""
+        return self.ok or not _CHECKPOINT_FAILURE.match(self.error)
 
 
 def config_name(iteration: int, run: int, config_id: int) -> str:
@@ -110,6 +127,7 @@ def encode_row(result: SegmentResult) -> str:
     values["last_val_loss"] = _float_text(result.last_val_loss)
     values["hparams"] = json.dumps(result.hparams, sort_keys=True)
     values["error"] = " ".join(str(result.error).split())  # one line, always
+    values["note"] = " ".join(str(result.note).split())
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="").writerow([values[c] for c in COLUMNS])
     body = buffer.getvalue() + ","
@@ -132,9 +150,9 @@ def decode_row(line: str | bytes) -> SegmentResult | None:
         fields = next(csv.reader([body.decode()]))
     except (UnicodeDecodeError, csv.Error, StopIteration):
         return None
-    if len(fields) != len(COLUMNS):
+    if len(fields) not in (len(COLUMNS), len(COLUMNS) - 1):  # the second: before "note"
         return None
-    raw = dict(zip(COLUMNS, fields, strict=True))
+    raw = dict(zip(COLUMNS, fields))
     try:
         hparams = json.loads(raw["hparams"])
         if not isinstance(hparams, dict):
@@ -156,6 +174,7 @@ def decode_row(line: str | bytes) -> SegmentResult | None:
             host=raw["host"],
             start=float(raw["start"]),
             end=float(raw["end"]),
+            note=raw.get("note", ""),
         )
     except (ValueError, TypeError):
         return None
@@ -377,10 +396,15 @@ class Repository:
                 raise RepositoryError(f"cannot read {self.results_path}: {exc.strerror}") from None
 
     def results(self) -> dict[tuple[int, int, int, int], SegmentResult]:
-        """The first intact row of every segment, by (iteration, run, id, rung)."""
+        """The first intact final row of every segment, by (iteration, run, id, rung).
+
+        A failed row that is not final (see ``SegmentResult.final``) is skipped,
+        so its segment is trained again.
+        """
         found: dict[tuple[int, int, int, int], SegmentResult] = {}
         for result in self.iter_results():
-            found.setdefault(result.key, result)
+            if result.final:
+                found.setdefault(result.key, result)
         return found
 
     def checkpoint(self, iteration: int, run: int, config_id: int) -> Path:
@@ -391,6 +415,8 @@ class Repository:
 def _check_header(path: Path, first: bytes) -> None:
     """Raises ``RepositoryError`` unless ``first`` is the results header, whole or torn."""
     header = HEADER.encode()
+    if first == LEGACY_HEADER.encode():
+        return  # begun by a version without the note column; its rows still read
     if first == header or (not first.endswith(b"\n") and header.startswith(first)):
         return  # a header still being written, or torn by a kill, holds no rows yet
     raise RepositoryError(

@@ -38,6 +38,8 @@ def results_frame(rows: Iterable[SegmentResult]) -> pd.DataFrame:
     seconds: dict[tuple[int, int, int], float] = {}
     first: dict[tuple[int, int, int], float] = {}
     for row in rows:
+        if not row.final:
+            continue  # a failure outside user code: the segment is trained again
         config = (row.iteration, row.run, row.id)
         seconds[config] = seconds.get(config, 0.0) + max(0.0, row.end - row.start)
         first[config] = min(first.get(config, row.start), row.start)

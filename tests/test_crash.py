@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import math
 import os
@@ -11,15 +13,26 @@ import signal
 import socket
 import subprocess
 import time
+import zlib
 from pathlib import Path
 
 import pandas as pd
 import psutil
 import pytest
-from helpers import STEPS, driver_command, kill_tree, subprocess_env, tuner, x_curve
+from helpers import (
+    STEPS,
+    DyingTrainable,
+    driver_command,
+    kill_tree,
+    subprocess_env,
+    tuner,
+    x_curve,
+)
+from synthetic import overfitting_curve
 
 from phobbit import RepositoryError
-from phobbit.repository import Repository, SegmentResult, encode_row
+from phobbit.progress import PlainReporter
+from phobbit.repository import LEGACY_HEADER, Repository, SegmentResult, encode_row
 from phobbit.results import results_frame
 from phobbit.trainable import SyntheticTrainable
 
@@ -370,3 +383,81 @@ def test_keras_saves_skip_epochs_where_saving_costs_more_than_its_budget(
     finished = KerasTrainable(small_model, load_dataset=keras_data, batch_size=16)
     losses = finished.train({}, str(tmp_path / "whole"), 0, 5)
     assert read_progress(str(tmp_path / "whole.keras")) == Progress(5, tuple(losses))  # the last
+
+
+@pytest.mark.parametrize("how", ["deleted", "empty", "random bytes"])
+def test_a_bad_checkpoint_due_for_promotion_is_retrained_to_the_uninterrupted_table(
+    tmp_path: Path, how: str
+) -> None:
+    reference = tuner(tmp_path / "ref", curve=overfitting_curve, n_jobs=2).run(R=9, eta=3)
+    promoted = reference[(reference["Run"] == 2) & (reference["Rung"] >= 1)]
+    victim = f"0-2-{promoted['ID'].iloc[0]}"
+    # The run stops (a full disk) just as the victim starts its second rung ...
+    repo = tmp_path / "repo"
+    (tmp_path / "tally").mkdir()
+    stopper = DyingTrainable(
+        curve=overfitting_curve,
+        steps_per_epoch=STEPS,
+        victim=victim,
+        how="disk-full",
+        tally_dir=str(tmp_path / "tally"),
+        victim_rung_epochs=3,
+    )
+    with pytest.raises(RepositoryError, match="no space left"):
+        tuner(repo, trainable=stopper, n_jobs=2).run(R=9, eta=3)
+    checkpoint = repo / "models" / f"{victim}.json"
+    assert json.loads(checkpoint.read_text())["epoch"] == 1
+    # ... and its checkpoint is lost or spoilt before the run resumes.
+    if how == "deleted":
+        checkpoint.unlink()
+    else:
+        checkpoint.write_bytes(b"" if how == "empty" else os.urandom(300))
+    lines = io.StringIO()
+    resumed = tuner(
+        repo, curve=overfitting_curve, n_jobs=2, reporter=PlainReporter(lines, verbose=1)
+    ).run(R=9, eta=3)
+    pd.testing.assert_frame_equal(resumed[COLUMNS].sort_index(), reference[COLUMNS].sort_index())
+    rows = [r for r in Repository(repo).iter_results() if r.note]
+    what = "is missing" if how == "deleted" else "is unreadable ("
+    assert [(r.run, r.id, r.rung, r.status) for r in rows] == [(2, int(victim[4:]), 1, "ok")]
+    assert rows[0].note.startswith(f"checkpoint {victim}.json {what}")
+    assert rows[0].note.endswith("retrained from scratch")
+    assert f"retrained run 2 id {victim[4:]} rung 1: checkpoint {victim}.json" in lines.getvalue()
+    assert "1 retrained from a bad checkpoint" in lines.getvalue()
+
+
+def legacy_row(row: SegmentResult) -> str:
+    """``row`` as a version before the note column wrote it."""
+    body = encode_row(row).rpartition(",")[0]
+    body = body[: body.rindex(",")] + ","  # drop the (empty) note field
+    return f"{body}{zlib.crc32(body.encode()):08x}\n"
+
+
+def test_a_failed_row_an_unreadable_checkpoint_caused_is_not_final(tmp_path: Path) -> None:
+    """A repository of an older version: its trial failed on a checkpoint, since deleted."""
+    reference = tuner(tmp_path / "ref", curve=overfitting_curve, n_jobs=2).run(R=9, eta=3)
+    rows = list(Repository(tmp_path / "ref").iter_results())
+    victim = next(r for r in rows if r.run == 1 and r.rung == 1)  # bracket 1's last rung
+    repo = tmp_path / "repo"
+    shutil.copytree(tmp_path / "ref", repo)
+    (repo / "models" / f"0-1-{victim.id}.json").unlink()
+    failed = dataclasses.replace(
+        victim,
+        val_loss=None,
+        last_val_loss=None,
+        status="failed",
+        error=f"RuntimeError: checkpoint {repo}/models/0-1-{victim.id}.keras is unreadable "
+        "(File is not a zip file); delete it to retrain",
+    )
+    with open(repo / "results.csv", "w") as results:
+        results.write(LEGACY_HEADER)
+        results.writelines(legacy_row(failed if r.key == victim.key else r) for r in rows)
+    assert not Repository(repo).results().get(victim.key)  # read, but not final
+    records = tmp_path / "records"
+    records.mkdir()
+    resumed = tuner(repo, records, curve=overfitting_curve, n_jobs=2).run(R=9, eta=3)
+    pd.testing.assert_frame_equal(resumed[COLUMNS].sort_index(), reference[COLUMNS].sort_index())
+    trained = records_of(records)
+    assert [(Path(r["checkpoint"]).name, r["initial_epoch"]) for r in trained] == [
+        (f"0-1-{victim.id}", 3)
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 from rich.console import Console
@@ -118,3 +119,28 @@ def test_line_reporter_announces_each_rung_once(space: Space) -> None:
     done = [line for line in lines if " done (" in line]
     assert len(done) == 3  # run 1 rung 0, run 1 rung 1, run 0 rung 0
     assert "11/11 epochs (100%), 6/6 segments" in lines[-1]
+
+
+def test_a_segment_retrained_from_a_bad_checkpoint_is_said_and_counted(space: Space) -> None:
+    note = "checkpoint 0-1-2.keras is unreadable (BadZipFile); retrained from scratch"
+    live, lines = io.StringIO(), io.StringIO()
+    reporters = [
+        LiveReporter(Console(file=live, force_terminal=True, width=200)),
+        LineReporter(lines, verbose=1),
+    ]
+    plan = Plan(space, R=3, eta=3)
+    for reporter in reporters:
+        reporter.started(plan, resumed=0)
+    while (segment := plan.next_segment()) is not None:
+        result = result_of(segment, gpu="-1", loss=1.0 / (1 + segment.id))
+        if (segment.run, segment.id, segment.rung) == (1, 2, 0):
+            result = dataclasses.replace(result, note=note)
+        plan.record(result)
+        for reporter in reporters:
+            reporter.dispatched(segment)
+            reporter.finished(result)
+    for reporter in reporters:
+        reporter.closed()
+    for out in (live.getvalue(), lines.getvalue()):
+        assert f"retrained run 1 id 2 rung 0: {note}" in out
+        assert "1 retrained from a bad checkpoint" in out
