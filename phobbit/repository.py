@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 
 from filelock import FileLock, Timeout
 
+from phobbit import checkpoints
 from phobbit.errors import RepositoryError
 
 COLUMNS = (
@@ -410,6 +411,42 @@ class Repository:
     def checkpoint(self, iteration: int, run: int, config_id: int) -> Path:
         """Where the configuration's checkpoint lives (the trainable picks the suffix)."""
         return self.models / config_name(iteration, run, config_id)
+
+    def scoring_checkpoint(
+        self, iteration: int, run: int, config_id: int, val_loss: float
+    ) -> Path | None:
+        """The file that holds the epoch of a configuration that scored ``val_loss``.
+
+        Loading it gives a model that evaluates to ``val_loss`` on the validation
+        data. None when no file holds that epoch any more (see
+        :meth:`prune_best_checkpoints`); it never names another epoch's file.
+        """
+        return checkpoints.find_scoring(self.checkpoint(iteration, run, config_id), val_loss)
+
+    def prune_best_checkpoints(self, keep: int) -> list[Path]:
+        """Deletes the best-epoch files of all but the ``keep`` best configurations.
+
+        A configuration's best-epoch file exists while its best epoch is not its
+        checkpoint's; once a run has ended, only the best ``keep`` by Val Loss need
+        theirs (``scoring_checkpoint`` names none for the others). Stale ones
+        (their configuration scored better later) go too.
+
+        Returns:
+            The files deleted.
+        """
+        latest: dict[tuple[int, int, int], SegmentResult] = {}
+        for row in self.results().values():
+            config = (row.iteration, row.run, row.id)
+            if config not in latest or row.rung > latest[config].rung:
+                latest[config] = row
+        # Ranked as the results table ranks them: Val Loss, then iteration, run, ID.
+        ranked = sorted(
+            (r.val_loss, r.iteration, -r.run, r.id)
+            for r in latest.values()
+            if r.ok and r.val_loss is not None
+        )
+        wanted = {config_name(i, -run, c): loss for loss, i, run, c in ranked[:keep]}
+        return checkpoints.prune_best(self.models, wanted)
 
 
 def _check_header(path: Path, first: bytes) -> None:

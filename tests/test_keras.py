@@ -200,3 +200,27 @@ def test_a_bad_keras_checkpoint_is_retrained_to_the_losses_of_an_uninterrupted_r
         assert again.note.startswith(f"checkpoint {stem.name}.keras {what}"), again.note
         assert again.note.endswith("retrained from scratch")
         assert held_epoch(Path(f"{stem}.keras")) == 4
+
+
+def test_the_checkpoint_best_lists_evaluates_to_the_listed_val_loss(
+    tutorial_run, capsys: pytest.CaptureFixture
+) -> None:
+    import keras
+
+    from phobbit.cli import main
+
+    repo, results = tutorial_run
+    assert main(["best", str(repo), "--top", str(len(results)), "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    (_, _), (x_val, y_val) = digits()
+    listed = [r for r in records if r["checkpoint"] is not None]
+    # The 10 best keep their best epoch; past them, only files whose last epoch is the best.
+    assert [r["trial"] for r in records[:10]] == [r["trial"] for r in listed[:10]]
+    assert any(r["checkpoint"].endswith(".best.keras") for r in listed), "no best-epoch file"
+    for record in listed:
+        model = keras.saving.load_model(repo / record["checkpoint"], safe_mode=True)
+        loss = model.evaluate(x_val, y_val, batch_size=BATCH, verbose=0)[0]
+        assert loss == pytest.approx(record["val_loss"], rel=1e-6), record
+    assert len(list((repo / "models").glob("*.best.keras"))) <= 10
+    assert main(["best", str(repo), "--top", "1"]) == 0
+    assert f"Best model: {repo / records[0]['checkpoint']}" in capsys.readouterr().out
