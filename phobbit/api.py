@@ -62,6 +62,10 @@ class ParallelHyperband:
         executor: where segments run instead of a local process pool, e.g. a
             ``phobbit.dask_executor.DaskExecutor`` past one machine (``gpus``,
             ``jobs_per_gpu`` and ``n_jobs`` then go to it, not here).
+        keep_best: how many of the best configurations keep the file of their best
+            epoch when it is not their last (default 10): while a run goes, every
+            configuration keeps one; when it ends, the others' are deleted and
+            ``phobbit best`` names no checkpoint for them.
 
     Raises:
         InputError: (a ``ValueError``) for bad input, before anything is written.
@@ -95,6 +99,7 @@ class ParallelHyperband:
         max_retries: int = 2,
         reporter: Reporter | None = None,
         executor: Executor | None = None,
+        keep_best: int = 10,
     ) -> None:
         self.space = Space(hparam_ranges)
         if repo_dir is None or str(repo_dir) == "":
@@ -105,7 +110,10 @@ class ParallelHyperband:
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
             raise InputError(f"max_retries must be an integer >= 0, got {max_retries!r}")
         _positive_int("batch_size", batch_size)
+        if isinstance(keep_best, bool) or not isinstance(keep_best, int) or keep_best < 0:
+            raise InputError(f"keep_best must be an integer >= 0, got {keep_best!r}")
         self.seed, self.max_retries, self.verbose = int(seed), max_retries, verbose
+        self.keep_best = keep_best
         self.reporter = reporter
         if executor is not None and (gpus is not None or n_jobs is not None):
             raise InputError("give gpus/n_jobs to the executor, not beside it")
@@ -208,6 +216,7 @@ class ParallelHyperband:
             Scheduler(
                 trainable, plan, self.repository, self.executor, self.max_retries, reporter
             ).run()
+            self.repository.prune_best_checkpoints(self.keep_best)
         return self.results()
 
     def results(self) -> pd.DataFrame:

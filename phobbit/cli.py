@@ -48,7 +48,7 @@ from phobbit.live import (
 )
 from phobbit.progress import format_hparams
 from phobbit.records import RunSettings
-from phobbit.repository import Repository, config_name
+from phobbit.repository import Repository
 from phobbit.results import results_frame
 from phobbit.schedule import brackets, format_schedule, validate
 
@@ -311,10 +311,12 @@ def _in_order(hparams: dict[str, Any], order: Sequence[str]) -> dict[str, Any]:
 
 
 def _checkpoint(repository: Repository, row: Any) -> Path | None:
-    """The checkpoint file of a configuration of the results table, if there is one."""
-    stem = config_name(int(row["Iteration"]), int(row["Run"]), int(row["ID"]))
-    found = sorted(p for p in repository.models.glob(f"{stem}.*") if ".tmp" not in p.name)
-    return found[0] if found else None
+    """The file that evaluates to a configuration's listed Val Loss; None if none holds it."""
+    if row["Status"] != "ok" or math.isnan(row["Val Loss"]):
+        return None
+    return repository.scoring_checkpoint(
+        int(row["Iteration"]), int(row["Run"]), int(row["ID"]), float(row["Val Loss"])
+    )
 
 
 def best_table(frame: Any, top: int, order: Sequence[str] = ()) -> Table:
@@ -354,7 +356,7 @@ def _best(args: argparse.Namespace, console: Console) -> int:
         return 0
     console.print(best_table(frame, args.top, _space_order(settings)))
     model_path = _checkpoint(repository, frame.iloc[0])
-    if model_path is not None and frame.iloc[0]["Status"] == "ok":
+    if model_path is not None:
         console.print(f"Best model: {model_path}", soft_wrap=True)
     return 0
 

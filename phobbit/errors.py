@@ -28,3 +28,10 @@ class RepositoryError(InputError):
 
 class TrialFailedError(PhobbitError):
     """One trial failed (its user code raised, or its loss diverged); the run goes on."""
+
+
+class CheckpointError(FatalError):
+    """A checkpoint could not be written (permissions, I/O): no fault of the trial.
+
+    It stops the run, which the same command resumes once the folder is fixed.
+    """

@@ -13,7 +13,16 @@ The checkpoint is saved after every epoch (every few epochs when saving would
 cost more than a tenth of the training time), and holds one more member,
 ``phobbit.json``, with the epoch it holds and the val losses of every epoch so
 far: model and progress live in one file replaced atomically, so they can never
-disagree after a kill.
+disagree after a kill. When the best epoch is not the last, a best-epoch file
+``<stem>.best.keras`` (same format) holds it (see ``phobbit.checkpoints``).
+
+Training is a function of the configuration and the epoch alone, so a segment
+resumed at any epoch, or retrained from scratch, trains bit-identically on the
+CPU to one never interrupted: every epoch reseeds Python, NumPy, TensorFlow and
+every ``SeedGenerator`` of the model (dropout's state is not in the saved
+weights) from (configuration, epoch), and arrays are fed in an order drawn from
+(configuration, epoch) by a stateless shuffle, instead of ``fit``'s own
+shuffle, which draws from a stream that a resumed ``fit`` starts afresh.
 """
 
 from __future__ import annotations
@@ -29,15 +38,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from phobbit import fence
+from phobbit.checkpoints import (
+    PROGRESS_MEMBER,
+    BestEpoch,
+    best_path,
+    describe,
+    inspect,
+    keep_checkpoint_as_best,
+    plan_resume,
+    progress_record,
+)
 from phobbit.errors import InputError
-from phobbit.trainable import hparams_unit, resume_epoch
+from phobbit.trainable import Losses, checkpoint_written, hparams_unit
 
 # Per worker process: datasets loaded once and reused by every trial it runs.
 _DATA_CACHE: dict[str, Any] = {}
 
 Arrays = tuple[tuple[Any, Any], tuple[Any, Any]]
-
-PROGRESS_MEMBER = "phobbit.json"
+DEFAULT_BATCH = 32  # fit's own default
 
 
 def check_dataset(dataset: Any) -> None:
@@ -72,46 +91,80 @@ def _sample_shape(array: Any) -> tuple[int, ...] | None:
     return tuple(shape[1:]) if shape is not None and len(shape) > 0 else None
 
 
-def read_progress(path: str) -> tuple[int, list[float]] | None:
-    """The epoch a ``.keras`` checkpoint holds and the val losses of its epochs; None if absent.
+def save_checkpoint(model: Any, path: str, val_losses: Sequence[float]) -> None:
+    """Saves ``model`` and its progress as the one ``.keras`` file ``path``, atomically.
 
     Raises:
-        RuntimeError: for a file that is not a checkpoint phobbit wrote.
+        CheckpointError: when the file cannot be written (not for a full disk).
     """
-    try:
-        with zipfile.ZipFile(path) as archive:
-            progress = json.loads(archive.read(PROGRESS_MEMBER))
-        epoch, losses = int(progress["epoch"]), [float(v) for v in progress["val_losses"]]
-    except FileNotFoundError:
-        return None
-    except (OSError, zipfile.BadZipFile, KeyError, ValueError, TypeError) as exc:
-        raise RuntimeError(
-            f"checkpoint {path} is unreadable ({exc}); delete it to retrain"
-        ) from None
-    if len(losses) != epoch:
-        raise RuntimeError(f"checkpoint {path} holds {len(losses)} val losses for {epoch} epochs")
-    return epoch, losses
 
+    def write() -> None:
+        temp = f"{path[: -len('.keras')]}.tmp{os.getpid()}.keras"  # Keras wants .keras
+        model.save(temp)
+        with zipfile.ZipFile(temp, "a") as archive:
+            archive.writestr(PROGRESS_MEMBER, json.dumps(progress_record(val_losses)))
+        fence.commit(temp, path)
 
-def save_checkpoint(model: Any, checkpoint: str, val_losses: Sequence[float]) -> None:
-    """Saves ``model`` and its progress as one ``.keras`` file, atomically."""
-    temp = f"{checkpoint}.tmp{os.getpid()}.keras"
-    model.save(temp)
-    progress = {"epoch": len(val_losses), "val_losses": list(val_losses)}
-    with zipfile.ZipFile(temp, "a") as archive:
-        archive.writestr(PROGRESS_MEMBER, json.dumps(progress))
-    os.replace(temp, checkpoint + ".keras")
+    checkpoint_written(path, write)
 
 
 SAVE_BUDGET = 0.1  # per-epoch checkpoints may cost at most this share of training time
 
 
-def _epoch_saver(checkpoint: str, val_losses: list[float], epochs: int, every_epoch: bool) -> Any:
-    """A Keras callback that saves the checkpoint at epoch ends and always at the last.
+def config_key(hparams: dict[str, Any]) -> int:
+    """A 31-bit number that depends on the configuration alone: the root of its seeds."""
+    return int(hparams_unit(hparams) * 2**31)
+
+
+def epoch_seeds(key: int, epoch: int | None, count: int) -> list[int]:
+    """``count`` 31-bit seeds of configuration ``key`` for ``epoch`` (None: building it)."""
+    import numpy as np
+
+    entropy = [key, 0, 0] if epoch is None else [key, 1, epoch]
+    return [int(v) >> 1 for v in np.random.SeedSequence(entropy).generate_state(count)]
+
+
+def _seeder(key: int) -> Any:
+    """A Keras callback that seeds every epoch from (configuration, epoch).
+
+    Keras layers draw their randomness (dropout, noise, augmentation) from their
+    own ``SeedGenerator``, whose state variables are not saved with the weights
+    and which ``set_random_seed`` does not reach once they exist: they are set
+    directly. Python's and NumPy's global generators are seeded too, for user
+    code. TensorFlow's global seed is not set per epoch (``tf.random.set_seed``
+    clears TensorFlow's caches: +70 ms per epoch on the tutorial MLP), so
+    stateful ``tf.random`` ops in user code are not reseeded.
+    """
+    import random
+
+    import keras
+    import numpy as np
+
+    class EpochSeeder(keras.callbacks.Callback):
+        states: list[Any] = []
+
+        def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+            weights = {id(v) for v in self.model.weights}
+            self.states = [v for v in self.model.variables if id(v) not in weights]
+
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            seeds = epoch_seeds(key, epoch, 1 + len(self.states))
+            random.seed(seeds[0])
+            np.random.seed(seeds[0])
+            for state, seed in zip(self.states, seeds[1:], strict=True):
+                state.assign(np.array([seed, 0], dtype=state.dtype))
+
+    return EpochSeeder()
+
+
+def _saver(checkpoint: str, best: str, keeper: BestEpoch, epochs: int, every_epoch: bool) -> Any:
+    """A Keras callback that records val losses and saves at epoch ends, always at the last.
 
     With ``every_epoch``, it saves after every epoch unless saving would cost more
     than ``SAVE_BUDGET`` of the time trained since the last save (small models with
-    fast epochs then save every few epochs; a kill loses at most those).
+    fast epochs then save every few epochs; a kill loses at most those). Before a
+    save replaces a checkpoint that holds the best epoch, or when the best epoch
+    was never saved, it writes the best-epoch file (``BestEpoch``).
     """
     import keras
 
@@ -119,22 +172,110 @@ def _epoch_saver(checkpoint: str, val_losses: list[float], epochs: int, every_ep
         trained_since = 0.0  # seconds of training since the last save
         save_seconds = 0.0  # what the last save took
         began = 0.0
+        snapshot: list[Any] | None = None  # the best epoch's state, while it is not on disk
+
+        def _state(self) -> list[Any]:
+            return list(self.model.weights) + list(self.model.optimizer.variables)
 
         def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             self.began = time.perf_counter()
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             value = (logs or {}).get("val_loss")
-            val_losses.append(math.nan if value is None else float(value))
             self.trained_since += time.perf_counter() - self.began
             affordable = self.save_seconds <= SAVE_BUDGET * self.trained_since
-            if epoch + 1 == epochs or (every_epoch and affordable):
+            save = epoch + 1 == epochs or (every_epoch and affordable)
+            if keeper.ended(math.nan if value is None else float(value), save):
+                self.snapshot = [v.numpy() for v in self._state()]
+            if save:
                 started = time.perf_counter()
-                save_checkpoint(self.model, checkpoint, val_losses)
+                self._save()
                 self.save_seconds = time.perf_counter() - started
                 self.trained_since = 0.0
 
+        def _save(self) -> None:
+            keep = keeper.keep_from()
+            if keep == "checkpoint":
+                checkpoint_written(best, lambda: keep_checkpoint_as_best(checkpoint, best))
+            elif keep == "snapshot":
+                self._save_snapshot()
+            if keep is not None:
+                keeper.kept_best()
+            save_checkpoint(self.model, checkpoint, keeper.val_losses)
+            keeper.saved_checkpoint()
+            if keeper.snapshot is None:
+                self.snapshot = None
+
+        def _save_snapshot(self) -> None:
+            """Writes the best epoch's state, swapped in for the save and back out."""
+            assert self.snapshot is not None and keeper.best is not None
+            variables = self._state()
+            current = [v.numpy() for v in variables]
+            try:
+                for variable, value in zip(variables, self.snapshot, strict=True):
+                    variable.assign(value)
+                save_checkpoint(self.model, best, keeper.val_losses[: keeper.best])
+            finally:
+                for variable, value in zip(variables, current, strict=True):
+                    variable.assign(value)
+
     return EpochCheckpoint()
+
+
+def epoch_dataset(
+    inputs: Any, batch_size: int, first: int, last: int, key: int, shuffle: bool = True
+) -> Any:
+    """A ``tf.data`` pipeline of the batches of epochs ``first .. last - 1``, in order.
+
+    Epoch ``e`` takes the samples in an order drawn from (``key``, ``e``) alone
+    (a stateless shuffle), so a segment that resumes at epoch ``e`` sees the
+    batches an uninterrupted one sees. Give ``fit`` ``steps_per_epoch =
+    ceil(n / batch_size)``: Keras then reads on across epochs without a reset.
+
+    Args:
+        inputs: ``(x, y)`` or ``(x, y, sample_weight)``; each an array or a
+            tuple or dict of arrays with the same number of samples.
+    """
+    import tensorflow as tf
+
+    count = len(tf.nest.flatten(inputs)[0])
+    full, rest = divmod(count, batch_size)
+
+    def batches(epoch: Any) -> Any:
+        order = tf.range(count, dtype=tf.int64)
+        if shuffle:
+            seed = tf.stack([tf.constant(key, tf.int64), epoch])
+            order = tf.random.experimental.stateless_shuffle(order, seed=seed)
+        # Whole batches as one reshape, the last partial one apart (as Keras' own adapter).
+        dataset = tf.data.Dataset.from_tensor_slices(
+            tf.reshape(order[: full * batch_size], [full, batch_size])
+        )
+        if rest:
+            dataset = dataset.concatenate(tf.data.Dataset.from_tensors(order[full * batch_size :]))
+        return dataset
+
+    def gather(indices: Any, data: Any) -> Any:
+        return tf.nest.map_structure(lambda array: tf.gather(array, indices), data)
+
+    indices = tf.data.Dataset.range(first, last).flat_map(batches)
+    data = tf.data.Dataset.from_tensors(inputs).repeat()
+    dataset = tf.data.Dataset.zip((indices, data)).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = True
+    # As Keras' adapter: no graph rewrites, which would serialize the arrays in the graph.
+    options.experimental_optimization.apply_default_optimizations = False
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _as_tuples(data: Any) -> Any:
+    """Lists of arrays as tuples (tf.data would stack a list into one tensor), leaves as arrays."""
+    import numpy as np
+
+    if isinstance(data, (list, tuple)):
+        return tuple(_as_tuples(item) for item in data)
+    if isinstance(data, Mapping):
+        return {name: _as_tuples(item) for name, item in data.items()}
+    return np.asarray(data)
 
 
 @contextmanager
@@ -175,11 +316,18 @@ class KerasTrainable:
         load_dataset: a function each worker calls once for ``((x, y), (x_val, y_val))``.
         generator_function: Hobbit's generator form: ``generator_function(*train_gen_args)``
             yields training batches and ``generator_function(*valid_gen_args)``
-            validation batches (a dict of args is passed as keywords).
+            validation batches (a dict of args is passed as keywords). The batches
+            are whatever the generator yields: a resumed segment calls it afresh,
+            so it resumes bit-identically only if the generator's batches do not
+            depend on how many it has yielded before.
         steps_per_epoch, validation_steps: batches per epoch with generators.
-        batch_size: passed to ``fit`` with arrays.
+        batch_size: the batch size with arrays (32 when None), for training and
+            validation; arrays are shuffled every epoch in an order drawn from
+            the configuration and the epoch (``fit_kwargs={"shuffle": False}``
+            keeps their order).
         verbose: passed to ``fit``.
-        fit_kwargs: more keyword arguments for ``fit``.
+        fit_kwargs: more keyword arguments for ``fit`` (``sample_weight`` is
+            shuffled with the arrays).
         checkpoint_every_epoch: save the checkpoint after every epoch (the default;
             every few epochs when a save would cost more than a tenth of the
             training since the last), so a killed segment resumes from its last
@@ -213,16 +361,36 @@ class KerasTrainable:
                 _DATA_CACHE[key] = data
         return _DATA_CACHE[key]
 
-    def _fit_data(self) -> dict[str, Any]:
-        if self.generator_function is not None:
+    def _source(self) -> Arrays | None:
+        """The arrays to train on, loaded (and checked) once per worker; None with generators."""
+        return None if self.generator_function is not None else self._arrays()
+
+    def _fit_data(
+        self, arrays: Arrays | None, fit_kwargs: dict[str, Any], first: int, last: int, key: int
+    ) -> dict[str, Any]:
+        """``fit``'s data arguments for epochs ``first .. last - 1`` (pops what it uses)."""
+        if arrays is None:
             return {
                 "x": _call(self.generator_function, self.train_gen_args),
                 "validation_data": _call(self.generator_function, self.valid_gen_args),
                 "steps_per_epoch": self.steps_per_epoch,
                 "validation_steps": self.validation_steps,
             }
-        (x, y), validation = self._arrays()
-        return {"x": x, "y": y, "validation_data": validation, "batch_size": self.batch_size}
+        (x, y), validation = arrays
+        batch = self.batch_size or DEFAULT_BATCH
+        weights = fit_kwargs.pop("sample_weight", None)
+        inputs = _as_tuples((x, y) if weights is None else (x, y, weights))
+        shuffle = bool(fit_kwargs.pop("shuffle", True))
+        import tensorflow as tf
+
+        count = len(tf.nest.flatten(inputs)[0])
+        return {
+            "x": epoch_dataset(inputs, batch, first, last, key, shuffle),
+            "shuffle": False,  # the dataset is in its epoch's order already
+            "steps_per_epoch": -(-count // batch),
+            "validation_data": validation,
+            "validation_batch_size": fit_kwargs.pop("validation_batch_size", batch),
+        }
 
     def build(self, hparams: dict[str, Any]) -> Any:
         """The compiled model of ``hparams``, checked to be one."""
@@ -239,38 +407,49 @@ class KerasTrainable:
 
     def train(
         self, hparams: dict[str, Any], checkpoint: str, initial_epoch: int, epochs: int
-    ) -> Sequence[float]:
-        data = self._fit_data()  # first: a bad dataset stops the run before Keras is imported
-        path = checkpoint + ".keras"
-        progress = read_progress(path)
-        done = resume_epoch(path, None if progress is None else progress[0], initial_epoch, epochs)
-        history = progress[1][:done] if progress is not None else []
+    ) -> Losses:
+        arrays = self._source()  # first: a bad dataset stops the run before Keras is imported
+        path, best = checkpoint + ".keras", best_path(checkpoint, ".keras")
+        found = [inspect(path), inspect(best)]
+        key = config_key(hparams)
         import keras
 
-        # Seeded by the configuration and where it starts: the same run trains alike,
-        # whichever worker takes the segment and whatever it ran before.
-        keras.utils.set_random_seed(int(hparams_unit({**hparams, "_from": done}) * 2**31))
-        model = self.build(hparams)
-        if done > 0:
-            # load_weights restores the optimizer's variables only once it is built.
-            model.optimizer.build(model.trainable_variables)
-            model.load_weights(path)
-        losses = history[initial_epoch:done]  # trained by an attempt that was killed
-        if done == epochs:
-            return losses
+        while True:
+            resume = plan_resume(found[0], found[1], initial_epoch, epochs)
+            if resume.start >= epochs:  # an attempt that finished, whose row was lost
+                return Losses(resume.history[initial_epoch:epochs], resume.note)
+            # Built alike whatever the worker ran before: from scratch, these are the weights.
+            keras.utils.set_random_seed(epoch_seeds(key, None, 1)[0])
+            model = self.build(hparams)
+            if resume.source is None:
+                break
+            try:
+                # load_weights restores the optimizer's variables only once it is built.
+                model.optimizer.build(model.trainable_variables)
+                model.load_weights(resume.source)
+                break
+            except Exception as exc:  # noqa: BLE001 - weights that do not load: a bad file
+                index = 0 if resume.from_checkpoint else 1
+                found[index] = found[index].unusable(describe(exc))
+        keeper = BestEpoch(
+            list(resume.history), resume.start if resume.from_checkpoint else None, resume.kept
+        )
         fit_kwargs = dict(self.fit_kwargs)
         callbacks = list(fit_kwargs.pop("callbacks", None) or [])
-        saver = _epoch_saver(checkpoint, list(history), epochs, self.checkpoint_every_epoch)
-        callbacks.insert(0, saver)
+        data = self._fit_data(arrays, fit_kwargs, resume.start, epochs, key)
+        # First: the epoch is seeded before, and saved after, anything of the user's runs.
+        callbacks[:0] = [
+            _seeder(key),
+            _saver(path, best, keeper, epochs, self.checkpoint_every_epoch),
+        ]
         fitted = model.fit(
             epochs=epochs,
-            initial_epoch=done,
+            initial_epoch=resume.start,
             verbose=self.verbose,
             callbacks=callbacks,
             **data,
             **fit_kwargs,
         )
-        new = fitted.history.get("val_loss")
-        if new is None:
+        if fitted.history.get("val_loss") is None:
             raise ValueError("fit reported no val_loss; give validation data")
-        return losses + [float(v) for v in new]
+        return Losses(keeper.val_losses[initial_epoch:epochs], resume.note)

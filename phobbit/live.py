@@ -26,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from phobbit.plan import Plan
-from phobbit.progress import PlainReporter, format_hparams, retry_line
+from phobbit.progress import PlainReporter, format_hparams, retrain_line, retry_line
 from phobbit.repository import SegmentResult
 from phobbit.schedule import Bracket, format_schedule
 from phobbit.worker import HIDDEN, Segment
@@ -125,6 +125,7 @@ class RunTracker:
         self.best: SegmentResult | None = None
         self.failed = 0
         self.retries = 0
+        self.retrained = 0  # segments that retrained epochs of a bad checkpoint
         self.finished_now = 0  # segments trained in this session
         self.epochs_now = 0  # epochs trained in this session
         self._idle: list[str] = []
@@ -144,6 +145,7 @@ class RunTracker:
             self._idle.append(result.gpu)
         self.finished_now += 1
         self.epochs_now += result.epochs - result.start_epoch
+        self.retrained += bool(result.note)
         if not result.ok:
             self.failed += 1
         elif result.val_loss is not None and (
@@ -210,6 +212,8 @@ class RunTracker:
             text += f", {self.failed} failed"
         if self.retries:
             text += f", {self.retries} retried"
+        if self.retrained:
+            text += f", {self.retrained} retrained from a bad checkpoint"
         return text
 
 
@@ -333,6 +337,8 @@ class LiveReporter:
     def finished(self, result: SegmentResult) -> None:
         with self._lock:
             self.tracker.finished(result)
+        if result.note:
+            self.console.print(retrain_line(result), markup=False, highlight=False, soft_wrap=True)
         if not result.ok:
             self.console.print(
                 f"FAILED run {result.run} id {result.id} rung {result.rung}: {result.error}",

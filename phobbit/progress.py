@@ -32,8 +32,13 @@ def retry_line(segment: Segment, cause: str, attempt: int) -> str:
     return f"worker died running {where} ({cause}); retry {attempt}"
 
 
+def retrain_line(result: SegmentResult) -> str:
+    """What a reporter says of a segment that retrained epochs: its checkpoint was bad."""
+    return f"retrained run {result.run} id {result.id} rung {result.rung}: {result.note}"
+
+
 class PlainReporter:
-    """Prints plain lines: the schedule, failures, each new best so far, retries.
+    """Prints plain lines: the schedule, failures, retrains, each new best so far, retries.
 
     Args:
         stream: where to print (standard output by default).
@@ -47,6 +52,7 @@ class PlainReporter:
         self.best: SegmentResult | None = None
         self._started = 0.0
         self._done = 0
+        self._retrained = 0
 
     def _say(self, text: str, level: int = 1) -> None:
         if self.verbose >= level:
@@ -65,6 +71,9 @@ class PlainReporter:
         self._done += 1
         elapsed = time.monotonic() - self._started
         where = f"run {result.run} id {result.id} rung {result.rung}"
+        if result.note:
+            self._retrained += 1
+            self._say(f"[{elapsed:7.1f}s] {retrain_line(result)}")
         if not result.ok:
             self._say(f"[{elapsed:7.1f}s] FAILED {where}: {result.error}")
             return
@@ -87,4 +96,7 @@ class PlainReporter:
 
     def closed(self) -> None:
         elapsed = time.monotonic() - self._started
-        self._say(f"Finished {self._done} segments in {elapsed:.1f}s")
+        retrained = (
+            f", {self._retrained} retrained from a bad checkpoint" if self._retrained else ""
+        )
+        self._say(f"Finished {self._done} segments in {elapsed:.1f}s{retrained}")

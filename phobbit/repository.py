@@ -28,6 +28,7 @@ from typing import Any, BinaryIO
 
 from filelock import FileLock, Timeout
 
+from phobbit import checkpoints
 from phobbit.errors import InputError, RepositoryError
 from phobbit.records import RunSettings
 from phobbit.space import MAX_NESTING
@@ -49,8 +50,17 @@ COLUMNS = (
     "host",
     "start",
     "end",
+    "note",  # added last: rows written before it have one field fewer, and still read
 )
 HEADER = ",".join(COLUMNS) + ",crc\n"
+LEGACY_HEADER = ",".join(COLUMNS[:-1]) + ",crc\n"  # a results.csv begun before "note"
+# Failed rows that older versions wrote for a checkpoint they could not use: no fault of
+# the trial, so not final; the segment is trained again (phobbit now retrains such a
+# checkpoint itself, and never fails the trial for it).
+_CHECKPOINT_FAILURE = re.compile(
+    r"^RuntimeError: checkpoint .* (is unreadable \(|is missing; expected epoch "
+    r"|holds \d+ val losses for |holds epoch \d+, (expected|beyond) )"
+)
 RESULTS = "results.csv"
 RUN_FILE = "run.json"
 DRIVER_FILE = "driver.json"
@@ -67,7 +77,8 @@ class SegmentResult:
 
     ``val_loss`` is the lowest validation loss the configuration has seen so far
     (the reducer's ranking value); ``status`` is ``ok`` or ``failed``, and
-    ``error`` says why in one line when it failed.
+    ``error`` says why in one line when it failed. ``note`` says why the segment
+    retrained epochs (its checkpoint was missing or unreadable), or is empty.
     """
 
     iteration: int
@@ -86,6 +97,7 @@ class SegmentResult:
     host: str = ""
     start: float = 0.0
     end: float = 0.0
+    note: str = ""
 
     @property
     def key(self) -> tuple[int, int, int, int]:
@@ -95,6 +107,11 @@ class SegmentResult:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def final(self) -> bool:
+        """False for a failed row whose cause lay outside user code: it is trained again."""
+        return self.ok or not _CHECKPOINT_FAILURE.match(self.error)
 
 
 def config_name(iteration: int, run: int, config_id: int) -> str:
@@ -117,6 +134,7 @@ def encode_row(result: SegmentResult) -> str:
     values["last_val_loss"] = _float_text(result.last_val_loss)
     values["hparams"] = json.dumps(result.hparams, sort_keys=True)
     values["error"] = " ".join(str(result.error).split())  # one line, always
+    values["note"] = " ".join(str(result.note).split())
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="").writerow([values[c] for c in COLUMNS])
     body = buffer.getvalue() + ","
@@ -170,9 +188,9 @@ def decode_row(line: str | bytes) -> SegmentResult | None:
         fields = next(csv.reader([text]))
     except (UnicodeDecodeError, csv.Error, StopIteration):
         return None
-    if len(fields) != len(COLUMNS):
+    if len(fields) not in (len(COLUMNS), len(COLUMNS) - 1):  # the second: before "note"
         return None
-    raw = dict(zip(COLUMNS, fields, strict=True))
+    raw = dict(zip(COLUMNS, fields))
     if _nesting(raw["hparams"]) > 1 + MAX_NESTING:
         return None  # not written by phobbit; parsing it could exhaust the stack
     try:
@@ -196,6 +214,7 @@ def decode_row(line: str | bytes) -> SegmentResult | None:
             host=raw["host"],
             start=float(raw["start"]),
             end=float(raw["end"]),
+            note=raw.get("note", ""),
         )
     except (ValueError, TypeError):
         return None
@@ -464,20 +483,63 @@ class Repository:
                 raise RepositoryError(f"cannot read {self.results_path}: {exc.strerror}") from None
 
     def results(self) -> dict[tuple[int, int, int, int], SegmentResult]:
-        """The first intact row of every segment, by (iteration, run, id, rung)."""
+        """The first intact final row of every segment, by (iteration, run, id, rung).
+
+        A failed row that is not final (see ``SegmentResult.final``) is skipped,
+        so its segment is trained again.
+        """
         found: dict[tuple[int, int, int, int], SegmentResult] = {}
         for result in self.iter_results():
-            found.setdefault(result.key, result)
+            if result.final:
+                found.setdefault(result.key, result)
         return found
 
     def checkpoint(self, iteration: int, run: int, config_id: int) -> Path:
         """Where the configuration's checkpoint lives (the trainable picks the suffix)."""
         return self.models / config_name(iteration, run, config_id)
 
+    def scoring_checkpoint(
+        self, iteration: int, run: int, config_id: int, val_loss: float
+    ) -> Path | None:
+        """The file that holds the epoch of a configuration that scored ``val_loss``.
+
+        Loading it gives a model that evaluates to ``val_loss`` on the validation
+        data. None when no file holds that epoch any more (see
+        :meth:`prune_best_checkpoints`); it never names another epoch's file.
+        """
+        return checkpoints.find_scoring(self.checkpoint(iteration, run, config_id), val_loss)
+
+    def prune_best_checkpoints(self, keep: int) -> list[Path]:
+        """Deletes the best-epoch files of all but the ``keep`` best configurations.
+
+        A configuration's best-epoch file exists while its best epoch is not its
+        checkpoint's; once a run has ended, only the best ``keep`` by Val Loss need
+        theirs (``scoring_checkpoint`` names none for the others). Stale ones
+        (their configuration scored better later) go too.
+
+        Returns:
+            The files deleted.
+        """
+        latest: dict[tuple[int, int, int], SegmentResult] = {}
+        for row in self.results().values():
+            config = (row.iteration, row.run, row.id)
+            if config not in latest or row.rung > latest[config].rung:
+                latest[config] = row
+        # Ranked as the results table ranks them: Val Loss, then iteration, run, ID.
+        ranked = sorted(
+            (r.val_loss, r.iteration, -r.run, r.id)
+            for r in latest.values()
+            if r.ok and r.val_loss is not None
+        )
+        wanted = {config_name(i, -run, c): loss for loss, i, run, c in ranked[:keep]}
+        return checkpoints.prune_best(self.models, wanted)
+
 
 def _check_header(path: Path, first: bytes) -> None:
     """Raises ``RepositoryError`` unless ``first`` is the results header, whole or torn."""
     header = HEADER.encode()
+    if first == LEGACY_HEADER.encode():
+        return  # begun by a version without the note column; its rows still read
     if first == header or (not first.endswith(b"\n") and header.startswith(first)):
         return  # a header still being written, or torn by a kill, holds no rows yet
     raise RepositoryError(

@@ -32,12 +32,16 @@ def results_frame(rows: Iterable[SegmentResult]) -> pd.DataFrame:
     The index is ``"<run>-<id>"`` as in Hobbit (``"<iteration>:<run>-<id>"`` when
     there are several iterations). ``Val Loss`` is the lowest validation loss the
     configuration saw; ``Train Time`` adds up its segments' seconds; failed
-    configurations (``Status`` "failed", ``Error`` saying why) come last.
+    configurations (``Status`` "failed", ``Error`` saying why) come last. A failed
+    row that is not final (``SegmentResult.final``: its checkpoint, not its code,
+    failed) is left out: its segment is trained again.
     """
     latest: dict[tuple[int, int, int], SegmentResult] = {}
     seconds: dict[tuple[int, int, int], float] = {}
     first: dict[tuple[int, int, int], float] = {}
     for row in rows:
+        if not row.final:
+            continue  # a failure outside user code: the segment is trained again
         config = (row.iteration, row.run, row.id)
         seconds[config] = seconds.get(config, 0.0) + max(0.0, row.end - row.start)
         first[config] = min(first.get(config, row.start), row.start)

@@ -8,30 +8,80 @@ its checkpoint and reports the validation loss of every epoch it trained.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+from phobbit import fence
+from phobbit.checkpoints import (
+    BestEpoch,
+    best_path,
+    inspect,
+    keep_checkpoint_as_best,
+    plan_resume,
+    progress_record,
+)
+from phobbit.errors import CheckpointError
+
+
+class Losses(list):
+    """The val losses a trainable returns, with a note when it had to retrain.
+
+    A plain list of floats to any caller; ``note`` says, in one line, why the
+    segment trained epochs it should not have had to (its checkpoint was
+    missing or unreadable) and from where it went on, or is ``''``. The worker
+    writes it into the segment's row, and reporters show it.
+    """
+
+    def __init__(self, values: Iterable[float] = (), note: str = "") -> None:
+        super().__init__(float(v) for v in values)
+        self.note = note
+
+
+def note_of(losses: Sequence[float]) -> str:
+    """The retrain note of what a trainable returned (``''`` for a plain sequence)."""
+    return losses.note if isinstance(losses, Losses) else ""
 
 
 @runtime_checkable
 class Trainable(Protocol):
     """Builds or resumes one configuration and trains it; runs in a worker process.
 
-    The checkpoint contract that makes a run survive kills: a trainable saves
-    its checkpoint atomically (write to temp, then ``os.replace``) at the end of
-    every epoch, together with the epoch it holds and the val losses so far.
-    Asked to train from ``initial_epoch`` while the checkpoint already holds a
-    later epoch ``e <= epochs`` (an earlier attempt of the same segment was
-    killed), it resumes from ``e`` and returns the recorded losses of epochs
-    ``initial_epoch + 1 .. e`` followed by the new ones, so the segment's result
-    is that of an uninterrupted run and no epoch is trained twice.
+    The checkpoint contract that makes a run survive kills and bad files:
+
+    - A trainable saves its checkpoint (``checkpoint`` plus its suffix) at the end
+      of epochs, always at the last of a segment, together with the epoch it
+      holds and the val losses of every epoch so far (``phobbit.checkpoints``).
+      Every file is written to a temp file, then put in place with
+      ``phobbit.fence.commit``: the previous checkpoint stays whole until the
+      new one is complete, and a stale worker cannot replace it.
+    - It keeps the configuration's best epoch: when the epoch with the lowest
+      val loss is not the checkpoint's, a best-epoch file
+      (``checkpoints.best_path``) holds it, so the file ``phobbit best`` names
+      evaluates to the listed Val Loss.
+    - Asked to train from ``initial_epoch`` while the checkpoint already holds a
+      later epoch ``e`` (an earlier attempt of the same segment was killed), it
+      goes on from ``e`` and returns the recorded losses of epochs
+      ``initial_epoch + 1 .. e`` followed by the new ones; no epoch is trained
+      twice.
+    - A checkpoint that is missing, unreadable or behind ``initial_epoch`` is
+      never a failure of the trial: the trainable goes on from the latest good
+      file (the best-epoch file) or from scratch, and returns ``Losses`` whose
+      ``note`` says so. Training is a function of the configuration and the
+      epoch alone (seeded per epoch, data order per epoch), so the retrained
+      epochs reproduce the lost ones and the segment's result is that of an
+      uninterrupted run.
+    - A checkpoint that cannot be *written* (permissions, I/O) is no fault of
+      the trial either: it raises ``CheckpointError``, which stops the run, and
+      the same command resumes it once the folder is fixed.
     """
 
     def train(
@@ -48,42 +98,42 @@ class Trainable(Protocol):
 
         Returns:
             The validation loss after each epoch ``initial_epoch + 1 .. epochs``,
-            ``epochs - initial_epoch`` values.
+            ``epochs - initial_epoch`` values; a ``Losses`` with a ``note`` when
+            the checkpoint had to be rebuilt.
         """
         ...
 
 
-def resume_epoch(path: Path | str, held: int | None, initial_epoch: int, epochs: int) -> int:
-    """The epoch to go on from: what the checkpoint holds, checked against the segment.
-
-    Args:
-        path: the checkpoint, for messages.
-        held: the epoch the checkpoint holds, None when there is no checkpoint.
-        initial_epoch: where the segment starts.
-        epochs: where it ends.
+def checkpoint_written(path: str | os.PathLike, write: Callable[[], None]) -> None:
+    """Runs ``write`` (which writes checkpoint ``path``), turning I/O errors into a stop.
 
     Raises:
-        RuntimeError: when the checkpoint is missing or lags behind ``initial_epoch``
-            (the previous segment's state is lost), or is beyond ``epochs``.
+        CheckpointError: for an ``OSError`` other than a full disk (which the
+            worker reports as such).
     """
-    if held is None:
-        if initial_epoch > 0:
-            raise RuntimeError(f"checkpoint {path} is missing; expected epoch {initial_epoch}")
-        return 0
-    if held < initial_epoch:
-        raise RuntimeError(f"checkpoint {path} holds epoch {held}, expected {initial_epoch}")
-    if held > epochs:
-        raise RuntimeError(
-            f"checkpoint {path} holds epoch {held}, beyond the {epochs} epochs of this segment"
-        )
-    return held
+    try:
+        write()
+    except OSError as exc:
+        full = [os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT)]
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT) or any(t in str(exc) for t in full):
+            raise
+        raise CheckpointError(
+            f"cannot write checkpoint {path}: {exc.strerror or exc}; fix the repository "
+            "folder (permissions, file system), then run the same command again to resume"
+        ) from None
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Writes to a temp file beside ``path``, then replaces it: never a half-written file."""
+def atomic_write_text(
+    path: Path, text: str, commit: Callable[[Path, Path], None] = os.replace
+) -> None:
+    """Writes to a temp file beside ``path``, then replaces it: never a half-written file.
+
+    Args:
+        commit: what puts the temp file in place; checkpoints pass ``fence.commit``.
+    """
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temp.write_text(text)
-    os.replace(temp, path)
+    commit(temp, path)
 
 
 def hparams_unit(hparams: dict[str, Any]) -> float:
@@ -102,11 +152,14 @@ def default_curve(hparams: dict[str, Any], epoch: int) -> float:
 class SyntheticTrainable:
     """A trainable without TensorFlow whose losses follow a deterministic curve.
 
-    Its checkpoint is a small JSON file holding the epochs trained and an
-    optimizer-like iteration count, saved after every epoch, so tests can prove
-    that a resumed configuration continues from its checkpoint and trains only
-    missing epochs. The val losses of epochs a resumed segment finds already
-    trained are those of the curve, which is deterministic by contract.
+    Its checkpoint is a small JSON file holding the epoch, the val losses so far
+    and an optimizer-like iteration count, saved after every epoch, so tests can
+    prove that a resumed configuration continues from its checkpoint and trains
+    only missing epochs. It keeps the contract of ``Trainable`` in full: a
+    best-epoch file (``<stem>.best.json``) when its curve rises again, and a
+    missing or unreadable checkpoint retrained from the best-epoch file or from
+    scratch, with a note. Its curve is deterministic, as Keras training is per
+    epoch, so retrained epochs give the losses they gave before.
 
     Args:
         curve: ``curve(hparams, epoch) -> val loss`` for epoch 1, 2, ...; a
@@ -132,17 +185,16 @@ class SyntheticTrainable:
 
     def train(
         self, hparams: dict[str, Any], checkpoint: str, initial_epoch: int, epochs: int
-    ) -> list[float]:
+    ) -> Losses:
         start = time.time()
-        path = Path(checkpoint + ".json")
-        try:
-            state = json.loads(path.read_text())
-        except FileNotFoundError:
-            state = {"epoch": None, "iterations": 0}
-        done = resume_epoch(path, state["epoch"], initial_epoch, epochs)
-        iterations = state["iterations"] if done else 0
-        # Epochs a killed attempt of this segment already trained are not trained again.
-        losses = [float(self.curve(hparams, e)) for e in range(initial_epoch + 1, done + 1)]
+        path, best = Path(checkpoint + ".json"), Path(best_path(checkpoint, ".json"))
+        resume = plan_resume(inspect(path), inspect(best), initial_epoch, epochs)
+        done = resume.start
+        iterations = _iterations(resume.source) if resume.source else 0
+        keeper = BestEpoch(
+            list(resume.history), done if resume.from_checkpoint else None, resume.kept
+        )
+        snapshot: dict[str, Any] = {}
         training = saving = 0.0  # seconds trained since the last save; what the last took
         # Epochs end on a schedule from the segment's start: an epoch takes its set time,
         # its checkpoint included, and the sleeps' overshoot does not add up.
@@ -154,14 +206,18 @@ class SyntheticTrainable:
                 deadline += self.epoch_seconds * shake
                 time.sleep(max(0.0, deadline - began))
             iterations += self.steps_per_epoch
-            losses.append(float(self.curve(hparams, epoch)))
             training += time.perf_counter() - began
             # Epochs shorter than a save (benchmarks' zero-time epochs) are saved together:
             # saving never costs more than training, and a kill loses no more than a save.
-            if epoch == epochs or (self.checkpoint_every_epoch and training >= saving):
+            save = epoch == epochs or (self.checkpoint_every_epoch and training >= saving)
+            state = {"iterations": iterations}
+            if keeper.ended(float(self.curve(hparams, epoch)), save):
+                snapshot = {**state, **progress_record(keeper.val_losses)}
+            if save:
                 began = time.perf_counter()
-                atomic_write_text(path, json.dumps({"epoch": epoch, "iterations": iterations}))
+                self._save(path, best, keeper, state, snapshot)
                 training, saving = 0.0, time.perf_counter() - began
+        losses = Losses(keeper.val_losses[initial_epoch:epochs], resume.note)
         if self.record_dir is not None:
             record = {
                 "pid": os.getpid(),
@@ -172,6 +228,7 @@ class SyntheticTrainable:
                 "checkpoint": checkpoint,
                 "initial_epoch": initial_epoch,
                 "resumed_epoch": done,
+                "note": resume.note,
                 "epochs": epochs,
                 "iterations": iterations,
                 "tensorflow_imported": "tensorflow" in sys.modules,
@@ -179,3 +236,28 @@ class SyntheticTrainable:
             name = f"{os.getpid()}-{time.monotonic_ns()}.json"
             atomic_write_text(Path(self.record_dir) / name, json.dumps(record))
         return losses
+
+    @staticmethod
+    def _save(
+        path: Path, best: Path, keeper: BestEpoch, state: dict[str, Any], snapshot: dict
+    ) -> None:
+        """Saves the checkpoint, after keeping the best epoch when the save supersedes it."""
+        keep = keeper.keep_from()
+        if keep == "checkpoint":
+            checkpoint_written(best, lambda: keep_checkpoint_as_best(str(path), str(best)))
+        elif keep == "snapshot":
+            text = json.dumps(snapshot)
+            checkpoint_written(best, lambda: atomic_write_text(best, text, fence.commit))
+        if keep is not None:
+            keeper.kept_best()
+        text = json.dumps({**state, **progress_record(keeper.val_losses)})
+        checkpoint_written(path, lambda: atomic_write_text(path, text, fence.commit))
+        keeper.saved_checkpoint()
+
+
+def _iterations(path: str) -> int:
+    """The optimizer-like iteration count a synthetic checkpoint holds."""
+    try:
+        return int(json.loads(Path(path).read_text())["iterations"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0  # read a moment ago by plan_resume; gone or torn since: count from 0

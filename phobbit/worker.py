@@ -27,7 +27,7 @@ from typing import Any
 from phobbit import reducer
 from phobbit.errors import FatalError, RepositoryError
 from phobbit.repository import Repository, SegmentResult, this_host
-from phobbit.trainable import Trainable
+from phobbit.trainable import Trainable, note_of
 
 HIDDEN = "-1"  # the CUDA_VISIBLE_DEVICES of a CPU worker: no GPU at all
 SLOT_WAIT_S = 30.0
@@ -199,14 +199,12 @@ def run_segment(trainable: Trainable, segment: Segment, repository: str) -> Segm
         raise WorkerNotPinnedError(_PINNED["error"])
     start = time.time()
     losses: list[float] = []
-    error = ""
+    error = note = ""
     try:
-        losses = [
-            float(v)
-            for v in trainable.train(
-                dict(segment.hparams), segment.checkpoint, segment.start_epoch, segment.epochs
-            )
-        ]
+        returned = trainable.train(
+            dict(segment.hparams), segment.checkpoint, segment.start_epoch, segment.epochs
+        )
+        losses, note = [float(v) for v in returned], note_of(returned)
         error = _failure(losses, segment)
     except FatalError:
         raise  # bad input found in the worker (a dataset function's result): stop the run
@@ -229,6 +227,7 @@ def run_segment(trainable: Trainable, segment: Segment, repository: str) -> Segm
         host=this_host(),
         start=start,
         end=time.time(),
+        note=note,
     )
     Repository(Path(repository)).append(result)
     return result

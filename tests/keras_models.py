@@ -27,6 +27,15 @@ def digits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarra
     return (x[:1437], y[:1437]), (x[1437:], y[1437:])
 
 
+def small_digits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """480 training and 200 validation digits: enough for dropout and shuffling to matter."""
+    (x, y), (x_val, y_val) = digits()
+    return (x[:480], y[:480]), (x_val[:200], y_val[:200])
+
+
+DROPOUT = {"dropout1": 0.3, "dropout2": 0.4, "activation": "relu", "learning_rate": 0.01}
+
+
 def mlp(hparams: dict[str, Any]) -> Any:
     """Dropout, Dense(100), Dropout, Dense(10): the seed tutorial's MLP."""
     import keras

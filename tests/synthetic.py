@@ -18,3 +18,11 @@ def failing_curve(hparams: dict[str, Any], epoch: int) -> float:
     if hparams["x"] < 0.2:
         return math.nan
     return x_curve(hparams, epoch)
+
+
+def overfitting_curve(hparams: dict[str, Any], epoch: int) -> float:
+    """Loss falls, then rises again once the configuration overfits: the sooner, the larger x.
+
+    Its best epoch is often not its last, as with real models.
+    """
+    return x_curve(hparams, epoch) + 0.1 * hparams["x"] * epoch

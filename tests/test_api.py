@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import read_records
-from synthetic import failing_curve, x_curve
+from synthetic import failing_curve, overfitting_curve, x_curve
 
 from phobbit import Hyperparameter, InputError, ParallelHyperband, RepositoryError, brackets
 from phobbit.algorithms import Hyperband
@@ -91,7 +91,7 @@ def test_promoted_configurations_resume_and_train_only_missing_epochs(
         run, config_id = map(int, idx.split("-"))
         state = json.loads((repo / "models" / f"0-{run}-{config_id}.json").read_text())
         # the optimizer-like count proves no epoch was trained twice nor skipped
-        assert state == {"epoch": row["Epochs"], "iterations": row["Epochs"] * STEPS}
+        assert (state["epoch"], state["iterations"]) == (row["Epochs"], row["Epochs"] * STEPS)
     trained = sum(s["epochs"] - s["initial_epoch"] for s in segments)
     assert trained == sum(b.total_epochs(continuation=True) for b in brackets(9, 3))
     assert any(s["initial_epoch"] > 0 for s in segments)
@@ -190,3 +190,32 @@ def test_hyperparameter_names_reach_the_model_function_as_a_dict(repo) -> None:
     hp = [Hyperparameter("dropout", "uniform", (0.0, 0.5))]
     results = tune(hp + [Hyperparameter("x", "uniform", (0, 1))], repo, n_jobs=1).run(3, 3)
     assert all(0.0 <= h["dropout"] < 0.5 for h in results["Hparams"])
+
+
+def test_the_best_keep_a_file_of_their_best_epoch_and_no_other_file_is_named(
+    hparams, repo: Path
+) -> None:
+    from phobbit.checkpoints import best_epoch, read_progress
+
+    results = tune(hparams, repo, curve=overfitting_curve, n_jobs=2, keep_best=3).run(R=9, eta=3)
+    repository = Repository(repo)
+    kept = sorted(p.name for p in repository.models.glob("*.best.json"))
+    named = {}
+    for trial, row in results.iterrows():
+        iteration, run, config_id = int(row["Iteration"]), int(row["Run"]), int(row["ID"])
+        path = repository.scoring_checkpoint(iteration, run, config_id, row["Val Loss"])
+        checkpoint = read_progress(
+            repository.checkpoint(iteration, run, config_id).with_suffix(".json")
+        )
+        last_is_best = best_epoch(checkpoint.val_losses) == checkpoint.epoch
+        if path is not None:
+            assert read_progress(path).val_loss == row["Val Loss"]  # what it holds scored
+            named[trial] = path.name
+        else:  # only a best epoch that was not the last, of a configuration not kept
+            assert not last_is_best and list(results.index).index(trial) >= 3
+    assert len(kept) <= 3 and set(kept) <= set(named.values())
+    assert all(trial in named for trial in results.index[:3])
+    assert any(name.endswith(".best.json") for name in named.values())
+    assert len(named) < len(results), "some best epoch was pruned, so the test can fail"
+    with pytest.raises(InputError, match="keep_best must be an integer >= 0"):
+        tune(hparams, repo, keep_best=-1)

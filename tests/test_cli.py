@@ -126,8 +126,9 @@ def test_train_keras_model_file_on_gpus_0_1_fills_repository(tmp_path: Path) -> 
     assert {r.gpu for r in rows} == {"0", "1"}  # each worker pinned to its own id
     assert json.loads((repo / "run.json").read_text())["R"] == 3
     best = min(rows, key=lambda r: r.val_loss)
-    model = repo / "models" / f"{best.iteration}-{best.run}-{best.id}.keras"
-    assert model.is_file()
+    # The file of the epoch that scored: the checkpoint, or its best-epoch file.
+    model = Repository(repo).scoring_checkpoint(best.iteration, best.run, best.id, best.val_loss)
+    assert model is not None and model.name.startswith(f"{best.iteration}-{best.run}-{best.id}.")
     assert f"Best model: {model}" in out
     assert f"{best.run}-{best.id}" in out.split("Best ")[-2]  # the table lists it
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import math
 import os
@@ -11,15 +13,26 @@ import signal
 import socket
 import subprocess
 import time
+import zlib
 from pathlib import Path
 
 import pandas as pd
 import psutil
 import pytest
-from helpers import STEPS, driver_command, kill_tree, subprocess_env, tuner, x_curve
+from helpers import (
+    STEPS,
+    DyingTrainable,
+    driver_command,
+    kill_tree,
+    subprocess_env,
+    tuner,
+    x_curve,
+)
+from synthetic import overfitting_curve
 
 from phobbit import RepositoryError
-from phobbit.repository import Repository, SegmentResult, encode_row
+from phobbit.progress import PlainReporter
+from phobbit.repository import LEGACY_HEADER, Repository, SegmentResult, encode_row
 from phobbit.results import results_frame
 from phobbit.trainable import SyntheticTrainable
 
@@ -190,7 +203,7 @@ def test_driver_killed_at_random_moments_resumes_to_the_table_of_an_uninterrupte
         run, config_id = index.split("-")
         state = json.loads((repo / "models" / f"0-{run}-{config_id}.json").read_text())
         # Total epochs trained per configuration never exceed its final rung's epochs.
-        assert state == {"epoch": row["Epochs"], "iterations": row["Epochs"] * STEPS}
+        assert (state["epoch"], state["iterations"]) == (row["Epochs"], row["Epochs"] * STEPS)
 
     # run() on the same repository now trains nothing and returns the same table.
     shutil.rmtree(records)
@@ -209,14 +222,13 @@ def test_an_interrupted_segment_resumes_from_its_last_epoch_checkpoint(tmp_path:
     # A segment 3 -> 9 killed after its epoch 5 was saved, then run again from 3.
     assert trainable.train(hparams, stem, 3, 5) == whole[3:5]
     assert trainable.train(hparams, stem, 3, 9) == whole[3:9]
-    assert json.loads(Path(stem + ".json").read_text()) == {"epoch": 9, "iterations": 9 * STEPS}
-    # A segment that finished but whose row was lost trains nothing when run again.
+    state = json.loads(Path(stem + ".json").read_text())
+    assert state == {"epoch": 9, "iterations": 9 * STEPS, "val_losses": whole}
+    # A segment that finished but whose row was lost trains nothing when run again,
+    # nor one that its checkpoint has gone past: its losses are recorded there.
     assert trainable.train(hparams, stem, 3, 9) == whole[3:9]
+    assert trainable.train(hparams, stem, 3, 7) == whole[3:7]
     assert json.loads(Path(stem + ".json").read_text())["iterations"] == 9 * STEPS
-    with pytest.raises(RuntimeError, match="holds epoch 9, beyond the 7 epochs"):
-        trainable.train(hparams, stem, 3, 7)
-    with pytest.raises(RuntimeError, match="is missing; expected epoch 3"):
-        trainable.train(hparams, str(tmp_path / "none"), 3, 9)
 
 
 def small_model(hparams: dict):
@@ -260,7 +272,8 @@ def test_keras_segment_killed_mid_way_resumes_from_its_last_epoch_with_optimizer
 ) -> None:
     import keras
 
-    from phobbit.keras_trainable import KerasTrainable, read_progress
+    from phobbit.checkpoints import Progress, read_progress
+    from phobbit.keras_trainable import KerasTrainable
 
     # This model's epochs take milliseconds: let it save after each one whatever it costs.
     monkeypatch.setattr("phobbit.keras_trainable.SAVE_BUDGET", math.inf)
@@ -276,14 +289,14 @@ def test_keras_segment_killed_mid_way_resumes_from_its_last_epoch_with_optimizer
     stem = str(tmp_path / "cut")
     with pytest.raises(KilledAfterEpoch):
         killed.train({}, stem, 0, 5)
-    epoch, recorded = read_progress(stem + ".keras")
-    assert epoch == 3
+    recorded = read_progress(stem + ".keras")
+    assert recorded.epoch == 3
     again = trainable.train({}, stem, 0, 5)
-    assert again[:3] == recorded, "the epochs trained before the kill are recorded, not retrained"
-    assert again == pytest.approx(whole, rel=1e-3)
+    assert again[:3] == list(recorded.val_losses), "epochs trained before the kill are kept"
+    assert again == whole
     restored = keras.saving.load_model(stem + ".keras", safe_mode=True)
     assert int(restored.optimizer.iterations.numpy()) == 5 * 3  # 48 samples / 16 per batch
-    assert read_progress(stem + ".keras") == (5, again)
+    assert read_progress(stem + ".keras") == Progress(5, tuple(again))
     # The checkpoint is read on another machine from a copy of the repository.
     copy = tmp_path / "elsewhere" / "cut.keras"
     copy.parent.mkdir()
@@ -355,7 +368,8 @@ def test_ctrl_c_stops_driver_and_workers_at_once_and_a_rerun_resumes(tmp_path: P
 def test_keras_saves_skip_epochs_where_saving_costs_more_than_its_budget(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from phobbit.keras_trainable import KerasTrainable, read_progress
+    from phobbit.checkpoints import Progress, read_progress
+    from phobbit.keras_trainable import KerasTrainable
 
     monkeypatch.setattr("phobbit.keras_trainable.SAVE_BUDGET", 0.0)  # no save is affordable
     killed = KerasTrainable(
@@ -367,7 +381,85 @@ def test_keras_saves_skip_epochs_where_saving_costs_more_than_its_budget(
     with pytest.raises(KilledAfterEpoch):
         killed.train({}, str(tmp_path / "cut"), 0, 5)
     # The first save measures what a save costs; epochs 2 and 3 could not afford one.
-    assert read_progress(str(tmp_path / "cut.keras"))[0] == 1
+    assert read_progress(str(tmp_path / "cut.keras")).epoch == 1
     finished = KerasTrainable(small_model, load_dataset=keras_data, batch_size=16)
     losses = finished.train({}, str(tmp_path / "whole"), 0, 5)
-    assert read_progress(str(tmp_path / "whole.keras")) == (5, losses)  # the last epoch always
+    assert read_progress(str(tmp_path / "whole.keras")) == Progress(5, tuple(losses))  # the last
+
+
+@pytest.mark.parametrize("how", ["deleted", "empty", "random bytes"])
+def test_a_bad_checkpoint_due_for_promotion_is_retrained_to_the_uninterrupted_table(
+    tmp_path: Path, how: str
+) -> None:
+    reference = tuner(tmp_path / "ref", curve=overfitting_curve, n_jobs=2).run(R=9, eta=3)
+    promoted = reference[(reference["Run"] == 2) & (reference["Rung"] >= 1)]
+    victim = f"0-2-{promoted['ID'].iloc[0]}"
+    # The run stops (a full disk) just as the victim starts its second rung ...
+    repo = tmp_path / "repo"
+    (tmp_path / "tally").mkdir()
+    stopper = DyingTrainable(
+        curve=overfitting_curve,
+        steps_per_epoch=STEPS,
+        victim=victim,
+        how="disk-full",
+        tally_dir=str(tmp_path / "tally"),
+        victim_rung_epochs=3,
+    )
+    with pytest.raises(RepositoryError, match="no space left"):
+        tuner(repo, trainable=stopper, n_jobs=2).run(R=9, eta=3)
+    checkpoint = repo / "models" / f"{victim}.json"
+    assert json.loads(checkpoint.read_text())["epoch"] == 1
+    # ... and its checkpoint is lost or spoilt before the run resumes.
+    if how == "deleted":
+        checkpoint.unlink()
+    else:
+        checkpoint.write_bytes(b"" if how == "empty" else os.urandom(300))
+    lines = io.StringIO()
+    resumed = tuner(
+        repo, curve=overfitting_curve, n_jobs=2, reporter=PlainReporter(lines, verbose=1)
+    ).run(R=9, eta=3)
+    pd.testing.assert_frame_equal(resumed[COLUMNS].sort_index(), reference[COLUMNS].sort_index())
+    rows = [r for r in Repository(repo).iter_results() if r.note]
+    what = "is missing" if how == "deleted" else "is unreadable ("
+    assert [(r.run, r.id, r.rung, r.status) for r in rows] == [(2, int(victim[4:]), 1, "ok")]
+    assert rows[0].note.startswith(f"checkpoint {victim}.json {what}")
+    assert rows[0].note.endswith("retrained from scratch")
+    assert f"retrained run 2 id {victim[4:]} rung 1: checkpoint {victim}.json" in lines.getvalue()
+    assert "1 retrained from a bad checkpoint" in lines.getvalue()
+
+
+def legacy_row(row: SegmentResult) -> str:
+    """``row`` as a version before the note column wrote it."""
+    body = encode_row(row).rpartition(",")[0]
+    body = body[: body.rindex(",")] + ","  # drop the (empty) note field
+    return f"{body}{zlib.crc32(body.encode()):08x}\n"
+
+
+def test_a_failed_row_an_unreadable_checkpoint_caused_is_not_final(tmp_path: Path) -> None:
+    """A repository of an older version: its trial failed on a checkpoint, since deleted."""
+    reference = tuner(tmp_path / "ref", curve=overfitting_curve, n_jobs=2).run(R=9, eta=3)
+    rows = list(Repository(tmp_path / "ref").iter_results())
+    victim = next(r for r in rows if r.run == 1 and r.rung == 1)  # bracket 1's last rung
+    repo = tmp_path / "repo"
+    shutil.copytree(tmp_path / "ref", repo)
+    (repo / "models" / f"0-1-{victim.id}.json").unlink()
+    failed = dataclasses.replace(
+        victim,
+        val_loss=None,
+        last_val_loss=None,
+        status="failed",
+        error=f"RuntimeError: checkpoint {repo}/models/0-1-{victim.id}.keras is unreadable "
+        "(File is not a zip file); delete it to retrain",
+    )
+    with open(repo / "results.csv", "w") as results:
+        results.write(LEGACY_HEADER)
+        results.writelines(legacy_row(failed if r.key == victim.key else r) for r in rows)
+    assert not Repository(repo).results().get(victim.key)  # read, but not final
+    records = tmp_path / "records"
+    records.mkdir()
+    resumed = tuner(repo, records, curve=overfitting_curve, n_jobs=2).run(R=9, eta=3)
+    pd.testing.assert_frame_equal(resumed[COLUMNS].sort_index(), reference[COLUMNS].sort_index())
+    trained = records_of(records)
+    assert [(Path(r["checkpoint"]).name, r["initial_epoch"]) for r in trained] == [
+        (f"0-1-{victim.id}", 3)
+    ]

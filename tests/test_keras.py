@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
-from keras_models import HPARAMS, digits, mlp, not_a_model
+from keras_models import DROPOUT, HPARAMS, digits, mlp, not_a_model, small_digits
 
 from phobbit import ParallelHyperband, brackets
 
 pytestmark = pytest.mark.keras
 BATCH = 64
+TESTS = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +90,137 @@ def test_a_segment_trains_alike_whichever_worker_runs_it(tmp_path: Path) -> None
     trainable.train({**hparams, "dropout1": 0.1}, str(tmp_path / "other"), 0, 1)
     again = trainable.train(hparams, str(tmp_path / "b"), 0, 2)
     assert again == first
+
+
+class Killed(Exception):
+    """What a callback raises to stop training mid-segment, as a kill would."""
+
+
+def kill_after(epoch: int):
+    """A callback that stops training once epoch ``epoch`` (from 1) has ended and been saved."""
+    import keras
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_end(self, index: int, logs=None) -> None:
+            if index + 1 == epoch:
+                raise Killed
+
+    return Kill()
+
+
+def held_epoch(path: Path) -> int:
+    """The epoch a .keras checkpoint holds, read from its progress member."""
+    with zipfile.ZipFile(path) as archive:
+        return json.loads(archive.read("phobbit.json"))["epoch"]
+
+
+KILLED_IN_A_PROCESS = """
+import os, sys
+import keras
+from keras_models import DROPOUT, mlp, small_digits
+import phobbit.keras_trainable as kt
+
+kt.SAVE_BUDGET = float("inf")
+
+class Exit(keras.callbacks.Callback):
+    def on_epoch_end(self, index, logs=None):
+        if index + 1 == 2:
+            os._exit(0)  # no cleanup at all, as SIGKILL
+
+kt.KerasTrainable(
+    mlp, load_dataset=small_digits, batch_size=32, fit_kwargs={"callbacks": [Exit()]}
+).train(DROPOUT, sys.argv[1], 0, 4)
+"""
+
+
+def test_a_segment_resumed_after_any_epoch_trains_bit_identically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dropout and shuffled batches: a resumed segment must draw what an uninterrupted one does."""
+    from phobbit.keras_trainable import KerasTrainable
+
+    monkeypatch.setattr("phobbit.keras_trainable.SAVE_BUDGET", math.inf)  # save every epoch
+    trainable = KerasTrainable(mlp, load_dataset=small_digits, batch_size=32)
+    whole = trainable.train(DROPOUT, str(tmp_path / "whole"), 0, 4)
+    for epoch in (1, 2, 3):
+        stem = tmp_path / f"killed-after-{epoch}"
+        killed = KerasTrainable(
+            mlp,
+            load_dataset=small_digits,
+            batch_size=32,
+            fit_kwargs={"callbacks": [kill_after(epoch)]},
+        )
+        with pytest.raises(Killed):
+            killed.train(DROPOUT, str(stem), 0, 4)
+        assert held_epoch(Path(f"{stem}.keras")) == epoch
+        assert trainable.train(DROPOUT, str(stem), 0, 4) == whole, f"killed after {epoch}"
+    # A promoted configuration goes on in a new segment: as if it were one fit.
+    rungs = str(tmp_path / "rungs")
+    assert trainable.train(DROPOUT, rungs, 0, 2) + trainable.train(DROPOUT, rungs, 2, 4) == whole
+    # Killed in a process of its own, which exits without a word, and resumed here.
+    process = str(tmp_path / "process")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}
+    run = subprocess.run(
+        [sys.executable, "-c", KILLED_IN_A_PROCESS, process], env=env, capture_output=True
+    )
+    assert run.returncode == 0 and held_epoch(Path(f"{process}.keras")) == 2, run.stderr[-2000:]
+    assert trainable.train(DROPOUT, process, 0, 4) == whole
+
+
+def spoil(path: Path, how: str) -> None:
+    """What a crash, a full disk or a stray process can leave of a .keras checkpoint."""
+    if how == "deleted":
+        path.unlink()
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "random bytes":
+        path.write_bytes(os.urandom(4096))
+    else:  # its progress intact, its weights not
+        with zipfile.ZipFile(path) as archive:
+            members = {name: archive.read(name) for name in archive.namelist()}
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, data in members.items():
+                archive.writestr(name, os.urandom(len(data)) if name.endswith(".h5") else data)
+
+
+def test_a_bad_keras_checkpoint_is_retrained_to_the_losses_of_an_uninterrupted_run(
+    tmp_path: Path,
+) -> None:
+    from phobbit.keras_trainable import KerasTrainable
+
+    trainable = KerasTrainable(mlp, load_dataset=small_digits, batch_size=32)
+    whole = trainable.train(DROPOUT, str(tmp_path / "whole"), 0, 4)
+    for how in ("deleted", "empty", "random bytes", "bad weights"):
+        stem = tmp_path / how.replace(" ", "-")
+        trainable.train(DROPOUT, str(stem), 0, 2)
+        spoil(Path(f"{stem}.keras"), how)
+        again = trainable.train(DROPOUT, str(stem), 2, 4)
+        assert again == whole[2:], how
+        what = "is missing" if how == "deleted" else "is unreadable ("
+        assert again.note.startswith(f"checkpoint {stem.name}.keras {what}"), again.note
+        assert again.note.endswith("retrained from scratch")
+        assert held_epoch(Path(f"{stem}.keras")) == 4
+
+
+def test_the_checkpoint_best_lists_evaluates_to_the_listed_val_loss(
+    tutorial_run, capsys: pytest.CaptureFixture
+) -> None:
+    import keras
+
+    from phobbit.cli import main
+
+    repo, results = tutorial_run
+    assert main(["best", str(repo), "--top", str(len(results)), "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    (_, _), (x_val, y_val) = digits()
+    listed = [r for r in records if r["checkpoint"] is not None]
+    # The 10 best keep their best epoch; past them, only files whose last epoch is the best.
+    assert [r["trial"] for r in records[:10]] == [r["trial"] for r in listed[:10]]
+    assert any(r["checkpoint"].endswith(".best.keras") for r in listed), "no best-epoch file"
+    for record in listed:
+        model = keras.saving.load_model(repo / record["checkpoint"], safe_mode=True)
+        loss = model.evaluate(x_val, y_val, batch_size=BATCH, verbose=0)[0]
+        assert loss == pytest.approx(record["val_loss"], rel=1e-6), record
+    assert len(list((repo / "models").glob("*.best.keras"))) <= 10
+    assert main(["best", str(repo), "--top", "1"]) == 0
+    assert f"Best model: {repo / records[0]['checkpoint']}" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 from rich.console import Console
@@ -162,3 +163,28 @@ def test_user_text_reaches_any_console_as_written_never_as_markup() -> None:
     table = text_of(best_table(frame, 5, ["[red]c", "x"]))
     assert f"[red]c={best.hparams['[red]c']!r}" in table
     assert "failed: ValueError: [/] broke on [red] :smile:" in table
+
+
+def test_a_segment_retrained_from_a_bad_checkpoint_is_said_and_counted(space: Space) -> None:
+    note = "checkpoint 0-1-2.keras is unreadable (BadZipFile); retrained from scratch"
+    live, lines = io.StringIO(), io.StringIO()
+    reporters = [
+        LiveReporter(Console(file=live, force_terminal=True, width=200)),
+        LineReporter(lines, verbose=1),
+    ]
+    plan = Plan(space, R=3, eta=3)
+    for reporter in reporters:
+        reporter.started(plan, resumed=0)
+    while (segment := plan.next_segment()) is not None:
+        result = result_of(segment, gpu="-1", loss=1.0 / (1 + segment.id))
+        if (segment.run, segment.id, segment.rung) == (1, 2, 0):
+            result = dataclasses.replace(result, note=note)
+        plan.record(result)
+        for reporter in reporters:
+            reporter.dispatched(segment)
+            reporter.finished(result)
+    for reporter in reporters:
+        reporter.closed()
+    for out in (live.getvalue(), lines.getvalue()):
+        assert f"retrained run 1 id 2 rung 0: {note}" in out
+        assert "1 retrained from a bad checkpoint" in out

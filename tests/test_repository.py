@@ -16,6 +16,7 @@ from phobbit.records import RunSettings
 from phobbit.repository import (
     COLUMNS,
     HEADER,
+    LEGACY_HEADER,
     Repository,
     SegmentResult,
     decode_row,
@@ -56,6 +57,25 @@ def test_rows_round_trip_exactly() -> None:
     assert decoded.hparams == original.hparams
     failed = decode_row(encode_row(row(4, val_loss=None, last_val_loss=None, status="failed")))
     assert failed.val_loss is None and not failed.ok
+
+
+def test_a_retrain_note_round_trips_and_rows_from_before_it_still_read(repo: Path) -> None:
+    noted = row(5, note="checkpoint 0-2-5.keras is missing;\nretrained from scratch")
+    assert (
+        decode_row(encode_row(noted)).note
+        == "checkpoint 0-2-5.keras is missing; retrained from scratch"
+    )
+    # A results.csv begun by a version without the note column: one field fewer per row.
+    old = encode_row(row(6)).rpartition(",")[0]
+    old = old[: old.rindex(",")] + ","
+    old_line = f"{old}{zlib.crc32(old.encode()):08x}\n"
+    assert decode_row(old_line) == row(6)
+    repository = Repository(repo)
+    repository.create(run_settings(9))
+    repository.results_path.write_text(LEGACY_HEADER + old_line)
+    repository.check_results()
+    repository.append(noted)  # a newer version goes on appending to it
+    assert list(repository.iter_results()) == [row(6), decode_row(encode_row(noted))]
 
 
 def test_torn_and_corrupt_lines_are_ignored_not_parsed() -> None:
