@@ -186,7 +186,7 @@ class ParallelHyperband:
         )
         reporter = self.reporter or PlainReporter(verbose=self.verbose)
         with ExitStack() as stack:
-            stack.enter_context(self.repository.driver_lock())
+            fence = stack.enter_context(self.repository.driver_lock())
             self.repository.create(settings)
             trainable = self.trainable
             if trainable is None:
@@ -205,7 +205,13 @@ class ParallelHyperband:
                     )
                 trainable = KerasTrainable(**kwargs)
             Scheduler(
-                trainable, plan, self.repository, self.executor, self.max_retries, reporter
+                trainable,
+                plan,
+                self.repository,
+                self.executor,
+                self.max_retries,
+                reporter,
+                fence=fence,
             ).run()
         return self.results()
 

@@ -478,10 +478,10 @@ def _status(path: Path, console: Console) -> int:
 
 
 def _left(repository: Repository, rows: dict, done: int, total: int) -> float | None:
-    """Seconds left at the rate of the running driver, which started when it wrote driver.json."""
-    try:
-        since = (repository.path / "driver.json").stat().st_mtime
-    except OSError:
+    """Seconds left at the rate of the running driver, since it started (driver.json)."""
+    record = repository.driver_record() or {}
+    since = record.get("started")
+    if not isinstance(since, (int, float)):
         return None
     trained = sum(r.epochs - r.start_epoch for r in rows.values() if r.end >= since)
     return estimate_left(done, total, trained, time.time() - since)

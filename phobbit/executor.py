@@ -128,7 +128,7 @@ class LocalExecutor:
             timeout=None,  # idle workers stay: no TensorFlow re-import after a reducer pause
             initializer=pin,
             # Workers end with their driver: a killed driver's orphans must not train on.
-            initargs=(self.slots, self._lease_dir, self.threads, self.allow_growth, True),
+            initargs=(self.slots, self._lease_dir, self.threads, self.allow_growth, os.getpid()),
         )
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:

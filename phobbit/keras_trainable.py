@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from phobbit import fence
 from phobbit.errors import InputError
 from phobbit.trainable import hparams_unit, resume_epoch
 
@@ -100,7 +101,7 @@ def save_checkpoint(model: Any, checkpoint: str, val_losses: Sequence[float]) ->
     progress = {"epoch": len(val_losses), "val_losses": list(val_losses)}
     with zipfile.ZipFile(temp, "a") as archive:
         archive.writestr(PROGRESS_MEMBER, json.dumps(progress))
-    os.replace(temp, checkpoint + ".keras")
+    fence.commit(temp, checkpoint + ".keras")
 
 
 SAVE_BUDGET = 0.1  # per-epoch checkpoints may cost at most this share of training time

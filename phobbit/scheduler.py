@@ -14,6 +14,10 @@ most one suspect is in flight at a time (beside any number of others), so the
 next crash with a suspect in flight charges it. A suspect that finishes is
 cleared. Requeued segments resume from their last epoch checkpoint, so the
 innocent ones lose at most the epoch they were in.
+
+Every segment carries the driver's fencing token (``phobbit.fence``): should
+another driver take the repository over, this driver's workers are refused
+their next write and end, and this driver stops with ``FencedOutError``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
-from phobbit.errors import FatalError
+from phobbit.errors import FatalError, FencedOutError
+from phobbit.fence import StaleDriverError
 from phobbit.plan import Plan
 from phobbit.repository import Repository, SegmentResult, this_host
 from phobbit.space import Space
@@ -120,6 +125,9 @@ class Scheduler:
         executor: where segments run.
         max_retries: how often a trial whose worker died is retried before it fails.
         reporter: told of progress.
+        fence: the fencing token this driver holds the repository with
+            (``Repository.driver_lock``); None when nothing else can take over
+            (tests that drive a scheduler alone).
     """
 
     def __init__(
@@ -130,6 +138,7 @@ class Scheduler:
         executor: Executor,
         max_retries: int = 2,
         reporter: Reporter | None = None,
+        fence: str | None = None,
     ) -> None:
         self.trainable = trainable
         self.plan = plan
@@ -137,6 +146,7 @@ class Scheduler:
         self.executor = executor
         self.max_retries = max_retries
         self.reporter = reporter or SilentReporter()
+        self.fence = fence
         self._in_flight: dict[Future, Segment] = {}
         self._crashes: Counter[tuple[int, int, int, int]] = Counter()
         self._suspects: set[tuple[int, int, int, int]] = set()
@@ -184,7 +194,7 @@ class Scheduler:
             self.plan.give_back(segment)
 
     def _submit(self, segment: Segment) -> Future:
-        args = (run_segment, self.trainable, segment, str(self.repository.path))
+        args = (run_segment, self.trainable, segment, str(self.repository.path), self.fence)
         try:
             return self.executor.submit(*args)
         except BrokenProcessPool:
@@ -195,6 +205,8 @@ class Scheduler:
     def _collect(self, finished: Iterable[Future]) -> None:
         lost = self._outcomes(finished)
         if lost:
+            # A worker of a driver that was replaced ends at its first write: say so.
+            self._check_fence()
             # A broken pool fails every trial in flight: collect them all, then rebuild.
             rest = dict(self._in_flight)
             wait(rest)
@@ -216,6 +228,8 @@ class Scheduler:
                 continue
             except FatalError:
                 raise  # e.g. a full disk: stop the run, it resumes once fixed
+            except StaleDriverError:
+                raise self._fenced_out() from None  # a Dask worker was refused its write
             except Exception as exc:  # noqa: BLE001 - e.g. the trainable does not pickle
                 result = self._failed(segment, one_line(exc))
             self._record(result)
@@ -273,5 +287,22 @@ class Scheduler:
             start=now,
             end=now,
         )
-        self.repository.append(result)
+        try:
+            self.repository.append(result, fence=self.fence)
+        except StaleDriverError:
+            raise self._fenced_out() from None
         return result
+
+    def _check_fence(self) -> None:
+        """Raises ``FencedOutError`` when another driver has taken the repository over."""
+        if self.fence is not None and not self.repository.holds(self.fence):
+            raise self._fenced_out()
+
+    def _fenced_out(self) -> FencedOutError:
+        who = self.repository.driver_record() or {}
+        name = f"pid {who.get('pid')} on {who.get('host')}" if who else "unknown"
+        return FencedOutError(
+            f"repository {self.repository.path} was taken over by another phobbit ({name}) "
+            "while this run trained; this run stops, and its workers wrote nothing after "
+            "the takeover. Let that run finish, or stop it and run the same command again"
+        )

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from phobbit import fence
+
 
 @runtime_checkable
 class Trainable(Protocol):
@@ -83,7 +85,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Writes to a temp file beside ``path``, then replaces it: never a half-written file."""
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temp.write_text(text)
-    os.replace(temp, path)
+    fence.commit(temp, path)
 
 
 def hparams_unit(hparams: dict[str, Any]) -> float:

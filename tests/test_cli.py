@@ -349,3 +349,54 @@ def test_iterations_run_their_own_configurations_and_status_counts_them(tmp_path
     assert status.returncode == 0, status.stderr
     assert "2 iteration(s)" in status.stdout
     assert f"{2 * SEGMENTS_R9}/{2 * SEGMENTS_R9} segments" in status.stdout
+
+
+# -- failures after training started -------------------------------------------------
+
+DISK_FULL_AT = (
+    "import errno, os\n"
+    "from phobbit import Hyperparameter\n"
+    "hparam_ranges = [Hyperparameter('x', 'uniform', (0, 1))]\n"
+    "class FillsTheDisk:\n"
+    "    def train(self, hparams, checkpoint, initial_epoch, epochs):\n"
+    "        if hparams['x'] > 0.5:\n"
+    "            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), checkpoint)\n"
+    "        return [hparams['x'] + 1 / e for e in range(initial_epoch + 1, epochs + 1)]\n"
+    "trainable = FillsTheDisk()\n"
+)
+
+
+def test_a_full_disk_after_training_started_exits_1_not_the_bad_input_code(
+    tmp_path: Path,
+) -> None:
+    model = tmp_path / "model.py"
+    model.write_text(DISK_FULL_AT)
+    result = phobbit("train", model, "--jobs", 1, "--R", 9, "--repo", tmp_path / "repo")
+    line = assert_one_line_error(result, code=1)
+    assert "no space left on the disk" in line and "run the same command again" in line
+
+
+INTERRUPTING = (
+    "from phobbit import Hyperparameter\n"
+    "hparam_ranges = [Hyperparameter('x', 'uniform', (0, 1))]\n"
+    "class Interrupting:\n"
+    "    def train(self, hparams, checkpoint, initial_epoch, epochs):\n"
+    "        if hparams['x'] > 0.5:\n"
+    "            raise KeyboardInterrupt('raised by user code')\n"
+    "        return [hparams['x'] + 1 / e for e in range(initial_epoch + 1, epochs + 1)]\n"
+    "trainable = Interrupting()\n"
+)
+
+
+def test_keyboard_interrupt_raised_in_user_code_fails_trials_and_the_run_finishes(
+    tmp_path: Path,
+) -> None:
+    model = tmp_path / "model.py"
+    model.write_text(INTERRUPTING)
+    repo = tmp_path / "repo"
+    result = phobbit("train", model, "--jobs", 2, "--R", 9, "--repo", repo)
+    assert result.returncode == 0, result.stderr
+    rows = list(Repository(repo).iter_results())
+    assert len({(r.run, r.id) for r in rows}) == 17  # every configuration got its row
+    failed = [r for r in rows if not r.ok]
+    assert failed and {r.error for r in failed} == {"KeyboardInterrupt: raised by user code"}

@@ -11,9 +11,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import STEPS, DyingTrainable, bad_curve, exiting_curve, space, tuner, x_curve
+from helpers import (
+    STEPS,
+    DyingTrainable,
+    bad_curve,
+    exiting_curve,
+    interrupting_curve,
+    space,
+    tuner,
+    x_curve,
+)
 
-from phobbit import RepositoryError
+from phobbit.errors import StorageError
 from phobbit.executor import LocalExecutor
 from phobbit.plan import Plan
 from phobbit.repository import Repository
@@ -179,7 +188,7 @@ def test_a_full_disk_stops_the_run_without_failing_the_trial_and_a_rerun_resumes
 ) -> None:
     repo = tmp_path / "repo"
     full = dying(tmp_path, victim="0-1-2", how="disk-full")
-    with pytest.raises(RepositoryError, match=r"no space left .* run the same command again"):
+    with pytest.raises(StorageError, match=r"no space left .* run the same command again"):
         tuner(repo, trainable=full, n_jobs=2).run(9, 3)
     assert all(row.ok for row in Repository(repo).iter_results()), "no trial was failed"
     results = tuner(repo, n_jobs=2).run(9, 3)
@@ -201,7 +210,7 @@ def test_a_row_the_disk_cannot_hold_stops_with_a_message_saying_so(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr("phobbit.repository.os.write", write)
-    with pytest.raises(RepositoryError, match=r"(is the disk full|No space left on device)"):
+    with pytest.raises(StorageError, match=r"(is the disk full|No space left on device)"):
         repository.append(result)
 
 
@@ -219,3 +228,15 @@ def test_a_worker_killed_while_idle_breaks_no_trial_and_the_pool_is_rebuilt(
     Scheduler(trainable, plan, repository, executor).run()
     assert plan.done and all(row.ok for row in repository.iter_results())
     assert len(repository.results()) == plan.total_segments()
+
+
+def test_keyboard_interrupt_or_another_base_exception_in_user_code_fails_its_trial_only(
+    tmp_path: Path,
+) -> None:
+    results = tuner(tmp_path / "repo", curve=interrupting_curve, n_jobs=2, seed=1).run(9, 3)
+    failed = results[results["Status"] == "failed"]
+    errors = set(failed["Error"])
+    assert any(e.startswith("KeyboardInterrupt: user code stopped on x=") for e in errors)
+    assert "UserStop: a BaseException of its own" in errors
+    assert (results["Status"] == "ok").any()
+    assert len(results) == 17  # every configuration of R=9, eta=3 got its row
