@@ -209,6 +209,26 @@ def _holding_the_gil() -> Iterator[None]:
         sys.setswitchinterval(previous)
 
 
+@dataclass(frozen=True)
+class HangingTrainable(SyntheticTrainable):
+    """A synthetic trainable that hangs for ever (``time.sleep(1e6)``) on one configuration.
+
+    Each hang leaves a file in ``tally_dir``, to count attempts across processes.
+    """
+
+    victim: str = ""
+    tally_dir: str = ""
+
+    def train(
+        self, hparams: dict[str, Any], checkpoint: str, initial_epoch: int, epochs: int
+    ) -> list[float]:
+        if Path(checkpoint).name == self.victim:
+            tally = Path(self.tally_dir)
+            (tally / f"hang-{len(list(tally.iterdir()))}-{os.getpid()}").touch()
+            time.sleep(1e6)
+        return super().train(hparams, checkpoint, initial_epoch, epochs)
+
+
 def paused_pid(barrier: Path, timeout: float = 120.0) -> int:
     """The pid of the worker that a PausingTrainable paused, once it has paused."""
     deadline = time.monotonic() + timeout

@@ -400,3 +400,22 @@ def test_keyboard_interrupt_raised_in_user_code_fails_trials_and_the_run_finishe
     assert len({(r.run, r.id) for r in rows}) == 17  # every configuration got its row
     failed = [r for r in rows if not r.ok]
     assert failed and {r.error for r in failed} == {"KeyboardInterrupt: raised by user code"}
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90.0), ("90s", 90.0), ("15m", 900.0), ("2h", 7200.0), ("1.5h", 5400.0)],
+)
+def test_segment_timeout_takes_seconds_minutes_or_hours(text: str, seconds: float) -> None:
+    from phobbit.cli import _parser
+
+    args = _parser().parse_args(["train", "model.py", "--segment-timeout", text])
+    assert args.segment_timeout == seconds
+    assert _parser().parse_args(["train", "model.py"]).segment_timeout is None
+
+
+@pytest.mark.parametrize("text", ["0", "-5m", "5d", "soon"])
+def test_segment_timeout_that_is_no_duration_is_a_usage_error(text: str) -> None:
+    result = phobbit("train", SYNTHETIC, f"--segment-timeout={text}")
+    assert result.returncode == 2
+    assert "must be a duration > 0 such as 90s, 15m or 2h" in result.stderr
