@@ -291,8 +291,11 @@ class Repository:
             self._refuse_running_driver()
             token = uuid.uuid4().hex
             self._write_driver(token)
-            with self._heartbeat(token):
-                yield token
+            try:
+                with self._heartbeat(token):
+                    yield token
+            finally:
+                self._mark_ended(token)
         finally:
             lock.release()
 
@@ -321,6 +324,26 @@ class Repository:
                     "(free disk space, make it writable), then run again"
                 ) from None
 
+    def _mark_ended(self, token: str) -> None:
+        """Records in ``driver.json`` that its driver has ended, unless another driver has
+        taken over; best effort.
+
+        Its process may live on (a notebook), which must not read as a driver
+        that still runs; and its token goes, so nothing may write with it now.
+        """
+        owner = self.path / DRIVER_FILE
+        temp = owner.with_name(f".driver.{os.getpid()}.tmp")
+        lock = FileLock(str(self.path / ".results.lock"), timeout=DRIVER_LOCK_WAIT_S)
+        try:
+            with lock:
+                record = self.driver_record()
+                if record is None or record.get("token") != token:
+                    return
+                temp.write_text(json.dumps({**record, "token": None, "ended": time.time()}))
+                os.replace(temp, owner)
+        except (OSError, Timeout):
+            pass  # the pid check still tells once this process is gone
+
     def driver_record(self) -> dict[str, Any] | None:
         """What ``driver.json`` says of the last driver (pid, host, started, token), or None."""
         try:
@@ -337,6 +360,8 @@ class Repository:
             pid, host = int(who["pid"]), str(who["host"])
         except (OSError, KeyError, TypeError, ValueError):
             return
+        if who.get("ended") is not None:
+            return  # it ended cleanly, whether or not its process lives on
         if host == this_host():
             if pid == os.getpid():
                 return  # this process ran here before (run() called again)

@@ -273,6 +273,32 @@ def test_driver_json_of_a_dead_or_reused_pid_does_not_block_a_resume(tmp_path: P
         assert repository.driver_record()["pid"] == os.getpid()
 
 
+TAKE_OVER = textwrap.dedent(
+    """
+    import sys
+    from phobbit.repository import Repository
+    with Repository(sys.argv[1]).driver_lock():
+        print("took over")
+    """
+)
+
+
+def test_a_driver_that_ended_does_not_block_the_next_while_its_process_lives_on(
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "repo"
+    tuner(repo, n_jobs=1).run(R=3, eta=3)  # this process ran a driver, and lives on
+    record = Repository(repo).driver_record()
+    assert record["pid"] == os.getpid() and record["ended"] and record["token"] is None
+    taking_over = subprocess.run(
+        [sys.executable, "-c", TAKE_OVER, str(repo)],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert taking_over.stdout == "took over\n", taking_over.stderr
+
+
 def test_a_driver_of_another_host_is_trusted_gone_only_once_its_heartbeat_is_stale(
     tmp_path: Path,
 ) -> None:
