@@ -28,6 +28,7 @@ their next write and end, and this driver stops with ``FencedOutError``.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Collection, Iterable
@@ -393,10 +394,16 @@ class Scheduler:
             raise self._fenced_out()
 
     def _fenced_out(self) -> FencedOutError:
-        who = self.repository.driver_record() or {}
-        name = f"pid {who.get('pid')} on {who.get('host')}" if who else "unknown"
+        who = self.repository.driver_record()
+        if not who or who.get("pid") == os.getpid():
+            return FencedOutError(
+                f"{self.repository.path / 'driver.json'} no longer names this run (deleted or "
+                "edited?), so its workers may not write; this run stops. Run the same command "
+                "again to resume"
+            )
         return FencedOutError(
-            f"repository {self.repository.path} was taken over by another phobbit ({name}) "
-            "while this run trained; this run stops, and its workers wrote nothing after "
-            "the takeover. Let that run finish, or stop it and run the same command again"
+            f"repository {self.repository.path} was taken over by another phobbit (pid "
+            f"{who.get('pid')} on {who.get('host')}) while this run trained; this run stops, "
+            "and its workers wrote nothing after the takeover. Let that run finish, or stop "
+            "it and run the same command again"
         )

@@ -253,6 +253,27 @@ def test_a_driver_taken_over_stops_and_its_workers_write_nothing_after(
     )
 
 
+def test_a_run_whose_driver_json_is_deleted_stops_and_writes_nothing_more(
+    tmp_path: Path,
+) -> None:
+    repo, barrier = tmp_path / "repo", tmp_path / "barrier"
+    driver = paused_driver(repo, barrier)
+    try:
+        paused_pid(barrier)
+        workers = psutil.Process(driver.pid).children()
+        with Repository(repo)._lock:  # as a write would: no write is half-way through
+            (repo / "driver.json").unlink()
+            before = files_of(repo)
+        (barrier / "go").touch()
+        assert driver.wait(timeout=60) == 1
+        message = driver.stderr.read().decode()
+        assert "driver.json no longer names this run" in message, message
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive and files_of(repo) == before
+    finally:
+        kill_tree([driver.pid])
+
+
 def write_driver_json(repo: Path, **record: object) -> None:
     repo.mkdir(parents=True, exist_ok=True)
     (repo / "driver.json").write_text(json.dumps({"token": "old", **record}))
