@@ -29,7 +29,7 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,8 +78,13 @@ class WarmExecutor:
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         return self._pool.submit(fn, *args)
 
+    supports_timeout = True
+
     def restart(self) -> None:
         self._pool.restart()
+
+    def kill(self, futures: Collection[Future]) -> None:
+        self._pool.kill(futures)
 
     def shutdown(self, kill: bool = False) -> None:
         if kill:

@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from phobbit import algorithms
 from phobbit.api import ParallelHyperband
-from phobbit.errors import FatalError, InputError, PhobbitError, RepositoryError, TrialFailedError
+from phobbit.errors import (
+    FatalError,
+    FencedOutError,
+    InputError,
+    PhobbitError,
+    RepositoryError,
+    StorageError,
+    TrialFailedError,
+)
 from phobbit.schedule import Bracket, Rung, brackets
 from phobbit.space import Hyperparameter
 
@@ -20,12 +28,14 @@ __version__ = "0.1.0"
 __all__ = [
     "Bracket",
     "FatalError",
+    "FencedOutError",
     "Hyperparameter",
     "InputError",
     "ParallelHyperband",
     "PhobbitError",
     "RepositoryError",
     "Rung",
+    "StorageError",
     "TrialFailedError",
     "algorithms",
     "brackets",

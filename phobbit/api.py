@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 import tempfile
@@ -31,6 +32,16 @@ def _positive_int(name: str, value: Any, allow_none: bool = True) -> None:
         raise InputError(f"{name} must be an integer >= 1, got {value!r}")
 
 
+def _timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise InputError(f"segment_timeout must be a number of seconds > 0, got {value!r}")
+    if not math.isfinite(value):
+        raise InputError(f"segment_timeout must be finite, got {value!r}; give None for none")
+    return float(value)
+
+
 class ParallelHyperband:
     """Hyperband over a pool of GPU-pinned worker processes.
 
@@ -57,8 +68,15 @@ class ParallelHyperband:
             every segment too.
         trainable: instead of a Keras model function, any object with the
             ``phobbit.trainable.Trainable`` interface (for non-Keras or synthetic work).
-        max_retries: how often a trial whose worker died is retried (default 2).
+        max_retries: how often a trial whose worker died or that timed out is retried
+            (default 2).
         reporter: a progress reporter instead of the plain lines of ``verbose``.
+        segment_timeout: seconds one segment may run, counted from when it is handed
+            to a free worker (so a worker's start-up and its first TensorFlow import
+            count); past it, its worker is killed and the trial is charged like a
+            worker death: retried up to ``max_retries`` times, then failed with
+            ``timed out after ...``. None (the default) waits for ever; give several
+            times the longest segment you expect (the top rung trains R epochs).
         executor: where segments run instead of a local process pool, e.g. a
             ``phobbit.dask_executor.DaskExecutor`` past one machine (``gpus``,
             ``jobs_per_gpu`` and ``n_jobs`` then go to it, not here).
@@ -100,6 +118,7 @@ class ParallelHyperband:
         reporter: Reporter | None = None,
         executor: Executor | None = None,
         keep_best: int = 10,
+        segment_timeout: float | None = None,
     ) -> None:
         self.space = Space(hparam_ranges)
         if repo_dir is None or str(repo_dir) == "":
@@ -118,6 +137,13 @@ class ParallelHyperband:
         if executor is not None and (gpus is not None or n_jobs is not None):
             raise InputError("give gpus/n_jobs to the executor, not beside it")
         self.executor = executor or LocalExecutor(parse_gpus(gpus), jobs_per_gpu, n_jobs)
+        self.segment_timeout = _timeout(segment_timeout)
+        if self.segment_timeout is not None and not self.executor.supports_timeout:
+            raise InputError(
+                f"segment_timeout cannot be used with {type(self.executor).__name__}: it "
+                "cannot kill one worker (Dask workers must run under a nanny, as "
+                "`dask worker` starts them, not LocalCluster(processes=False))"
+            )
         self._dataset = None
         if trainable is not None:
             if model_function is not None:
@@ -193,7 +219,7 @@ class ParallelHyperband:
         reporter = self.reporter or PlainReporter(verbose=self.verbose)
         made = self.repository.fresh()
         with ExitStack() as stack:
-            stack.enter_context(self.repository.driver_lock())
+            fence = stack.enter_context(self.repository.driver_lock())
             # Bad input a worker finds (a dataset function's result) leaves a new folder as it was.
             stack.enter_context(self.repository.undone_on_bad_input(made))
             self.repository.create(settings)
@@ -214,7 +240,14 @@ class ParallelHyperband:
                     )
                 trainable = KerasTrainable(**kwargs)
             Scheduler(
-                trainable, plan, self.repository, self.executor, self.max_retries, reporter
+                trainable,
+                plan,
+                self.repository,
+                self.executor,
+                self.max_retries,
+                reporter,
+                segment_timeout=self.segment_timeout,
+                fence=fence,
             ).run()
             self.repository.prune_best_checkpoints(self.keep_best)
         return self.results()

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -69,6 +70,17 @@ def _count(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
     return value
+
+
+def _duration(text: str) -> float:
+    """An argparse type: seconds, from ``90``, ``90s``, ``15m``, ``2h`` or ``1.5h``."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*", text.lower())
+    seconds = float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]] if match else 0.0
+    if not seconds > 0 or not math.isfinite(seconds):
+        raise argparse.ArgumentTypeError(
+            f"must be a duration > 0 such as 90s, 15m or 2h, got {text!r}"
+        )
+    return seconds
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -134,6 +146,13 @@ def _parser() -> argparse.ArgumentParser:
         help="Hyperband iterations, each with its own configurations, run interleaved (default 1)",
     )
     run.add_argument("--batch-size", type=_count, metavar="N", help="fit's batch size (Keras: 32)")
+    run.add_argument(
+        "--segment-timeout",
+        type=_duration,
+        metavar="TIME",
+        help="kill a segment (and its worker) that runs longer than this, e.g. 90s, 15m, 2h; "
+        "it is retried, then failed 'timed out' (default: none, wait for ever)",
+    )
     show = train.add_argument_group("output")
     show.add_argument(
         "--progress",
@@ -270,6 +289,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         trainable=model.trainable,
+        segment_timeout=args.segment_timeout,
         **model.data,
     )
     slots = ", ".join(device_label(s) for s in tuner.executor.slots)
@@ -476,10 +496,10 @@ def _status(path: Path, console: Console) -> int:
 
 
 def _left(repository: Repository, rows: dict, done: int, total: int) -> float | None:
-    """Seconds left at the rate of the running driver, which started when it wrote driver.json."""
-    try:
-        since = (repository.path / "driver.json").stat().st_mtime
-    except OSError:
+    """Seconds left at the rate of the running driver, since it started (driver.json)."""
+    record = repository.driver_record() or {}
+    since = record.get("started")
+    if not isinstance(since, (int, float)):
         return None
     trained = sum(r.epochs - r.start_epoch for r in rows.values() if r.end >= since)
     return estimate_left(done, total, trained, time.time() - since)

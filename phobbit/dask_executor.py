@@ -6,6 +6,11 @@ starts, before any task imports TensorFlow, and a restarted worker leases the
 slot its predecessor freed. The repository (and the staged dataset) must then
 sit on a file system that every host shares.
 
+A Dask worker runs a task in a thread, which nothing can stop; a segment past
+its ``segment_timeout`` is stopped by cancelling its task and restarting its
+worker process through the worker's nanny (``Client.restart_workers``), so
+timeouts need workers that run under a nanny, as ``dask worker`` starts them.
+
 Example:
     >>> from dask.distributed import Client
     >>> client = Client("tcp://scheduler:8786")   # workers started with --nthreads 1
@@ -19,8 +24,8 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import CancelledError, Future, InvalidStateError
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -81,6 +86,10 @@ class DaskExecutor:
         self._plugin = PinPlugin(self.slots, uuid.uuid4().hex[:12], 1, jobs_per_gpu > 1)
         self._registered = False
         self._tasks: set[Any] = set()
+        self._task_of: dict[Future, Any] = {}
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+        # Only a worker under a nanny can be restarted, which is how a hung task is stopped.
+        self.supports_timeout = bool(workers) and all(w.get("nanny") for w in workers.values())
 
     @property
     def capacity(self) -> int:
@@ -96,18 +105,41 @@ class DaskExecutor:
         result.set_running_or_notify_cancel()
         task = self.client.submit(fn, *args, pure=False)
         self._tasks.add(task)
+        self._task_of[result] = task
 
         def transfer(done: Any) -> None:
             self._tasks.discard(done)
+            self._task_of.pop(result, None)
             try:
-                result.set_result(done.result())
-            except Exception as exc:  # noqa: BLE001 - handed to the scheduler as is
-                if type(exc).__name__ == "KilledWorker":
-                    exc = WorkerLostError(str(exc))
-                result.set_exception(exc)
+                try:
+                    value = done.result()
+                except BaseException as exc:  # noqa: BLE001 - handed to the scheduler as is
+                    if type(exc).__name__ == "KilledWorker":
+                        exc = WorkerLostError(str(exc))
+                    result.set_exception(exc)
+                else:
+                    result.set_result(value)
+            except InvalidStateError:
+                pass  # ended by ``kill`` already
 
         task.add_done_callback(transfer)
         return result
+
+    def kill(self, futures: Collection[Future]) -> None:
+        """Cancels the tasks of ``futures`` and restarts the workers that run them."""
+        tasks = [self._task_of[f] for f in futures if f in self._task_of]
+        keys = {task.key for task in tasks}
+        busy = self.client.processing()
+        workers = [address for address, running in busy.items() if keys & set(running)]
+        self.client.cancel(tasks, force=True)
+        for future in futures:
+            self._task_of.pop(future, None)
+            try:
+                future.set_exception(CancelledError("its worker was restarted"))
+            except InvalidStateError:
+                pass  # it finished meanwhile
+        if workers:
+            self.client.restart_workers(workers, raise_for_error=False)
 
     def restart(self) -> None:
         """Nothing to rebuild: Dask replaces lost workers itself."""

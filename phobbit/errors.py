@@ -26,6 +26,15 @@ class RepositoryError(InputError):
     """The repository folder holds another run, is locked by a live driver, or is unreadable."""
 
 
+class StorageError(FatalError):
+    """The repository cannot be written after training started (a full disk, a read-only
+    file, a lock that never frees); the run stops and resumes once that is fixed."""
+
+
+class FencedOutError(FatalError):
+    """Another driver took over the repository while this one ran; this one stops."""
+
+
 class TrialFailedError(PhobbitError):
     """One trial failed (its user code raised, or its loss diverged); the run goes on."""
 

@@ -14,7 +14,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -92,6 +92,8 @@ class LocalExecutor:
         ['0', '1']
     """
 
+    supports_timeout = True  # ``kill`` can end a hung segment (with the whole pool)
+
     def __init__(
         self,
         gpus: Sequence[int] | None = None,
@@ -128,7 +130,7 @@ class LocalExecutor:
             timeout=None,  # idle workers stay: no TensorFlow re-import after a reducer pause
             initializer=pin,
             # Workers end with their driver: a killed driver's orphans must not train on.
-            initargs=(self.slots, self._lease_dir, self.threads, self.allow_growth, True),
+            initargs=(self.slots, self._lease_dir, self.threads, self.allow_growth, os.getpid()),
         )
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
@@ -140,6 +142,14 @@ class LocalExecutor:
     def restart(self) -> None:
         """Replaces a broken pool with a new one (its dead workers freed their slots)."""
         self.shutdown(kill=True)
+
+    def kill(self, futures: Collection[Future]) -> None:
+        """Ends the workers running ``futures`` (segments past their timeout).
+
+        Killing one loky worker breaks the whole pool, so every worker is killed
+        and every future in flight fails; the next ``submit`` starts a new pool.
+        """
+        self.restart()
 
     def shutdown(self, kill: bool = False) -> None:
         """Stops the workers; ``kill`` ends running trials at once (Ctrl-C, a broken pool)."""

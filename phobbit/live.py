@@ -26,7 +26,14 @@ from rich.table import Table
 from rich.text import Text
 
 from phobbit.plan import Plan
-from phobbit.progress import PlainReporter, format_hparams, retrain_line, retry_line
+from phobbit.progress import (
+    PlainReporter,
+    SlowWatch,
+    format_hparams,
+    retrain_line,
+    retry_line,
+    slow_line,
+)
 from phobbit.repository import SegmentResult
 from phobbit.schedule import Bracket, format_schedule
 from phobbit.worker import HIDDEN, Segment
@@ -128,6 +135,7 @@ class RunTracker:
         self.retrained = 0  # segments that retrained epochs of a bad checkpoint
         self.finished_now = 0  # segments trained in this session
         self.epochs_now = 0  # epochs trained in this session
+        self.slow = SlowWatch()
         self._idle: list[str] = []
 
     def started(self, plan: Plan, resumed: int) -> None:
@@ -146,6 +154,7 @@ class RunTracker:
         self.finished_now += 1
         self.epochs_now += result.epochs - result.start_epoch
         self.retrained += bool(result.note)
+        self.slow.finished(result)
         if not result.ok:
             self.failed += 1
         elif result.val_loss is not None and (
@@ -153,6 +162,11 @@ class RunTracker:
         ):
             self.best = result
         self._refresh()
+
+    def slow_running(self) -> list[Running]:
+        """The running segments that take far longer than their peers (hung ones, maybe)."""
+        now = self.clock()
+        return [r for r in self.running.values() if self.slow.is_slow(r.segment, now - r.since)]
 
     def retrying(self, segment: Segment) -> None:
         self.running.pop(segment.key, None)
@@ -264,17 +278,21 @@ def render(tracker: RunTracker, title: str = "") -> RenderableType:
     for column in ("Device", "Run", "ID", "Rung", "Epochs", "For"):
         running.add_column(column, justify="left" if column == "Device" else "right")
     now = tracker.clock()
+    slow = {r.segment.key for r in tracker.slow_running()}
     for item in sorted(tracker.running.values(), key=lambda r: (r.gpu == UNKNOWN, r.gpu)):
         s = item.segment
+        took = format_duration(now - item.since)
         running.add_row(
             device_label(item.gpu),
             str(s.run),
             str(s.id),
             str(s.rung),
             f"{s.start_epoch}->{s.epochs}",
-            format_duration(now - item.since),
+            Text(f"{took} slow", style="bold red") if s.key in slow else took,
         )
     parts.append(running)
+    for item in tracker.slow_running():
+        parts.append(Text(slow_line(item.segment, now - item.since), style="red"))
     parts.append(Text.assemble(("Best Val Loss ", "bold"), best_line(tracker.best)))
     bar = ProgressBar(total=max(tracker.epochs_total, 1), completed=tracker.epochs_done, width=30)
     line = Table.grid(padding=(0, 1))
@@ -434,4 +452,5 @@ class LineReporter(PlainReporter):
         self.tracker.retrying(segment)
 
     def closed(self) -> None:
+        self._stop.set()
         self._say(f"Trained {self.tracker.finished_now} segments: {self.tracker.summary()}")

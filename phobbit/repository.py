@@ -19,6 +19,7 @@ import shutil
 import socket
 import threading
 import time
+import uuid
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -29,7 +30,8 @@ from typing import Any, BinaryIO
 from filelock import FileLock, Timeout
 
 from phobbit import checkpoints
-from phobbit.errors import InputError, RepositoryError
+from phobbit.errors import FatalError, InputError, RepositoryError, StorageError
+from phobbit.fence import StaleDriverError
 from phobbit.records import RunSettings
 from phobbit.space import MAX_NESTING
 
@@ -69,6 +71,10 @@ RESULTS_LOCK = ".results.lock"
 MODELS = "models"
 LOCK_TIMEOUT_S = 60.0
 DRIVER_LOCK_WAIT_S = 0.5
+# A running driver touches driver.json this often; one whose driver.json is older than
+# DRIVER_FRESH_S is taken for gone where its pid cannot be checked (another host).
+HEARTBEAT_S = 10.0
+DRIVER_FRESH_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -358,12 +364,20 @@ class Repository:
             raise
 
     @contextmanager
-    def driver_lock(self) -> Iterator[None]:
+    def driver_lock(self) -> Iterator[str]:
         """Held by the one driver that runs in this folder; a killed driver's lock dies with it.
 
         The lock is an OS file lock (``flock``), which the kernel releases when
         its holder dies however it dies, so a stale ``driver.json`` left by a
-        killed driver never blocks a resume.
+        killed driver never blocks a resume. Should ``.driver.lock`` have been
+        deleted under a running driver, ``driver.json`` still names it: a live
+        process with its pid and start time on this host, or (on another host,
+        where no pid can be checked) a ``driver.json`` its heartbeat touched less
+        than ``DRIVER_FRESH_S`` ago, is refused too.
+
+        Yields:
+            This driver's fencing token, written to ``driver.json`` under the
+            results lock: from now on only segments that carry it may write.
 
         Raises:
             RepositoryError: naming the driver (pid, host) that holds the folder now.
@@ -379,13 +393,172 @@ class Repository:
                 "wait for it to finish or stop it, or use another folder"
             ) from None
         try:
-            owner = self.path / DRIVER_FILE
-            temp = owner.with_name(f".driver.{os.getpid()}.tmp")
-            temp.write_text(json.dumps({"pid": os.getpid(), "host": this_host()}))
-            os.replace(temp, owner)
-            yield
+            self._refuse_running_driver()
+            token = uuid.uuid4().hex
+            self._write_driver(token)
+            try:
+                with self._heartbeat(token):
+                    yield token
+            finally:
+                self._mark_ended(token)
         finally:
             lock.release()
+
+    def _write_driver(self, token: str) -> None:
+        """Makes this process the repository's driver, under the results lock.
+
+        Under that lock, so that a worker of the previous driver that checked
+        the old token under it has finished its write before the token changes.
+        """
+        owner = self.path / DRIVER_FILE
+        temp = owner.with_name(f".driver.{os.getpid()}.tmp")
+        record = {
+            "pid": os.getpid(),
+            "host": this_host(),
+            "process_start": process_start(os.getpid()),
+            "started": time.time(),
+            "token": token,
+        }
+        with self._locked(RepositoryError):
+            try:
+                temp.write_text(json.dumps(record))
+                os.replace(temp, owner)
+            except OSError as exc:
+                raise StorageError(
+                    f"cannot write {owner}: {exc.strerror}; fix the repository folder "
+                    "(free disk space, make it writable), then run again"
+                ) from None
+
+    def _mark_ended(self, token: str) -> None:
+        """Records in ``driver.json`` that its driver has ended, unless another driver has
+        taken over; best effort.
+
+        Its process may live on (a notebook), which must not read as a driver
+        that still runs; and its token goes, so nothing may write with it now.
+        """
+        owner = self.path / DRIVER_FILE
+        if not owner.exists():
+            return  # removed with what a run stopped by bad input made: make nothing again
+        temp = owner.with_name(f".driver.{os.getpid()}.tmp")
+        lock = FileLock(str(self.path / ".results.lock"), timeout=DRIVER_LOCK_WAIT_S)
+        try:
+            with lock:
+                record = self.driver_record()
+                if record is None or record.get("token") != token:
+                    return
+                temp.write_text(json.dumps({**record, "token": None, "ended": time.time()}))
+                os.replace(temp, owner)
+        except (OSError, Timeout):
+            pass  # the pid check still tells once this process is gone
+
+    def driver_record(self) -> dict[str, Any] | None:
+        """What ``driver.json`` says of the last driver (pid, host, started, token), or None."""
+        try:
+            record = json.loads((self.path / DRIVER_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def _refuse_running_driver(self) -> None:
+        """Refuses to take over from a driver that still runs although its lock was free."""
+        try:
+            touched = (self.path / DRIVER_FILE).stat().st_mtime
+            who = self.driver_record() or {}
+            pid, host = int(who["pid"]), str(who["host"])
+        except (OSError, KeyError, TypeError, ValueError):
+            return
+        if who.get("ended") is not None:
+            return  # it ended cleanly, whether or not its process lives on
+        if host == this_host():
+            if pid == os.getpid():
+                return  # this process ran here before (run() called again)
+            started, recorded = process_start(pid), who.get("process_start")
+            if started is not None and recorded is not None:
+                if started != recorded:
+                    return  # the pid now belongs to another process
+                raise RepositoryError(
+                    f"repository {self.path} is in use by a running phobbit (pid {pid} on "
+                    f"{host}) although its lock file .driver.lock is gone (deleted?); wait for "
+                    f"that run or stop it (kill {pid}), then run again"
+                )
+            if not _alive(pid):
+                return
+        age = time.time() - touched
+        if age < DRIVER_FRESH_S:
+            raise RepositoryError(
+                f"repository {self.path} may be in use by phobbit pid {pid} on {host}: its "
+                f"driver.json was touched {max(age, 0):.0f} s ago and this host cannot check that "
+                f"process; if that run has stopped, run again in {DRIVER_FRESH_S:.0f} s, or "
+                f"delete {self.path / DRIVER_FILE} first"
+            )
+
+    @contextmanager
+    def _heartbeat(self, token: str) -> Iterator[None]:
+        """Touches ``driver.json`` every ``HEARTBEAT_S`` while this driver holds the folder."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(HEARTBEAT_S):
+                try:
+                    if self._driver_token() != token:
+                        return  # replaced: the file is another driver's now
+                    os.utime(self.path / DRIVER_FILE)
+                except OSError:
+                    pass
+
+        thread = threading.Thread(target=beat, name="phobbit-driver-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _driver_token(self) -> str | None:
+        try:
+            return json.loads((self.path / DRIVER_FILE).read_bytes()).get("token")
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def holds(self, token: str) -> bool:
+        """Whether ``token`` is still the fencing token of this repository's driver."""
+        return self._driver_token() == token
+
+    @contextmanager
+    def fenced(self, token: str) -> Iterator[None]:
+        """Holds the results lock while ``token`` is this repository's driver's token.
+
+        A write made inside cannot race a new driver taking over: it writes its
+        token under the same lock.
+
+        Raises:
+            StaleDriverError: when another driver has taken over (or ``driver.json`` is gone).
+            StorageError: when the lock cannot be had within ``LOCK_TIMEOUT_S``.
+        """
+        with self._locked(StorageError):
+            if self._driver_token() != token:
+                raise StaleDriverError(
+                    f"repository {self.path} has been taken over by another driver"
+                )
+            yield
+
+    @contextmanager
+    def _locked(self, error: type[FatalError]) -> Iterator[None]:
+        """The results lock; ``error`` when another process holds it for ``LOCK_TIMEOUT_S``."""
+        try:
+            self._lock.acquire()
+        except Timeout:
+            lock = self.path / ".results.lock"
+            raise error(
+                f"could not lock {lock} within {LOCK_TIMEOUT_S:.0f} s: another process holds "
+                "it (a phobbit worker that is stopped, e.g. by SIGSTOP or Ctrl-Z, or hung; or "
+                f"a lock of another host on a shared file system); find it with fuser -v {lock}, "
+                "end or continue it, then run the same command again"
+            ) from None
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     def _driver_name(self) -> str:
         """Who holds the driver lock, as ``pid N on HOST``, from ``driver.json``.
@@ -408,16 +581,27 @@ class Repository:
 
     # -- results.csv ----------------------------------------------------------------
 
-    def append(self, result: SegmentResult) -> None:
+    def append(self, result: SegmentResult, fence: str | None = None) -> None:
         """Appends one row under the lock, with a single write.
 
+        Args:
+            result: the row.
+            fence: the fencing token of the driver the row is written for; the
+                row is written only while that driver holds the repository.
+                None writes unfenced (tests, tools).
+
         Raises:
-            RepositoryError: when the row cannot be written in full (a full disk,
+            StaleDriverError: when ``fence`` is no longer the repository's token.
+            StorageError: when the row cannot be written in full (a full disk,
                 a file system gone read-only); the run must stop, not lose the row.
         """
         line = encode_row(result).encode()
         try:
-            with self._lock:
+            with self._locked(StorageError):
+                if fence is not None and self._driver_token() != fence:
+                    raise StaleDriverError(
+                        f"repository {self.path} has been taken over by another driver"
+                    )
                 fd = os.open(self.results_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
                 try:
                     size = os.fstat(fd).st_size
@@ -428,24 +612,19 @@ class Repository:
                     written = os.write(fd, line)
                 finally:
                     os.close(fd)
-        except Timeout:
-            raise RepositoryError(
-                f"could not lock {self.results_path} within {LOCK_TIMEOUT_S:.0f} s; "
-                "is its file system shared and locked elsewhere?"
-            ) from None
         except OSError as exc:
             hint = (
                 "free some disk space"
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT)
                 else ("fix the repository folder")
             )
-            raise RepositoryError(
+            raise StorageError(
                 f"cannot append to {self.results_path}: {exc.strerror}; "
                 f"{hint}, then run the same command again to resume"
             ) from None
         if written != len(line):
             # The torn tail fails its CRC and is skipped; the segment is trained again.
-            raise RepositoryError(
+            raise StorageError(
                 f"wrote only {written} of {len(line)} bytes to {self.results_path}; "
                 "is the disk full? Free some space, then run again to resume"
             )
@@ -546,6 +725,28 @@ def _check_header(path: Path, first: bytes) -> None:
         f"{path} is not a phobbit results file (its first line is not the results header); "
         "move it away or use another repository folder"
     )
+
+
+def process_start(pid: int) -> float | None:
+    """When process ``pid`` of this host started (a reused pid gives another value); None
+    when it does not exist or this platform cannot tell."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        # Field 22, after the command name in parentheses (which may hold spaces): clock ticks.
+        return float(stat.rpartition(")")[2].split()[19])
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():
+            return None  # no such process
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        import psutil
+    except ImportError:
+        return None
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
 
 
 def _alive(pid: int) -> bool:

@@ -14,18 +14,30 @@ most one suspect is in flight at a time (beside any number of others), so the
 next crash with a suspect in flight charges it. A suspect that finishes is
 cleared. Requeued segments resume from their last epoch checkpoint, so the
 innocent ones lose at most the epoch they were in.
+
+With a ``segment_timeout``, the loop waits no longer than the nearest deadline
+(counted from when a segment was handed to a free worker). A segment past it
+is stopped by killing its worker, which with loky means every worker: the
+timed-out segment is charged like a worker death, the others in flight are
+requeued without charge (which one hung is known).
+
+Every segment carries the driver's fencing token (``phobbit.fence``): should
+another driver take the repository over, this driver's workers are refused
+their next write and end, and this driver stops with ``FencedOutError``.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
-from phobbit.errors import FatalError
+from phobbit.errors import FatalError, FencedOutError
+from phobbit.fence import StaleDriverError
 from phobbit.plan import Plan
 from phobbit.repository import Repository, SegmentResult, this_host
 from phobbit.trainable import Trainable
@@ -35,12 +47,20 @@ from phobbit.worker import Segment, WorkerNotPinnedError, one_line, run_segment
 class Executor(Protocol):
     """What the scheduler needs of an executor (``LocalExecutor``, a Dask one, ...)."""
 
+    supports_timeout: bool  # whether ``kill`` can stop a segment that hangs
+
     @property
     def capacity(self) -> int: ...
 
     def submit(self, fn: Any, *args: Any) -> Future: ...
 
     def restart(self) -> None: ...
+
+    def kill(self, futures: Collection[Future]) -> None:
+        """Ends the workers running ``futures``; may end others too (a whole loky pool).
+
+        Every future it ends is done with an exception when it returns.
+        """
 
     def shutdown(self, kill: bool = False) -> None: ...
 
@@ -55,11 +75,11 @@ class Reporter(Protocol):
     def finished(self, result: SegmentResult) -> None: ...
 
     def retrying(self, segment: Segment, cause: str, attempt: int) -> None:
-        """A segment goes back to the queue because a worker died.
+        """A segment goes back to the queue because a worker died or was killed.
 
         ``attempt`` is the retry it is charged, or 0 for a segment requeued
-        without charge: it was in flight when some worker died, and which one
-        is not known yet.
+        without charge: it was in flight when some worker died and which one
+        is not known yet, or its worker was killed to stop another that hung.
         """
 
     def closed(self) -> None: ...
@@ -97,6 +117,18 @@ def _crash_cause(exc: BaseException) -> str:
     )
 
 
+UNKNOWN_CULPRIT = "a worker died while it ran, which one is not known yet"
+KILLED_FOR_OTHER = "its worker was killed to stop a segment that timed out"
+
+
+def format_timeout(seconds: float) -> str:
+    """A timeout as the command line takes it: ``90s``, ``15m``, ``2h``."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
 class Scheduler:
     """Runs a plan to the end on an executor, writing to a repository.
 
@@ -105,8 +137,15 @@ class Scheduler:
         plan: the brackets to run.
         repository: where rows and checkpoints go; rows already there are not retrained.
         executor: where segments run.
-        max_retries: how often a trial whose worker died is retried before it fails.
+        max_retries: how often a trial whose worker died (or that timed out) is
+            retried before it fails.
         reporter: told of progress.
+        segment_timeout: seconds a segment may run, counted from when it is handed
+            to a free worker; past it, its worker is killed and it is charged like
+            a worker death. None (the default) waits for ever.
+        fence: the fencing token this driver holds the repository with
+            (``Repository.driver_lock``); None when nothing else can take over
+            (tests that drive a scheduler alone).
     """
 
     def __init__(
@@ -117,6 +156,8 @@ class Scheduler:
         executor: Executor,
         max_retries: int = 2,
         reporter: Reporter | None = None,
+        segment_timeout: float | None = None,
+        fence: str | None = None,
     ) -> None:
         self.trainable = trainable
         self.plan = plan
@@ -124,7 +165,10 @@ class Scheduler:
         self.executor = executor
         self.max_retries = max_retries
         self.reporter = reporter or SilentReporter()
+        self.segment_timeout = segment_timeout
+        self.fence = fence
         self._in_flight: dict[Future, Segment] = {}
+        self._since: dict[Future, float] = {}  # when each future was handed to a worker
         self._crashes: Counter[tuple[int, int, int, int]] = Counter()
         self._suspects: set[tuple[int, int, int, int]] = set()
 
@@ -139,8 +183,11 @@ class Scheduler:
                     if self.plan.done:
                         break
                     raise FatalError("the plan stalled with nothing running; this is a bug")
-                finished, _ = wait(self._in_flight, return_when=FIRST_COMPLETED)
+                finished, _ = wait(
+                    self._in_flight, timeout=self._until_deadline(), return_when=FIRST_COMPLETED
+                )
                 self._collect(finished)
+                self._stop_overdue()
         except BaseException:
             self.executor.shutdown(kill=True)
             raise
@@ -171,17 +218,69 @@ class Scheduler:
             self.plan.give_back(segment)
 
     def _submit(self, segment: Segment) -> Future:
-        args = (run_segment, self.trainable, segment, str(self.repository.path))
+        args = (run_segment, self.trainable, segment, str(self.repository.path), self.fence)
         try:
-            return self.executor.submit(*args)
+            future = self.executor.submit(*args)
         except BrokenProcessPool:
             # A worker died while idle (e.g. killed for memory): no trial is to blame.
             self.executor.restart()
-            return self.executor.submit(*args)
+            future = self.executor.submit(*args)
+        self._since[future] = time.monotonic()
+        return future
+
+    def _take(self, future: Future) -> Segment:
+        """Removes ``future`` from what is in flight; returns its segment."""
+        self._since.pop(future, None)
+        return self._in_flight.pop(future)
+
+    def _until_deadline(self) -> float | None:
+        """Seconds until the first segment in flight runs past its timeout; None: no timeout."""
+        if self.segment_timeout is None or not self._since:
+            return None
+        first = min(self._since.values()) + self.segment_timeout
+        return max(0.0, first - time.monotonic())
+
+    def _stop_overdue(self) -> None:
+        """Kills the workers of segments past their timeout and charges those segments."""
+        if self.segment_timeout is None:
+            return
+        now = time.monotonic()
+        overdue = [
+            f
+            for f, since in self._since.items()
+            if not f.done() and since + self.segment_timeout <= now
+        ]
+        if not overdue:
+            return
+        self.executor.kill(overdue)
+        wait(overdue)
+        cause = (
+            f"timed out after {format_timeout(self.segment_timeout)} (segment_timeout); "
+            "its worker was killed"
+        )
+        done = self.repository.results()
+        for future in [f for f in self._in_flight if f.done()]:
+            segment = self._take(future)
+            if future in overdue:
+                if not self._record_if_done(done, segment):
+                    self._crashed(segment, cause, timed_out=True)
+                continue
+            error = future.exception()
+            if error is None:
+                self._record(future.result())
+            elif isinstance(error, FatalError):
+                raise error
+            elif isinstance(error, StaleDriverError):
+                raise self._fenced_out()
+            elif not self._record_if_done(done, segment):
+                self.plan.give_back(segment)  # innocent, and known to be: no charge
+                self.reporter.retrying(segment, KILLED_FOR_OTHER, 0)
 
     def _collect(self, finished: Iterable[Future]) -> None:
         lost = self._outcomes(finished)
         if lost:
+            # A worker of a driver that was replaced ends at its first write: say so.
+            self._check_fence()
             # A broken pool fails every trial in flight: collect them all, then rebuild.
             rest = dict(self._in_flight)
             wait(rest)
@@ -195,7 +294,7 @@ class Scheduler:
         """Records what finished; returns the segments whose worker died, with the cause."""
         lost = []
         for future in list(finished):
-            segment = self._in_flight.pop(future)
+            segment = self._take(future)
             try:
                 result = future.result()
             except (BrokenProcessPool, WorkerNotPinnedError) as exc:
@@ -203,6 +302,8 @@ class Scheduler:
                 continue
             except FatalError:
                 raise  # e.g. a full disk: stop the run, it resumes once fixed
+            except StaleDriverError:
+                raise self._fenced_out() from None  # a Dask worker was refused its write
             except Exception as exc:  # noqa: BLE001 - e.g. the trainable does not pickle
                 result = self._failed(segment, one_line(exc))
             self._record(result)
@@ -220,7 +321,7 @@ class Scheduler:
                 self._crashed(segment, cause)
             else:
                 self.plan.give_back(segment)  # an innocent until proven otherwise: no charge
-                self.reporter.retrying(segment, cause, 0)
+                self.reporter.retrying(segment, UNKNOWN_CULPRIT, 0)
 
     def _record_if_done(
         self, done: dict[tuple[int, int, int, int], SegmentResult], segment: Segment
@@ -236,12 +337,20 @@ class Scheduler:
         self.plan.record(result)
         self.reporter.finished(result)
 
-    def _crashed(self, segment: Segment, cause: str) -> None:
+    def _crashed(self, segment: Segment, cause: str, timed_out: bool = False) -> None:
         self._crashes[segment.key] += 1
         attempt = self._crashes[segment.key]
         if attempt > self.max_retries:
             tries = "once" if attempt == 1 else f"{attempt} times"
-            self._record(self._failed(segment, f"its worker died {tries}: {cause}"))
+            if timed_out:
+                assert self.segment_timeout is not None
+                error = (
+                    f"timed out after {format_timeout(self.segment_timeout)} {tries} "
+                    "(segment_timeout); its worker was killed"
+                )
+            else:
+                error = f"its worker died {tries}: {cause}"
+            self._record(self._failed(segment, error))
             return
         self.plan.give_back(segment)
         self.reporter.retrying(segment, cause, attempt)
@@ -260,5 +369,28 @@ class Scheduler:
             start=now,
             end=now,
         )
-        self.repository.append(result)
+        try:
+            self.repository.append(result, fence=self.fence)
+        except StaleDriverError:
+            raise self._fenced_out() from None
         return result
+
+    def _check_fence(self) -> None:
+        """Raises ``FencedOutError`` when another driver has taken the repository over."""
+        if self.fence is not None and not self.repository.holds(self.fence):
+            raise self._fenced_out()
+
+    def _fenced_out(self) -> FencedOutError:
+        who = self.repository.driver_record()
+        if not who or who.get("pid") == os.getpid():
+            return FencedOutError(
+                f"{self.repository.path / 'driver.json'} no longer names this run (deleted or "
+                "edited?), so its workers may not write; this run stops. Run the same command "
+                "again to resume"
+            )
+        return FencedOutError(
+            f"repository {self.repository.path} was taken over by another phobbit (pid "
+            f"{who.get('pid')} on {who.get('host')}) while this run trained; this run stops, "
+            "and its workers wrote nothing after the takeover. Let that run finish, or stop "
+            "it and run the same command again"
+        )

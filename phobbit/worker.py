@@ -8,8 +8,11 @@ TensorFlow. ``run_segment`` trains one segment and appends its row to the
 repository.
 
 A pool worker whose driver died (SIGKILL, a crash) stops within a fraction of a
-second instead of finishing a segment nobody waits for: the resumed driver
-trains that segment again from its last epoch checkpoint.
+second instead of finishing a segment nobody waits for, and one that starts
+after its driver died exits at once: the resumed driver trains that segment
+again from its last epoch checkpoint. Should a stale worker get as far as a
+write anyway (it was stopped with SIGSTOP and continued later), the fence
+(``phobbit.fence``) refuses it and the worker ends.
 """
 
 from __future__ import annotations
@@ -18,14 +21,16 @@ import errno
 import fcntl
 import math
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from phobbit import reducer
-from phobbit.errors import FatalError, RepositoryError
+from phobbit import fence, reducer
+from phobbit.errors import FatalError, StorageError
+from phobbit.fence import StaleDriverError
 from phobbit.repository import Repository, SegmentResult, this_host
 from phobbit.trainable import Trainable, note_of
 
@@ -34,6 +39,7 @@ SLOT_WAIT_S = 30.0
 PARENT_POLL_S = 0.05
 MAX_ERROR_CHARS = 500
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+STALE_EXIT = 75  # the exit code of a pool worker whose driver is gone or was replaced
 
 # The worker's one piece of global state, set once by ``pin``: its slot.
 _PINNED: dict[str, Any] = {}
@@ -89,7 +95,11 @@ def thread_environment(threads: int) -> dict[str, str]:
 
 
 def pin(
-    slots: list[str], lease_dir: str, threads: int, allow_growth: bool, watch_parent: bool = False
+    slots: list[str],
+    lease_dir: str,
+    threads: int,
+    allow_growth: bool,
+    driver_pid: int | None = None,
 ) -> None:
     """Pool initializer: lease a free slot and pin this process to its device.
 
@@ -98,16 +108,25 @@ def pin(
         lease_dir: a folder of this pool's lease files.
         threads: CPU threads this worker may use.
         allow_growth: let TensorFlow grow GPU memory (several jobs share a GPU).
-        watch_parent: end this process once its parent (the driver) has died; for
-            pool workers that the driver started itself, never for a process that
-            may be the driver (a Dask worker thread) or outlives it on purpose.
+        driver_pid: the pid of the driver that started this pool worker: the
+            worker exits at once if its parent is not (or no longer) that
+            process, and ignores SIGINT, which a Ctrl-C on a terminal sends to
+            the whole process group: the driver alone decides to stop, and
+            kills its workers. None for a process that may be the driver (a
+            Dask worker thread) or outlives it on purpose.
 
     It never raises: an exception in an initializer breaks the whole pool. A
     worker that found no slot records why, and ``run_segment`` reports it.
     """
     try:
-        if watch_parent:
-            _watch_parent(os.getppid())
+        if driver_pid is not None:
+            # Compared with the pid the driver passed, not with getppid() read now: a
+            # worker that starts after its driver died has already been re-parented.
+            if os.getppid() != driver_pid:
+                os._exit(STALE_EXIT)
+            _watch_parent(driver_pid)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            _PINNED["driver"] = driver_pid
         os.environ.update(thread_environment(threads))
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         if allow_growth:
@@ -134,16 +153,16 @@ def pin(
 
 
 def _watch_parent(parent: int) -> None:
-    """Ends this worker once its parent (the driver) has died and it was re-parented.
+    """Ends this worker once its parent (the driver, pid ``parent``) has died.
 
-    A killed driver's workers would otherwise train on as orphans and append
-    rows and checkpoints while the resumed driver trains the same segments.
+    A killed driver's workers would otherwise train on as orphans while the
+    resumed driver trains the same segments.
     """
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(PARENT_POLL_S)
-        os._exit(1)
+        os._exit(STALE_EXIT)
 
     threading.Thread(target=watch, name="phobbit-parent-watch", daemon=True).start()
 
@@ -183,20 +202,49 @@ def _failure(losses: list[float], segment: Segment) -> str:
     return ""
 
 
-def run_segment(trainable: Trainable, segment: Segment, repository: str) -> SegmentResult:
+def run_segment(
+    trainable: Trainable, segment: Segment, repository: str, fence_token: str | None = None
+) -> SegmentResult:
     """Trains one segment and appends its row to ``repository``'s results.
 
-    An exception in user code, or a NaN or infinite loss, fails the segment:
-    its row says why in one line.
+    Anything user code raises, ``KeyboardInterrupt`` and ``SystemExit``
+    included, or a NaN or infinite loss, fails the segment: its row says why in
+    one line. Only the driver's own Ctrl-C stops a run.
+
+    Args:
+        trainable: what trains the segment.
+        segment: the segment.
+        repository: the repository folder.
+        fence_token: the fencing token of the driver that handed the segment
+            out: its row and checkpoints are written only while that driver
+            holds the repository. None writes unfenced (tests, tools).
 
     Raises:
         WorkerNotPinnedError: when the worker found no free slot.
         FatalError: bad input only a worker can see (what a dataset function returns).
-        RepositoryError: when the disk is full, which is no fault of the trial:
+        StorageError: when the disk is full, which is no fault of the trial:
             the run stops, and resumes once there is space again.
+        StaleDriverError: when the driver was replaced, in a process that is not a
+            pool worker of its own (a pool worker exits instead: nobody waits for it).
     """
     if "error" in _PINNED:
         raise WorkerNotPinnedError(_PINNED["error"])
+    store = Repository(Path(repository))
+    try:
+        with fence.segment(store, fence_token):
+            result = _train(trainable, segment)
+            store.append(result, fence=fence_token)
+    except StaleDriverError:
+        if "driver" in _PINNED:
+            # A worker of a driver that is gone or was replaced: what it trained must
+            # not be written, and nobody waits for its result.
+            os._exit(STALE_EXIT)
+        raise
+    return result
+
+
+def _train(trainable: Trainable, segment: Segment) -> SegmentResult:
+    """Trains ``segment`` and returns its row, failed when user code raised."""
     start = time.time()
     losses: list[float] = []
     error = note = ""
@@ -206,18 +254,18 @@ def run_segment(trainable: Trainable, segment: Segment, repository: str) -> Segm
         )
         losses, note = [float(v) for v in returned], note_of(returned)
         error = _failure(losses, segment)
-    except FatalError:
-        raise  # bad input found in the worker (a dataset function's result): stop the run
-    except (Exception, SystemExit) as exc:  # noqa: BLE001 - user code: fail the trial, not the run
+    except (FatalError, StaleDriverError):
+        raise  # bad input found in the worker (a dataset function's result), or fenced out
+    except BaseException as exc:  # noqa: BLE001 - user code: fail the trial, not the run
         if _disk_full(exc):
-            raise RepositoryError(
+            raise StorageError(
                 f"no space left on the disk while training {Path(segment.checkpoint).name} "
                 f"({one_line(exc)}); free some disk space, then run the same command again "
                 "to resume"
             ) from None
         error = one_line(exc)
     best = reducer.best_so_far(losses, segment.prior_best)
-    result = segment.result(
+    return segment.result(
         val_loss=None if error else best,
         last_val_loss=losses[-1] if losses and not error else None,
         status="failed" if error else "ok",
@@ -229,5 +277,3 @@ def run_segment(trainable: Trainable, segment: Segment, repository: str) -> Segm
         end=time.time(),
         note=note,
     )
-    Repository(Path(repository)).append(result)
-    return result

@@ -7,21 +7,26 @@ helpers.py`` runs a driver in a subprocess that tests kill.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import json
 import math
 import os
 import signal
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import psutil
 from gates import GatedTrainable
 from synthetic import x_curve  # the curve shared with the core tests; workers import it too
 
-from phobbit import Hyperparameter, ParallelHyperband
+from phobbit import Hyperparameter, ParallelHyperband, fence
 from phobbit.trainable import SyntheticTrainable
 
 STEPS = 10
@@ -52,6 +57,19 @@ def exiting_curve(hparams: dict[str, Any], epoch: int) -> float:
     """Calls ``sys.exit`` for x > 0.6: user code that exits must fail its trial only."""
     if hparams["x"] > 0.6:
         sys.exit(3)
+    return x_curve(hparams, epoch)
+
+
+class UserStop(BaseException):
+    """A BaseException of user code that is neither an Exception nor KeyboardInterrupt."""
+
+
+def interrupting_curve(hparams: dict[str, Any], epoch: int) -> float:
+    """Raises KeyboardInterrupt for x > 0.7 and another BaseException for x < 0.2."""
+    if hparams["x"] > 0.7:
+        raise KeyboardInterrupt(f"user code stopped on x={hparams['x']:.3f}")
+    if hparams["x"] < 0.2:
+        raise UserStop("a BaseException of its own")
     return x_curve(hparams, epoch)
 
 
@@ -110,6 +128,117 @@ class DyingTrainable(SyntheticTrainable):
         return super().train(hparams, checkpoint, initial_epoch, epochs)
 
 
+@dataclass(frozen=True)
+class PausingTrainable(SyntheticTrainable):
+    """A synthetic trainable that pauses once, mid-segment, until a test lets it go on.
+
+    The victim's first segment trains and checkpoints ``after_epochs`` epochs and
+    trains one more in memory; then it leaves ``paused-<pid>`` in ``barrier_dir``
+    and waits until ``go`` exists there. Then it saves that epoch over whatever
+    the checkpoint holds by then, as a process stopped in the middle of an epoch
+    does, and trains the rest of its segment. Later calls do not pause.
+
+    With ``hold_gil``, it waits without ever releasing the GIL, so a test that
+    stops it with SIGSTOP and continues it later knows that this thread runs on
+    before any other of its process (a parent watchdog, say) can: the race a
+    stale worker would otherwise win by chance, it then always gets to run.
+    """
+
+    victim: str = ""
+    barrier_dir: str = ""
+    after_epochs: int = 1
+    hold_gil: bool = False
+
+    def train(
+        self, hparams: dict[str, Any], checkpoint: str, initial_epoch: int, epochs: int
+    ) -> list[float]:
+        barrier = Path(self.barrier_dir)
+        if Path(checkpoint).name != self.victim or list(barrier.glob("paused-*")):
+            return super().train(hparams, checkpoint, initial_epoch, epochs)
+        stop = min(initial_epoch + self.after_epochs, epochs - 1)
+        super().train(hparams, checkpoint, initial_epoch, stop)
+        path = Path(checkpoint + ".json")
+        held = json.loads(path.read_text())
+        state = {"epoch": stop + 1, "iterations": held["iterations"] + self.steps_per_epoch}
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temp.write_text(json.dumps(state))
+        marker, go = barrier / f"paused-{os.getpid()}", barrier / "go"
+        if self.hold_gil:
+            with _holding_the_gil(), mock.patch("os.replace", _rename):
+                _creat(marker)
+                while not _exists(go):
+                    pass
+                fence.commit(temp, path)  # what lets the GIL go first is the fence's lock
+        else:
+            marker.touch()
+            while not go.exists():
+                time.sleep(0.01)
+            fence.commit(temp, path)
+        return super().train(hparams, checkpoint, initial_epoch, epochs)
+
+
+_LIBC = ctypes.PyDLL(None, use_errno=True)  # its calls keep the GIL, unlike os.stat or open
+
+
+def _creat(path: Path) -> None:
+    _LIBC.close(_LIBC.creat(os.fsencode(path), 0o644))
+
+
+def _exists(path: Path) -> bool:
+    return _LIBC.access(os.fsencode(path), os.F_OK) == 0
+
+
+def _rename(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """``os.replace`` that keeps the GIL: no other thread can end the process mid-way."""
+    if _LIBC.rename(os.fsencode(source), os.fsencode(target)) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(source))
+
+
+@contextlib.contextmanager
+def _holding_the_gil() -> Iterator[None]:
+    """No other thread of this process runs until the block releases the GIL by itself.
+
+    A long switch interval keeps the others from asking for it; the block must only
+    call what keeps it (``_creat``, ``_exists``) until the call it means to go first.
+    """
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1000.0)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
+
+
+@dataclass(frozen=True)
+class HangingTrainable(SyntheticTrainable):
+    """A synthetic trainable that hangs for ever (``time.sleep(1e6)``) on one configuration.
+
+    Each hang leaves a file in ``tally_dir``, to count attempts across processes.
+    """
+
+    victim: str = ""
+    tally_dir: str = ""
+
+    def train(
+        self, hparams: dict[str, Any], checkpoint: str, initial_epoch: int, epochs: int
+    ) -> list[float]:
+        if Path(checkpoint).name == self.victim:
+            tally = Path(self.tally_dir)
+            (tally / f"hang-{len(list(tally.iterdir()))}-{os.getpid()}").touch()
+            time.sleep(1e6)
+        return super().train(hparams, checkpoint, initial_epoch, epochs)
+
+
+def paused_pid(barrier: Path, timeout: float = 120.0) -> int:
+    """The pid of the worker that a PausingTrainable paused, once it has paused."""
+    deadline = time.monotonic() + timeout
+    while not (found := list(barrier.glob("paused-*"))):
+        assert time.monotonic() < deadline, "the victim never paused"
+        time.sleep(0.02)
+    return int(found[0].name.split("-")[1])
+
+
 def tuner(repo: Path | str, records: Path | str | None = None, **kwargs: Any) -> ParallelHyperband:
     """A ParallelHyperband over ``space()`` with a synthetic trainable.
 
@@ -160,9 +289,24 @@ def kill_tree(pids: list[int]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """``python helpers.py REPO RECORDS SETTINGS_JSON``: one driver, as a user would run it."""
+    """``python helpers.py REPO RECORDS SETTINGS_JSON``: one driver, as a user would run it.
+
+    ``SETTINGS_JSON`` holds ``tuner``'s keyword arguments, R and eta, and optionally
+    ``pause``: the keyword arguments of a ``PausingTrainable`` to train with.
+    """
     repo, records, settings = argv[0], argv[1], json.loads(argv[2])
     run = {k: settings.pop(k) for k in ("R", "eta")}
+    pause = settings.pop("pause", None)
+    if pause is not None:
+        # Imported by name: a class of __main__ would be pickled by value, not by reference.
+        from helpers import PausingTrainable
+
+        settings["trainable"] = PausingTrainable(
+            curve=x_curve,
+            epoch_seconds=settings.pop("epoch_seconds", 0.0),
+            steps_per_epoch=STEPS,
+            **pause,
+        )
     tuner(repo, records, **settings).run(**run)
 
 

@@ -565,3 +565,73 @@ def test_status_of_a_repository_with_a_hostile_driver_json_says_unknown(
     (repo / "driver.json").write_text("[" * 60_000 + "]" * 60_000)
     assert main(["status", str(repo)]) == 0
     assert "driver not running" in capsys.readouterr().out
+
+
+# -- failures after training started -------------------------------------------------
+
+DISK_FULL_AT = (
+    "import errno, os\n"
+    "from phobbit import Hyperparameter\n"
+    "hparam_ranges = [Hyperparameter('x', 'uniform', (0, 1))]\n"
+    "class FillsTheDisk:\n"
+    "    def train(self, hparams, checkpoint, initial_epoch, epochs):\n"
+    "        if hparams['x'] > 0.5:\n"
+    "            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), checkpoint)\n"
+    "        return [hparams['x'] + 1 / e for e in range(initial_epoch + 1, epochs + 1)]\n"
+    "trainable = FillsTheDisk()\n"
+)
+
+
+def test_a_full_disk_after_training_started_exits_1_not_the_bad_input_code(
+    tmp_path: Path,
+) -> None:
+    model = tmp_path / "model.py"
+    model.write_text(DISK_FULL_AT)
+    result = phobbit("train", model, "--jobs", 1, "--R", 9, "--repo", tmp_path / "repo")
+    line = assert_one_line_error(result, code=1)
+    assert "no space left on the disk" in line and "run the same command again" in line
+
+
+INTERRUPTING = (
+    "from phobbit import Hyperparameter\n"
+    "hparam_ranges = [Hyperparameter('x', 'uniform', (0, 1))]\n"
+    "class Interrupting:\n"
+    "    def train(self, hparams, checkpoint, initial_epoch, epochs):\n"
+    "        if hparams['x'] > 0.5:\n"
+    "            raise KeyboardInterrupt('raised by user code')\n"
+    "        return [hparams['x'] + 1 / e for e in range(initial_epoch + 1, epochs + 1)]\n"
+    "trainable = Interrupting()\n"
+)
+
+
+def test_keyboard_interrupt_raised_in_user_code_fails_trials_and_the_run_finishes(
+    tmp_path: Path,
+) -> None:
+    model = tmp_path / "model.py"
+    model.write_text(INTERRUPTING)
+    repo = tmp_path / "repo"
+    result = phobbit("train", model, "--jobs", 2, "--R", 9, "--repo", repo)
+    assert result.returncode == 0, result.stderr
+    rows = list(Repository(repo).iter_results())
+    assert len({(r.run, r.id) for r in rows}) == 17  # every configuration got its row
+    failed = [r for r in rows if not r.ok]
+    assert failed and {r.error for r in failed} == {"KeyboardInterrupt: raised by user code"}
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90.0), ("90s", 90.0), ("15m", 900.0), ("2h", 7200.0), ("1.5h", 5400.0)],
+)
+def test_segment_timeout_takes_seconds_minutes_or_hours(text: str, seconds: float) -> None:
+    from phobbit.cli import _parser
+
+    args = _parser().parse_args(["train", "model.py", "--segment-timeout", text])
+    assert args.segment_timeout == seconds
+    assert _parser().parse_args(["train", "model.py"]).segment_timeout is None
+
+
+@pytest.mark.parametrize("text", ["0", "-5m", "5d", "soon"])
+def test_segment_timeout_that_is_no_duration_is_a_usage_error(text: str) -> None:
+    result = phobbit("train", SYNTHETIC, f"--segment-timeout={text}")
+    assert result.returncode == 2
+    assert "must be a duration > 0 such as 90s, 15m or 2h" in result.stderr

@@ -30,7 +30,7 @@ from helpers import (
 )
 from synthetic import overfitting_curve
 
-from phobbit import RepositoryError
+from phobbit import RepositoryError, StorageError
 from phobbit.progress import PlainReporter
 from phobbit.repository import LEGACY_HEADER, Repository, SegmentResult, encode_row
 from phobbit.results import results_frame
@@ -405,7 +405,7 @@ def test_a_bad_checkpoint_due_for_promotion_is_retrained_to_the_uninterrupted_ta
         tally_dir=str(tmp_path / "tally"),
         victim_rung_epochs=3,
     )
-    with pytest.raises(RepositoryError, match="no space left"):
+    with pytest.raises(StorageError, match="no space left"):
         tuner(repo, trainable=stopper, n_jobs=2).run(R=9, eta=3)
     checkpoint = repo / "models" / f"{victim}.json"
     assert json.loads(checkpoint.read_text())["epoch"] == 1

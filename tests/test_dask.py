@@ -72,3 +72,54 @@ def test_dask_workers_with_several_threads_are_refused(tmp_path: Path) -> None:
     ):
         with pytest.raises(InputError, match="one thread each"):
             DaskExecutor(client)
+
+
+def test_a_hung_segment_on_dask_is_cancelled_its_worker_restarted_and_it_fails(
+    client, tmp_path: Path
+) -> None:
+    from helpers import HangingTrainable, space
+
+    from phobbit.dask_executor import DaskExecutor
+
+    tally = tmp_path / "tally"
+    tally.mkdir()
+    hanging = HangingTrainable(curve=x_curve, victim="0-1-2", tally_dir=str(tally))
+    executor = DaskExecutor(client)
+    assert executor.supports_timeout  # its workers run under nannies
+    results = ParallelHyperband(
+        None,
+        space(),
+        tmp_path / "repo",
+        trainable=hanging,
+        executor=executor,
+        max_retries=0,
+        segment_timeout=12.0,  # a restarted worker comes back well within it
+        verbose=0,
+    ).run(R=9, eta=3)
+    assert len(list(tally.iterdir())) == 1
+    assert results.loc["1-2", "Error"].startswith("timed out after 12s once (segment_timeout)")
+    assert results.drop(index="1-2")["Status"].eq("ok").all()
+    assert len(results) == 17
+
+
+def test_segment_timeout_is_refused_on_dask_workers_without_a_nanny(tmp_path: Path) -> None:
+    from helpers import space
+
+    from phobbit.dask_executor import DaskExecutor
+
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        executor = DaskExecutor(client)
+        with pytest.raises(InputError, match="segment_timeout cannot be used with DaskExecutor"):
+            ParallelHyperband(
+                None,
+                space(),
+                tmp_path / "repo",
+                trainable=SyntheticTrainable(),
+                executor=executor,
+                segment_timeout=60,
+            )

@@ -11,6 +11,7 @@ from phobbit import Hyperparameter
 from phobbit.cli import best_table
 from phobbit.live import LineReporter, LiveReporter, RunTracker, estimate_left, render
 from phobbit.plan import Plan
+from phobbit.progress import PlainReporter
 from phobbit.repository import SegmentResult
 from phobbit.results import results_frame
 from phobbit.space import Space
@@ -188,3 +189,65 @@ def test_a_segment_retrained_from_a_bad_checkpoint_is_said_and_counted(space: Sp
     for out in (live.getvalue(), lines.getvalue()):
         assert f"retrained run 1 id 2 rung 0: {note}" in out
         assert "1 retrained from a bad checkpoint" in out
+
+
+def timed_result(segment: Segment, start: float, seconds: float) -> SegmentResult:
+    return segment.result(
+        val_loss=0.5,
+        last_val_loss=0.5,
+        status="ok",
+        error="",
+        gpu="0",
+        pid=1234,
+        start=start,
+        end=start + seconds,
+    )
+
+
+def test_a_segment_far_slower_than_its_peers_is_flagged_with_a_timeout_hint(space: Space) -> None:
+    clock = Clock()
+    plan = Plan(space, R=9, eta=3, workers=2)
+    tracker = RunTracker(slots=["0", "1"], clock=clock)
+    tracker.started(plan, resumed=0)
+    hung = plan.next_segment()  # one epoch
+    tracker.dispatched(hung)
+    for _ in range(3):  # peers that took 2 s per epoch
+        peer = plan.next_segment()
+        tracker.dispatched(peer)
+        epochs = peer.epochs - peer.start_epoch
+        plan.record(timed_result(peer, clock.now, 2.0 * epochs))
+        tracker.finished(timed_result(peer, clock.now, 2.0 * epochs))
+    clock.now += 50  # 25 times its peers' time, but under a minute: not yet
+    assert tracker.slow_running() == []
+    assert " slow" not in text_of(render(tracker))
+    clock.now += 20
+    assert [r.segment for r in tracker.slow_running()] == [hung]
+    shown = text_of(render(tracker))
+    assert "0:01:10 slow" in shown
+    assert f"run {hung.run} id {hung.id} rung {hung.rung} has run 70s" in shown
+    assert "--segment-timeout" in shown
+
+
+def test_plain_lines_flag_a_slow_segment_once(space: Space) -> None:
+    clock = Clock()
+    out = io.StringIO()
+    plan = Plan(space, R=9, eta=3, workers=2)
+    reporter = PlainReporter(out, verbose=1, clock=clock)
+    reporter.started(plan, resumed=0)
+    hung = plan.next_segment()
+    reporter.dispatched(hung)
+    for _ in range(2):
+        peer = plan.next_segment()
+        reporter.dispatched(peer)
+        reporter.finished(timed_result(peer, clock.now, 1.0))
+    clock.now += 600
+    reporter.check_slow()
+    assert "has run" not in out.getvalue(), "two peers are too few to judge"
+    peer = plan.next_segment()
+    reporter.dispatched(peer)
+    reporter.finished(timed_result(peer, clock.now, 1.0))  # the third peer: now it is slow
+    reporter.check_slow()
+    reporter.closed()
+    flagged = [line for line in out.getvalue().splitlines() if "has run" in line]
+    assert len(flagged) == 1 and flagged[0].startswith(f"run {hung.run} id {hung.id} rung 0")
+    assert "--segment-timeout" in flagged[0]

@@ -12,9 +12,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import run_settings
-from helpers import STEPS, DyingTrainable, bad_curve, exiting_curve, space, tuner, x_curve
+from helpers import (
+    STEPS,
+    DyingTrainable,
+    HangingTrainable,
+    bad_curve,
+    exiting_curve,
+    interrupting_curve,
+    space,
+    tuner,
+    x_curve,
+)
 
-from phobbit import RepositoryError
+from phobbit.errors import InputError, StorageError
 from phobbit.executor import LocalExecutor
 from phobbit.plan import Plan
 from phobbit.repository import Repository
@@ -180,7 +190,7 @@ def test_a_full_disk_stops_the_run_without_failing_the_trial_and_a_rerun_resumes
 ) -> None:
     repo = tmp_path / "repo"
     full = dying(tmp_path, victim="0-1-2", how="disk-full")
-    with pytest.raises(RepositoryError, match=r"no space left .* run the same command again"):
+    with pytest.raises(StorageError, match=r"no space left .* run the same command again"):
         tuner(repo, trainable=full, n_jobs=2).run(9, 3)
     assert all(row.ok for row in Repository(repo).iter_results()), "no trial was failed"
     results = tuner(repo, n_jobs=2).run(9, 3)
@@ -202,7 +212,7 @@ def test_a_row_the_disk_cannot_hold_stops_with_a_message_saying_so(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr("phobbit.repository.os.write", write)
-    with pytest.raises(RepositoryError, match=r"(is the disk full|No space left on device)"):
+    with pytest.raises(StorageError, match=r"(is the disk full|No space left on device)"):
         repository.append(result)
 
 
@@ -220,3 +230,59 @@ def test_a_worker_killed_while_idle_breaks_no_trial_and_the_pool_is_rebuilt(
     Scheduler(trainable, plan, repository, executor).run()
     assert plan.done and all(row.ok for row in repository.iter_results())
     assert len(repository.results()) == plan.total_segments()
+
+
+def test_keyboard_interrupt_or_another_base_exception_in_user_code_fails_its_trial_only(
+    tmp_path: Path,
+) -> None:
+    results = tuner(tmp_path / "repo", curve=interrupting_curve, n_jobs=2, seed=1).run(9, 3)
+    failed = results[results["Status"] == "failed"]
+    errors = set(failed["Error"])
+    assert any(e.startswith("KeyboardInterrupt: user code stopped on x=") for e in errors)
+    assert "UserStop: a BaseException of its own" in errors
+    assert (results["Status"] == "ok").any()
+    assert len(results) == 17  # every configuration of R=9, eta=3 got its row
+
+
+TIMEOUT_S = 8.0  # many times what a synthetic segment and a worker's start-up take
+
+
+def test_a_hung_segment_is_killed_at_its_timeout_retried_then_failed_and_the_run_finishes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tally = tmp_path / "tally"
+    tally.mkdir()
+    hanging = HangingTrainable(
+        curve=x_curve, steps_per_epoch=STEPS, victim="0-1-2", tally_dir=str(tally)
+    )
+    repo = tmp_path / "repo"
+    results = tuner(
+        repo, trainable=hanging, n_jobs=2, max_retries=1, segment_timeout=TIMEOUT_S, verbose=1
+    ).run(9, 3)
+    assert len(list(tally.iterdir())) == 2  # max_retries + 1 attempts
+    victim = results.loc["1-2"]
+    assert victim["Status"] == "failed" and pd.isna(victim["Val Loss"])
+    assert victim["Error"] == "timed out after 8s 2 times (segment_timeout); its worker was killed"
+    out = capsys.readouterr().out
+    assert "worker died running run 1 id 2 rung 0 (timed out after 8s" in out
+    assert "FAILED run 1 id 2 rung 0: timed out after 8s 2 times" in out
+    # Every other trial is what a run whose victim failed in user code gives.
+    others = results.drop(index="1-2")
+    assert others["Status"].eq("ok").all()
+    failing = dying(tmp_path / "ref", victim="0-1-2", how="raise")
+    reference = tuner(tmp_path / "ref" / "repo", trainable=failing, n_jobs=1).run(9, 3)
+    pd.testing.assert_frame_equal(
+        others[COLUMNS].sort_index(), reference.drop(index="1-2")[COLUMNS].sort_index()
+    )
+    # The failed row is final: running again trains nothing, and does not hang.
+    records = tmp_path / "records"
+    records.mkdir()
+    again = tuner(repo, records, n_jobs=2, segment_timeout=TIMEOUT_S).run(9, 3)
+    assert list(records.iterdir()) == []
+    pd.testing.assert_frame_equal(again, results)
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf"), "10", True])
+def test_a_segment_timeout_that_is_not_a_positive_number_is_refused(value: object) -> None:
+    with pytest.raises(InputError, match="segment_timeout must be"):
+        tuner("unused", segment_timeout=value)
