@@ -81,9 +81,10 @@ class ParallelHyperband:
             ``phobbit.dask_executor.DaskExecutor`` past one machine (``gpus``,
             ``jobs_per_gpu`` and ``n_jobs`` then go to it, not here).
         keep_best: how many of the best configurations keep the file of their best
-            epoch when it is not their last (default 10): while a run goes, every
-            configuration keeps one; when it ends, the others' are deleted and
-            ``phobbit best`` names no checkpoint for them.
+            epoch when it is not their last (default 10). The others' are deleted
+            as soon as they fall out of the best and are not training, so disk holds
+            at most ``keep_best`` of them plus those of configurations in flight;
+            ``phobbit best`` names no checkpoint for a configuration without one.
 
     Raises:
         InputError: (a ``ValueError``) for bad input, before anything is written.
@@ -248,6 +249,7 @@ class ParallelHyperband:
                 reporter,
                 segment_timeout=self.segment_timeout,
                 fence=fence,
+                keep_best=self.keep_best,
             ).run()
             self.repository.prune_best_checkpoints(self.keep_best)
         return self.results()

@@ -19,6 +19,7 @@ unreadable. Nothing here imports Keras.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import json
 import math
@@ -322,3 +323,55 @@ def prune_best(models: str | os.PathLike, keep: Mapping[str, float]) -> list[Pat
                 path.unlink(missing_ok=True)
                 removed.append(path)
     return removed
+
+
+Config = tuple[int, int, int]  # (iteration, run, id)
+
+
+class BestConfigurations:
+    """The ``keep`` best configurations by Val Loss so far, kept up to date as rows come in.
+
+    It tells the driver which configurations fall out of the best ``keep``, so
+    their best-epoch files can go while the run goes on: disk then holds at most
+    ``keep`` best-epoch files, plus those of configurations still training.
+    Ranked as the results table ranks: Val Loss, then iteration, run (highest
+    first), ID. A configuration's Val Loss only falls while it trains, so one
+    that falls out of the best comes back only with a better epoch, whose file
+    its worker writes anew; the exception is a configuration among the best
+    that fails later (its latest row has no Val Loss): the next best moves up,
+    and if its file was deleted, ``phobbit best`` names no checkpoint for it.
+
+    Args:
+        keep: how many configurations keep their best-epoch file.
+    """
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._ranks: list[tuple[float, int, int, int]] = []  # every rank key, best first
+        self._rank: dict[Config, tuple[float, int, int, int]] = {}
+
+    def kept(self) -> set[Config]:
+        """The configurations among the best ``keep`` now."""
+        return {(i, -negative_run, c) for _, i, negative_run, c in self._ranks[: self.keep]}
+
+    def offer(self, config: Config, val_loss: float | None) -> list[Config]:
+        """Records ``config``'s Val Loss (None: it failed) from its latest row.
+
+        Returns:
+            The configurations not among the best ``keep`` after this row that
+            were before it, and ``config`` itself when it is not.
+        """
+        before = self.kept()
+        old = self._rank.pop(config, None)
+        if old is not None:
+            self._ranks.pop(bisect.bisect_left(self._ranks, old))
+        if val_loss is not None and math.isfinite(val_loss):
+            iteration, run, config_id = config
+            rank = (val_loss, iteration, -run, config_id)
+            bisect.insort(self._ranks, rank)
+            self._rank[config] = rank
+        after = self.kept()
+        dropped = before - after
+        if config not in after:
+            dropped.add(config)
+        return sorted(dropped)

@@ -22,7 +22,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -687,6 +687,26 @@ class Repository:
         :meth:`prune_best_checkpoints`); it never names another epoch's file.
         """
         return checkpoints.find_scoring(self.checkpoint(iteration, run, config_id), val_loss)
+
+    def drop_best_checkpoint(
+        self, iteration: int, run: int, config_id: int, fence: str | None = None
+    ) -> None:
+        """Deletes a configuration's best-epoch file, if it has one; the driver's call.
+
+        Under ``fence`` (this driver's token), so that a driver that was replaced
+        deletes nothing of the run that took over.
+
+        Raises:
+            StaleDriverError: when ``fence`` is no longer the repository's token.
+        """
+        stem = self.checkpoint(iteration, run, config_id)
+        paths = [Path(checkpoints.best_path(stem, suffix)) for suffix in checkpoints.SUFFIXES]
+        present = [path for path in paths if path.exists()]
+        if not present:
+            return
+        with self.fenced(fence) if fence is not None else nullcontext():
+            for path in present:
+                path.unlink(missing_ok=True)
 
     def prune_best_checkpoints(self, keep: int) -> list[Path]:
         """Deletes the best-epoch files of all but the ``keep`` best configurations.

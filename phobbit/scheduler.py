@@ -36,6 +36,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Protocol
 
+from phobbit.checkpoints import BestConfigurations
 from phobbit.errors import FatalError, FencedOutError
 from phobbit.fence import StaleDriverError
 from phobbit.plan import Plan
@@ -146,6 +147,9 @@ class Scheduler:
         fence: the fencing token this driver holds the repository with
             (``Repository.driver_lock``); None when nothing else can take over
             (tests that drive a scheduler alone).
+        keep_best: while the run goes on, delete the best-epoch files of
+            configurations that are not among the best ``keep_best`` and not
+            training now; None keeps them all.
     """
 
     def __init__(
@@ -158,6 +162,7 @@ class Scheduler:
         reporter: Reporter | None = None,
         segment_timeout: float | None = None,
         fence: str | None = None,
+        keep_best: int | None = None,
     ) -> None:
         self.trainable = trainable
         self.plan = plan
@@ -171,6 +176,7 @@ class Scheduler:
         self._since: dict[Future, float] = {}  # when each future was handed to a worker
         self._crashes: Counter[tuple[int, int, int, int]] = Counter()
         self._suspects: set[tuple[int, int, int, int]] = set()
+        self._best = None if keep_best is None else BestConfigurations(keep_best)
 
     def run(self) -> None:
         """Runs until every bracket has finished; Ctrl-C kills the workers and re-raises."""
@@ -335,7 +341,25 @@ class Scheduler:
     def _record(self, result: SegmentResult) -> None:
         self._suspects.discard(result.key)
         self.plan.record(result)
+        self._prune_best(result)
         self.reporter.finished(result)
+
+    def _prune_best(self, result: SegmentResult) -> None:
+        """Deletes the best-epoch files of configurations this result pushed out of the best.
+
+        A configuration training now keeps its file: its worker may be writing it.
+        Should it stay out of the best, its next result drops it.
+        """
+        if self._best is None:
+            return
+        config = (result.iteration, result.run, result.id)
+        training = {(s.iteration, s.run, s.id) for s in self._in_flight.values()}
+        for dropped in self._best.offer(config, result.val_loss if result.ok else None):
+            if dropped not in training:
+                try:
+                    self.repository.drop_best_checkpoint(*dropped, fence=self.fence)
+                except StaleDriverError:
+                    raise self._fenced_out() from None
 
     def _crashed(self, segment: Segment, cause: str, timed_out: bool = False) -> None:
         self._crashes[segment.key] += 1

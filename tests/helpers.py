@@ -312,3 +312,22 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+
+
+@dataclass(frozen=True)
+class BestFileCounter(SyntheticTrainable):
+    """Writes, as each segment starts, how many best-epoch files its repository holds.
+
+    Args:
+        count_dir: where each segment writes one file holding that count.
+    """
+
+    count_dir: str = ""
+
+    def train(
+        self, hparams: dict[str, Any], checkpoint: str, initial_epoch: int, epochs: int
+    ) -> list[float]:
+        count = len(list(Path(checkpoint).parent.glob("*.best.json")))
+        name = f"{os.getpid()}-{time.monotonic_ns()}.count"
+        Path(self.count_dir, name).write_text(str(count))
+        return super().train(hparams, checkpoint, initial_epoch, epochs)

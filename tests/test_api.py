@@ -219,3 +219,26 @@ def test_the_best_keep_a_file_of_their_best_epoch_and_no_other_file_is_named(
     assert len(named) < len(results), "some best epoch was pruned, so the test can fail"
     with pytest.raises(InputError, match="keep_best must be an integer >= 0"):
         tune(hparams, repo, keep_best=-1)
+
+
+@pytest.mark.parametrize("keep_best", [0, 2])
+def test_best_epoch_files_stay_within_keep_best_plus_workers_while_the_run_goes(
+    hparams, tmp_path: Path, keep_best: int
+) -> None:
+    from helpers import BestFileCounter
+
+    def most_best_files(repo: Path, keep: int) -> int:
+        counts = tmp_path / f"counts-{repo.name}"
+        counts.mkdir()
+        trainable = BestFileCounter(
+            curve=overfitting_curve, steps_per_epoch=STEPS, count_dir=str(counts)
+        )
+        ParallelHyperband(
+            None, hparams, repo, trainable=trainable, n_jobs=2, keep_best=keep, verbose=0
+        ).run(R=27, eta=3)
+        return max(int(p.read_text()) for p in counts.iterdir())
+
+    # Kept until the end, the files would pile up: the bound below can fail.
+    assert most_best_files(tmp_path / "all", 1000) > keep_best + 2
+    # At most keep_best configurations, plus the two training (or just back), have one.
+    assert most_best_files(tmp_path / "pruned", keep_best) <= keep_best + 2

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phobbit.checkpoints import (
+    BestConfigurations,
     BestEpoch,
     CheckpointFile,
     Progress,
@@ -183,3 +184,25 @@ def test_prune_keeps_the_best_epoch_files_of_the_configurations_kept(tmp_path: P
         "0-2-0.json",
         "0-2-1.json",
     ]
+
+
+@settings(max_examples=200)
+@given(
+    keep=st.integers(0, 4),
+    rows=st.lists(
+        st.tuples(st.integers(0, 6), st.one_of(st.none(), st.floats(0, 1, allow_nan=False))),
+        max_size=40,
+    ),
+)
+def test_the_best_configurations_are_the_best_keep_of_the_latest_rows(keep, rows) -> None:
+    best = BestConfigurations(keep)
+    latest: dict[tuple[int, int, int], float | None] = {}
+    for config_id, loss in rows:
+        config = (0, 2, config_id)
+        before = best.kept()
+        latest[config] = loss
+        dropped = best.offer(config, loss)
+        ranked = sorted((v, i, -s, c) for (i, s, c), v in latest.items() if v is not None)
+        top = {(i, -s, c) for _, i, s, c in ranked[:keep]}
+        assert best.kept() == top
+        assert set(dropped) == (before | {config}) - top
