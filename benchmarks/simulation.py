@@ -18,11 +18,10 @@ from typing import Any
 
 from phobbit import reducer
 from phobbit.plan import Plan
-from phobbit.repository import SegmentResult, config_name
+from phobbit.records import Segment, SegmentResult, Status, config_name
 from phobbit.schedule import brackets
 from phobbit.space import Hyperparameter, Space
 from phobbit.trainable import default_curve, hparams_unit
-from phobbit.worker import Segment
 
 SPACE = [
     Hyperparameter("x", "uniform", (0.0, 1.0)),
@@ -52,7 +51,7 @@ def result_of(segment: Segment, start: float = 0.0, end: float = 0.0) -> Segment
     return segment.result(
         val_loss=best,
         last_val_loss=losses[-1],
-        status="ok",
+        status=Status.OK,
         error="",
         start=start,
         end=end,

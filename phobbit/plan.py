@@ -21,17 +21,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from phobbit import reducer
-from phobbit.repository import SegmentResult, config_name
+from phobbit.records import RungKey, Segment, SegmentKey, SegmentResult, config_name
 from phobbit.schedule import Bracket, brackets
 from phobbit.space import Space
-from phobbit.worker import Segment
 
 
 @dataclass
@@ -68,10 +66,6 @@ class _BracketState:
         if rung == 0 or self.closed(rung - 1):
             return running
         return running + self.k(rung - 1) - len(self.promoted[rung - 1])
-
-
-RungKey = tuple[int, int, int]  # (iteration, run, rung)
-SegmentKey = tuple[int, int, int, int]  # (iteration, run, id, rung)
 
 
 def _rung_key(segment: Segment) -> RungKey:
@@ -144,7 +138,9 @@ class Plan:
         seed: configuration (iteration, run, id) is drawn from (seed, iteration, run, id).
         iterations: how many Hyperband iterations, each with its own configurations.
         workers: how many segments run at once; it shapes the dispatch order only.
-        checkpoint_dir: the folder that checkpoint path stems point into.
+        checkpoint_of: (iteration, run, id) -> the checkpoint path stem a segment
+            carries (the repository knows where checkpoints live); by default the
+            bare ``config_name``.
 
     Example:
         >>> plan = Plan(space, R=9, eta=3, seed=0)
@@ -160,11 +156,11 @@ class Plan:
         seed: int = 0,
         iterations: int = 1,
         workers: int = 1,
-        checkpoint_dir: str = "models",
+        checkpoint_of: Callable[[int, int, int], str] = config_name,
     ) -> None:
         self.schedule = brackets(R, eta)
         self.R, self.eta, self.seed, self.workers = R, eta, seed, max(1, workers)
-        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_of = checkpoint_of
         self._brackets: dict[tuple[int, int], _BracketState] = {}
         self._ready: dict[SegmentKey, Segment] = {}
         self._outstanding: set[SegmentKey] = set()
@@ -196,7 +192,6 @@ class Plan:
         self, state: _BracketState, config_id: int, rung: int, prior_best: float | None
     ) -> None:
         rungs = state.bracket.rungs
-        stem = config_name(state.iteration, state.bracket.run, config_id)
         segment = Segment(
             iteration=state.iteration,
             run=state.bracket.run,
@@ -205,7 +200,7 @@ class Plan:
             hparams=state.hparams[config_id],
             start_epoch=rungs[rung - 1].epochs if rung > 0 else 0,
             epochs=rungs[rung].epochs,
-            checkpoint=os.path.join(self.checkpoint_dir, stem),
+            checkpoint=self.checkpoint_of(state.iteration, state.bracket.run, config_id),
             prior_best=prior_best,
         )
         self._make_ready(segment)
