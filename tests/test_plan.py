@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phobbit import Hyperparameter, reducer
-from phobbit.plan import Plan, latest_starts
+from phobbit.dispatch import latest_starts
+from phobbit.plan import Plan
 from phobbit.records import Segment, SegmentResult
 from phobbit.schedule import brackets
 from phobbit.space import Space
