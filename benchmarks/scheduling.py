@@ -51,8 +51,8 @@ from simulation import (  # noqa: E402
 from phobbit import ParallelHyperband  # noqa: E402
 from phobbit.executor import LocalExecutor  # noqa: E402
 from phobbit.plan import Plan  # noqa: E402
-from phobbit.records import RunSettings  # noqa: E402
-from phobbit.repository import Repository, SegmentResult  # noqa: E402
+from phobbit.records import RunSettings, SegmentResult  # noqa: E402
+from phobbit.repository import Repository  # noqa: E402
 from phobbit.scheduler import Scheduler  # noqa: E402
 from phobbit.space import Space  # noqa: E402
 from phobbit.trainable import SyntheticTrainable  # noqa: E402
@@ -137,7 +137,7 @@ def run_phobbit(
             seed,
             iterations,
             workers=executor.capacity,
-            checkpoint_dir=str(repository.models),
+            checkpoint_of=repository.checkpoint_stem,
         )
         Scheduler(trainable, plan, repository, executor).run()
         seconds = time.perf_counter() - start

@@ -3,7 +3,7 @@
 Segments take exactly the time ``SyntheticTrainable`` would sleep (the same
 jitter, drawn from the configuration and epoch), so the simulated makespans
 match what a real run would give on a machine without overhead. It is how the
-dispatch policy of ``phobbit.plan`` was chosen: every policy is run on the same
+dispatch policy of ``phobbit.dispatch`` was chosen: every policy is run on the same
 plan, the same durations and the same losses.
 """
 
@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from phobbit import reducer
+from phobbit.dispatch import DispatchPolicy
+from phobbit.hyperband import SynchronousHyperband
 from phobbit.plan import Plan
-from phobbit.repository import SegmentResult, config_name
+from phobbit.records import Segment, SegmentKey, SegmentResult, Status, config_name
 from phobbit.schedule import brackets
 from phobbit.space import Hyperparameter, Space
 from phobbit.trainable import default_curve, hparams_unit
-from phobbit.worker import Segment
 
 SPACE = [
     Hyperparameter("x", "uniform", (0.0, 1.0)),
@@ -52,7 +53,7 @@ def result_of(segment: Segment, start: float = 0.0, end: float = 0.0) -> Segment
     return segment.result(
         val_loss=best,
         last_val_loss=losses[-1],
-        status="ok",
+        status=Status.OK,
         error="",
         start=start,
         end=end,
@@ -246,16 +247,18 @@ def simulate_naive(
 
 # -- other dispatch rules, for comparison -------------------------------------------------------
 
-Rule = Callable[[Plan, Segment], tuple]
+Rule = Callable[["GreedyPolicy", Segment], tuple]
 
 
-def _bracket_span(plan: Plan, segment: Segment, from_rung: int) -> int:
+def _bracket_span(policy: GreedyPolicy, segment: Segment, from_rung: int) -> int:
     """Epochs the bracket still needs from ``from_rung`` on if it had every worker."""
-    state = plan._brackets[(segment.iteration, segment.run)]
+    machine = policy.machine
+    bracket = machine.bracket(segment.iteration, segment.run)
     span = 0
-    for rung in state.bracket.rungs[from_rung:]:
-        left = max(rung.n - len(state.finished[rung.index]), 0)
-        span += -(-left // plan.workers) * state.bracket.segment_epochs(rung.index)
+    for rung in bracket.rungs[from_rung:]:
+        finished = machine.finished_in((segment.iteration, segment.run, rung.index))
+        left = max(rung.n - finished, 0)
+        span += -(-left // policy.workers) * bracket.segment_epochs(rung.index)
     return span
 
 
@@ -266,7 +269,7 @@ def _length(segment: Segment) -> int:
 RULES: dict[str, Rule] = {
     # phobbit's first guess: the longest chain of epochs ahead, then the bracket's span.
     "chain, then span": lambda p, s: (
-        p.R - s.start_epoch,
+        p.machine.R - s.start_epoch,
         _bracket_span(p, s, s.rung),
         _length(s),
         -s.iteration,
@@ -278,28 +281,47 @@ RULES: dict[str, Rule] = {
 }
 
 
-class GreedyPlan(Plan):
-    """A ``Plan`` that hands out the ready segment a greedy ``rule`` scores highest.
+class GreedyPolicy(DispatchPolicy):
+    """Hands out the ready segment a greedy ``rule`` scores highest (the first one on ties).
 
     For comparing dispatch rules only: it scores every ready segment on every
-    call, and it keeps ``Plan``'s private bookkeeping in step by hand.
+    ``pop``, O(n) where ``LatestStartPolicy`` takes O(log n).
+
+    Args:
+        rule: (this policy, a ready segment) -> its score, highest first.
+        machine: the plan's state machine, which rules may read (rungs finished).
+        workers: how many segments run at once.
     """
 
-    def __init__(self, rule: Rule, *args: Any, **kwargs: Any) -> None:
-        self.rule = rule
-        super().__init__(*args, **kwargs)
+    def __init__(self, rule: Rule, machine: SynchronousHyperband, workers: int) -> None:
+        self.rule, self.machine, self.workers = rule, machine, max(1, workers)
+        self._ready: dict[SegmentKey, Segment] = {}
 
-    def next_segment(self) -> Segment | None:
+    def push(self, segment: Segment) -> None:
+        self._ready[segment.key] = segment
+
+    def pop(self) -> Segment | None:
         if not self._ready:
             return None
         key = max(self._ready, key=lambda k: self.rule(self, self._ready[k]))
-        segment = self._ready.pop(key)
-        group = (segment.iteration, segment.run, segment.rung)
-        self._outstanding.add(key)
-        self._ready_count[group] -= 1
-        self._started[group] += 1
-        self._requeue(group)
-        return segment
+        return self._ready.pop(key)
+
+    def give_back(self, segment: Segment) -> None:
+        self.push(segment)
+
+    def discard(self, key: SegmentKey) -> None:
+        self._ready.pop(key, None)
+
+    def ready(self) -> list[Segment]:
+        return list(self._ready.values())
+
+    def priority(self, segment: Segment) -> tuple:
+        return self.rule(self, segment)
+
+
+def greedy_plan(rule: Rule, space: Space, R: int, eta: int, seed: int, k: int, w: int) -> Plan:
+    """A ``Plan`` whose dispatch policy is the greedy ``rule``."""
+    return Plan(space, R, eta, seed, k, w, policy=lambda machine: GreedyPolicy(rule, machine, w))
 
 
 CASES = [(81, 3, w, k) for k in (1, 2) for w in (2, 4, 8, 16)] + [
@@ -329,7 +351,7 @@ def compare_rules(jitter: float = 0.3) -> str:
             if name == "naive":
                 outcome = simulate_naive(R, eta, workers, duration, 0, k)
             else:
-                plan = Plan(*args) if rule is None else GreedyPlan(rule, *args)
+                plan = Plan(*args) if rule is None else greedy_plan(rule, *args)
                 outcome = simulate_plan(plan, workers, duration)
             values.append(bound / outcome.makespan)
         cells = " | ".join(f"{v:.3f}" for v in values)

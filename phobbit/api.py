@@ -215,7 +215,7 @@ class ParallelHyperband:
             self.seed,
             iterations,
             workers=self.executor.capacity,
-            checkpoint_dir=str(self.repository.models),
+            checkpoint_of=self.repository.checkpoint_stem,
         )
         reporter = self.reporter or PlainReporter(verbose=self.verbose)
         made = self.repository.fresh()

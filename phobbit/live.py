@@ -34,9 +34,9 @@ from phobbit.progress import (
     retry_line,
     slow_line,
 )
-from phobbit.repository import SegmentResult
+from phobbit.records import Segment, SegmentResult
 from phobbit.schedule import Bracket, format_schedule
-from phobbit.worker import HIDDEN, Segment
+from phobbit.worker import HIDDEN
 
 UNKNOWN = "?"
 

@@ -10,9 +10,8 @@ from collections.abc import Callable
 from typing import TextIO
 
 from phobbit.plan import Plan
-from phobbit.repository import SegmentResult
+from phobbit.records import Segment, SegmentResult
 from phobbit.schedule import format_schedule
-from phobbit.worker import Segment
 
 
 def format_hparams(hparams: dict) -> str:

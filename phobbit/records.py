@@ -1,20 +1,160 @@
 """Plain value objects that cross module boundaries: no I/O, no processes, no frameworks.
 
-For now it holds ``RunSettings``, what ``run.json`` records: the settings that
+A ``Segment`` is one unit of work (a configuration trained through one rung),
+a ``SegmentResult`` what training it gave (one row of ``results.csv``), a
+``Status`` whether it succeeded; the key types name a segment, a rung and a
+configuration. ``RunSettings`` is what ``run.json`` records: the settings that
 make a run's rows mean what they mean, validated as one typed object whether
-they come from the caller or from a file.
+they come from the caller or from a file. Everything here pickles, compares and
+hashes by its fields.
 """
 
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass, fields
+import re
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from phobbit.errors import InputError, RepositoryError
 from phobbit.schedule import brackets, validate
 from phobbit.space import Space
+
+SegmentKey = tuple[int, int, int, int]
+"""(iteration, bracket s, configuration id, rung): what identifies a segment."""
+RungKey = tuple[int, int, int]
+"""(iteration, bracket s, rung): what identifies a rung of one iteration's bracket."""
+ConfigKey = tuple[int, int, int]
+"""(iteration, bracket s, configuration id): what identifies a configuration."""
+
+
+class Status(StrEnum):
+    """How a segment ended; a ``str``, so rows and tables read ``ok`` and ``failed``."""
+
+    OK = "ok"
+    FAILED = "failed"
+
+
+def config_name(iteration: int, run: int, config_id: int) -> str:
+    """The file-name stem of a configuration's checkpoint: ``<iteration>-<s>-<id>``."""
+    return f"{iteration}-{run}-{config_id}"
+
+
+# Failed rows that older versions wrote for a checkpoint they could not use: no fault of
+# the trial, so not final; the segment is trained again (phobbit now retrains such a
+# checkpoint itself, and never fails the trial for it).
+_CHECKPOINT_FAILURE = re.compile(
+    r"^RuntimeError: checkpoint .* (is unreadable \(|is missing; expected epoch "
+    r"|holds \d+ val losses for |holds epoch \d+, (expected|beyond) )"
+)
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """One finished segment: a configuration trained from ``start_epoch`` to ``epochs``.
+
+    ``val_loss`` is the lowest validation loss the configuration has seen so far
+    (the reducer's ranking value); ``status`` is a ``Status`` (a string given
+    for it is converted), and ``error`` says why in one line when it failed.
+    ``note`` says why the segment retrained epochs (its checkpoint was missing or
+    unreadable), or is empty. ``run`` is the bracket's s (Hobbit's ``Run``).
+
+    Raises:
+        ValueError: for a ``status`` that is no ``Status``.
+    """
+
+    iteration: int
+    run: int
+    id: int
+    rung: int
+    start_epoch: int
+    epochs: int
+    val_loss: float | None
+    last_val_loss: float | None
+    status: Status
+    error: str
+    hparams: dict[str, Any] = field(hash=False)
+    gpu: str = ""
+    pid: int = 0
+    host: str = ""
+    start: float = 0.0
+    end: float = 0.0
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", Status(self.status))
+
+    @property
+    def key(self) -> SegmentKey:
+        """(iteration, run, id, rung): what identifies a segment."""
+        return (self.iteration, self.run, self.id, self.rung)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the segment trained without failing."""
+        return self.status is Status.OK
+
+    @property
+    def final(self) -> bool:
+        """False for a failed row whose cause lay outside user code: it is trained again."""
+        return self.ok or not _CHECKPOINT_FAILURE.match(self.error)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One unit of work: train configuration ``id`` of bracket ``run`` through ``rung``.
+
+    It is plain data, so it pickles cheaply and can be logged. It hashes by its
+    identity and epochs (not by ``hparams``, a dict), so it can be a dict key or
+    a set member; equal segments have equal hparams too.
+
+    Attributes:
+        iteration: the Hyperband iteration.
+        run: the bracket's s (Hobbit's ``Run``).
+        id: the configuration's index in its bracket.
+        rung: the rung this segment trains the configuration through.
+        hparams: the configuration.
+        start_epoch: epochs already trained (resumed from ``checkpoint``).
+        epochs: the total epochs the configuration has trained when it ends.
+        checkpoint: the path stem of the configuration's checkpoint.
+        prior_best: the lowest val loss of the configuration's earlier rungs.
+    """
+
+    iteration: int
+    run: int
+    id: int
+    rung: int
+    hparams: dict[str, Any] = field(hash=False)
+    start_epoch: int
+    epochs: int
+    checkpoint: str
+    prior_best: float | None = None
+
+    @property
+    def key(self) -> SegmentKey:
+        """(iteration, run, id, rung): what identifies a segment."""
+        return (self.iteration, self.run, self.id, self.rung)
+
+    @property
+    def rung_key(self) -> RungKey:
+        """(iteration, run, rung): the rung this segment belongs to."""
+        return (self.iteration, self.run, self.rung)
+
+    def result(self, **outcome: Any) -> SegmentResult:
+        """The row of this segment with ``outcome`` (val_loss, status, error, gpu, ...)."""
+        return SegmentResult(
+            iteration=self.iteration,
+            run=self.run,
+            id=self.id,
+            rung=self.rung,
+            start_epoch=self.start_epoch,
+            epochs=self.epochs,
+            hparams=self.hparams,
+            **outcome,
+        )
+
 
 MAX_SEGMENTS = 1_000_000
 """The most segments a run may plan: a plan holds every configuration, so more would

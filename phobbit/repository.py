@@ -23,7 +23,7 @@ import uuid
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -32,7 +32,7 @@ from filelock import FileLock, Timeout
 from phobbit import checkpoints
 from phobbit.errors import FatalError, InputError, RepositoryError, StorageError
 from phobbit.fence import StaleDriverError
-from phobbit.records import RunSettings
+from phobbit.records import RunSettings, SegmentKey, SegmentResult, config_name
 from phobbit.space import MAX_NESTING
 
 COLUMNS = (
@@ -56,13 +56,6 @@ COLUMNS = (
 )
 HEADER = ",".join(COLUMNS) + ",crc\n"
 LEGACY_HEADER = ",".join(COLUMNS[:-1]) + ",crc\n"  # a results.csv begun before "note"
-# Failed rows that older versions wrote for a checkpoint they could not use: no fault of
-# the trial, so not final; the segment is trained again (phobbit now retrains such a
-# checkpoint itself, and never fails the trial for it).
-_CHECKPOINT_FAILURE = re.compile(
-    r"^RuntimeError: checkpoint .* (is unreadable \(|is missing; expected epoch "
-    r"|holds \d+ val losses for |holds epoch \d+, (expected|beyond) )"
-)
 RESULTS = "results.csv"
 RUN_FILE = "run.json"
 DRIVER_FILE = "driver.json"
@@ -75,54 +68,6 @@ DRIVER_LOCK_WAIT_S = 0.5
 # DRIVER_FRESH_S is taken for gone where its pid cannot be checked (another host).
 HEARTBEAT_S = 10.0
 DRIVER_FRESH_S = 60.0
-
-
-@dataclass(frozen=True)
-class SegmentResult:
-    """One finished segment: a configuration trained from ``start_epoch`` to ``epochs``.
-
-    ``val_loss`` is the lowest validation loss the configuration has seen so far
-    (the reducer's ranking value); ``status`` is ``ok`` or ``failed``, and
-    ``error`` says why in one line when it failed. ``note`` says why the segment
-    retrained epochs (its checkpoint was missing or unreadable), or is empty.
-    """
-
-    iteration: int
-    run: int
-    id: int
-    rung: int
-    start_epoch: int
-    epochs: int
-    val_loss: float | None
-    last_val_loss: float | None
-    status: str
-    error: str
-    hparams: dict[str, Any] = field(hash=False)
-    gpu: str = ""
-    pid: int = 0
-    host: str = ""
-    start: float = 0.0
-    end: float = 0.0
-    note: str = ""
-
-    @property
-    def key(self) -> tuple[int, int, int, int]:
-        """(iteration, run, id, rung): what identifies a segment."""
-        return (self.iteration, self.run, self.id, self.rung)
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
-    @property
-    def final(self) -> bool:
-        """False for a failed row whose cause lay outside user code: it is trained again."""
-        return self.ok or not _CHECKPOINT_FAILURE.match(self.error)
-
-
-def config_name(iteration: int, run: int, config_id: int) -> str:
-    """The file-name stem of a configuration's checkpoint."""
-    return f"{iteration}-{run}-{config_id}"
 
 
 def _float_text(value: float | None) -> str:
@@ -139,6 +84,7 @@ def encode_row(result: SegmentResult) -> str:
     values["val_loss"] = _float_text(result.val_loss)
     values["last_val_loss"] = _float_text(result.last_val_loss)
     values["hparams"] = json.dumps(result.hparams, sort_keys=True)
+    values["status"] = result.status.value
     values["error"] = " ".join(str(result.error).split())  # one line, always
     values["note"] = " ".join(str(result.note).split())
     buffer = io.StringIO()
@@ -661,13 +607,13 @@ class Repository:
             except OSError as exc:
                 raise RepositoryError(f"cannot read {self.results_path}: {exc.strerror}") from None
 
-    def results(self) -> dict[tuple[int, int, int, int], SegmentResult]:
+    def results(self) -> dict[SegmentKey, SegmentResult]:
         """The first intact final row of every segment, by (iteration, run, id, rung).
 
         A failed row that is not final (see ``SegmentResult.final``) is skipped,
         so its segment is trained again.
         """
-        found: dict[tuple[int, int, int, int], SegmentResult] = {}
+        found: dict[SegmentKey, SegmentResult] = {}
         for result in self.iter_results():
             if result.final:
                 found.setdefault(result.key, result)
@@ -676,6 +622,10 @@ class Repository:
     def checkpoint(self, iteration: int, run: int, config_id: int) -> Path:
         """Where the configuration's checkpoint lives (the trainable picks the suffix)."""
         return self.models / config_name(iteration, run, config_id)
+
+    def checkpoint_stem(self, iteration: int, run: int, config_id: int) -> str:
+        """:meth:`checkpoint` as the path stem a ``Segment`` carries to its trainable."""
+        return str(self.checkpoint(iteration, run, config_id))
 
     def scoring_checkpoint(
         self, iteration: int, run: int, config_id: int, val_loss: float

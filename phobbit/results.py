@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from phobbit.repository import SegmentResult
+from phobbit.records import SegmentResult, Status
 
 COLUMNS = [
     "Hparams",
@@ -60,7 +60,7 @@ def results_frame(rows: Iterable[SegmentResult]) -> pd.DataFrame:
                 "Val Loss": np.nan if row.val_loss is None else row.val_loss,
                 "Epochs": row.epochs,
                 "Rung": row.rung,
-                "Status": row.status,
+                "Status": row.status.value,
                 "Error": row.error,
                 "Iteration": iteration,
                 "GPU": row.gpu,
@@ -78,7 +78,7 @@ def results_frame(rows: Iterable[SegmentResult]) -> pd.DataFrame:
             -frame["Run"],
             frame["Iteration"],
             frame["Val Loss"].fillna(np.inf),
-            frame["Status"] != "ok",
+            frame["Status"] != Status.OK,
         )
     )
     return frame.iloc[order]

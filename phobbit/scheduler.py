@@ -40,9 +40,10 @@ from phobbit.checkpoints import BestConfigurations
 from phobbit.errors import FatalError, FencedOutError
 from phobbit.fence import StaleDriverError
 from phobbit.plan import Plan
-from phobbit.repository import Repository, SegmentResult, this_host
+from phobbit.records import Segment, SegmentKey, SegmentResult, Status
+from phobbit.repository import Repository, this_host
 from phobbit.trainable import Trainable
-from phobbit.worker import Segment, WorkerNotPinnedError, one_line, run_segment
+from phobbit.worker import WorkerNotPinnedError, one_line, run_segment
 
 
 class Executor(Protocol):
@@ -174,8 +175,8 @@ class Scheduler:
         self.fence = fence
         self._in_flight: dict[Future, Segment] = {}
         self._since: dict[Future, float] = {}  # when each future was handed to a worker
-        self._crashes: Counter[tuple[int, int, int, int]] = Counter()
-        self._suspects: set[tuple[int, int, int, int]] = set()
+        self._crashes: Counter[SegmentKey] = Counter()
+        self._suspects: set[SegmentKey] = set()
         self._best = None if keep_best is None else BestConfigurations(keep_best)
 
     def run(self) -> None:
@@ -201,7 +202,7 @@ class Scheduler:
             self.reporter.closed()
         self.executor.shutdown()
 
-    def _dispatch(self, done_before: dict[tuple[int, int, int, int], SegmentResult]) -> None:
+    def _dispatch(self, done_before: dict[SegmentKey, SegmentResult]) -> None:
         held_back: list[Segment] = []
         suspect_in_flight = any(seg.key in self._suspects for seg in self._in_flight.values())
         while len(self._in_flight) < self.executor.capacity:
@@ -329,9 +330,7 @@ class Scheduler:
                 self.plan.give_back(segment)  # an innocent until proven otherwise: no charge
                 self.reporter.retrying(segment, UNKNOWN_CULPRIT, 0)
 
-    def _record_if_done(
-        self, done: dict[tuple[int, int, int, int], SegmentResult], segment: Segment
-    ) -> bool:
+    def _record_if_done(self, done: dict[SegmentKey, SegmentResult], segment: Segment) -> bool:
         """Records a lost segment whose worker wrote its row before the pool broke."""
         row = done.get(segment.key)
         if row is not None:
@@ -385,7 +384,7 @@ class Scheduler:
         result = segment.result(
             val_loss=None,
             last_val_loss=None,
-            status="failed",
+            status=Status.FAILED,
             error=error,
             gpu="",
             pid=0,

@@ -24,14 +24,14 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from phobbit import fence, reducer
 from phobbit.errors import FatalError, StorageError
 from phobbit.fence import StaleDriverError
-from phobbit.repository import Repository, SegmentResult, this_host
+from phobbit.records import Segment, SegmentResult, Status
+from phobbit.repository import Repository, this_host
 from phobbit.trainable import Trainable, note_of
 
 HIDDEN = "-1"  # the CUDA_VISIBLE_DEVICES of a CPU worker: no GPU at all
@@ -43,41 +43,6 @@ STALE_EXIT = 75  # the exit code of a pool worker whose driver is gone or was re
 
 # The worker's one piece of global state, set once by ``pin``: its slot.
 _PINNED: dict[str, Any] = {}
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One unit of work: train configuration ``id`` of bracket ``run`` through ``rung``.
-
-    It is plain data, so it pickles cheaply and can be logged.
-    """
-
-    iteration: int
-    run: int
-    id: int
-    rung: int
-    hparams: dict[str, Any]
-    start_epoch: int
-    epochs: int
-    checkpoint: str
-    prior_best: float | None = None
-
-    @property
-    def key(self) -> tuple[int, int, int, int]:
-        return (self.iteration, self.run, self.id, self.rung)
-
-    def result(self, **outcome: Any) -> SegmentResult:
-        """The row of this segment with ``outcome`` (val_loss, status, error, gpu, ...)."""
-        return SegmentResult(
-            iteration=self.iteration,
-            run=self.run,
-            id=self.id,
-            rung=self.rung,
-            start_epoch=self.start_epoch,
-            epochs=self.epochs,
-            hparams=self.hparams,
-            **outcome,
-        )
 
 
 def thread_environment(threads: int) -> dict[str, str]:
@@ -268,7 +233,7 @@ def _train(trainable: Trainable, segment: Segment) -> SegmentResult:
     return segment.result(
         val_loss=None if error else best,
         last_val_loss=losses[-1] if losses and not error else None,
-        status="failed" if error else "ok",
+        status=Status.FAILED if error else Status.OK,
         error=error,
         gpu=pinned_device(),
         pid=os.getpid(),

@@ -12,7 +12,8 @@ from pathlib import Path
 from conftest import run_settings
 from helpers import subprocess_env
 
-from phobbit.repository import HEADER, Repository, SegmentResult, decode_row
+from phobbit.records import SegmentResult
+from phobbit.repository import HEADER, Repository, decode_row
 
 WRITERS, ROWS = 16, 500
 

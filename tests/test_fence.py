@@ -29,9 +29,10 @@ from helpers import (
 
 from phobbit import RepositoryError
 from phobbit.fence import StaleDriverError, commit
+from phobbit.records import Segment
 from phobbit.repository import DRIVER_FRESH_S, Repository
 from phobbit.trainable import SyntheticTrainable
-from phobbit.worker import Segment, run_segment
+from phobbit.worker import run_segment
 
 COLUMNS = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status"]
 VICTIM = "0-0-1"  # bracket 0 of R=9, eta=3 trains its configurations 9 epochs at once

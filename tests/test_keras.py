@@ -66,7 +66,7 @@ def test_large_arrays_travel_once_per_worker_not_once_per_trial(tmp_path: Path) 
     import numpy as np
 
     from phobbit.keras_trainable import KerasTrainable, staged_dataset
-    from phobbit.worker import Segment
+    from phobbit.records import Segment
 
     big = np.zeros((20_000, 100), dtype="float32")  # 8 MB
     dataset = ((big, np.zeros(20_000)), (big[:100], np.zeros(100)))

@@ -12,10 +12,9 @@ from phobbit.cli import best_table
 from phobbit.live import LineReporter, LiveReporter, RunTracker, estimate_left, render
 from phobbit.plan import Plan
 from phobbit.progress import PlainReporter
-from phobbit.repository import SegmentResult
+from phobbit.records import Segment, SegmentResult
 from phobbit.results import results_frame
 from phobbit.space import Space
-from phobbit.worker import Segment
 
 
 class Clock:

@@ -17,11 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phobbit import Hyperparameter, reducer
-from phobbit.plan import Plan, latest_starts
-from phobbit.repository import SegmentResult
+from phobbit.dispatch import latest_starts
+from phobbit.plan import Plan
+from phobbit.records import Segment, SegmentResult
 from phobbit.schedule import brackets
 from phobbit.space import Space
-from phobbit.worker import Segment
 
 Promotions = dict[tuple[int, int, int], list[int]]
 Outcome = Callable[[Segment], SegmentResult]

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 from conftest import run_settings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import phobbit
 from phobbit import Hyperparameter, InputError, RepositoryError
-from phobbit.records import MAX_SEGMENTS, RunSettings
+from phobbit.records import MAX_SEGMENTS, RunSettings, Segment, Status
+from phobbit.repository import encode_row
 from phobbit.space import Space
 
 
@@ -118,3 +125,66 @@ def test_whatever_run_json_holds_it_is_read_or_refused_with_a_repository_error(d
         assert "\n" not in str(exc)
         return
     assert RunSettings.from_dict(json.loads(json.dumps(settings_.to_dict()))) == settings_
+
+
+# -- segments, results, status ------------------------------------------------------------
+
+
+def _segment(**changes: object) -> Segment:
+    values = dict(
+        iteration=0, run=2, id=5, rung=1, hparams={"x": 0.5, "units": [1, 2]},
+        start_epoch=3, epochs=9, checkpoint="models/0-2-5", prior_best=0.25,
+    )  # fmt: skip
+    values.update(changes)
+    return Segment(**values)  # type: ignore[arg-type]
+
+
+def test_a_segment_is_a_dict_key_and_a_set_member() -> None:
+    segment = _segment()
+    assert {segment: "running"}[_segment()] == "running"
+    assert len({segment, _segment(), _segment(rung=2)}) == 2
+    assert hash(segment) == hash(_segment(hparams={"x": 0.5, "units": [1, 2]}))
+
+
+def test_segments_compare_by_every_field_hparams_included() -> None:
+    assert _segment() == _segment()
+    assert _segment() != _segment(hparams={"x": 0.6, "units": [1, 2]})
+    assert _segment() != _segment(checkpoint="elsewhere")
+
+
+def test_a_segment_and_its_result_pickle_as_plain_data() -> None:
+    segment = _segment()
+    result = segment.result(val_loss=0.1, last_val_loss=0.2, status=Status.OK, error="")
+    assert pickle.loads(pickle.dumps(segment)) == segment
+    again = pickle.loads(pickle.dumps(result))
+    assert again == result and again.key == segment.key and again.status is Status.OK
+
+
+def test_status_reads_as_ok_and_failed_and_a_string_is_taken_for_it() -> None:
+    assert [str(s) for s in Status] == ["ok", "failed"]
+    assert Status.OK == "ok" and f"{Status.FAILED}" == "failed"
+    result = _segment().result(val_loss=None, last_val_loss=None, status="failed", error="boom")
+    assert result.status is Status.FAILED and not result.ok
+    assert ",failed," in encode_row(result)
+    with pytest.raises(ValueError):
+        _segment().result(val_loss=None, last_val_loss=None, status="crashed", error="")
+
+
+def test_the_pure_core_imports_no_process_file_or_framework_module() -> None:
+    """records, space, schedule, reducer, the state machine, the policy and the plan."""
+    code = textwrap.dedent(
+        f"""
+        import sys, types
+        package = types.ModuleType("phobbit")  # skips phobbit/__init__.py, the whole library
+        package.__path__ = [{str(Path(phobbit.__file__).parent)!r}]
+        sys.modules["phobbit"] = package
+        import phobbit.plan, phobbit.records
+        heavy = {{"pandas", "filelock", "loky", "joblib", "rich", "tensorflow", "keras",
+                 "phobbit.repository", "phobbit.worker", "phobbit.scheduler"}}
+        print(sorted(heavy & set(sys.modules)))
+        """
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert loaded.strip() == "[]"

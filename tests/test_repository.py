@@ -12,16 +12,8 @@ import pytest
 from conftest import run_settings
 
 from phobbit import Hyperparameter, RepositoryError
-from phobbit.records import RunSettings
-from phobbit.repository import (
-    COLUMNS,
-    HEADER,
-    LEGACY_HEADER,
-    Repository,
-    SegmentResult,
-    decode_row,
-    encode_row,
-)
+from phobbit.records import RunSettings, SegmentResult
+from phobbit.repository import COLUMNS, HEADER, LEGACY_HEADER, Repository, decode_row, encode_row
 from phobbit.space import MAX_NESTING, Space
 
 

@@ -27,11 +27,12 @@ from helpers import (
 from phobbit.errors import InputError, StorageError
 from phobbit.executor import LocalExecutor
 from phobbit.plan import Plan
+from phobbit.records import Segment
 from phobbit.repository import Repository
 from phobbit.scheduler import Scheduler
 from phobbit.space import Space
 from phobbit.trainable import SyntheticTrainable
-from phobbit.worker import Segment, run_segment
+from phobbit.worker import run_segment
 
 COLUMNS = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status"]
 
@@ -225,7 +226,7 @@ def test_a_worker_killed_while_idle_breaks_no_trial_and_the_pool_is_rebuilt(
     time.sleep(0.5)  # loky marks the pool broken; the next submit raises at once
     repository = Repository(tmp_path / "repo")
     repository.create(run_settings(3))
-    plan = Plan(Space(space()), R=3, eta=3, checkpoint_dir=str(repository.models))
+    plan = Plan(Space(space()), R=3, eta=3, checkpoint_of=repository.checkpoint_stem)
     trainable = SyntheticTrainable(curve=x_curve, steps_per_epoch=STEPS)
     Scheduler(trainable, plan, repository, executor).run()
     assert plan.done and all(row.ok for row in repository.iter_results())
