@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -35,7 +35,8 @@ from phobbit.progress import (
     slow_line,
 )
 from phobbit.repository import SegmentResult
-from phobbit.schedule import Bracket, format_schedule
+from phobbit.schedule import format_schedule
+from phobbit.view import RungProgress, estimate_left, schedule_progress
 from phobbit.worker import HIDDEN, Segment
 
 UNKNOWN = "?"
@@ -54,51 +55,6 @@ def device_label(gpu: str) -> str:
     if gpu == UNKNOWN:
         return "GPU ?"
     return "CPU" if gpu in (HIDDEN, "") else f"GPU {gpu}"
-
-
-def estimate_left(done: float, total: float, trained: float, seconds: float) -> float | None:
-    """Seconds left for ``total - done`` epochs at the rate of ``trained`` epochs in ``seconds``.
-
-    Returns None until something has been trained. The total is the most a run
-    trains (failed configurations promote nothing), so the estimate errs long.
-    """
-    if trained <= 0 or seconds <= 0:
-        return None
-    return max(0.0, total - done) * seconds / trained
-
-
-@dataclass(frozen=True)
-class RungProgress:
-    """One rung in a display: ``done`` of ``n`` segments, each training to ``epochs``."""
-
-    iteration: int
-    run: int
-    rung: int
-    done: int
-    n: int
-    epochs: int
-    segment_epochs: int
-
-
-def schedule_progress(
-    schedule: Sequence[Bracket], iterations: int, done: Mapping[tuple[int, int, int], int]
-) -> list[RungProgress]:
-    """Every rung of ``iterations`` iterations of ``schedule``, with ``done[(iteration, run,
-    rung)]`` segments done, in the order a display lists them."""
-    return [
-        RungProgress(
-            i,
-            b.run,
-            r.index,
-            done.get((i, b.run, r.index), 0),
-            r.n,
-            r.epochs,
-            b.segment_epochs(r.index),
-        )
-        for i in range(iterations)
-        for b in sorted(schedule, key=lambda b: -b.run)
-        for r in b.rungs
-    ]
 
 
 @dataclass(frozen=True)
