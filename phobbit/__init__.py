@@ -10,9 +10,14 @@ Example:
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# The library's logger (pool restarts, pinning, retries, fencing) is silent until
+# the application configures logging, e.g. ``logging.basicConfig(level="INFO")``.
+logging.getLogger("phobbit").addHandler(logging.NullHandler())
 
 # Where each public name lives. They are imported on first use (PEP 562), so that
 # `import phobbit.schedule` and `phobbit brackets` load neither pandas, joblib nor rich.

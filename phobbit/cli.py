@@ -145,7 +145,10 @@ def _parser() -> argparse.ArgumentParser:
         help="live display, plain lines, or live on a terminal only (default)",
     )
     show.add_argument(
-        "-v", "--verbose", action="store_true", help="plain lines: one per finished segment too"
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="plain lines: one per finished segment too; and the library's log on stderr",
     )
     show.add_argument(
         "--top",
@@ -270,6 +273,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     repository = Repository(args.repo)
     previous = list(repository.iter_results()) if repository.path.is_dir() else []
     live = args.progress == "live" or (args.progress == "auto" and console.is_terminal)
+    _check_gpus(args.gpus)
     tuner = ParallelHyperband(
         model.model_function,
         model.hparam_ranges,
@@ -295,7 +299,8 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         tuner.reporter = LineReporter(
             sys.stdout, 2 if args.verbose else 1, title, previous, tuner.executor.slots
         )
-    frame = tuner.run(R=args.R, eta=args.eta, iterations=args.iterations)
+    with _logging_to_stderr(args.verbose):
+        frame = tuner.run(R=args.R, eta=args.eta, iterations=args.iterations)
     console.print(best_table(frame, args.top, [hp.name for hp in tuner.space.hparams]))
     console.print(f"Repository: {args.repo}", soft_wrap=True)
     ok = frame[frame["Status"] == "ok"]
@@ -306,6 +311,40 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     if model_path is not None:
         console.print(f"Best model: {model_path}", soft_wrap=True)
     return 0
+
+
+@contextlib.contextmanager
+def _logging_to_stderr(verbose: bool) -> Iterator[None]:
+    """With ``-v``, the library's log (pool restarts, retries, fencing) goes to stderr too."""
+    if not verbose:
+        yield
+        return
+    import logging
+
+    logger = logging.getLogger("phobbit")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("phobbit: %(levelname)s: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _check_gpus(gpus: str | None) -> None:
+    """Refuses a bad ``--gpus`` in the CLI's words: the library names its arguments."""
+    from phobbit.executor import parse_gpus
+
+    try:
+        parse_gpus(gpus)
+    except InputError as exc:
+        words = {"gpus": "--gpus", "jobs_per_gpu": "--jobs-per-gpu"}
+        raise InputError(
+            re.sub(r"\b(gpus|jobs_per_gpu)\b", lambda m: words[m[1]], str(exc))
+        ) from None
 
 
 # -- best ------------------------------------------------------------------------
