@@ -263,9 +263,9 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     # The model file and the API are imported here so that `brackets`, `status` and
     # `best` start fast; the API itself never imports TensorFlow.
     from phobbit.api import ParallelHyperband
-    from phobbit.live import LineReporter, LiveReporter, device_label
     from phobbit.model_file import load_model_file
     from phobbit.repository import Repository
+    from phobbit.terminal import LineReporter, LiveReporter, device_label
 
     if args.jobs is not None and args.gpus:
         raise InputError("--jobs sets CPU workers; with --gpus use --jobs-per-gpu")
@@ -376,7 +376,7 @@ def best_table(frame: Any, top: int, order: Sequence[str] = ()) -> Table:
     from rich.table import Table
     from rich.text import Text
 
-    from phobbit.progress import format_hparams
+    from phobbit.reporting import format_hparams
 
     table = Table(
         title=f"Best {min(top, len(frame))} of {len(frame)} configurations",
@@ -418,7 +418,7 @@ def _best(args: argparse.Namespace, console: Console) -> int:
 
 
 def _status(path: str, console: Console) -> int:
-    from phobbit.live import best_line, format_duration, rung_table
+    from phobbit.terminal import best_line, format_duration, rung_table
     from phobbit.view import open_repository
 
     run = open_repository(path)

@@ -31,7 +31,7 @@ from helpers import (
 from synthetic import overfitting_curve
 
 from phobbit import RepositoryError, StorageError
-from phobbit.progress import PlainReporter
+from phobbit.reporting import PlainReporter
 from phobbit.repository import LEGACY_HEADER, Repository, SegmentResult, encode_row
 from phobbit.results import results_frame
 from phobbit.trainable import SyntheticTrainable

@@ -1,4 +1,7 @@
-"""Live progress for the CLI: a rich display on a terminal, plain lines elsewhere.
+"""The terminal's reporters, for the CLI: a rich live display on a terminal
+(``LiveReporter``), plain lines elsewhere (``LineReporter``), and the CLI's tables.
+
+The library's own reporter, which imports no rich, is ``phobbit.reporting.PlainReporter``.
 
 Both reporters implement the scheduler's ``Reporter`` protocol and share a
 ``RunTracker``, which turns the scheduler's reports into what a person wants
@@ -26,7 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from phobbit.plan import Plan
-from phobbit.progress import (
+from phobbit.reporting import (
     PlainReporter,
     SlowWatch,
     format_hparams,
