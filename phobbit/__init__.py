@@ -9,21 +9,34 @@ Example:
 
 from __future__ import annotations
 
-from phobbit import algorithms
-from phobbit.api import ParallelHyperband
-from phobbit.errors import (
-    FatalError,
-    FencedOutError,
-    InputError,
-    PhobbitError,
-    RepositoryError,
-    StorageError,
-    TrialFailedError,
-)
-from phobbit.schedule import Bracket, Rung, brackets
-from phobbit.space import Hyperparameter
+import importlib
+import logging
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# The library's logger (pool restarts, pinning, retries, fencing) is silent until
+# the application configures logging, e.g. ``logging.basicConfig(level="INFO")``.
+logging.getLogger("phobbit").addHandler(logging.NullHandler())
+
+# Where each public name lives. They are imported on first use (PEP 562), so that
+# `import phobbit.schedule` and `phobbit brackets` load neither pandas, joblib nor rich.
+_EXPORTS = {
+    "Bracket": "phobbit.schedule",
+    "FatalError": "phobbit.errors",
+    "FencedOutError": "phobbit.errors",
+    "Hyperparameter": "phobbit.space",
+    "InputError": "phobbit.errors",
+    "ParallelHyperband": "phobbit.api",
+    "PhobbitError": "phobbit.errors",
+    "RepositoryError": "phobbit.errors",
+    "RepositoryView": "phobbit.view",
+    "Rung": "phobbit.schedule",
+    "StorageError": "phobbit.errors",
+    "brackets": "phobbit.schedule",
+    "open_repository": "phobbit.view",
+}
+_SUBMODULES = {"algorithms"}
 
 __all__ = [
     "Bracket",
@@ -34,9 +47,40 @@ __all__ = [
     "ParallelHyperband",
     "PhobbitError",
     "RepositoryError",
+    "RepositoryView",
     "Rung",
     "StorageError",
-    "TrialFailedError",
     "algorithms",
     "brackets",
+    "open_repository",
 ]
+
+if TYPE_CHECKING:
+    from phobbit import algorithms
+    from phobbit.api import ParallelHyperband
+    from phobbit.errors import (
+        FatalError,
+        FencedOutError,
+        InputError,
+        PhobbitError,
+        RepositoryError,
+        StorageError,
+    )
+    from phobbit.schedule import Bracket, Rung, brackets
+    from phobbit.space import Hyperparameter
+    from phobbit.view import RepositoryView, open_repository
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"phobbit.{name}")
+    else:
+        raise AttributeError(f"module 'phobbit' has no attribute {name!r}")
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

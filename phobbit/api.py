@@ -16,8 +16,8 @@ from phobbit.errors import InputError
 from phobbit.executor import LocalExecutor, parse_gpus
 from phobbit.keras_trainable import KerasTrainable, check_dataset, staged_dataset
 from phobbit.plan import Plan
-from phobbit.progress import PlainReporter
 from phobbit.records import RunSettings
+from phobbit.reporting import PlainReporter
 from phobbit.repository import Repository
 from phobbit.results import results_frame
 from phobbit.scheduler import Executor, Reporter, Scheduler

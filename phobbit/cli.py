@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -23,35 +22,20 @@ import re
 import signal
 import sys
 import threading
-import time
 import traceback
-from collections import Counter
 from collections.abc import Iterator, Sequence
-from pathlib import Path
-from typing import Any
-
-from rich import box
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from phobbit import __version__
-from phobbit.errors import InputError, PhobbitError, RepositoryError
-from phobbit.live import (
-    LineReporter,
-    LiveReporter,
-    best_line,
-    device_label,
-    estimate_left,
-    format_duration,
-    rung_table,
-    schedule_progress,
-)
-from phobbit.progress import format_hparams
-from phobbit.records import RunSettings
-from phobbit.repository import Repository
-from phobbit.results import results_frame
+from phobbit.errors import InputError, PhobbitError
 from phobbit.schedule import brackets, format_schedule, validate
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+# rich, pandas and the library's engine are imported where a command needs them, so
+# that `phobbit brackets` starts without them.
 
 DEFAULT_REPO = "phobbit_repo"
 INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
@@ -161,7 +145,10 @@ def _parser() -> argparse.ArgumentParser:
         help="live display, plain lines, or live on a terminal only (default)",
     )
     show.add_argument(
-        "-v", "--verbose", action="store_true", help="plain lines: one per finished segment too"
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="plain lines: one per finished segment too; and the library's log on stderr",
     )
     show.add_argument(
         "--top",
@@ -206,22 +193,17 @@ def _add_schedule_options(group: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one command and returns its exit code (the ``phobbit`` console script)."""
     args = _parser().parse_args(argv)
-    # Off a terminal rich would wrap tables at 80 columns; logs read better wider.
-    wide = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
-    # Nothing printed is markup: hparams, names, paths and errors are the user's text,
-    # and "[red]" or ":smile:" in them must print as written.
-    console = Console(width=wide, highlight=False, markup=False, emoji=False)
     try:
-        if args.command == "train":
-            with _terminate_as_interrupt():
-                return _train(args, console)
         if args.command == "brackets":
             validate(args.R, args.eta)
-            console.print(format_schedule(brackets(args.R, args.eta)), soft_wrap=True)
+            print(format_schedule(brackets(args.R, args.eta)), flush=True)
             return 0
+        if args.command == "train":
+            with _terminate_as_interrupt():
+                return _train(args, _console())
         if args.command == "status":
-            return _status(Path(args.repo), console)
-        return _best(args, console)
+            return _status(args.repo, _console())
+        return _best(args, _console())
     except KeyboardInterrupt:
         if args.command == "train":
             _error(
@@ -238,6 +220,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         traceback.print_exc()
         _error(f"{type(exc).__name__}: {exc}")
         return 1
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    # Off a terminal rich would wrap tables at 80 columns; logs read better wider.
+    wide = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
+    # Nothing printed is markup: hparams, names, paths and errors are the user's text,
+    # and "[red]" or ":smile:" in them must print as written.
+    return Console(width=wide, highlight=False, markup=False, emoji=False)
 
 
 @contextlib.contextmanager
@@ -272,6 +264,8 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     # `best` start fast; the API itself never imports TensorFlow.
     from phobbit.api import ParallelHyperband
     from phobbit.model_file import load_model_file
+    from phobbit.repository import Repository
+    from phobbit.terminal import LineReporter, LiveReporter, device_label
 
     if args.jobs is not None and args.gpus:
         raise InputError("--jobs sets CPU workers; with --gpus use --jobs-per-gpu")
@@ -279,6 +273,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     repository = Repository(args.repo)
     previous = list(repository.iter_results()) if repository.path.is_dir() else []
     live = args.progress == "live" or (args.progress == "auto" and console.is_terminal)
+    _check_gpus(args.gpus)
     tuner = ParallelHyperband(
         model.model_function,
         model.hparam_ranges,
@@ -304,7 +299,8 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         tuner.reporter = LineReporter(
             sys.stdout, 2 if args.verbose else 1, title, previous, tuner.executor.slots
         )
-    frame = tuner.run(R=args.R, eta=args.eta, iterations=args.iterations)
+    with _logging_to_stderr(args.verbose):
+        frame = tuner.run(R=args.R, eta=args.eta, iterations=args.iterations)
     console.print(best_table(frame, args.top, [hp.name for hp in tuner.space.hparams]))
     console.print(f"Repository: {args.repo}", soft_wrap=True)
     ok = frame[frame["Status"] == "ok"]
@@ -317,12 +313,41 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _logging_to_stderr(verbose: bool) -> Iterator[None]:
+    """With ``-v``, the library's log (pool restarts, retries, fencing) goes to stderr too."""
+    if not verbose:
+        yield
+        return
+    import logging
+
+    logger = logging.getLogger("phobbit")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("phobbit: %(levelname)s: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _check_gpus(gpus: str | None) -> None:
+    """Refuses a bad ``--gpus`` in the CLI's words: the library names its arguments."""
+    from phobbit.executor import parse_gpus
+
+    try:
+        parse_gpus(gpus)
+    except InputError as exc:
+        words = {"gpus": "--gpus", "jobs_per_gpu": "--jobs-per-gpu"}
+        raise InputError(
+            re.sub(r"\b(gpus|jobs_per_gpu)\b", lambda m: words[m[1]], str(exc))
+        ) from None
+
+
 # -- best ------------------------------------------------------------------------
-
-
-def _space_order(settings: RunSettings) -> list[str]:
-    """The hyperparameter names in the order of the run's search space (run.json)."""
-    return [hp.name for hp in settings.space.hparams]
 
 
 def _in_order(hparams: dict[str, Any], order: Sequence[str]) -> dict[str, Any]:
@@ -330,7 +355,7 @@ def _in_order(hparams: dict[str, Any], order: Sequence[str]) -> dict[str, Any]:
     return {n: hparams[n] for n in order if n in hparams} | hparams
 
 
-def _checkpoint(repository: Repository, row: Any) -> Path | None:
+def _checkpoint(repository: Any, row: Any) -> Any:
     """The file that evaluates to a configuration's listed Val Loss; None if none holds it."""
     if row["Status"] != "ok" or math.isnan(row["Val Loss"]):
         return None
@@ -347,6 +372,12 @@ def best_table(frame: Any, top: int, order: Sequence[str] = ()) -> Table:
         top: how many rows.
         order: hyperparameter names in the search space's order (else as stored).
     """
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    from phobbit.reporting import format_hparams
+
     table = Table(
         title=f"Best {min(top, len(frame))} of {len(frame)} configurations",
         title_justify="left",
@@ -366,140 +397,54 @@ def best_table(frame: Any, top: int, order: Sequence[str] = ()) -> Table:
 
 
 def _best(args: argparse.Namespace, console: Console) -> int:
-    repository, settings = _open(Path(args.repo))
-    frame = results_frame(repository.iter_results())
+    from phobbit.view import open_repository
+
+    run = open_repository(args.repo)
     if args.json:
-        print(json.dumps(_records(frame.head(args.top), repository), indent=2))
+        print(json.dumps([b.to_dict(run.path) for b in run.best(args.top)], indent=2))
         return 0
+    frame = run.results()
     if frame.empty:
         console.print(f"{args.repo} has no results yet", soft_wrap=True)
         return 0
-    console.print(best_table(frame, args.top, _space_order(settings)))
-    model_path = _checkpoint(repository, frame.iloc[0])
+    console.print(best_table(frame, args.top, run.hparam_names))
+    model_path = _checkpoint(run.repository, frame.iloc[0])
     if model_path is not None:
         console.print(f"Best model: {model_path}", soft_wrap=True)
     return 0
 
 
-def _records(frame: Any, repository: Repository) -> list[dict[str, Any]]:
-    """The results table as JSON-ready records; paths relative to the repository."""
-    records = []
-    for trial, row in frame.iterrows():
-        path = _checkpoint(repository, row)
-        records.append(
-            {
-                "trial": str(trial),
-                "iteration": int(row["Iteration"]),
-                "run": int(row["Run"]),
-                "id": int(row["ID"]),
-                "val_loss": None if math.isnan(row["Val Loss"]) else float(row["Val Loss"]),
-                "epochs": int(row["Epochs"]),
-                "rung": int(row["Rung"]),
-                "status": row["Status"],
-                "error": row["Error"],
-                "hparams": row["Hparams"],
-                "gpu": row["GPU"],
-                "train_time_s": round(float(row["Train Time"]), 3),
-                "checkpoint": None if path is None else str(path.relative_to(repository.path)),
-            }
-        )
-    return records
-
-
 # -- status ----------------------------------------------------------------------
 
 
-def _open(path: Path) -> tuple[Repository, RunSettings]:
-    """A repository that holds a run, and its settings; ``RepositoryError`` otherwise."""
-    if not path.is_dir():
-        raise RepositoryError(f"repository {path} does not exist")
-    repository = Repository(path)
-    settings = repository.read_settings()
-    if settings is None:
-        raise RepositoryError(f"{path} holds no phobbit run (it has no run.json)")
-    return repository, settings
+def _status(path: str, console: Console) -> int:
+    from phobbit.terminal import best_line, format_duration, rung_table
+    from phobbit.view import open_repository
 
-
-def driver_state(repository: Repository) -> tuple[bool | None, str]:
-    """Whether a driver runs in the repository now (None: cannot tell), and who it is/was.
-
-    A live driver holds ``.driver.lock``; trying the lock without waiting tells,
-    and never blocks a driver for longer than the try.
-    """
-    from filelock import FileLock, Timeout
-
-    try:
-        who = json.loads((repository.path / "driver.json").read_text())
-        name = f"pid {who['pid']} on {who['host']}"
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # any damage: unknown
-        name = "unknown"
-    lock_path = repository.path / ".driver.lock"
-    if not lock_path.exists():
-        return False, name
-    try:
-        lock = FileLock(str(lock_path), timeout=0)
-        lock.acquire()
-    except Timeout:
-        return True, name
-    except OSError:
-        return None, name  # e.g. a read-only copy of the repository
-    lock.release()
-    return False, name
-
-
-def _status(path: Path, console: Console) -> int:
-    repository, settings = _open(path)
-    R, eta, iterations = settings.R, settings.eta, settings.iterations
-    rows = repository.results()
-    running, driver = driver_state(repository)
-    schedule = brackets(R, eta)
-    done = Counter((i, s, rung) for i, s, _, rung in rows)
-    rungs = schedule_progress(schedule, iterations, done)
-    epochs_done = sum(r.done * r.segment_epochs for r in rungs)
-    epochs_total = sum(r.n * r.segment_epochs for r in rungs)
-    failed = sum(1 for row in rows.values() if not row.ok)
-    state = {True: f"running ({driver})", False: "not running", None: "unknown"}[running]
+    run = open_repository(path)
+    status = run.status()
+    settings = status.settings
     console.print(
-        f"Repository {path}: R={R} eta={eta} seed={settings.seed}, "
-        f"{iterations} iteration(s); driver {state}",
+        f"Repository {run.path}: R={settings.R} eta={settings.eta} seed={settings.seed}, "
+        f"{settings.iterations} iteration(s); driver {status.driver.describe()}",
         soft_wrap=True,
     )
-    console.print(rung_table(rungs))
+    console.print(rung_table(status.rungs))
+    done, total = status.epochs_done, status.epochs_total
     line = (
-        f"{epochs_done}/{epochs_total} epochs ({100 * epochs_done / max(epochs_total, 1):.0f}%), "
-        f"{len(rows)}/{sum(r.n for r in rungs)} segments"
+        f"{done}/{total} epochs ({100 * done / max(total, 1):.0f}%), "
+        f"{status.segments_done}/{status.segments_total} segments"
     )
-    if failed:
-        line += f", {failed} failed"
-    if rows:
-        now = time.time()
-        first = min(row.start for row in rows.values())
-        last = max(row.end for row in rows.values())
+    if status.failed:
+        line += f", {status.failed} failed"
+    if status.first_start is not None and status.last_end is not None:
+        now = status.checked_at
         line += (
-            f"; started {format_duration(now - first)} ago, "
-            f"last result {format_duration(now - last)} ago"
+            f"; started {format_duration(now - status.first_start)} ago, "
+            f"last result {format_duration(now - status.last_end)} ago"
         )
-        if running:
-            line += (
-                f", left ~{format_duration(_left(repository, rows, epochs_done, epochs_total))}"
-            )
+        if status.driver.running:
+            line += f", left ~{format_duration(status.seconds_left)}"
     console.print(line, soft_wrap=True)
-    best = min(
-        (r for r in rows.values() if r.ok and r.val_loss is not None),
-        key=lambda r: r.val_loss,
-        default=None,
-    )
-    if best is not None:
-        best = dataclasses.replace(best, hparams=_in_order(best.hparams, _space_order(settings)))
-    console.print(f"Best Val Loss {best_line(best)}", soft_wrap=True)
+    console.print(f"Best Val Loss {best_line(status.best)}", soft_wrap=True)
     return 0
-
-
-def _left(repository: Repository, rows: dict, done: int, total: int) -> float | None:
-    """Seconds left at the rate of the running driver, since it started (driver.json)."""
-    record = repository.driver_record() or {}
-    since = record.get("started")
-    if not isinstance(since, (int, float)):
-        return None
-    trained = sum(r.epochs - r.start_epoch for r in rows.values() if r.end >= since)
-    return estimate_left(done, total, trained, time.time() - since)

@@ -1,4 +1,8 @@
-"""The two families of errors: those that stop a run, and those that fail one trial."""
+"""The errors phobbit raises: every one stops the run.
+
+A failure that marks one trial (its user code raised, its loss diverged) is no
+exception: the trial's row says ``failed`` and why, and the run goes on.
+"""
 
 from __future__ import annotations
 
@@ -33,10 +37,6 @@ class StorageError(FatalError):
 
 class FencedOutError(FatalError):
     """Another driver took over the repository while this one ran; this one stops."""
-
-
-class TrialFailedError(PhobbitError):
-    """One trial failed (its user code raised, or its loss diverged); the run goes on."""
 
 
 class CheckpointError(FatalError):

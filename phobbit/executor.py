@@ -9,6 +9,7 @@ one and the scheduler resubmits what was in flight.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -22,6 +23,8 @@ from joblib.externals.loky import ProcessPoolExecutor
 
 from phobbit.errors import InputError
 from phobbit.worker import HIDDEN, pin
+
+log = logging.getLogger(__name__)
 
 
 def parse_gpus(gpus: str | int | Sequence[int] | None) -> list[int] | None:
@@ -38,7 +41,7 @@ def parse_gpus(gpus: str | int | Sequence[int] | None) -> list[int] | None:
         if not text:
             return None
         if not re.fullmatch(r"\d+(\s*,\s*\d+)*", text):
-            raise InputError(f"--gpus {gpus!r} is malformed; give GPU ids like 0,1,2,3")
+            raise InputError(f"gpus {gpus!r} is malformed; give GPU ids like 0,1,2,3")
         ids = [int(part) for part in text.split(",")]
     elif isinstance(gpus, int) and not isinstance(gpus, bool):
         ids = [gpus]
@@ -54,7 +57,7 @@ def parse_gpus(gpus: str | int | Sequence[int] | None) -> list[int] | None:
     if repeated:
         raise InputError(
             f"GPU id {repeated[0]} is listed twice in {ids}; "
-            "use jobs_per_gpu (--jobs-per-gpu) to run several trials on one GPU"
+            "use jobs_per_gpu to run several trials on one GPU"
         )
     count = visible_gpu_count()
     if count is not None and max(ids) >= count:
@@ -125,6 +128,7 @@ class LocalExecutor:
         # A fresh lease folder per pool: slots of a broken pool's dying workers
         # cannot be mistaken for taken ones.
         self._lease_dir = tempfile.mkdtemp(prefix="phobbit-slots-")
+        log.info("starting a pool of %d workers on %s", self.capacity, self.slots)
         return ProcessPoolExecutor(
             max_workers=self.capacity,
             timeout=None,  # idle workers stay: no TensorFlow re-import after a reducer pause
@@ -141,6 +145,7 @@ class LocalExecutor:
 
     def restart(self) -> None:
         """Replaces a broken pool with a new one (its dead workers freed their slots)."""
+        log.warning("worker pool broken or killed: its workers are replaced")
         self.shutdown(kill=True)
 
     def kill(self, futures: Collection[Future]) -> None:

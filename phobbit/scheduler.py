@@ -28,6 +28,7 @@ their next write and end, and this driver stops with ``FencedOutError``.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import Counter
@@ -121,6 +122,7 @@ def _crash_cause(exc: BaseException) -> str:
 
 UNKNOWN_CULPRIT = "a worker died while it ran, which one is not known yet"
 KILLED_FOR_OTHER = "its worker was killed to stop a segment that timed out"
+log = logging.getLogger(__name__)
 
 
 def format_timeout(seconds: float) -> str:
@@ -328,6 +330,7 @@ class Scheduler:
                 self._crashed(segment, cause)
             else:
                 self.plan.give_back(segment)  # an innocent until proven otherwise: no charge
+                log.info("requeued segment %s: %s", segment.key, UNKNOWN_CULPRIT)
                 self.reporter.retrying(segment, UNKNOWN_CULPRIT, 0)
 
     def _record_if_done(self, done: dict[SegmentKey, SegmentResult], segment: Segment) -> bool:
@@ -373,8 +376,10 @@ class Scheduler:
                 )
             else:
                 error = f"its worker died {tries}: {cause}"
+            log.warning("segment %s failed: %s", segment.key, error)
             self._record(self._failed(segment, error))
             return
+        log.warning("retrying segment %s (retry %d): %s", segment.key, attempt, cause)
         self.plan.give_back(segment)
         self.reporter.retrying(segment, cause, attempt)
 
@@ -404,6 +409,7 @@ class Scheduler:
             raise self._fenced_out()
 
     def _fenced_out(self) -> FencedOutError:
+        log.warning("the repository's fencing token is no longer this driver's: stopping")
         who = self.repository.driver_record()
         if not who or who.get("pid") == os.getpid():
             return FencedOutError(

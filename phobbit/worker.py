@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import math
 import os
 import signal
@@ -43,6 +44,7 @@ STALE_EXIT = 75  # the exit code of a pool worker whose driver is gone or was re
 
 # The worker's one piece of global state, set once by ``pin``: its slot.
 _PINNED: dict[str, Any] = {}
+log = logging.getLogger(__name__)
 
 
 def thread_environment(threads: int) -> dict[str, str]:
@@ -108,13 +110,16 @@ def pin(
                 # The lock lives as long as this process: a dead worker frees its slot.
                 os.environ["CUDA_VISIBLE_DEVICES"] = device
                 _PINNED.update(slot=index, device=device, fd=fd)
+                log.info("worker %d pinned to slot %d (device %s)", os.getpid(), index, device)
                 return
             if time.monotonic() > deadline:
                 _PINNED["error"] = f"no free slot among {len(slots)} after {SLOT_WAIT_S:.0f} s"
+                log.warning("worker %d not pinned: %s", os.getpid(), _PINNED["error"])
                 return
             time.sleep(0.05)
     except BaseException as exc:  # noqa: BLE001 - must never break the pool
         _PINNED["error"] = f"{type(exc).__name__}: {exc}"
+        log.warning("worker %d not pinned: %s", os.getpid(), _PINNED["error"])
 
 
 def _watch_parent(parent: int) -> None:
@@ -203,6 +208,7 @@ def run_segment(
         if "driver" in _PINNED:
             # A worker of a driver that is gone or was replaced: what it trained must
             # not be written, and nobody waits for its result.
+            log.warning("segment %s refused its write: the driver was replaced", segment.key)
             os._exit(STALE_EXIT)
         raise
     return result

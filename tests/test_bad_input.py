@@ -116,7 +116,7 @@ BEFORE_ANY_REPOSITORY: dict[str, tuple[Callable[[Path], object], str]] = {
     ),
     "malformed GPU list": (
         lambda r: keras_tuner(r, gpus="0;1"),
-        r"--gpus '0;1' is malformed",
+        r"^gpus '0;1' is malformed",  # the argument's name, not the CLI's flag
     ),
     "R below 1": (lambda r: tuner(r).run(R=0, eta=3), r"R must be an integer >= 1, got 0"),
     "eta below 2": (lambda r: tuner(r).run(R=9, eta=1), r"eta must be an integer >= 2, got 1"),

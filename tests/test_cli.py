@@ -1,8 +1,16 @@
-"""The command line, driven as a user drives it: ``python -m phobbit ...`` in a subprocess."""
+"""The command line, driven as a user drives it.
+
+Most commands run in this process through ``cli.main(argv)`` (``phobbit``); those
+that need a process of their own, for signals, ``python -m phobbit`` itself or a
+run that a test watches from outside, run in a subprocess (``phobbit_process``,
+``start``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import signal
@@ -40,11 +48,48 @@ def _command(*args: object) -> list[str]:
     return [sys.executable, "-m", "phobbit", *map(str, args)]
 
 
-def phobbit(*args: object, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
-    """Runs ``python -m phobbit ARGS`` to the end."""
+def phobbit_process(
+    *args: object, timeout: float = 120, **env: str
+) -> subprocess.CompletedProcess:
+    """Runs ``python -m phobbit ARGS`` to the end, in a subprocess."""
     return subprocess.run(
         _command(*args), capture_output=True, text=True, env=_env(**env), timeout=timeout, cwd=ROOT
     )
+
+
+def phobbit(*args: object, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+    """Runs ``phobbit ARGS`` to the end in this process, through ``cli.main``.
+
+    ``env`` is set for the call only (workers started by it inherit it). Model
+    files the call imported are forgotten after it, and their folders taken off
+    ``sys.path``, as a new process would not know them: their top level reads the
+    environment, and ``tests/models/synthetic.py`` would shadow ``tests/synthetic.py``.
+    """
+    from phobbit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    modules, path = set(sys.modules), list(sys.path)
+    saved = {name: os.environ.get(name) for name in {*env, "COLUMNS"}}
+    os.environ.pop("COLUMNS", None)  # tables as wide as off a terminal, as in a pipe
+    os.environ.update(env)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(arg) for arg in args])
+            except SystemExit as exc:  # argparse: usage errors, --help, --version
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        for name in set(sys.modules) - modules:
+            if name.startswith("_phobbit_model_"):
+                del sys.modules[name]
+        # A model file's folder went first on sys.path; tests/models would shadow tests/.
+        sys.path[:] = path
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def start(*args: object, **env: str) -> subprocess.Popen:
@@ -240,8 +285,13 @@ BROKEN = "x = 1\nraise RuntimeError('no data here')\n"
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(
-    tmp_path: Path, source: str | None, options: list, message: str
+    tmp_path: Path,
+    source: str | None,
+    options: list,
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr("phobbit.executor.visible_gpu_count", visible_gpu_count)  # conftest's off
     model = tmp_path / "model.py"
     if source == "synthetic":
         model = SYNTHETIC
@@ -288,7 +338,7 @@ def test_run_where_every_trial_fails_exits_1(tmp_path: Path) -> None:
 
 
 def test_brackets_prints_schedule_with_totals() -> None:
-    result = phobbit("brackets", "--R", 20, "--eta", 3)
+    result = phobbit_process("brackets", "--R", 20, "--eta", 3)  # python -m phobbit itself
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("Run 2: 9x2, 3x7, 1x20")
@@ -555,16 +605,12 @@ def test_numpy_bounds_and_options_in_a_model_file_train_and_resume(tmp_path: Pat
     assert again.returncode == 0 and "Resuming: 6 segments" in again.stdout, again.stderr
 
 
-def test_status_of_a_repository_with_a_hostile_driver_json_says_unknown(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from phobbit.cli import main
-
+def test_status_of_a_repository_with_a_hostile_driver_json_says_unknown(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     assert phobbit("train", SYNTHETIC, "--jobs", 1, "--R", 1, "--repo", repo).returncode == 0
     (repo / "driver.json").write_text("[" * 60_000 + "]" * 60_000)
-    assert main(["status", str(repo)]) == 0
-    assert "driver not running" in capsys.readouterr().out
+    status = phobbit("status", repo)
+    assert status.returncode == 0 and "driver not running" in status.stdout
 
 
 # -- failures after training started -------------------------------------------------
@@ -635,3 +681,15 @@ def test_segment_timeout_that_is_no_duration_is_a_usage_error(text: str) -> None
     result = phobbit("train", SYNTHETIC, f"--segment-timeout={text}")
     assert result.returncode == 2
     assert "must be a duration > 0 such as 90s, 15m or 2h" in result.stderr
+
+
+def test_verbose_train_shows_the_library_log_on_stderr_for_that_run_only(tmp_path: Path) -> None:
+    import logging
+
+    args = ("train", SYNTHETIC, "--jobs", 1, "--R", 1, "--progress", "plain")
+    quiet = phobbit(*args, "--repo", tmp_path / "quiet")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    verbose = phobbit(*args, "--repo", tmp_path / "verbose", "-v")
+    assert verbose.returncode == 0, verbose.stderr
+    assert "phobbit: INFO: starting a pool of 1 workers" in verbose.stderr
+    assert [type(h) for h in logging.getLogger("phobbit").handlers] == [logging.NullHandler]

@@ -31,8 +31,8 @@ from helpers import (
 from synthetic import overfitting_curve
 
 from phobbit import RepositoryError, StorageError
-from phobbit.progress import PlainReporter
 from phobbit.records import SegmentResult
+from phobbit.reporting import PlainReporter
 from phobbit.repository import LEGACY_HEADER, Repository, encode_row
 from phobbit.results import results_frame
 from phobbit.trainable import SyntheticTrainable
@@ -366,6 +366,7 @@ def test_ctrl_c_stops_driver_and_workers_at_once_and_a_rerun_resumes(tmp_path: P
     pd.testing.assert_frame_equal(resumed[COLUMNS].sort_index(), reference[COLUMNS].sort_index())
 
 
+@pytest.mark.keras
 def test_keras_saves_skip_epochs_where_saving_costs_more_than_its_budget(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -129,3 +129,19 @@ def test_gpu_ids_beyond_what_the_machine_has_are_refused(monkeypatch) -> None:
     assert parse_gpus("0,1") == [0, 1]
     with pytest.raises(InputError, match="GPU id 2 does not exist: this machine has 2 GPU"):
         parse_gpus("0,2")
+
+
+def test_library_logger_is_silent_by_default_and_logs_pool_restarts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    logger = logging.getLogger("phobbit")
+    assert [type(h) for h in logger.handlers] == [logging.NullHandler]
+    caplog.set_level(logging.INFO, logger="phobbit")
+    with LocalExecutor(None, n_jobs=1) as executor:
+        assert executor.submit(os.getpid).result(timeout=120) != os.getpid()
+        executor.restart()
+    messages = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
+    assert ("phobbit.executor", "INFO", "starting a pool of 1 workers on ['-1']") in messages
+    assert any(m[1] == "WARNING" and "worker pool broken or killed" in m[2] for m in messages)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import zlib
 from pathlib import Path
@@ -96,27 +95,6 @@ def test_first_row_of_a_segment_wins_over_duplicates(repo: Path) -> None:
     repository.append(row(0, rung=1, val_loss=0.4))
     found = repository.results()
     assert len(found) == 2 and found[(0, 2, 0, 0)].val_loss == 0.5
-
-
-def _writer(path: str, writer: int, count: int) -> None:
-    repository = Repository(path)
-    for i in range(count):
-        repository.append(row(writer * 10_000 + i, pid=os.getpid()))
-
-
-def test_eight_processes_appending_at_once_lose_and_tear_nothing(repo: Path) -> None:
-    Repository(repo).create(run_settings(9))
-    context = multiprocessing.get_context("spawn")
-    procs = [context.Process(target=_writer, args=(str(repo), w, 150)) for w in range(8)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-        assert p.exitcode == 0
-    lines = Repository(repo).results_path.read_text().splitlines(keepends=True)
-    assert lines[0] == HEADER and len(lines) == 1 + 8 * 150
-    ids = [decode_row(line).id for line in lines[1:]]
-    assert sorted(ids) == sorted(w * 10_000 + i for w in range(8) for i in range(150))
 
 
 def test_settings_of_another_run_are_refused_and_nothing_written(repo: Path) -> None:

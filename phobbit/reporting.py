@@ -1,4 +1,8 @@
-"""Progress reporting in plain lines: what the library prints, and the CLI on a non-terminal."""
+"""The library's reporter: progress in plain lines, what ``ParallelHyperband(verbose=...)``
+prints by default, with the helpers both reporters share (``format_hparams``, ...).
+
+The terminal's reporters, for the CLI, are in ``phobbit.terminal``.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Live progress for the CLI: a rich display on a terminal, plain lines elsewhere.
+"""The terminal's reporters, for the CLI: a rich live display on a terminal
+(``LiveReporter``), plain lines elsewhere (``LineReporter``), and the CLI's tables.
+
+The library's own reporter, which imports no rich, is ``phobbit.reporting.PlainReporter``.
 
 Both reporters implement the scheduler's ``Reporter`` protocol and share a
 ``RunTracker``, which turns the scheduler's reports into what a person wants
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -26,7 +29,8 @@ from rich.table import Table
 from rich.text import Text
 
 from phobbit.plan import Plan
-from phobbit.progress import (
+from phobbit.records import Segment, SegmentResult
+from phobbit.reporting import (
     PlainReporter,
     SlowWatch,
     format_hparams,
@@ -34,8 +38,8 @@ from phobbit.progress import (
     retry_line,
     slow_line,
 )
-from phobbit.records import Segment, SegmentResult
-from phobbit.schedule import Bracket, format_schedule
+from phobbit.schedule import format_schedule
+from phobbit.view import RungProgress, estimate_left, schedule_progress
 from phobbit.worker import HIDDEN
 
 UNKNOWN = "?"
@@ -54,51 +58,6 @@ def device_label(gpu: str) -> str:
     if gpu == UNKNOWN:
         return "GPU ?"
     return "CPU" if gpu in (HIDDEN, "") else f"GPU {gpu}"
-
-
-def estimate_left(done: float, total: float, trained: float, seconds: float) -> float | None:
-    """Seconds left for ``total - done`` epochs at the rate of ``trained`` epochs in ``seconds``.
-
-    Returns None until something has been trained. The total is the most a run
-    trains (failed configurations promote nothing), so the estimate errs long.
-    """
-    if trained <= 0 or seconds <= 0:
-        return None
-    return max(0.0, total - done) * seconds / trained
-
-
-@dataclass(frozen=True)
-class RungProgress:
-    """One rung in a display: ``done`` of ``n`` segments, each training to ``epochs``."""
-
-    iteration: int
-    run: int
-    rung: int
-    done: int
-    n: int
-    epochs: int
-    segment_epochs: int
-
-
-def schedule_progress(
-    schedule: Sequence[Bracket], iterations: int, done: Mapping[tuple[int, int, int], int]
-) -> list[RungProgress]:
-    """Every rung of ``iterations`` iterations of ``schedule``, with ``done[(iteration, run,
-    rung)]`` segments done, in the order a display lists them."""
-    return [
-        RungProgress(
-            i,
-            b.run,
-            r.index,
-            done.get((i, b.run, r.index), 0),
-            r.n,
-            r.epochs,
-            b.segment_epochs(r.index),
-        )
-        for i in range(iterations)
-        for b in sorted(schedule, key=lambda b: -b.run)
-        for r in b.rungs
-    ]
 
 
 @dataclass(frozen=True)

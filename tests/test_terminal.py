@@ -1,4 +1,4 @@
-"""Progress displays: the tracker's arithmetic, the rich display and the plain lines."""
+"""Progress displays: the terminal's tracker, rich display and lines, and the library's lines."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from rich.console import Console
 
 from phobbit import Hyperparameter
 from phobbit.cli import best_table
-from phobbit.live import LineReporter, LiveReporter, RunTracker, estimate_left, render
 from phobbit.plan import Plan
-from phobbit.progress import PlainReporter
 from phobbit.records import Segment, SegmentResult
+from phobbit.reporting import PlainReporter
 from phobbit.results import results_frame
 from phobbit.space import Space
+from phobbit.terminal import LineReporter, LiveReporter, RunTracker, estimate_left, render
 
 
 class Clock:

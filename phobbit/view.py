@@ -1,0 +1,344 @@
+"""A read-only view of a run's repository: its settings, results, status, best and driver.
+
+What ``phobbit status`` and ``phobbit best`` print, for library users too::
+
+    >>> import phobbit
+    >>> run = phobbit.open_repository("phobbit_repo")
+    >>> run.status().epochs_done, run.best(1)[0].checkpoint
+
+A view only reads, and is safe to use while a driver writes to the folder: it
+never takes the results lock, and tries the driver lock for an instant only.
+It is apart from ``Repository``, whose methods are the writers' (appends under
+the lock, fencing, the driver lock), so that readers hold no write method and
+the repository module imports no pandas (the results table is built here, on
+demand).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from phobbit.errors import RepositoryError
+from phobbit.records import RunSettings, SegmentResult
+from phobbit.repository import DRIVER_FILE, DRIVER_LOCK, Repository
+from phobbit.schedule import Bracket, brackets
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def estimate_left(done: float, total: float, trained: float, seconds: float) -> float | None:
+    """Seconds left for ``total - done`` epochs at the rate of ``trained`` epochs in ``seconds``.
+
+    Returns None until something has been trained. The total is the most a run
+    trains (failed configurations promote nothing), so the estimate errs long.
+    """
+    if trained <= 0 or seconds <= 0:
+        return None
+    return max(0.0, total - done) * seconds / trained
+
+
+@dataclass(frozen=True)
+class RungProgress:
+    """One rung of one bracket: ``done`` of ``n`` segments, each training to ``epochs``."""
+
+    iteration: int
+    run: int
+    rung: int
+    done: int
+    n: int
+    epochs: int
+    segment_epochs: int
+
+
+def schedule_progress(
+    schedule: Sequence[Bracket], iterations: int, done: Mapping[tuple[int, int, int], int]
+) -> list[RungProgress]:
+    """Every rung of ``iterations`` iterations of ``schedule``, with ``done[(iteration, run,
+    rung)]`` segments done, in the order a display lists them."""
+    return [
+        RungProgress(
+            i,
+            b.run,
+            r.index,
+            done.get((i, b.run, r.index), 0),
+            r.n,
+            r.epochs,
+            b.segment_epochs(r.index),
+        )
+        for i in range(iterations)
+        for b in sorted(schedule, key=lambda b: -b.run)
+        for r in b.rungs
+    ]
+
+
+@dataclass(frozen=True)
+class DriverState:
+    """The driver of a repository as ``driver.json`` and ``.driver.lock`` tell it.
+
+    Attributes:
+        running: True while a driver holds ``.driver.lock``, False when none
+            does, None when that cannot be told (e.g. a read-only copy).
+        name: ``"pid N on HOST"`` of the last driver, or ``"unknown"``.
+        started: when it started (seconds since the epoch), or None.
+        ended: when it ended cleanly, or None (still running, or killed).
+        heartbeat: when it last touched ``driver.json``, or None.
+    """
+
+    running: bool | None
+    name: str
+    started: float | None = None
+    ended: float | None = None
+    heartbeat: float | None = None
+
+    def describe(self) -> str:
+        """``running (pid N on HOST)``, ``not running`` or ``unknown``."""
+        return {True: f"running ({self.name})", False: "not running", None: "unknown"}[
+            self.running
+        ]
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """Where a run stands, read from its repository at ``checked_at``.
+
+    Attributes:
+        settings: the run's settings (``run.json``).
+        rungs: every rung of every bracket and iteration, segments done of planned.
+        epochs_done / epochs_total: epochs trained of the most the run trains.
+        segments_done / segments_total: finished segments of all planned.
+        failed: finished segments that failed.
+        first_start / last_end: the first segment's start and the last one's end
+            (seconds since the epoch), None before any result.
+        driver: the driver's state.
+        seconds_left: an estimate at the running driver's rate; None when no
+            driver runs or nothing has been trained since it started.
+        best: the best finished segment by Val Loss, its hparams in the search
+            space's order; None before any succeeded.
+        checked_at: when this was read (``time.time()``).
+    """
+
+    settings: RunSettings
+    rungs: tuple[RungProgress, ...]
+    epochs_done: int
+    epochs_total: int
+    segments_done: int
+    segments_total: int
+    failed: int
+    first_start: float | None
+    last_end: float | None
+    driver: DriverState
+    seconds_left: float | None
+    best: SegmentResult | None
+    checked_at: float
+
+
+@dataclass(frozen=True)
+class BestConfig:
+    """One configuration of the results table, with the checkpoint that scores its Val Loss.
+
+    Attributes:
+        trial: the table's index, ``"<run>-<id>"`` (``"<iteration>:<run>-<id>"``).
+        checkpoint: the file that evaluates to ``val_loss`` (see
+            ``Repository.scoring_checkpoint``); None when failed or none holds it.
+    """
+
+    trial: str
+    iteration: int
+    run: int
+    id: int
+    val_loss: float | None
+    epochs: int
+    rung: int
+    status: str
+    error: str
+    hparams: dict[str, Any]
+    gpu: str
+    train_time_s: float
+    checkpoint: Path | None
+
+    def to_dict(self, root: str | os.PathLike | None = None) -> dict[str, Any]:
+        """Plain JSON-ready data; ``checkpoint`` relative to ``root`` when given."""
+        data = dataclasses.asdict(self)
+        path = self.checkpoint
+        if path is not None and root is not None:
+            path = path.relative_to(root)
+        data["checkpoint"] = None if path is None else str(path)
+        return data
+
+
+class RepositoryView:
+    """A read-only view of the run in a repository folder; see :func:`open_repository`.
+
+    Attributes:
+        path: the folder.
+        settings: the run's validated settings (``run.json``).
+        repository: the underlying ``Repository``.
+    """
+
+    def __init__(self, repository: Repository, settings: RunSettings) -> None:
+        self.repository = repository
+        self.path = repository.path
+        self.settings = settings
+
+    def __repr__(self) -> str:
+        return f"RepositoryView({str(self.path)!r})"
+
+    @property
+    def hparam_names(self) -> list[str]:
+        """The hyperparameter names in the order of the run's search space."""
+        return [hp.name for hp in self.settings.space.hparams]
+
+    def results(self) -> pd.DataFrame:
+        """The results table, shaped like ``ParallelHyperband.run``'s (best first).
+
+        Raises:
+            RepositoryError: when ``results.csv`` cannot be read.
+        """
+        from phobbit.results import results_frame
+
+        return results_frame(self.repository.iter_results())
+
+    def best(self, n: int = 5) -> list[BestConfig]:
+        """The ``n`` best configurations, each with the checkpoint that scores its Val Loss."""
+        return [self._best_config(trial, row) for trial, row in self.results().head(n).iterrows()]
+
+    def _best_config(self, trial: Any, row: Any) -> BestConfig:
+        loss = None if math.isnan(row["Val Loss"]) else float(row["Val Loss"])
+        checkpoint = None
+        if row["Status"] == "ok" and loss is not None:
+            checkpoint = self.repository.scoring_checkpoint(
+                int(row["Iteration"]), int(row["Run"]), int(row["ID"]), loss
+            )
+        return BestConfig(
+            trial=str(trial),
+            iteration=int(row["Iteration"]),
+            run=int(row["Run"]),
+            id=int(row["ID"]),
+            val_loss=loss,
+            epochs=int(row["Epochs"]),
+            rung=int(row["Rung"]),
+            status=row["Status"],
+            error=row["Error"],
+            hparams=row["Hparams"],
+            gpu=row["GPU"],
+            train_time_s=round(float(row["Train Time"]), 3),
+            checkpoint=checkpoint,
+        )
+
+    def driver(self) -> DriverState:
+        """Whether a driver runs in the repository now, and who it is or was.
+
+        A live driver holds ``.driver.lock``; trying the lock without waiting
+        tells, and never blocks a driver for longer than the try.
+        """
+        from filelock import FileLock, Timeout
+
+        try:
+            record = self.repository.driver_record() or {}
+        except RecursionError:  # a driver.json nested absurdly deep
+            record = {}
+        try:
+            name = f"pid {record['pid']} on {record['host']}"
+        except KeyError:  # any damage: unknown
+            name = "unknown"
+        try:
+            heartbeat = (self.path / DRIVER_FILE).stat().st_mtime
+        except OSError:
+            heartbeat = None
+        state = DriverState(
+            running=False,
+            name=name,
+            started=_number(record.get("started")),
+            ended=_number(record.get("ended")),
+            heartbeat=heartbeat,
+        )
+        lock_path = self.path / DRIVER_LOCK
+        if not lock_path.exists():
+            return state
+        try:
+            lock = FileLock(str(lock_path), timeout=0)
+            lock.acquire()
+        except Timeout:
+            return dataclasses.replace(state, running=True)
+        except OSError:
+            return dataclasses.replace(state, running=None)
+        lock.release()
+        return state
+
+    def status(self) -> RunStatus:
+        """Where the run stands now: progress per rung, epochs, failures, driver, time left."""
+        settings = self.settings
+        rows = self.repository.results()
+        driver = self.driver()
+        done = Counter((i, s, rung) for i, s, _, rung in rows)
+        rungs = schedule_progress(brackets(settings.R, settings.eta), settings.iterations, done)
+        epochs_done = sum(r.done * r.segment_epochs for r in rungs)
+        epochs_total = sum(r.n * r.segment_epochs for r in rungs)
+        now = time.time()
+        left = None
+        if rows and driver.running and driver.started is not None:
+            trained = sum(
+                r.epochs - r.start_epoch for r in rows.values() if r.end >= driver.started
+            )
+            left = estimate_left(epochs_done, epochs_total, trained, now - driver.started)
+        best = min(
+            (r for r in rows.values() if r.ok and r.val_loss is not None),
+            key=lambda r: r.val_loss,
+            default=None,
+        )
+        if best is not None:
+            order = self.hparam_names
+            ordered = {n: best.hparams[n] for n in order if n in best.hparams} | best.hparams
+            best = dataclasses.replace(best, hparams=ordered)
+        return RunStatus(
+            settings=settings,
+            rungs=tuple(rungs),
+            epochs_done=epochs_done,
+            epochs_total=epochs_total,
+            segments_done=len(rows),
+            segments_total=sum(r.n for r in rungs),
+            failed=sum(1 for row in rows.values() if not row.ok),
+            first_start=min((row.start for row in rows.values()), default=None),
+            last_end=max((row.end for row in rows.values()), default=None),
+            driver=driver,
+            seconds_left=left,
+            best=best,
+            checked_at=now,
+        )
+
+
+def _number(value: Any) -> float | None:
+    # bool is an int: a driver.json of {"started": true} says nothing of when.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def open_repository(path: str | os.PathLike) -> RepositoryView:
+    """Opens the run in a repository folder, read-only; safe while its driver runs.
+
+    Example:
+        >>> run = open_repository("phobbit_repo")
+        >>> run.status().driver.describe(), run.best(3)
+
+    Raises:
+        RepositoryError: when the folder does not exist, holds no run (no
+            ``run.json``), or its ``run.json`` is unreadable or invalid.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise RepositoryError(f"repository {path} does not exist")
+    repository = Repository(path)
+    settings = repository.read_settings()
+    if settings is None:
+        raise RepositoryError(f"{path} holds no phobbit run (it has no run.json)")
+    return RepositoryView(repository, settings)

@@ -1,0 +1,170 @@
+"""``phobbit.open_repository``: what ``phobbit status`` and ``best`` print, for library users."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import run_settings
+
+import phobbit
+from phobbit import RepositoryError, open_repository
+from phobbit.records import SegmentResult
+from phobbit.repository import Repository
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def row(config_id: int, rung: int = 0, epochs: int = 1, loss: float | None = 0.5, **changes):
+    values = dict(
+        iteration=0,
+        run=2,
+        id=config_id,
+        rung=rung,
+        start_epoch=0,
+        epochs=epochs,
+        val_loss=loss,
+        last_val_loss=loss,
+        status="ok" if loss is not None else "failed",
+        error="" if loss is not None else "ValueError: boom",
+        hparams={"x": config_id / 10},
+        gpu="0",
+        start=100.0 + config_id,
+        end=200.0 + config_id,
+    )
+    values.update(changes)
+    return SegmentResult(**values)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    repository = Repository(tmp_path / "repo")
+    repository.create(run_settings(R=9, eta=3, seed=4))
+    return repository
+
+
+def test_open_repository_refuses_a_missing_folder_and_one_without_run_json(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(RepositoryError, match="repository .*nothing does not exist"):
+        open_repository(tmp_path / "nothing")
+    with pytest.raises(RepositoryError, match="holds no phobbit run \\(it has no run.json\\)"):
+        open_repository(tmp_path)
+
+
+def test_status_counts_segments_epochs_and_failures_per_rung(repo: Repository) -> None:
+    repo.append(row(0, loss=0.3))
+    repo.append(row(1, loss=0.1))
+    repo.append(row(2, loss=None))
+    run = open_repository(repo.path)
+    assert run.settings == run_settings(R=9, eta=3, seed=4)
+    status = run.status()
+    assert (status.segments_done, status.segments_total) == (3, 22)
+    assert (status.epochs_done, status.epochs_total) == (3, 69)
+    assert status.failed == 1
+    assert (status.first_start, status.last_end) == (100.0, 202.0)
+    first = next(r for r in status.rungs if (r.run, r.rung) == (2, 0))
+    assert (first.done, first.n, first.epochs) == (3, 9, 1)
+    assert status.best is not None and (status.best.id, status.best.val_loss) == (1, 0.1)
+    assert status.driver.running is False and status.seconds_left is None
+
+
+def test_status_of_an_empty_run_has_no_times_and_no_best(repo: Repository) -> None:
+    status = open_repository(repo.path).status()
+    assert status.segments_done == 0 and status.first_start is None and status.best is None
+
+
+def test_driver_is_running_while_a_driver_holds_the_lock_and_ended_after(
+    repo: Repository,
+) -> None:
+    with repo.driver_lock():
+        driver = open_repository(repo.path).driver()
+        assert driver.running is True and driver.started is not None
+        assert driver.describe().startswith("running (pid ")
+    driver = open_repository(repo.path).driver()
+    assert driver.running is False and driver.ended is not None
+    assert driver.describe() == "not running"
+
+
+def test_a_damaged_driver_json_reads_as_unknown(repo: Repository) -> None:
+    (repo.path / "driver.json").write_text("[" * 60_000 + "]" * 60_000)
+    assert open_repository(repo.path).driver().name == "unknown"
+
+
+def test_running_driver_gives_an_estimate_of_time_left(repo: Repository) -> None:
+    with repo.driver_lock():
+        now = time.time()
+        repo.append(row(0, start=now, end=now))
+        status = open_repository(repo.path).status()
+    assert status.driver.running and status.seconds_left is not None
+    assert status.seconds_left >= 0
+
+
+def test_best_lists_configurations_best_first_with_their_scoring_checkpoint(
+    repo: Repository,
+) -> None:
+    for config_id, loss in [(0, 0.3), (1, 0.1), (2, None)]:
+        repo.append(row(config_id, loss=loss))
+    run = open_repository(repo.path)
+    best = run.best(5)
+    assert [(b.id, b.val_loss) for b in best] == [(1, 0.1), (0, 0.3), (2, None)]
+    assert best[2].status == "failed" and best[2].checkpoint is None
+    data = best[0].to_dict(run.path)
+    assert json.loads(json.dumps(data))["trial"] == "2-1"
+    assert data["hparams"] == {"x": 0.1} and data["train_time_s"] == 100.0
+    assert data["checkpoint"] is None  # no file holds that epoch
+    assert len(run.results()) == 3 and len(run.best(1)) == 1
+
+
+def test_best_names_the_file_that_scores_the_listed_val_loss(tmp_path: Path) -> None:
+    from helpers import tuner
+
+    frame = tuner(tmp_path / "repo", n_jobs=1).run(R=3, eta=3)
+    run = open_repository(tmp_path / "repo")
+    (best,) = run.best(1)
+    assert best.trial == frame.index[0] and best.val_loss == frame["Val Loss"].iloc[0]
+    assert best.checkpoint == Repository(run.path).scoring_checkpoint(
+        best.iteration, best.run, best.id, best.val_loss
+    )
+    assert best.checkpoint is not None and best.checkpoint.is_file()
+    assert (run.path / best.to_dict(run.path)["checkpoint"]) == best.checkpoint
+
+
+def test_package_exports_open_repository_lazily() -> None:
+    assert "open_repository" in phobbit.__all__ and "open_repository" in dir(phobbit)
+    assert set(phobbit.__all__) <= set(dir(phobbit))
+    assert all(getattr(phobbit, name) is not None for name in phobbit.__all__)
+    with pytest.raises(AttributeError):
+        phobbit.TrialFailedError  # noqa: B018 - nothing raised it; it is gone
+
+
+def _modules_loaded(code: str) -> list[str]:
+    check = (
+        f"{code}\nimport sys\n"
+        "print(sorted(m for m in ('pandas', 'joblib', 'loky', 'rich', 'tensorflow', 'keras')"
+        " if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", check],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1].replace("'", '"'))
+
+
+def test_import_schedule_loads_no_pandas_joblib_rich_or_tensorflow() -> None:
+    assert _modules_loaded("import phobbit.schedule") == []
+    assert _modules_loaded("import phobbit") == []
+
+
+def test_brackets_command_loads_no_pandas_joblib_rich_or_tensorflow() -> None:
+    code = "from phobbit.cli import main\nassert main(['brackets', '--R', '81']) == 0"
+    assert _modules_loaded(code) == []
