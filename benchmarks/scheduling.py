@@ -29,8 +29,8 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import Future, wait
+from collections.abc import Sequence
+from concurrent.futures import wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,6 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 from simulation import (  # noqa: E402
     SPACE,
     lower_bound,
-    naive_rungs,
     segment_time,
     simulate_naive,
     simulate_plan,
@@ -51,51 +50,24 @@ from simulation import (  # noqa: E402
 from phobbit import ParallelHyperband  # noqa: E402
 from phobbit.executor import LocalExecutor  # noqa: E402
 from phobbit.plan import Plan  # noqa: E402
-from phobbit.records import RunSettings, SegmentResult  # noqa: E402
+from phobbit.records import RunSettings  # noqa: E402
 from phobbit.repository import Repository  # noqa: E402
 from phobbit.scheduler import Scheduler  # noqa: E402
 from phobbit.space import Space  # noqa: E402
+from phobbit.testing import serial_hyperband, serial_rungs  # noqa: E402
 from phobbit.trainable import SyntheticTrainable  # noqa: E402
 from phobbit.worker import run_segment  # noqa: E402
 
 Promotions = dict[tuple[int, int, int], list[int]]
 
 
-class WarmExecutor:
-    """A ``LocalExecutor`` whose workers outlive a run, so timings leave out their start.
+def warm(executor: LocalExecutor) -> None:
+    """Starts every worker of ``executor``: one short task each, all at once.
 
-    ``Scheduler.run`` shuts its executor down at the end; here that keeps the
-    pool, and ``close`` ends it.
+    The scheduler leaves an executor it is handed running, so the pool stays
+    warm from one timed run to the next.
     """
-
-    def __init__(self, workers: int) -> None:
-        self._pool = LocalExecutor(gpus=list(range(workers)))
-
-    @property
-    def capacity(self) -> int:
-        return self._pool.capacity
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        return self._pool.submit(fn, *args)
-
-    supports_timeout = True
-
-    def restart(self) -> None:
-        self._pool.restart()
-
-    def kill(self, futures: Collection[Future]) -> None:
-        self._pool.kill(futures)
-
-    def shutdown(self, kill: bool = False) -> None:
-        if kill:
-            self._pool.shutdown(kill=True)
-
-    def warm(self) -> None:
-        """Starts every worker: one short task each, all at once."""
-        wait([self.submit(time.sleep, 0.3) for _ in range(self.capacity)])
-
-    def close(self) -> None:
-        self._pool.shutdown()
+    wait([executor.submit(time.sleep, 0.3) for _ in range(executor.capacity)])
 
 
 @dataclass
@@ -119,7 +91,7 @@ def _rows(repository: Repository) -> dict[tuple[int, int, int, int], float | Non
 
 
 def run_phobbit(
-    executor: WarmExecutor,
+    executor: LocalExecutor,
     trainable: SyntheticTrainable,
     R: int,
     eta: int,
@@ -147,7 +119,7 @@ def run_phobbit(
 
 
 def run_naive(
-    executor: WarmExecutor,
+    executor: LocalExecutor,
     trainable: SyntheticTrainable,
     R: int,
     eta: int,
@@ -160,7 +132,8 @@ def run_naive(
         repository = _repository(folder, R, eta, seed, iterations)
         path = str(repository.path)
         start = time.perf_counter()
-        for rung in naive_rungs(Space(SPACE), R, eta, seed, iterations, str(repository.models)):
+        rungs = serial_rungs(Space(SPACE), R, eta, seed, iterations, repository.checkpoint_stem)
+        for rung in rungs:
             futures = [executor.submit(run_segment, trainable, s, path) for s in rung.segments]
             wait(futures)
             chosen = rung.reduce([f.result() for f in futures])
@@ -172,19 +145,20 @@ def run_naive(
 
 
 def serial_reference(R: int, eta: int, seed: int, iterations: int) -> tuple[Promotions, dict]:
-    """A serial run in this process, one segment after another: the reference."""
-    promotions: Promotions = {}
+    """A serial run in this process (``phobbit.testing``), one segment after another."""
     trainable = SyntheticTrainable()
     with tempfile.TemporaryDirectory(prefix="phobbit-bench-") as folder:
         repository = _repository(folder, R, eta, seed, iterations)
-        for rung in naive_rungs(Space(SPACE), R, eta, seed, iterations, str(repository.models)):
-            results: list[SegmentResult] = [
-                run_segment(trainable, s, str(repository.path)) for s in rung.segments
-            ]
-            chosen = rung.reduce(results)
-            if rung.k:
-                promotions[rung.key] = sorted(chosen)
-        return promotions, _rows(repository)
+        run = serial_hyperband(
+            Space(SPACE),
+            R,
+            eta,
+            lambda segment: run_segment(trainable, segment, folder),
+            seed,
+            iterations,
+            repository.checkpoint_stem,
+        )
+        return run.promotions, _rows(repository)
 
 
 def api_promotions(
@@ -257,11 +231,11 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], bool]:
     serial: Promotions | None = None
     for workers in args.workers:
         bound = lower_bound(
-            Plan(Space(SPACE), R, eta, seed, k, workers), workers, args.epoch_seconds, args.jitter
+            Space(SPACE), R, eta, seed, k, workers, args.epoch_seconds, args.jitter
         )
-        executor = WarmExecutor(workers)
+        executor = LocalExecutor(gpus=list(range(workers)))
         try:
-            executor.warm()
+            warm(executor)
             for name, runner in (("naive", run_naive), ("phobbit", run_phobbit)):
                 result = runner(executor, timed, R, eta, seed, k)
                 zero = runner(executor, instant, R, eta, seed, k)
@@ -279,7 +253,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], bool]:
                 same = same and result.promotions == zero.promotions == serial
                 print(rows[-1].markdown(), file=sys.stderr, flush=True)
         finally:
-            executor.close()
+            executor.shutdown()
     return rows, same
 
 
@@ -292,11 +266,10 @@ def simulated(args: argparse.Namespace) -> list[Row]:
 
     rows = []
     for workers in args.workers:
-        bound = lower_bound(
-            Plan(Space(SPACE), R, eta, seed, k, workers), workers, args.epoch_seconds, args.jitter
-        ).value
+        space = Space(SPACE)
+        bound = lower_bound(space, R, eta, seed, k, workers, args.epoch_seconds, args.jitter).value
         naive = simulate_naive(R, eta, workers, duration, seed, k)
-        ours = simulate_plan(Plan(Space(SPACE), R, eta, seed, k, workers), workers, duration)
+        ours = simulate_plan(space, R, eta, seed, k, workers, duration)
         rows.append(Row(workers, "naive", naive.makespan, bound, naive.segments))
         rows.append(Row(workers, "phobbit", ours.makespan, bound, ours.segments))
     return rows

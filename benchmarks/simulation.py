@@ -1,29 +1,31 @@
 """A discrete-event simulation of phobbit's plan and of the naive plan: a virtual clock.
 
-Segments take exactly the time ``SyntheticTrainable`` would sleep (the same
-jitter, drawn from the configuration and epoch), so the simulated makespans
-match what a real run would give on a machine without overhead. It is how the
-dispatch policy of ``phobbit.dispatch`` was chosen: every policy is run on the same
-plan, the same durations and the same losses.
+phobbit's plan runs with the real ``Scheduler`` and ``run_segment`` on a
+``SimulatedExecutor`` (``phobbit.simulated``), whose segments take exactly the
+time ``SyntheticTrainable`` would sleep (the same jitter, drawn from the
+configuration and epoch), so the simulated makespans match what a real run
+would give on a machine without overhead. The naive plan is the serial
+Hyperband of ``phobbit.testing`` with a barrier after each rung. It is how the
+dispatch policy of ``phobbit.dispatch`` was chosen: every policy is run on the
+same plan, the same durations and the same losses.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
-import os
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from phobbit import reducer
 from phobbit.dispatch import DispatchPolicy
 from phobbit.hyperband import SynchronousHyperband
-from phobbit.plan import Plan
-from phobbit.records import Segment, SegmentKey, SegmentResult, Status, config_name
-from phobbit.schedule import brackets
+from phobbit.plan import Plan, PolicyOf
+from phobbit.records import RunSettings, Segment, SegmentKey
+from phobbit.repository import Repository
+from phobbit.scheduler import Scheduler
+from phobbit.simulated import SimulatedExecutor
 from phobbit.space import Hyperparameter, Space
-from phobbit.trainable import default_curve, hparams_unit
+from phobbit.testing import serial_hyperband, serial_rungs, synthetic_result
+from phobbit.trainable import SyntheticTrainable
 
 SPACE = [
     Hyperparameter("x", "uniform", (0.0, 1.0)),
@@ -31,33 +33,10 @@ SPACE = [
 ]
 
 
-def epoch_time(hparams: dict[str, Any], epoch: int, epoch_seconds: float, jitter: float) -> float:
-    """How long ``SyntheticTrainable`` sleeps for ``epoch`` of ``hparams`` (the same formula)."""
-    shake = 1.0 + jitter * (2.0 * hparams_unit({**hparams, "_e": epoch}) - 1.0)
-    return epoch_seconds * shake
-
-
 def segment_time(segment: Segment, epoch_seconds: float, jitter: float) -> float:
     """How long ``SyntheticTrainable`` sleeps for the whole segment."""
-    return sum(
-        epoch_time(segment.hparams, e, epoch_seconds, jitter)
-        for e in range(segment.start_epoch + 1, segment.epochs + 1)
-    )
-
-
-def result_of(segment: Segment, start: float = 0.0, end: float = 0.0) -> SegmentResult:
-    """The row ``run_segment`` would write for a ``SyntheticTrainable`` with the default curve."""
-    epochs = range(segment.start_epoch + 1, segment.epochs + 1)
-    losses = [default_curve(segment.hparams, e) for e in epochs]
-    best = reducer.best_so_far(losses, segment.prior_best)
-    return segment.result(
-        val_loss=best,
-        last_val_loss=losses[-1],
-        status=Status.OK,
-        error="",
-        start=start,
-        end=end,
-    )
+    trainable = SyntheticTrainable(epoch_seconds=epoch_seconds, jitter=jitter)
+    return trainable.segment_time(segment.hparams, segment.start_epoch, segment.epochs)
 
 
 @dataclass(frozen=True)
@@ -74,32 +53,31 @@ class Bound:
         return max(self.work / self.workers, self.chain)
 
 
-def lower_bound(plan: Plan, workers: int, epoch_seconds: float, jitter: float) -> Bound:
-    """The bound of a run of ``plan`` (fresh, not yet started) on ``workers`` workers.
+def lower_bound(
+    space: Space,
+    R: int,
+    eta: int,
+    seed: int,
+    iterations: int,
+    workers: int,
+    epoch_seconds: float,
+    jitter: float,
+) -> Bound:
+    """The bound of a run on ``workers`` workers.
 
     The work is what a serial run trains; the chain is the longest total time
     of one configuration (its epochs run one after another, whatever the plan).
     """
-    space_plan = _serial_run(plan)
+    serial = serial_hyperband(space, R, eta, synthetic_result, seed, iterations)
+    trainable = SyntheticTrainable(epoch_seconds=epoch_seconds, jitter=jitter)
     work = 0.0
     per_config: dict[tuple[int, int, int], float] = {}
-    for segment in space_plan:
-        t = segment_time(segment, epoch_seconds, jitter)
+    for row in serial.results.values():
+        t = trainable.segment_time(row.hparams, row.start_epoch, row.epochs)
         work += t
-        key = (segment.iteration, segment.run, segment.id)
+        key = (row.iteration, row.run, row.id)
         per_config[key] = per_config.get(key, 0.0) + t
     return Bound(work=work, chain=max(per_config.values()), workers=workers)
-
-
-def _serial_run(plan: Plan) -> list[Segment]:
-    """Every segment a run of ``plan`` trains, by running it serially (consumes the plan)."""
-    trained = []
-    while not plan.done:
-        segment = plan.next_segment()
-        assert segment is not None
-        trained.append(segment)
-        plan.record(result_of(segment))
-    return trained
 
 
 @dataclass
@@ -112,104 +90,34 @@ class Outcome:
 
 
 def simulate_plan(
-    plan: Plan,
-    workers: int,
-    duration: Callable[[Segment], float],
-    overhead: float = 0.0,
-) -> Outcome:
-    """Runs ``plan`` on ``workers`` virtual workers: a free worker takes ``next_segment()``.
-
-    Args:
-        duration: the time a segment takes.
-        overhead: time added to every segment (dispatch, result, CSV append).
-    """
-    clock, free, count = 0.0, workers, 0
-    order = itertools.count()
-    running: list[tuple[float, int, Segment, float]] = []
-    while not plan.done:
-        while free:
-            segment = plan.next_segment()
-            if segment is None:
-                break
-            heapq.heappush(
-                running, (clock + duration(segment) + overhead, next(order), segment, clock)
-            )
-            free -= 1
-        if not running:
-            raise RuntimeError("the plan stalled with nothing running")
-        clock, _, segment, start = heapq.heappop(running)
-        free += 1
-        count += 1
-        plan.record(result_of(segment, start, clock))
-    sorted_promotions = {k: sorted(v) for k, v in plan.promotions().items()}
-    return Outcome(clock, count, sorted_promotions)
-
-
-@dataclass
-class NaiveRung:
-    """One rung of the naive plan: its segments, and the reducer that closes it."""
-
-    key: tuple[int, int, int]  # (iteration, run, rung)
-    segments: list[Segment]
-    k: int  # how many configurations it promotes
-    finished: dict[int, float | None] = field(default_factory=dict)
-    promoted: list[int] = field(default_factory=list)
-
-    def reduce(self, results: list[SegmentResult]) -> list[int]:
-        """Takes every result of the rung and returns the IDs it promotes (serial reducer)."""
-        self.finished = {r.id: r.val_loss if r.ok else None for r in results}
-        self.promoted = reducer.serial_promotions(self.finished, self.k)
-        return list(self.promoted)
-
-
-def naive_rungs(
     space: Space,
     R: int,
     eta: int,
-    seed: int = 0,
-    iterations: int = 1,
-    checkpoint_dir: str = "models",
-) -> Iterator[NaiveRung]:
-    """The naive plan, a serial Hyperband: bracket by bracket, rung by rung.
+    seed: int,
+    iterations: int,
+    workers: int,
+    duration: Callable[[Segment], float],
+    policy: PolicyOf | None = None,
+    overhead: float = 0.0,
+) -> Outcome:
+    """phobbit's ``Scheduler`` and ``Plan`` on a ``SimulatedExecutor`` of ``workers`` workers.
 
-    The caller trains a rung's segments and calls its ``reduce`` before taking
-    the next rung, which trains what it promoted. It shares nothing with
-    ``Plan`` but the bracket math, the sampling and the reducer, so it is also
-    the reference that phobbit's promotions are checked against.
+    Args:
+        duration: the time a segment takes.
+        policy: the plan's dispatch policy (phobbit's latest start by default).
+        overhead: time added to every segment (dispatch, result, CSV append).
     """
-    for iteration in range(iterations):
-        for bracket in brackets(R, eta):
-            alive = list(range(bracket.n))
-            best: dict[int, float | None] = dict.fromkeys(alive)
-            hparams = {i: space.sample(seed, iteration, bracket.run, i) for i in alive}
-            stem = {
-                i: os.path.join(checkpoint_dir, config_name(iteration, bracket.run, i))
-                for i in alive
-            }
-            for rung in bracket.rungs:
-                last = rung.index + 1 == len(bracket.rungs)
-                segments = [
-                    Segment(
-                        iteration=iteration,
-                        run=bracket.run,
-                        id=i,
-                        rung=rung.index,
-                        hparams=hparams[i],
-                        start_epoch=bracket.rungs[rung.index - 1].epochs if rung.index else 0,
-                        epochs=rung.epochs,
-                        checkpoint=stem[i],
-                        prior_best=best[i],
-                    )
-                    for i in alive
-                ]
-                step = NaiveRung(
-                    (iteration, bracket.run, rung.index),
-                    segments,
-                    0 if last else bracket.rungs[rung.index + 1].n,
-                )
-                yield step
-                best.update(step.finished)
-                alive = sorted(step.promoted)
+    executor = SimulatedExecutor(workers, duration, overhead=overhead)
+    with tempfile.TemporaryDirectory(prefix="phobbit-sim-") as folder:
+        repository = Repository(folder)
+        repository.create(RunSettings.of(space, R, eta, seed, iterations))
+        plan = Plan(
+            space, R, eta, seed, iterations, workers, repository.checkpoint_stem, policy=policy
+        )
+        Scheduler(SyntheticTrainable(), plan, repository, executor).run()
+        segments = len(repository.results())
+    sorted_promotions = {k: sorted(v) for k, v in plan.promotions().items()}
+    return Outcome(executor.makespan(), segments, sorted_promotions)
 
 
 def simulate_naive(
@@ -229,14 +137,14 @@ def simulate_naive(
     """
     clock, count = 0.0, 0
     promotions: dict[tuple[int, int, int], list[int]] = {}
-    for rung in naive_rungs(Space(space), R, eta, seed, iterations):
+    for rung in serial_rungs(Space(space), R, eta, seed, iterations):
         free_at = [clock] * workers
         results = []
         for segment in rung.segments:
             index = min(range(workers), key=free_at.__getitem__)
             start = free_at[index]
             free_at[index] += duration(segment) + overhead
-            results.append(result_of(segment, start, free_at[index]))
+            results.append(synthetic_result(segment, start=start, end=free_at[index]))
         count += len(rung.segments)
         clock = max(free_at)
         promoted = rung.reduce(results)
@@ -319,9 +227,9 @@ class GreedyPolicy(DispatchPolicy):
         return self.rule(self, segment)
 
 
-def greedy_plan(rule: Rule, space: Space, R: int, eta: int, seed: int, k: int, w: int) -> Plan:
-    """A ``Plan`` whose dispatch policy is the greedy ``rule``."""
-    return Plan(space, R, eta, seed, k, w, policy=lambda machine: GreedyPolicy(rule, machine, w))
+def greedy(rule: Rule, workers: int) -> PolicyOf:
+    """The dispatch policy of a plan's state machine that follows the greedy ``rule``."""
+    return lambda machine: GreedyPolicy(rule, machine, workers)
 
 
 CASES = [(81, 3, w, k) for k in (1, 2) for w in (2, 4, 8, 16)] + [
@@ -346,13 +254,12 @@ def compare_rules(jitter: float = 0.3) -> str:
     for name, rule in rules.items():
         values = []
         for R, eta, workers, k in CASES:
-            bound = lower_bound(Plan(space, R, eta, 0, k, workers), workers, 1.0, jitter).value
-            args = (space, R, eta, 0, k, workers)
+            bound = lower_bound(space, R, eta, 0, k, workers, 1.0, jitter).value
             if name == "naive":
                 outcome = simulate_naive(R, eta, workers, duration, 0, k)
             else:
-                plan = Plan(*args) if rule is None else greedy_plan(rule, *args)
-                outcome = simulate_plan(plan, workers, duration)
+                policy = None if rule is None else greedy(rule, workers)
+                outcome = simulate_plan(space, R, eta, 0, k, workers, duration, policy)
             values.append(bound / outcome.makespan)
         cells = " | ".join(f"{v:.3f}" for v in values)
         lines.append(f"| {name} | {cells} | {sum(values) / len(values):.3f} |")

@@ -13,14 +13,14 @@ from typing import Any
 import pandas as pd
 
 from phobbit.errors import InputError
-from phobbit.executor import LocalExecutor, parse_gpus
+from phobbit.executor import Executor, LocalExecutor, parse_gpus
 from phobbit.keras_trainable import KerasTrainable, check_dataset, staged_dataset
 from phobbit.plan import Plan
 from phobbit.records import RunSettings
 from phobbit.reporting import PlainReporter
 from phobbit.repository import Repository
 from phobbit.results import results_frame
-from phobbit.scheduler import Executor, Reporter, Scheduler
+from phobbit.scheduler import Reporter, Scheduler
 from phobbit.space import Hyperparameter, Space
 from phobbit.trainable import Trainable
 
@@ -79,7 +79,10 @@ class ParallelHyperband:
             times the longest segment you expect (the top rung trains R epochs).
         executor: where segments run instead of a local process pool, e.g. a
             ``phobbit.dask_executor.DaskExecutor`` past one machine (``gpus``,
-            ``jobs_per_gpu`` and ``n_jobs`` then go to it, not here).
+            ``jobs_per_gpu`` and ``n_jobs`` then go to it, not here). It is yours:
+            ``run`` leaves it running (and kills only what it had in flight when it
+            stops on an error); shut it down when done. The local pool made when
+            none is given is shut down at the end of every ``run``.
         keep_best: how many of the best configurations keep the file of their best
             epoch when it is not their last (default 10). The others' are deleted
             as soon as they fall out of the best and are not training, so disk holds
@@ -137,6 +140,9 @@ class ParallelHyperband:
         self.reporter = reporter
         if executor is not None and (gpus is not None or n_jobs is not None):
             raise InputError("give gpus/n_jobs to the executor, not beside it")
+        # The executor it makes is its own to shut down after each run; one it is given
+        # stays up for its owner (several runs may share a Dask client's workers).
+        self._owns_executor = executor is None
         self.executor = executor or LocalExecutor(parse_gpus(gpus), jobs_per_gpu, n_jobs)
         self.segment_timeout = _timeout(segment_timeout)
         if self.segment_timeout is not None and not self.executor.supports_timeout:
@@ -229,7 +235,7 @@ class ParallelHyperband:
                 kwargs = dict(self._keras_kwargs)
                 if self._dataset is not None:
                     # Workers on other hosts cannot read this one's /tmp: stage beside the repo.
-                    shared = getattr(self.executor, "stage_in_repository", False)
+                    shared = self.executor.stages_data_in_repository
                     folder = stack.enter_context(
                         tempfile.TemporaryDirectory(
                             prefix=".staging-" if shared else "phobbit-",
@@ -240,6 +246,9 @@ class ParallelHyperband:
                         staged_dataset(self._dataset, folder)
                     )
                 trainable = KerasTrainable(**kwargs)
+            if self._owns_executor:
+                # Closed first on the way out: before the staged data and the driver lock go.
+                stack.push(self._shut_down)
             Scheduler(
                 trainable,
                 plan,
@@ -253,6 +262,10 @@ class ParallelHyperband:
             ).run()
             self.repository.prune_best_checkpoints(self.keep_best)
         return self.results()
+
+    def _shut_down(self, kind: type | None, *_: object) -> None:
+        """Shuts down the executor this tuner made; ends its tasks at once on an error."""
+        self.executor.shutdown(kill=kind is not None)
 
     def results(self) -> pd.DataFrame:
         """The results table of what the repository holds now (also mid-run)."""

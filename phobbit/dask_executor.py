@@ -32,6 +32,7 @@ from typing import Any
 from distributed import WorkerPlugin
 
 from phobbit.errors import InputError
+from phobbit.executor import Executor
 from phobbit.worker import HIDDEN, pin
 
 
@@ -55,7 +56,7 @@ class PinPlugin(WorkerPlugin):
         pin(self.slots, lease_dir, self.threads, self.allow_growth)
 
 
-class DaskExecutor:
+class DaskExecutor(Executor):
     """Runs segments on a ``dask.distributed`` cluster, one per worker thread at a time.
 
     Args:
@@ -66,7 +67,7 @@ class DaskExecutor:
         jobs_per_gpu: trials at once on one GPU.
     """
 
-    stage_in_repository = True  # workers on other hosts cannot read this host's /tmp
+    stages_data_in_repository = True  # workers on other hosts cannot read this host's /tmp
 
     def __init__(
         self, client: Any, gpus: Sequence[int] | None = None, jobs_per_gpu: int = 1
@@ -89,7 +90,8 @@ class DaskExecutor:
         self._task_of: dict[Future, Any] = {}
         workers = client.scheduler_info(n_workers=-1).get("workers", {})
         # Only a worker under a nanny can be restarted, which is how a hung task is stopped.
-        self.supports_timeout = bool(workers) and all(w.get("nanny") for w in workers.values())
+        nannies = bool(workers) and all(w.get("nanny") for w in workers.values())
+        self.supports_timeout = self.can_kill_one = nannies
 
     @property
     def capacity(self) -> int:
@@ -126,7 +128,11 @@ class DaskExecutor:
         return result
 
     def kill(self, futures: Collection[Future]) -> None:
-        """Cancels the tasks of ``futures`` and restarts the workers that run them."""
+        """Cancels the tasks of ``futures`` and restarts the workers that run them.
+
+        Without nannies a running task cannot be stopped: it is cancelled, and its
+        thread runs on until it ends (its row is then refused by the fence, or kept).
+        """
         tasks = [self._task_of[f] for f in futures if f in self._task_of]
         keys = {task.key for task in tasks}
         busy = self.client.processing()
@@ -138,7 +144,7 @@ class DaskExecutor:
                 future.set_exception(CancelledError("its worker was restarted"))
             except InvalidStateError:
                 pass  # it finished meanwhile
-        if workers:
+        if workers and self.can_kill_one:  # only a nanny can restart its worker
             self.client.restart_workers(workers, raise_for_error=False)
 
     def restart(self) -> None:

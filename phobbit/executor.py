@@ -1,10 +1,32 @@
-"""Executors: where segments run. A process pool on this machine, one worker per GPU slot.
+"""Executors: where segments run. The base class, and a process pool on this machine.
+
+``Executor`` is what the scheduler drives, and all it calls: ``submit``,
+``wait``, ``kill``, ``restart``, ``shutdown`` and ``clock``. What an executor
+can do is declared as class attributes (as joblib's ``ParallelBackendBase``
+does), so callers ask, they do not probe with ``getattr``:
+
+- ``supports_timeout``: ``kill`` can stop a segment that hangs;
+- ``can_kill_one``: ``kill`` (or a worker's death) ends that task alone, not
+  every task in flight (Dask with nannies: yes; a loky pool: no, one dead
+  worker breaks the whole pool);
+- ``stages_data_in_repository``: workers may run on other hosts, so data they
+  read must be staged on the repository's shared file system, not in /tmp.
+
+``slots`` lists the device of each worker slot (a GPU id, or ``worker.HIDDEN``);
+``capacity`` is how many segments run at once.
+
+Whoever creates an executor shuts it down: the scheduler never does (it kills
+what it has in flight when it stops on an error, nothing more), so one executor
+can serve several runs. ``ParallelHyperband`` shuts down the ``LocalExecutor``
+it creates itself, not one it was given.
 
 ``LocalExecutor`` wraps joblib's loky process pool: workers are reused across
 trials (TensorFlow is imported once per worker), never time out while the
 reducer thinks, and each one is pinned to one GPU by the initializer
 ``worker.pin``. A worker that dies breaks the pool; ``restart`` builds a new
-one and the scheduler resubmits what was in flight.
+one and the scheduler resubmits what was in flight. ``DaskExecutor``
+(``phobbit.dask_executor``) runs past one machine, ``SimulatedExecutor``
+(``phobbit.simulated``) on a virtual clock.
 """
 
 from __future__ import annotations
@@ -15,14 +37,20 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Callable, Collection, Sequence
-from concurrent.futures import Future
-from typing import Any
-
-from joblib.externals.loky import ProcessPoolExecutor
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Iterable, Sequence
+from concurrent import futures as _futures
+from concurrent.futures import FIRST_COMPLETED, Future
+from typing import TYPE_CHECKING, Any
 
 from phobbit.errors import InputError
 from phobbit.worker import HIDDEN, pin
+
+if TYPE_CHECKING:
+    from typing import Self  # Python 3.11; annotations only, so 3.10 runs
+
+    from joblib.externals.loky import ProcessPoolExecutor
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +108,77 @@ def visible_gpu_count() -> int | None:
     return sum(1 for line in listing.splitlines() if line.startswith("GPU "))
 
 
-class LocalExecutor:
+class Executor(ABC):
+    """Where segments run: what the scheduler calls, and what it may count on.
+
+    Subclasses set ``slots`` and the capabilities below, and implement
+    ``submit``, ``kill``, ``restart`` and ``shutdown``; ``wait`` and ``clock``
+    are real time by default (a simulated executor overrides both).
+    """
+
+    supports_timeout: bool = False
+    """Whether ``kill`` can stop a segment that hangs."""
+    can_kill_one: bool = False
+    """Whether ``kill``, or a worker's death, ends that task alone and not all in flight."""
+    stages_data_in_repository: bool = False
+    """Whether workers may sit on other hosts: data goes beside the repository, not in /tmp."""
+
+    slots: list[str]
+    """The device of each worker slot: a GPU id, or ``worker.HIDDEN`` for the CPU."""
+
+    @property
+    def capacity(self) -> int:
+        """How many segments run at once."""
+        return len(self.slots)
+
+    @abstractmethod
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Runs ``fn(*args)`` on a worker; the future holds its result or exception.
+
+        Raises:
+            BrokenProcessPool: when a worker died while idle; ``restart`` first.
+        """
+
+    def wait(
+        self,
+        futures: Iterable[Future],
+        timeout: float | None = None,
+        return_when: str = FIRST_COMPLETED,
+    ) -> tuple[set[Future], set[Future]]:
+        """(done, not done) once one of ``futures`` is done (or all, with ``ALL_COMPLETED``).
+
+        Returns early after ``timeout`` seconds of ``clock``; None waits for ever.
+        """
+        done, not_done = _futures.wait(futures, timeout=timeout, return_when=return_when)
+        return set(done), set(not_done)
+
+    @abstractmethod
+    def kill(self, futures: Collection[Future]) -> None:
+        """Ends the tasks of ``futures``, and others too unless ``can_kill_one``.
+
+        Every future it ends is done (with an exception) once ``wait`` returns it.
+        """
+
+    @abstractmethod
+    def restart(self) -> None:
+        """Makes a pool that a dead worker broke usable again (what ran there is lost)."""
+
+    @abstractmethod
+    def shutdown(self, kill: bool = False) -> None:
+        """Stops the workers, the owner's call; ``kill`` ends running tasks at once."""
+
+    def clock(self) -> float:
+        """Monotonic seconds, which segment timeouts are counted in."""
+        return time.monotonic()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown(kill=exc[0] is not None)
+
+
+class LocalExecutor(Executor):
     """A loky process pool on this machine with one worker per slot.
 
     Args:
@@ -96,6 +194,8 @@ class LocalExecutor:
     """
 
     supports_timeout = True  # ``kill`` can end a hung segment (with the whole pool)
+    can_kill_one = False  # one dead loky worker breaks the whole pool
+    stages_data_in_repository = False  # its workers share this host's /tmp
 
     def __init__(
         self,
@@ -119,12 +219,9 @@ class LocalExecutor:
         self._lease_dir: str | None = None
         self._pool: ProcessPoolExecutor | None = None
 
-    @property
-    def capacity(self) -> int:
-        """How many segments run at once."""
-        return len(self.slots)
-
     def _start(self) -> ProcessPoolExecutor:
+        from joblib.externals.loky import ProcessPoolExecutor
+
         # A fresh lease folder per pool: slots of a broken pool's dying workers
         # cannot be mistaken for taken ones.
         self._lease_dir = tempfile.mkdtemp(prefix="phobbit-slots-")
@@ -164,9 +261,3 @@ class LocalExecutor:
         if self._lease_dir is not None:
             shutil.rmtree(self._lease_dir, ignore_errors=True)
             self._lease_dir = None
-
-    def __enter__(self) -> LocalExecutor:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown(kill=exc[0] is not None)

@@ -21,6 +21,12 @@ is stopped by killing its worker, which with loky means every worker: the
 timed-out segment is charged like a worker death, the others in flight are
 requeued without charge (which one hung is known).
 
+The scheduler calls only what ``phobbit.executor.Executor`` declares, and
+counts time with the executor's ``clock`` (a simulated executor's is virtual).
+It does not shut down the executor it was handed: its creator does. When the
+loop stops on an error (Ctrl-C, a full disk, a takeover), it kills what it has
+in flight (``Executor.kill``) and leaves the executor usable.
+
 Every segment carries the driver's fencing token (``phobbit.fence``): should
 another driver take the repository over, this driver's workers are refused
 their next write and end, and this driver stops with ``FencedOutError``.
@@ -32,40 +38,20 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Collection, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from collections.abc import Iterable
+from concurrent.futures import ALL_COMPLETED, Future
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Protocol
+from typing import Protocol
 
 from phobbit.checkpoints import BestConfigurations
 from phobbit.errors import FatalError, FencedOutError
+from phobbit.executor import Executor
 from phobbit.fence import StaleDriverError
 from phobbit.plan import Plan
 from phobbit.records import Segment, SegmentKey, SegmentResult, Status
 from phobbit.repository import Repository, this_host
 from phobbit.trainable import Trainable
 from phobbit.worker import WorkerNotPinnedError, one_line, run_segment
-
-
-class Executor(Protocol):
-    """What the scheduler needs of an executor (``LocalExecutor``, a Dask one, ...)."""
-
-    supports_timeout: bool  # whether ``kill`` can stop a segment that hangs
-
-    @property
-    def capacity(self) -> int: ...
-
-    def submit(self, fn: Any, *args: Any) -> Future: ...
-
-    def restart(self) -> None: ...
-
-    def kill(self, futures: Collection[Future]) -> None:
-        """Ends the workers running ``futures``; may end others too (a whole loky pool).
-
-        Every future it ends is done with an exception when it returns.
-        """
-
-    def shutdown(self, kill: bool = False) -> None: ...
 
 
 class Reporter(Protocol):
@@ -140,7 +126,8 @@ class Scheduler:
         trainable: what trains a segment (pickled to the workers).
         plan: the brackets to run.
         repository: where rows and checkpoints go; rows already there are not retrained.
-        executor: where segments run.
+        executor: where segments run; it stays up when the run ends (its creator
+            shuts it down).
         max_retries: how often a trial whose worker died (or that timed out) is
             retried before it fails.
         reporter: told of progress.
@@ -182,7 +169,7 @@ class Scheduler:
         self._best = None if keep_best is None else BestConfigurations(keep_best)
 
     def run(self) -> None:
-        """Runs until every bracket has finished; Ctrl-C kills the workers and re-raises."""
+        """Runs until every bracket has finished; Ctrl-C kills what is in flight and re-raises."""
         done_before = self.repository.results()
         self.reporter.started(self.plan, resumed=len(done_before))
         try:
@@ -192,17 +179,15 @@ class Scheduler:
                     if self.plan.done:
                         break
                     raise FatalError("the plan stalled with nothing running; this is a bug")
-                finished, _ = wait(
-                    self._in_flight, timeout=self._until_deadline(), return_when=FIRST_COMPLETED
-                )
+                finished, _ = self.executor.wait(self._in_flight, self._until_deadline())
                 self._collect(finished)
                 self._stop_overdue()
         except BaseException:
-            self.executor.shutdown(kill=True)
+            if self._in_flight:
+                self.executor.kill(list(self._in_flight))
             raise
         finally:
             self.reporter.closed()
-        self.executor.shutdown()
 
     def _dispatch(self, done_before: dict[SegmentKey, SegmentResult]) -> None:
         held_back: list[Segment] = []
@@ -234,7 +219,7 @@ class Scheduler:
             # A worker died while idle (e.g. killed for memory): no trial is to blame.
             self.executor.restart()
             future = self.executor.submit(*args)
-        self._since[future] = time.monotonic()
+        self._since[future] = self.executor.clock()
         return future
 
     def _take(self, future: Future) -> Segment:
@@ -247,13 +232,13 @@ class Scheduler:
         if self.segment_timeout is None or not self._since:
             return None
         first = min(self._since.values()) + self.segment_timeout
-        return max(0.0, first - time.monotonic())
+        return max(0.0, first - self.executor.clock())
 
     def _stop_overdue(self) -> None:
         """Kills the workers of segments past their timeout and charges those segments."""
         if self.segment_timeout is None:
             return
-        now = time.monotonic()
+        now = self.executor.clock()
         overdue = [
             f
             for f, since in self._since.items()
@@ -262,7 +247,7 @@ class Scheduler:
         if not overdue:
             return
         self.executor.kill(overdue)
-        wait(overdue)
+        self.executor.wait(overdue, return_when=ALL_COMPLETED)
         cause = (
             f"timed out after {format_timeout(self.segment_timeout)} (segment_timeout); "
             "its worker was killed"
@@ -292,7 +277,7 @@ class Scheduler:
             self._check_fence()
             # A broken pool fails every trial in flight: collect them all, then rebuild.
             rest = dict(self._in_flight)
-            wait(rest)
+            self.executor.wait(rest, return_when=ALL_COMPLETED)
             lost += self._outcomes(rest)
             # Kill the old workers before reading which rows they wrote: one still finishing
             # could otherwise append its row after the read, and its segment would run twice.

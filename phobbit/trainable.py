@@ -183,6 +183,15 @@ class SyntheticTrainable:
     record_dir: str | None = None
     checkpoint_every_epoch: bool = True
 
+    def epoch_time(self, hparams: dict[str, Any], epoch: int) -> float:
+        """Seconds that ``epoch`` of ``hparams`` takes: ``epoch_seconds``, jittered."""
+        shake = 1.0 + self.jitter * (2.0 * hparams_unit({**hparams, "_e": epoch}) - 1.0)
+        return self.epoch_seconds * shake
+
+    def segment_time(self, hparams: dict[str, Any], initial_epoch: int, epochs: int) -> float:
+        """Seconds that training ``hparams`` from ``initial_epoch`` to ``epochs`` takes."""
+        return sum(self.epoch_time(hparams, e) for e in range(initial_epoch + 1, epochs + 1))
+
     def train(
         self, hparams: dict[str, Any], checkpoint: str, initial_epoch: int, epochs: int
     ) -> Losses:
@@ -202,8 +211,7 @@ class SyntheticTrainable:
         for epoch in range(done + 1, epochs + 1):
             began = time.perf_counter()
             if self.epoch_seconds > 0:
-                shake = 1.0 + self.jitter * (2.0 * hparams_unit({**hparams, "_e": epoch}) - 1.0)
-                deadline += self.epoch_seconds * shake
+                deadline += self.epoch_time(hparams, epoch)
                 time.sleep(max(0.0, deadline - began))
             iterations += self.steps_per_epoch
             training += time.perf_counter() - began

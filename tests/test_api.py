@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,8 @@ from synthetic import failing_curve, overfitting_curve, x_curve
 from phobbit import Hyperparameter, InputError, ParallelHyperband, RepositoryError, brackets
 from phobbit.algorithms import Hyperband
 from phobbit.repository import Repository
+from phobbit.space import Space
+from phobbit.testing import serial_hyperband, synthetic_result
 from phobbit.trainable import SyntheticTrainable
 
 STEPS = 10
@@ -27,22 +30,9 @@ def tune(hparams, repo, curve=x_curve, records=None, **kwargs) -> ParallelHyperb
 
 
 def serial_reference(R: int, eta: int, hparams, seed: int) -> dict:
-    """What a serial Hyperband computes, straight from the definitions."""
-    from phobbit.space import Space
-
-    space = Space(hparams)
-    final = {}
-    for b in brackets(R, eta):
-        alive = list(range(b.n))
-        for rung in b.rungs:
-            scores = {}
-            for i in alive:
-                hp = space.sample(seed, 0, b.run, i)
-                scores[i] = min(x_curve(hp, e) for e in range(1, rung.epochs + 1))
-                final[f"{b.run}-{i}"] = (scores[i], rung.epochs)
-            k = b.rungs[rung.index + 1].n if rung.index + 1 < len(b.rungs) else 0
-            alive = sorted(alive, key=lambda i: (scores[i], i))[:k]
-    return final
+    """What a serial Hyperband (``phobbit.testing``) gives: "<run>-<id>" -> (val loss, epochs)."""
+    run = serial_hyperband(Space(hparams), R, eta, partial(synthetic_result, curve=x_curve), seed)
+    return {f"{r.run}-{r.id}": (r.val_loss, r.epochs) for r in run.final().values()}
 
 
 def test_results_table_is_shaped_like_hobbits(hparams, repo: Path) -> None:

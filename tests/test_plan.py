@@ -1,16 +1,19 @@
 """The plan: early promotion, the dispatch (backfill) order, and promotions equal to a serial run.
 
-Every test drives ``Plan`` directly with synthetic results on a virtual clock:
-no processes, no sleeping, no wall time.
+Tests drive ``Plan`` directly with synthetic results, or run it with the real
+``Scheduler`` on a ``SimulatedExecutor`` (a virtual clock): no processes, no
+sleeping, no wall time. The reference is ``phobbit.testing``'s serial Hyperband.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
 import random
+import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -19,9 +22,15 @@ from hypothesis import strategies as st
 from phobbit import Hyperparameter, reducer
 from phobbit.dispatch import latest_starts
 from phobbit.plan import Plan
-from phobbit.records import Segment, SegmentResult
+from phobbit.records import RunSettings, Segment, SegmentResult
+from phobbit.repository import Repository
 from phobbit.schedule import brackets
+from phobbit.scheduler import Scheduler, SilentReporter
+from phobbit.simulated import SimulatedExecutor
 from phobbit.space import Space
+from phobbit.testing import serial_hyperband
+from phobbit.trainable import Losses
+from phobbit.worker import run_segment
 
 Promotions = dict[tuple[int, int, int], list[int]]
 Outcome = Callable[[Segment], SegmentResult]
@@ -60,60 +69,101 @@ def outcome(seed: int, fail_rate: float = 0.0, levels: int = 0) -> Outcome:
 def serial_promotions(
     space: Space, R: int, eta: int, iterations: int, result: Outcome, seed: int = 0
 ) -> Promotions:
-    """A serial Hyperband, written out independently of ``Plan``: rung after rung."""
-    promotions: Promotions = {}
-    for iteration in range(iterations):
-        for bracket in brackets(R, eta):
-            alive = list(range(bracket.n))
-            for rung in bracket.rungs[:-1]:
-                finished = {}
-                for config_id in alive:
-                    segment = Segment(
-                        iteration,
-                        bracket.run,
-                        config_id,
-                        rung.index,
-                        space.sample(seed, iteration, bracket.run, config_id),
-                        0,
-                        rung.epochs,
-                        "unused",
-                    )
-                    r = result(segment)
-                    finished[config_id] = r.val_loss if r.ok else None
-                k = bracket.rungs[rung.index + 1].n
-                alive = reducer.serial_promotions(finished, k)
-                promotions[(iteration, bracket.run, rung.index)] = sorted(alive)
-    return promotions
+    """What a serial Hyperband (``phobbit.testing``) promotes when segments give ``result``."""
+    return serial_hyperband(space, R, eta, result, seed, iterations).promotions
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """A trainable whose losses depend on the segment alone (its configuration and epochs).
+
+    ``levels`` > 0 rounds losses to that many values (ties); ``fail_rate`` fails
+    some segments, half of them with a NaN loss and half by raising.
+    """
+
+    seed: int
+    fail_rate: float = 0.0
+    levels: int = 0
+
+    def train(
+        self, hparams: dict[str, Any], checkpoint: str, initial_epoch: int, epochs: int
+    ) -> Losses:
+        rng = random.Random(f"{self.seed}-{Path(checkpoint).name}-{epochs}")
+        loss = rng.random()
+        if self.levels:
+            loss = round(loss * self.levels) / self.levels
+        if rng.random() < self.fail_rate:
+            if rng.random() < 0.5:
+                raise ValueError("boom")
+            loss = math.nan
+        return Losses([loss] * (epochs - initial_epoch))
+
+
+def _repository(folder: str, space: Space, plan: Plan) -> Repository:
+    machine = plan.machine
+    repository = Repository(folder)
+    repository.create(
+        RunSettings.of(space, machine.R, machine.eta, machine.seed, machine.iterations)
+    )
+    return repository
+
+
+class Watch(SilentReporter):
+    """Notes when each segment is handed out (virtual time); calls ``each`` after each result."""
+
+    def __init__(
+        self, plan: Plan, executor: SimulatedExecutor, each: Callable[[Plan], None] | None
+    ) -> None:
+        self.plan, self.executor, self.each = plan, executor, each
+        self.handed: list[tuple[float, Segment]] = []
+
+    def dispatched(self, segment: Segment) -> None:
+        self.handed.append((self.executor.clock(), segment))
+
+    def finished(self, result: SegmentResult) -> None:
+        if self.each is not None:
+            self.each(self.plan)
 
 
 def run(
     plan: Plan,
-    workers: int,
-    result: Outcome,
-    rng: random.Random,
+    space: Space,
+    trainable: Drawn,
+    duration: Callable[[Segment], float],
     each: Callable[[Plan], None] | None = None,
 ) -> list[tuple[float, Segment]]:
-    """Runs ``plan`` on ``workers`` virtual workers whose segments take random times.
+    """Runs ``plan`` with the real ``Scheduler`` on a ``SimulatedExecutor`` of its workers.
 
     Returns (start time, segment) in the order handed out; ``each`` is called
     after every result is recorded.
     """
-    clock, order = 0.0, itertools.count()
-    running: list[tuple[float, int, Segment]] = []
-    started = []
-    while not plan.done:
-        while len(running) < workers:
-            segment = plan.next_segment()
-            if segment is None:
-                break
-            started.append((clock, segment))
-            heapq.heappush(running, (clock + rng.random(), next(order), segment))
-        assert running, "the plan stalled with nothing running"
-        clock, _, segment = heapq.heappop(running)
-        plan.record(result(segment))
-        if each is not None:
-            each(plan)
-    return started
+    executor = SimulatedExecutor(plan.workers, duration)
+    watch = Watch(plan, executor, each)
+    with tempfile.TemporaryDirectory(prefix="phobbit-test-") as folder:
+        repository = _repository(folder, space, plan)
+        Scheduler(trainable, plan, repository, executor, reporter=watch).run()
+    return watch.handed
+
+
+def random_times(rng: random.Random) -> Callable[[Segment], float]:
+    """Segments that take random times, drawn as they are handed out."""
+    return lambda segment: rng.random()
+
+
+def serial_run(space: Space, plan: Plan, trainable: Drawn) -> Promotions:
+    """What a serial Hyperband (``phobbit.testing``) of ``plan``'s settings promotes."""
+    machine = plan.machine
+    with tempfile.TemporaryDirectory(prefix="phobbit-test-") as folder:
+        repository = _repository(folder, space, plan)
+        return serial_hyperband(
+            space,
+            machine.R,
+            machine.eta,
+            lambda segment: run_segment(trainable, segment, folder),
+            machine.seed,
+            machine.iterations,
+            checkpoint_of=repository.checkpoint_stem,
+        ).promotions
 
 
 def sorted_promotions(plan: Plan) -> Promotions:
@@ -162,15 +212,15 @@ def test_plan_never_promotes_what_a_serial_run_would_not(
     seed: int, workers: int, shape: tuple[int, int], fail_rate: float, levels: int
 ) -> None:
     R, eta, space = *shape, SPACE
-    result = outcome(seed, fail_rate, levels)
-    serial = serial_promotions(space, R, eta, 2, result)
+    trainable = Drawn(seed, fail_rate, levels)
+    plan = Plan(space, R, eta, iterations=2, workers=workers)
+    serial = serial_run(space, plan, trainable)
 
     def check(plan: Plan) -> None:
         for key, ids in plan.promotions().items():
             assert set(ids) <= set(serial[key]), f"rung {key} promoted {ids}, serial {serial[key]}"
 
-    plan = Plan(space, R, eta, iterations=2, workers=workers)
-    run(plan, workers, result, random.Random(seed), each=check)
+    run(plan, space, trainable, random_times(random.Random(seed)), each=check)
     assert sorted_promotions(plan) == serial
 
 
@@ -202,13 +252,13 @@ def _result(segment: Segment, loss: float | None) -> SegmentResult:
 def test_promotions_equal_between_one_and_four_workers_under_random_finish_orders(
     space: Space, seed: int
 ) -> None:
-    result = outcome(seed, fail_rate=0.1, levels=8)
+    trainable = Drawn(seed, fail_rate=0.1, levels=8)
     one = Plan(space, R=27, eta=3, iterations=2, workers=1)
     four = Plan(space, R=27, eta=3, iterations=2, workers=4)
-    run(one, 1, result, random.Random(seed))
-    trained = run(four, 4, result, random.Random(seed + 1000))
+    run(one, space, trainable, random_times(random.Random(seed)))
+    trained = run(four, space, trainable, random_times(random.Random(seed + 1000)))
     assert sorted_promotions(one) == sorted_promotions(four)
-    assert sorted_promotions(four) == serial_promotions(space, 27, 3, 2, result)
+    assert sorted_promotions(four) == serial_run(space, four, trainable)
     assert len(trained) == len({s.key for _, s in trained}), "a segment ran twice"
 
 
@@ -230,7 +280,7 @@ def test_next_segment_takes_the_ready_segment_of_highest_priority(space: Space) 
 
 def test_free_workers_backfill_across_brackets_and_iterations(space: Space) -> None:
     plan = Plan(space, R=27, eta=3, iterations=2, workers=4)
-    started = run(plan, 4, outcome(1), random.Random(1))
+    started = run(plan, space, Drawn(1), random_times(random.Random(1)))
     first = {}  # when each (iteration, bracket) first started, and when it last started
     last = {}
     for when, segment in started:
@@ -252,7 +302,7 @@ def test_deep_chains_go_first_and_the_last_brackets_long_segments_fill_the_end(
     first = plan.next_segment()
     assert first is not None and first.run == 4  # 81x1, 27x2, ...: the longest chain of rungs
     plan.give_back(first)
-    started = run(plan, 8, outcome(2), random.Random(2))
+    started = run(plan, space, Drawn(2), random_times(random.Random(2)))
     order = [s.run for _, s in started if s.rung == 0]
     # Bracket 0 (5 segments of 81 epochs, nothing after them) starts after the deepest.
     assert order.index(0) > order.index(4)
@@ -314,14 +364,8 @@ def test_simulated_run_comes_close_to_the_lower_bound(
         return jitter[key]
 
     plan = Plan(space, R=81, eta=3, workers=workers)
-    result = outcome(7)
-    clock, order = 0.0, itertools.count()
-    running: list[tuple[float, int, Segment]] = []
-    while not plan.done:
-        while len(running) < workers and (segment := plan.next_segment()) is not None:
-            heapq.heappush(running, (clock + duration(segment), next(order), segment))
-        clock, _, segment = heapq.heappop(running)
-        plan.record(result(segment))
+    started = run(plan, space, Drawn(7), duration)
+    clock = max(when + jitter[segment.key] for when, segment in started)
     work = sum(jitter.values())
     assert len(jitter) == 206
     assert max(work / workers, 81 * 0.7) / clock >= at_least

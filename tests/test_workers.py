@@ -228,7 +228,10 @@ def test_a_worker_killed_while_idle_breaks_no_trial_and_the_pool_is_rebuilt(
     repository.create(run_settings(3))
     plan = Plan(Space(space()), R=3, eta=3, checkpoint_of=repository.checkpoint_stem)
     trainable = SyntheticTrainable(curve=x_curve, steps_per_epoch=STEPS)
-    Scheduler(trainable, plan, repository, executor).run()
+    try:
+        Scheduler(trainable, plan, repository, executor).run()
+    finally:
+        executor.shutdown()  # the scheduler leaves an executor it is handed to its owner
     assert plan.done and all(row.ok for row in repository.iter_results())
     assert len(repository.results()) == plan.total_segments()
 

@@ -1,0 +1,342 @@
+"""The scheduler's logic on a virtual clock: crash attribution, retries, timeouts, resume.
+
+Every test runs the real ``Scheduler``, ``Plan`` and ``run_segment`` on a
+``SimulatedExecutor``, which raises ``BrokenProcessPool`` /
+``TerminatedWorkerError`` on chosen segments and attempts as a loky pool
+would: deterministic, in milliseconds. ``test_workers.py`` proves the same
+paths with real processes that are killed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from helpers import space
+from joblib.externals.loky.process_executor import TerminatedWorkerError
+from synthetic import x_curve
+
+from phobbit import ParallelHyperband
+from phobbit.errors import StorageError
+from phobbit.plan import Plan
+from phobbit.records import RunSettings, Segment, SegmentKey, SegmentResult
+from phobbit.repository import Repository
+from phobbit.results import results_frame
+from phobbit.scheduler import KILLED_FOR_OTHER, UNKNOWN_CULPRIT, Scheduler
+from phobbit.simulated import Fault, SimulatedExecutor, TraceEntry
+from phobbit.space import Space
+from phobbit.testing import serial_hyperband
+from phobbit.trainable import SyntheticTrainable
+from phobbit.worker import run_segment
+
+COLUMNS = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status"]
+OOM = (
+    "A worker process managed by the executor was unexpectedly terminated. This could be "
+    "caused by a segmentation fault while calling the function or by an excessive memory "
+    "usage causing the Operating System to kill the worker.\n\nThe exit codes of the "
+    "workers are {SIGKILL(-9)}"
+)
+
+
+def one_second(segment: Segment) -> float:
+    """Every segment takes 1 s: those handed out together end together, first handed first."""
+    return 1.0
+
+
+class Retries:
+    """A reporter that keeps what ``retrying`` is told: (segment key, cause, attempt)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[SegmentKey, str, int]] = []
+
+    def started(self, plan: Plan, resumed: int) -> None:
+        pass
+
+    def dispatched(self, segment: Segment) -> None:
+        pass
+
+    def finished(self, result: SegmentResult) -> None:
+        pass
+
+    def retrying(self, segment: Segment, cause: str, attempt: int) -> None:
+        self.calls.append((segment.key, cause, attempt))
+
+    def closed(self) -> None:
+        pass
+
+    def charged(self) -> list[tuple[SegmentKey, int]]:
+        return [(key, attempt) for key, _, attempt in self.calls if attempt]
+
+
+class Run:
+    """A repository, a plan, a simulated executor and a scheduler over them (R=9, eta=3)."""
+
+    def __init__(
+        self,
+        folder: Path,
+        workers: int = 3,
+        fail: dict[SegmentKey, Fault] | None = None,
+        duration: Callable[[Segment], float] = one_second,
+        can_kill_one: bool = False,
+        **scheduler: Any,
+    ) -> None:
+        self.repository = Repository(folder)
+        self.repository.create(RunSettings.of(Space(space()), 9, 3, 0, 1))
+        self.plan = plan(workers, self.repository)
+        self.executor = SimulatedExecutor(workers, duration, fail, can_kill_one=can_kill_one)
+        self.reporter = Retries()
+        self.scheduler = Scheduler(
+            SyntheticTrainable(curve=x_curve),
+            self.plan,
+            self.repository,
+            self.executor,
+            reporter=self.reporter,
+            **scheduler,
+        )
+
+    def __call__(self) -> Run:
+        self.scheduler.run()
+        return self
+
+    def table(self) -> pd.DataFrame:
+        return results_frame(self.repository.iter_results())[COLUMNS].sort_index()
+
+    def traced(self, key: SegmentKey) -> list[TraceEntry]:
+        return [entry for entry in self.executor.trace if entry.key == key]
+
+
+def plan(workers: int, repository: Repository | None = None) -> Plan:
+    checkpoint_of = {} if repository is None else {"checkpoint_of": repository.checkpoint_stem}
+    return Plan(Space(space()), 9, 3, 0, 1, workers, **checkpoint_of)
+
+
+def handed_out_first(workers: int, count: int = 1) -> list[SegmentKey]:
+    """The keys of the first ``count`` segments a fresh plan hands out."""
+    fresh = plan(workers)
+    return [segment.key for segment in (fresh.next_segment() for _ in range(count)) if segment]
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    """The table of a serial Hyperband (``phobbit.testing``) of the same trainable."""
+    repository = Repository(tmp_path_factory.mktemp("serial"))
+    repository.create(RunSettings.of(Space(space()), 9, 3, 0, 1))
+    trainable, folder = SyntheticTrainable(curve=x_curve), str(repository.path)
+    run = serial_hyperband(
+        Space(space()),
+        9,
+        3,
+        lambda segment: run_segment(trainable, segment, folder),
+        checkpoint_of=repository.checkpoint_stem,
+    )
+    return results_frame(run.results.values())[COLUMNS].sort_index()
+
+
+# -- crash attribution ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("error", [BrokenProcessPool(OOM), TerminatedWorkerError(OOM)])
+def test_a_crash_with_one_segment_in_flight_charges_that_segment(
+    tmp_path: Path, serial: pd.DataFrame, error: BrokenProcessPool
+) -> None:
+    [victim] = handed_out_first(1)
+    run = Run(tmp_path, workers=1, fail={victim: [error]})()
+    assert run.reporter.charged() == [(victim, 1)]
+    cause = run.reporter.calls[0][1]
+    assert cause.startswith("the worker process died (exit code SIGKILL(-9))")
+    assert [entry.outcome for entry in run.traced(victim)] == ["crashed", "done"]
+    pd.testing.assert_frame_equal(run.table(), serial)
+
+
+def test_a_crash_with_several_in_flight_charges_none_and_runs_them_one_at_a_time(
+    tmp_path: Path, serial: pd.DataFrame
+) -> None:
+    first, *others = handed_out_first(3, 3)
+    run = Run(tmp_path, workers=3, fail={first: [TerminatedWorkerError(OOM)]})()
+    lost = {first, *others}
+    assert run.reporter.charged() == []
+    assert {(key, cause) for key, cause, _ in run.reporter.calls} == {
+        (key, UNKNOWN_CULPRIT) for key in lost
+    }
+    reruns = sorted(
+        (entry.start, entry.end) for key in lost for entry in run.traced(key) if entry.start > 0
+    )
+    assert len(reruns) == 3
+    assert all(end <= start for (_, end), (start, _) in zip(reruns, reruns[1:], strict=False)), (
+        f"suspects overlapped: {reruns}"
+    )
+    assert run.scheduler._suspects == set(), "a suspect that finished is cleared"
+    pd.testing.assert_frame_equal(run.table(), serial)
+
+
+def test_a_second_crash_with_its_suspect_in_flight_charges_that_suspect(
+    tmp_path: Path, serial: pd.DataFrame
+) -> None:
+    first, *_ = handed_out_first(3, 3)
+    twice = [TerminatedWorkerError(OOM), TerminatedWorkerError(OOM)]
+    run = Run(tmp_path, workers=3, fail={first: twice})()
+    assert run.reporter.charged() == [(first, 1)]
+    assert [entry.outcome for entry in run.traced(first)] == ["crashed", "crashed", "done"]
+    pd.testing.assert_frame_equal(run.table(), serial)
+
+
+@pytest.mark.parametrize(("max_retries", "tries"), [(0, "once"), (2, "3 times")])
+def test_a_trial_whose_worker_dies_more_than_max_retries_times_fails_and_the_run_goes_on(
+    tmp_path: Path, serial: pd.DataFrame, max_retries: int, tries: str
+) -> None:
+    [victim] = handed_out_first(1)
+    run = Run(
+        tmp_path, workers=1, fail={victim: TerminatedWorkerError(OOM)}, max_retries=max_retries
+    )
+    run()
+    row = run.repository.results()[victim]
+    assert not row.ok
+    assert row.error.startswith(
+        f"its worker died {tries}: the worker process died (exit code SIGKILL(-9))"
+    )
+    assert len(run.traced(victim)) == max_retries + 1
+    name = f"{victim[1]}-{victim[2]}"
+    table = run.table()
+    assert table.loc[name, "Status"] == "failed"
+    # The trial failed at its first rung; everything else trained as a serial run does,
+    # up to what the failure changed in its own bracket.
+    others = table.drop(index=[n for n in table.index if n.startswith(f"{victim[1]}-")])
+    expected = serial.drop(index=[n for n in serial.index if n.startswith(f"{victim[1]}-")])
+    pd.testing.assert_frame_equal(others, expected)
+
+
+def test_a_worker_that_died_while_idle_charges_no_trial(
+    tmp_path: Path, serial: pd.DataFrame
+) -> None:
+    run = Run(tmp_path, workers=2)
+    run.executor.break_pool()  # e.g. killed for memory between two trials
+    run()
+    assert run.reporter.calls == []
+    pd.testing.assert_frame_equal(run.table(), serial)
+
+
+# -- timeouts -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("can_kill_one", [False, True])
+def test_a_hung_segment_is_charged_at_its_timeout_and_the_others_are_requeued_free(
+    tmp_path: Path, serial: pd.DataFrame, can_kill_one: bool
+) -> None:
+    first, *_ = handed_out_first(3, 3)
+
+    def duration(segment: Segment) -> float:
+        return 1e9 if segment.key == first else 1.5
+
+    run = Run(
+        tmp_path,
+        workers=3,
+        duration=duration,
+        can_kill_one=can_kill_one,
+        segment_timeout=4.0,
+        max_retries=1,
+    )()
+    row = run.repository.results()[first]
+    assert row.error == "timed out after 4s 2 times (segment_timeout); its worker was killed"
+    assert run.reporter.charged() == [(first, 1)]
+    spared = [key for key, cause, _ in run.reporter.calls if cause == KILLED_FOR_OTHER]
+    # A loky pool loses every worker to stop one; a Dask worker under a nanny, its own.
+    assert bool(spared) is not can_kill_one
+    assert [entry.end - entry.start for entry in run.traced(first)] == [4.0, 4.0]
+    table = run.table()
+    assert table.loc[f"{first[1]}-{first[2]}", "Status"] == "failed"
+    others = table.drop(index=[n for n in table.index if n.startswith(f"{first[1]}-")])
+    expected = serial.drop(index=[n for n in serial.index if n.startswith(f"{first[1]}-")])
+    pd.testing.assert_frame_equal(others, expected)
+
+
+def test_a_run_that_hangs_without_a_timeout_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    [victim] = handed_out_first(1)
+    run = Run(tmp_path, workers=1, duration=lambda s: 1e9 if s.key == victim else 1.0)
+    run.executor.duration = lambda s: float("inf") if s.key == victim else 1.0
+    with pytest.raises(RuntimeError, match="never finish"):
+        run()
+
+
+# -- resume and ownership ---------------------------------------------------------------------
+
+
+def test_a_resumed_run_trains_nothing_twice_and_ends_as_a_serial_run(
+    tmp_path: Path, serial: pd.DataFrame
+) -> None:
+    stop = handed_out_first(2, 8)[-1]
+    first = Run(tmp_path, workers=2, fail={stop: [StorageError("no space left")]})
+    with pytest.raises(StorageError):
+        first()
+    written = set(first.repository.results())
+    assert written and stop not in written
+    second = Run(tmp_path, workers=2)()
+    trained = {entry.key for entry in second.executor.trace}
+    assert trained.isdisjoint(written)
+    assert trained | written == set(second.repository.results())
+    pd.testing.assert_frame_equal(second.table(), serial)
+
+
+class Owned(SimulatedExecutor):
+    """A simulated executor that counts what is asked of it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.shutdowns: list[bool] = []
+        self.kills = 0
+
+    def shutdown(self, kill: bool = False) -> None:
+        self.shutdowns.append(kill)
+        super().shutdown(kill)
+
+    def kill(self, futures: Any) -> None:
+        self.kills += 1
+        super().kill(futures)
+
+
+def test_the_scheduler_leaves_the_executor_it_was_handed_running(tmp_path: Path) -> None:
+    executor = Owned(2)
+    tuner = ParallelHyperband(
+        None,
+        space(),
+        tmp_path / "repo",
+        trainable=SyntheticTrainable(),
+        executor=executor,
+        verbose=0,
+    )
+    assert len(tuner.run(R=9, eta=3)) == 17
+    assert executor.shutdowns == [] and executor.kills == 0
+    # On an error it ends what it had in flight, and still leaves the executor up.
+    [victim] = handed_out_first(2)
+    failing = Owned(2, fail={victim: [StorageError("no space left")]})
+    tuner = ParallelHyperband(
+        None,
+        space(),
+        tmp_path / "other",
+        trainable=SyntheticTrainable(),
+        executor=failing,
+        verbose=0,
+    )
+    with pytest.raises(StorageError):
+        tuner.run(R=9, eta=3)
+    assert failing.shutdowns == [] and failing.kills == 1
+    assert isinstance(failing.submit(sum, [1, 2]), Future)
+
+
+def test_the_simulated_clock_gives_the_makespan_of_a_synthetic_trainables_sleeps(
+    tmp_path: Path,
+) -> None:
+    repository = Repository(tmp_path)
+    repository.create(RunSettings.of(Space(space()), 9, 3, 0, 1))
+    executor = SimulatedExecutor(1)
+    trainable = SyntheticTrainable(curve=x_curve, epoch_seconds=2.0, jitter=0.3)
+    Scheduler(trainable, plan(1, repository), repository, executor).run()
+    rows = repository.results().values()
+    assert executor.makespan() == pytest.approx(
+        sum(trainable.segment_time(r.hparams, r.start_epoch, r.epochs) for r in rows)
+    )
+    assert max(r.end - r.start for r in rows) < 1.0, "epochs slept for real"
