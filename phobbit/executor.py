@@ -31,15 +31,18 @@ one and the scheduler resubmits what was in flight. ``DaskExecutor``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent import futures as _futures
 from concurrent.futures import FIRST_COMPLETED, Future
 from typing import TYPE_CHECKING, Any
@@ -178,6 +181,28 @@ class Executor(ABC):
         self.shutdown(kill=exc[0] is not None)
 
 
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignores SIGINT in the driver for the instant loky starts a pool's workers.
+
+    A Ctrl-C on a terminal goes to the whole process group, workers included,
+    and one that reaches a worker still importing (before ``pin`` ignores it)
+    kills it with a traceback. An ignored signal stays ignored across exec, and
+    Python then installs no KeyboardInterrupt handler: the workers are born
+    ignoring it. loky starts them in this thread, from the first ``submit`` of a
+    pool (a signal mask would not do: the child does not keep it). A Ctrl-C
+    during those milliseconds is dropped; a second one stops the run.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class LocalExecutor(Executor):
     """A loky process pool on this machine with one worker per slot.
 
@@ -237,7 +262,9 @@ class LocalExecutor(Executor):
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         """Runs ``fn(*args)`` in a pinned worker."""
         if self._pool is None:
-            self._pool = self._start()
+            with _sigint_ignored():  # a pool's first submit starts its workers
+                self._pool = self._start()
+                return self._pool.submit(fn, *args)
         return self._pool.submit(fn, *args)
 
     def restart(self) -> None:

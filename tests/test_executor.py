@@ -145,3 +145,31 @@ def test_library_logger_is_silent_by_default_and_logs_pool_restarts(
     messages = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
     assert ("phobbit.executor", "INFO", "starting a pool of 1 workers on ['-1']") in messages
     assert any(m[1] == "WARNING" and "worker pool broken or killed" in m[2] for m in messages)
+
+
+def test_workers_are_born_ignoring_ctrl_c_and_the_driver_keeps_its_handler(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C reaches the whole process group: a worker still importing must not die of
+    it (a KeyboardInterrupt traceback in the terminal). loky starts workers in this thread."""
+    import signal
+
+    from joblib.externals.loky.backend import fork_exec
+
+    seen = []
+    spawn = fork_exec.fork_exec
+
+    def spy(*args, **kwargs):
+        seen.append(signal.getsignal(signal.SIGINT))
+        return spawn(*args, **kwargs)
+
+    monkeypatch.setattr(fork_exec, "fork_exec", spy)
+    before = signal.getsignal(signal.SIGINT)
+    executor = LocalExecutor(n_jobs=2)
+    try:
+        assert executor.submit(os.getpid).result(timeout=120) > 0
+    finally:
+        executor.shutdown()
+    assert len(seen) >= 2, "loky started the workers elsewhere: the test proves nothing"
+    assert all(handler is signal.SIG_IGN for handler in seen)
+    assert signal.getsignal(signal.SIGINT) is before
