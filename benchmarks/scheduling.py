@@ -9,7 +9,7 @@ trainable whose epochs sleep 20 ms with +-30% jitter, twice per W:
   Hyperband whose rungs are spread over the workers);
 - phobbit: every bracket live at once, early promotion, latest start first.
 
-Both use the same ``LocalExecutor``, ``run_segment`` and ``SyntheticTrainable``.
+Both use the same ``LocalExecutor``, ``train_segment`` and ``SyntheticTrainable``.
 It prints a markdown table: makespan, the lower bound max(total work / W,
 longest chain of dependent epochs), efficiency = bound / makespan, segments
 run, and the per-segment overhead as segments per second of the same run with
@@ -56,7 +56,7 @@ from phobbit.scheduler import Scheduler  # noqa: E402
 from phobbit.space import Space  # noqa: E402
 from phobbit.testing import serial_hyperband, serial_rungs  # noqa: E402
 from phobbit.trainable import SyntheticTrainable  # noqa: E402
-from phobbit.worker import run_segment  # noqa: E402
+from phobbit.worker import train_segment  # noqa: E402
 
 Promotions = dict[tuple[int, int, int], list[int]]
 
@@ -111,7 +111,7 @@ def run_phobbit(
             workers=executor.capacity,
             checkpoint_of=repository.checkpoint_stem,
         )
-        Scheduler(trainable, plan, repository, executor).run()
+        Scheduler(trainable, plan, repository, executor).drive()
         seconds = time.perf_counter() - start
         rows = _rows(repository)
     promotions = {k: sorted(v) for k, v in plan.promotions().items()}
@@ -134,7 +134,7 @@ def run_naive(
         start = time.perf_counter()
         rungs = serial_rungs(Space(SPACE), R, eta, seed, iterations, repository.checkpoint_stem)
         for rung in rungs:
-            futures = [executor.submit(run_segment, trainable, s, path) for s in rung.segments]
+            futures = [executor.submit(train_segment, trainable, s, path) for s in rung.segments]
             wait(futures)
             chosen = rung.reduce([f.result() for f in futures])
             if rung.k:
@@ -153,7 +153,7 @@ def serial_reference(R: int, eta: int, seed: int, iterations: int) -> tuple[Prom
             Space(SPACE),
             R,
             eta,
-            lambda segment: run_segment(trainable, segment, folder),
+            lambda segment: train_segment(trainable, segment, folder),
             seed,
             iterations,
             repository.checkpoint_stem,

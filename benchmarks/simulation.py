@@ -1,6 +1,6 @@
 """A discrete-event simulation of phobbit's plan and of the naive plan: a virtual clock.
 
-phobbit's plan runs with the real ``Scheduler`` and ``run_segment`` on a
+phobbit's plan runs with the real ``Scheduler`` and ``train_segment`` on a
 ``SimulatedExecutor`` (``phobbit.simulated``), whose segments take exactly the
 time ``SyntheticTrainable`` would sleep (the same jitter, drawn from the
 configuration and epoch), so the simulated makespans match what a real run
@@ -114,7 +114,7 @@ def simulate_plan(
         plan = Plan(
             space, R, eta, seed, iterations, workers, repository.checkpoint_stem, policy=policy
         )
-        Scheduler(SyntheticTrainable(), plan, repository, executor).run()
+        Scheduler(SyntheticTrainable(), plan, repository, executor).drive()
         segments = len(repository.results())
     sorted_promotions = {k: sorted(v) for k, v in plan.promotions().items()}
     return Outcome(executor.makespan(), segments, sorted_promotions)

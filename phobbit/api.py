@@ -259,7 +259,7 @@ class ParallelHyperband:
                 segment_timeout=self.segment_timeout,
                 fence=fence,
                 keep_best=self.keep_best,
-            ).run()
+            ).drive()
             self.repository.prune_best_checkpoints(self.keep_best)
         return self.results()
 

@@ -8,7 +8,7 @@ repository back.
 
 Each driver, once it holds the repository, writes a fresh *token* to
 ``driver.json`` under the results lock (``Repository.driver_lock``). Every
-segment it hands out carries that token, and ``run_segment`` makes it this
+segment it hands out carries that token, and ``train_segment`` makes it this
 process's fence for the segment's duration (:func:`segment`). A write then
 checks, under the same results lock, that the token is still the repository's
 and writes before it lets go: a new driver cannot take over between the check

@@ -51,7 +51,7 @@ from phobbit.plan import Plan
 from phobbit.records import Segment, SegmentKey, SegmentResult, Status
 from phobbit.repository import Repository, this_host
 from phobbit.trainable import Trainable
-from phobbit.worker import WorkerNotPinnedError, one_line, run_segment
+from phobbit.worker import WorkerNotPinnedError, one_line, train_segment
 
 
 class Reporter(Protocol):
@@ -168,7 +168,7 @@ class Scheduler:
         self._suspects: set[SegmentKey] = set()
         self._best = None if keep_best is None else BestConfigurations(keep_best)
 
-    def run(self) -> None:
+    def drive(self) -> None:
         """Runs until every bracket has finished; Ctrl-C kills what is in flight and re-raises."""
         done_before = self.repository.results()
         self.reporter.started(self.plan, resumed=len(done_before))
@@ -212,7 +212,7 @@ class Scheduler:
             self.plan.give_back(segment)
 
     def _submit(self, segment: Segment) -> Future:
-        args = (run_segment, self.trainable, segment, str(self.repository.path), self.fence)
+        args = (train_segment, self.trainable, segment, str(self.repository.path), self.fence)
         try:
             future = self.executor.submit(*args)
         except BrokenProcessPool:

@@ -2,7 +2,7 @@
 
 ``SimulatedExecutor`` gives each task a duration from a cost model and runs it
 (``fn(*args)``, in this process) when the virtual clock reaches its end, so the
-real ``run_segment`` writes real rows to the repository while no time passes.
+real ``train_segment`` writes real rows to the repository while no time passes.
 ``wait`` advances the clock to the next completion, never sleeping; ``clock``
 returns the virtual time, so segment timeouts are virtual too. Scheduling
 benchmarks and the scheduler's tests use it instead of loops of their own.
@@ -20,7 +20,7 @@ which benchmarks compute makespans and efficiencies.
 
 Example:
     >>> executor = SimulatedExecutor(workers=4)
-    >>> Scheduler(SyntheticTrainable(epoch_seconds=1.0), plan, repository, executor).run()
+    >>> Scheduler(SyntheticTrainable(epoch_seconds=1.0), plan, repository, executor).drive()
     >>> executor.makespan()
 """
 

@@ -4,7 +4,7 @@
 The library's own reporter, which imports no rich, is ``phobbit.reporting.PlainReporter``.
 
 Both reporters implement the scheduler's ``Reporter`` protocol and share a
-``RunTracker``, which turns the scheduler's reports into what a person wants
+``ProgressTracker``, which turns the scheduler's reports into what a person wants
 on a job of hours: segments done per bracket and rung, what each GPU trains
 now, the best Val Loss so far, the elapsed time and an estimate of what is left.
 
@@ -69,7 +69,7 @@ class Running:
     since: float
 
 
-class RunTracker:
+class ProgressTracker:
     """Progress of a run, built from the scheduler's reports; callers serialize access.
 
     Args:
@@ -225,7 +225,7 @@ def rung_table(rungs: Sequence[RungProgress]) -> Table:
     return grid
 
 
-def render(tracker: RunTracker, title: str = "") -> RenderableType:
+def render(tracker: ProgressTracker, title: str = "") -> RenderableType:
     """The live display of ``tracker``: brackets x rungs, running segments, best, totals."""
     parts: list[RenderableType] = []
     if title:
@@ -279,7 +279,7 @@ class LiveReporter:
     ) -> None:
         self.console = console
         self.title = title
-        self.tracker = RunTracker(slots)
+        self.tracker = ProgressTracker(slots)
         self.tracker.seed_best(previous)
         # The scheduler reports from the main thread while Live redraws from its own.
         self._lock = threading.Lock()
@@ -370,7 +370,7 @@ class LineReporter(PlainReporter):
     ) -> None:
         super().__init__(stream, verbose)
         self.title = title
-        self.tracker = RunTracker(slots)
+        self.tracker = ProgressTracker(slots)
         self.tracker.seed_best(previous)
         self.best = self.tracker.best
         self._announced: set[tuple[int, int, int]] = set()

@@ -28,7 +28,7 @@ from phobbit.space import Space
 from phobbit.trainable import default_curve
 
 Train = Callable[[Segment], SegmentResult]
-"""Trains a segment and returns its row (``run_segment``, or a computed row)."""
+"""Trains a segment and returns its row (``train_segment``, or a computed row)."""
 
 
 @dataclass
@@ -117,7 +117,7 @@ def serial_hyperband(
 
     Args:
         train: trains a segment and returns its row, e.g.
-            ``lambda s: run_segment(trainable, s, repository_path)`` or ``synthetic_result``.
+            ``lambda s: train_segment(trainable, s, repository_path)`` or ``synthetic_result``.
         checkpoint_of: (iteration, s, id) -> the checkpoint stem segments carry.
     """
     results: dict[SegmentKey, SegmentResult] = {}
@@ -137,7 +137,7 @@ def synthetic_result(
     start: float = 0.0,
     end: float = 0.0,
 ) -> SegmentResult:
-    """The row ``run_segment`` writes for a ``SyntheticTrainable`` with ``curve``, computed.
+    """The row ``train_segment`` writes for a ``SyntheticTrainable`` with ``curve``, computed.
 
     No file is read or written: the losses come from the curve, the best from
     the segment's ``prior_best``.

@@ -4,7 +4,7 @@ Everything here runs in a worker process. ``pin`` is the pool's initializer: it
 takes a free *slot* (a GPU id, or the CPU) by an OS file lock that the process
 holds until it dies, so a replacement worker finds the slot of the one it
 replaces free, and sets ``CUDA_VISIBLE_DEVICES`` before anything imports
-TensorFlow. ``run_segment`` trains one segment and appends its row to the
+TensorFlow. ``train_segment`` trains one segment and appends its row to the
 repository.
 
 A pool worker whose driver died (SIGKILL, a crash) stops within a fraction of a
@@ -83,7 +83,7 @@ def pin(
             Dask worker thread) or outlives it on purpose.
 
     It never raises: an exception in an initializer breaks the whole pool. A
-    worker that found no slot records why, and ``run_segment`` reports it.
+    worker that found no slot records why, and ``train_segment`` reports it.
     """
     try:
         if driver_pid is not None:
@@ -172,7 +172,7 @@ def _failure(losses: list[float], segment: Segment) -> str:
     return ""
 
 
-def run_segment(
+def train_segment(
     trainable: Trainable, segment: Segment, repository: str, fence_token: str | None = None
 ) -> SegmentResult:
     """Trains one segment and appends its row to ``repository``'s results.

@@ -32,7 +32,7 @@ from phobbit.fence import StaleDriverError, commit
 from phobbit.records import Segment
 from phobbit.repository import DRIVER_FRESH_S, Repository
 from phobbit.trainable import SyntheticTrainable
-from phobbit.worker import run_segment
+from phobbit.worker import train_segment
 
 COLUMNS = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status"]
 VICTIM = "0-0-1"  # bracket 0 of R=9, eta=3 trains its configurations 9 epochs at once
@@ -119,14 +119,14 @@ def test_a_segment_of_a_replaced_driver_writes_no_row_and_no_checkpoint(tmp_path
         pass  # a driver that was killed, or whose lock file was deleted
     with repository.driver_lock() as new:
         with pytest.raises(StaleDriverError, match="taken over by another driver"):
-            run_segment(
+            train_segment(
                 SyntheticTrainable(), segment_of(checkpoint, 1, 3), str(repository.path), old
             )
         assert Path(f"{checkpoint}.json").read_bytes() == saved, "the checkpoint was replaced"
         assert not repository.results_path.exists(), "a row was written"
         assert sorted(p.name for p in repository.models.iterdir()) == ["0-0-0.json"]
         # The driver that holds the repository now writes as usual.
-        result = run_segment(
+        result = train_segment(
             SyntheticTrainable(), segment_of(checkpoint, 1, 3), str(repository.path), new
         )
         assert result.ok and list(repository.iter_results()) == [result]

@@ -30,7 +30,7 @@ from phobbit.simulated import SimulatedExecutor
 from phobbit.space import Space
 from phobbit.testing import serial_hyperband
 from phobbit.trainable import Losses
-from phobbit.worker import run_segment
+from phobbit.worker import train_segment
 
 Promotions = dict[tuple[int, int, int], list[int]]
 Outcome = Callable[[Segment], SegmentResult]
@@ -141,7 +141,7 @@ def run(
     watch = Watch(plan, executor, each)
     with tempfile.TemporaryDirectory(prefix="phobbit-test-") as folder:
         repository = _repository(folder, space, plan)
-        Scheduler(trainable, plan, repository, executor, reporter=watch).run()
+        Scheduler(trainable, plan, repository, executor, reporter=watch).drive()
     return watch.handed
 
 
@@ -159,7 +159,7 @@ def serial_run(space: Space, plan: Plan, trainable: Drawn) -> Promotions:
             space,
             machine.R,
             machine.eta,
-            lambda segment: run_segment(trainable, segment, folder),
+            lambda segment: train_segment(trainable, segment, folder),
             machine.seed,
             machine.iterations,
             checkpoint_of=repository.checkpoint_stem,

@@ -1,6 +1,6 @@
 """The scheduler's logic on a virtual clock: crash attribution, retries, timeouts, resume.
 
-Every test runs the real ``Scheduler``, ``Plan`` and ``run_segment`` on a
+Every test runs the real ``Scheduler``, ``Plan`` and ``train_segment`` on a
 ``SimulatedExecutor``, which raises ``BrokenProcessPool`` /
 ``TerminatedWorkerError`` on chosen segments and attempts as a loky pool
 would: deterministic, in milliseconds. ``test_workers.py`` proves the same
@@ -32,7 +32,7 @@ from phobbit.simulated import Fault, SimulatedExecutor, TraceEntry
 from phobbit.space import Space
 from phobbit.testing import serial_hyperband
 from phobbit.trainable import SyntheticTrainable
-from phobbit.worker import run_segment
+from phobbit.worker import train_segment
 
 COLUMNS = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status"]
 OOM = (
@@ -100,7 +100,7 @@ class Run:
         )
 
     def __call__(self) -> Run:
-        self.scheduler.run()
+        self.scheduler.drive()
         return self
 
     def table(self) -> pd.DataFrame:
@@ -131,7 +131,7 @@ def serial(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
         Space(space()),
         9,
         3,
-        lambda segment: run_segment(trainable, segment, folder),
+        lambda segment: train_segment(trainable, segment, folder),
         checkpoint_of=repository.checkpoint_stem,
     )
     return results_frame(run.results.values())[COLUMNS].sort_index()
@@ -334,7 +334,7 @@ def test_the_simulated_clock_gives_the_makespan_of_a_synthetic_trainables_sleeps
     repository.create(RunSettings.of(Space(space()), 9, 3, 0, 1))
     executor = SimulatedExecutor(1)
     trainable = SyntheticTrainable(curve=x_curve, epoch_seconds=2.0, jitter=0.3)
-    Scheduler(trainable, plan(1, repository), repository, executor).run()
+    Scheduler(trainable, plan(1, repository), repository, executor).drive()
     rows = repository.results().values()
     assert executor.makespan() == pytest.approx(
         sum(trainable.segment_time(r.hparams, r.start_epoch, r.epochs) for r in rows)

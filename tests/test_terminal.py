@@ -14,7 +14,7 @@ from phobbit.records import Segment, SegmentResult
 from phobbit.reporting import PlainReporter
 from phobbit.results import results_frame
 from phobbit.space import Space
-from phobbit.terminal import LineReporter, LiveReporter, RunTracker, estimate_left, render
+from phobbit.terminal import LineReporter, LiveReporter, ProgressTracker, estimate_left, render
 
 
 class Clock:
@@ -53,7 +53,7 @@ def test_estimate_left_scales_remaining_epochs_by_the_rate_so_far() -> None:
 def test_tracker_counts_epochs_and_infers_the_gpu_of_new_segments(space: Space) -> None:
     clock = Clock()
     plan = Plan(space, R=9, eta=3, workers=2)
-    tracker = RunTracker(slots=["0", "1"], clock=clock)
+    tracker = ProgressTracker(slots=["0", "1"], clock=clock)
     tracker.started(plan, resumed=0)
     assert (tracker.epochs_done, tracker.epochs_total) == (0, 69)
     assert (tracker.segments_done, tracker.segments_total) == (0, 22)
@@ -81,7 +81,7 @@ def test_tracker_counts_epochs_and_infers_the_gpu_of_new_segments(space: Space) 
 
 def test_tracker_knows_the_device_when_every_slot_is_the_cpu(space: Space) -> None:
     plan = Plan(space, R=3, eta=3)
-    tracker = RunTracker(slots=["-1", "-1"])
+    tracker = ProgressTracker(slots=["-1", "-1"])
     tracker.started(plan, resumed=0)
     segment = plan.next_segment()
     tracker.dispatched(segment)
@@ -206,7 +206,7 @@ def timed_result(segment: Segment, start: float, seconds: float) -> SegmentResul
 def test_a_segment_far_slower_than_its_peers_is_flagged_with_a_timeout_hint(space: Space) -> None:
     clock = Clock()
     plan = Plan(space, R=9, eta=3, workers=2)
-    tracker = RunTracker(slots=["0", "1"], clock=clock)
+    tracker = ProgressTracker(slots=["0", "1"], clock=clock)
     tracker.started(plan, resumed=0)
     hung = plan.next_segment()  # one epoch
     tracker.dispatched(hung)

@@ -18,7 +18,7 @@ from phobbit.errors import CheckpointError
 from phobbit.records import Segment
 from phobbit.repository import Repository
 from phobbit.trainable import Losses, SyntheticTrainable
-from phobbit.worker import run_segment
+from phobbit.worker import train_segment
 
 HPARAMS = {"x": 0.9}  # overfits after epoch 3: losses 1.69, 1.28, 1.20, 1.21, 1.25, ...
 TRAINABLE = SyntheticTrainable(curve=overfitting_curve, steps_per_epoch=STEPS)
@@ -112,5 +112,5 @@ def test_a_checkpoint_that_cannot_be_written_stops_the_run_without_failing_the_t
     repository.create(run_settings(1))
     segment = Segment(0, 0, 0, 0, HPARAMS, 0, 1, str(tmp_path / "models" / "0-0-0"))
     with pytest.raises(CheckpointError, match=r"cannot write checkpoint .*0-0-0.json: Permission"):
-        run_segment(TRAINABLE, segment, str(tmp_path))
+        train_segment(TRAINABLE, segment, str(tmp_path))
     assert list(repository.iter_results()) == []  # no failed row: the trial is not to blame

@@ -32,7 +32,7 @@ from phobbit.repository import Repository
 from phobbit.scheduler import Scheduler
 from phobbit.space import Space
 from phobbit.trainable import SyntheticTrainable
-from phobbit.worker import run_segment
+from phobbit.worker import train_segment
 
 COLUMNS = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status"]
 
@@ -148,7 +148,7 @@ def test_a_long_error_is_cut_to_one_short_line(tmp_path: Path) -> None:
     def long_curve(hparams: dict, epoch: int) -> float:
         raise RuntimeError("x" * 5000 + "\n" + "y" * 5000)
 
-    result = run_segment(
+    result = train_segment(
         SyntheticTrainable(curve=long_curve), _segment({}, tmp_path / "c"), str(tmp_path)
     )
     assert result.status == "failed" and len(result.error) <= 500 and "\n" not in result.error
@@ -181,7 +181,7 @@ def test_model_function_returning_no_compiled_keras_model_fails_the_trial(
     data = (([[0.0, 1.0]] * 4, [0.0] * 4), ([[1.0, 0.0]] * 2, [1.0] * 2))
     trainable = KerasTrainable(model_function, load_dataset=lambda: data)
     Repository(tmp_path).create(run_settings(1))
-    result = run_segment(trainable, _segment({}, tmp_path / "c"), str(tmp_path))
+    result = train_segment(trainable, _segment({}, tmp_path / "c"), str(tmp_path))
     assert result.status == "failed" and result.error.startswith(error)
     assert [r.error for r in Repository(tmp_path).iter_results()] == [result.error]
 
@@ -205,7 +205,7 @@ def test_a_row_the_disk_cannot_hold_stops_with_a_message_saying_so(
 ) -> None:
     repository = Repository(tmp_path)
     repository.create(run_settings(1))
-    result = run_segment(SyntheticTrainable(), _segment({}, tmp_path / "c"), str(tmp_path))
+    result = train_segment(SyntheticTrainable(), _segment({}, tmp_path / "c"), str(tmp_path))
 
     def write(fd: int, data: bytes) -> int:
         if written == "short":
@@ -229,7 +229,7 @@ def test_a_worker_killed_while_idle_breaks_no_trial_and_the_pool_is_rebuilt(
     plan = Plan(Space(space()), R=3, eta=3, checkpoint_of=repository.checkpoint_stem)
     trainable = SyntheticTrainable(curve=x_curve, steps_per_epoch=STEPS)
     try:
-        Scheduler(trainable, plan, repository, executor).run()
+        Scheduler(trainable, plan, repository, executor).drive()
     finally:
         executor.shutdown()  # the scheduler leaves an executor it is handed to its owner
     assert plan.done and all(row.ok for row in repository.iter_results())
