@@ -14,7 +14,7 @@ from __future__ import annotations
 import numbers
 import re
 from dataclasses import dataclass, field, fields
-from enum import StrEnum
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +30,20 @@ ConfigKey = tuple[int, int, int]
 """(iteration, bracket s, configuration id): what identifies a configuration."""
 
 
-class Status(StrEnum):
-    """How a segment ended; a ``str``, so rows and tables read ``ok`` and ``failed``."""
+class Status(str, Enum):
+    """How a segment ended; a ``str``, so rows and tables read ``ok`` and ``failed``.
+
+    ``enum.StrEnum`` would do, but it needs Python 3.11 and phobbit runs on 3.10.
+    """
 
     OK = "ok"
     FAILED = "failed"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
 
 def config_name(iteration: int, run: int, config_id: int) -> str:
