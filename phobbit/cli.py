@@ -264,6 +264,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     # `best` start fast; the API itself never imports TensorFlow.
     from phobbit.api import ParallelHyperband
     from phobbit.model_file import load_model_file
+    from phobbit.records import Status
     from phobbit.repository import Repository
     from phobbit.terminal import LineReporter, LiveReporter, device_label
 
@@ -303,7 +304,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         frame = tuner.run(R=args.R, eta=args.eta, iterations=args.iterations)
     console.print(best_table(frame, args.top, [hp.name for hp in tuner.space.hparams]))
     console.print(f"Repository: {args.repo}", soft_wrap=True)
-    ok = frame[frame["Status"] == "ok"]
+    ok = frame[frame["Status"] == Status.OK]
     if ok.empty:
         first = frame["Error"].iloc[0] if not frame.empty else "no results"
         raise CliError(f"every trial failed; the first says: {first}")
@@ -357,7 +358,9 @@ def _in_order(hparams: dict[str, Any], order: Sequence[str]) -> dict[str, Any]:
 
 def _checkpoint(repository: Any, row: Any) -> Any:
     """The file that evaluates to a configuration's listed Val Loss; None if none holds it."""
-    if row["Status"] != "ok" or math.isnan(row["Val Loss"]):
+    from phobbit.records import Status  # lazy: `phobbit brackets` stays light
+
+    if row["Status"] != Status.OK or math.isnan(row["Val Loss"]):
         return None
     return repository.scoring_checkpoint(
         int(row["Iteration"]), int(row["Run"]), int(row["ID"]), float(row["Val Loss"])
@@ -376,6 +379,7 @@ def best_table(frame: Any, top: int, order: Sequence[str] = ()) -> Table:
     from rich.table import Table
     from rich.text import Text
 
+    from phobbit.records import Status  # lazy: `phobbit brackets` stays light
     from phobbit.reporting import format_hparams
 
     table = Table(
@@ -383,7 +387,7 @@ def best_table(frame: Any, top: int, order: Sequence[str] = ()) -> Table:
         title_justify="left",
         box=box.SIMPLE_HEAD,
     )
-    failed = bool((frame["Status"] != "ok").any())
+    failed = bool((frame["Status"] != Status.OK).any())
     for column in ("Trial", "Val Loss", "Epochs", "Hparams") + (("Status",) if failed else ()):
         table.add_column(column, justify="right" if column in ("Val Loss", "Epochs") else "left")
     for trial, row in frame.head(top).iterrows():
@@ -391,7 +395,9 @@ def best_table(frame: Any, top: int, order: Sequence[str] = ()) -> Table:
         hparams = format_hparams(_in_order(row["Hparams"], order))
         cells = [str(trial), loss, str(row["Epochs"]), hparams]
         if failed:
-            cells.append("ok" if row["Status"] == "ok" else f"failed: {row['Error']}")
+            cells.append(
+                Status.OK.value if row["Status"] == Status.OK else f"failed: {row['Error']}"
+            )
         table.add_row(*map(Text, cells))  # Text, not str: a str cell is parsed as markup
     return table
 

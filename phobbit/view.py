@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from phobbit.errors import RepositoryError
-from phobbit.records import RunSettings, SegmentResult
+from phobbit.records import RunSettings, SegmentResult, Status
 from phobbit.repository import DRIVER_FILE, DRIVER_LOCK, Repository
 from phobbit.schedule import Bracket, brackets
 
@@ -214,7 +214,7 @@ class RepositoryView:
     def _best_config(self, trial: Any, row: Any) -> BestConfig:
         loss = None if math.isnan(row["Val Loss"]) else float(row["Val Loss"])
         checkpoint = None
-        if row["Status"] == "ok" and loss is not None:
+        if row["Status"] == Status.OK and loss is not None:
             checkpoint = self.repository.scoring_checkpoint(
                 int(row["Iteration"]), int(row["Run"]), int(row["ID"]), loss
             )
