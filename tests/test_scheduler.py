@@ -24,10 +24,10 @@ from synthetic import x_curve
 from phobbit import ParallelHyperband
 from phobbit.errors import StorageError
 from phobbit.plan import Plan
-from phobbit.records import RunSettings, Segment, SegmentKey, SegmentResult
+from phobbit.records import RunSettings, Segment, SegmentKey
 from phobbit.repository import Repository
 from phobbit.results import results_frame
-from phobbit.scheduler import KILLED_FOR_OTHER, UNKNOWN_CULPRIT, Scheduler
+from phobbit.scheduler import KILLED_FOR_OTHER, UNKNOWN_CULPRIT, Scheduler, SilentReporter
 from phobbit.simulated import Fault, SimulatedExecutor, TraceEntry
 from phobbit.space import Space
 from phobbit.testing import serial_hyperband
@@ -48,26 +48,14 @@ def one_second(segment: Segment) -> float:
     return 1.0
 
 
-class Retries:
+class Retries(SilentReporter):
     """A reporter that keeps what ``retrying`` is told: (segment key, cause, attempt)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[SegmentKey, str, int]] = []
 
-    def started(self, plan: Plan, resumed: int) -> None:
-        pass
-
-    def dispatched(self, segment: Segment) -> None:
-        pass
-
-    def finished(self, result: SegmentResult) -> None:
-        pass
-
     def retrying(self, segment: Segment, cause: str, attempt: int) -> None:
         self.calls.append((segment.key, cause, attempt))
-
-    def closed(self) -> None:
-        pass
 
     def charged(self) -> list[tuple[SegmentKey, int]]:
         return [(key, attempt) for key, _, attempt in self.calls if attempt]
