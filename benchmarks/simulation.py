@@ -75,7 +75,7 @@ def lower_bound(
     for row in serial.results.values():
         t = trainable.segment_time(row.hparams, row.start_epoch, row.epochs)
         work += t
-        key = (row.iteration, row.run, row.id)
+        key = (row.iteration, row.s, row.id)
         per_config[key] = per_config.get(key, 0.0) + t
     return Bound(work=work, chain=max(per_config.values()), workers=workers)
 
@@ -161,10 +161,10 @@ Rule = Callable[["GreedyPolicy", Segment], tuple]
 def _bracket_span(policy: GreedyPolicy, segment: Segment, from_rung: int) -> int:
     """Epochs the bracket still needs from ``from_rung`` on if it had every worker."""
     machine = policy.machine
-    bracket = machine.bracket(segment.iteration, segment.run)
+    bracket = machine.bracket(segment.iteration, segment.s)
     span = 0
     for rung in bracket.rungs[from_rung:]:
-        finished = machine.finished_in((segment.iteration, segment.run, rung.index))
+        finished = machine.finished_in((segment.iteration, segment.s, rung.index))
         left = max(rung.n - finished, 0)
         span += -(-left // policy.workers) * bracket.segment_epochs(rung.index)
     return span
@@ -184,7 +184,7 @@ RULES: dict[str, Rule] = {
         -s.id,
     ),
     "bracket span": lambda p, s: (_bracket_span(p, s, 0), _length(s), -s.iteration, -s.id),
-    "serial order, backfilled": lambda p, s: (-s.iteration, s.run, s.rung, -s.id),
+    "serial order, backfilled": lambda p, s: (-s.iteration, s.s, s.rung, -s.id),
     "longest segment": lambda p, s: (_length(s), -s.iteration, -s.id),
 }
 

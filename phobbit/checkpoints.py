@@ -325,7 +325,7 @@ def prune_best(models: str | os.PathLike, keep: Mapping[str, float]) -> list[Pat
     return removed
 
 
-Config = tuple[int, int, int]  # (iteration, run, id)
+Config = tuple[int, int, int]  # (iteration, s, id)
 
 
 class BestConfigurations:
@@ -334,7 +334,7 @@ class BestConfigurations:
     It tells the driver which configurations fall out of the best ``keep``, so
     their best-epoch files can go while the run goes on: disk then holds at most
     ``keep`` best-epoch files, plus those of configurations still training.
-    Ranked as the results table ranks: Val Loss, then iteration, run (highest
+    Ranked as the results table ranks: Val Loss, then iteration, s (highest
     first), ID. A configuration's Val Loss only falls while it trains, so one
     that falls out of the best comes back only with a better epoch, whose file
     its worker writes anew; the exception is a configuration among the best
@@ -366,8 +366,8 @@ class BestConfigurations:
         if old is not None:
             self._ranks.pop(bisect.bisect_left(self._ranks, old))
         if val_loss is not None and math.isfinite(val_loss):
-            iteration, run, config_id = config
-            rank = (val_loss, iteration, -run, config_id)
+            iteration, s, config_id = config
+            rank = (val_loss, iteration, -s, config_id)
             bisect.insort(self._ranks, rank)
             self._rank[config] = rank
         after = self.kept()

@@ -88,7 +88,7 @@ def latest_starts(
         the k-th segment of the rung to start should start by the k-th.
     """
     workers = max(1, workers)
-    by_s = {b.run: b for b in schedule}
+    by_s = {b.s: b for b in schedule}
     tiebreak = itertools.count()
     ready: list[tuple[int, int, int, int, RungKey]] = []
     waiting: dict[RungKey, int] = {}
@@ -106,7 +106,7 @@ def latest_starts(
 
     for iteration in range(iterations):
         for bracket in schedule:
-            release((iteration, bracket.run, len(bracket.rungs) - 1))
+            release((iteration, bracket.s, len(bracket.rungs) - 1))
     clock, running = 0, []
     finished: dict[RungKey, list[int]] = {}
     while ready or running:
@@ -136,7 +136,7 @@ class LatestStartPolicy(DispatchPolicy):
     """
 
     def __init__(self, schedule: list[Bracket], iterations: int, workers: int) -> None:
-        self._by_s = {b.run: b for b in schedule}
+        self._by_s = {b.s: b for b in schedule}
         self._latest = latest_starts(schedule, iterations, max(1, workers))
         self._ready: dict[SegmentKey, Segment] = {}
         # Per rung: the IDs ready to start (a heap, lowest first, from which IDs

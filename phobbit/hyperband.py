@@ -151,8 +151,8 @@ class SynchronousHyperband(StateMachine):
         self._brackets: dict[tuple[int, int], _BracketState] = {}
         for iteration in range(iterations):
             for b in self.schedule:
-                configs = {i: space.sample(seed, iteration, b.run, i) for i in range(b.n)}
-                self._brackets[(iteration, b.run)] = _BracketState(iteration, b, configs)
+                configs = {i: space.sample(seed, iteration, b.s, i) for i in range(b.n)}
+                self._brackets[(iteration, b.s)] = _BracketState(iteration, b, configs)
         self._started = False
         self._waiting = 0  # segments made ready that have no result yet
 
@@ -182,13 +182,13 @@ class SynchronousHyperband(StateMachine):
         self._waiting += 1
         return Segment(
             iteration=state.iteration,
-            run=state.bracket.run,
+            s=state.bracket.s,
             id=config_id,
             rung=rung,
             hparams=state.hparams[config_id],
             start_epoch=rungs[rung - 1].epochs if rung > 0 else 0,
             epochs=rungs[rung].epochs,
-            checkpoint=self.checkpoint_of(state.iteration, state.bracket.run, config_id),
+            checkpoint=self.checkpoint_of(state.iteration, state.bracket.s, config_id),
             prior_best=prior_best,
         )
 

@@ -46,9 +46,9 @@ class Status(str, Enum):
         return format(self.value, spec)
 
 
-def config_name(iteration: int, run: int, config_id: int) -> str:
+def config_name(iteration: int, s: int, config_id: int) -> str:
     """The file-name stem of a configuration's checkpoint: ``<iteration>-<s>-<id>``."""
-    return f"{iteration}-{run}-{config_id}"
+    return f"{iteration}-{s}-{config_id}"
 
 
 # Failed rows that older versions wrote for a checkpoint they could not use: no fault of
@@ -68,14 +68,14 @@ class SegmentResult:
     (the reducer's ranking value); ``status`` is a ``Status`` (a string given
     for it is converted), and ``error`` says why in one line when it failed.
     ``note`` says why the segment retrained epochs (its checkpoint was missing or
-    unreadable), or is empty. ``run`` is the bracket's s (Hobbit's ``Run``).
+    unreadable), or is empty. ``s`` is the bracket's s (Hobbit's ``Run``).
 
     Raises:
         ValueError: for a ``status`` that is no ``Status``.
     """
 
     iteration: int
-    run: int
+    s: int
     id: int
     rung: int
     start_epoch: int
@@ -97,8 +97,8 @@ class SegmentResult:
 
     @property
     def key(self) -> SegmentKey:
-        """(iteration, run, id, rung): what identifies a segment."""
-        return (self.iteration, self.run, self.id, self.rung)
+        """(iteration, s, id, rung): what identifies a segment."""
+        return (self.iteration, self.s, self.id, self.rung)
 
     @property
     def ok(self) -> bool:
@@ -113,7 +113,7 @@ class SegmentResult:
 
 @dataclass(frozen=True)
 class Segment:
-    """One unit of work: train configuration ``id`` of bracket ``run`` through ``rung``.
+    """One unit of work: train configuration ``id`` of bracket ``s`` through ``rung``.
 
     It is plain data, so it pickles cheaply and can be logged. It hashes by its
     identity and epochs (not by ``hparams``, a dict), so it can be a dict key or
@@ -121,7 +121,7 @@ class Segment:
 
     Attributes:
         iteration: the Hyperband iteration.
-        run: the bracket's s (Hobbit's ``Run``).
+        s: the bracket's s (Hobbit's ``Run``).
         id: the configuration's index in its bracket.
         rung: the rung this segment trains the configuration through.
         hparams: the configuration.
@@ -132,7 +132,7 @@ class Segment:
     """
 
     iteration: int
-    run: int
+    s: int
     id: int
     rung: int
     hparams: dict[str, Any] = field(hash=False)
@@ -143,19 +143,19 @@ class Segment:
 
     @property
     def key(self) -> SegmentKey:
-        """(iteration, run, id, rung): what identifies a segment."""
-        return (self.iteration, self.run, self.id, self.rung)
+        """(iteration, s, id, rung): what identifies a segment."""
+        return (self.iteration, self.s, self.id, self.rung)
 
     @property
     def rung_key(self) -> RungKey:
-        """(iteration, run, rung): the rung this segment belongs to."""
-        return (self.iteration, self.run, self.rung)
+        """(iteration, s, rung): the rung this segment belongs to."""
+        return (self.iteration, self.s, self.rung)
 
     def result(self, **outcome: Any) -> SegmentResult:
         """The row of this segment with ``outcome`` (val_loss, status, error, gpu, ...)."""
         return SegmentResult(
             iteration=self.iteration,
-            run=self.run,
+            s=self.s,
             id=self.id,
             rung=self.rung,
             start_epoch=self.start_epoch,

@@ -29,7 +29,7 @@ def format_hparams(hparams: dict) -> str:
 
 def retry_line(segment: Segment, cause: str, attempt: int) -> str:
     """What a reporter says when a trial goes back to the queue because its worker died."""
-    where = f"run {segment.run} id {segment.id} rung {segment.rung}"
+    where = f"run {segment.s} id {segment.id} rung {segment.rung}"
     if attempt == 0:
         return f"requeued {where}: {cause}; no retry charged"
     return f"worker died running {where} ({cause}); retry {attempt}"
@@ -37,7 +37,7 @@ def retry_line(segment: Segment, cause: str, attempt: int) -> str:
 
 def retrain_line(result: SegmentResult) -> str:
     """What a reporter says of a segment that retrained epochs: its checkpoint was bad."""
-    return f"retrained run {result.run} id {result.id} rung {result.rung}: {result.note}"
+    return f"retrained run {result.s} id {result.id} rung {result.rung}: {result.note}"
 
 
 SLOW_FACTOR = 5.0  # a segment is slow past this many times its peers' time per epoch...
@@ -77,7 +77,7 @@ class SlowWatch:
 def slow_line(segment: Segment, seconds: float) -> str:
     """What a reporter says of a segment that runs far longer than its peers."""
     return (
-        f"run {segment.run} id {segment.id} rung {segment.rung} has run {seconds:.0f}s, over "
+        f"run {segment.s} id {segment.id} rung {segment.rung} has run {seconds:.0f}s, over "
         f"{SLOW_FACTOR:g}x its peers' time per epoch; if it hangs, a segment timeout "
         "(--segment-timeout, segment_timeout=) kills and retries such segments"
     )
@@ -157,7 +157,7 @@ class PlainReporter:
         self.check_slow()
         self._done += 1
         elapsed = time.monotonic() - self._started
-        where = f"run {result.run} id {result.id} rung {result.rung}"
+        where = f"run {result.s} id {result.id} rung {result.rung}"
         if result.note:
             self._retrained += 1
             self._say(f"[{elapsed:7.1f}s] {retrain_line(result)}")

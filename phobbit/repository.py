@@ -81,6 +81,7 @@ def _float_value(text: str) -> float | None:
 def encode_row(result: SegmentResult) -> str:
     """One CSV line of ``result``, newline included, ending with its CRC32."""
     values = asdict(result)
+    values["run"] = values.pop("s")  # the column keeps Hobbit's name
     values["val_loss"] = _float_text(result.val_loss)
     values["last_val_loss"] = _float_text(result.last_val_loss)
     values["hparams"] = json.dumps(result.hparams, sort_keys=True)
@@ -151,7 +152,7 @@ def decode_row(line: str | bytes) -> SegmentResult | None:
             return None
         return SegmentResult(
             iteration=int(raw["iteration"]),
-            run=int(raw["run"]),
+            s=int(raw["run"]),  # the column keeps Hobbit's name
             id=int(raw["id"]),
             rung=int(raw["rung"]),
             start_epoch=int(raw["start_epoch"]),
@@ -608,7 +609,7 @@ class Repository:
                 raise RepositoryError(f"cannot read {self.results_path}: {exc.strerror}") from None
 
     def results(self) -> dict[SegmentKey, SegmentResult]:
-        """The first intact final row of every segment, by (iteration, run, id, rung).
+        """The first intact final row of every segment, by (iteration, s, id, rung).
 
         A failed row that is not final (see ``SegmentResult.final``) is skipped,
         so its segment is trained again.
@@ -619,16 +620,16 @@ class Repository:
                 found.setdefault(result.key, result)
         return found
 
-    def checkpoint(self, iteration: int, run: int, config_id: int) -> Path:
+    def checkpoint(self, iteration: int, s: int, config_id: int) -> Path:
         """Where the configuration's checkpoint lives (the trainable picks the suffix)."""
-        return self.models / config_name(iteration, run, config_id)
+        return self.models / config_name(iteration, s, config_id)
 
-    def checkpoint_stem(self, iteration: int, run: int, config_id: int) -> str:
+    def checkpoint_stem(self, iteration: int, s: int, config_id: int) -> str:
         """:meth:`checkpoint` as the path stem a ``Segment`` carries to its trainable."""
-        return str(self.checkpoint(iteration, run, config_id))
+        return str(self.checkpoint(iteration, s, config_id))
 
     def scoring_checkpoint(
-        self, iteration: int, run: int, config_id: int, val_loss: float
+        self, iteration: int, s: int, config_id: int, val_loss: float
     ) -> Path | None:
         """The file that holds the epoch of a configuration that scored ``val_loss``.
 
@@ -636,10 +637,10 @@ class Repository:
         data. None when no file holds that epoch any more (see
         :meth:`prune_best_checkpoints`); it never names another epoch's file.
         """
-        return checkpoints.find_scoring(self.checkpoint(iteration, run, config_id), val_loss)
+        return checkpoints.find_scoring(self.checkpoint(iteration, s, config_id), val_loss)
 
     def drop_best_checkpoint(
-        self, iteration: int, run: int, config_id: int, fence: str | None = None
+        self, iteration: int, s: int, config_id: int, fence: str | None = None
     ) -> None:
         """Deletes a configuration's best-epoch file, if it has one; the driver's call.
 
@@ -649,7 +650,7 @@ class Repository:
         Raises:
             StaleDriverError: when ``fence`` is no longer the repository's token.
         """
-        stem = self.checkpoint(iteration, run, config_id)
+        stem = self.checkpoint(iteration, s, config_id)
         paths = [Path(checkpoints.best_path(stem, suffix)) for suffix in checkpoints.SUFFIXES]
         present = [path for path in paths if path.exists()]
         if not present:
@@ -671,16 +672,16 @@ class Repository:
         """
         latest: dict[tuple[int, int, int], SegmentResult] = {}
         for row in self.results().values():
-            config = (row.iteration, row.run, row.id)
+            config = (row.iteration, row.s, row.id)
             if config not in latest or row.rung > latest[config].rung:
                 latest[config] = row
-        # Ranked as the results table ranks them: Val Loss, then iteration, run, ID.
+        # Ranked as the results table ranks them: Val Loss, then iteration, s, ID.
         ranked = sorted(
-            (r.val_loss, r.iteration, -r.run, r.id)
+            (r.val_loss, r.iteration, -r.s, r.id)
             for r in latest.values()
             if r.ok and r.val_loss is not None
         )
-        wanted = {config_name(i, -run, c): loss for loss, i, run, c in ranked[:keep]}
+        wanted = {config_name(i, -s, c): loss for loss, i, s, c in ranked[:keep]}
         return checkpoints.prune_best(self.models, wanted)
 
 

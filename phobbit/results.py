@@ -42,7 +42,7 @@ def results_frame(rows: Iterable[SegmentResult]) -> pd.DataFrame:
     for row in rows:
         if not row.final:
             continue  # a failure outside user code: the segment is trained again
-        config = (row.iteration, row.run, row.id)
+        config = (row.iteration, row.s, row.id)
         seconds[config] = seconds.get(config, 0.0) + max(0.0, row.end - row.start)
         first[config] = min(first.get(config, row.start), row.start)
         if config not in latest or row.rung > latest[config].rung:
@@ -50,13 +50,13 @@ def results_frame(rows: Iterable[SegmentResult]) -> pd.DataFrame:
     several = len({config[0] for config in latest}) > 1
     records, index = [], []
     for config, row in latest.items():
-        iteration, run, config_id = config
-        index.append(f"{iteration}:{run}-{config_id}" if several else f"{run}-{config_id}")
+        iteration, s, config_id = config
+        index.append(f"{iteration}:{s}-{config_id}" if several else f"{s}-{config_id}")
         records.append(
             {
                 "Hparams": row.hparams,
                 "ID": config_id,
-                "Run": run,
+                "Run": s,
                 "Val Loss": np.nan if row.val_loss is None else row.val_loss,
                 "Epochs": row.epochs,
                 "Rung": row.rung,

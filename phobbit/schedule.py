@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -38,12 +39,19 @@ class Bracket:
     """One bracket of Hyperband: successive halving started with ``rungs[0].n`` configurations.
 
     Attributes:
-        run: the bracket's s, which Hobbit's results table calls ``Run``.
+        s: the bracket's s (Hyperband's index: ``eta**s`` configurations at most),
+            which Hobbit's results table calls ``Run``.
         rungs: its rungs, from the widest (fewest epochs) to the narrowest.
     """
 
-    run: int
+    s: int
     rungs: tuple[Rung, ...]
+
+    @property
+    def run(self) -> int:
+        """Deprecated name of :attr:`s` (phobbit 0.x called it ``run``, after the table)."""
+        warnings.warn("Bracket.run is deprecated; use Bracket.s", DeprecationWarning, stacklevel=2)
+        return self.s
 
     @property
     def n(self) -> int:
@@ -111,7 +119,7 @@ def brackets(R: int, eta: int = 3) -> list[Bracket]:
         for i in range(s + 1):
             r = Fraction(R) * Fraction(eta) ** (i - s)
             rungs.append(Rung(index=i, n=n // eta**i, r=float(r), epochs=_nearest(r)))
-        result.append(Bracket(run=s, rungs=tuple(rungs)))
+        result.append(Bracket(s=s, rungs=tuple(rungs)))
     return result
 
 
@@ -120,7 +128,7 @@ def format_schedule(schedule: list[Bracket]) -> str:
     lines = []
     for b in schedule:
         rungs = ", ".join(f"{r.n}x{r.epochs}" for r in b.rungs)
-        lines.append(f"Run {b.run}: {rungs}  ({b.n} configurations, {b.total_epochs()} epochs)")
+        lines.append(f"Run {b.s}: {rungs}  ({b.n} configurations, {b.total_epochs()} epochs)")
     configs = sum(b.n for b in schedule)
     total = sum(b.total_epochs() for b in schedule)
     scratch = sum(b.total_epochs(continuation=False) for b in schedule)

@@ -339,8 +339,8 @@ class Scheduler:
         """
         if self._best is None:
             return
-        config = (result.iteration, result.run, result.id)
-        training = {(s.iteration, s.run, s.id) for s in self._in_flight.values()}
+        config = (result.iteration, result.s, result.id)
+        training = {(s.iteration, s.s, s.id) for s in self._in_flight.values()}
         for dropped in self._best.offer(config, result.val_loss if result.ok else None):
             if dropped not in training:
                 try:

@@ -1,6 +1,6 @@
 """The search space: hyperparameters, their distributions, and seeded sampling.
 
-A configuration is drawn from a generator seeded by ``(seed, iteration, run, id)``
+A configuration is drawn from a generator seeded by ``(seed, iteration, s, id)``
 alone, so the same seed gives the same configurations whatever the number of
 workers or the order in which trials finish.
 """
@@ -271,9 +271,9 @@ class Space:
     def __repr__(self) -> str:
         return f"Space({list(self.hparams)!r})"
 
-    def sample(self, seed: int, iteration: int, run: int, config_id: int) -> dict[str, Any]:
-        """The configuration ``(iteration, run, config_id)`` of the run seeded by ``seed``."""
-        rng = np.random.default_rng([seed, iteration, run, config_id])
+    def sample(self, seed: int, iteration: int, s: int, config_id: int) -> dict[str, Any]:
+        """The configuration ``(iteration, s, config_id)`` of the run seeded by ``seed``."""
+        rng = np.random.default_rng([seed, iteration, s, config_id])
         return {hp.name: hp.sample(rng) for hp in self.hparams}
 
     def to_list(self) -> list[dict[str, Any]]:

@@ -195,7 +195,7 @@ def best_line(best: SegmentResult | None) -> str:
     if best is None or best.val_loss is None:
         return "none yet"
     return (
-        f"{best.val_loss:.4g} (run {best.run} id {best.id}, {best.epochs} epochs) "
+        f"{best.val_loss:.4g} (run {best.s} id {best.id}, {best.epochs} epochs) "
         f"{format_hparams(best.hparams)}"
     )
 
@@ -217,7 +217,7 @@ def rung_table(rungs: Sequence[RungProgress]) -> Table:
     rows: dict[tuple[int, int], list[Text]] = {}
     for r in rungs:
         style = "green" if r.done == r.n else ("yellow" if r.done else "dim")
-        rows.setdefault((r.iteration, r.run), []).append(
+        rows.setdefault((r.iteration, r.s), []).append(
             Text(f"{r.done}/{r.n} x{r.epochs}ep", style=style)
         )
     for (iteration, run), cells in rows.items():
@@ -243,7 +243,7 @@ def render(tracker: ProgressTracker, title: str = "") -> RenderableType:
         took = format_duration(now - item.since)
         running.add_row(
             device_label(item.gpu),
-            str(s.run),
+            str(s.s),
             str(s.id),
             str(s.rung),
             f"{s.start_epoch}->{s.epochs}",
@@ -318,7 +318,7 @@ class LiveReporter:
             self.console.print(retrain_line(result), markup=False, highlight=False, soft_wrap=True)
         if not result.ok:
             self.console.print(
-                f"FAILED run {result.run} id {result.id} rung {result.rung}: {result.error}",
+                f"FAILED run {result.s} id {result.id} rung {result.rung}: {result.error}",
                 highlight=False,
                 soft_wrap=True,
                 markup=False,  # the error is the user's text: "[/]" in it is no markup
@@ -381,7 +381,7 @@ class LineReporter(PlainReporter):
         super().started(plan, resumed)
         self.tracker.started(plan, resumed)
         self._announced = {
-            (r.iteration, r.run, r.rung) for r in self.tracker.rungs if r.done == r.n
+            (r.iteration, r.s, r.rung) for r in self.tracker.rungs if r.done == r.n
         }
 
     def dispatched(self, segment: Segment) -> None:
@@ -389,7 +389,7 @@ class LineReporter(PlainReporter):
         self.tracker.dispatched(segment)
         # Rungs that segments of a resumed run completed were announced by that run.
         self._announced |= {
-            (r.iteration, r.run, r.rung) for r in self.tracker.rungs if r.done == r.n
+            (r.iteration, r.s, r.rung) for r in self.tracker.rungs if r.done == r.n
         }
 
     def finished(self, result: SegmentResult) -> None:
@@ -397,10 +397,10 @@ class LineReporter(PlainReporter):
         self.tracker.finished(result)
         several = len({r.iteration for r in self.tracker.rungs}) > 1
         for r in self.tracker.rungs:
-            key = (r.iteration, r.run, r.rung)
+            key = (r.iteration, r.s, r.rung)
             if r.done == r.n and key not in self._announced:
                 self._announced.add(key)
-                where = f"iteration {r.iteration} run {r.run}" if several else f"run {r.run}"
+                where = f"iteration {r.iteration} run {r.s}" if several else f"run {r.s}"
                 self._say(
                     f"[{self.tracker.elapsed():7.1f}s] {where} rung {r.rung} done "
                     f"({r.n} x {r.epochs} epochs); {self.tracker.summary()}"

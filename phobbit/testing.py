@@ -65,25 +65,25 @@ def serial_rungs(
         for bracket in brackets(R, eta):
             alive = list(range(bracket.n))
             best: dict[int, float | None] = dict.fromkeys(alive)
-            hparams = {i: space.sample(seed, iteration, bracket.run, i) for i in alive}
+            hparams = {i: space.sample(seed, iteration, bracket.s, i) for i in alive}
             for rung in bracket.rungs:
                 last = rung.index + 1 == len(bracket.rungs)
                 segments = [
                     Segment(
                         iteration=iteration,
-                        run=bracket.run,
+                        s=bracket.s,
                         id=i,
                         rung=rung.index,
                         hparams=hparams[i],
                         start_epoch=bracket.rungs[rung.index - 1].epochs if rung.index else 0,
                         epochs=rung.epochs,
-                        checkpoint=checkpoint_of(iteration, bracket.run, i),
+                        checkpoint=checkpoint_of(iteration, bracket.s, i),
                         prior_best=best[i],
                     )
                     for i in alive
                 ]
                 step = SerialRung(
-                    (iteration, bracket.run, rung.index),
+                    (iteration, bracket.s, rung.index),
                     segments,
                     0 if last else bracket.rungs[rung.index + 1].n,
                 )
@@ -101,7 +101,7 @@ class SerialRun:
 
     def final(self) -> dict[tuple[int, int, int], SegmentResult]:
         """(iteration, s, id) -> the row of the last rung each configuration reached."""
-        return {(r.iteration, r.run, r.id): r for r in self.results.values()}
+        return {(r.iteration, r.s, r.id): r for r in self.results.values()}
 
 
 def serial_hyperband(

@@ -51,7 +51,7 @@ class RungProgress:
     """One rung of one bracket: ``done`` of ``n`` segments, each training to ``epochs``."""
 
     iteration: int
-    run: int
+    s: int
     rung: int
     done: int
     n: int
@@ -62,20 +62,20 @@ class RungProgress:
 def schedule_progress(
     schedule: Sequence[Bracket], iterations: int, done: Mapping[tuple[int, int, int], int]
 ) -> list[RungProgress]:
-    """Every rung of ``iterations`` iterations of ``schedule``, with ``done[(iteration, run,
+    """Every rung of ``iterations`` iterations of ``schedule``, with ``done[(iteration, s,
     rung)]`` segments done, in the order a display lists them."""
     return [
         RungProgress(
             i,
-            b.run,
+            b.s,
             r.index,
-            done.get((i, b.run, r.index), 0),
+            done.get((i, b.s, r.index), 0),
             r.n,
             r.epochs,
             b.segment_epochs(r.index),
         )
         for i in range(iterations)
-        for b in sorted(schedule, key=lambda b: -b.run)
+        for b in sorted(schedule, key=lambda b: -b.s)
         for r in b.rungs
     ]
 
@@ -153,7 +153,7 @@ class BestConfig:
 
     trial: str
     iteration: int
-    run: int
+    s: int
     id: int
     val_loss: float | None
     epochs: int
@@ -168,6 +168,7 @@ class BestConfig:
     def to_dict(self, root: str | os.PathLike | None = None) -> dict[str, Any]:
         """Plain JSON-ready data; ``checkpoint`` relative to ``root`` when given."""
         data = dataclasses.asdict(self)
+        data["run"] = data.pop("s")  # the key Hobbit's table and `best --json` use
         path = self.checkpoint
         if path is not None and root is not None:
             path = path.relative_to(root)
@@ -221,7 +222,7 @@ class RepositoryView:
         return BestConfig(
             trial=str(trial),
             iteration=int(row["Iteration"]),
-            run=int(row["Run"]),
+            s=int(row["Run"]),
             id=int(row["ID"]),
             val_loss=loss,
             epochs=int(row["Epochs"]),

@@ -32,7 +32,7 @@ def tune(hparams, repo, curve=x_curve, records=None, **kwargs) -> ParallelHyperb
 def serial_reference(R: int, eta: int, hparams, seed: int) -> dict:
     """What a serial Hyperband (``phobbit.testing``) gives: "<run>-<id>" -> (val loss, epochs)."""
     run = serial_hyperband(Space(hparams), R, eta, partial(synthetic_result, curve=x_curve), seed)
-    return {f"{r.run}-{r.id}": (r.val_loss, r.epochs) for r in run.final().values()}
+    return {f"{r.s}-{r.id}": (r.val_loss, r.epochs) for r in run.final().values()}
 
 
 def test_results_table_is_shaped_like_hobbits(hparams, repo: Path) -> None:
@@ -40,7 +40,7 @@ def test_results_table_is_shaped_like_hobbits(hparams, repo: Path) -> None:
     assert list(results.columns[:4]) == ["Hparams", "ID", "Run", "Val Loss"]
     assert {"Epochs", "Status", "Train Time", "Start", "End"} <= set(results.columns)
     assert len(results) == 9 + 5 + 3
-    assert set(results.index) == {f"{b.run}-{i}" for b in brackets(20, 3) for i in range(b.n)}
+    assert set(results.index) == {f"{b.s}-{i}" for b in brackets(20, 3) for i in range(b.n)}
     assert results["Val Loss"].is_monotonic_increasing
     assert all(
         isinstance(h, dict) and set(h) == {"x", "lr", "act", "units"} for h in results["Hparams"]

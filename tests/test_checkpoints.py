@@ -56,7 +56,7 @@ def test_a_bad_file_is_unreadable_and_a_missing_one_is_none(
     for suffix in (".json", ".keras"):
         path = tmp_path / f"c{suffix}"
         path.write_bytes(content)
-        with pytest.raises(UnreadableCheckpointError, match=why if suffix == ".json" else ""):
+        with pytest.raises(UnreadableCheckpointError, match=why if suffix == ".json" else None):
             read_progress(path)
         assert inspect(path).problem.startswith("is unreadable (")
     assert read_progress(tmp_path / "none.keras") is None

@@ -172,10 +172,10 @@ def test_train_keras_model_file_on_gpus_0_1_fills_repository(tmp_path: Path) -> 
     assert json.loads((repo / "run.json").read_text())["R"] == 3
     best = min(rows, key=lambda r: r.val_loss)
     # The file of the epoch that scored: the checkpoint, or its best-epoch file.
-    model = Repository(repo).scoring_checkpoint(best.iteration, best.run, best.id, best.val_loss)
-    assert model is not None and model.name.startswith(f"{best.iteration}-{best.run}-{best.id}.")
+    model = Repository(repo).scoring_checkpoint(best.iteration, best.s, best.id, best.val_loss)
+    assert model is not None and model.name.startswith(f"{best.iteration}-{best.s}-{best.id}.")
     assert f"Best model: {model}" in out
-    assert f"{best.run}-{best.id}" in out.split("Best ")[-2]  # the table lists it
+    assert f"{best.s}-{best.id}" in out.split("Best ")[-2]  # the table lists it
 
 
 def test_train_prints_schedule_and_best_table(tmp_path: Path) -> None:
@@ -392,7 +392,7 @@ def test_best_json_lists_best_configurations_first(tmp_path: Path) -> None:
     rows = list(Repository(repo).iter_results())
     assert losses[0] == min(r.val_loss for r in rows)
     top = next(r for r in rows if r.val_loss == losses[0])
-    assert (best[0]["run"], best[0]["id"], best[0]["hparams"]) == (top.run, top.id, top.hparams)
+    assert (best[0]["run"], best[0]["id"], best[0]["hparams"]) == (top.s, top.id, top.hparams)
     assert (repo / best[0]["checkpoint"]).is_file()
 
     table = phobbit("best", repo, "--top", 2)
@@ -510,13 +510,13 @@ def test_user_text_is_printed_as_it_is_never_as_rich_markup(tmp_path: Path, prog
     assert f"Repository: {repo}" in train.stdout
     assert f"Repository {repo}: R=9" in status.stdout
     top = min((r for r in results.values() if r.ok), key=lambda r: r.val_loss)
-    checkpoint = repo / "models" / f"{top.iteration}-{top.run}-{top.id}.json"
+    checkpoint = repo / "models" / f"{top.iteration}-{top.s}-{top.id}.json"
     for done in (train, best):
         assert f"Best model: {checkpoint}" in done.stdout
     assert f"[red]c={top.hparams['[red]c']!r}" in status.stdout
     if progress == "live":
         assert f"phobbit train {model}: R=9" in train.stdout
-        assert f"FAILED run {failed[0].run} id {failed[0].id}" in train.stdout
+        assert f"FAILED run {failed[0].s} id {failed[0].id}" in train.stdout
 
 
 LONG_VALUES = (
@@ -659,7 +659,7 @@ def test_keyboard_interrupt_raised_in_user_code_fails_trials_and_the_run_finishe
     result = phobbit("train", model, "--jobs", 2, "--R", 9, "--repo", repo)
     assert result.returncode == 0, result.stderr
     rows = list(Repository(repo).iter_results())
-    assert len({(r.run, r.id) for r in rows}) == 17  # every configuration got its row
+    assert len({(r.s, r.id) for r in rows}) == 17  # every configuration got its row
     failed = [r for r in rows if not r.ok]
     assert failed and {r.error for r in failed} == {"KeyboardInterrupt: raised by user code"}
 

@@ -21,7 +21,7 @@ WRITERS, ROWS = 16, 500
 def row(writer: int, i: int) -> SegmentResult:
     return SegmentResult(
         iteration=writer,
-        run=2,
+        s=2,
         id=i,
         rung=0,
         start_epoch=0,
@@ -71,7 +71,7 @@ def test_sixteen_writers_append_8000_rows_none_torn_lost_or_doubled_while_read(
     status = importlib.util.find_spec("phobbit.cli") is not None
     while any(p.is_alive() for p in writers):
         rows = list(Repository(repo).iter_results())  # what `phobbit status` reads
-        assert len(rows) >= seen and all(r.run == 2 and r.epochs == 3 for r in rows)
+        assert len(rows) >= seen and all(r.s == 2 and r.epochs == 3 for r in rows)
         seen, reads = len(rows), reads + 1
         if status and not statuses:  # `phobbit status` itself, once the CLI is merged
             statuses.append(

@@ -100,7 +100,7 @@ def interrupted(repo: Path) -> set[tuple[str, int]]:
     """
     done: dict[str, int] = {}
     for row in Repository(repo).results().values():
-        stem = f"{row.iteration}-{row.run}-{row.id}"
+        stem = f"{row.iteration}-{row.s}-{row.id}"
         done[stem] = max(done.get(stem, 0), row.epochs)
     found = set()
     for path in (repo / "models").glob("*.json"):
@@ -154,7 +154,7 @@ def test_driver_killed_at_random_moments_resumes_to_the_table_of_an_uninterrupte
                 # A row torn by the kill in the middle of a write: it must never be parsed.
                 torn = SegmentResult(
                     iteration=0,
-                    run=0,
+                    s=0,
                     id=0,
                     rung=0,
                     start_epoch=0,
@@ -184,7 +184,7 @@ def test_driver_killed_at_random_moments_resumes_to_the_table_of_an_uninterrupte
         first_end.setdefault(row.key, row.end)
     by_call = {}
     for row in rows:
-        by_call.setdefault((f"0-{row.run}-{row.id}", row.epochs), row.key)
+        by_call.setdefault((f"0-{row.s}-{row.id}", row.epochs), row.key)
     trained = records_of(records)
     for record in trained:
         key = by_call[(Path(record["checkpoint"]).name, record["epochs"])]
@@ -423,7 +423,7 @@ def test_a_bad_checkpoint_due_for_promotion_is_retrained_to_the_uninterrupted_ta
     pd.testing.assert_frame_equal(resumed[COLUMNS].sort_index(), reference[COLUMNS].sort_index())
     rows = [r for r in Repository(repo).iter_results() if r.note]
     what = "is missing" if how == "deleted" else "is unreadable ("
-    assert [(r.run, r.id, r.rung, r.status) for r in rows] == [(2, int(victim[4:]), 1, "ok")]
+    assert [(r.s, r.id, r.rung, r.status) for r in rows] == [(2, int(victim[4:]), 1, "ok")]
     assert rows[0].note.startswith(f"checkpoint {victim}.json {what}")
     assert rows[0].note.endswith("retrained from scratch")
     assert f"retrained run 2 id {victim[4:]} rung 1: checkpoint {victim}.json" in lines.getvalue()
@@ -441,7 +441,7 @@ def test_a_failed_row_an_unreadable_checkpoint_caused_is_not_final(tmp_path: Pat
     """A repository of an older version: its trial failed on a checkpoint, since deleted."""
     reference = tuner(tmp_path / "ref", curve=overfitting_curve, n_jobs=2).run(R=9, eta=3)
     rows = list(Repository(tmp_path / "ref").iter_results())
-    victim = next(r for r in rows if r.run == 1 and r.rung == 1)  # bracket 1's last rung
+    victim = next(r for r in rows if r.s == 1 and r.rung == 1)  # bracket 1's last rung
     repo = tmp_path / "repo"
     shutil.copytree(tmp_path / "ref", repo)
     (repo / "models" / f"0-1-{victim.id}.json").unlink()

@@ -42,7 +42,7 @@ SETTINGS = {"R": 9, "eta": 3, "n_jobs": 2, "seed": 7, "epoch_seconds": 0.01}
 def segment_of(checkpoint: Path, start: int, epochs: int) -> Segment:
     return Segment(
         iteration=0,
-        run=0,
+        s=0,
         id=0,
         rung=0,
         hparams={"x": 0.5},

@@ -64,7 +64,7 @@ def test_every_segment_is_made_ready_once_and_the_machine_is_done_after_the_last
 def test_start_gives_rung_0_of_every_bracket_deepest_first_and_only_once() -> None:
     machine = SynchronousHyperband(SPACE, R=9, eta=3)
     first = machine.start()
-    assert [(s.run, s.id) for s in first][:3] == [(2, 0), (2, 1), (2, 2)]
+    assert [(s.s, s.id) for s in first][:3] == [(2, 0), (2, 1), (2, 2)]
     assert {s.rung for s in first} == {0} and len(first) == 9 + 5 + 3
     assert not machine.done
     with pytest.raises(RuntimeError):
@@ -73,7 +73,7 @@ def test_start_gives_rung_0_of_every_bracket_deepest_first_and_only_once() -> No
 
 def test_a_promoted_segment_resumes_where_its_rung_ended_with_its_best_loss() -> None:
     machine = SynchronousHyperband(SPACE, R=9, eta=3)
-    rung0 = [s for s in machine.start() if s.run == 1]  # 5 x 3 epochs, 1 goes on to 9
+    rung0 = [s for s in machine.start() if s.s == 1]  # 5 x 3 epochs, 1 goes on to 9
     made = []
     for segment in rung0:
         loss = 0.5 - 0.1 * segment.id
@@ -100,6 +100,6 @@ def test_a_duplicate_result_is_ignored_and_a_foreign_one_refused() -> None:
 
 def test_segments_carry_the_checkpoint_stem_that_checkpoint_of_names() -> None:
     bare = SynchronousHyperband(SPACE, R=3, eta=3).start()
-    assert [s.checkpoint for s in bare] == [config_name(0, s.run, s.id) for s in bare]
+    assert [s.checkpoint for s in bare] == [config_name(0, s.s, s.id) for s in bare]
     named = SynchronousHyperband(SPACE, R=3, eta=3, checkpoint_of=lambda i, s, c: f"m/{i}{s}{c}")
     assert [s.checkpoint for s in named.start()][:2] == ["m/010", "m/011"]

@@ -226,13 +226,13 @@ def test_plan_never_promotes_what_a_serial_run_would_not(
 
 def test_a_configuration_is_promoted_before_its_rung_has_finished(space: Space) -> None:
     plan = Plan(space, R=9, eta=3)  # bracket 2: 9 configurations, 3 go on
-    rung0 = [s for s in plan.ready() if s.run == 2 and s.rung == 0]
+    rung0 = [s for s in plan.ready() if s.s == 2 and s.rung == 0]
     best = {s.id: 0.1 * s.id for s in rung0}  # ID 0 is best
     made_ready = []
     for segment in sorted(rung0, key=lambda s: s.id)[:7]:
         made_ready += plan.record(_result(segment, best[segment.id]))
     # With 2 of 9 unfinished, IDs 0 (best) is certain to be among the best 3: it goes on now.
-    assert [(s.run, s.id, s.rung) for s in made_ready] == [(2, 0, 1)]
+    assert [(s.s, s.id, s.rung) for s in made_ready] == [(2, 0, 1)]
     assert plan.promotions()[(0, 2, 0)] == [0]
 
 
@@ -284,8 +284,8 @@ def test_free_workers_backfill_across_brackets_and_iterations(space: Space) -> N
     first = {}  # when each (iteration, bracket) first started, and when it last started
     last = {}
     for when, segment in started:
-        first.setdefault((segment.iteration, segment.run), when)
-        last[(segment.iteration, segment.run)] = when
+        first.setdefault((segment.iteration, segment.s), when)
+        last[(segment.iteration, segment.s)] = when
     # No bracket waits for the ones before it: each starts before another has ended.
     overlapping = [a for a in first for b in first if a != b and first[a] < last[b] < last[a]]
     assert len(overlapping) >= len(first) - 1
@@ -300,10 +300,10 @@ def test_deep_chains_go_first_and_the_last_brackets_long_segments_fill_the_end(
 ) -> None:
     plan = Plan(space, R=81, eta=3, workers=8)
     first = plan.next_segment()
-    assert first is not None and first.run == 4  # 81x1, 27x2, ...: the longest chain of rungs
+    assert first is not None and first.s == 4  # 81x1, 27x2, ...: the longest chain of rungs
     plan.give_back(first)
     started = run(plan, space, Drawn(2), random_times(random.Random(2)))
-    order = [s.run for _, s in started if s.rung == 0]
+    order = [s.s for _, s in started if s.rung == 0]
     # Bracket 0 (5 segments of 81 epochs, nothing after them) starts after the deepest.
     assert order.index(0) > order.index(4)
 
@@ -333,7 +333,7 @@ def test_a_result_recorded_without_being_handed_out_is_not_handed_out(space: Spa
 def test_latest_starts_read_forwards_are_a_schedule_on_the_workers(workers: int) -> None:
     schedule = brackets(81, 3)
     table = latest_starts(schedule, iterations=2, workers=workers)
-    by_run = {b.run: b for b in schedule}
+    by_run = {b.s: b for b in schedule}
     events = []
     for (iteration, run_, rung), starts in table.items():
         bracket = by_run[run_]

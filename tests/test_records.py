@@ -132,7 +132,7 @@ def test_whatever_run_json_holds_it_is_read_or_refused_with_a_repository_error(d
 
 def _segment(**changes: object) -> Segment:
     values = dict(
-        iteration=0, run=2, id=5, rung=1, hparams={"x": 0.5, "units": [1, 2]},
+        iteration=0, s=2, id=5, rung=1, hparams={"x": 0.5, "units": [1, 2]},
         start_epoch=3, epochs=9, checkpoint="models/0-2-5", prior_best=0.25,
     )  # fmt: skip
     values.update(changes)

@@ -19,7 +19,7 @@ from phobbit.space import MAX_NESTING, Space
 def row(config_id: int, rung: int = 0, **changes) -> SegmentResult:
     values = dict(
         iteration=0,
-        run=2,
+        s=2,
         id=config_id,
         rung=rung,
         start_epoch=0,

@@ -30,7 +30,7 @@ def test_li_et_al_table_for_R81_eta3() -> None:
         [5],
     ]
     assert [e for _, e in got[0]] == [1, 3, 9, 27, 81]
-    assert [b.run for b in brackets(81, 3)] == [4, 3, 2, 1, 0]
+    assert [b.s for b in brackets(81, 3)] == [4, 3, 2, 1, 0]
 
 
 def test_s_max_is_integer_exact_where_floats_drop_a_bracket() -> None:
@@ -45,7 +45,7 @@ def test_brackets_follow_the_formulas(R: int, eta: int) -> None:
     top = s_max(R, eta)
     assert eta**top <= R < eta ** (top + 1)
     for b in brackets(R, eta):
-        s = b.run
+        s = b.s
         n = math.ceil((top + 1) * eta**s / (s + 1))
         assert [r.n for r in b.rungs] == [n // eta**i for i in range(s + 1)]
         assert [r.r for r in b.rungs] == pytest.approx([R * eta ** (i - s) for i in range(s + 1)])

@@ -177,7 +177,7 @@ def test_a_segment_retrained_from_a_bad_checkpoint_is_said_and_counted(space: Sp
         reporter.started(plan, resumed=0)
     while (segment := plan.next_segment()) is not None:
         result = result_of(segment, gpu="-1", loss=1.0 / (1 + segment.id))
-        if (segment.run, segment.id, segment.rung) == (1, 2, 0):
+        if (segment.s, segment.id, segment.rung) == (1, 2, 0):
             result = dataclasses.replace(result, note=note)
         plan.record(result)
         for reporter in reporters:
@@ -223,7 +223,7 @@ def test_a_segment_far_slower_than_its_peers_is_flagged_with_a_timeout_hint(spac
     assert [r.segment for r in tracker.slow_running()] == [hung]
     shown = text_of(render(tracker))
     assert "0:01:10 slow" in shown
-    assert f"run {hung.run} id {hung.id} rung {hung.rung} has run 70s" in shown
+    assert f"run {hung.s} id {hung.id} rung {hung.rung} has run 70s" in shown
     assert "--segment-timeout" in shown
 
 
@@ -248,5 +248,5 @@ def test_plain_lines_flag_a_slow_segment_once(space: Space) -> None:
     reporter.check_slow()
     reporter.closed()
     flagged = [line for line in out.getvalue().splitlines() if "has run" in line]
-    assert len(flagged) == 1 and flagged[0].startswith(f"run {hung.run} id {hung.id} rung 0")
+    assert len(flagged) == 1 and flagged[0].startswith(f"run {hung.s} id {hung.id} rung 0")
     assert "--segment-timeout" in flagged[0]

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def row(config_id: int, rung: int = 0, epochs: int = 1, loss: float | None = 0.5, **changes):
     values = dict(
         iteration=0,
-        run=2,
+        s=2,
         id=config_id,
         rung=rung,
         start_epoch=0,
@@ -67,7 +67,7 @@ def test_status_counts_segments_epochs_and_failures_per_rung(repo: Repository) -
     assert (status.epochs_done, status.epochs_total) == (3, 69)
     assert status.failed == 1
     assert (status.first_start, status.last_end) == (100.0, 202.0)
-    first = next(r for r in status.rungs if (r.run, r.rung) == (2, 0))
+    first = next(r for r in status.rungs if (r.s, r.rung) == (2, 0))
     assert (first.done, first.n, first.epochs) == (3, 9, 1)
     assert status.best is not None and (status.best.id, status.best.val_loss) == (1, 0.1)
     assert status.driver.running is False and status.seconds_left is None
@@ -128,7 +128,7 @@ def test_best_names_the_file_that_scores_the_listed_val_loss(tmp_path: Path) -> 
     (best,) = run.best(1)
     assert best.trial == frame.index[0] and best.val_loss == frame["Val Loss"].iloc[0]
     assert best.checkpoint == Repository(run.path).scoring_checkpoint(
-        best.iteration, best.run, best.id, best.val_loss
+        best.iteration, best.s, best.id, best.val_loss
     )
     assert best.checkpoint is not None and best.checkpoint.is_file()
     assert (run.path / best.to_dict(run.path)["checkpoint"]) == best.checkpoint

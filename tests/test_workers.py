@@ -132,7 +132,7 @@ def test_user_code_that_calls_sys_exit_fails_its_trial_not_the_worker(tmp_path: 
 def _segment(hparams: dict, checkpoint: Path, start: int = 0, epochs: int = 1) -> Segment:
     return Segment(
         iteration=0,
-        run=0,
+        s=0,
         id=0,
         rung=0,
         hparams=hparams,
