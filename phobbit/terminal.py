@@ -380,9 +380,7 @@ class LineReporter(PlainReporter):
             self._say(self.title)
         super().started(plan, resumed)
         self.tracker.started(plan, resumed)
-        self._announced = {
-            (r.iteration, r.s, r.rung) for r in self.tracker.rungs if r.done == r.n
-        }
+        self._announced = {(r.iteration, r.s, r.rung) for r in self.tracker.rungs if r.done == r.n}
 
     def dispatched(self, segment: Segment) -> None:
         super().dispatched(segment)

@@ -7,6 +7,7 @@ import os
 import zlib
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import run_settings
 
@@ -175,3 +176,12 @@ def test_a_repository_reader_skips_a_hostile_row_and_reads_the_rest(repo: Path) 
 def test_a_row_holding_a_value_longer_than_the_csv_field_limit_is_read_back() -> None:
     long = row(3, hparams={"act": "r" * 200_000, "n" * 140_000: 1})
     assert decode_row(encode_row(long)) == long
+
+
+def test_results_csv_keeps_hobbits_run_column_for_the_brackets_s(tmp_path: Path) -> None:
+    repository = Repository(tmp_path)
+    repository.append(row(4, s=3))
+    frame = pd.read_csv(repository.results_path)
+    assert list(frame.columns[:3]) == ["iteration", "run", "id"]
+    assert (frame.loc[0, "run"], frame.loc[0, "id"]) == (3, 4)
+    assert [r.s for r in repository.iter_results()] == [3]

@@ -76,3 +76,9 @@ def test_totals_with_and_without_continuation() -> None:
 def test_bad_R_or_eta_is_refused(R: object, eta: object, message: str) -> None:
     with pytest.raises(InputError, match=message):
         brackets(R, eta)  # type: ignore[arg-type]
+
+
+def test_bracket_run_is_a_deprecated_name_of_s() -> None:
+    bracket = brackets(27, 3)[1]
+    with pytest.warns(DeprecationWarning, match="Bracket.s"):
+        assert bracket.run == bracket.s == 2
