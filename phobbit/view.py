@@ -208,6 +208,39 @@ class RepositoryView:
 
         return results_frame(self.repository.iter_results())
 
+    def curves(self) -> pd.DataFrame:
+        """Every epoch every configuration trained, one row per epoch (``epochs.csv``).
+
+        Columns ``Iteration``, ``Run``, ``ID``, ``Rung``, ``Epoch`` (from 1, counted
+        for the configuration), then one per metric logged (``loss``, ``val_loss``,
+        then the others, each followed by its ``val_`` twin); sorted by Iteration,
+        Run, ID, Epoch. An epoch trained again (after a kill or a retry) appears
+        once, as written last. A metric an epoch did not log is NaN.
+
+        Raises:
+            RepositoryError: when ``epochs.csv`` cannot be read.
+        """
+        import pandas as pd
+
+        rows = list(self.repository.epochs().values())
+        names: list[str] = []
+        for row in rows:
+            names.extend(n for n in row.metrics if n not in names)
+        columns = ["Iteration", "Run", "ID", "Rung", "Epoch", *metric_order(names)]
+        frame = pd.DataFrame(
+            [
+                [row.iteration, row.s, row.id, row.rung, row.epoch]
+                + [row.metrics.get(n, math.nan) for n in columns[5:]]
+                for row in rows
+            ],
+            columns=columns,
+        )
+        for column in columns[:5]:
+            frame[column] = frame[column].astype("int64")
+        for column in columns[5:]:
+            frame[column] = frame[column].astype("float64")
+        return frame.sort_values(["Iteration", "Run", "ID", "Epoch"], ignore_index=True)
+
     def best(self, n: int = 5) -> list[BestConfig]:
         """The ``n`` best configurations, each with the checkpoint that scores its Val Loss."""
         return [self._best_config(trial, row) for trial, row in self.results().head(n).iterrows()]
@@ -315,6 +348,23 @@ class RepositoryView:
             best=best,
             checked_at=now,
         )
+
+
+def metric_order(names: Sequence[str]) -> list[str]:
+    """Metric names as tables show them: ``loss``, ``val_loss``, then each other metric
+    followed by its ``val_`` twin, in the order first logged."""
+    bases: list[str] = []
+    for name in names:
+        base = name[4:] if name.startswith("val_") else name
+        if base not in bases:
+            bases.append(base)
+    if "loss" in bases:
+        bases.remove("loss")
+        bases.insert(0, "loss")
+    ordered = []
+    for base in bases:
+        ordered += [n for n in (base, f"val_{base}") if n in names]
+    return ordered
 
 
 def _number(value: Any) -> float | None:
