@@ -178,6 +178,21 @@ class Objective:
             value = row.val_loss
         return self.score(value)
 
+    def improves(self, row: Any, best: Any) -> bool:
+        """Whether results row ``row`` ranks strictly better than row ``best`` (or None)."""
+        score = self.row_score(row)
+        if score is None:
+            return False
+        held = None if best is None else self.row_score(best)
+        return held is None or score < held
+
+    def describe(self, row: Any) -> str:
+        """A row's score in words: ``val loss 0.2345``, or ``val_accuracy 0.9312 (val loss
+        0.2345)`` with another objective."""
+        if self.is_val_loss or row.objective is None:
+            return f"val loss {row.val_loss:.4g}"
+        return f"{self.name} {row.objective:.4g} (val loss {row.val_loss:.4g})"
+
     def best_epoch(self, history: Sequence[Mapping[str, Any]]) -> int | None:
         """The epoch (from 1) that scores best in ``history``, the latest of equals, or None."""
         best, best_score = None, math.inf

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from phobbit.objective import VAL_LOSS
 from phobbit.plan import Plan
 from phobbit.records import Segment, SegmentResult
 from phobbit.schedule import format_schedule
@@ -106,6 +107,7 @@ class PlainReporter:
         self.verbose = verbose
         self.clock = clock
         self.best: SegmentResult | None = None
+        self.objective = VAL_LOSS  # the plan's, once started
         self._started = 0.0
         self._done = 0
         self._retrained = 0
@@ -122,6 +124,7 @@ class PlainReporter:
 
     def started(self, plan: Plan, resumed: int) -> None:
         self._started = time.monotonic()
+        self.objective = plan.objective
         self._say(format_schedule(plan.schedule))
         if resumed:
             self._say(f"Resuming: {resumed} segments are already in the repository")
@@ -158,25 +161,25 @@ class PlainReporter:
         self._done += 1
         elapsed = time.monotonic() - self._started
         where = f"run {result.s} id {result.id} rung {result.rung}"
-        if result.note:
+        if result.retrained:
             self._retrained += 1
             self._say(f"[{elapsed:7.1f}s] {retrain_line(result)}")
         if not result.ok:
             self._say(f"[{elapsed:7.1f}s] FAILED {where}: {result.error}")
             return
-        if result.val_loss is not None and (
-            self.best is None or self.best.val_loss is None or result.val_loss < self.best.val_loss
-        ):
+        stopped = " (stopped early)" if result.stopped_early else ""
+        if self.objective.improves(result, self.best):
             self.best = result
             self._say(
-                f"[{elapsed:7.1f}s] best so far: val loss {result.val_loss:.4g} "
-                f"({where}, {result.epochs} epochs) {format_hparams(result.hparams)}"
+                f"[{elapsed:7.1f}s] best so far: {self.objective.describe(result)} "
+                f"({where}, {result.epochs} epochs{stopped}) {format_hparams(result.hparams)}"
             )
-        self._say(
-            f"[{elapsed:7.1f}s] {where}: val loss {result.val_loss:.4g} "
-            f"after {result.epochs} epochs on GPU {result.gpu}",
-            level=2,
-        )
+        if result.val_loss is not None:
+            self._say(
+                f"[{elapsed:7.1f}s] {where}: {self.objective.describe(result)} "
+                f"after {result.epochs} epochs{stopped} on GPU {result.gpu}",
+                level=2,
+            )
 
     def retrying(self, segment: Segment, cause: str, attempt: int) -> None:
         with self._lock:

@@ -147,8 +147,10 @@ class BestConfig:
 
     Attributes:
         trial: the table's index, ``"<run>-<id>"`` (``"<iteration>:<run>-<id>"``).
-        checkpoint: the file that evaluates to ``val_loss`` (see
+        checkpoint: the file that evaluates to ``val_loss`` and ``objective`` (see
             ``Repository.scoring_checkpoint``); None when failed or none holds it.
+        objective: the run's objective at that epoch (``val_loss`` by default),
+            named by ``objective_name``.
     """
 
     trial: str
@@ -164,6 +166,8 @@ class BestConfig:
     gpu: str
     train_time_s: float
     checkpoint: Path | None
+    objective: float | None = None
+    objective_name: str = "val_loss"
 
     def to_dict(self, root: str | os.PathLike | None = None) -> dict[str, Any]:
         """Plain JSON-ready data; ``checkpoint`` relative to ``root`` when given."""
@@ -206,7 +210,7 @@ class RepositoryView:
         """
         from phobbit.results import results_frame
 
-        return results_frame(self.repository.iter_results())
+        return results_frame(self.repository.iter_results(), self.settings.goal)
 
     def curves(self) -> pd.DataFrame:
         """Every epoch every configuration trained, one row per epoch (``epochs.csv``).
@@ -247,10 +251,13 @@ class RepositoryView:
 
     def _best_config(self, trial: Any, row: Any) -> BestConfig:
         loss = None if math.isnan(row["Val Loss"]) else float(row["Val Loss"])
+        goal = self.settings.goal
+        value = loss if goal.is_val_loss else row[goal.label]
+        value = None if value is None or math.isnan(value) else float(value)
         checkpoint = None
-        if row["Status"] == Status.OK and loss is not None:
+        if row["Status"] == Status.OK and loss is not None and value is not None:
             checkpoint = self.repository.scoring_checkpoint(
-                int(row["Iteration"]), int(row["Run"]), int(row["ID"]), loss
+                int(row["Iteration"]), int(row["Run"]), int(row["ID"]), loss, goal, value
             )
         return BestConfig(
             trial=str(trial),
@@ -266,7 +273,41 @@ class RepositoryView:
             gpu=row["GPU"],
             train_time_s=round(float(row["Train Time"]), 3),
             checkpoint=checkpoint,
+            objective=value,
+            objective_name=goal.name,
         )
+
+    def scoring_file(self, trial: str | None = None) -> Path:
+        """The file of the best configuration's best epoch (or of ``trial``'s, e.g. ``"2-4"``).
+
+        Loading it gives the model that evaluates to the Val Loss and objective
+        the results table lists for it.
+
+        Raises:
+            RepositoryError: when no configuration succeeded, ``trial`` is not in
+                the table, it failed, or no file holds its best epoch any more.
+        """
+        frame = self.results()
+        if trial is None:
+            ok = frame[frame["Status"] == Status.OK]
+            if ok.empty:
+                raise RepositoryError(f"repository {self.path} has no successful trial yet")
+            trial = str(ok.index[0])
+        elif trial not in frame.index:
+            listed = ", ".join(map(str, frame.index[:5]))
+            raise RepositoryError(
+                f"trial {trial!r} is not in repository {self.path} (its trials read like "
+                f"{listed or 'nothing yet'}); see `phobbit best`"
+            )
+        best = self._best_config(trial, frame.loc[trial])
+        if best.status != Status.OK:
+            raise RepositoryError(f"trial {trial} failed ({best.error}); it has no model")
+        if best.checkpoint is None:
+            raise RepositoryError(
+                f"no file holds the best epoch of trial {trial} any more (only the best "
+                "keep_best configurations keep theirs)"
+            )
+        return best.checkpoint
 
     def driver(self) -> DriverState:
         """Whether a driver runs in the repository now, and who it is or was.
@@ -324,9 +365,10 @@ class RepositoryView:
                 r.epochs - r.start_epoch for r in rows.values() if r.end >= driver.started
             )
             left = estimate_left(epochs_done, epochs_total, trained, now - driver.started)
+        goal = settings.goal
         best = min(
-            (r for r in rows.values() if r.ok and r.val_loss is not None),
-            key=lambda r: r.val_loss,
+            (r for r in rows.values() if goal.row_score(r) is not None),
+            key=lambda r: goal.row_score(r),
             default=None,
         )
         if best is not None:
