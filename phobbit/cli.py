@@ -1,4 +1,4 @@
-"""The command line: ``phobbit train|brackets|status|best``. Parsing, printing, exit codes.
+"""The command line: ``phobbit train|brackets|status|best|export``. Parsing, printing, exit codes.
 
 Every decision is the library's; this module only wires arguments to it and
 turns its errors into one line on stderr: exit code 2 for bad input (nothing
@@ -180,6 +180,16 @@ def _parser() -> argparse.ArgumentParser:
     best.add_argument("repo", metavar="DIR", help="the repository folder")
     best.add_argument("--top", type=_count, default=5, metavar="K", help="how many (default 5)")
     best.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    export = commands.add_parser(
+        "export",
+        help="write the best model as a .keras file",
+        description="Write the model of the best epoch of the best configuration of the run "
+        "in DIR (or of --trial) to PATH, a .keras file keras.saving.load_model opens.",
+    )
+    export.add_argument("repo", metavar="DIR", help="the repository folder")
+    export.add_argument("path", metavar="PATH", help="the .keras file to write")
+    export.add_argument("--trial", metavar="ID", help="a trial of `phobbit best`, e.g. 2-4")
     return parser
 
 
@@ -203,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _train(args, _console())
         if args.command == "status":
             return _status(args.repo, _console())
+        if args.command == "export":
+            return _export(args.repo, args.path, args.trial)
         return _best(args, _console())
     except KeyboardInterrupt:
         if args.command == "train":
@@ -287,6 +299,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         trainable=model.trainable,
         segment_timeout=args.segment_timeout,
         **model.data,
+        **model.options,
     )
     slots = ", ".join(device_label(s) for s in tuner.executor.slots)
     title = (
@@ -429,6 +442,24 @@ def _best(args: argparse.Namespace, console: Console) -> int:
     model_path = _checkpoint(run.repository, frame.iloc[0], run.settings.goal)
     if model_path is not None:
         console.print(f"Best model: {model_path}", soft_wrap=True)
+    return 0
+
+
+def _export(repo: str, path: str, trial: str | None) -> int:
+    from phobbit.checkpoints import export_checkpoint
+    from phobbit.view import open_repository
+
+    if not path.endswith(".keras"):
+        raise InputError(f"PATH must end with .keras (Keras' format), got {path!r}")
+    run = open_repository(repo)
+    source = run.scoring_file(trial)
+    if not str(source).endswith(".keras"):
+        raise InputError(f"{source} is not a Keras model (the run trained no Keras model)")
+    try:
+        export_checkpoint(source, path)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    print(f"Wrote {path} from {source}", flush=True)
     return 0
 
 
