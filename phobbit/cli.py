@@ -131,6 +131,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--batch-size", type=_count, metavar="N", help="fit's batch size (Keras: 32)")
     run.add_argument(
+        "--objective",
+        metavar="METRIC",
+        help="the logged metric that ranks configurations, e.g. val_accuracy (default: the "
+        "model file's objective, else val_loss)",
+    )
+    run.add_argument(
+        "--direction",
+        choices=("min", "max"),
+        help="whether --objective is minimised or maximised (default: inferred from its name)",
+    )
+    run.add_argument(
         "--segment-timeout",
         type=_duration,
         metavar="TIME",
@@ -299,7 +310,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         trainable=model.trainable,
         segment_timeout=args.segment_timeout,
         **model.data,
-        **model.options,
+        **_objective_options(model.options, args.objective, args.direction),
     )
     slots = ", ".join(device_label(s) for s in tuner.executor.slots)
     title = (
@@ -325,6 +336,19 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     if model_path is not None:
         console.print(f"Best model: {model_path}", soft_wrap=True)
     return 0
+
+
+def _objective_options(
+    options: dict[str, Any], objective: str | None, direction: str | None
+) -> dict[str, Any]:
+    """The model file's options, with ``--objective`` and ``--direction`` over its own."""
+    chosen = dict(options)
+    if objective is not None:
+        chosen["objective"] = objective
+        chosen.pop("direction", None)  # the file's direction was for its own objective
+    if direction is not None:
+        chosen["direction"] = direction
+    return chosen
 
 
 @contextlib.contextmanager

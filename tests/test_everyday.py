@@ -206,3 +206,23 @@ def test_the_cli_shows_the_objective_beside_the_val_loss(
     assert record["objective_name"] == "val_accuracy" and record["checkpoint"].endswith(".json")
     assert main(["export", str(repo), str(tmp_path / "m.keras")]) == 2
     assert "is not a Keras model" in capsys.readouterr().err
+
+
+def test_train_takes_an_objective_and_a_resume_with_another_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    synthetic = Path(__file__).parent / "models" / "synthetic.py"
+    repo = tmp_path / "repo"
+    train = ["train", str(synthetic), "--jobs", "1", "--R", "3", "--repo", str(repo)]
+    assert main([*train, "--progress", "plain", "--objective", "loss"]) == 0
+    out = capsys.readouterr().out
+    assert "best so far: loss " in out and "Loss" in out
+    assert main([*train, "--progress", "plain"]) == 2
+    error = capsys.readouterr().err
+    assert "objective='loss' there, 'val_loss' here" in error and error.count("\n") == 1
+    other = tmp_path / "other"
+    unknown = ["train", str(synthetic), "--jobs", "1", "--R", "3", "--repo", str(other)]
+    assert main([*unknown, "--progress", "plain", "--objective", "val_auc"]) == 2
+    error = capsys.readouterr().err
+    assert "objective 'val_auc' is not a metric this model logs (it logs loss, val_loss" in error
+    assert not other.exists()

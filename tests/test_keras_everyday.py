@@ -153,3 +153,32 @@ def test_a_model_of_two_inputs_trains_on_a_dict_of_arrays(tmp_path: Path) -> Non
         two_inputs, HPARAMS, tmp_path / "repo", dataset=split_inputs(), n_jobs=1, verbose=0
     ).run(R=R, eta=ETA)
     assert (table["Status"] == "ok").all(), table["Error"].tolist()
+
+
+def halving_on_every_plateau(hparams: dict[str, Any]) -> list[Any]:
+    """ReduceLROnPlateau that halves the learning rate at each epoch after a segment's first."""
+    import keras
+
+    return [keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=0, min_delta=10.0)]
+
+
+def test_a_learning_rate_reduce_lr_on_plateau_set_survives_continuation(tmp_path: Path) -> None:
+    import keras
+
+    from phobbit.keras_trainable import KerasTrainable
+
+    trainable = KerasTrainable(tiny, load_dataset=digits, callbacks=halving_on_every_plateau)
+    hparams = {"learning_rate": 0.01, "activation": "relu"}
+
+    def learning_rate(stem: Path) -> float:
+        model = keras.saving.load_model(f"{stem}.keras", safe_mode=True)
+        return float(model.optimizer.learning_rate)
+
+    trainable.train(hparams, str(tmp_path / "rungs"), 0, 2)
+    assert learning_rate(tmp_path / "rungs") == pytest.approx(0.005)  # halved at epoch 2
+    trainable.train(hparams, str(tmp_path / "rungs"), 2, 4)
+    # Epoch 2's halving went on with the optimizer; the plateau counter began afresh, so
+    # epoch 3 (the segment's first) halved nothing, and epoch 4 halved it again.
+    assert learning_rate(tmp_path / "rungs") == pytest.approx(0.0025)
+    trainable.train(hparams, str(tmp_path / "whole"), 0, 4)
+    assert learning_rate(tmp_path / "whole") == pytest.approx(0.00125)  # one fit: 3 halvings
