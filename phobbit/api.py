@@ -166,6 +166,7 @@ class ParallelHyperband:
         Budget(max_epochs=max_epochs)  # checks it
         self.max_epochs = max_epochs
         self.stopped_by: str | None = None
+        self._budget = Budget()
         if repo_dir is None or str(repo_dir) == "":
             raise InputError("repo_dir is required: the folder where results and models go")
         self.repository = Repository(repo_dir)
@@ -265,6 +266,7 @@ class ParallelHyperband:
             stack.enter_context(self.repository.undone_on_bad_input(made))
             self.repository.create(settings)
             plan, budget = self._plan(settings)
+            self._budget = budget
             trainable = self.trainable
             if trainable is None:
                 kwargs = dict(self._keras_kwargs)
@@ -299,10 +301,17 @@ class ParallelHyperband:
             scheduler.drive()
             self.stopped_by = scheduler.stopped_by
             self.repository.prune_best_checkpoints(self.keep_best)
-        log.info("%s stopped: %s", self.algorithm, budget.describe(self.stopped_by or ""))
         frame = self.results()
-        frame.attrs["stopped_by"] = self.stopped_by
+        frame.attrs.update(
+            algorithm=self.algorithm, sampler=self.sampler, stopped_by=self.stopped_by
+        )
         return frame
+
+    def stop_reason(self) -> str:
+        """What ended the last ``run``, in words: ``max_epochs budget (500 epochs) spent``."""
+        if self.stopped_by is None:
+            return "not run yet"
+        return self._budget.describe(self.stopped_by)
 
     def _plan(self, settings: RunSettings) -> tuple[Plan, Budget]:
         """The plan of this run (rebuilt from the repository's records on a resume), and

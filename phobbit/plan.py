@@ -162,3 +162,14 @@ class Plan:
     def total_segments(self) -> int:
         """How many segments a run of this plan trains at most."""
         return self.machine.total_segments()
+
+    def describe(self) -> str:
+        """Which algorithm and sampler run: ``"asha, tpe sampling"``; ``""`` for random
+        Hyperband (whose schedule says it all)."""
+        algorithm = "asha" if self.machine.endless else "hyperband"
+        sampler = getattr(getattr(self.machine, "sampler", None), "name", "random")
+        return (
+            ""
+            if (algorithm, sampler) == ("hyperband", "random")
+            else (f"{algorithm}, {sampler} sampling")
+        )
