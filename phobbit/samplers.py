@@ -121,6 +121,7 @@ class TPESampler(RandomSampler):
         self.draws = 0  # draws made or replayed so far: seeds the next one
         self._observed: dict[int, dict[ConfigKey, tuple[dict[str, Any], float]]] = {}
         self._pending: dict[ConfigKey, dict[str, Any]] = {}  # drawn, no result yet
+        self._studies: dict[int, tuple[Any, int]] = {}  # budget -> (study, results in it)
         self._distributions = {hp.name: _distribution(self._optuna, hp) for hp in space.hparams}
 
     def replayed(self, key: ConfigKey) -> None:
@@ -158,31 +159,45 @@ class TPESampler(RandomSampler):
             return self._ask_optuna(budget, number)
 
     def _ask_optuna(self, budget: int, number: int) -> dict[str, Any]:
+        """The model's pick: one study per budget holds that budget's results (added as
+        they come, in order); the configurations in flight join it as running trials
+        (the constant liar) for this one ask, and leave it as failed ones after."""
         optuna = self._optuna
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        sampler = optuna.samplers.TPESampler(
-            seed=int(np.random.default_rng([self.seed, number, 0x0B0]).integers(2**31)),
-            multivariate=True,
-            constant_liar=True,
-            n_startup_trials=0,
-        )
-        study = optuna.create_study(direction="minimize", sampler=sampler)
+        study, added = self._studies.get(budget, (None, 0))
+        if study is None:
+            study = optuna.create_study(direction="minimize")
+        seen = list(self._observed[budget].values())
         dists = self._distributions
-        for hparams, loss in self._observed[budget].values():
-            study.add_trial(
+        study.add_trials(
+            [
                 optuna.trial.create_trial(
                     params=self._to_optuna(hparams), distributions=dists, value=loss
                 )
-            )
-        for hparams in self._pending.values():
-            study.add_trial(
+                for hparams, loss in seen[added:]
+            ]
+        )
+        self._studies[budget] = (study, len(seen))
+        first = len(study.get_trials(deepcopy=False))
+        study.add_trials(
+            [
                 optuna.trial.create_trial(
                     params=self._to_optuna(hparams),
                     distributions=dists,
                     state=optuna.trial.TrialState.RUNNING,
                 )
-            )
+                for hparams in self._pending.values()
+            ]
+        )
+        study.sampler = optuna.samplers.TPESampler(
+            seed=int(np.random.default_rng([self.seed, number, 0x0B0]).integers(2**31)),
+            multivariate=True,
+            constant_liar=True,
+            n_startup_trials=0,
+        )
         trial = study.ask(dists)
+        for liar in range(first, trial.number + 1):
+            study.tell(liar, state=optuna.trial.TrialState.FAIL)
         return {hp.name: _from_optuna(hp, trial.params[hp.name]) for hp in self.space.hparams}
 
     def _to_optuna(self, hparams: dict[str, Any]) -> dict[str, Any]:
