@@ -34,10 +34,12 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from phobbit import reducer
 from phobbit.dispatch import DispatchPolicy
 from phobbit.errors import RepositoryError
 from phobbit.hyperband import CheckpointOf, StateMachine
@@ -64,19 +66,31 @@ class _Bracket:
         self.members = [set() for _ in range(depth)]
         self.finished = [{} for _ in range(depth)]
         self.promoted = [[] for _ in range(depth)]
+        self.promoted_set: list[set[int]] = [set() for _ in range(depth)]
+        self.ranking: list[list[tuple[int, float, int]]] = [[] for _ in range(depth)]
 
     def promotable(self) -> tuple[int, int] | None:
-        """(rung, id) of the configuration to promote now, highest rung first; None if none."""
+        """(rung, id) of the configuration to promote now, highest rung first; None if none.
+
+        Results rank as Hyperband's reducer ranks them (``reducer.rank_key``: by Val
+        Loss, then ID; failed ones last, never promoted).
+        """
         for rung in reversed(range(len(self.bracket.rungs) - 1)):
-            results = self.finished[rung]
-            ranked = sorted(
-                (loss, config_id) for config_id, loss in results.items() if loss is not None
-            )
-            top = ranked[: len(results) // self.eta]
-            for _, config_id in top:
-                if config_id not in self.promoted[rung]:
+            top = len(self.finished[rung]) // self.eta
+            for failed, _, config_id in self.ranking[rung][:top]:
+                if failed:
+                    break
+                if config_id not in self.promoted_set[rung]:
                     return rung, config_id
         return None
+
+    def promote(self, rung: int, config_id: int) -> None:
+        self.promoted[rung].append(config_id)
+        self.promoted_set[rung].add(config_id)
+
+    def finish(self, rung: int, config_id: int, loss: float | None) -> None:
+        self.finished[rung][config_id] = loss
+        bisect.insort(self.ranking[rung], reducer.rank_key(config_id, loss))
 
 
 class AsynchronousHyperband(StateMachine):
@@ -126,7 +140,7 @@ class AsynchronousHyperband(StateMachine):
         found = state.promotable()
         if found is not None:
             rung, config_id = found
-            state.promoted[rung].append(config_id)
+            state.promote(rung, config_id)
             segment = self._segment(state, config_id, rung + 1, state.finished[rung][config_id])
         else:
             config_id = len(state.hparams)
@@ -188,7 +202,7 @@ class AsynchronousHyperband(StateMachine):
                 state.hparams[record.id] = record.hparams
                 self.sampler.replayed((0, record.s, record.id))
             else:
-                state.promoted[record.rung - 1].append(record.id)
+                state.promote(record.rung - 1, record.id)
             seen.add(record.key)
             self._take(state, self._segment(state, record.id, record.rung, record.prior_best))
         for result in results:
@@ -228,10 +242,11 @@ class AsynchronousHyperband(StateMachine):
         finished = state.finished[result.rung]
         if result.id in finished:
             return []
-        finished[result.id] = result.val_loss if result.ok else None
-        if result.ok and result.val_loss is not None:
-            key = (0, result.s, result.id)
-            self.sampler.observe(key, state.hparams[result.id], result.epochs, result.val_loss)
+        loss = result.val_loss if result.ok else None
+        state.finish(result.rung, result.id, loss)
+        self.sampler.observe(
+            (0, result.s, result.id), state.hparams[result.id], result.epochs, loss
+        )
         return []
 
     @property

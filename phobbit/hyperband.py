@@ -274,10 +274,14 @@ class SynchronousHyperband(StateMachine):
             return []  # a duplicate row, e.g. a retried segment that did finish
         state.finished[result.rung][result.id] = result.val_loss if result.ok else None
         self._waiting -= 1
-        if self.sampler is not None and result.ok and result.val_loss is not None:
+        if (
+            self.sampler is not None
+        ):  # a failed result too: its configuration is no longer in flight
             hparams = state.hparams[result.id] or result.hparams
             key = (result.iteration, result.s, result.id)
-            self.sampler.observe(key, hparams, result.epochs, result.val_loss)
+            self.sampler.observe(
+                key, hparams, result.epochs, result.val_loss if result.ok else None
+            )
         made_ready = []
         for rung in range(result.rung, len(state.bracket.rungs) - 1):
             chosen = reducer.certain_promotions(

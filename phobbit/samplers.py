@@ -86,8 +86,10 @@ class RandomSampler:
         """The configuration of ``key``."""
         return self.space.sample(self.seed, *key)
 
-    def observe(self, key: ConfigKey, hparams: dict[str, Any], epochs: int, loss: float) -> None:
-        """A result of configuration ``key`` after ``epochs`` epochs; ignored."""
+    def observe(
+        self, key: ConfigKey, hparams: dict[str, Any], epochs: int, loss: float | None
+    ) -> None:
+        """A result of configuration ``key`` after ``epochs`` epochs (None: it failed); ignored."""
 
     def replayed(self, key: ConfigKey) -> None:
         """Configuration ``key`` was drawn before this resume (its record is reused); ignored."""
@@ -127,8 +129,11 @@ class TPESampler(RandomSampler):
     def replayed(self, key: ConfigKey) -> None:
         self.draws += 1
 
-    def observe(self, key: ConfigKey, hparams: dict[str, Any], epochs: int, loss: float) -> None:
-        """A result of configuration ``key``: its best loss after ``epochs`` epochs."""
+    def observe(
+        self, key: ConfigKey, hparams: dict[str, Any], epochs: int, loss: float | None
+    ) -> None:
+        """A result of configuration ``key``: its best loss after ``epochs`` epochs, or None
+        when it failed (it is no longer in flight; a failure is not modelled)."""
         self._pending.pop(key, None)
         if loss is None or not math.isfinite(loss):
             return

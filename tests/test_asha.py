@@ -8,13 +8,14 @@ import json
 import math
 import statistics
 import sys
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import space
-from synthetic import x_curve
+from synthetic import failing_curve, x_curve
 
 from phobbit import ParallelHyperband
 from phobbit.asha import AsynchronousHyperband, asha_budget_epochs
@@ -414,3 +415,63 @@ def test_tpe_keeps_every_kind_of_hyperparameter_in_its_range() -> None:
         assert hp["act"] in ("relu", [1, 2], {"a": 1}) and math.isfinite(hp["w"])
         sampler.observe((0, 0, i), hp, 1, abs(hp["w"] - 12.0) + hp["n"])
     assert sampler._model_budget() == 1  # noqa: SLF001 - the model was fit
+
+
+# -- failures and worker deaths ------------------------------------------------------------
+
+
+def test_asha_retries_a_segment_whose_worker_died_and_never_promotes_a_failure(tmp_path):
+    dry = tmp_path / "dry"
+    tuner(dry, SimulatedExecutor(3), algorithm="asha").run(R=9, eta=3)
+    victim = DecisionLog(Repository(dry)).read()[5].key
+    oom = BrokenProcessPool("a worker died")
+    repo = tmp_path / "repo"
+    run = tuner(
+        repo,
+        SimulatedExecutor(3, fail={victim: [oom]}),
+        algorithm="asha",
+        trainable=SyntheticTrainable(curve=failing_curve, epoch_seconds=1.0),
+    )
+    run.run(R=9, eta=3)
+    assert run.executor.attempts[victim] == 2  # it died once, and ran again
+    done = rows(repo)
+    assert len({r.key for r in done}) == len(done)
+    assert {d.key for d in DecisionLog(Repository(repo)).read()} == {r.key for r in done}
+    assert victim in {r.key for r in done}
+    failed = {(r.s, r.id) for r in done if not r.ok}
+    assert failed, "the curve fails some configurations"
+    promoted_from_failure = [
+        r
+        for r in done
+        if r.rung > 0
+        and any((f.s, f.id, f.rung) == (r.s, r.id, r.rung - 1) and not f.ok for f in done)
+    ]
+    assert promoted_from_failure == []
+
+
+# -- the command line, on a local process pool ---------------------------------------------
+
+
+def test_the_command_line_runs_asha_with_tpe_to_a_budget_and_goes_on(tmp_path: Path) -> None:
+    from test_cli import SYNTHETIC, phobbit
+
+    repo = tmp_path / "repo"
+    args = ("train", SYNTHETIC, "--jobs", 2, "--R", 9, "--repo", repo, "--progress", "plain")
+    args += ("--algorithm", "asha", "--sampler", "tpe")
+    first = phobbit(*args, "--max-epochs", 20)
+    assert first.returncode == 0, first.stderr
+    assert "asha, tpe sampling" in first.stdout
+    assert "Stopped: max_epochs budget (20 epochs) spent" in first.stdout
+    trained = epochs_of(rows(repo))
+    assert 20 <= trained < 20 + 9
+    again = phobbit(*args, "--time-limit", "1h", "--max-epochs", 40)
+    assert again.returncode == 0, again.stderr
+    assert 40 <= epochs_of(rows(repo)) < 40 + 9
+    assert len({r.key for r in rows(repo)}) == len(rows(repo))
+    status = phobbit("status", repo)
+    assert "asha, tpe sampling" in status.stdout
+    assert "Algorithm: asha, tpe sampling" in phobbit("best", repo).stdout
+    refused = phobbit("train", SYNTHETIC, "--jobs", 1, "--R", 9, "--repo", repo)
+    assert refused.returncode != 0 and "algorithm='asha' there" in refused.stderr
+    bad = phobbit(*args, "--time-limit", "soon")
+    assert bad.returncode != 0 and "must be a duration > 0" in bad.stderr
