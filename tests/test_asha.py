@@ -475,3 +475,78 @@ def test_the_command_line_runs_asha_with_tpe_to_a_budget_and_goes_on(tmp_path: P
     assert refused.returncode != 0 and "algorithm='asha' there" in refused.stderr
     bad = phobbit(*args, "--time-limit", "soon")
     assert bad.returncode != 0 and "must be a duration > 0" in bad.stderr
+
+
+def test_asha_is_a_function_of_the_seed_and_the_order_of_results(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        tuner(tmp_path / name, SimulatedExecutor(3), algorithm="asha", sampler="tpe").run(9, 3)
+    a, b = (
+        [(d.key, d.hparams, d.prior_best) for d in DecisionLog(Repository(tmp_path / n)).read()]
+        for n in ("a", "b")
+    )
+    assert a == b and len(a) > 10
+
+
+def test_a_driver_that_lost_the_repository_records_no_decision(tmp_path: Path) -> None:
+    from phobbit.errors import FencedOutError
+    from phobbit.plan import Plan
+    from phobbit.records import RunSettings
+    from phobbit.scheduler import Scheduler
+
+    repository = Repository(tmp_path / "repo")
+    repository.create(RunSettings.of(Space(space()), 9, 3, 0, 1, algorithm="asha"))
+    machine = AsynchronousHyperband(Space(space()), 9, 3, checkpoint_of=repository.checkpoint_stem)
+    from phobbit.asha import FifoPolicy
+
+    with repository.driver_lock():
+        scheduler = Scheduler(
+            SyntheticTrainable(curve=x_curve),
+            Plan.of(machine, FifoPolicy(), 2),
+            repository,
+            SimulatedExecutor(2),
+            fence="not-this-drivers-token",
+            budget=Budget(max_epochs=30),
+        )
+        with pytest.raises(FencedOutError):
+            scheduler.drive()
+    assert DecisionLog(repository).read() == [] and rows(tmp_path / "repo") == []
+
+
+def test_an_endless_plan_without_a_budget_is_refused() -> None:
+    from phobbit.asha import FifoPolicy
+    from phobbit.plan import Plan
+    from phobbit.scheduler import Scheduler
+
+    machine = AsynchronousHyperband(Space(space()), 9, 3)
+    with pytest.raises(ValueError, match="never ends by itself: give a budget"):
+        Scheduler(SyntheticTrainable(), Plan.of(machine, FifoPolicy()), None, SimulatedExecutor())
+
+
+def test_asha_and_tpe_run_on_dask(tmp_path: Path) -> None:
+    distributed = pytest.importorskip("distributed")
+    from phobbit.dask_executor import DaskExecutor
+
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        executor = DaskExecutor(client)
+        run = ParallelHyperband(
+            None,
+            space(),
+            tmp_path / "repo",
+            trainable=SyntheticTrainable(curve=x_curve),
+            executor=executor,
+            verbose=0,
+            algorithm="asha",
+            sampler="tpe",
+            max_epochs=30,
+        )
+        run.run(R=9, eta=3)
+    done = rows(tmp_path / "repo")
+    assert run.stopped_by == "max_epochs" and 30 <= epochs_of(done) < 30 + 9
+    assert {d.key for d in DecisionLog(Repository(tmp_path / "repo")).read()} == {
+        r.key for r in done
+    }
