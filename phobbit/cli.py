@@ -368,7 +368,8 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     console.print(best_table(frame, args.top, [hp.name for hp in tuner.space.hparams]))
     if tuner.stopped_by not in (None, "iterations") or args.algorithm == "asha":
         console.print(
-            f"Stopped: {tuner.stop_reason()}; run again with a larger budget to go on",
+            f"Stopped: {tuner.stop_reason()}; run again with a larger --max-epochs, "
+            "--time-limit or --iterations to go on",
             soft_wrap=True,
         )
     console.print(f"Repository: {args.repo}", soft_wrap=True)

@@ -550,3 +550,16 @@ def test_asha_and_tpe_run_on_dask(tmp_path: Path) -> None:
     assert {d.key for d in DecisionLog(Repository(tmp_path / "repo")).read()} == {
         r.key for r in done
     }
+
+
+def test_more_iterations_extend_an_asha_run(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    tuner(repo, SimulatedExecutor(2), algorithm="asha").run(R=9, eta=3, iterations=1)
+    before = DecisionLog(Repository(repo)).read()
+    assert epochs_of(before) >= asha_budget_epochs(9, 3, 1)
+    run = tuner(repo, SimulatedExecutor(2), algorithm="asha")
+    run.run(R=9, eta=3, iterations=2)
+    after = DecisionLog(Repository(repo)).read()
+    assert after[: len(before)] == before and run.stopped_by == "iterations"
+    assert epochs_of(after[:-1]) < asha_budget_epochs(9, 3, 2) <= epochs_of(after)
+    assert json.loads((repo / "run.json").read_text())["iterations"] == 2
