@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import bisect
+import heapq
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,7 @@ class _Bracket:
         self.promoted = [[] for _ in range(depth)]
         self.promoted_set: list[set[int]] = [set() for _ in range(depth)]
         self.ranking: list[list[tuple[int, float, int]]] = [[] for _ in range(depth)]
+        self.unpromoted: list[list[tuple[int, float, int]]] = [[] for _ in range(depth)]
 
     def promotable(self) -> tuple[int, int] | None:
         """(rung, id) of the configuration to promote now, highest rung first; None if none.
@@ -76,12 +78,14 @@ class _Bracket:
         Loss, then ID; failed ones last, never promoted).
         """
         for rung in reversed(range(len(self.bracket.rungs) - 1)):
+            waiting = self.unpromoted[rung]  # the best result not promoted yet, first
+            while waiting and waiting[0][2] in self.promoted_set[rung]:
+                heapq.heappop(waiting)
+            if not waiting or waiting[0][0]:
+                continue  # none, or only failed ones: never promoted
             top = len(self.finished[rung]) // self.eta
-            for failed, _, config_id in self.ranking[rung][:top]:
-                if failed:
-                    break
-                if config_id not in self.promoted_set[rung]:
-                    return rung, config_id
+            if bisect.bisect_left(self.ranking[rung], waiting[0]) < top:
+                return rung, waiting[0][2]
         return None
 
     def promote(self, rung: int, config_id: int) -> None:
@@ -90,7 +94,9 @@ class _Bracket:
 
     def finish(self, rung: int, config_id: int, loss: float | None) -> None:
         self.finished[rung][config_id] = loss
-        bisect.insort(self.ranking[rung], reducer.rank_key(config_id, loss))
+        key = reducer.rank_key(config_id, loss)
+        bisect.insort(self.ranking[rung], key)
+        heapq.heappush(self.unpromoted[rung], key)
 
 
 class AsynchronousHyperband(StateMachine):
