@@ -563,3 +563,29 @@ def test_more_iterations_extend_an_asha_run(tmp_path: Path) -> None:
     assert after[: len(before)] == before and run.stopped_by == "iterations"
     assert epochs_of(after[:-1]) < asha_budget_epochs(9, 3, 2) <= epochs_of(after)
     assert json.loads((repo / "run.json").read_text())["iterations"] == 2
+
+
+@pytest.mark.keras
+def test_asha_with_tpe_tunes_a_keras_model(tmp_path: Path) -> None:
+    from keras_models import HPARAMS, mlp, small_digits
+
+    tuner = ParallelHyperband(
+        mlp,
+        HPARAMS,
+        tmp_path / "repo",
+        dataset=small_digits(),
+        n_jobs=1,
+        batch_size=64,
+        verbose=0,
+        algorithm="asha",
+        sampler="tpe",
+        max_epochs=12,
+    )
+    results = tuner.run(R=3, eta=3)
+    assert tuner.stopped_by == "max_epochs"
+    assert (results["Status"] == "ok").all(), results["Error"].tolist()
+    done = rows(tmp_path / "repo")
+    assert 12 <= epochs_of(done) < 12 + 3
+    assert {d.key for d in DecisionLog(Repository(tmp_path / "repo")).read()} == {
+        r.key for r in done
+    }
