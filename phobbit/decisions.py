@@ -30,7 +30,13 @@ from typing import Any
 from phobbit.errors import RepositoryError, StorageError
 from phobbit.fence import StaleDriverError
 from phobbit.records import Segment
-from phobbit.repository import Repository, _float_text, _float_value, _nesting
+from phobbit.repository import (
+    Repository,
+    _allow_fields_of,
+    _float_text,
+    _float_value,
+    _nesting,
+)
 from phobbit.space import MAX_NESTING
 
 DECISIONS = "decisions.csv"
@@ -64,7 +70,9 @@ def decode_decision(line: bytes) -> dict[str, Any] | None:
     if not body or f"{zlib.crc32(body + b','):08x}".encode() != crc:
         return None
     try:
-        fields = next(csv.reader([body.decode()]))
+        text = body.decode()
+        _allow_fields_of(len(text))  # a long choice value must read back as it was written
+        fields = next(csv.reader([text]))
     except (UnicodeDecodeError, csv.Error, StopIteration):
         return None
     if len(fields) != len(COLUMNS):

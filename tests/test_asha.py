@@ -22,7 +22,7 @@ from phobbit.asha import AsynchronousHyperband, asha_budget_epochs
 from phobbit.budget import Budget, parse_duration
 from phobbit.decisions import DecisionLog
 from phobbit.errors import InputError, RepositoryError
-from phobbit.records import Segment, Status, config_name
+from phobbit.records import RunSettings, Segment, Status, config_name
 from phobbit.repository import Repository
 from phobbit.samplers import RandomSampler, TPESampler
 from phobbit.schedule import brackets
@@ -589,3 +589,16 @@ def test_asha_with_tpe_tunes_a_keras_model(tmp_path: Path) -> None:
     assert {d.key for d in DecisionLog(Repository(tmp_path / "repo")).read()} == {
         r.key for r in done
     }
+
+
+def test_a_decision_with_a_long_choice_value_reads_back(tmp_path: Path) -> None:
+    long = "x" * 300_000  # past the csv module's default field limit
+    segment = Segment(0, 2, 0, 0, {"a": long}, 0, 1, "stem")
+    repository = Repository(tmp_path)
+    repository.create(RunSettings.of(Space(space()), 9, 3, 0, 1))
+    DecisionLog(repository).append(segment)
+    with open(tmp_path / "decisions.csv", "ab") as handle:
+        handle.write(b"0,2,1,0,0,1,,{}")  # torn by a kill: no CRC, no newline
+    DecisionLog(repository).append(segment)
+    read = DecisionLog(repository).read()
+    assert [d.hparams for d in read] == [{"a": long}, {"a": long}]
