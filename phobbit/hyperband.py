@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +25,14 @@ from typing import Any
 
 from phobbit import reducer
 from phobbit.objective import VAL_LOSS, Objective
-from phobbit.records import RungKey, Segment, SegmentKey, SegmentResult, config_name
+from phobbit.records import (
+    ConfigKey,
+    RungKey,
+    Segment,
+    SegmentKey,
+    SegmentResult,
+    config_name,
+)
 from phobbit.schedule import Bracket, brackets
 from phobbit.space import Space
 
@@ -88,6 +96,24 @@ class StateMachine(ABC):
     def total_segments(self) -> int:
         """How many segments a run trains at most."""
 
+    # Hooks with defaults, for machines that decide as they go (ASHA) or sample lazily.
+
+    endless = False
+    """True for a machine that never ends by itself (ASHA): a budget must stop it."""
+
+    def decide(self) -> Segment | None:
+        """A segment made on demand for a free worker when none is ready; None: wait."""
+        return None
+
+    def prepare(self, segment: Segment) -> Segment:
+        """``segment``, about to be dispatched, with its configuration drawn if it had none."""
+        return segment
+
+    def take_decisions(self) -> list[Segment]:
+        """The segments decided (or whose configuration was drawn) since the last call,
+        in order: the driver records them before they train, so a resume reuses them."""
+        return []
+
 
 @dataclass
 class _BracketState:
@@ -140,6 +166,12 @@ class SynchronousHyperband(StateMachine):
         objective: what ranks a rung (``Objective.row_score``); a configuration a
             callback stopped early ranks as a failed one here: it is never
             promoted, and its place goes to the next best.
+        sampler: where configurations come from (``phobbit.samplers``); by default
+            ``Space.sample``. A lazy sampler (TPE) draws a configuration when its
+            first segment is about to be dispatched (``prepare``), so later draws
+            see earlier results; those draws go out through ``take_decisions``.
+        recorded: (iteration, s, id) -> the configuration a lazy sampler drew before
+            a resume: used as it is, never drawn again.
     """
 
     def __init__(
@@ -151,15 +183,24 @@ class SynchronousHyperband(StateMachine):
         iterations: int = 1,
         checkpoint_of: CheckpointOf = config_name,
         objective: Objective = VAL_LOSS,
+        sampler: Any = None,
+        recorded: dict[ConfigKey, dict[str, Any]] | None = None,
     ) -> None:
         self.objective = objective
         self.schedule = brackets(R, eta)
         self.R, self.eta, self.seed, self.iterations = R, eta, seed, iterations
         self.checkpoint_of = checkpoint_of
+        self.sampler = sampler
+        self._lazy = bool(getattr(sampler, "lazy", False))
+        self._recorded = dict(recorded or {})
+        self._drawn: list[Segment] = []
         self._brackets: dict[tuple[int, int], _BracketState] = {}
         for iteration in range(iterations):
             for b in self.schedule:
-                configs = {i: space.sample(seed, iteration, b.s, i) for i in range(b.n)}
+                if self._lazy:
+                    configs: dict[int, Any] = {i: None for i in range(b.n)}
+                else:
+                    configs = {i: space.sample(seed, iteration, b.s, i) for i in range(b.n)}
                 self._brackets[(iteration, b.s)] = _BracketState(iteration, b, configs)
         self._started = False
         self._waiting = 0  # segments made ready that have no result yet
@@ -193,12 +234,33 @@ class SynchronousHyperband(StateMachine):
             s=state.bracket.s,
             id=config_id,
             rung=rung,
-            hparams=state.hparams[config_id],
+            hparams=state.hparams[config_id] or {},
             start_epoch=rungs[rung - 1].epochs if rung > 0 else 0,
             epochs=rungs[rung].epochs,
             checkpoint=self.checkpoint_of(state.iteration, state.bracket.s, config_id),
             prior_best=prior_best,
         )
+
+    def prepare(self, segment: Segment) -> Segment:
+        state = self._state(segment.key)
+        if not self._lazy or state.hparams[segment.id] is not None:
+            return segment
+        key = (segment.iteration, segment.s, segment.id)
+        if key in self._recorded:
+            hparams = self._recorded[key]
+            self.sampler.replayed(key)
+            drawn = False
+        else:
+            hparams, drawn = self.sampler.draw(key), True
+        state.hparams[segment.id] = hparams
+        segment = dataclasses.replace(segment, hparams=hparams)
+        if drawn:
+            self._drawn.append(segment)
+        return segment
+
+    def take_decisions(self) -> list[Segment]:
+        drawn, self._drawn = self._drawn, []
+        return drawn
 
     def _state(self, key: SegmentKey) -> _BracketState:
         iteration, s, config_id, rung = key
@@ -222,6 +284,11 @@ class SynchronousHyperband(StateMachine):
         score = None if result.stopped_early else self.objective.row_score(result)
         state.finished[result.rung][result.id] = score
         self._waiting -= 1
+        if self.sampler is not None:  # a failed result too: no longer in flight
+            hparams = state.hparams[result.id] or result.hparams
+            key = (result.iteration, result.s, result.id)
+            # The sampler minimises: the objective's rank (negated when maximised).
+            self.sampler.observe(key, hparams, result.epochs, self.objective.row_score(result))
         made_ready = []
         for rung in range(result.rung, len(state.bracket.rungs) - 1):
             chosen = reducer.certain_promotions(

@@ -187,7 +187,16 @@ class Segment:
         )
 
 
-_OPTIONAL = ("objective", "direction")  # run.json files before objectives lack them
+ALGORITHMS = ("hyperband", "asha")
+SAMPLERS = ("random", "tpe")
+_OPTIONAL = {
+    "objective": "val_loss",
+    "direction": "min",
+    "algorithm": "hyperband",
+    "sampler": "random",
+}
+"""Settings ``run.json`` holds only when they are not these defaults (so files of earlier
+versions, which lack them, read as before)."""
 
 
 @dataclass(frozen=True)
@@ -236,6 +245,9 @@ class RunSettings:
         space: the search space.
         objective: the metric that ranks configurations (``val_loss`` by default).
         direction: ``"min"`` or ``"max"``: whether the objective is minimised.
+        algorithm: ``"hyperband"`` or ``"asha"``.
+        sampler: ``"random"`` or ``"tpe"``. ``run.json`` holds these two only when
+            they are not the defaults, so files of earlier versions read as before.
 
     Raises:
         InputError: (a ``ValueError``) naming the field that is wrong, including a
@@ -255,10 +267,18 @@ class RunSettings:
     space: Space
     objective: str = "val_loss"
     direction: str = "min"
+    algorithm: str = "hyperband"
+    sampler: str = "random"
 
     def __post_init__(self) -> None:
         validate(self.R, self.eta)
         Objective(self.objective, self.direction)  # raises for a bad name or direction
+        for name, known in (("algorithm", ALGORITHMS), ("sampler", SAMPLERS)):
+            if getattr(self, name) not in known:
+                raise InputError(
+                    f"{name} must be one of {', '.join(map(repr, known))}, "
+                    f"got {getattr(self, name)!r}"
+                )
         _integer("seed", self.seed, 0)
         _integer("iterations", self.iterations, 1)
         if not isinstance(self.space, Space):
@@ -286,10 +306,23 @@ class RunSettings:
         seed: int,
         iterations: int = 1,
         objective: Objective | None = None,
+        algorithm: str = "hyperband",
+        sampler: str = "random",
     ) -> RunSettings:
         """The settings of a run of ``space``, with its fingerprint filled in."""
         goal = objective or Objective()
-        return cls(R, eta, seed, iterations, space.fingerprint(), space, goal.name, goal.direction)
+        return cls(
+            R,
+            eta,
+            seed,
+            iterations,
+            space.fingerprint(),
+            space,
+            objective=goal.name,
+            direction=goal.direction,
+            algorithm=algorithm,
+            sampler=sampler,
+        )
 
     @property
     def goal(self) -> Objective:
@@ -308,8 +341,9 @@ class RunSettings:
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of the settings: what ``run.json`` holds.
 
-        The objective is written only when it is not the default (the lowest val
-        loss), so that the run.json of such a run is what older versions wrote and read.
+        The objective (with its direction), the algorithm and the sampler are written
+        only when they are not the defaults, so that the run.json of such a run is
+        what older versions wrote and read.
         """
         data: dict[str, Any] = {
             "R": self.R,
@@ -318,6 +352,11 @@ class RunSettings:
             "iterations": self.iterations,
             "space_fingerprint": self.space_fingerprint,
             "space": self.space.to_list(),
+            **{
+                name: getattr(self, name)
+                for name in _OPTIONAL
+                if getattr(self, name) != _OPTIONAL[name]
+            },
         }
         if not self.goal.is_val_loss:
             data.update(objective=self.objective, direction=self.direction)
