@@ -79,6 +79,7 @@ class Plan:
         self.machine, self.policy, self.workers = machine, policy, workers
         self.schedule = machine.schedule
         self._outstanding: set[SegmentKey] = set()
+        self._recorded = 0
         for segment in machine.start():
             policy.push(segment)
 
@@ -124,6 +125,7 @@ class Plan:
             self._outstanding.discard(key)
         else:  # finished without being handed out by this plan
             self.policy.discard(key)
+        self._recorded += 1
         made_ready = self.machine.on_result(result)
         for segment in made_ready:
             self.policy.push(segment)
@@ -133,6 +135,11 @@ class Plan:
     def done(self) -> bool:
         """Nothing is ready and nothing is outstanding: every bracket has finished."""
         return not len(self.policy) and not self._outstanding
+
+    @property
+    def recorded(self) -> int:
+        """How many results were recorded (duplicates not counted)."""
+        return self._recorded
 
     @property
     def outstanding(self) -> int:

@@ -6,7 +6,7 @@ The terminal's reporters, for the CLI, are in ``phobbit.terminal``.
 
 from __future__ import annotations
 
-import statistics
+import heapq
 import sys
 import threading
 import time
@@ -56,21 +56,34 @@ class SlowWatch:
     """
 
     def __init__(self) -> None:
-        self._per_epoch: list[float] = []
+        # A running median: the lower half in a max-heap (negated), the upper in a
+        # min-heap, so learning a segment is O(log n) and the median O(1), however long the run.
+        self._lower: list[float] = []
+        self._upper: list[float] = []
 
     def finished(self, result: SegmentResult) -> None:
         """Learns a finished segment's seconds per epoch (rows the driver wrote teach none)."""
         epochs = result.epochs - result.start_epoch
         if result.ok and result.pid and epochs > 0 and result.end >= result.start:
-            self._per_epoch.append((result.end - result.start) / epochs)
+            value = (result.end - result.start) / epochs
+            heapq.heappush(self._lower, -heapq.heappushpop(self._upper, value))
+            if len(self._lower) > len(self._upper):
+                heapq.heappush(self._upper, -heapq.heappop(self._lower))
+
+    def median(self) -> float | None:
+        """The median seconds per epoch of the segments learnt; None before any."""
+        if not self._upper:
+            return None
+        if len(self._upper) > len(self._lower):
+            return self._upper[0]
+        return (self._upper[0] - self._lower[0]) / 2
 
     def is_slow(self, segment: Segment, seconds: float) -> bool:
         """Whether ``segment``, running for ``seconds``, runs far longer than its peers."""
-        if len(self._per_epoch) < SLOW_PEERS:
+        median = self.median()
+        if median is None or len(self._upper) + len(self._lower) < SLOW_PEERS:
             return False
-        expected = statistics.median(self._per_epoch) * max(
-            1, segment.epochs - segment.start_epoch
-        )
+        expected = median * max(1, segment.epochs - segment.start_epoch)
         return seconds > max(SLOW_FACTOR * expected, SLOW_MIN_S)
 
 
