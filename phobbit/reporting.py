@@ -40,6 +40,14 @@ def retrain_line(result: SegmentResult) -> str:
     return f"retrained run {result.s} id {result.id} rung {result.rung}: {result.note}"
 
 
+def replaced_line(count: int) -> str:
+    """What a reporter says when the pool replaced a worker process on its own."""
+    return (
+        f"a worker process was replaced ({count} so far): it imports TensorFlow again; "
+        "loky's memory-leak guard does so only with a worker_memory_limit"
+    )
+
+
 SLOW_FACTOR = 5.0  # a segment is slow past this many times its peers' time per epoch...
 SLOW_MIN_S = 60.0  # ...and past this many seconds: short segments vary too much to tell
 SLOW_PEERS = 3  # finished segments needed before anything is called slow
@@ -122,6 +130,7 @@ class PlainReporter:
         self._started = 0.0
         self._done = 0
         self._retrained = 0
+        self._replaced = 0
         self._slow = SlowWatch()
         self._running: dict[tuple[int, int, int, int], tuple[Segment, float]] = {}
         self._flagged: set[tuple[int, int, int, int]] = set()
@@ -197,10 +206,15 @@ class PlainReporter:
             self._flagged.discard(segment.key)
         self._say(retry_line(segment, cause, attempt))
 
+    def replaced(self, count: int) -> None:
+        self._replaced = count
+        self._say(replaced_line(count))
+
     def closed(self) -> None:
         self._stop.set()
         elapsed = time.monotonic() - self._started
         retrained = (
             f", {self._retrained} retrained from a bad checkpoint" if self._retrained else ""
         )
-        self._say(f"Finished {self._done} segments in {elapsed:.1f}s{retrained}")
+        replaced = f", {self._replaced} worker(s) replaced" if self._replaced else ""
+        self._say(f"Finished {self._done} segments in {elapsed:.1f}s{retrained}{replaced}")

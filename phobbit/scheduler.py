@@ -71,6 +71,10 @@ class Reporter(Protocol):
         is not known yet, or its worker was killed to stop another that hung.
         """
 
+    def replaced(self, count: int) -> None:
+        """The executor replaced worker processes on its own (loky's memory-leak guard);
+        ``count`` of them so far in this run. Each new one imports TensorFlow again."""
+
     def closed(self) -> None: ...
 
 
@@ -87,6 +91,9 @@ class SilentReporter:
         pass
 
     def retrying(self, segment: Segment, cause: str, attempt: int) -> None:
+        pass
+
+    def replaced(self, count: int) -> None:
         pass
 
     def closed(self) -> None:
@@ -167,11 +174,16 @@ class Scheduler:
         self._crashes: Counter[SegmentKey] = Counter()
         self._suspects: set[SegmentKey] = set()
         self._best = None if keep_best is None else BestConfigurations(keep_best)
+        self._replaced_before = 0
+        self.workers_replaced = 0
+        """Worker processes the executor replaced on its own during ``drive``."""
 
     def drive(self) -> None:
         """Runs until every bracket has finished; Ctrl-C kills what is in flight and re-raises."""
         done_before = self.repository.results()
         self.reporter.started(self.plan, resumed=len(done_before))
+        self._replaced_before = self.executor.workers_replaced
+        self.workers_replaced = 0
         try:
             while not self.plan.done:
                 self._dispatch(done_before)
@@ -180,6 +192,7 @@ class Scheduler:
                         break
                     raise FatalError("the plan stalled with nothing running; this is a bug")
                 finished, _ = self.executor.wait(self._in_flight, self._until_deadline())
+                self._count_replaced()
                 self._collect(finished)
                 self._stop_overdue()
         except BaseException:
@@ -187,7 +200,20 @@ class Scheduler:
                 self.executor.kill(list(self._in_flight))
             raise
         finally:
+            if self.workers_replaced:
+                log.warning(
+                    "%d worker process(es) were replaced during this run (each imported "
+                    "TensorFlow again); LocalExecutor(worker_memory_limit=None) keeps them",
+                    self.workers_replaced,
+                )
             self.reporter.closed()
+
+    def _count_replaced(self) -> None:
+        """Tells the reporter of worker processes the executor replaced on its own."""
+        replaced = self.executor.workers_replaced - self._replaced_before
+        if replaced != self.workers_replaced:
+            self.workers_replaced = replaced
+            self.reporter.replaced(replaced)
 
     def _dispatch(self, done_before: dict[SegmentKey, SegmentResult]) -> None:
         held_back: list[Segment] = []

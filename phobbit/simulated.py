@@ -91,6 +91,8 @@ class SimulatedExecutor(Executor):
         overhead: virtual seconds added to every task (dispatch, result, CSV append).
         can_kill_one: whether a worker's death or ``kill`` ends one task alone
             (Dask with nannies) rather than every task in flight (a loky pool).
+        replaced_after: segment keys whose worker the pool replaces once the segment
+            has run, as loky's memory-leak guard does (counted in ``workers_replaced``).
 
     Raises:
         RuntimeError: from ``wait``, when it waits on tasks that never finish
@@ -107,6 +109,7 @@ class SimulatedExecutor(Executor):
         fail: Mapping[SegmentKey, Fault] | None = None,
         overhead: float = 0.0,
         can_kill_one: bool = False,
+        replaced_after: Collection[SegmentKey] = (),
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers!r}")
@@ -114,6 +117,8 @@ class SimulatedExecutor(Executor):
         self.can_kill_one = can_kill_one
         self.duration, self.overhead = duration, overhead
         self.fail = dict(fail or {})
+        self.replaced_after = set(replaced_after)
+        self.workers_replaced = 0
         self.trace: list[TraceEntry] = []
         self.attempts: dict[SegmentKey, int] = {}
         self._now = 0.0
@@ -259,6 +264,9 @@ class SimulatedExecutor(Executor):
             else:
                 self._record(task, "done")
                 task.future.set_result(value)
+            if task.segment is not None and task.segment.key in self.replaced_after:
+                self.replaced_after.discard(task.segment.key)
+                self.workers_replaced += 1
         self._start_queued()
 
     def _end(self, task: _Task, outcome: str, error: BaseException) -> None:

@@ -35,6 +35,7 @@ from phobbit.reporting import (
     PlainReporter,
     SlowWatch,
     format_hparams,
+    replaced_line,
     retrain_line,
     retry_line,
     slow_line,
@@ -93,6 +94,7 @@ class ProgressTracker:
         self.failed = 0
         self.retries = 0
         self.retrained = 0  # segments that retrained epochs of a bad checkpoint
+        self.replaced = 0  # worker processes the pool replaced on its own
         self.finished_now = 0  # segments trained in this session
         self.epochs_now = 0  # epochs trained in this session
         self.slow = SlowWatch()
@@ -210,6 +212,8 @@ class ProgressTracker:
             text += f", {self.retries} retried"
         if self.retrained:
             text += f", {self.retrained} retrained from a bad checkpoint"
+        if self.replaced:
+            text += f", {self.replaced} worker(s) replaced"
         return text
 
 
@@ -359,6 +363,11 @@ class LiveReporter:
             emoji=False,
         )
 
+    def replaced(self, count: int) -> None:
+        with self._lock:
+            self.tracker.replaced = count
+        self.console.print(replaced_line(count), highlight=False, soft_wrap=True, markup=False)
+
     def closed(self) -> None:
         if self._live is not None:
             self._live.stop()
@@ -439,6 +448,10 @@ class LineReporter(PlainReporter):
     def retrying(self, segment: Segment, cause: str, attempt: int) -> None:
         super().retrying(segment, cause, attempt)
         self.tracker.retrying(segment)
+
+    def replaced(self, count: int) -> None:
+        super().replaced(count)
+        self.tracker.replaced = count
 
     def closed(self) -> None:
         self._stop.set()

@@ -9,6 +9,7 @@ paths with real processes that are killed.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
@@ -25,6 +26,7 @@ from phobbit import ParallelHyperband
 from phobbit.errors import StorageError
 from phobbit.plan import Plan
 from phobbit.records import RunSettings, Segment, SegmentKey
+from phobbit.reporting import PlainReporter
 from phobbit.repository import Repository
 from phobbit.results import results_frame
 from phobbit.scheduler import KILLED_FOR_OTHER, UNKNOWN_CULPRIT, Scheduler, SilentReporter
@@ -328,3 +330,41 @@ def test_the_simulated_clock_gives_the_makespan_of_a_synthetic_trainables_sleeps
         sum(trainable.segment_time(r.hparams, r.start_epoch, r.epochs) for r in rows)
     )
     assert max(r.end - r.start for r in rows) < 1.0, "epochs slept for real"
+
+
+# -- worker replacement -----------------------------------------------------------------------
+
+
+def test_workers_the_pool_replaces_on_its_own_are_counted_reported_and_logged(
+    tmp_path: Path, serial: pd.DataFrame, caplog: pytest.LogCaptureFixture
+) -> None:
+    replaced = handed_out_first(workers=3, count=2)
+
+    class Told(Retries):
+        def __init__(self) -> None:
+            super().__init__()
+            self.replaced_counts: list[int] = []
+
+        def replaced(self, count: int) -> None:
+            self.replaced_counts.append(count)
+
+    run = Run(tmp_path)
+    run.executor.replaced_after = set(replaced)
+    run.scheduler.reporter = reporter = Told()
+    with caplog.at_level("WARNING", logger="phobbit"):
+        run()
+    assert reporter.replaced_counts[-1] == 2 == run.scheduler.workers_replaced
+    assert reporter.replaced_counts == sorted(set(reporter.replaced_counts))
+    assert "2 worker process(es) were replaced during this run" in caplog.text
+    assert reporter.calls == []  # nothing was retried: a replaced worker had finished its work
+    pd.testing.assert_frame_equal(run.table(), serial)
+
+
+def test_the_plain_lines_say_how_many_workers_were_replaced(tmp_path: Path) -> None:
+    out = io.StringIO()
+    run = Run(tmp_path)
+    run.executor.replaced_after = set(handed_out_first(workers=3, count=1))
+    run.scheduler.reporter = PlainReporter(out, verbose=1)
+    run()
+    assert "a worker process was replaced (1 so far)" in out.getvalue()
+    assert "1 worker(s) replaced" in out.getvalue().splitlines()[-1]
