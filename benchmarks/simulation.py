@@ -99,22 +99,29 @@ def simulate_plan(
     duration: Callable[[Segment], float],
     policy: PolicyOf | None = None,
     overhead: float = 0.0,
+    latency: float = 0.0,
+    queue_ahead: int = 1,
 ) -> Outcome:
     """phobbit's ``Scheduler`` and ``Plan`` on a ``SimulatedExecutor`` of ``workers`` workers.
 
     Args:
         duration: the time a segment takes.
         policy: the plan's dispatch policy (phobbit's latest start by default).
-        overhead: time added to every segment (dispatch, result, CSV append).
+        overhead: time added to every segment (inside the worker: the CSV append, ...).
+        latency: the driver's round trip, from a result to the next segment reaching
+            a worker; hidden by a segment queued ahead.
+        queue_ahead: segments the scheduler keeps queued beyond one per worker.
     """
-    executor = SimulatedExecutor(workers, duration, overhead=overhead)
+    executor = SimulatedExecutor(workers, duration, overhead=overhead, latency=latency)
     with tempfile.TemporaryDirectory(prefix="phobbit-sim-") as folder:
         repository = Repository(folder)
         repository.create(RunSettings.of(space, R, eta, seed, iterations))
         plan = Plan(
             space, R, eta, seed, iterations, workers, repository.checkpoint_stem, policy=policy
         )
-        Scheduler(SyntheticTrainable(), plan, repository, executor).drive()
+        Scheduler(
+            SyntheticTrainable(), plan, repository, executor, queue_ahead=queue_ahead
+        ).drive()
         segments = len(repository.results())
     sorted_promotions = {k: sorted(v) for k, v in plan.promotions().items()}
     return Outcome(executor.makespan(), segments, sorted_promotions)
@@ -266,6 +273,40 @@ def compare_rules(jitter: float = 0.3) -> str:
     return "\n".join(lines)
 
 
+def compare_queue_ahead(
+    R: int = 81, eta: int = 3, epoch_seconds: float = 0.020, jitter: float = 0.3
+) -> str:
+    """A markdown table: efficiency with the driver's round trip, without and with one
+    segment queued ahead, at W = 2, 4, 8, 16."""
+    space = Space(SPACE)
+    widths = (2, 4, 8, 16)
+    lines = [
+        "| round trip | queued ahead | " + " | ".join(f"W={w}" for w in widths) + " |",
+        "|---|---|" + "---|" * len(widths),
+    ]
+
+    def duration(segment: Segment) -> float:
+        return segment_time(segment, epoch_seconds, jitter)
+
+    for latency in (0.0, 0.005, 0.010, 0.020):
+        for ahead in (0, 1):
+            cells = []
+            for workers in widths:
+                bound = lower_bound(space, R, eta, 0, 1, workers, epoch_seconds, jitter).value
+                outcome = simulate_plan(
+                    space, R, eta, 0, 1, workers, duration, latency=latency, queue_ahead=ahead
+                )
+                cells.append(f"{bound / outcome.makespan:.3f}")
+            lines.append(f"| {latency * 1000:g} ms | {ahead} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
+    import sys
+
+    if "--queue" in sys.argv:
+        print("Simulated efficiency, R=81, 20 ms epochs +-30%, the driver's round trip:\n")
+        print(compare_queue_ahead())
+        raise SystemExit
     print("Simulated efficiency (bound / makespan) of dispatch rules, epochs +-30%:\n")
     print(compare_rules())
