@@ -19,11 +19,11 @@ One segment more than there are workers is kept in flight (``queue_ahead``)
 while at least half as many segments as workers are ready: it waits in the
 pool's queue, and the first worker to finish takes it at once, without waiting
 for its result to reach the driver and a new segment to come back (that round
-trip was 4-10 ms of every segment). The queued segment counts
-as started once a result came back after it was submitted, since a worker was
-then free to take it: that is when the reporter hears of it (``dispatched``)
-and when its timeout starts. One that was lost while still queued (the pool
-broke, or was killed) is requeued without suspicion: it never ran.
+trip was 4-10 ms of every segment). The queued segment counts as started once
+a result came back after it was submitted, since a worker was then free to
+take it: that is when the reporter hears of it (``dispatched``) and when its
+timeout starts. One lost while still queued (the pool broke, or was killed) is
+requeued without suspicion: it never ran.
 
 With a ``segment_timeout``, the loop waits no longer than the nearest deadline
 (counted from when a segment was handed to a free worker). A segment past it
@@ -366,11 +366,9 @@ class Scheduler:
             self.executor.restart()
             self._blame(lost)
 
-    def _outcomes(self, finished: Iterable[Future]) -> list[tuple[Segment, str]]:
-        """Records what finished; returns the segments whose worker died, with the cause.
-
-        A segment lost while still queued never ran: it goes back to the plan at once.
-        """
+    def _outcomes(self, finished: Iterable[Future]) -> list[tuple[Segment, str, bool]]:
+        """Records what finished; returns the segments whose worker died, with the cause
+        and whether a worker had taken them (False: lost while still queued)."""
         lost = []
         # Results first: each frees a worker, which has taken a queued segment by then.
         ordered = sorted(finished, key=lambda f: isinstance(f.exception(), BrokenProcessPool))
@@ -380,14 +378,12 @@ class Scheduler:
             try:
                 result = future.result()
             except BrokenProcessPool as exc:
-                if queued:
-                    self.plan.give_back(segment)
-                else:
-                    lost.append((segment, _crash_cause(exc)))
+                lost.append((segment, _crash_cause(exc), not queued))
                 continue
             except WorkerNotPinnedError as exc:
-                self._freed()  # that worker is alive, and free
-                lost.append((segment, _crash_cause(exc)))
+                if not queued:
+                    self._freed()  # that worker is alive, and free
+                lost.append((segment, _crash_cause(exc), True))
                 continue
             except FatalError:
                 raise  # e.g. a full disk: stop the run, it resumes once fixed
@@ -400,10 +396,21 @@ class Scheduler:
                 self._freed()
         return lost
 
-    def _blame(self, lost: list[tuple[Segment, str]]) -> None:
-        """Charges the segment that killed its worker, when it is known; requeues the rest."""
+    def _blame(self, lost: list[tuple[Segment, str, bool]]) -> None:
+        """Charges the segment that killed its worker, when it is known; requeues the rest.
+
+        A segment lost while still queued never ran: it goes back without suspicion.
+        """
         done = self.repository.results()
-        lost = [(s, cause) for s, cause in lost if not self._record_if_done(done, s)]
+        ran = []
+        for segment, cause, started in lost:
+            if self._record_if_done(done, segment):
+                continue
+            if started:
+                ran.append((segment, cause))
+            else:
+                self.plan.give_back(segment)
+        lost = ran
         suspects = [s for s, _ in lost if s.key in self._suspects]
         culprit = lost[0][0] if len(lost) == 1 else suspects[0] if len(suspects) == 1 else None
         for segment, cause in lost:
