@@ -1,13 +1,13 @@
 """What ``phobbit train`` costs beyond the library call that does the same run.
 
-Run it with ``python benchmarks/train_cli.py`` (``--phobbit PATH`` times the
-phobbit of another checkout, e.g. ``/work/main``, with the same script). It
+Run it with ``python benchmarks/train_cli.py`` (``--phobbit A,B`` times the
+phobbit of each checkout, e.g. ``/work/main,.``, in turn, round by round). It
 writes a model file whose trainable is ``SyntheticTrainable`` with epochs of
 zero time (so what is measured is the driver: plan, reporter, CSV), then times,
 alternately, each in a fresh process (imports included):
 
 - ``phobbit train MODEL --R 27 --iterations 20 --jobs 2 --progress live``
-  (the rich display, into a file) and ``--progress lines``;
+  (the rich display, into a file) and ``--progress plain``;
 - the library: ``ParallelHyperband(..., n_jobs=2, verbose=1).run(R=27,
   iterations=20)`` with its plain lines.
 
@@ -62,58 +62,63 @@ def timed(command: list[str], env: dict[str, str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--phobbit", default=str(HERE.parent), help="checkout to time")
+    parser.add_argument(
+        "--phobbit",
+        default=str(HERE.parent),
+        help="checkout(s) to time, comma-separated: timed in turn, round by round",
+    )
     parser.add_argument("--R", type=int, default=27)
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    env = {**os.environ, "PYTHONPATH": os.path.abspath(args.phobbit), "COLUMNS": "120"}
-    times: dict[str, list[float]] = {"library": [], "train --progress live": [], "lines": []}
+    checkouts = [os.path.abspath(p) for p in args.phobbit.split(",")]
+    names = ("library", "train --progress live", "train --progress plain")
+    times: dict[tuple[str, str], list[float]] = {(c, n): [] for c in checkouts for n in names}
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="phobbit-train-bench-") as folder:
         model = Path(folder) / "model.py"
         model.write_text(MODEL)
         for round_ in range(args.repeat):
-            for name in times:
-                repo = str(Path(folder) / f"repo-{name.split()[-1]}-{round_}")
-                if name == "library":
-                    script = LIBRARY.format(
-                        folder=folder, repo=repo, R=args.R, iterations=args.iterations
-                    )
-                    command = [sys.executable, "-c", script]
-                else:
-                    progress = "live" if "live" in name else "lines"
-                    command = [
-                        sys.executable,
-                        "-m",
-                        "phobbit",
-                        "train",
-                        str(model),
-                        "--repo",
-                        repo,
-                        "--R",
-                        str(args.R),
-                        "--iterations",
-                        str(args.iterations),
-                        "--jobs",
-                        "2",
-                        "--progress",
-                        progress,
-                    ]
-                times[name].append(timed(command, env))
-    library = statistics.median(times["library"])
-    print(
-        f"phobbit from {args.phobbit}; R={args.R}, eta=3, iterations={args.iterations}, 2 workers"
-    )
+            for number, checkout in enumerate(checkouts):
+                env = {**os.environ, "PYTHONPATH": checkout, "COLUMNS": "120"}
+                for name in names:
+                    repo = str(Path(folder) / f"repo-{number}-{name.split()[-1]}-{round_}")
+                    if name == "library":
+                        script = LIBRARY.format(
+                            folder=folder, repo=repo, R=args.R, iterations=args.iterations
+                        )
+                        command = [sys.executable, "-c", script]
+                    else:
+                        command = [
+                            sys.executable,
+                            "-m",
+                            "phobbit",
+                            "train",
+                            str(model),
+                            "--repo",
+                            repo,
+                            "--R",
+                            str(args.R),
+                            "--iterations",
+                            str(args.iterations),
+                            "--jobs",
+                            "2",
+                            "--progress",
+                            name.split()[-1],
+                        ]
+                    times[(checkout, name)].append(timed(command, env))
+    print(f"R={args.R}, eta=3, iterations={args.iterations}, 2 workers, zero-time epochs")
     print(f"load average {load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end\n")
-    print("| run | median wall (s) | ratio to the library call | rounds (s) |")
-    print("|---|---|---|---|")
-    for name, values in times.items():
-        median = statistics.median(values)
-        rounds = ", ".join(f"{v:.1f}" for v in values)
-        label = "phobbit train --progress lines" if name == "lines" else name
-        label = "phobbit " + label if label.startswith("train") else label
-        print(f"| {label} | {median:.1f} | {median / library:.2f} | {rounds} |")
+    print("| checkout | run | median wall (s) | ratio to its library call | rounds (s) |")
+    print("|---|---|---|---|---|")
+    for checkout in checkouts:
+        library = statistics.median(times[(checkout, "library")])
+        for name in names:
+            values = times[(checkout, name)]
+            median = statistics.median(values)
+            rounds = ", ".join(f"{v:.1f}" for v in values)
+            label = name if name == "library" else f"phobbit {name}"
+            print(f"| {checkout} | {label} | {median:.1f} | {median / library:.2f} | {rounds} |")
 
 
 if __name__ == "__main__":
