@@ -329,8 +329,11 @@ class LocalExecutor(Executor):
 
     def _worker_pids(self) -> set[int]:
         # loky keeps its live workers by pid; no public call lists them.
-        pool = self._pool
-        return set(getattr(pool, "_processes", None) or ()) if pool is not None else set()
+        processes = getattr(self._pool, "_processes", None) or {}
+        try:
+            return set(processes)
+        except RuntimeError:  # loky's manager thread changed it meanwhile: look next time
+            return set(self._pids)
 
     def _count_replaced(self) -> None:
         """Counts and logs the workers loky started in place of live-pool workers that left."""
