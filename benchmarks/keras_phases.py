@@ -141,8 +141,8 @@ def main() -> None:
     print("| phase | median (ms) | each (ms) |")
     print("|---|---|---|")
     for name, values in phases.items():
-        each = ", ".join(f"{1000 * v:.0f}" for v in values)
-        print(f"| {name} | {1000 * statistics.median(values):.0f} | {each} |")
+        each = ", ".join(f"{1000 * v:.1f}" for v in values)
+        print(f"| {name} | {1000 * statistics.median(values):.1f} | {each} |")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ writes a model file whose trainable is ``SyntheticTrainable`` with epochs of
 zero time (so what is measured is the driver: plan, reporter, CSV), then times,
 alternately, each in a fresh process (imports included):
 
-- ``phobbit train MODEL --R 27 --iterations 20 --jobs 2 --progress live``
-  (the rich display, into a file) and ``--progress plain``;
+- ``phobbit train MODEL --R 27 --iterations 20 --jobs 2`` on a pseudo-terminal
+  (``script``, so the rich live display draws, as for a person) and with
+  ``--progress plain``;
 - the library: ``ParallelHyperband(..., n_jobs=2, verbose=1).run(R=27,
   iterations=20)`` with its plain lines.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -72,7 +74,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     checkouts = [os.path.abspath(p) for p in args.phobbit.split(",")]
-    names = ("library", "train --progress live", "train --progress plain")
+    names = ("library", "train on a terminal", "train --progress plain")
     times: dict[tuple[str, str], list[float]] = {(c, n): [] for c in checkouts for n in names}
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="phobbit-train-bench-") as folder:
@@ -89,6 +91,7 @@ def main() -> None:
                         )
                         command = [sys.executable, "-c", script]
                     else:
+                        progress = "auto" if "terminal" in name else name.split()[-1]
                         command = [
                             sys.executable,
                             "-m",
@@ -104,8 +107,10 @@ def main() -> None:
                             "--jobs",
                             "2",
                             "--progress",
-                            name.split()[-1],
+                            progress,
                         ]
+                        if "terminal" in name:  # a pseudo-terminal: the live display draws
+                            command = ["script", "-qfec", shlex.join(command), os.devnull]
                     times[(checkout, name)].append(timed(command, env))
     print(f"R={args.R}, eta=3, iterations={args.iterations}, 2 workers, zero-time epochs")
     print(f"load average {load:.2f} at the start, {os.getloadavg()[0]:.2f} at the end\n")

@@ -437,6 +437,7 @@ def test_a_segment_lost_while_queued_is_neither_charged_nor_suspected(
     pd.testing.assert_frame_equal(run.table(), serial)
 
 
-def test_queue_ahead_must_be_a_count() -> None:
+@pytest.mark.parametrize("ahead", [-1, 1.5, True])
+def test_queue_ahead_must_be_a_count(tmp_path: Path, ahead: object) -> None:
     with pytest.raises(ValueError, match="queue_ahead must be an integer >= 0"):
-        Run(Path("unused-not-created"), queue_ahead=-1)
+        Run(tmp_path, queue_ahead=ahead)
