@@ -1,19 +1,26 @@
-"""How close phobbit's scheduling comes to the lower bound, against the naive plan.
+"""How close phobbit's scheduling comes to the lower bound, against two baselines.
 
 Run it with ``python benchmarks/scheduling.py`` (``--quick`` for a short smoke
 run, ``--simulate`` to add the discrete-event numbers). For R=81, eta=3 and
 W = 1, 2, 4, 8 virtual GPUs (pinned ids; no GPU is touched) it runs a synthetic
-trainable whose epochs sleep 20 ms with +-30% jitter, twice per W:
+trainable whose epochs sleep 20 ms with +-30% jitter, for each plan per W:
 
-- the naive plan: bracket by bracket, a barrier after each rung (a serial
-  Hyperband whose rungs are spread over the workers);
-- phobbit: every bracket live at once, early promotion, latest start first.
+- naive: bracket by bracket, a barrier after each rung (a serial Hyperband
+  whose rungs are spread over the workers), the weakest natural design;
+- barriers: every bracket at once, each with its own barrier per rung, on a
+  shared FIFO pool, the strong natural design (``simulation.barrier_plan``);
+- phobbit, no queue: phobbit handing a segment out only to a free worker (as
+  before issue 12);
+- phobbit: every bracket live at once, early promotion, latest start first,
+  one segment queued ahead.
 
-Both use the same ``LocalExecutor``, ``train_segment`` and ``SyntheticTrainable``.
+All use the same ``LocalExecutor``, ``train_segment`` and ``SyntheticTrainable``.
 It prints a markdown table: makespan, the lower bound max(total work / W,
-longest chain of dependent epochs), efficiency = bound / makespan, segments
-run, and the per-segment overhead as segments per second of the same run with
-epochs of zero time. Worker processes are started before the clock starts, as
+longest chain of dependent epochs), efficiency = bound / makespan, the
+simulated efficiency of the same plan and W beside it, segments run, the
+per-segment overhead as segments per second of the same run with epochs of
+zero time, and the machine's 1-minute load when the run started. Worker processes are
+started before the clock starts, as
 they are once per run whatever the plan. Last, it checks that phobbit's
 promotions equal a serial run's, through ``ParallelHyperband`` with 4 workers.
 
@@ -41,8 +48,10 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 from simulation import (  # noqa: E402
     SPACE,
+    barrier_plan,
     lower_bound,
     segment_time,
+    simulate_barriers,
     simulate_naive,
     simulate_plan,
 )
@@ -97,25 +106,49 @@ def run_phobbit(
     eta: int,
     seed: int,
     iterations: int,
+    queue_ahead: int = 1,
+    barriers: bool = False,
 ) -> Timed:
-    """phobbit's plan and scheduler on a warm pool."""
+    """phobbit's plan and scheduler on a warm pool (or, with ``barriers``, the strong
+    baseline's plan: every bracket at once, a barrier per rung, FIFO)."""
     with tempfile.TemporaryDirectory(prefix="phobbit-bench-") as folder:
         repository = _repository(folder, R, eta, seed, iterations)
         start = time.perf_counter()
-        plan = Plan(
-            Space(SPACE),
-            R,
-            eta,
-            seed,
-            iterations,
-            workers=executor.capacity,
-            checkpoint_of=repository.checkpoint_stem,
-        )
-        Scheduler(trainable, plan, repository, executor).drive()
+        if barriers:
+            plan = barrier_plan(
+                Space(SPACE),
+                R,
+                eta,
+                seed,
+                iterations,
+                executor.capacity,
+                repository.checkpoint_stem,
+            )
+        else:
+            plan = Plan(
+                Space(SPACE),
+                R,
+                eta,
+                seed,
+                iterations,
+                workers=executor.capacity,
+                checkpoint_of=repository.checkpoint_stem,
+            )
+        Scheduler(trainable, plan, repository, executor, queue_ahead=queue_ahead).drive()
         seconds = time.perf_counter() - start
         rows = _rows(repository)
     promotions = {k: sorted(v) for k, v in plan.promotions().items()}
     return Timed(seconds, len(rows), promotions, rows)
+
+
+def run_barriers(executor: LocalExecutor, trainable: SyntheticTrainable, *args: int) -> Timed:
+    """The strong baseline on a warm pool: all brackets at once, a barrier per rung, FIFO."""
+    return run_phobbit(executor, trainable, *args, queue_ahead=0, barriers=True)
+
+
+def run_unqueued(executor: LocalExecutor, trainable: SyntheticTrainable, *args: int) -> Timed:
+    """phobbit before issue 12: a segment is handed out only when a worker is free."""
+    return run_phobbit(executor, trainable, *args, queue_ahead=0)
 
 
 def run_naive(
@@ -207,19 +240,33 @@ class Row:
     bound: float
     segments: int
     rate: float | None = None
+    load: float | None = None  # 1-minute load average when the run started
+    simulated: float | None = None  # the simulation's efficiency of the same plan and W
 
     def markdown(self) -> str:
         rate = f"{self.rate:,.0f}" if self.rate is not None else "-"
+        load = f"{self.load:.1f}" if self.load is not None else "-"
+        sim = f"{self.simulated:.3f}" if self.simulated is not None else "-"
         return (
             f"| {self.workers} | {self.plan} | {self.makespan:.2f} | {self.bound:.2f} | "
-            f"{self.bound / self.makespan:.3f} | {self.segments} | {rate} |"
+            f"{self.bound / self.makespan:.3f} | {sim} | {self.segments} | {rate} | {load} |"
         )
 
 
 HEADER = (
-    "| W | plan | makespan (s) | bound (s) | efficiency | segments | zero-time segments/s |\n"
-    "|---|---|---|---|---|---|---|"
+    "| W | plan | makespan (s) | bound (s) | efficiency | simulated | segments | "
+    "zero-time segments/s | load |\n"
+    "|---|---|---|---|---|---|---|---|---|"
 )
+
+PLANS = {
+    "naive": run_naive,
+    "barriers": run_barriers,
+    "phobbit, no queue": run_unqueued,
+    "phobbit": run_phobbit,
+}
+"""The plans measured, weakest first: the naive plan, the strong natural baseline,
+phobbit without the segment queued ahead (as before issue 12), phobbit."""
 
 
 def measure(args: argparse.Namespace) -> tuple[list[Row], bool]:
@@ -229,6 +276,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], bool]:
     instant = SyntheticTrainable(jitter=args.jitter)
     rows, same = [], True
     serial: Promotions | None = None
+    simulations = {(r.workers, r.plan): r.bound / r.makespan for r in simulated(args)}
     for workers in args.workers:
         bound = lower_bound(
             Space(SPACE), R, eta, seed, k, workers, args.epoch_seconds, args.jitter
@@ -236,7 +284,8 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], bool]:
         executor = LocalExecutor(gpus=list(range(workers)))
         try:
             warm(executor)
-            for name, runner in (("naive", run_naive), ("phobbit", run_phobbit)):
+            for name, runner in PLANS.items():
+                load = os.getloadavg()[0]
                 result = runner(executor, timed, R, eta, seed, k)
                 zero = runner(executor, instant, R, eta, seed, k)
                 rows.append(
@@ -247,6 +296,8 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], bool]:
                         bound.value,
                         result.segments,
                         zero.segments / zero.seconds,
+                        load,
+                        simulations.get((workers, name.split(",")[0])),
                     )
                 )
                 serial = serial or result.promotions
@@ -269,8 +320,10 @@ def simulated(args: argparse.Namespace) -> list[Row]:
         space = Space(SPACE)
         bound = lower_bound(space, R, eta, seed, k, workers, args.epoch_seconds, args.jitter).value
         naive = simulate_naive(R, eta, workers, duration, seed, k)
+        barriers = simulate_barriers(space, R, eta, seed, k, workers, duration)
         ours = simulate_plan(space, R, eta, seed, k, workers, duration)
         rows.append(Row(workers, "naive", naive.makespan, bound, naive.segments))
+        rows.append(Row(workers, "barriers", barriers.makespan, bound, barriers.segments))
         rows.append(Row(workers, "phobbit", ours.makespan, bound, ours.segments))
     return rows
 

@@ -21,7 +21,9 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Collection, Sequence
@@ -34,6 +36,8 @@ from distributed import WorkerPlugin
 from phobbit.errors import InputError
 from phobbit.executor import Executor
 from phobbit.worker import HIDDEN, pin
+
+log = logging.getLogger(__name__)
 
 
 class WorkerLostError(BrokenProcessPool):
@@ -51,9 +55,21 @@ class PinPlugin(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         # Leases are OS file locks, so they are per host: one folder per run on each host.
-        lease_dir = os.path.join(tempfile.gettempdir(), f"phobbit-dask-{self.token}")
+        # Not removed at a worker's teardown: the host's other workers hold leases there,
+        # and a restarted worker must find their files, not a fresh folder.
+        lease_dir = lease_folder(self.token)
         os.makedirs(lease_dir, exist_ok=True)
         pin(self.slots, lease_dir, self.threads, self.allow_growth)
+
+
+def lease_folder(token: str) -> str:
+    """The folder of a Dask run's slot leases on this host."""
+    return os.path.join(tempfile.gettempdir(), f"phobbit-dask-{token}")
+
+
+def drop_lease_folder(token: str) -> None:
+    """Removes this host's lease folder of a run (run on every worker at shutdown)."""
+    shutil.rmtree(lease_folder(token), ignore_errors=True)
 
 
 class DaskExecutor(Executor):
@@ -151,7 +167,20 @@ class DaskExecutor(Executor):
         """Nothing to rebuild: Dask replaces lost workers itself."""
 
     def shutdown(self, kill: bool = False) -> None:
-        """Leaves the cluster to its owner; ``kill`` cancels what is still queued."""
+        """Leaves the cluster to its owner; ``kill`` cancels what is still queued.
+
+        The pinning plugin is unregistered and every worker host's lease folder
+        (``phobbit-dask-<token>`` in its temporary directory) removed; workers
+        already pinned stay pinned.
+        """
         tasks, self._tasks = list(self._tasks), set()
         if kill and tasks:
             self.client.cancel(tasks, force=True)
+        if self._registered:
+            self._registered = False
+            try:
+                # No restarted worker may lease from a folder about to go.
+                self.client.unregister_worker_plugin(PinPlugin.name)
+                self.client.run(drop_lease_folder, self._plugin.token)
+            except Exception as exc:  # noqa: BLE001 - a cluster already gone leaves nothing to do
+                log.info("could not remove the Dask lease folders: %s", exc)

@@ -13,7 +13,9 @@ does), so callers ask, they do not probe with ``getattr``:
   read must be staged on the repository's shared file system, not in /tmp.
 
 ``slots`` lists the device of each worker slot (a GPU id, or ``worker.HIDDEN``);
-``capacity`` is how many segments run at once.
+``capacity`` is how many segments run at once; ``workers_replaced`` counts the
+worker processes the executor replaced on its own while its pool stayed up
+(loky's memory-leak guard), each of which imports TensorFlow again.
 
 Whoever creates an executor shuts it down: the scheduler never does (it kills
 what it has in flight when it stops on an error, nothing more), so one executor
@@ -38,6 +40,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -128,6 +131,8 @@ class Executor(ABC):
 
     slots: list[str]
     """The device of each worker slot: a GPU id, or ``worker.HIDDEN`` for the CPU."""
+    workers_replaced: int = 0
+    """Worker processes replaced by the executor itself, not after a crash or a kill."""
 
     @property
     def capacity(self) -> int:
@@ -203,6 +208,22 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+def _pin_with_memory_limit(memory_limit: int | None, *pin_args: Any) -> None:
+    """The pool's initializer: sets loky's memory-leak guard in this worker, then pins it.
+
+    After each task, a loky worker whose memory grew by more than
+    ``_MAX_MEMORY_LEAK_SIZE`` (300 MB) since its first task exits, and a new
+    one (which imports TensorFlow again, 10-50 s) takes its place. A TensorFlow
+    worker's memory grows by design (traced functions, allocator pools), so the
+    guard is off unless the user sets a limit. The guard reads the module's
+    global after every task, so setting it here, in the worker, is enough.
+    """
+    from joblib.externals.loky import process_executor
+
+    process_executor._MAX_MEMORY_LEAK_SIZE = sys.maxsize if memory_limit is None else memory_limit
+    pin(*pin_args)
+
+
 class LocalExecutor(Executor):
     """A loky process pool on this machine with one worker per slot.
 
@@ -211,6 +232,10 @@ class LocalExecutor(Executor):
         jobs_per_gpu: trials run at once on one GPU (TensorFlow's memory growth is
             turned on when it is above 1).
         n_jobs: CPU workers when there are no GPUs (default: the number of cores).
+        worker_memory_limit: bytes a worker's memory may grow past its size after
+            its first segment before it is replaced by a fresh process (loky's
+            memory-leak guard); None (the default) never replaces a worker for its
+            memory. A replaced worker is counted (``workers_replaced``) and logged.
 
     Example:
         >>> executor = LocalExecutor(gpus=[0, 1])   # two workers, one per GPU
@@ -227,7 +252,17 @@ class LocalExecutor(Executor):
         gpus: Sequence[int] | None = None,
         jobs_per_gpu: int = 1,
         n_jobs: int | None = None,
+        worker_memory_limit: int | None = None,
     ) -> None:
+        if worker_memory_limit is not None and (
+            isinstance(worker_memory_limit, bool)
+            or not isinstance(worker_memory_limit, int)
+            or worker_memory_limit < 1
+        ):
+            raise InputError(
+                f"worker_memory_limit must be a number of bytes >= 1 or None, "
+                f"got {worker_memory_limit!r}"
+            )
         if isinstance(jobs_per_gpu, bool) or not isinstance(jobs_per_gpu, int) or jobs_per_gpu < 1:
             raise InputError(f"jobs_per_gpu must be an integer >= 1, got {jobs_per_gpu!r}")
         if n_jobs is not None and (
@@ -241,8 +276,11 @@ class LocalExecutor(Executor):
             self.slots = [HIDDEN] * (n_jobs or cores)
         self.threads = max(1, cores // len(self.slots))
         self.allow_growth = jobs_per_gpu > 1
+        self.worker_memory_limit = worker_memory_limit
+        self.workers_replaced = 0
         self._lease_dir: str | None = None
         self._pool: ProcessPoolExecutor | None = None
+        self._pids: set[int] = set()  # the worker processes of this pool seen so far
 
     def _start(self) -> ProcessPoolExecutor:
         from joblib.externals.loky import ProcessPoolExecutor
@@ -254,9 +292,16 @@ class LocalExecutor(Executor):
         return ProcessPoolExecutor(
             max_workers=self.capacity,
             timeout=None,  # idle workers stay: no TensorFlow re-import after a reducer pause
-            initializer=pin,
+            initializer=_pin_with_memory_limit,
             # Workers end with their driver: a killed driver's orphans must not train on.
-            initargs=(self.slots, self._lease_dir, self.threads, self.allow_growth, os.getpid()),
+            initargs=(
+                self.worker_memory_limit,
+                self.slots,
+                self._lease_dir,
+                self.threads,
+                self.allow_growth,
+                os.getpid(),
+            ),
         )
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
@@ -264,8 +309,48 @@ class LocalExecutor(Executor):
         if self._pool is None:
             with _sigint_ignored():  # a pool's first submit starts its workers
                 self._pool = self._start()
-                return self._pool.submit(fn, *args)
-        return self._pool.submit(fn, *args)
+                future = self._pool.submit(fn, *args)
+            self._pids = self._worker_pids()
+            return future
+        future = self._pool.submit(fn, *args)
+        self._count_replaced()
+        return future
+
+    def wait(
+        self,
+        futures: Iterable[Future],
+        timeout: float | None = None,
+        return_when: str = FIRST_COMPLETED,
+    ) -> tuple[set[Future], set[Future]]:
+        """(done, not done) once one of ``futures`` is done; see ``Executor.wait``."""
+        outcome = super().wait(futures, timeout, return_when)
+        self._count_replaced()
+        return outcome
+
+    def _worker_pids(self) -> set[int]:
+        # loky keeps its live workers by pid; no public call lists them.
+        processes = getattr(self._pool, "_processes", None) or {}
+        try:
+            return set(processes)
+        except RuntimeError:  # loky's manager thread changed it meanwhile: look next time
+            return set(self._pids)
+
+    def _count_replaced(self) -> None:
+        """Counts and logs the workers loky started in place of live-pool workers that left."""
+        pids = self._worker_pids()
+        new = pids - self._pids
+        if new and self._pids:
+            self.workers_replaced += len(new)
+            limit = self.worker_memory_limit
+            why = "" if limit is None else f" (worker_memory_limit={limit} bytes)"
+            log.warning(
+                "loky replaced %d worker process(es) while the pool ran (%d so far), e.g. "
+                "for its memory-leak guard%s; each new one imports TensorFlow again",
+                len(new),
+                self.workers_replaced,
+                why,
+            )
+        self._pids |= pids
 
     def restart(self) -> None:
         """Replaces a broken pool with a new one (its dead workers freed their slots)."""
@@ -283,6 +368,7 @@ class LocalExecutor(Executor):
     def shutdown(self, kill: bool = False) -> None:
         """Stops the workers; ``kill`` ends running trials at once (Ctrl-C, a broken pool)."""
         pool, self._pool = self._pool, None
+        self._pids = set()
         if pool is not None:
             pool.shutdown(wait=True, kill_workers=kill)
         if self._lease_dir is not None:

@@ -6,8 +6,9 @@ ready segments run (that is the dispatch policy's job, ``phobbit.dispatch``).
 ``StateMachine`` is the small interface a promotion rule implements;
 ``SynchronousHyperband`` is Hyperband's: a configuration goes on to the next
 rung once the reducer is certain it is among its rung's best
-(``reducer.certain_promotions``), so that whatever the order in which results
-come back, the promotions are those of a serial run.
+(``reducer.certain_promotions``, kept per result by ``reducer.RungRanking``),
+so that whatever the order in which results come back, the promotions are those
+of a serial run.
 
 Example:
     >>> machine = SynchronousHyperband(space, R=9, eta=3)
@@ -125,12 +126,14 @@ class _BracketState:
     members: list[set[int]] = field(default_factory=list)
     finished: list[dict[int, float | None]] = field(default_factory=list)
     promoted: list[list[int]] = field(default_factory=list)
+    rankings: list[reducer.RungRanking] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         depth = len(self.bracket.rungs)
         self.members = [set(self.hparams)] + [set() for _ in range(depth - 1)]
         self.finished = [{} for _ in range(depth)]
         self.promoted = [[] for _ in range(depth)]
+        self.rankings = [reducer.RungRanking() for _ in range(depth)]
 
     def k(self, rung: int) -> int:
         """How many configurations rung ``rung`` promotes."""
@@ -283,6 +286,7 @@ class SynchronousHyperband(StateMachine):
         # Stopped early: it is not trained further, so its place goes to the next best.
         score = None if result.stopped_early else self.objective.row_score(result)
         state.finished[result.rung][result.id] = score
+        state.rankings[result.rung].add(result.id, score)
         self._waiting -= 1
         if self.sampler is not None:  # a failed result too: no longer in flight
             hparams = state.hparams[result.id] or result.hparams
@@ -290,16 +294,14 @@ class SynchronousHyperband(StateMachine):
             # The sampler minimises: the objective's rank (negated when maximised).
             self.sampler.observe(key, hparams, result.epochs, self.objective.row_score(result))
         made_ready = []
+        # A result can make its own rung's trials certain, and, by closing its rung,
+        # the next rung's too; each rung's ranking keeps this O(log n) per result.
         for rung in range(result.rung, len(state.bracket.rungs) - 1):
-            chosen = reducer.certain_promotions(
-                state.finished[rung], state.k(rung), state.unfinished(rung)
-            )
-            for config_id in chosen:
-                if config_id not in state.promoted[rung]:
-                    state.promoted[rung].append(config_id)
-                    state.members[rung + 1].add(config_id)
-                    best = state.finished[rung][config_id]
-                    made_ready.append(self._segment(state, config_id, rung + 1, best))
+            for config_id in state.rankings[rung].promote(state.k(rung), state.unfinished(rung)):
+                state.promoted[rung].append(config_id)
+                state.members[rung + 1].add(config_id)
+                best = state.finished[rung][config_id]
+                made_ready.append(self._segment(state, config_id, rung + 1, best))
         return made_ready
 
     @property

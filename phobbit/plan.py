@@ -85,6 +85,7 @@ class Plan:
         self.objective: Objective = machine.objective  # what ranks configurations
         self.schedule = machine.schedule
         self._outstanding: set[SegmentKey] = set()
+        self._recorded = 0
         for segment in machine.start():
             policy.push(segment)
 
@@ -139,6 +140,7 @@ class Plan:
             self._outstanding.discard(key)
         else:  # finished without being handed out by this plan
             self.policy.discard(key)
+        self._recorded += 1
         made_ready = self.machine.on_result(result)
         for segment in made_ready:
             self.policy.push(segment)
@@ -151,6 +153,11 @@ class Plan:
         Never true of an endless machine (ASHA): a budget stops it.
         """
         return not len(self.policy) and not self._outstanding and not self.machine.endless
+
+    @property
+    def recorded(self) -> int:
+        """How many results were recorded (duplicates not counted)."""
+        return self._recorded
 
     @property
     def outstanding(self) -> int:

@@ -13,6 +13,7 @@ always a subset of, and in the end equal to, what a serial run promotes.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Iterable, Mapping
 
@@ -49,6 +50,47 @@ def certain_promotions(finished: Mapping[int, float | None], k: int, unfinished:
             break  # failed trials are never promoted
         promoted.append(config_id)
     return promoted
+
+
+class RungRanking:
+    """The finished trials of one rung, promoting them as ``certain_promotions`` does in
+    O(log n) per result instead of a sort of the whole rung per result.
+
+    Promotions only ever grow a prefix of the ranking: the promoted are always
+    the best so far, and a trial that finishes ahead of one already promoted is
+    itself certain the moment it finishes (it took the place of an unfinished
+    trial, so the count of those that could still beat it fell by one). So only
+    the trials not yet promoted are kept, in a heap by rank, and a trial is
+    certain when the promoted plus every unfinished trial are fewer than k.
+
+    Example:
+        >>> ranking = RungRanking()
+        >>> ranking.add(3, 0.5)
+        >>> ranking.promote(k=1, unfinished=0)
+        [3]
+    """
+
+    def __init__(self) -> None:
+        self._waiting: list[tuple[int, float, int]] = []  # rank keys of the unpromoted
+        self.promoted = 0
+
+    def add(self, config_id: int, val_loss: float | None) -> None:
+        """A trial of the rung finished with ``val_loss`` (None: it failed)."""
+        heapq.heappush(self._waiting, rank_key(config_id, val_loss))
+
+    def promote(self, k: int, unfinished: int) -> list[int]:
+        """The trials newly certain to be among the best ``k``, best first.
+
+        Args:
+            k: how many configurations the rung promotes.
+            unfinished: how many trials of the rung may still finish, an upper bound
+                that never grows from one call to the next.
+        """
+        chosen = []
+        while self._waiting and self.promoted + unfinished < k and not self._waiting[0][0]:
+            chosen.append(heapq.heappop(self._waiting)[2])
+            self.promoted += 1
+        return chosen
 
 
 def serial_promotions(finished: Mapping[int, float | None], k: int) -> list[int]:

@@ -6,7 +6,7 @@ The terminal's reporters, for the CLI, are in ``phobbit.terminal``.
 
 from __future__ import annotations
 
-import statistics
+import heapq
 import sys
 import threading
 import time
@@ -41,6 +41,14 @@ def retrain_line(result: SegmentResult) -> str:
     return f"retrained run {result.s} id {result.id} rung {result.rung}: {result.note}"
 
 
+def replaced_line(count: int) -> str:
+    """What a reporter says when the pool replaced a worker process on its own."""
+    return (
+        f"a worker process was replaced ({count} so far): it imports TensorFlow again; "
+        "loky's memory-leak guard does so only with a worker_memory_limit"
+    )
+
+
 SLOW_FACTOR = 5.0  # a segment is slow past this many times its peers' time per epoch...
 SLOW_MIN_S = 60.0  # ...and past this many seconds: short segments vary too much to tell
 SLOW_PEERS = 3  # finished segments needed before anything is called slow
@@ -57,21 +65,34 @@ class SlowWatch:
     """
 
     def __init__(self) -> None:
-        self._per_epoch: list[float] = []
+        # A running median: the lower half in a max-heap (negated), the upper in a
+        # min-heap, so learning a segment is O(log n) and the median O(1), however long the run.
+        self._lower: list[float] = []
+        self._upper: list[float] = []
 
     def finished(self, result: SegmentResult) -> None:
         """Learns a finished segment's seconds per epoch (rows the driver wrote teach none)."""
         epochs = result.epochs - result.start_epoch
         if result.ok and result.pid and epochs > 0 and result.end >= result.start:
-            self._per_epoch.append((result.end - result.start) / epochs)
+            value = (result.end - result.start) / epochs
+            heapq.heappush(self._lower, -heapq.heappushpop(self._upper, value))
+            if len(self._lower) > len(self._upper):
+                heapq.heappush(self._upper, -heapq.heappop(self._lower))
+
+    def median(self) -> float | None:
+        """The median seconds per epoch of the segments learnt; None before any."""
+        if not self._upper:
+            return None
+        if len(self._upper) > len(self._lower):
+            return self._upper[0]
+        return (self._upper[0] - self._lower[0]) / 2
 
     def is_slow(self, segment: Segment, seconds: float) -> bool:
         """Whether ``segment``, running for ``seconds``, runs far longer than its peers."""
-        if len(self._per_epoch) < SLOW_PEERS:
+        median = self.median()
+        if median is None or len(self._upper) + len(self._lower) < SLOW_PEERS:
             return False
-        expected = statistics.median(self._per_epoch) * max(
-            1, segment.epochs - segment.start_epoch
-        )
+        expected = median * max(1, segment.epochs - segment.start_epoch)
         return seconds > max(SLOW_FACTOR * expected, SLOW_MIN_S)
 
 
@@ -111,6 +132,7 @@ class PlainReporter:
         self._started = 0.0
         self._done = 0
         self._retrained = 0
+        self._replaced = 0
         self._slow = SlowWatch()
         self._running: dict[tuple[int, int, int, int], tuple[Segment, float]] = {}
         self._flagged: set[tuple[int, int, int, int]] = set()
@@ -189,10 +211,15 @@ class PlainReporter:
             self._flagged.discard(segment.key)
         self._say(retry_line(segment, cause, attempt))
 
+    def replaced(self, count: int) -> None:
+        self._replaced = count
+        self._say(replaced_line(count))
+
     def closed(self) -> None:
         self._stop.set()
         elapsed = time.monotonic() - self._started
         retrained = (
             f", {self._retrained} retrained from a bad checkpoint" if self._retrained else ""
         )
-        self._say(f"Finished {self._done} segments in {elapsed:.1f}s{retrained}")
+        replaced = f", {self._replaced} worker(s) replaced" if self._replaced else ""
+        self._say(f"Finished {self._done} segments in {elapsed:.1f}s{retrained}{replaced}")

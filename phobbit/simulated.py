@@ -74,6 +74,7 @@ class _Task:
     fault: BaseException | None
     slot: int = -1
     start: float = 0.0
+    ready: float = 0.0  # when a worker can start it at the earliest
 
     @property
     def end(self) -> float:
@@ -89,8 +90,13 @@ class SimulatedExecutor(Executor):
             ``SyntheticTrainable`` handed to ``submit`` would sleep (0 for others).
         fail: segment key -> the exception its task raises (see the module's docstring).
         overhead: virtual seconds added to every task (dispatch, result, CSV append).
+        latency: virtual seconds from ``submit`` until a worker can start the task
+            (the driver's round trip: result back, record, the next submit). A task
+            queued before a worker frees starts the moment it does: latency is hidden.
         can_kill_one: whether a worker's death or ``kill`` ends one task alone
             (Dask with nannies) rather than every task in flight (a loky pool).
+        replaced_after: segment keys whose worker the pool replaces once the segment
+            has run, as loky's memory-leak guard does (counted in ``workers_replaced``).
 
     Raises:
         RuntimeError: from ``wait``, when it waits on tasks that never finish
@@ -107,13 +113,17 @@ class SimulatedExecutor(Executor):
         fail: Mapping[SegmentKey, Fault] | None = None,
         overhead: float = 0.0,
         can_kill_one: bool = False,
+        latency: float = 0.0,
+        replaced_after: Collection[SegmentKey] = (),
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers!r}")
         self.slots = ["cpu"] * workers
         self.can_kill_one = can_kill_one
-        self.duration, self.overhead = duration, overhead
+        self.duration, self.overhead, self.latency = duration, overhead, latency
         self.fail = dict(fail or {})
+        self.replaced_after = set(replaced_after)
+        self.workers_replaced = 0
         self.trace: list[TraceEntry] = []
         self.attempts: dict[SegmentKey, int] = {}
         self._now = 0.0
@@ -139,6 +149,7 @@ class SimulatedExecutor(Executor):
         future: Future = Future()
         future.set_running_or_notify_cancel()
         task = _Task(future, fn, args, segment, seconds, self._fault(segment))
+        task.ready = self._now + self.latency
         self._queued.append(task)
         self._start_queued()
         return future
@@ -232,7 +243,8 @@ class SimulatedExecutor(Executor):
     def _start_queued(self) -> None:
         while self._queued and self._free:
             task = self._queued.pop(0)
-            task.slot, task.start = self._free.pop(0), self._now
+            # The worker is taken now; it idles until the task has reached it.
+            task.slot, task.start = self._free.pop(0), max(self._now, task.ready)
             heapq.heappush(self._running, (task.end, next(self._order), task))
 
     def _finish_next(self) -> None:
@@ -259,6 +271,9 @@ class SimulatedExecutor(Executor):
             else:
                 self._record(task, "done")
                 task.future.set_result(value)
+            if task.segment is not None and task.segment.key in self.replaced_after:
+                self.replaced_after.discard(task.segment.key)
+                self.workers_replaced += 1
         self._start_queued()
 
     def _end(self, task: _Task, outcome: str, error: BaseException) -> None:

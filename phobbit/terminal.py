@@ -16,6 +16,7 @@ their worker has reported once.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ from phobbit.reporting import (
     PlainReporter,
     SlowWatch,
     format_hparams,
+    replaced_line,
     retrain_line,
     retry_line,
     slow_line,
@@ -95,22 +97,34 @@ class ProgressTracker:
         self.failed = 0
         self.retries = 0
         self.retrained = 0  # segments that retrained epochs of a bad checkpoint
+        self.replaced = 0  # worker processes the pool replaced on its own
         self.finished_now = 0  # segments trained in this session
         self.epochs_now = 0  # epochs trained in this session
         self.slow = SlowWatch()
         self._idle: list[str] = []
+        # Per-rung counters, kept up to date per result rather than rebuilt from the plan.
+        self._seen = 0  # the plan's ``recorded`` the counters include
+        self._index: dict[tuple[int, int, int], int] = {}
+        self.segments_done = self.segments_total = 0
+        self.epochs_done = self.epochs_total = 0
+        self.rebuilds = 0  # how often the counters were rebuilt from the plan
 
     def started(self, plan: Plan, resumed: int) -> None:
         self.plan, self.resumed, self.started_at = plan, resumed, self.clock()
         if plan.objective != self.objective:  # rank the rows seeded before by the objective
             self.objective, self.best = plan.objective, None
             self.seed_best(self._seeded)
-        self._refresh()
+        self._rebuild()
 
     def dispatched(self, segment: Segment) -> None:
         gpu = self._idle.pop(0) if self._idle else self._unknown
         self.running[segment.key] = Running(segment, gpu, self.clock())
-        self._refresh()  # resumed segments are recorded without a report: count them now
+        if self.plan is not None and (
+            self.plan.machine.endless or self.plan.recorded != self._seen
+        ):
+            # Resumed segments are recorded without a report: count them now. ASHA's
+            # rungs grow with each decision.
+            self._rebuild()
 
     def finished(self, result: SegmentResult) -> None:
         self.running.pop(result.key, None)
@@ -124,7 +138,51 @@ class ProgressTracker:
             self.failed += 1
         elif self.objective.improves(result, self.best):
             self.best = result
-        self._refresh()
+        self._count(result)
+
+    def _count(self, result: SegmentResult) -> None:
+        """Adds a result the plan has just recorded to its rung's counter: O(1) per result."""
+        if self.plan is None:
+            return
+        if self.plan.machine.endless:
+            self._rebuild()  # ASHA: its rungs grow with every decision; they are few
+            return
+        recorded = self.plan.recorded
+        if recorded == self._seen:
+            return  # a duplicate row: the plan ignored it
+        index = self._index.get((result.iteration, result.s, result.rung))
+        if recorded != self._seen + 1 or index is None:
+            self._rebuild()  # rows recorded without a report in between
+            return
+        self._seen = recorded
+        rung = self.rungs[index]
+        self.rungs[index] = dataclasses.replace(rung, done=rung.done + 1)
+        self.segments_done += 1
+        self.epochs_done += rung.segment_epochs
+
+    def _rebuild(self) -> None:
+        """Every rung's counter from the plan: at the start, and after a resume's rows."""
+        if self.plan is None:
+            return
+        progress = list(self.plan.progress())
+        iterations = 1 + max(i for i, *_ in progress)
+        done = {(i, s, rung): d for i, s, rung, d, _ in progress}
+        self._seen = self.plan.recorded
+        self.rungs = schedule_progress(self.plan.schedule, iterations, done)
+        if self.plan.machine.endless:  # ASHA: a rung holds what was decided so far
+            n = {(i, s, rung): total for i, s, rung, _, total in progress}
+            self.rungs = [replace(r, n=n.get((r.iteration, r.s, r.rung), 0)) for r in self.rungs]
+        self._index = {(r.iteration, r.s, r.rung): k for k, r in enumerate(self.rungs)}
+        self.segments_done = sum(r.done for r in self.rungs)
+        self.epochs_done = sum(r.done * r.segment_epochs for r in self.rungs)
+        self.segments_total = sum(r.n for r in self.rungs)
+        self.epochs_total = sum(r.n * r.segment_epochs for r in self.rungs)
+        self.rebuilds += 1
+
+    def rung(self, iteration: int, s: int, rung: int) -> RungProgress | None:
+        """The progress of one rung; None before ``started``."""
+        index = self._index.get((iteration, s, rung))
+        return None if index is None else self.rungs[index]
 
     def slow_running(self) -> list[Running]:
         """The running segments that take far longer than their peers (hung ones, maybe)."""
@@ -142,32 +200,6 @@ class ProgressTracker:
         for row in rows:
             if self.objective.improves(row, self.best):
                 self.best = row
-
-    def _refresh(self) -> None:
-        if self.plan is None:
-            return
-        iterations = 1 + max(i for i, *_ in self.plan.progress())
-        done = {(i, s, rung): d for i, s, rung, d, _ in self.plan.progress()}
-        self.rungs = schedule_progress(self.plan.schedule, iterations, done)
-        if self.plan.machine.endless:  # ASHA: a rung holds what was decided so far
-            n = {(i, s, rung): total for i, s, rung, _, total in self.plan.progress()}
-            self.rungs = [replace(r, n=n.get((r.iteration, r.s, r.rung), 0)) for r in self.rungs]
-
-    @property
-    def epochs_done(self) -> int:
-        return sum(r.done * r.segment_epochs for r in self.rungs)
-
-    @property
-    def epochs_total(self) -> int:
-        return sum(r.n * r.segment_epochs for r in self.rungs)
-
-    @property
-    def segments_done(self) -> int:
-        return sum(r.done for r in self.rungs)
-
-    @property
-    def segments_total(self) -> int:
-        return sum(r.n for r in self.rungs)
 
     def elapsed(self) -> float:
         return self.clock() - self.started_at
@@ -190,6 +222,8 @@ class ProgressTracker:
             text += f", {self.retries} retried"
         if self.retrained:
             text += f", {self.retrained} retrained from a bad checkpoint"
+        if self.replaced:
+            text += f", {self.replaced} worker(s) replaced"
         return text
 
 
@@ -349,6 +383,11 @@ class LiveReporter:
             emoji=False,
         )
 
+    def replaced(self, count: int) -> None:
+        with self._lock:
+            self.tracker.replaced = count
+        self.console.print(replaced_line(count), highlight=False, soft_wrap=True, markup=False)
+
     def closed(self) -> None:
         if self._live is not None:
             self._live.stop()
@@ -387,6 +426,8 @@ class LineReporter(PlainReporter):
         self.tracker.seed_best(previous)
         self.best = self.tracker.best
         self._announced: set[tuple[int, int, int]] = set()
+        self._several = False
+        self._rebuilds = -1
 
     def started(self, plan: Plan, resumed: int) -> None:
         if self.title:
@@ -394,33 +435,46 @@ class LineReporter(PlainReporter):
         super().started(plan, resumed)
         self.tracker.started(plan, resumed)
         self.best = self.tracker.best
-        self._announced = {(r.iteration, r.s, r.rung) for r in self.tracker.rungs if r.done == r.n}
+        self._several = len({r.iteration for r in self.tracker.rungs}) > 1
+        self._rebuilds = -1
+        self._silence_done()
+
+    def _silence_done(self) -> None:
+        """Rungs that segments of a resumed run completed were announced by that run."""
+        if self._rebuilds != self.tracker.rebuilds:
+            self._rebuilds = self.tracker.rebuilds
+            self._announced |= {
+                (r.iteration, r.s, r.rung) for r in self.tracker.rungs if r.done == r.n
+            }
 
     def dispatched(self, segment: Segment) -> None:
         super().dispatched(segment)
         self.tracker.dispatched(segment)
-        # Rungs that segments of a resumed run completed were announced by that run.
-        self._announced |= {
-            (r.iteration, r.s, r.rung) for r in self.tracker.rungs if r.done == r.n
-        }
+        self._silence_done()
 
     def finished(self, result: SegmentResult) -> None:
         super().finished(result)
         self.tracker.finished(result)
-        several = len({r.iteration for r in self.tracker.rungs}) > 1
-        for r in self.tracker.rungs:
-            key = (r.iteration, r.s, r.rung)
-            if r.done == r.n and key not in self._announced:
-                self._announced.add(key)
-                where = f"iteration {r.iteration} run {r.s}" if several else f"run {r.s}"
-                self._say(
-                    f"[{self.tracker.elapsed():7.1f}s] {where} rung {r.rung} done "
-                    f"({r.n} x {r.epochs} epochs); {self.tracker.summary()}"
-                )
+        key = (result.iteration, result.s, result.rung)
+        r = self.tracker.rung(*key)
+        endless = self.tracker.plan is not None and self.tracker.plan.machine.endless
+        # ASHA's rungs never close: a rung whose decided segments all finished is not done.
+        if r is not None and not endless and r.done == r.n and key not in self._announced:
+            self._announced.add(key)
+            where = f"iteration {r.iteration} run {r.s}" if self._several else f"run {r.s}"
+            self._say(
+                f"[{self.tracker.elapsed():7.1f}s] {where} rung {r.rung} done "
+                f"({r.n} x {r.epochs} epochs); {self.tracker.summary()}"
+            )
+        self._silence_done()
 
     def retrying(self, segment: Segment, cause: str, attempt: int) -> None:
         super().retrying(segment, cause, attempt)
         self.tracker.retrying(segment)
+
+    def replaced(self, count: int) -> None:
+        super().replaced(count)
+        self.tracker.replaced = count
 
     def closed(self) -> None:
         self._stop.set()

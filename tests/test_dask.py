@@ -123,3 +123,24 @@ def test_segment_timeout_is_refused_on_dask_workers_without_a_nanny(tmp_path: Pa
                 executor=executor,
                 segment_timeout=60,
             )
+
+
+def test_a_dask_run_leaves_no_lease_folder_behind(client, hparams, tmp_path: Path) -> None:
+    import tempfile
+
+    from phobbit.dask_executor import DaskExecutor, lease_folder
+
+    executor = DaskExecutor(client)
+    with executor:
+        ParallelHyperband(
+            None,
+            hparams,
+            tmp_path / "dask",
+            trainable=SyntheticTrainable(curve=x_curve),
+            executor=executor,
+            verbose=0,
+        ).run(R=3, eta=3)
+        folder = Path(lease_folder(executor._plugin.token))
+        assert folder.is_dir(), "the workers lease their slots there while the run goes on"
+        assert folder.parent == Path(tempfile.gettempdir())
+    assert not folder.exists()

@@ -173,3 +173,55 @@ def test_workers_are_born_ignoring_ctrl_c_and_the_driver_keeps_its_handler(
     assert len(seen) >= 2, "loky started the workers elsewhere: the test proves nothing"
     assert all(handler is signal.SIG_IGN for handler in seen)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+_HELD: list[bytearray] = []
+
+
+def _memory_leak_limit() -> int:
+    from joblib.externals.loky import process_executor
+
+    return process_executor._MAX_MEMORY_LEAK_SIZE
+
+
+def _grow() -> int:
+    """Holds 32 MB for good and lets loky's guard look at once (it waits 1 s between looks)."""
+    from joblib.externals.loky import process_executor
+
+    process_executor._MEMORY_LEAK_CHECK_DELAY = -1.0
+    _HELD.append(bytearray(32 * 2**20))
+    return os.getpid()
+
+
+def test_workers_run_without_lokys_memory_leak_guard_unless_a_limit_is_set() -> None:
+    with LocalExecutor(n_jobs=1) as executor:
+        assert executor.submit(_memory_leak_limit).result() >= sys.maxsize
+    with LocalExecutor(n_jobs=1, worker_memory_limit=2**30) as executor:
+        assert executor.submit(_memory_leak_limit).result() == 2**30
+
+
+@pytest.mark.filterwarnings("ignore:A worker stopped:UserWarning")
+def test_a_worker_replaced_for_its_memory_is_counted_and_logged(caplog) -> None:
+    with LocalExecutor(n_jobs=1, worker_memory_limit=2**20) as executor:
+        executor.submit(os.getpid).result()  # loky measures the worker after its first task
+        grown = executor.submit(_grow).result()
+        with caplog.at_level("WARNING", logger="phobbit"):
+            future = executor.submit(os.getpid)
+            executor.wait([future])
+        assert future.result() != grown
+        assert executor.workers_replaced == 1
+    assert "replaced 1 worker process" in caplog.text
+
+
+def test_a_worker_that_grows_is_kept_without_a_limit() -> None:
+    with LocalExecutor(n_jobs=1) as executor:
+        executor.submit(os.getpid).result()
+        grown = executor.submit(_grow).result()
+        assert executor.submit(os.getpid).result() == grown
+        assert executor.workers_replaced == 0
+
+
+@pytest.mark.parametrize("limit", [0, -5, 1.5, True, "1G"])
+def test_a_bad_worker_memory_limit_is_refused(limit) -> None:
+    with pytest.raises(InputError, match="worker_memory_limit must be"):
+        LocalExecutor(n_jobs=1, worker_memory_limit=limit)

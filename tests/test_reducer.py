@@ -53,3 +53,28 @@ def test_best_so_far_ignores_nan_and_keeps_the_earlier_best() -> None:
     assert reducer.best_so_far([0.4, math.nan, 0.3], before=0.35) == 0.3
     assert reducer.best_so_far([0.4], before=0.2) == 0.2
     assert reducer.best_so_far([math.nan]) is None
+
+
+@given(st.lists(losses, min_size=1, max_size=40), st.data())
+def test_rung_ranking_promotes_what_certain_promotions_does_in_the_same_order(
+    values: list[float | None], data: st.DataObject
+) -> None:
+    n = len(values)
+    k = data.draw(st.integers(0, n), label="k")
+    order = data.draw(st.permutations(range(n)), label="finish order")
+    # An upper bound on the unfinished that may run above the true count, never growing.
+    slack = data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n), label="slack")
+    slack = [max(slack[i:]) for i in range(n)]  # never grows from one result to the next
+    ranking = reducer.RungRanking()
+    finished: dict[int, float | None] = {}
+    incremental: list[int] = []
+    from_scratch: list[int] = []  # what re-ranking the whole rung per result promotes
+    for step, config_id in enumerate(order):
+        finished[config_id] = values[config_id]
+        unfinished = n - len(finished) + slack[step]
+        ranking.add(config_id, values[config_id])
+        incremental += ranking.promote(k, unfinished)
+        from_scratch += [
+            c for c in reducer.certain_promotions(finished, k, unfinished) if c not in from_scratch
+        ]
+        assert incremental == from_scratch

@@ -9,6 +9,7 @@ paths with real processes that are killed.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
@@ -25,6 +26,7 @@ from phobbit import ParallelHyperband
 from phobbit.errors import StorageError
 from phobbit.plan import Plan
 from phobbit.records import RunSettings, Segment, SegmentKey
+from phobbit.reporting import PlainReporter
 from phobbit.repository import Repository
 from phobbit.results import results_frame
 from phobbit.scheduler import KILLED_FOR_OTHER, UNKNOWN_CULPRIT, Scheduler, SilentReporter
@@ -328,3 +330,114 @@ def test_the_simulated_clock_gives_the_makespan_of_a_synthetic_trainables_sleeps
         sum(trainable.segment_time(r.hparams, r.start_epoch, r.epochs) for r in rows)
     )
     assert max(r.end - r.start for r in rows) < 1.0, "epochs slept for real"
+
+
+# -- worker replacement -----------------------------------------------------------------------
+
+
+def test_workers_the_pool_replaces_on_its_own_are_counted_reported_and_logged(
+    tmp_path: Path, serial: pd.DataFrame, caplog: pytest.LogCaptureFixture
+) -> None:
+    replaced = handed_out_first(workers=3, count=2)
+
+    class Told(Retries):
+        def __init__(self) -> None:
+            super().__init__()
+            self.replaced_counts: list[int] = []
+
+        def replaced(self, count: int) -> None:
+            self.replaced_counts.append(count)
+
+    run = Run(tmp_path)
+    run.executor.replaced_after = set(replaced)
+    run.scheduler.reporter = reporter = Told()
+    with caplog.at_level("WARNING", logger="phobbit"):
+        run()
+    assert reporter.replaced_counts[-1] == 2 == run.scheduler.workers_replaced
+    assert reporter.replaced_counts == sorted(set(reporter.replaced_counts))
+    assert "2 worker process(es) were replaced during this run" in caplog.text
+    assert reporter.calls == []  # nothing was retried: a replaced worker had finished its work
+    pd.testing.assert_frame_equal(run.table(), serial)
+
+
+def test_the_plain_lines_say_how_many_workers_were_replaced(tmp_path: Path) -> None:
+    out = io.StringIO()
+    run = Run(tmp_path)
+    run.executor.replaced_after = set(handed_out_first(workers=3, count=1))
+    run.scheduler.reporter = PlainReporter(out, verbose=1)
+    run()
+    assert "a worker process was replaced (1 so far)" in out.getvalue()
+    assert "1 worker(s) replaced" in out.getvalue().splitlines()[-1]
+
+
+# -- one segment queued ahead -----------------------------------------------------------------
+
+
+def _back_to_back(run: Run) -> int:
+    """How many segments started on their worker the moment its previous one ended."""
+    by_slot: dict[int, list[TraceEntry]] = {}
+    for entry in run.executor.trace:
+        by_slot.setdefault(entry.slot, []).append(entry)
+    return sum(
+        later.start == earlier.end
+        for entries in by_slot.values()
+        for earlier, later in zip(entries, entries[1:], strict=False)
+    )
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 5])
+def test_a_segment_queued_ahead_hides_the_round_trip_and_the_table_stays_serial(
+    tmp_path: Path, serial: pd.DataFrame, workers: int
+) -> None:
+    ahead = Run(tmp_path / "ahead", workers=workers)
+    ahead.executor.latency = 0.25  # the driver's round trip
+    ahead()
+    fresh = Run(tmp_path / "fresh", workers=workers, queue_ahead=0)
+    fresh.executor.latency = 0.25
+    fresh()
+    assert _back_to_back(ahead) > 0, "no worker took a queued segment at once"
+    assert _back_to_back(fresh) == 0, "without a queue every start waits for the round trip"
+    assert ahead.executor.makespan() <= fresh.executor.makespan()
+    for run in (ahead, fresh):
+        assert run.reporter.calls == []
+        pd.testing.assert_frame_equal(run.table(), serial)
+
+
+def test_at_most_one_segment_waits_in_the_queue_beyond_the_workers(tmp_path: Path) -> None:
+    run = Run(tmp_path, workers=2)
+    submit, in_flight = run.executor.submit, []
+
+    def counting_submit(*args: Any) -> Future:
+        in_flight.append(len(run.scheduler._in_flight) + 1)
+        return submit(*args)
+
+    run.executor.submit = counting_submit  # type: ignore[method-assign]
+    run()
+    assert max(in_flight) == 3
+
+
+def test_a_queued_segment_times_out_from_when_a_worker_takes_it_not_from_its_submit(
+    tmp_path: Path, serial: pd.DataFrame
+) -> None:
+    # One worker, segments of 1 s, a timeout of 1.5 s: the segment queued behind the
+    # first waits 1 s in the queue, then runs 1 s; counted from its submit it would time out.
+    run = Run(tmp_path, workers=1, segment_timeout=1.5)()
+    assert run.reporter.calls == []
+    assert all(entry.outcome == "done" for entry in run.executor.trace)
+    pd.testing.assert_frame_equal(run.table(), serial)
+
+
+def test_a_segment_lost_while_queued_is_neither_charged_nor_suspected(
+    tmp_path: Path, serial: pd.DataFrame
+) -> None:
+    victim, queued = handed_out_first(1, 2)
+    run = Run(tmp_path, workers=1, fail={victim: [TerminatedWorkerError(OOM)]})()
+    assert [(key, attempt) for key, _, attempt in run.reporter.calls] == [(victim, 1)]
+    assert [entry.outcome for entry in run.traced(queued)] == ["done"]
+    pd.testing.assert_frame_equal(run.table(), serial)
+
+
+@pytest.mark.parametrize("ahead", [-1, 1.5, True])
+def test_queue_ahead_must_be_a_count(tmp_path: Path, ahead: object) -> None:
+    with pytest.raises(ValueError, match="queue_ahead must be an integer >= 0"):
+        Run(tmp_path, queue_ahead=ahead)

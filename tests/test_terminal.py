@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import statistics
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from rich.console import Console
 
 from phobbit import Hyperparameter
 from phobbit.cli import best_table
 from phobbit.plan import Plan
 from phobbit.records import Segment, SegmentResult
-from phobbit.reporting import PlainReporter
+from phobbit.reporting import PlainReporter, SlowWatch
 from phobbit.results import results_frame
 from phobbit.space import Space
 from phobbit.terminal import LineReporter, LiveReporter, ProgressTracker, estimate_left, render
@@ -250,3 +254,30 @@ def test_plain_lines_flag_a_slow_segment_once(space: Space) -> None:
     flagged = [line for line in out.getvalue().splitlines() if "has run" in line]
     assert len(flagged) == 1 and flagged[0].startswith(f"run {hung.s} id {hung.id} rung 0")
     assert "--segment-timeout" in flagged[0]
+
+
+@given(st.lists(st.floats(0.001, 100), min_size=1, max_size=30))
+def test_slow_watch_median_is_the_median_of_every_segment_learnt(seconds: list[float]) -> None:
+    watch = SlowWatch()
+    segment = Segment(0, 0, 0, 0, {}, start_epoch=0, epochs=1, checkpoint="c")
+    for k, took in enumerate(seconds, 1):
+        watch.finished(timed_result(segment, 0.0, took))
+        assert watch.median() == pytest.approx(statistics.median(seconds[:k]))
+
+
+def test_tracker_counts_a_resumed_run_and_ignores_duplicate_rows(space: Space) -> None:
+    plan = Plan(space, R=9, eta=3, workers=2)
+    tracker = ProgressTracker()
+    tracker.started(plan, resumed=1)
+    resumed = plan.next_segment()
+    plan.record(result_of(resumed, gpu="0", loss=0.3))  # recorded without a report
+    segment = plan.next_segment()
+    tracker.dispatched(segment)
+    assert tracker.segments_done == 1
+    result = result_of(segment, gpu="0", loss=0.5)
+    plan.record(result)
+    tracker.finished(result)
+    plan.record(result)
+    tracker.finished(result)  # a duplicate row: the plan ignores it, so does the count
+    assert tracker.segments_done == 2 == sum(d for *_, d, _ in plan.progress())
+    assert tracker.epochs_done == resumed.epochs + segment.epochs

@@ -1,0 +1,107 @@
+"""The Dask executor against the local pool: efficiency and segments per second, side by side.
+
+Run it with ``python benchmarks/dask_speed.py`` (about 2 minutes; needs
+``distributed``). On a ``LocalCluster`` of W one-thread worker processes
+(``--workers``, default 4) and on a ``LocalExecutor`` of as many, both warm, it
+runs R=81, eta=3 with ``SyntheticTrainable`` epochs of 20 ms ±30% (efficiency
+= max(work/W, chain) / makespan) and with epochs of zero time (segments per
+second: the per-segment cost of executor + driver), each with and without the
+segment queued ahead (``Scheduler(queue_ahead=...)``), alternately, twice.
+``--profile`` adds a cProfile of one zero-time Dask run's driver: where the
+driver's own time goes (submit and serialisation, the wait) against the wall.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+from simulation import SPACE, lower_bound  # noqa: E402
+
+from phobbit.executor import Executor, LocalExecutor  # noqa: E402
+from phobbit.plan import Plan  # noqa: E402
+from phobbit.records import RunSettings  # noqa: E402
+from phobbit.repository import Repository  # noqa: E402
+from phobbit.scheduler import Scheduler  # noqa: E402
+from phobbit.space import Space  # noqa: E402
+from phobbit.trainable import SyntheticTrainable  # noqa: E402
+
+
+def run(
+    executor: Executor, epoch_seconds: float, queue_ahead: int, profile: bool = False
+) -> tuple[float, int]:
+    """One run of R=81 on ``executor``: (seconds, segments)."""
+    space = Space(SPACE)
+    with tempfile.TemporaryDirectory(prefix="phobbit-dask-bench-") as folder:
+        repository = Repository(folder)
+        repository.create(RunSettings.of(space, 81, 3, 0, 1))
+        plan = Plan(
+            space, 81, 3, 0, 1, workers=executor.capacity, checkpoint_of=repository.checkpoint_stem
+        )
+        trainable = SyntheticTrainable(epoch_seconds=epoch_seconds, jitter=0.3)
+        scheduler = Scheduler(trainable, plan, repository, executor, queue_ahead=queue_ahead)
+        start = time.perf_counter()
+        if profile:
+            profiler = cProfile.Profile()
+            profiler.runcall(scheduler.drive)
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(14)
+        else:
+            scheduler.drive()
+        return time.perf_counter() - start, len(repository.results())
+
+
+def main() -> None:
+    import distributed
+
+    from phobbit.dask_executor import DaskExecutor
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    W = args.workers
+    bound = lower_bound(Space(SPACE), 81, 3, 0, 1, W, 0.02, 0.3).value
+    rows: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    load = os.getloadavg()[0]
+    with (
+        distributed.LocalCluster(
+            n_workers=W, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+        LocalExecutor(n_jobs=W) as local,
+    ):
+        dask = DaskExecutor(client)
+        for executor in (dask, local):
+            run(executor, 0.0, 1)  # workers started, imports done
+        for _ in range(2):
+            for name, executor in (("dask", dask), ("local pool", local)):
+                for ahead in (0, 1):
+                    seconds, _ = run(executor, 0.02, ahead)
+                    zero, segments = run(executor, 0.0, ahead)
+                    rows.setdefault((name, ahead), []).append((bound / seconds, segments / zero))
+        if args.profile:
+            run(dask, 0.0, 1, profile=True)
+        dask.shutdown()
+    print(
+        f"R=81, eta=3, W={W}, 20 ms epochs +-30%; load average {load:.2f} at the start, "
+        f"{os.getloadavg()[0]:.2f} at the end\n"
+    )
+    print("| executor | queued ahead | efficiency | zero-time segments/s |")
+    print("|---|---|---|---|")
+    for (name, ahead), values in rows.items():
+        effs = " / ".join(f"{e:.3f}" for e, _ in values)
+        rates = " / ".join(f"{r:.0f}" for _, r in values)
+        print(f"| {name} | {ahead} | {effs} | {rates} |")
+
+
+if __name__ == "__main__":
+    main()
