@@ -42,6 +42,19 @@ def _timeout(value: Any) -> float | None:
     return float(value)
 
 
+def _tensorboard_wanted(value: Any) -> bool:
+    """Whether to write TensorBoard logs: ``tensorboard=`` None (if installed), True or False."""
+    from phobbit import tensorboard
+
+    if value is None:
+        return tensorboard.available()
+    if not isinstance(value, bool):
+        raise InputError(f"tensorboard must be True, False or None, got {value!r}")
+    if value:
+        tensorboard.require()
+    return value
+
+
 class ParallelHyperband:
     """Hyperband over a pool of GPU-pinned worker processes.
 
@@ -88,6 +101,11 @@ class ParallelHyperband:
             as soon as they fall out of the best and are not training, so disk holds
             at most ``keep_best`` of them plus those of configurations in flight;
             ``phobbit best`` names no checkpoint for a configuration without one.
+        tensorboard: write TensorBoard logs under ``repo_dir/tensorboard`` (epoch
+            scalars and the HParams dashboard; ``phobbit.tensorboard``), after
+            finished segments (at most every 30 s) and at the end of the run. None
+            (the default) writes them when the ``tensorboard`` package is installed;
+            True requires it; False never writes them.
 
     Raises:
         InputError: (a ``ValueError``) for bad input, before anything is written.
@@ -123,6 +141,7 @@ class ParallelHyperband:
         executor: Executor | None = None,
         keep_best: int = 10,
         segment_timeout: float | None = None,
+        tensorboard: bool | None = None,
     ) -> None:
         self.space = Space(hparam_ranges)
         if repo_dir is None or str(repo_dir) == "":
@@ -137,6 +156,7 @@ class ParallelHyperband:
             raise InputError(f"keep_best must be an integer >= 0, got {keep_best!r}")
         self.seed, self.max_retries, self.verbose = int(seed), max_retries, verbose
         self.keep_best = keep_best
+        self.tensorboard = _tensorboard_wanted(tensorboard)
         self.reporter = reporter
         if executor is not None and (gpus is not None or n_jobs is not None):
             raise InputError("give gpus/n_jobs to the executor, not beside it")
@@ -224,6 +244,10 @@ class ParallelHyperband:
             checkpoint_of=self.repository.checkpoint_stem,
         )
         reporter = self.reporter or PlainReporter(verbose=self.verbose)
+        if self.tensorboard:
+            from phobbit.tensorboard import LoggingReporter
+
+            reporter = LoggingReporter(reporter, self.repository.path)
         made = self.repository.fresh()
         with ExitStack() as stack:
             fence = stack.enter_context(self.repository.driver_lock())
@@ -261,6 +285,10 @@ class ParallelHyperband:
                 keep_best=self.keep_best,
             ).drive()
             self.repository.prune_best_checkpoints(self.keep_best)
+        if self.tensorboard:
+            from phobbit.tensorboard import write_quietly
+
+            write_quietly(self.repository.path)
         return self.results()
 
     def _shut_down(self, kind: type | None, *_: object) -> None:

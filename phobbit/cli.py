@@ -1,4 +1,5 @@
-"""The command line: ``phobbit train|brackets|status|best``. Parsing, printing, exit codes.
+"""The command line: ``phobbit train|brackets|status|best|plot|tensorboard``: parsing, printing,
+exit codes.
 
 Every decision is the library's; this module only wires arguments to it and
 turns its errors into one line on stderr: exit code 2 for bad input (nothing
@@ -180,6 +181,31 @@ def _parser() -> argparse.ArgumentParser:
     best.add_argument("repo", metavar="DIR", help="the repository folder")
     best.add_argument("--top", type=_count, default=5, metavar="K", help="how many (default 5)")
     best.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    plot = commands.add_parser(
+        "plot",
+        help="draw a run: learning curves, the workers' timeline, hparams (matplotlib)",
+        description="Draw the run in DIR to an image file (needs phobbit[plot]).",
+    )
+    plot.add_argument("repo", metavar="DIR", help="the repository folder")
+    plot.add_argument(
+        "-o", "--output", required=True, metavar="FILE", help="the image: .png, .svg, .pdf"
+    )
+    plot.add_argument(
+        "--kind",
+        choices=("all", "curves", "timeline", "hparams"),
+        default="all",
+        help="curves per bracket, the workers' timeline, the objective per hparam, "
+        "or all three in one figure (default)",
+    )
+
+    board = commands.add_parser(
+        "tensorboard",
+        help="(re)write a run's TensorBoard logs (tensorboard --logdir DIR/tensorboard)",
+        description="Write the TensorBoard logs of the run in DIR under DIR/tensorboard "
+        "from its records (needs phobbit[tensorboard]); only what changed is rewritten.",
+    )
+    board.add_argument("repo", metavar="DIR", help="the repository folder")
     return parser
 
 
@@ -203,6 +229,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _train(args, _console())
         if args.command == "status":
             return _status(args.repo, _console())
+        if args.command == "plot":
+            from phobbit.plot import plot_repository
+
+            print(plot_repository(args.repo, args.output, args.kind), flush=True)
+            return 0
+        if args.command == "tensorboard":
+            return _tensorboard(args.repo)
         return _best(args, _console())
     except KeyboardInterrupt:
         if args.command == "train":
@@ -304,6 +337,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         frame = tuner.run(R=args.R, eta=args.eta, iterations=args.iterations)
     console.print(best_table(frame, args.top, [hp.name for hp in tuner.space.hparams]))
     console.print(f"Repository: {args.repo}", soft_wrap=True)
+    console.print(_tensorboard_line(tuner, args.repo), soft_wrap=True)
     ok = frame[frame["Status"] == Status.OK]
     if ok.empty:
         first = frame["Error"].iloc[0] if not frame.empty else "no results"
@@ -346,6 +380,28 @@ def _check_gpus(gpus: str | None) -> None:
         raise InputError(
             re.sub(r"\b(gpus|jobs_per_gpu)\b", lambda m: words[m[1]], str(exc))
         ) from None
+
+
+def _tensorboard(repo: str) -> int:
+    from phobbit.tensorboard import FOLDER, write_repository
+
+    written = write_repository(repo)
+    logdir = os.path.join(repo, FOLDER)
+    print(
+        f"wrote {len(written)} configuration(s) to {logdir}; view with: "
+        f"tensorboard --logdir {logdir}",
+        flush=True,
+    )
+    return 0
+
+
+def _tensorboard_line(tuner: Any, repo: str) -> str:
+    """The last line of ``train`` about TensorBoard: where the logs are, or how to get them."""
+    from phobbit.tensorboard import FOLDER, INSTALL_HINT
+
+    if not tuner.tensorboard:
+        return INSTALL_HINT
+    return f"TensorBoard: tensorboard --logdir {os.path.join(repo, FOLDER)}"
 
 
 # -- best ------------------------------------------------------------------------
