@@ -221,7 +221,7 @@ def plot_timeline(rows: Sequence[SegmentResult], figure: Figure | None = None) -
     busy = sum(r.end - r.start for _, lane in lanes for r in lane)
     span = max((r.end for _, lane in lanes for r in lane), default=t0) - t0
     used = busy / (span * len(lanes)) if span > 0 and lanes else 0.0
-    ax.set_title(f"segments per worker (busy {100 * used:.0f}% of {span:.0f} s; failed in black)")
+    ax.set_title(f"segments per worker (busy {100 * used:.0f}% of {span:.3g} s; failed in black)")
     return figure
 
 
