@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from phobbit.backends import check_backend, worker_environment
 from phobbit.errors import InputError
 from phobbit.executor import Executor, LocalExecutor, parse_gpus
 from phobbit.keras_trainable import KerasTrainable, check_dataset, staged_dataset
@@ -53,6 +54,9 @@ def _tensorboard_wanted(value: Any) -> bool:
     if value:
         tensorboard.require()
     return value
+
+
+WORKER_LOG = "workers.log"
 
 
 class ParallelHyperband:
@@ -106,6 +110,12 @@ class ParallelHyperband:
             finished segments (at most every 30 s) and at the end of the run. None
             (the default) writes them when the ``tensorboard`` package is installed;
             True requires it; False never writes them.
+        backend: the Keras backend the workers run, ``"tensorflow"``, ``"jax"`` or
+            ``"torch"`` (``KERAS_BACKEND`` is set in each worker before Keras is
+            imported); None keeps Keras' default (``KERAS_BACKEND`` or TensorFlow).
+        worker_log: send the workers' standard error (TensorFlow's start-up lines,
+            warnings) to ``repo_dir/workers.log`` instead of this process's (the
+            default); False leaves it here. Only for the local pool phobbit makes.
 
     Raises:
         InputError: (a ``ValueError``) for bad input, before anything is written.
@@ -142,6 +152,8 @@ class ParallelHyperband:
         keep_best: int = 10,
         segment_timeout: float | None = None,
         tensorboard: bool | None = None,
+        backend: str | None = None,
+        worker_log: bool = True,
     ) -> None:
         self.space = Space(hparam_ranges)
         if repo_dir is None or str(repo_dir) == "":
@@ -163,7 +175,14 @@ class ParallelHyperband:
         # The executor it makes is its own to shut down after each run; one it is given
         # stays up for its owner (several runs may share a Dask client's workers).
         self._owns_executor = executor is None
-        self.executor = executor or LocalExecutor(parse_gpus(gpus), jobs_per_gpu, n_jobs)
+        self.backend = check_backend(backend)
+        self.executor = executor or LocalExecutor(
+            parse_gpus(gpus),
+            jobs_per_gpu,
+            n_jobs,
+            env=worker_environment(self.backend),
+            stderr_path=str(self.repository.path.absolute() / WORKER_LOG) if worker_log else None,
+        )
         self.segment_timeout = _timeout(segment_timeout)
         if self.segment_timeout is not None and not self.executor.supports_timeout:
             raise InputError(
@@ -187,6 +206,8 @@ class ParallelHyperband:
             "batch_size": batch_size,
             "verbose": 0,
         }
+        if self.backend is not None:
+            kwargs["backend"] = self.backend
         if generator_function is not None:
             if dataset is not None:
                 raise InputError("give dataset or generator_function, not both")

@@ -132,6 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--batch-size", type=_count, metavar="N", help="fit's batch size (Keras: 32)")
     run.add_argument(
+        "--backend",
+        choices=("tensorflow", "jax", "torch"),
+        help="the Keras backend the workers run (default: KERAS_BACKEND, else tensorflow)",
+    )
+    run.add_argument(
         "--segment-timeout",
         type=_duration,
         metavar="TIME",
@@ -149,7 +154,8 @@ def _parser() -> argparse.ArgumentParser:
         "-v",
         "--verbose",
         action="store_true",
-        help="plain lines: one per finished segment too; and the library's log on stderr",
+        help="plain lines: one per finished segment too; the library's log and the workers' "
+        "stderr (TensorFlow's start-up lines) on stderr, not in REPO/workers.log",
     )
     show.add_argument(
         "--top",
@@ -249,10 +255,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PhobbitError as exc:
         _error(str(exc))
         return exc.exit_code
+    except BrokenPipeError:
+        # `phobbit best DIR | head`: the reader has all it wanted.
+        _stdout_to_devnull()
+        if args.command == "train":
+            _error(
+                "standard output was closed (broken pipe); workers stopped. "
+                f"Run the same command again to resume from {args.repo}"
+            )
+            return 1
+        return 0
     except Exception as exc:  # noqa: BLE001 - not a user's mistake: keep the traceback
         traceback.print_exc()
         _error(f"{type(exc).__name__}: {exc}")
         return 1
+
+
+def _stdout_to_devnull() -> None:
+    """Points standard output at /dev/null, so that the flush at exit finds no broken pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (a test's StringIO): nothing to flush
+        pass
 
 
 def _console() -> Console:
@@ -299,7 +325,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     from phobbit.model_file import load_model_file
     from phobbit.records import Status
     from phobbit.repository import Repository
-    from phobbit.terminal import LineReporter, LiveReporter, device_label
+    from phobbit.terminal import LineReporter, LiveReporter, slot_labels
 
     if args.jobs is not None and args.gpus:
         raise InputError("--jobs sets CPU workers; with --gpus use --jobs-per-gpu")
@@ -319,9 +345,11 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         batch_size=args.batch_size,
         trainable=model.trainable,
         segment_timeout=args.segment_timeout,
+        backend=args.backend,
+        worker_log=not args.verbose,
         **model.data,
     )
-    slots = ", ".join(device_label(s) for s in tuner.executor.slots)
+    slots = ", ".join(slot_labels(tuner.executor.slots))
     title = (
         f"phobbit train {args.model_file}: R={args.R} eta={args.eta} seed={args.seed}"
         f"{f', {args.iterations} iterations' if args.iterations > 1 else ''}, "
@@ -370,16 +398,28 @@ def _logging_to_stderr(verbose: bool) -> Iterator[None]:
 
 
 def _check_gpus(gpus: str | None) -> None:
-    """Refuses a bad ``--gpus`` in the CLI's words: the library names its arguments."""
+    """Refuses a bad ``--gpus`` in the CLI's words: the library names its arguments.
+
+    ``--gpus`` on a machine that shows no NVIDIA GPU (no ``nvidia-smi``) is refused
+    too: its workers would train on the CPU while the display said "GPU 0".
+    """
+    import shutil
+
     from phobbit.executor import parse_gpus
 
     try:
-        parse_gpus(gpus)
+        ids = parse_gpus(gpus)
     except InputError as exc:
         words = {"gpus": "--gpus", "jobs_per_gpu": "--jobs-per-gpu"}
         raise InputError(
             re.sub(r"\b(gpus|jobs_per_gpu)\b", lambda m: words[m[1]], str(exc))
         ) from None
+    if ids and shutil.which("nvidia-smi") is None:
+        raise InputError(
+            f"--gpus {gpus}: this machine shows no NVIDIA GPU (nvidia-smi is not on PATH), so "
+            "the workers would train on the CPU; use --jobs N for CPU workers, or put "
+            "nvidia-smi on PATH"
+        )
 
 
 def _tensorboard(repo: str) -> int:
@@ -508,5 +548,6 @@ def _status(path: str, console: Console) -> int:
         if status.driver.running:
             line += f", left ~{format_duration(status.seconds_left)}"
     console.print(line, soft_wrap=True)
-    console.print(f"Best Val Loss {best_line(status.best)}", soft_wrap=True)
+    several = settings.iterations > 1
+    console.print(f"Best Val Loss {best_line(status.best, several)}", soft_wrap=True)
     return 0

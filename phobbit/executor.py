@@ -42,7 +42,7 @@ import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent import futures as _futures
 from concurrent.futures import FIRST_COMPLETED, Future
 from typing import TYPE_CHECKING, Any
@@ -211,6 +211,10 @@ class LocalExecutor(Executor):
         jobs_per_gpu: trials run at once on one GPU (TensorFlow's memory growth is
             turned on when it is above 1).
         n_jobs: CPU workers when there are no GPUs (default: the number of cores).
+        env: more environment variables for the workers, set before anything
+            imports Keras (``{"KERAS_BACKEND": "jax"}``).
+        stderr_path: a file the workers' standard error goes to (TensorFlow's
+            start-up lines, warnings); None leaves it on the driver's.
 
     Example:
         >>> executor = LocalExecutor(gpus=[0, 1])   # two workers, one per GPU
@@ -227,6 +231,8 @@ class LocalExecutor(Executor):
         gpus: Sequence[int] | None = None,
         jobs_per_gpu: int = 1,
         n_jobs: int | None = None,
+        env: Mapping[str, str] | None = None,
+        stderr_path: str | None = None,
     ) -> None:
         if isinstance(jobs_per_gpu, bool) or not isinstance(jobs_per_gpu, int) or jobs_per_gpu < 1:
             raise InputError(f"jobs_per_gpu must be an integer >= 1, got {jobs_per_gpu!r}")
@@ -241,6 +247,7 @@ class LocalExecutor(Executor):
             self.slots = [HIDDEN] * (n_jobs or cores)
         self.threads = max(1, cores // len(self.slots))
         self.allow_growth = jobs_per_gpu > 1
+        self.env, self.stderr_path = dict(env or {}), stderr_path
         self._lease_dir: str | None = None
         self._pool: ProcessPoolExecutor | None = None
 
@@ -256,7 +263,15 @@ class LocalExecutor(Executor):
             timeout=None,  # idle workers stay: no TensorFlow re-import after a reducer pause
             initializer=pin,
             # Workers end with their driver: a killed driver's orphans must not train on.
-            initargs=(self.slots, self._lease_dir, self.threads, self.allow_growth, os.getpid()),
+            initargs=(
+                self.slots,
+                self._lease_dir,
+                self.threads,
+                self.allow_growth,
+                os.getpid(),
+                self.env,
+                self.stderr_path,
+            ),
         )
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:

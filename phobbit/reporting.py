@@ -27,6 +27,17 @@ def format_hparams(hparams: dict) -> str:
     return ", ".join(parts)
 
 
+def iterations_of(plan: Plan) -> int:
+    """How many Hyperband iterations ``plan`` runs."""
+    return 1 + max((i for i, *_ in plan.progress()), default=0)
+
+
+def where(item: Segment | SegmentResult, several: bool = False) -> str:
+    """``run S id I rung R``, after ``iteration N`` when the run has several iterations."""
+    text = f"run {item.s} id {item.id} rung {item.rung}"
+    return f"iteration {item.iteration} {text}" if several else text
+
+
 def retry_line(segment: Segment, cause: str, attempt: int) -> str:
     """What a reporter says when a trial goes back to the queue because its worker died."""
     where = f"run {segment.s} id {segment.id} rung {segment.rung}"
@@ -110,6 +121,7 @@ class PlainReporter:
         self._done = 0
         self._retrained = 0
         self._slow = SlowWatch()
+        self.several = False  # several iterations: lines name the iteration too
         self._running: dict[tuple[int, int, int, int], tuple[Segment, float]] = {}
         self._flagged: set[tuple[int, int, int, int]] = set()
         # The scheduler reports from the main thread; the slow check also runs from its own.
@@ -122,7 +134,8 @@ class PlainReporter:
 
     def started(self, plan: Plan, resumed: int) -> None:
         self._started = time.monotonic()
-        self._say(format_schedule(plan.schedule))
+        self.several = iterations_of(plan) > 1
+        self._say(format_schedule(plan.schedule, iterations_of(plan)))
         if resumed:
             self._say(f"Resuming: {resumed} segments are already in the repository")
         if self.verbose >= 1:
@@ -157,12 +170,12 @@ class PlainReporter:
         self.check_slow()
         self._done += 1
         elapsed = time.monotonic() - self._started
-        where = f"run {result.s} id {result.id} rung {result.rung}"
+        at = where(result, self.several)
         if result.note:
             self._retrained += 1
             self._say(f"[{elapsed:7.1f}s] {retrain_line(result)}")
         if not result.ok:
-            self._say(f"[{elapsed:7.1f}s] FAILED {where}: {result.error}")
+            self._say(f"[{elapsed:7.1f}s] FAILED {at}: {result.error}")
             return
         if result.val_loss is not None and (
             self.best is None or self.best.val_loss is None or result.val_loss < self.best.val_loss
@@ -170,11 +183,12 @@ class PlainReporter:
             self.best = result
             self._say(
                 f"[{elapsed:7.1f}s] best so far: val loss {result.val_loss:.4g} "
-                f"({where}, {result.epochs} epochs) {format_hparams(result.hparams)}"
+                f"({at}, {result.epochs} epochs) {format_hparams(result.hparams)}"
             )
         self._say(
-            f"[{elapsed:7.1f}s] {where}: val loss {result.val_loss:.4g} "
-            f"after {result.epochs} epochs on GPU {result.gpu}",
+            f"[{elapsed:7.1f}s] {at}: val loss {result.val_loss:.4g} "
+            f"after {result.epochs} epochs on "
+            f"{'the CPU' if result.gpu in ('-1', '') else f'GPU {result.gpu}'}",
             level=2,
         )
 
