@@ -19,7 +19,7 @@ from phobbit.keras_trainable import KerasTrainable, check_dataset, staged_datase
 from phobbit.plan import Plan
 from phobbit.records import RunSettings
 from phobbit.reporting import PlainReporter
-from phobbit.repository import Repository
+from phobbit.repository import WORKER_LOG, Repository
 from phobbit.results import results_frame
 from phobbit.scheduler import Reporter, Scheduler
 from phobbit.space import Hyperparameter, Space
@@ -54,9 +54,6 @@ def _tensorboard_wanted(value: Any) -> bool:
     if value:
         tensorboard.require()
     return value
-
-
-WORKER_LOG = "workers.log"
 
 
 class ParallelHyperband:

@@ -288,7 +288,13 @@ def _console() -> Console:
     wide = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
     # Nothing printed is markup: hparams, names, paths and errors are the user's text,
     # and "[red]" or ":smile:" in them must print as written.
-    return Console(width=wide, highlight=False, markup=False, emoji=False)
+    class QuietOnBrokenPipe(Console):
+        def on_broken_pipe(self) -> None:
+            # rich exits 1 here; `main` ends quietly instead (`phobbit best DIR | head`).
+            self.quiet = True
+            raise BrokenPipeError
+
+    return QuietOnBrokenPipe(width=wide, highlight=False, markup=False, emoji=False)
 
 
 @contextlib.contextmanager

@@ -62,6 +62,7 @@ DRIVER_FILE = "driver.json"
 DRIVER_LOCK = ".driver.lock"
 RESULTS_LOCK = ".results.lock"
 MODELS = "models"
+WORKER_LOG = "workers.log"  # the workers' stderr (TensorFlow's start-up lines), when sent here
 LOCK_TIMEOUT_S = 60.0
 DRIVER_LOCK_WAIT_S = 0.5
 # A running driver touches driver.json this often; one whose driver.json is older than
@@ -278,6 +279,7 @@ class Repository:
             self.path / DRIVER_FILE,
             self.path / DRIVER_LOCK,
             self.path / RESULTS_LOCK,
+            self.path / WORKER_LOG,
             self.models,
         ]
         made = [p for p in candidates if not p.exists()]

@@ -24,3 +24,15 @@ def jax_only_mlp(hparams: dict[str, Any]) -> Any:
     if keras.backend.backend() != "jax":
         raise RuntimeError(f"built on {keras.backend.backend()}, not jax")
     return mlp(hparams)
+
+
+def noisy_curve(hparams: dict[str, Any], epoch: int) -> float:
+    """``synthetic.x_curve``, writing a line to file descriptor 2 as TensorFlow does in every
+    worker (``synthetic`` is not imported: ``tests/models/synthetic.py`` may shadow it)."""
+    os.write(2, b"I0000 cuda_platform.cc:52] failed call to cuInit (a worker's noise)\n")
+    return abs(hparams["x"] - 0.3) + 1.0 / epoch
+
+
+def always_failing_curve(hparams: dict[str, Any], epoch: int) -> float:
+    """Every trial fails."""
+    raise ValueError("broken on purpose")
