@@ -286,6 +286,7 @@ def _console() -> Console:
 
     # Off a terminal rich would wrap tables at 80 columns; logs read better wider.
     wide = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
+
     # Nothing printed is markup: hparams, names, paths and errors are the user's text,
     # and "[red]" or ":smile:" in them must print as written.
     class QuietOnBrokenPipe(Console):
