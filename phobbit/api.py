@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from typing import Any
 
@@ -16,6 +17,7 @@ from phobbit.backends import check_backend, worker_environment
 from phobbit.errors import InputError
 from phobbit.executor import Executor, LocalExecutor, parse_gpus
 from phobbit.keras_trainable import KerasTrainable, check_dataset, staged_dataset
+from phobbit.objective import Objective
 from phobbit.plan import Plan
 from phobbit.records import RunSettings
 from phobbit.reporting import PlainReporter
@@ -31,6 +33,75 @@ def _positive_int(name: str, value: Any, allow_none: bool = True) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise InputError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _with_objective(trainable: Trainable, objective: Objective) -> Trainable:
+    """``trainable`` set to rank epochs by ``objective`` (a dataclass with such a field)."""
+    has_field = dataclasses.is_dataclass(trainable) and any(
+        f.name == "objective" for f in dataclasses.fields(trainable)
+    )
+    if has_field:
+        return dataclasses.replace(trainable, objective=objective)  # type: ignore[type-var]
+    if not objective.is_val_loss:
+        raise InputError(
+            f"trainable {type(trainable).__name__} has no objective field, so it cannot "
+            f"keep the best epoch by {objective.name!r}; rank by val_loss or give it one"
+        )
+    return trainable
+
+
+# What phobbit passes to fit itself: a fit_kwargs entry may not set it.
+_FIT_OWN = {
+    "x": "the dataset",
+    "y": "the dataset",
+    "validation_data": "the dataset",
+    "epochs": "the schedule (R, eta)",
+    "initial_epoch": "the schedule (R, eta)",
+    "verbose": "phobbit",
+    "callbacks": "callbacks=",
+    "batch_size": "batch_size= or a batch_size hyperparameter",
+}
+
+
+def _fit_kwargs(fit_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    if fit_kwargs is None:
+        return {}
+    if not isinstance(fit_kwargs, Mapping):
+        raise InputError(f"fit_kwargs must be a dict, got {type(fit_kwargs).__name__}")
+    for name in fit_kwargs:
+        if name in _FIT_OWN:
+            raise InputError(f"fit_kwargs may not set {name!r}: it is set by {_FIT_OWN[name]}")
+    return dict(fit_kwargs)
+
+
+def _callbacks(callbacks: Any) -> Any:
+    """``callbacks`` checked: None, a function of the hparams, or a list of callbacks."""
+    if callbacks is None or callable(callbacks):
+        return callbacks
+    if not isinstance(callbacks, (list, tuple)):
+        raise InputError(
+            f"callbacks must be a list of Keras callbacks or a function of the hparams "
+            f"returning one, got {type(callbacks).__name__}"
+        )
+    for callback in callbacks:
+        if not callable(getattr(callback, "set_model", None)):
+            raise InputError(f"callbacks holds {callback!r}, which is no Keras callback")
+    return list(callbacks)
+
+
+def _fit_hparams(names: Sequence[str], space: Space) -> tuple[str, ...]:
+    if isinstance(names, str):
+        names = [names]
+    known = {hp.name for hp in space.hparams}
+    for name in names:
+        if name not in known:
+            raise InputError(
+                f"fit_hparams names {name!r}, which is no hyperparameter (known: "
+                f"{', '.join(sorted(known))})"
+            )
+        if name in _FIT_OWN and name != "batch_size":
+            raise InputError(f"fit_hparams may not name {name!r}: it is set by {_FIT_OWN[name]}")
+    return tuple(names)
 
 
 def _timeout(value: Any) -> float | None:
@@ -102,6 +173,21 @@ class ParallelHyperband:
             as soon as they fall out of the best and are not training, so disk holds
             at most ``keep_best`` of them plus those of configurations in flight;
             ``phobbit best`` names no checkpoint for a configuration without one.
+        objective: the logged metric that ranks configurations: ``"val_loss"`` (the
+            default), ``"val_accuracy"``, any compiled metric with its ``val_``
+            prefix, or a ``(name, direction)`` pair / ``keras_tuner.Objective``.
+            A run keeps its objective: resuming with another is refused.
+        direction: ``"min"`` or ``"max"``; by default inferred from the name as
+            Keras Tuner does (accuracy, AUC, precision, recall ... are maximised).
+        callbacks: Keras callbacks for ``fit``: a list, or a function of the
+            hparams returning one (called in the worker for every segment). A
+            callback that stops training (``EarlyStopping``) ends that
+            configuration: its row says "stopped early", it is ranked by its
+            objective and never promoted (its place goes to the next best).
+        fit_kwargs: more keyword arguments for ``fit`` (``class_weight``,
+            ``sample_weight`` ...); not those phobbit sets itself.
+        fit_hparams: names of hyperparameters passed to ``fit`` too; one named
+            ``batch_size`` always is (with arrays, or a function returning them).
         tensorboard: write TensorBoard logs under ``repo_dir/tensorboard`` (epoch
             scalars and the HParams dashboard; ``phobbit.tensorboard``), after
             finished segments (at most every 30 s) and at the end of the run. None
@@ -148,11 +234,17 @@ class ParallelHyperband:
         executor: Executor | None = None,
         keep_best: int = 10,
         segment_timeout: float | None = None,
+        objective: Any = "val_loss",
+        direction: str | None = None,
+        callbacks: Any = None,
+        fit_kwargs: Mapping[str, Any] | None = None,
+        fit_hparams: Sequence[str] = (),
         tensorboard: bool | None = None,
         backend: str | None = None,
         worker_log: bool = True,
     ) -> None:
         self.space = Space(hparam_ranges)
+        self.objective = Objective.of(objective, direction)
         if repo_dir is None or str(repo_dir) == "":
             raise InputError("repo_dir is required: the folder where results and models go")
         self.repository = Repository(repo_dir)
@@ -193,7 +285,12 @@ class ParallelHyperband:
                 raise InputError("give model_function or trainable, not both")
             if not isinstance(trainable, Trainable):
                 raise InputError(f"trainable {trainable!r} has no train() method")
-            self.trainable: Trainable | None = trainable
+            if callbacks is not None or fit_kwargs or fit_hparams:
+                raise InputError(
+                    "callbacks, fit_kwargs and fit_hparams go to Keras' fit; a trainable "
+                    "trains itself: give them to it"
+                )
+            self.trainable: Trainable | None = _with_objective(trainable, self.objective)
             return
         if not callable(model_function):
             raise InputError(f"model_function must be a function, got {model_function!r}")
@@ -202,6 +299,10 @@ class ParallelHyperband:
             "model_function": model_function,
             "batch_size": batch_size,
             "verbose": 0,
+            "objective": self.objective,
+            "callbacks": _callbacks(callbacks),
+            "fit_kwargs": _fit_kwargs(fit_kwargs),
+            "fit_hparams": _fit_hparams(fit_hparams, self.space),
         }
         if self.backend is not None:
             kwargs["backend"] = self.backend
@@ -224,7 +325,11 @@ class ParallelHyperband:
         elif callable(dataset):
             kwargs["load_dataset"] = dataset
         elif dataset is not None:
-            check_dataset(dataset)
+            if check_dataset(dataset) != "arrays":
+                raise InputError(
+                    "dataset of tf.data datasets or PyDatasets must come from a function "
+                    "that returns them (each worker calls it): dataset=make_datasets"
+                )
             self._dataset = dataset
         else:
             raise InputError(
@@ -249,7 +354,7 @@ class ParallelHyperband:
         Raises:
             InputError: for bad R, eta or iterations, or a repository of another run.
         """
-        settings = RunSettings.of(self.space, R, eta, self.seed, iterations)
+        settings = RunSettings.of(self.space, R, eta, self.seed, iterations, self.objective)
         R, eta, iterations = settings.R, settings.eta, settings.iterations
         self.repository.check_settings(settings)
         plan = Plan(
@@ -260,6 +365,7 @@ class ParallelHyperband:
             iterations,
             workers=self.executor.capacity,
             checkpoint_of=self.repository.checkpoint_stem,
+            objective=self.objective,
         )
         reporter = self.reporter or PlainReporter(verbose=self.verbose)
         if self.tensorboard:
@@ -315,4 +421,28 @@ class ParallelHyperband:
 
     def results(self) -> pd.DataFrame:
         """The results table of what the repository holds now (also mid-run)."""
-        return results_frame(self.repository.iter_results())
+        return results_frame(self.repository.iter_results(), self.objective)
+
+    def best_hparams(self, n: int = 1) -> list[dict[str, Any]]:
+        """The hyperparameters of the ``n`` best configurations so far, best first."""
+        from phobbit.view import open_repository
+
+        return [best.hparams for best in open_repository(self.repository.path).best(n)]
+
+    def best_model(self, trial: str | None = None) -> Any:
+        """The best configuration's model (or ``trial``'s, e.g. ``"2-4"``), loaded with
+        ``keras.saving.load_model`` from the file of its best epoch.
+
+        It evaluates to the objective and Val Loss the results table lists. Keras is
+        imported in this process.
+
+        Raises:
+            RepositoryError: when no configuration succeeded, ``trial`` is not in the
+                table, or no file holds that epoch any more (``keep_best``).
+        """
+        from phobbit.view import open_repository
+
+        path = open_repository(self.repository.path).scoring_file(trial)
+        import keras
+
+        return keras.saving.load_model(path, safe_mode=True)

@@ -29,10 +29,14 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from phobbit import fence
+from phobbit.objective import VAL_LOSS, Objective
 
-PROGRESS_MEMBER = "phobbit.json"  # in a .keras zip: {"epoch": e, "val_losses": [...]}
+# In a .keras zip: {"epoch": e, "val_losses": [...], "metrics": [{...}, ...]}; "metrics"
+# (every epoch's logs) came later, and files without it still read.
+PROGRESS_MEMBER = "phobbit.json"
 BEST = ".best"
 SUFFIXES = (".keras", ".json")
 
@@ -41,17 +45,45 @@ class UnreadableCheckpointError(RuntimeError):
     """A checkpoint file exists but does not hold a progress record phobbit wrote."""
 
 
+Logs = dict[str, float]
+"""One epoch's logged metrics: ``{"loss": ..., "val_loss": ..., "val_accuracy": ...}``."""
+
+
+def epoch_logs(val_losses: Sequence[float], metrics: Sequence[Any] | None) -> list[Logs]:
+    """Every epoch's logs, ``val_loss`` always among them; epochs a file recorded before
+    metrics were kept have their val loss alone."""
+    found = list(metrics or [])
+    return [
+        {**(found[i] if i < len(found) else {}), "val_loss": float(v)}
+        for i, v in enumerate(val_losses)
+    ]
+
+
 @dataclass(frozen=True)
 class Progress:
-    """What a checkpoint file holds: ``epoch`` epochs trained, and their val losses."""
+    """What a checkpoint file holds: ``epoch`` epochs trained, their val losses and logs."""
 
     epoch: int
     val_losses: tuple[float, ...]
+    metrics: tuple[Logs, ...] = ()
+    stopped: bool = False  # a callback ended training at this epoch (EarlyStopping)
 
     @property
     def val_loss(self) -> float | None:
         """The val loss of the epoch held (None for epoch 0)."""
         return self.val_losses[-1] if self.val_losses else None
+
+    @property
+    def history(self) -> list[Logs]:
+        """Every epoch's logs (``val_loss`` alone for epochs recorded without them)."""
+        return epoch_logs(self.val_losses, self.metrics)
+
+    def value(self, objective: Objective) -> float | None:
+        """The objective's value at the epoch held (None for epoch 0 or when not logged)."""
+        if not self.val_losses:
+            return None
+        value = objective.value(self.history[-1])
+        return None if math.isnan(value) else value
 
 
 def best_path(stem: str | os.PathLike, suffix: str) -> str:
@@ -59,9 +91,22 @@ def best_path(stem: str | os.PathLike, suffix: str) -> str:
     return f"{os.fspath(stem)}{BEST}{suffix}"
 
 
-def progress_record(val_losses: Sequence[float]) -> dict:
-    """The progress record of a file that holds epoch ``len(val_losses)``."""
-    return {"epoch": len(val_losses), "val_losses": [float(v) for v in val_losses]}
+def progress_record(
+    val_losses: Sequence[float], metrics: Sequence[Logs] | None = None, stopped: bool = False
+) -> dict:
+    """The progress record of a file that holds epoch ``len(val_losses)``, with each
+    epoch's logs when given; ``stopped`` when a callback ended training there."""
+    record: dict[str, Any] = {
+        "epoch": len(val_losses),
+        "val_losses": [float(v) for v in val_losses],
+    }
+    if stopped:
+        record["stopped"] = True
+    if metrics is not None:
+        record["metrics"] = [
+            {str(k): float(v) for k, v in logs.items()} for logs in metrics[: len(val_losses)]
+        ]
+    return record
 
 
 def read_progress(path: str | os.PathLike) -> Progress | None:
@@ -81,15 +126,23 @@ def read_progress(path: str | os.PathLike) -> Progress | None:
                 record = json.loads(handle.read())
         epoch = record["epoch"]
         losses = tuple(float(v) for v in record["val_losses"])
+        metrics = tuple(
+            {str(k): float(v) for k, v in logs.items()} for logs in record.get("metrics", [])
+        )
+        stopped = record.get("stopped", False) is True
     except FileNotFoundError:
         return None
-    except (OSError, zipfile.BadZipFile, KeyError, ValueError, TypeError) as exc:
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError) as exc:
         raise UnreadableCheckpointError(describe(exc)) from None
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch != len(losses):
         raise UnreadableCheckpointError(
             f"it records {len(losses)} val losses for epoch {epoch!r}"
         ) from None
-    return Progress(epoch, losses)
+    if metrics and len(metrics) != epoch:
+        raise UnreadableCheckpointError(
+            f"it records {len(metrics)} epochs' logs for epoch {epoch}"
+        )
+    return Progress(epoch, losses, metrics, stopped)
 
 
 def describe(exc: BaseException) -> str:
@@ -138,6 +191,10 @@ class Resume:
         history: the val losses of epochs ``1 .. start``, as ``source`` records them.
         kept: the epoch the best-epoch file holds, None when it has none readable.
         note: why the segment retrains epochs it should not have had to, or ``''``.
+        logs: every epoch's logs of epochs ``1 .. start`` (``val_loss`` alone for
+            epochs a file recorded without them).
+        stopped: ``source`` holds an epoch at which a callback ended training
+            (``EarlyStopping``): the segment is trained already, and ends there.
     """
 
     start: int
@@ -145,6 +202,8 @@ class Resume:
     history: tuple[float, ...]
     kept: int | None
     note: str = ""
+    logs: tuple[Logs, ...] = ()
+    stopped: bool = False
 
     @property
     def from_checkpoint(self) -> bool:
@@ -168,7 +227,13 @@ def plan_resume(
     that finished but whose row was lost) is used as it is: nothing is trained.
     """
     usable = [(f.path, f.progress) for f in (checkpoint, best) if f.progress is not None]
-    finished = [(path, p) for path, p in usable if p.epoch >= epochs]
+    # A file at which a callback stopped training ends the segment there: going on would
+    # train epochs the stopped attempt never trained (the callback's state is gone).
+    finished = [
+        (path, p)
+        for path, p in usable
+        if p.epoch >= epochs or (p.stopped and p.epoch >= initial_epoch)
+    ]
     chosen = finished[0] if finished else max(usable, key=lambda f: f[1].epoch, default=None)
     source, progress = chosen if chosen is not None else (None, Progress(0, ()))
     name, held = Path(checkpoint.path).name, checkpoint.epoch
@@ -189,7 +254,16 @@ def plan_resume(
         else:
             how = f"retrained from epoch {progress.epoch} ({Path(source).name})"
         note = f"{problem}; {how}"
-    return Resume(progress.epoch, source, progress.val_losses, best.epoch, note)
+    stopped = progress.stopped and progress.epoch < epochs
+    return Resume(
+        progress.epoch,
+        source,
+        progress.val_losses,
+        best.epoch,
+        note,
+        tuple(progress.history),
+        stopped,
+    )
 
 
 def best_epoch(val_losses: Sequence[float]) -> int | None:
@@ -217,26 +291,42 @@ class BestEpoch:
       checkpoint on disk (when it holds that epoch: a hard link, no write) or
       the snapshot.
 
-    A best epoch that is the last saved needs no extra file.
+    A best epoch that is the last saved needs no extra file. The best epoch is
+    the one that scores best by ``objective`` (the latest of equals).
 
     Args:
         val_losses: val losses of epochs 1 .. the epoch training goes on from.
         saved: the epoch the checkpoint on disk holds, None when it is unusable.
         kept: the epoch the best-epoch file holds, None when there is none.
+        snapshot: the epoch whose state the trainable holds in memory.
+        logs: every epoch's logs so far (``Resume.logs``); by default the val losses.
+        objective: what ranks epochs (the lowest val loss by default).
     """
 
     val_losses: list[float]
     saved: int | None
     kept: int | None
     snapshot: int | None = None  # the epoch whose state the trainable holds in memory
+    logs: list[Logs] | None = None
+    objective: Objective = VAL_LOSS
+
+    def __post_init__(self) -> None:
+        self.logs = epoch_logs(self.val_losses, self.logs)
 
     @property
     def best(self) -> int | None:
-        return best_epoch(self.val_losses)
+        if self.objective.is_val_loss:
+            return best_epoch(self.val_losses)
+        assert self.logs is not None
+        return self.objective.best_epoch(self.logs)
 
-    def ended(self, val_loss: float, saving: bool) -> bool:
-        """Records an epoch's val loss; True when the trainable must snapshot its state."""
+    def ended(self, val_loss: float, saving: bool, logs: Mapping[str, Any] | None = None) -> bool:
+        """Records an epoch's val loss (and logs); True when the trainable must snapshot it."""
         self.val_losses.append(float(val_loss))
+        assert self.logs is not None
+        self.logs.append(
+            {**{str(k): float(v) for k, v in (logs or {}).items()}, "val_loss": float(val_loss)}
+        )
         epoch = len(self.val_losses)
         if self.best == epoch:
             self.snapshot = None if saving else epoch
@@ -281,31 +371,42 @@ def keep_checkpoint_as_best(checkpoint: str, best: str) -> None:
     fence.commit(temp, best)
 
 
-def find_scoring(stem: str | os.PathLike, val_loss: float) -> Path | None:
-    """The file of checkpoint stem ``stem`` that holds the epoch that scored ``val_loss``.
+def find_scoring(
+    stem: str | os.PathLike,
+    value: float,
+    objective: Objective = VAL_LOSS,
+    val_loss: float | None = None,
+) -> Path | None:
+    """The file of checkpoint stem ``stem`` that holds the epoch that scored ``value``.
 
     It reads what each candidate (the checkpoint and the best-epoch file, in
-    either format) records and returns the one whose epoch's val loss is
-    exactly ``val_loss``; None when no file holds that epoch (its best-epoch
-    file was pruned, or the checkpoint is gone).
+    either format) records and returns the one whose epoch's ``objective`` is
+    exactly ``value`` (and whose val loss is ``val_loss``, when given); None
+    when no file holds that epoch (its best-epoch file was pruned, or the
+    checkpoint is gone).
     """
-    if val_loss is None or not math.isfinite(val_loss):
+    if value is None or not math.isfinite(value):
         return None
     for suffix in SUFFIXES:
         for path in (f"{os.fspath(stem)}{suffix}", best_path(stem, suffix)):
             found = inspect(path)
-            if found.progress is not None and found.progress.val_loss == val_loss:
+            if found.progress is None or found.progress.value(objective) != value:
+                continue
+            if val_loss is None or found.progress.val_loss == val_loss:
                 return Path(path)
     return None
 
 
-def prune_best(models: str | os.PathLike, keep: Mapping[str, float]) -> list[Path]:
+def prune_best(
+    models: str | os.PathLike, keep: Mapping[str, float], objective: Objective = VAL_LOSS
+) -> list[Path]:
     """Deletes the best-epoch files no configuration of ``keep`` scored with.
 
     Args:
         models: the checkpoint folder.
-        keep: checkpoint stem name (``0-2-3``) -> the Val Loss it is listed with,
-            for the configurations whose best epoch is worth keeping.
+        keep: checkpoint stem name (``0-2-3``) -> the objective value it is listed
+            with, for the configurations whose best epoch is worth keeping.
+        objective: the run's objective.
 
     Returns:
         The files deleted: those of other configurations, and stale ones (a later
@@ -319,7 +420,11 @@ def prune_best(models: str | os.PathLike, keep: Mapping[str, float]) -> list[Pat
             stem = path.name[: -len(BEST + suffix)]
             found = inspect(path)
             wanted = keep.get(stem)
-            if wanted is None or found.progress is None or found.progress.val_loss != wanted:
+            if (
+                wanted is None
+                or found.progress is None
+                or found.progress.value(objective) != wanted
+            ):
                 path.unlink(missing_ok=True)
                 removed.append(path)
     return removed
@@ -329,7 +434,7 @@ Config = tuple[int, int, int]  # (iteration, s, id)
 
 
 class BestConfigurations:
-    """The ``keep`` best configurations by Val Loss so far, kept up to date as rows come in.
+    """The ``keep`` best configurations by objective so far, kept up to date as rows come in.
 
     It tells the driver which configurations fall out of the best ``keep``, so
     their best-epoch files can go while the run goes on: disk then holds at most
@@ -355,7 +460,8 @@ class BestConfigurations:
         return {(i, -negative_run, c) for _, i, negative_run, c in self._ranks[: self.keep]}
 
     def offer(self, config: Config, val_loss: float | None) -> list[Config]:
-        """Records ``config``'s Val Loss (None: it failed) from its latest row.
+        """Records ``config``'s score (``Objective.row_score``: lower is better; its Val
+        Loss by default; None: it failed) from its latest row.
 
         Returns:
             The configurations not among the best ``keep`` after this row that

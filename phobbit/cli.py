@@ -377,7 +377,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     if ok.empty:
         first = frame["Error"].iloc[0] if not frame.empty else "no results"
         raise CliError(f"every trial failed; the first says: {first}")
-    model_path = _checkpoint(repository, ok.iloc[0])
+    model_path = _checkpoint(repository, ok.iloc[0], tuner.objective)
     if model_path is not None:
         console.print(f"Best model: {model_path}", soft_wrap=True)
     return 0
@@ -459,14 +459,22 @@ def _in_order(hparams: dict[str, Any], order: Sequence[str]) -> dict[str, Any]:
     return {n: hparams[n] for n in order if n in hparams} | hparams
 
 
-def _checkpoint(repository: Any, row: Any) -> Any:
-    """The file that evaluates to a configuration's listed Val Loss; None if none holds it."""
+def _checkpoint(repository: Any, row: Any, objective: Any = None) -> Any:
+    """The file that evaluates to a configuration's listed Val Loss (and objective, a
+    ``phobbit.objective.Objective``); None if none holds it."""
     from phobbit.records import Status  # lazy: `phobbit brackets` stays light
 
     if row["Status"] != Status.OK or math.isnan(row["Val Loss"]):
         return None
+    value = None
+    if objective is not None and not objective.is_val_loss:
+        value = float(row[objective.label])
     return repository.scoring_checkpoint(
-        int(row["Iteration"]), int(row["Run"]), int(row["ID"]), float(row["Val Loss"])
+        int(row["Iteration"]),
+        int(row["Run"]),
+        int(row["ID"]),
+        float(row["Val Loss"]),
+        *(() if value is None else (objective, value)),
     )
 
 
@@ -490,13 +498,17 @@ def best_table(frame: Any, top: int, order: Sequence[str] = ()) -> Table:
         title_justify="left",
         box=box.SIMPLE_HEAD,
     )
+    from phobbit.results import COLUMNS
+
     failed = bool((frame["Status"] != Status.OK).any())
-    for column in ("Trial", "Val Loss", "Epochs", "Hparams") + (("Status",) if failed else ()):
-        table.add_column(column, justify="right" if column in ("Val Loss", "Epochs") else "left")
+    scores = ["Val Loss"] + [c for c in frame.columns if c not in COLUMNS]  # the objective's
+    columns = ("Trial", *scores, "Epochs", "Hparams") + (("Status",) if failed else ())
+    for column in columns:
+        table.add_column(column, justify="right" if column in (*scores, "Epochs") else "left")
     for trial, row in frame.head(top).iterrows():
-        loss = "-" if math.isnan(row["Val Loss"]) else f"{row['Val Loss']:.4g}"
+        values = ["-" if math.isnan(row[c]) else f"{row[c]:.4g}" for c in scores]
         hparams = format_hparams(_in_order(row["Hparams"], order))
-        cells = [str(trial), loss, str(row["Epochs"]), hparams]
+        cells = [str(trial), *values, str(row["Epochs"]), hparams]
         if failed:
             cells.append(
                 Status.OK.value if row["Status"] == Status.OK else f"failed: {row['Error']}"
@@ -517,7 +529,7 @@ def _best(args: argparse.Namespace, console: Console) -> int:
         console.print(f"{args.repo} has no results yet", soft_wrap=True)
         return 0
     console.print(best_table(frame, args.top, run.hparam_names))
-    model_path = _checkpoint(run.repository, frame.iloc[0])
+    model_path = _checkpoint(run.repository, frame.iloc[0], run.settings.goal)
     if model_path is not None:
         console.print(f"Best model: {model_path}", soft_wrap=True)
     return 0
@@ -555,6 +567,6 @@ def _status(path: str, console: Console) -> int:
         if status.driver.running:
             line += f", left ~{format_duration(status.seconds_left)}"
     console.print(line, soft_wrap=True)
-    several = settings.iterations > 1
-    console.print(f"Best Val Loss {best_line(status.best, several)}", soft_wrap=True)
+    goal, several = settings.goal, settings.iterations > 1
+    console.print(f"Best {goal.label} {best_line(status.best, goal, several)}", soft_wrap=True)
     return 0

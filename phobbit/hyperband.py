@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from phobbit import reducer
+from phobbit.objective import VAL_LOSS, Objective
 from phobbit.records import RungKey, Segment, SegmentKey, SegmentResult, config_name
 from phobbit.schedule import Bracket, brackets
 from phobbit.space import Space
@@ -41,10 +42,12 @@ class StateMachine(ABC):
         schedule: the brackets of one iteration (what progress displays and
             dispatch policies read the run's shape from).
         iterations: how many iterations run at once.
+        objective: what ranks configurations (the lowest val loss by default).
     """
 
     schedule: list[Bracket]
     iterations: int
+    objective: Objective = VAL_LOSS
 
     @abstractmethod
     def start(self) -> list[Segment]:
@@ -134,6 +137,9 @@ class SynchronousHyperband(StateMachine):
         checkpoint_of: names the checkpoint path stem a segment carries (the
             scheduler's repository knows where checkpoints live); by default
             the bare ``config_name``.
+        objective: what ranks a rung (``Objective.row_score``); a configuration a
+            callback stopped early ranks as a failed one here: it is never
+            promoted, and its place goes to the next best.
     """
 
     def __init__(
@@ -144,7 +150,9 @@ class SynchronousHyperband(StateMachine):
         seed: int = 0,
         iterations: int = 1,
         checkpoint_of: CheckpointOf = config_name,
+        objective: Objective = VAL_LOSS,
     ) -> None:
+        self.objective = objective
         self.schedule = brackets(R, eta)
         self.R, self.eta, self.seed, self.iterations = R, eta, seed, iterations
         self.checkpoint_of = checkpoint_of
@@ -210,7 +218,9 @@ class SynchronousHyperband(StateMachine):
         state = self._state(result.key)
         if result.id in state.finished[result.rung]:
             return []  # a duplicate row, e.g. a retried segment that did finish
-        state.finished[result.rung][result.id] = result.val_loss if result.ok else None
+        # Stopped early: it is not trained further, so its place goes to the next best.
+        score = None if result.stopped_early else self.objective.row_score(result)
+        state.finished[result.rung][result.id] = score
         self._waiting -= 1
         made_ready = []
         for rung in range(result.rung, len(state.bracket.rungs) - 1):

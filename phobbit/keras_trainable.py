@@ -31,6 +31,7 @@ import json
 import math
 import os
 import time
+import types
 import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -51,6 +52,7 @@ from phobbit.checkpoints import (
     progress_record,
 )
 from phobbit.errors import InputError
+from phobbit.objective import VAL_LOSS, Objective, unknown_metric
 from phobbit.trainable import Losses, checkpoint_written, hparams_unit
 
 # Per worker process: datasets loaded once and reused by every trial it runs.
@@ -60,30 +62,94 @@ Arrays = tuple[tuple[Any, Any], tuple[Any, Any]]
 DEFAULT_BATCH = 32  # fit's own default
 
 
-def check_dataset(dataset: Any) -> None:
-    """Raises ``InputError`` unless ``dataset`` is ``((x_train, y_train), (x_val, y_val))``."""
+def is_batch_source(data: Any) -> bool:
+    """Whether ``data`` yields batches itself (a ``tf.data.Dataset``, a Keras ``PyDataset``,
+    a generator) rather than being arrays; told without importing TensorFlow."""
+    # element_spec: what every tf.data.Dataset has.
+    if isinstance(data, types.GeneratorType) or hasattr(data, "element_spec"):
+        return True
+    return any(
+        cls.__name__ in ("PyDataset", "Sequence") and cls.__module__.startswith("keras")
+        for cls in type(data).__mro__
+    )
+
+
+def _leaves(data: Any) -> list[Any]:
+    """The arrays of one side of a dataset: one array, or the arrays of a multi-input
+    dict or tuple/list of arrays (a list of plain numbers is one array)."""
+    if isinstance(data, Mapping):
+        return [leaf for value in data.values() for leaf in _leaves(value)]
+    if isinstance(data, (list, tuple)) and data and all(hasattr(v, "shape") for v in data):
+        return list(data)
+    return [data]
+
+
+def check_dataset(dataset: Any) -> str:
+    """Checks a dataset; returns ``"arrays"`` or ``"batches"`` (a source of batches).
+
+    A dataset is ``((x_train, y_train), (x_val, y_val))`` (inputs may be a dict or
+    tuple of arrays, for a model with several inputs), or ``(train, validation)``
+    where ``train`` yields batches itself (a ``tf.data.Dataset``, a Keras
+    ``PyDataset``) and ``validation`` does too or is ``(x_val, y_val)``.
+
+    Raises:
+        InputError: naming what is wrong.
+    """
+    shape = (
+        "dataset must be ((x_train, y_train), (x_val, y_val)) as in Hobbit, or "
+        "(train, validation) tf.data datasets or keras PyDatasets"
+    )
+    if is_batch_source(dataset):
+        raise InputError(f"{shape}; got one {type(dataset).__name__}")
     try:
-        (x_train, y_train), (x_val, y_val) = dataset
-        sizes = [len(x_train), len(y_train), len(x_val), len(y_val)]
+        train, validation = dataset
     except (TypeError, ValueError):
-        raise InputError(
-            "dataset must be ((x_train, y_train), (x_val, y_val)), as in Hobbit; "
-            f"got {type(dataset).__name__}"
-        ) from None
-    if sizes[0] != sizes[1] or sizes[2] != sizes[3]:
-        raise InputError(
-            f"dataset has {sizes[0]} training inputs for {sizes[1]} labels and "
-            f"{sizes[2]} validation inputs for {sizes[3]} labels; they must match"
-        )
-    if sizes[0] == 0 or sizes[2] == 0:
+        raise InputError(f"{shape}; got {type(dataset).__name__}") from None
+    if is_batch_source(train):
+        if not is_batch_source(validation):
+            _check_arrays(validation, "validation", shape)
+        return "batches"
+    if is_batch_source(validation):
+        raise InputError(f"{shape}; got arrays for training and batches for validation")
+    trained = _check_arrays(train, "training", shape)
+    validated = _check_arrays(validation, "validation", shape)
+    if trained[0] == 0 or validated[0] == 0:
         raise InputError("dataset has no training or no validation samples")
-    for name, train, val in (("inputs", x_train, x_val), ("labels", y_train, y_val)):
-        train_shape, val_shape = _sample_shape(train), _sample_shape(val)
-        if train_shape is not None and val_shape is not None and train_shape != val_shape:
+    (x_train, y_train), (x_val, y_val) = train, validation
+    for name, train_side, val_side in (("inputs", x_train, x_val), ("labels", y_train, y_val)):
+        train_leaves, val_leaves = _leaves(train_side), _leaves(val_side)
+        if len(train_leaves) != len(val_leaves):
             raise InputError(
-                f"dataset has training {name} of shape {train_shape} per sample but "
-                f"validation {name} of shape {val_shape}; they must match"
+                f"dataset has {len(train_leaves)} training {name} arrays but "
+                f"{len(val_leaves)} validation ones; they must match"
             )
+        for train_leaf, val_leaf in zip(train_leaves, val_leaves):
+            train_shape, val_shape = _sample_shape(train_leaf), _sample_shape(val_leaf)
+            if train_shape is not None and val_shape is not None and train_shape != val_shape:
+                raise InputError(
+                    f"dataset has training {name} of shape {train_shape} per sample but "
+                    f"validation {name} of shape {val_shape}; they must match"
+                )
+    return "arrays"
+
+
+def _check_arrays(pair: Any, side: str, shape: str) -> tuple[int, int]:
+    """(samples, labels) of ``(x, y)``, checked to match; InputError otherwise."""
+    try:
+        x, y = pair
+        counts = [len(leaf) for leaf in _leaves(x)], [len(leaf) for leaf in _leaves(y)]
+    except (TypeError, ValueError):
+        raise InputError(f"{shape}; the {side} part is a {type(pair).__name__}") from None
+    for what, found in zip(("inputs", "labels"), counts):
+        if len(set(found)) > 1:
+            raise InputError(
+                f"dataset has {side} {what} arrays of different lengths {found}; they must match"
+            )
+    if counts[0][0] != counts[1][0]:
+        raise InputError(
+            f"dataset has {counts[0][0]} {side} inputs for {counts[1][0]} labels; they must match"
+        )
+    return counts[0][0], counts[1][0]
 
 
 def _sample_shape(array: Any) -> tuple[int, ...] | None:
@@ -92,18 +158,29 @@ def _sample_shape(array: Any) -> tuple[int, ...] | None:
     return tuple(shape[1:]) if shape is not None and len(shape) > 0 else None
 
 
-def save_checkpoint(model: Any, path: str, val_losses: Sequence[float]) -> None:
+def save_checkpoint(
+    model: Any,
+    path: str,
+    val_losses: Sequence[float],
+    logs: Sequence[dict[str, float]] | None = None,
+    stopped: bool = False,
+) -> None:
     """Saves ``model`` and its progress as the one ``.keras`` file ``path``, atomically.
+
+    Args:
+        logs: every epoch's logs (``checkpoints.progress_record``).
+        stopped: a callback ended training at this epoch.
 
     Raises:
         CheckpointError: when the file cannot be written (not for a full disk).
     """
+    record = progress_record(val_losses, logs, stopped)
 
     def write() -> None:
         temp = f"{path[: -len('.keras')]}.tmp{os.getpid()}.keras"  # Keras wants .keras
         model.save(temp)
         with zipfile.ZipFile(temp, "a") as archive:
-            archive.writestr(PROGRESS_MEMBER, json.dumps(progress_record(val_losses)))
+            archive.writestr(PROGRESS_MEMBER, json.dumps(record))
         fence.commit(temp, path)
 
     checkpoint_written(path, write)
@@ -159,13 +236,19 @@ def _seeder(key: int) -> Any:
 
 
 def _saver(checkpoint: str, best: str, keeper: BestEpoch, epochs: int, every_epoch: bool) -> Any:
-    """A Keras callback that records val losses and saves at epoch ends, always at the last.
+    """A Keras callback that records each epoch's logs and saves at epoch ends, always at
+    the last, and at the epoch where a callback stopped training (``EarlyStopping``).
 
     With ``every_epoch``, it saves after every epoch unless saving would cost more
     than ``SAVE_BUDGET`` of the time trained since the last save (small models with
     fast epochs then save every few epochs; a kill loses at most those). Before a
     save replaces a checkpoint that holds the best epoch, or when the best epoch
-    was never saved, it writes the best-epoch file (``BestEpoch``).
+    was never saved, it writes the best-epoch file (``BestEpoch``). It runs after
+    the user's callbacks at an epoch's end, so it sees a stop they asked for and
+    saves the learning rate ``ReduceLROnPlateau`` set.
+
+    Raises:
+        InputError: at the first epoch's end, when the objective is not logged.
     """
     import keras
 
@@ -182,17 +265,23 @@ def _saver(checkpoint: str, best: str, keeper: BestEpoch, epochs: int, every_epo
             self.began = time.perf_counter()
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            value = (logs or {}).get("val_loss")
+            logs = _numbers(logs or {})
+            if keeper.objective.name not in logs and "val_loss" in logs:
+                raise InputError(unknown_metric(keeper.objective, list(logs)))
+            value = logs.get("val_loss")
             self.trained_since += time.perf_counter() - self.began
             affordable = self.save_seconds <= SAVE_BUDGET * self.trained_since
-            save = epoch + 1 == epochs or (every_epoch and affordable)
-            if keeper.ended(math.nan if value is None else float(value), save):
+            self.stopped = bool(self.model.stop_training) and epoch + 1 < epochs
+            save = epoch + 1 == epochs or self.stopped or (every_epoch and affordable)
+            if keeper.ended(math.nan if value is None else float(value), save, logs):
                 self.snapshot = [v.numpy() for v in self._state()]
             if save:
                 started = time.perf_counter()
                 self._save()
                 self.save_seconds = time.perf_counter() - started
                 self.trained_since = 0.0
+
+        stopped = False
 
         def _save(self) -> None:
             keep = keeper.keep_from()
@@ -202,7 +291,7 @@ def _saver(checkpoint: str, best: str, keeper: BestEpoch, epochs: int, every_epo
                 self._save_snapshot()
             if keep is not None:
                 keeper.kept_best()
-            save_checkpoint(self.model, checkpoint, keeper.val_losses)
+            save_checkpoint(self.model, checkpoint, keeper.val_losses, keeper.logs, self.stopped)
             keeper.saved_checkpoint()
             if keeper.snapshot is None:
                 self.snapshot = None
@@ -215,12 +304,25 @@ def _saver(checkpoint: str, best: str, keeper: BestEpoch, epochs: int, every_epo
             try:
                 for variable, value in zip(variables, self.snapshot, strict=True):
                     variable.assign(value)
-                save_checkpoint(self.model, best, keeper.val_losses[: keeper.best])
+                assert keeper.logs is not None
+                kept = keeper.best
+                save_checkpoint(self.model, best, keeper.val_losses[:kept], keeper.logs[:kept])
             finally:
                 for variable, value in zip(variables, current, strict=True):
                     variable.assign(value)
 
     return EpochCheckpoint()
+
+
+def _numbers(logs: Mapping[str, Any]) -> dict[str, float]:
+    """An epoch's logs as plain floats (Keras may give tensors); what is no number is left out."""
+    found = {}
+    for name, value in logs.items():
+        try:
+            found[str(name)] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return found
 
 
 def epoch_dataset(
@@ -295,6 +397,22 @@ def staged_dataset(dataset: Arrays, folder: str) -> Iterator[str]:
         Path(path).unlink(missing_ok=True)
 
 
+def fit_arguments(hparams: Mapping[str, Any], names: Sequence[str] = ()) -> dict[str, Any]:
+    """The hyperparameters that go to ``fit``: ``batch_size`` when there is one, and ``names``.
+
+    Raises:
+        ValueError: for a ``batch_size`` that is no integer >= 1 (the trial fails).
+    """
+    chosen = {n: hparams[n] for n in ("batch_size", *names) if n in hparams}
+    if "batch_size" in chosen:
+        value = chosen["batch_size"]
+        integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        if isinstance(value, bool) or not integral or value < 1:
+            raise ValueError(f"hyperparameter batch_size must be an integer >= 1, got {value!r}")
+        chosen["batch_size"] = int(value)
+    return chosen
+
+
 def _call(function: Callable, args: Any) -> Any:
     if args is None:
         return function()
@@ -327,14 +445,22 @@ class KerasTrainable:
             the configuration and the epoch (``fit_kwargs={"shuffle": False}``
             keeps their order).
         verbose: passed to ``fit``.
-        fit_kwargs: more keyword arguments for ``fit`` (``sample_weight`` is
-            shuffled with the arrays).
+        fit_kwargs: more keyword arguments for ``fit`` (``class_weight``,
+            ``sample_weight``, which is shuffled with the arrays, ...).
         backend: the Keras backend to run (``phobbit.backends``), set before Keras is
             imported in the worker; None keeps Keras' default.
         checkpoint_every_epoch: save the checkpoint after every epoch (the default;
             every few epochs when a save would cost more than a tenth of the
             training since the last), so a killed segment resumes from its last
             save; False saves only at the end of a segment.
+        objective: what ranks epochs: which one the best-epoch file holds.
+        callbacks: Keras callbacks for ``fit``: a list, or a function of the
+            hparams that returns one, called in the worker for every segment
+            (fresh callbacks, and ones that need not pickle). A callback that
+            stops training (``EarlyStopping``) ends the configuration there.
+        fit_hparams: names of hyperparameters passed to ``fit`` as keyword
+            arguments (they reach the model function too); a hyperparameter
+            named ``batch_size`` always is, as the batch size of the arrays.
     """
 
     model_function: Callable[[dict[str, Any]], Any]
@@ -349,6 +475,9 @@ class KerasTrainable:
     verbose: int = 0
     fit_kwargs: dict[str, Any] = field(default_factory=dict, hash=False)
     checkpoint_every_epoch: bool = True
+    objective: Objective = VAL_LOSS
+    callbacks: Any = field(default=None, hash=False)
+    fit_hparams: tuple[str, ...] = ()
     backend: str | None = None
 
     def _arrays(self) -> Arrays:
@@ -370,9 +499,25 @@ class KerasTrainable:
         return None if self.generator_function is not None else self._arrays()
 
     def _fit_data(
-        self, arrays: Arrays | None, fit_kwargs: dict[str, Any], first: int, last: int, key: int
+        self,
+        arrays: Arrays | None,
+        fit_kwargs: dict[str, Any],
+        first: int,
+        last: int,
+        key: int,
+        batch_size: int | None = None,
     ) -> dict[str, Any]:
         """``fit``'s data arguments for epochs ``first .. last - 1`` (pops what it uses)."""
+        if arrays is not None and is_batch_source(arrays[0]):
+            # Batches as the dataset yields them: resumes bit-identically only when an
+            # epoch's batches do not depend on the epochs iterated before (see README).
+            train, validation = arrays
+            return {
+                "x": train,
+                "validation_data": validation,
+                "steps_per_epoch": self.steps_per_epoch,
+                "validation_steps": self.validation_steps,
+            }
         if arrays is None:
             return {
                 "x": _call(self.generator_function, self.train_gen_args),
@@ -381,7 +526,7 @@ class KerasTrainable:
                 "validation_steps": self.validation_steps,
             }
         (x, y), validation = arrays
-        batch = self.batch_size or DEFAULT_BATCH
+        batch = batch_size or self.batch_size or DEFAULT_BATCH
         weights = fit_kwargs.pop("sample_weight", None)
         inputs = _as_tuples((x, y) if weights is None else (x, y, weights))
         shuffle = bool(fit_kwargs.pop("shuffle", True))
@@ -421,8 +566,13 @@ class KerasTrainable:
 
         while True:
             resume = plan_resume(found[0], found[1], initial_epoch, epochs)
-            if resume.start >= epochs:  # an attempt that finished, whose row was lost
-                return Losses(resume.history[initial_epoch:epochs], resume.note)
+            if resume.start >= epochs or resume.stopped:  # finished, its row was lost
+                return Losses(
+                    resume.history[initial_epoch:epochs],
+                    resume.note,
+                    history=resume.logs,
+                    stopped_early=resume.stopped,
+                )
             # Built alike whatever the worker ran before: from scratch, these are the weights.
             keras.utils.set_random_seed(epoch_seeds(key, None, 1)[0])
             model = self.build(hparams)
@@ -437,24 +587,48 @@ class KerasTrainable:
                 index = 0 if resume.from_checkpoint else 1
                 found[index] = found[index].unusable(describe(exc))
         keeper = BestEpoch(
-            list(resume.history), resume.start if resume.from_checkpoint else None, resume.kept
+            list(resume.history),
+            resume.start if resume.from_checkpoint else None,
+            resume.kept,
+            logs=list(resume.logs),
+            objective=self.objective,
         )
         fit_kwargs = dict(self.fit_kwargs)
         callbacks = list(fit_kwargs.pop("callbacks", None) or [])
-        data = self._fit_data(arrays, fit_kwargs, resume.start, epochs, key)
-        # First: the epoch is seeded before, and saved after, anything of the user's runs.
-        callbacks[:0] = [
-            _seeder(key),
-            _saver(path, best, keeper, epochs, self.checkpoint_every_epoch),
-        ]
+        callbacks += self._user_callbacks(hparams)
+        fit_kwargs.update(fit_arguments(hparams, self.fit_hparams))
+        batch = fit_kwargs.pop("batch_size", None)
+        data = self._fit_data(arrays, fit_kwargs, resume.start, epochs, key, batch)
+        saver = _saver(path, best, keeper, epochs, self.checkpoint_every_epoch)
+        # The epoch is seeded before anything of the user's runs at its start, and saved
+        # after all of it at its end (a stop asked for, a learning rate changed, is seen).
         fitted = model.fit(
             epochs=epochs,
             initial_epoch=resume.start,
             verbose=self.verbose,
-            callbacks=callbacks,
+            callbacks=[_seeder(key), *callbacks, saver],
             **data,
             **fit_kwargs,
         )
-        if fitted.history.get("val_loss") is None:
+        if fitted.history.get("val_loss") is None and len(keeper.val_losses) > resume.start:
             raise ValueError("fit reported no val_loss; give validation data")
-        return Losses(keeper.val_losses[initial_epoch:epochs], resume.note)
+        if len(keeper.val_losses) < epochs and not saver.stopped:
+            raise RuntimeError(
+                f"fit ended after epoch {len(keeper.val_losses)} of {epochs} without a "
+                "callback stopping it (did the data run out? give steps_per_epoch)"
+            )
+        return Losses(
+            keeper.val_losses[initial_epoch:epochs],
+            resume.note,
+            history=keeper.logs,
+            stopped_early=saver.stopped,
+        )
+
+    def _user_callbacks(self, hparams: dict[str, Any]) -> list[Any]:
+        """The user's callbacks for this segment: the list, or what its function returns."""
+        made = self.callbacks(dict(hparams)) if callable(self.callbacks) else self.callbacks
+        if made is None:
+            return []
+        if not isinstance(made, (list, tuple)):
+            made = [made]
+        return list(made)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 
 from phobbit.dispatch import DispatchPolicy, LatestStartPolicy
 from phobbit.hyperband import CheckpointOf, StateMachine, SynchronousHyperband
+from phobbit.objective import VAL_LOSS, Objective
 from phobbit.records import RungKey, Segment, SegmentKey, SegmentResult, config_name
 from phobbit.space import Space
 
@@ -35,6 +36,7 @@ class Plan:
             carries; by default the bare ``config_name``.
         policy: builds the dispatch policy from the state machine; by default
             ``LatestStartPolicy``.
+        objective: what ranks configurations (the lowest val loss by default).
 
     Example:
         >>> plan = Plan(space, R=9, eta=3, seed=0)
@@ -52,8 +54,11 @@ class Plan:
         workers: int = 1,
         checkpoint_of: CheckpointOf = config_name,
         policy: PolicyOf | None = None,
+        objective: Objective = VAL_LOSS,
     ) -> None:
-        machine = SynchronousHyperband(space, R, eta, seed, iterations, checkpoint_of)
+        machine = SynchronousHyperband(
+            space, R, eta, seed, iterations, checkpoint_of, objective=objective
+        )
         workers = max(1, workers)
         self._join(
             machine,
@@ -77,6 +82,7 @@ class Plan:
 
     def _join(self, machine: StateMachine, policy: DispatchPolicy, workers: int) -> None:
         self.machine, self.policy, self.workers = machine, policy, workers
+        self.objective: Objective = machine.objective  # what ranks configurations
         self.schedule = machine.schedule
         self._outstanding: set[SegmentKey] = set()
         for segment in machine.start():

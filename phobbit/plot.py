@@ -83,6 +83,8 @@ def curve_points(
                 if v is not None and math.isfinite(float(v))
             ]
         return points
+    if objective != "val_loss":
+        return {}  # rows hold the val loss at segment ends, no other metric
     for row in rows:
         if row.ok and row.last_val_loss is not None and math.isfinite(row.last_val_loss):
             points.setdefault((row.iteration, row.s, row.id), []).append(
@@ -273,7 +275,7 @@ def plot_repository(
     path: str | os.PathLike,
     output: str | os.PathLike,
     kind: str = "all",
-    objective: str = "val_loss",
+    objective: str | None = None,
     dpi: int = 100,
 ) -> Path:
     """Draws the run in repository ``path`` and saves it to ``output`` (PNG, SVG, PDF ...).
@@ -281,8 +283,8 @@ def plot_repository(
     Args:
         kind: ``curves``, ``timeline``, ``hparams``, or ``all`` (one figure, the
             three stacked).
-        objective: the curves column of the objective (``val_loss``); the results
-            table's column is its ``Val Loss`` for the default.
+        objective: the curves column to draw; by default the run's objective (the
+            results table's column of the same name is drawn against hparams).
 
     Returns:
         The file written.
@@ -297,17 +299,18 @@ def plot_repository(
     if kind not in KINDS:
         raise InputError(f"kind {kind!r} is unknown; use one of {', '.join(KINDS)}")
     require()
-    from phobbit.tensorboard import _curves
     from phobbit.view import open_repository
 
     run = open_repository(path)
     rows = list(run.repository.iter_results())
     settings = run.settings
     hparams = settings.space.hparams
-    column = "Val Loss" if objective == "val_loss" else objective
+    goal = settings.goal
+    objective = objective or goal.name
+    column = "Val Loss" if objective == "val_loss" else goal.label
 
     def curves(figure: Figure | None = None) -> Figure:
-        return plot_curves(rows, _curves(run), settings.R, settings.eta, objective, figure)
+        return plot_curves(rows, run.curves(), settings.R, settings.eta, objective, figure)
 
     def timeline(figure: Figure | None = None) -> Figure:
         return plot_timeline(rows, figure)

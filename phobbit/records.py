@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from phobbit.errors import InputError, RepositoryError
+from phobbit.objective import DIRECTIONS, Objective
 from phobbit.schedule import brackets, validate
 from phobbit.space import Space
 
@@ -60,6 +61,10 @@ _CHECKPOINT_FAILURE = re.compile(
 )
 
 
+STOPPED_EARLY = "stopped early by a callback"
+"""How a row's note begins when a callback (``EarlyStopping``) ended its training."""
+
+
 @dataclass(frozen=True)
 class SegmentResult:
     """One finished segment: a configuration trained from ``start_epoch`` to ``epochs``.
@@ -68,7 +73,12 @@ class SegmentResult:
     (the reducer's ranking value); ``status`` is a ``Status`` (a string given
     for it is converted), and ``error`` says why in one line when it failed.
     ``note`` says why the segment retrained epochs (its checkpoint was missing or
-    unreadable), or is empty. ``s`` is the bracket's s (Hobbit's ``Run``).
+    unreadable), or that a callback stopped it early (``STOPPED_EARLY``), or is
+    empty. ``s`` is the bracket's s (Hobbit's ``Run``). ``objective`` is the run's
+    objective at the configuration's best epoch so far (by the objective), and
+    ``val_loss`` is then that epoch's val loss; with the default objective both
+    are the lowest val loss. A row that a callback stopped early has ``epochs``
+    the epochs it really trained.
 
     Raises:
         ValueError: for a ``status`` that is no ``Status``.
@@ -91,9 +101,20 @@ class SegmentResult:
     start: float = 0.0
     end: float = 0.0
     note: str = ""
+    objective: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", Status(self.status))
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether a callback (``EarlyStopping``) ended the configuration's training here."""
+        return STOPPED_EARLY in self.note
+
+    @property
+    def retrained(self) -> bool:
+        """Whether the segment retrained epochs (its checkpoint was missing or unreadable)."""
+        return bool(self.note) and not self.note.startswith(STOPPED_EARLY)
 
     @property
     def key(self) -> SegmentKey:
@@ -128,7 +149,8 @@ class Segment:
         start_epoch: epochs already trained (resumed from ``checkpoint``).
         epochs: the total epochs the configuration has trained when it ends.
         checkpoint: the path stem of the configuration's checkpoint.
-        prior_best: the lowest val loss of the configuration's earlier rungs.
+        prior_best: the best score (``Objective.row_score``: its lowest val loss
+            by default) of the configuration's earlier rungs.
     """
 
     iteration: int
@@ -165,6 +187,31 @@ class Segment:
         )
 
 
+_OPTIONAL = ("objective", "direction")  # run.json files before objectives lack them
+
+
+@dataclass(frozen=True)
+class EpochRow:
+    """One epoch a segment trained: a row of ``epochs.csv``.
+
+    ``epoch`` counts from 1 for the configuration (a segment of rung 1 that
+    trains epochs 3 to 9 writes epochs 3 .. 9); ``metrics`` holds what the epoch
+    logged (``loss``, ``val_loss``, every compiled metric and its ``val_``).
+    """
+
+    iteration: int
+    s: int
+    id: int
+    rung: int
+    epoch: int
+    metrics: dict[str, float] = field(hash=False)
+
+    @property
+    def key(self) -> tuple[int, int, int, int]:
+        """(iteration, s, id, epoch): one epoch of one configuration."""
+        return (self.iteration, self.s, self.id, self.epoch)
+
+
 MAX_SEGMENTS = 1_000_000
 """The most segments a run may plan: a plan holds every configuration, so more would
 never finish sampling, let alone training (R=81, eta=3 plans 206 per iteration)."""
@@ -187,6 +234,8 @@ class RunSettings:
         space_fingerprint: ``space.fingerprint()``, kept in ``run.json`` for people
             and tools that compare runs without parsing the space.
         space: the search space.
+        objective: the metric that ranks configurations (``val_loss`` by default).
+        direction: ``"min"`` or ``"max"``: whether the objective is minimised.
 
     Raises:
         InputError: (a ``ValueError``) naming the field that is wrong, including a
@@ -204,9 +253,12 @@ class RunSettings:
     iterations: int
     space_fingerprint: str
     space: Space
+    objective: str = "val_loss"
+    direction: str = "min"
 
     def __post_init__(self) -> None:
         validate(self.R, self.eta)
+        Objective(self.objective, self.direction)  # raises for a bad name or direction
         _integer("seed", self.seed, 0)
         _integer("iterations", self.iterations, 1)
         if not isinstance(self.space, Space):
@@ -226,9 +278,23 @@ class RunSettings:
             )
 
     @classmethod
-    def of(cls, space: Space, R: int, eta: int, seed: int, iterations: int = 1) -> RunSettings:
+    def of(
+        cls,
+        space: Space,
+        R: int,
+        eta: int,
+        seed: int,
+        iterations: int = 1,
+        objective: Objective | None = None,
+    ) -> RunSettings:
         """The settings of a run of ``space``, with its fingerprint filled in."""
-        return cls(R, eta, seed, iterations, space.fingerprint(), space)
+        goal = objective or Objective()
+        return cls(R, eta, seed, iterations, space.fingerprint(), space, goal.name, goal.direction)
+
+    @property
+    def goal(self) -> Objective:
+        """The run's objective as an ``Objective``."""
+        return Objective(self.objective, self.direction)
 
     def segments(self) -> int:
         """Segments the run trains at most, or ``MAX_SEGMENTS + 1`` when that is more."""
@@ -240,8 +306,12 @@ class RunSettings:
         return min(per_iteration * self.iterations, MAX_SEGMENTS + 1)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON shape of the settings: what ``run.json`` holds."""
-        return {
+        """The JSON shape of the settings: what ``run.json`` holds.
+
+        The objective is written only when it is not the default (the lowest val
+        loss), so that the run.json of such a run is what older versions wrote and read.
+        """
+        data: dict[str, Any] = {
             "R": self.R,
             "eta": self.eta,
             "seed": self.seed,
@@ -249,6 +319,9 @@ class RunSettings:
             "space_fingerprint": self.space_fingerprint,
             "space": self.space.to_list(),
         }
+        if not self.goal.is_val_loss:
+            data.update(objective=self.objective, direction=self.direction)
+        return data
 
     @classmethod
     def from_dict(cls, data: Any, source: str | Path = "run.json") -> RunSettings:
@@ -269,7 +342,8 @@ class RunSettings:
         remedy = "restore it or use another repository folder"
         if not isinstance(data, dict):
             raise RepositoryError(f"{source} does not hold a phobbit run; {remedy}")
-        missing = [n for n in names if n not in data]
+        # Written before objectives existed: its objective was the lowest val loss.
+        missing = [n for n in names if n not in data and n not in _OPTIONAL]
         if missing:
             raise RepositoryError(f"{source} lacks {', '.join(missing)}; {remedy}")
         unknown = sorted(str(k) for k in data if k not in names)
@@ -284,7 +358,9 @@ class RunSettings:
             ):
                 raise InputError("space must be a list of hyperparameters")
             space = Space.from_list(data["space"])
-            values = {n: data[n] for n in names if n != "space"}
+            if data.get("direction", "min") not in DIRECTIONS:
+                raise InputError(f"direction must be min or max, got {data['direction']!r}")
+            values = {n: data[n] for n in names if n != "space" and n in data}
             return cls(space=space, **values)
         except (InputError, KeyError, TypeError) as exc:
             what = f"a hyperparameter lacks {exc}" if isinstance(exc, KeyError) else str(exc)

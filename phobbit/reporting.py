@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
+from phobbit.objective import VAL_LOSS
 from phobbit.plan import Plan
 from phobbit.records import Segment, SegmentResult
 from phobbit.schedule import format_schedule
@@ -117,6 +118,7 @@ class PlainReporter:
         self.verbose = verbose
         self.clock = clock
         self.best: SegmentResult | None = None
+        self.objective = VAL_LOSS  # the plan's, once started
         self._started = 0.0
         self._done = 0
         self._retrained = 0
@@ -135,6 +137,7 @@ class PlainReporter:
     def started(self, plan: Plan, resumed: int) -> None:
         self._started = time.monotonic()
         self.several = iterations_of(plan) > 1
+        self.objective = plan.objective
         self._say(format_schedule(plan.schedule, iterations_of(plan)))
         if resumed:
             self._say(f"Resuming: {resumed} segments are already in the repository")
@@ -171,26 +174,26 @@ class PlainReporter:
         self._done += 1
         elapsed = time.monotonic() - self._started
         at = where(result, self.several)
-        if result.note:
+        if result.retrained:
             self._retrained += 1
             self._say(f"[{elapsed:7.1f}s] {retrain_line(result)}")
         if not result.ok:
             self._say(f"[{elapsed:7.1f}s] FAILED {at}: {result.error}")
             return
-        if result.val_loss is not None and (
-            self.best is None or self.best.val_loss is None or result.val_loss < self.best.val_loss
-        ):
+        stopped = " (stopped early)" if result.stopped_early else ""
+        if self.objective.improves(result, self.best):
             self.best = result
             self._say(
-                f"[{elapsed:7.1f}s] best so far: val loss {result.val_loss:.4g} "
-                f"({at}, {result.epochs} epochs) {format_hparams(result.hparams)}"
+                f"[{elapsed:7.1f}s] best so far: {self.objective.describe(result)} "
+                f"({at}, {result.epochs} epochs{stopped}) {format_hparams(result.hparams)}"
             )
-        self._say(
-            f"[{elapsed:7.1f}s] {at}: val loss {result.val_loss:.4g} "
-            f"after {result.epochs} epochs on "
-            f"{'the CPU' if result.gpu in ('-1', '') else f'GPU {result.gpu}'}",
-            level=2,
-        )
+        if result.val_loss is not None:
+            device = "the CPU" if result.gpu in ("-1", "") else f"GPU {result.gpu}"
+            self._say(
+                f"[{elapsed:7.1f}s] {at}: {self.objective.describe(result)} "
+                f"after {result.epochs} epochs{stopped} on {device}",
+                level=2,
+            )
 
     def retrying(self, segment: Segment, cause: str, attempt: int) -> None:
         with self._lock:

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import asdict
 from pathlib import Path
@@ -32,7 +32,8 @@ from filelock import FileLock, Timeout
 from phobbit import checkpoints
 from phobbit.errors import FatalError, InputError, RepositoryError, StorageError
 from phobbit.fence import StaleDriverError
-from phobbit.records import RunSettings, SegmentKey, SegmentResult, config_name
+from phobbit.objective import VAL_LOSS, Objective
+from phobbit.records import EpochRow, RunSettings, SegmentKey, SegmentResult, config_name
 from phobbit.space import MAX_NESTING
 
 COLUMNS = (
@@ -52,10 +53,19 @@ COLUMNS = (
     "host",
     "start",
     "end",
-    "note",  # added last: rows written before it have one field fewer, and still read
+    "note",  # added late: rows written before it have fewer fields, and still read
+    "objective",  # the objective's value at the best epoch, added last (as note)
 )
 HEADER = ",".join(COLUMNS) + ",crc\n"
-LEGACY_HEADER = ",".join(COLUMNS[:-1]) + ",crc\n"  # a results.csv begun before "note"
+# A results.csv begun before "note" or before "objective"; its rows (and the longer rows
+# a newer phobbit appends to it) still read.
+LEGACY_HEADER = ",".join(COLUMNS[:-2]) + ",crc\n"  # before "note"
+NOTE_HEADER = ",".join(COLUMNS[:-1]) + ",crc\n"  # before "objective"
+# Fields a row may have: today's, and those of the versions before "note" and "objective".
+ROW_WIDTHS = (len(COLUMNS), len(COLUMNS) - 1, len(COLUMNS) - 2)
+EPOCH_COLUMNS = ("iteration", "run", "id", "rung", "epoch", "metrics")
+EPOCH_HEADER = ",".join(EPOCH_COLUMNS) + ",crc\n"
+EPOCHS = "epochs.csv"
 RESULTS = "results.csv"
 RUN_FILE = "run.json"
 DRIVER_FILE = "driver.json"
@@ -89,10 +99,57 @@ def encode_row(result: SegmentResult) -> str:
     values["status"] = result.status.value
     values["error"] = " ".join(str(result.error).split())  # one line, always
     values["note"] = " ".join(str(result.note).split())
+    values["objective"] = _float_text(result.objective)
+    return _framed([values[c] for c in COLUMNS])
+
+
+def _framed(fields: Sequence[Any]) -> str:
+    """One CSV line of ``fields``, newline included, ending with its CRC32."""
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="").writerow([values[c] for c in COLUMNS])
+    csv.writer(buffer, lineterminator="").writerow(fields)
     body = buffer.getvalue() + ","
     return f"{body}{zlib.crc32(body.encode()):08x}\n"
+
+
+def _unframed(line: str | bytes) -> list[str] | None:
+    """The fields of a CRC-framed line, or None for a torn, corrupt or header line."""
+    raw_line = line.encode() if isinstance(line, str) else line
+    if not raw_line.endswith(b"\n"):
+        return None
+    body, _, crc = raw_line[:-1].rpartition(b",")
+    if not body or f"{zlib.crc32(body + b','):08x}".encode() != crc:
+        return None
+    try:
+        text = body.decode()
+        _allow_fields_of(len(text))
+        return next(csv.reader([text]))
+    except (UnicodeDecodeError, csv.Error, StopIteration):
+        return None
+
+
+def encode_epoch(row: EpochRow) -> str:
+    """One line of ``epochs.csv``: the epoch's key, its metrics as JSON, and its CRC32."""
+    metrics = json.dumps({str(k): float(v) for k, v in row.metrics.items()})
+    return _framed([row.iteration, row.s, row.id, row.rung, row.epoch, metrics])
+
+
+def decode_epoch(line: str | bytes) -> EpochRow | None:
+    """The epoch a line of ``epochs.csv`` holds, or None for a torn, corrupt or header line."""
+    fields = _unframed(line)
+    if fields is None or len(fields) != len(EPOCH_COLUMNS):
+        return None
+    if _nesting(fields[-1]) > 1:
+        return None  # metrics are one flat object; anything deeper was not written by phobbit
+    try:
+        metrics = json.loads(fields[-1])
+        if not isinstance(metrics, dict):
+            return None
+        iteration, s, config_id, rung, epoch = (int(v) for v in fields[:-1])
+        return EpochRow(
+            iteration, s, config_id, rung, epoch, {str(k): float(v) for k, v in metrics.items()}
+        )
+    except (ValueError, TypeError):
+        return None
 
 
 _FIELD_LIMIT = threading.Lock()
@@ -130,19 +187,8 @@ def decode_row(line: str | bytes) -> SegmentResult | None:
     (``space.MAX_NESTING``) was not written by phobbit: it is skipped like a
     corrupt one, before its JSON is parsed, and its segment is trained again.
     """
-    raw_line = line.encode() if isinstance(line, str) else line
-    if not raw_line.endswith(b"\n"):
-        return None
-    body, _, crc = raw_line[:-1].rpartition(b",")
-    if not body or f"{zlib.crc32(body + b','):08x}".encode() != crc:
-        return None
-    try:
-        text = body.decode()
-        _allow_fields_of(len(text))
-        fields = next(csv.reader([text]))
-    except (UnicodeDecodeError, csv.Error, StopIteration):
-        return None
-    if len(fields) not in (len(COLUMNS), len(COLUMNS) - 1):  # the second: before "note"
+    fields = _unframed(line)
+    if fields is None or len(fields) not in ROW_WIDTHS:  # older rows lack note, objective
         return None
     raw = dict(zip(COLUMNS, fields))
     if _nesting(raw["hparams"]) > 1 + MAX_NESTING:
@@ -169,6 +215,9 @@ def decode_row(line: str | bytes) -> SegmentResult | None:
             start=float(raw["start"]),
             end=float(raw["end"]),
             note=raw.get("note", ""),
+            # None in rows before objectives: they ranked by the lowest val loss
+            # (``Objective.row_score`` falls back to it).
+            objective=_float_value(raw.get("objective", "")),
         )
     except (ValueError, TypeError):
         return None
@@ -184,6 +233,7 @@ class Repository:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.results_path = self.path / RESULTS
+        self.epochs_path = self.path / EPOCHS
         self.run_path = self.path / RUN_FILE
         self.models = self.path / MODELS
         self._lock = FileLock(str(self.path / ".results.lock"), timeout=LOCK_TIMEOUT_S)
@@ -530,37 +580,46 @@ class Repository:
 
     # -- results.csv ----------------------------------------------------------------
 
-    def append(self, result: SegmentResult, fence: str | None = None) -> None:
-        """Appends one row under the lock, with a single write.
+    def append(
+        self, result: SegmentResult, fence: str | None = None, epochs: Sequence[EpochRow] = ()
+    ) -> None:
+        """Appends one row under the lock, with a single write, after the rows of its epochs.
 
         Args:
             result: the row.
             fence: the fencing token of the driver the row is written for; the
                 row is written only while that driver holds the repository.
                 None writes unfenced (tests, tools).
+            epochs: the epochs the segment trained, appended to ``epochs.csv``
+                (one write) under the same lock and fence, just before the row.
 
         Raises:
             StaleDriverError: when ``fence`` is no longer the repository's token.
             StorageError: when the row cannot be written in full (a full disk,
                 a file system gone read-only); the run must stop, not lose the row.
         """
-        line = encode_row(result).encode()
+        writes = [(self.results_path, encode_row(result).encode(), HEADER)]
+        if epochs:
+            # Before the row: an epoch without its row (a kill between the two writes) is
+            # trained and written again, and readers keep the last; a row never lacks them.
+            lines = "".join(encode_epoch(e) for e in epochs).encode()
+            writes.insert(0, (self.epochs_path, lines, EPOCH_HEADER))
+        path = self.results_path
         try:
             with self._locked(StorageError):
                 if fence is not None and self._driver_token() != fence:
                     raise StaleDriverError(
                         f"repository {self.path} has been taken over by another driver"
                     )
-                fd = os.open(self.results_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-                try:
-                    size = os.fstat(fd).st_size
-                    if size == 0:
-                        line = HEADER.encode() + line
-                    elif os.pread(fd, 1, size - 1) != b"\n":
-                        line = b"\n" + line  # a torn row before us stays on its own line
-                    written = os.write(fd, line)
-                finally:
-                    os.close(fd)
+                for path, data, header in writes:
+                    written, data = _append_framed(path, data, header)
+                    if written != len(data):
+                        # The torn tail fails its CRC and is skipped; the segment is
+                        # trained again.
+                        raise StorageError(
+                            f"wrote only {written} of {len(data)} bytes to {path}; "
+                            "is the disk full? Free some space, then run again to resume"
+                        )
         except OSError as exc:
             hint = (
                 "free some disk space"
@@ -568,15 +627,37 @@ class Repository:
                 else ("fix the repository folder")
             )
             raise StorageError(
-                f"cannot append to {self.results_path}: {exc.strerror}; "
+                f"cannot append to {path}: {exc.strerror}; "
                 f"{hint}, then run the same command again to resume"
             ) from None
-        if written != len(line):
-            # The torn tail fails its CRC and is skipped; the segment is trained again.
-            raise StorageError(
-                f"wrote only {written} of {len(line)} bytes to {self.results_path}; "
-                "is the disk full? Free some space, then run again to resume"
-            )
+
+    def iter_epochs(self) -> Iterator[EpochRow]:
+        """Every intact row of ``epochs.csv``, in the order written (torn lines skipped).
+
+        A segment trained again (after a kill, or a retry) writes its epochs
+        again; readers keep the last row of each epoch (``EpochRow.key``).
+
+        Raises:
+            RepositoryError: when ``epochs.csv`` cannot be read.
+        """
+        try:
+            handle = open(self.epochs_path, "rb")
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise RepositoryError(f"cannot read {self.epochs_path}: {exc.strerror}") from None
+        with handle:
+            try:
+                for line in handle:
+                    row = decode_epoch(line)
+                    if row is not None:
+                        yield row
+            except OSError as exc:
+                raise RepositoryError(f"cannot read {self.epochs_path}: {exc.strerror}") from None
+
+    def epochs(self) -> dict[tuple[int, int, int, int], EpochRow]:
+        """The last intact row of every epoch, by (iteration, s, id, epoch)."""
+        return {row.key: row for row in self.iter_epochs()}
 
     def _open_results(self) -> BinaryIO | None:
         """``results.csv`` opened for reading bytes; None when there is none yet."""
@@ -631,15 +712,25 @@ class Repository:
         return str(self.checkpoint(iteration, s, config_id))
 
     def scoring_checkpoint(
-        self, iteration: int, s: int, config_id: int, val_loss: float
+        self,
+        iteration: int,
+        s: int,
+        config_id: int,
+        val_loss: float,
+        objective: Objective = VAL_LOSS,
+        value: float | None = None,
     ) -> Path | None:
         """The file that holds the epoch of a configuration that scored ``val_loss``.
 
         Loading it gives a model that evaluates to ``val_loss`` on the validation
-        data. None when no file holds that epoch any more (see
+        data (and to ``value`` of ``objective``, when the run has another
+        objective). None when no file holds that epoch any more (see
         :meth:`prune_best_checkpoints`); it never names another epoch's file.
         """
-        return checkpoints.find_scoring(self.checkpoint(iteration, s, config_id), val_loss)
+        stem = self.checkpoint(iteration, s, config_id)
+        if objective.is_val_loss or value is None:
+            return checkpoints.find_scoring(stem, val_loss)
+        return checkpoints.find_scoring(stem, value, objective, val_loss)
 
     def drop_best_checkpoint(
         self, iteration: int, s: int, config_id: int, fence: str | None = None
@@ -677,21 +768,44 @@ class Repository:
             config = (row.iteration, row.s, row.id)
             if config not in latest or row.rung > latest[config].rung:
                 latest[config] = row
-        # Ranked as the results table ranks them: Val Loss, then iteration, s, ID.
+        settings = self.read_settings()
+        objective = settings.goal if settings is not None else VAL_LOSS
+        # Ranked as the results table ranks them: objective, then iteration, s, ID.
         ranked = sorted(
-            (r.val_loss, r.iteration, -r.s, r.id)
+            (score, r.iteration, -r.s, r.id, r)
             for r in latest.values()
-            if r.ok and r.val_loss is not None
+            if (score := objective.row_score(r)) is not None
         )
-        wanted = {config_name(i, -s, c): loss for loss, i, s, c in ranked[:keep]}
-        return checkpoints.prune_best(self.models, wanted)
+        wanted = {
+            config_name(i, -s, c): (r.objective if r.objective is not None else r.val_loss)
+            for _, i, s, c, r in ranked[:keep]
+        }
+        return checkpoints.prune_best(self.models, wanted, objective)
+
+
+def _append_framed(path: Path, data: bytes, header: str) -> tuple[int, bytes]:
+    """Appends CRC-framed lines to ``path`` with one write; returns (bytes written, bytes).
+
+    A new file gets ``header`` first; a torn line left by a kill stays on its own
+    line. Called under the results lock.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            data = header.encode() + data
+        elif os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data  # a torn row before us stays on its own line
+        return os.write(fd, data), data
+    finally:
+        os.close(fd)
 
 
 def _check_header(path: Path, first: bytes) -> None:
     """Raises ``RepositoryError`` unless ``first`` is the results header, whole or torn."""
     header = HEADER.encode()
-    if first == LEGACY_HEADER.encode():
-        return  # begun by a version without the note column; its rows still read
+    if first in (LEGACY_HEADER.encode(), NOTE_HEADER.encode()):
+        return  # begun by a version without the note or objective column; its rows read
     if first == header or (not first.endswith(b"\n") and header.startswith(first)):
         return  # a header still being written, or torn by a kill, holds no rows yet
     raise RepositoryError(
@@ -737,7 +851,7 @@ def _differences(there: RunSettings, here: RunSettings) -> list[str]:
     """The settings that differ between two runs, said briefly; the space by its names."""
     differ = [
         f"{key}={getattr(there, key)!r} there, {getattr(here, key)!r} here"
-        for key in ("R", "eta", "seed", "iterations")
+        for key in ("R", "eta", "seed", "iterations", "objective", "direction")
         if getattr(there, key) != getattr(here, key)
     ]
     # By fingerprint, not ==: choice options 1 and 1.0 compare equal but sample apart.

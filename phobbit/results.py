@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
+from phobbit.objective import VAL_LOSS, Objective
 from phobbit.records import SegmentResult, Status
 
 COLUMNS = [
@@ -26,16 +27,22 @@ COLUMNS = [
 ]
 
 
-def results_frame(rows: Iterable[SegmentResult]) -> pd.DataFrame:
-    """One row per configuration, at the last rung it reached, best Val Loss first.
+def results_frame(rows: Iterable[SegmentResult], objective: Objective = VAL_LOSS) -> pd.DataFrame:
+    """One row per configuration, at the last rung it reached, best objective first.
 
     The index is ``"<run>-<id>"`` as in Hobbit (``"<iteration>:<run>-<id>"`` when
     there are several iterations). ``Val Loss`` is the lowest validation loss the
-    configuration saw; ``Train Time`` adds up its segments' seconds; failed
-    configurations (``Status`` "failed", ``Error`` saying why) come last. A failed
-    row that is not final (``SegmentResult.final``: its checkpoint, not its code,
-    failed) is left out: its segment is trained again.
+    configuration saw; with another ``objective``, it is the val loss of the
+    epoch that scored best by it, whose value is in a column of its own
+    (``objective.label``, e.g. ``Val Accuracy``) right after ``Val Loss``.
+    ``Train Time`` adds up its segments' seconds; failed configurations
+    (``Status`` "failed", ``Error`` saying why) come last. A failed row that is
+    not final (``SegmentResult.final``: its checkpoint, not its code, failed) is
+    left out: its segment is trained again. A configuration a callback stopped
+    early shows the epochs it trained and ``Status`` "ok" (its row's note says so).
     """
+    extra = [] if objective.is_val_loss else [objective.label]
+    columns = COLUMNS[:4] + extra + COLUMNS[4:]
     latest: dict[tuple[int, int, int], SegmentResult] = {}
     seconds: dict[tuple[int, int, int], float] = {}
     first: dict[tuple[int, int, int], float] = {}
@@ -58,6 +65,10 @@ def results_frame(rows: Iterable[SegmentResult]) -> pd.DataFrame:
                 "ID": config_id,
                 "Run": s,
                 "Val Loss": np.nan if row.val_loss is None else row.val_loss,
+                **{
+                    label: np.nan if row.objective is None or not row.ok else row.objective
+                    for label in extra
+                },
                 "Epochs": row.epochs,
                 "Rung": row.rung,
                 "Status": row.status.value,
@@ -69,15 +80,17 @@ def results_frame(rows: Iterable[SegmentResult]) -> pd.DataFrame:
                 "End": pd.Timestamp(row.end, unit="s"),
             }
         )
-    frame = pd.DataFrame(records, index=pd.Index(index, name="Trial"), columns=COLUMNS)
+    frame = pd.DataFrame(records, index=pd.Index(index, name="Trial"), columns=columns)
     if frame.empty:
         return frame
+    ranked = frame[extra[0]] if extra else frame["Val Loss"]
+    score = -ranked if objective.maximize else ranked
     order = np.lexsort(
         (
             frame["ID"],
             -frame["Run"],
             frame["Iteration"],
-            frame["Val Loss"].fillna(np.inf),
+            score.fillna(np.inf),
             frame["Status"] != Status.OK,
         )
     )

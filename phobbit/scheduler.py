@@ -341,7 +341,7 @@ class Scheduler:
             return
         config = (result.iteration, result.s, result.id)
         training = {(s.iteration, s.s, s.id) for s in self._in_flight.values()}
-        for dropped in self._best.offer(config, result.val_loss if result.ok else None):
+        for dropped in self._best.offer(config, self.plan.objective.row_score(result)):
             if dropped not in training:
                 try:
                     self.repository.drop_best_checkpoint(*dropped, fence=self.fence)

@@ -123,10 +123,7 @@ def sessions(
         segments.sort(key=lambda r: (r.rung, r.end))
         ok = all(r.ok for r in segments)
         scalars = _scalars(segments, per_config.get(config), objective)
-        values = [v for tag, _, v, _ in scalars if tag == objective and math.isfinite(v)]
-        best = (min(values) if mode == "min" else max(values)) if values and ok else None
-        if best is None and ok and objective == "val_loss":
-            best = min((r.val_loss for r in segments if r.val_loss is not None), default=None)
+        best = _best(segments[-1], scalars, objective, mode) if ok else None
         found.append(
             Session(
                 name=config_name(*config),
@@ -139,6 +136,25 @@ def sessions(
             )
         )
     return found
+
+
+def _best(
+    last: SegmentResult,
+    scalars: Sequence[tuple[str, int, float, float]],
+    objective: str,
+    mode: str,
+) -> float | None:
+    """The objective's best value: what the results table ranks by (the last row's), or,
+    for rows that carry none, the best of the logged epochs."""
+    value = last.objective
+    if value is None and objective == "val_loss":
+        value = last.val_loss
+    if value is not None and math.isfinite(value):
+        return float(value)
+    values = [v for tag, _, v, _ in scalars if tag == objective and math.isfinite(v)]
+    if not values:
+        return None
+    return min(values) if mode == "min" else max(values)
 
 
 def _curves_by_config(curves: pd.DataFrame | None) -> dict[tuple[int, int, int], Any]:
@@ -326,11 +342,17 @@ def _read_manifest(path: Path) -> dict[str, str]:
 
 
 def write_repository(
-    path: str | os.PathLike, objective: str = "val_loss", mode: str = "min"
+    path: str | os.PathLike, objective: str | None = None, mode: str | None = None
 ) -> list[str]:
     """(Re)writes ``path/tensorboard`` from the run in repository ``path``; safe mid-run.
 
-    Returns the names of the sessions it wrote (those that changed).
+    Args:
+        path: the repository folder.
+        objective, mode: the metric that ranks configurations and ``"min"`` or
+            ``"max"``; by default the run's own (``run.json``).
+
+    Returns:
+        The names of the sessions it wrote (those that changed).
 
     Example:
         >>> write_repository("phobbit_repo")
@@ -346,31 +368,21 @@ def write_repository(
 
     require()
     run = open_repository(path)
-    curves = _curves(run)
-    found = sessions(run.repository.iter_results(), curves, objective, mode)
+    goal = run.settings.goal
+    objective, mode = objective or goal.name, mode or goal.direction
+    found = sessions(run.repository.iter_results(), run.curves(), objective, mode)
     with FileLock(str(run.path / ".tensorboard.lock"), timeout=60):
         return write_logs(run.path / FOLDER, run.settings.space.hparams, found, objective)
 
 
-def _curves(run: Any) -> pd.DataFrame | None:
-    """The per-epoch curves of ``run`` when this phobbit records them, else None."""
-    reader = getattr(run, "curves", None)  # older repositories and versions: no curves
-    if reader is None:
-        return None
-    try:
-        return reader()
-    except FileNotFoundError:
-        return None
-
-
-def write_quietly(path: str | os.PathLike, objective: str = "val_loss", mode: str = "min") -> bool:
+def write_quietly(path: str | os.PathLike) -> bool:
     """``write_repository`` for a run in progress: a failure is logged, never raised.
 
     Logs are derived data: a log folder that cannot be written must not stop training.
     Returns whether the logs were written.
     """
     try:
-        write_repository(path, objective, mode)
+        write_repository(path)
     except Exception as exc:  # noqa: BLE001 - derived data only; the run goes on
         log.warning("could not write TensorBoard logs in %s: %s", path, exc, exc_info=True)
         return False
@@ -385,16 +397,8 @@ class LoggingReporter:
     written again); the run's end writes them once more (``ParallelHyperband.run``).
     """
 
-    def __init__(
-        self,
-        inner: Any,
-        path: str | os.PathLike,
-        objective: str = "val_loss",
-        mode: str = "min",
-        interval: float = 30.0,
-    ) -> None:
-        self.inner, self.path, self.objective, self.mode = inner, path, objective, mode
-        self.interval = interval
+    def __init__(self, inner: Any, path: str | os.PathLike, interval: float = 30.0) -> None:
+        self.inner, self.path, self.interval = inner, path, interval
         self._last = time.monotonic()
 
     def started(self, plan: Any, resumed: int) -> None:
@@ -406,7 +410,7 @@ class LoggingReporter:
     def finished(self, result: SegmentResult) -> None:
         self.inner.finished(result)
         if time.monotonic() - self._last >= self.interval:
-            write_quietly(self.path, self.objective, self.mode)
+            write_quietly(self.path)
             self._last = time.monotonic()
 
     def retrying(self, segment: Any, cause: str, attempt: int) -> None:

@@ -28,6 +28,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from phobbit.objective import VAL_LOSS, Objective
 from phobbit.plan import Plan
 from phobbit.records import Segment, SegmentResult
 from phobbit.reporting import (
@@ -111,6 +112,8 @@ class ProgressTracker:
         self.rungs: list[RungProgress] = []
         self.running: dict[tuple[int, int, int, int], Running] = {}
         self.best: SegmentResult | None = None
+        self.objective: Objective = VAL_LOSS  # the plan's, once started
+        self._seeded: list[SegmentResult] = []
         self.failed = 0
         self.retries = 0
         self.retrained = 0  # segments that retrained epochs of a bad checkpoint
@@ -127,6 +130,9 @@ class ProgressTracker:
     def started(self, plan: Plan, resumed: int) -> None:
         self.plan, self.resumed, self.started_at = plan, resumed, self.clock()
         self.several = iterations_of(plan) > 1
+        if plan.objective != self.objective:  # rank the rows seeded before by the objective
+            self.objective, self.best = plan.objective, None
+            self.seed_best(self._seeded)
         self._refresh()
 
     def dispatched(self, segment: Segment) -> None:
@@ -160,13 +166,11 @@ class ProgressTracker:
             self._idle.append(gpu)
         self.finished_now += 1
         self.epochs_now += result.epochs - result.start_epoch
-        self.retrained += bool(result.note)
+        self.retrained += result.retrained
         self.slow.finished(result)
         if not result.ok:
             self.failed += 1
-        elif result.val_loss is not None and (
-            self.best is None or self.best.val_loss is None or result.val_loss < self.best.val_loss
-        ):
+        elif self.objective.improves(result, self.best):
             self.best = result
         self._refresh()
 
@@ -183,14 +187,10 @@ class ProgressTracker:
 
     def seed_best(self, rows: Sequence[SegmentResult]) -> None:
         """Takes the best of rows already in the repository (a resumed run)."""
+        self._seeded = list(rows)
         for row in rows:
-            if row.ok and row.val_loss is not None:
-                if (
-                    self.best is None
-                    or self.best.val_loss is None
-                    or row.val_loss < self.best.val_loss
-                ):
-                    self.best = row
+            if self.objective.improves(row, self.best):
+                self.best = row
 
     def refresh(self) -> None:
         """Counts what the plan has recorded (a resume records done segments without reports)."""
@@ -275,13 +275,19 @@ class ProgressTracker:
         return text
 
 
-def best_line(best: SegmentResult | None, several: bool = False) -> str:
-    """The best so far in one line, or a placeholder; ``several``: name its iteration."""
+def best_line(
+    best: SegmentResult | None, objective: Objective = VAL_LOSS, several: bool = False
+) -> str:
+    """The best so far in one line, or a placeholder; with another objective than the
+    val loss, its value first and the val loss of that epoch after it; ``several``
+    (iterations): its iteration named too."""
     if best is None or best.val_loss is None:
         return "none yet"
+    value = best.val_loss if objective.is_val_loss else best.objective
+    also = "" if objective.is_val_loss else f", val loss {best.val_loss:.4g}"
     iteration = f"iteration {best.iteration} " if several else ""
     return (
-        f"{best.val_loss:.4g} ({iteration}run {best.s} id {best.id}, {best.epochs} epochs) "
+        f"{value:.4g} ({iteration}run {best.s} id {best.id}, {best.epochs} epochs{also}) "
         f"{format_hparams(best.hparams)}"
     )
 
@@ -339,7 +345,10 @@ def render(tracker: ProgressTracker, title: str = "") -> RenderableType:
     for item in tracker.slow_running():
         parts.append(Text(slow_line(item.segment, now - item.since), style="red"))
     parts.append(
-        Text.assemble(("Best Val Loss ", "bold"), best_line(tracker.best, tracker.several))
+        Text.assemble(
+            (f"Best {tracker.objective.label} ", "bold"),
+            best_line(tracker.best, tracker.objective, tracker.several),
+        )
     )
     bar = ProgressBar(total=max(tracker.epochs_total, 1), completed=tracker.epochs_done, width=30)
     line = Table.grid(padding=(0, 1))
@@ -466,6 +475,7 @@ class LineReporter(PlainReporter):
             self._say(self.title)
         super().started(plan, resumed)
         self.tracker.started(plan, resumed)
+        self.best = self.tracker.best
         self._announced = {(r.iteration, r.s, r.rung) for r in self.tracker.rungs if r.done == r.n}
 
     def dispatched(self, segment: Segment) -> None:

@@ -23,6 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 from phobbit import fence
 from phobbit.checkpoints import (
     BestEpoch,
+    Logs,
     best_path,
     inspect,
     keep_checkpoint_as_best,
@@ -30,6 +31,7 @@ from phobbit.checkpoints import (
     progress_record,
 )
 from phobbit.errors import CheckpointError
+from phobbit.objective import VAL_LOSS, Objective
 
 
 class Losses(list):
@@ -39,16 +41,40 @@ class Losses(list):
     segment trained epochs it should not have had to (its checkpoint was
     missing or unreadable) and from where it went on, or is ``''``. The worker
     writes it into the segment's row, and reporters show it.
+
+    ``history``, when given, holds every epoch's logs of the configuration from
+    epoch 1 to the last trained (``{"loss": ..., "val_loss": ..., ...}``): the
+    worker records each epoch of the segment in ``epochs.csv`` and ranks the
+    configuration by any logged objective. ``stopped_early`` says that a
+    callback (``EarlyStopping``) ended training before the segment's last
+    epoch: the list is then shorter than the segment.
     """
 
-    def __init__(self, values: Iterable[float] = (), note: str = "") -> None:
+    def __init__(
+        self,
+        values: Iterable[float] = (),
+        note: str = "",
+        history: Sequence[Logs] | None = None,
+        stopped_early: bool = False,
+    ) -> None:
         super().__init__(float(v) for v in values)
         self.note = note
+        self.history = None if history is None else [dict(logs) for logs in history]
+        self.stopped_early = stopped_early
 
 
 def note_of(losses: Sequence[float]) -> str:
     """The retrain note of what a trainable returned (``''`` for a plain sequence)."""
     return losses.note if isinstance(losses, Losses) else ""
+
+
+def objective_of(trainable: Any) -> Objective:
+    """The objective a trainable ranks epochs by: its ``objective`` attribute, or the val loss.
+
+    A trainable without one (a user's own) is ranked by the val losses it returns.
+    """
+    objective = getattr(trainable, "objective", None)
+    return objective if isinstance(objective, Objective) else VAL_LOSS
 
 
 @runtime_checkable
@@ -142,6 +168,9 @@ def hparams_unit(hparams: dict[str, Any]) -> float:
     return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16) / 16**12
 
 
+TRAIN_LOSS_SHARE = 0.8  # a synthetic epoch's training loss, as a share of its val loss
+
+
 def default_curve(hparams: dict[str, Any], epoch: int) -> float:
     """A deterministic learning curve: a per-configuration floor plus a decaying term."""
     quality = hparams_unit(hparams)
@@ -174,6 +203,12 @@ class SyntheticTrainable:
         checkpoint_every_epoch: save after every epoch (the default; epochs that
             take less time than a save are saved together), or only at the end
             of the segment.
+        metrics: ``metrics(hparams, epoch) -> dict`` of more logs per epoch (a
+            module-level function), beside ``val_loss`` (the curve) and ``loss``
+            (``TRAIN_LOSS_SHARE`` of it).
+        objective: what ranks epochs for the best-epoch file (the run sets it).
+        stops: ``stops(hparams, epoch) -> bool``: True ends training after that
+            epoch, as Keras' ``EarlyStopping`` does (a module-level function).
     """
 
     curve: Callable[[dict[str, Any], int], float] = default_curve
@@ -182,6 +217,17 @@ class SyntheticTrainable:
     steps_per_epoch: int = 10
     record_dir: str | None = None
     checkpoint_every_epoch: bool = True
+    metrics: Callable[[dict[str, Any], int], dict[str, float]] | None = None
+    objective: Objective = VAL_LOSS
+    stops: Callable[[dict[str, Any], int], bool] | None = None
+
+    def logs(self, hparams: dict[str, Any], epoch: int) -> Logs:
+        """The logs of ``epoch`` of ``hparams``: loss, val_loss and ``metrics``' values."""
+        val_loss = float(self.curve(hparams, epoch))
+        logs = {"loss": TRAIN_LOSS_SHARE * val_loss, "val_loss": val_loss}
+        if self.metrics is not None:
+            logs.update({str(k): float(v) for k, v in self.metrics(hparams, epoch).items()})
+        return logs
 
     def epoch_time(self, hparams: dict[str, Any], epoch: int) -> float:
         """Seconds that ``epoch`` of ``hparams`` takes: ``epoch_seconds``, jittered."""
@@ -201,14 +247,19 @@ class SyntheticTrainable:
         done = resume.start
         iterations = _iterations(resume.source) if resume.source else 0
         keeper = BestEpoch(
-            list(resume.history), done if resume.from_checkpoint else None, resume.kept
+            list(resume.history),
+            done if resume.from_checkpoint else None,
+            resume.kept,
+            logs=list(resume.logs),
+            objective=self.objective,
         )
         snapshot: dict[str, Any] = {}
+        stopped = resume.stopped
         training = saving = 0.0  # seconds trained since the last save; what the last took
         # Epochs end on a schedule from the segment's start: an epoch takes its set time,
         # its checkpoint included, and the sleeps' overshoot does not add up.
         deadline = time.perf_counter()
-        for epoch in range(done + 1, epochs + 1):
+        for epoch in range(done + 1, done if stopped else epochs + 1):
             began = time.perf_counter()
             if self.epoch_seconds > 0:
                 deadline += self.epoch_time(hparams, epoch)
@@ -217,15 +268,32 @@ class SyntheticTrainable:
             training += time.perf_counter() - began
             # Epochs shorter than a save (benchmarks' zero-time epochs) are saved together:
             # saving never costs more than training, and a kill loses no more than a save.
-            save = epoch == epochs or (self.checkpoint_every_epoch and training >= saving)
+            stopped = self.stops is not None and epoch < epochs and self.stops(hparams, epoch)
+            save = (
+                epoch == epochs or stopped or (self.checkpoint_every_epoch and training >= saving)
+            )
             state = {"iterations": iterations}
-            if keeper.ended(float(self.curve(hparams, epoch)), save):
-                snapshot = {**state, **progress_record(keeper.val_losses)}
+            logs = self.logs(hparams, epoch)
+            if keeper.ended(logs["val_loss"], save, logs):
+                snapshot = {**state, **progress_record(keeper.val_losses, keeper.logs)}
             if save:
                 began = time.perf_counter()
-                self._save(path, best, keeper, state, snapshot)
+                self._save(
+                    path,
+                    best,
+                    keeper,
+                    {**state, **({"stopped": True} if stopped else {})},
+                    snapshot,
+                )
                 training, saving = 0.0, time.perf_counter() - began
-        losses = Losses(keeper.val_losses[initial_epoch:epochs], resume.note)
+            if stopped:
+                break
+        losses = Losses(
+            keeper.val_losses[initial_epoch:epochs],
+            resume.note,
+            history=keeper.logs,
+            stopped_early=stopped,
+        )
         if self.record_dir is not None:
             record = {
                 "pid": os.getpid(),
@@ -258,7 +326,7 @@ class SyntheticTrainable:
             checkpoint_written(best, lambda: atomic_write_text(best, text, fence.commit))
         if keep is not None:
             keeper.kept_best()
-        text = json.dumps({**state, **progress_record(keeper.val_losses)})
+        text = json.dumps({**state, **progress_record(keeper.val_losses, keeper.logs)})
         checkpoint_written(path, lambda: atomic_write_text(path, text, fence.commit))
         keeper.saved_checkpoint()
 

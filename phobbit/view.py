@@ -147,8 +147,10 @@ class BestConfig:
 
     Attributes:
         trial: the table's index, ``"<run>-<id>"`` (``"<iteration>:<run>-<id>"``).
-        checkpoint: the file that evaluates to ``val_loss`` (see
+        checkpoint: the file that evaluates to ``val_loss`` and ``objective`` (see
             ``Repository.scoring_checkpoint``); None when failed or none holds it.
+        objective: the run's objective at that epoch (``val_loss`` by default),
+            named by ``objective_name``.
     """
 
     trial: str
@@ -164,6 +166,8 @@ class BestConfig:
     gpu: str
     train_time_s: float
     checkpoint: Path | None
+    objective: float | None = None
+    objective_name: str = "val_loss"
 
     def to_dict(self, root: str | os.PathLike | None = None) -> dict[str, Any]:
         """Plain JSON-ready data; ``checkpoint`` relative to ``root`` when given."""
@@ -206,7 +210,40 @@ class RepositoryView:
         """
         from phobbit.results import results_frame
 
-        return results_frame(self.repository.iter_results())
+        return results_frame(self.repository.iter_results(), self.settings.goal)
+
+    def curves(self) -> pd.DataFrame:
+        """Every epoch every configuration trained, one row per epoch (``epochs.csv``).
+
+        Columns ``Iteration``, ``Run``, ``ID``, ``Rung``, ``Epoch`` (from 1, counted
+        for the configuration), then one per metric logged (``loss``, ``val_loss``,
+        then the others, each followed by its ``val_`` twin); sorted by Iteration,
+        Run, ID, Epoch. An epoch trained again (after a kill or a retry) appears
+        once, as written last. A metric an epoch did not log is NaN.
+
+        Raises:
+            RepositoryError: when ``epochs.csv`` cannot be read.
+        """
+        import pandas as pd
+
+        rows = list(self.repository.epochs().values())
+        names: list[str] = []
+        for row in rows:
+            names.extend(n for n in row.metrics if n not in names)
+        columns = ["Iteration", "Run", "ID", "Rung", "Epoch", *metric_order(names)]
+        frame = pd.DataFrame(
+            [
+                [row.iteration, row.s, row.id, row.rung, row.epoch]
+                + [row.metrics.get(n, math.nan) for n in columns[5:]]
+                for row in rows
+            ],
+            columns=columns,
+        )
+        for column in columns[:5]:
+            frame[column] = frame[column].astype("int64")
+        for column in columns[5:]:
+            frame[column] = frame[column].astype("float64")
+        return frame.sort_values(["Iteration", "Run", "ID", "Epoch"], ignore_index=True)
 
     def best(self, n: int = 5) -> list[BestConfig]:
         """The ``n`` best configurations, each with the checkpoint that scores its Val Loss."""
@@ -214,10 +251,13 @@ class RepositoryView:
 
     def _best_config(self, trial: Any, row: Any) -> BestConfig:
         loss = None if math.isnan(row["Val Loss"]) else float(row["Val Loss"])
+        goal = self.settings.goal
+        value = loss if goal.is_val_loss else row[goal.label]
+        value = None if value is None or math.isnan(value) else float(value)
         checkpoint = None
-        if row["Status"] == Status.OK and loss is not None:
+        if row["Status"] == Status.OK and loss is not None and value is not None:
             checkpoint = self.repository.scoring_checkpoint(
-                int(row["Iteration"]), int(row["Run"]), int(row["ID"]), loss
+                int(row["Iteration"]), int(row["Run"]), int(row["ID"]), loss, goal, value
             )
         return BestConfig(
             trial=str(trial),
@@ -233,7 +273,41 @@ class RepositoryView:
             gpu=row["GPU"],
             train_time_s=round(float(row["Train Time"]), 3),
             checkpoint=checkpoint,
+            objective=value,
+            objective_name=goal.name,
         )
+
+    def scoring_file(self, trial: str | None = None) -> Path:
+        """The file of the best configuration's best epoch (or of ``trial``'s, e.g. ``"2-4"``).
+
+        Loading it gives the model that evaluates to the Val Loss and objective
+        the results table lists for it.
+
+        Raises:
+            RepositoryError: when no configuration succeeded, ``trial`` is not in
+                the table, it failed, or no file holds its best epoch any more.
+        """
+        frame = self.results()
+        if trial is None:
+            ok = frame[frame["Status"] == Status.OK]
+            if ok.empty:
+                raise RepositoryError(f"repository {self.path} has no successful trial yet")
+            trial = str(ok.index[0])
+        elif trial not in frame.index:
+            listed = ", ".join(map(str, frame.index[:5]))
+            raise RepositoryError(
+                f"trial {trial!r} is not in repository {self.path} (its trials read like "
+                f"{listed or 'nothing yet'}); see `phobbit best`"
+            )
+        best = self._best_config(trial, frame.loc[trial])
+        if best.status != Status.OK:
+            raise RepositoryError(f"trial {trial} failed ({best.error}); it has no model")
+        if best.checkpoint is None:
+            raise RepositoryError(
+                f"no file holds the best epoch of trial {trial} any more (only the best "
+                "keep_best configurations keep theirs)"
+            )
+        return best.checkpoint
 
     def driver(self) -> DriverState:
         """Whether a driver runs in the repository now, and who it is or was.
@@ -291,9 +365,10 @@ class RepositoryView:
                 r.epochs - r.start_epoch for r in rows.values() if r.end >= driver.started
             )
             left = estimate_left(epochs_done, epochs_total, trained, now - driver.started)
+        goal = settings.goal
         best = min(
-            (r for r in rows.values() if r.ok and r.val_loss is not None),
-            key=lambda r: r.val_loss,
+            (r for r in rows.values() if goal.row_score(r) is not None),
+            key=lambda r: goal.row_score(r),
             default=None,
         )
         if best is not None:
@@ -315,6 +390,23 @@ class RepositoryView:
             best=best,
             checked_at=now,
         )
+
+
+def metric_order(names: Sequence[str]) -> list[str]:
+    """Metric names as tables show them: ``loss``, ``val_loss``, then each other metric
+    followed by its ``val_`` twin, in the order first logged."""
+    bases: list[str] = []
+    for name in names:
+        base = name[4:] if name.startswith("val_") else name
+        if base not in bases:
+            bases.append(base)
+    if "loss" in bases:
+        bases.remove("loss")
+        bases.insert(0, "loss")
+    ordered = []
+    for base in bases:
+        ordered += [n for n in (base, f"val_{base}") if n in names]
+    return ordered
 
 
 def _number(value: Any) -> float | None:

@@ -17,6 +17,7 @@ write anyway (it was stopped with SIGSTOP and continued later), the fence
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import logging
@@ -29,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from phobbit import fence, reducer
-from phobbit.errors import FatalError, StorageError
+from phobbit.errors import FatalError, InputError, StorageError
 from phobbit.fence import StaleDriverError
-from phobbit.records import Segment, SegmentResult, Status
+from phobbit.objective import Objective, unknown_metric
+from phobbit.records import STOPPED_EARLY, EpochRow, Segment, SegmentResult, Status
 from phobbit.repository import Repository, this_host
-from phobbit.trainable import Trainable, note_of
+from phobbit.trainable import Losses, Trainable, note_of, objective_of
 
 HIDDEN = "-1"  # the CUDA_VISIBLE_DEVICES of a CPU worker: no GPU at all
 SLOT_WAIT_S = 30.0
@@ -186,15 +188,76 @@ def _disk_full(exc: BaseException) -> bool:
     return any(os.strerror(code) in text for code in DISK_FULL)
 
 
-def _failure(losses: list[float], segment: Segment) -> str:
-    """Why the losses a trainable returned fail the segment, or ``''``."""
+def _failure(losses: list[float], segment: Segment, stopped: bool = False) -> str:
+    """Why the losses a trainable returned fail the segment, or ``''``.
+
+    A segment a callback stopped early returns fewer losses (at least one).
+    """
     expected = segment.epochs - segment.start_epoch
-    if len(losses) != expected:
+    if len(losses) != expected and not (stopped and 0 < len(losses) < expected):
         return f"trainable returned {len(losses)} val losses for {expected} epochs"
     for epoch, value in enumerate(losses, start=segment.start_epoch + 1):
         if not math.isfinite(value):
             return f"val loss is {value} at epoch {epoch}; the model diverged"
     return ""
+
+
+def _history(returned: object, segment: Segment, losses: list[float]) -> list[dict] | None:
+    """Every epoch's logs of the configuration, 1 .. the last trained, when the trainable
+    gave them whole (``Losses.history``); else None."""
+    history = returned.history if isinstance(returned, Losses) else None
+    if history is None or len(history) != segment.start_epoch + len(losses):
+        return None
+    return history
+
+
+def _scored(
+    objective: Objective, history: list[dict] | None, segment: Segment, losses: list[float]
+) -> tuple[float | None, float | None, str]:
+    """(objective value, val loss) at the configuration's best epoch, and an error or ``''``.
+
+    Raises:
+        InputError: for an objective the model does not log (bad input: the run stops).
+    """
+    if history is None:
+        if not objective.is_val_loss:
+            return (
+                None,
+                None,
+                (
+                    f"trainable reports no per-epoch logs (Losses.history), which objective "
+                    f"{objective.name!r} needs"
+                ),
+            )
+        best = reducer.best_so_far(losses, segment.prior_best)
+        return best, best, ""
+    trained = history[segment.start_epoch :]
+    if trained and all(objective.name not in logs for logs in trained):
+        raise InputError(unknown_metric(objective, list(trained[0])))
+    for epoch, logs in enumerate(trained, start=segment.start_epoch + 1):
+        value = objective.value(logs)
+        if not math.isfinite(value):
+            return None, None, f"{objective.name} is {value} at epoch {epoch}; the model diverged"
+    best = objective.best_epoch(history)
+    if best is None:
+        return None, None, f"no epoch scored a finite {objective.name}"
+    return objective.value(history[best - 1]), history[best - 1]["val_loss"], ""
+
+
+def _epoch_rows(
+    segment: Segment, history: list[dict] | None, losses: list[float]
+) -> list[EpochRow]:
+    """The ``epochs.csv`` rows of the epochs a segment trained (its val losses alone when
+    the trainable gave no logs)."""
+    first = segment.start_epoch + 1
+    if history is None:
+        logs = [{"val_loss": v} for v in losses]
+    else:
+        logs = history[segment.start_epoch :]
+    return [
+        EpochRow(segment.iteration, segment.s, segment.id, segment.rung, epoch, metrics)
+        for epoch, metrics in enumerate(logs, start=first)
+    ]
 
 
 def train_segment(
@@ -227,8 +290,8 @@ def train_segment(
     store = Repository(Path(repository))
     try:
         with fence.segment(store, fence_token):
-            result = _train(trainable, segment)
-            store.append(result, fence=fence_token)
+            result, epochs = _train(trainable, segment)
+            store.append(result, fence=fence_token, epochs=epochs)
     except StaleDriverError:
         if "driver" in _PINNED:
             # A worker of a driver that is gone or was replaced: what it trained must
@@ -239,17 +302,26 @@ def train_segment(
     return result
 
 
-def _train(trainable: Trainable, segment: Segment) -> SegmentResult:
-    """Trains ``segment`` and returns its row, failed when user code raised."""
+def _train(trainable: Trainable, segment: Segment) -> tuple[SegmentResult, list[EpochRow]]:
+    """Trains ``segment``; returns its row, failed when user code raised, and the rows of
+    the epochs it trained."""
     start = time.time()
     losses: list[float] = []
     error = note = ""
+    objective = objective_of(trainable)
+    value = val_loss = None
+    history = None
+    stopped = False
     try:
         returned = trainable.train(
             dict(segment.hparams), segment.checkpoint, segment.start_epoch, segment.epochs
         )
         losses, note = [float(v) for v in returned], note_of(returned)
-        error = _failure(losses, segment)
+        stopped = isinstance(returned, Losses) and returned.stopped_early
+        error = _failure(losses, segment, stopped)
+        history = _history(returned, segment, losses)
+        if not error:
+            value, val_loss, error = _scored(objective, history, segment, losses)
     except (FatalError, StaleDriverError):
         raise  # bad input found in the worker (a dataset function's result), or fenced out
     except BaseException as exc:  # noqa: BLE001 - user code: fail the trial, not the run
@@ -260,9 +332,12 @@ def _train(trainable: Trainable, segment: Segment) -> SegmentResult:
                 "to resume"
             ) from None
         error = one_line(exc)
-    best = reducer.best_so_far(losses, segment.prior_best)
-    return segment.result(
-        val_loss=None if error else best,
+    trained = segment.start_epoch + len(losses)
+    if stopped and not error and trained < segment.epochs:
+        stop = f"{STOPPED_EARLY} after epoch {trained} of {segment.epochs}"
+        note = f"{note}; {stop}" if note else stop
+    result = segment.result(
+        val_loss=None if error else val_loss,
         last_val_loss=losses[-1] if losses and not error else None,
         status=Status.FAILED if error else Status.OK,
         error=error,
@@ -272,4 +347,8 @@ def _train(trainable: Trainable, segment: Segment) -> SegmentResult:
         start=start,
         end=time.time(),
         note=note,
+        objective=None if error else value,
     )
+    if result.stopped_early:
+        result = dataclasses.replace(result, epochs=trained)
+    return result, _epoch_rows(segment, history, losses)

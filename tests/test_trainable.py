@@ -48,6 +48,7 @@ def test_the_best_epoch_is_kept_in_a_file_that_holds_it_when_it_is_not_the_last(
         "epoch": 3,
         "iterations": 3 * STEPS,
         "val_losses": losses[:3],
+        "metrics": [TRAINABLE.logs(HPARAMS, epoch) for epoch in (1, 2, 3)],
     }
     assert find_scoring(stem, min(losses)) == Path(best_path(stem, ".json"))
     assert read_progress(stem + ".json").epoch == 6  # the checkpoint goes on from the last
