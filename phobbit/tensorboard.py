@@ -144,17 +144,15 @@ def _best(
     objective: str,
     mode: str,
 ) -> float | None:
-    """The objective's best value: what the results table ranks by (the last row's), or,
-    for rows that carry none, the best of the logged epochs."""
+    """The objective's best value over the logged epochs (what the results table ranks
+    by); from the configuration's last row when no epoch logged it."""
+    values = [v for tag, _, v, _ in scalars if tag == objective and math.isfinite(v)]
+    if values:
+        return min(values) if mode == "min" else max(values)
     value = last.objective
     if value is None and objective == "val_loss":
         value = last.val_loss
-    if value is not None and math.isfinite(value):
-        return float(value)
-    values = [v for tag, _, v, _ in scalars if tag == objective and math.isfinite(v)]
-    if not values:
-        return None
-    return min(values) if mode == "min" else max(values)
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def _curves_by_config(curves: pd.DataFrame | None) -> dict[tuple[int, int, int], Any]:

@@ -98,11 +98,12 @@ def test_a_run_writes_one_session_per_configuration_with_its_hparams_and_objecti
     experiment = read(logdir).PluginTagToContent("hparams")[metadata.EXPERIMENT_TAG]
     info = metadata.parse_experiment_plugin_data(experiment)
     assert [h.name for h in info.hparam_infos] == [hp.name for hp in SPACE]
-    assert [m.name.tag for m in info.metric_infos] == ["best_val_loss", "val_loss"]
+    assert [m.name.tag for m in info.metric_infos] == ["best_val_loss", "loss", "val_loss"]
     rows = list(tuner.repository.iter_results())
     assert {p.name for p in logdir.iterdir() if p.is_dir()} == {
         config_name(r.iteration, r.s, r.id) for r in rows
     }
+    curves = open_repository(tmp_path / "repo").curves()
     for _, config in results.iterrows():
         session = read(logdir / config_name(0, config["Run"], config["ID"]))
         content = session.PluginTagToContent("hparams")
@@ -111,13 +112,11 @@ def test_a_run_writes_one_session_per_configuration_with_its_hparams_and_objecti
         )
         logged = {k: getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
         assert logged == pytest.approx(config["Hparams"])
-        # Each segment's last val loss at its last epoch, and the Val Loss that ranks it.
-        ends = sorted(
-            (r.epochs, r.last_val_loss)
-            for r in rows
-            if (r.s, r.id) == (config["Run"], config["ID"])
-        )
-        assert_points(scalars(session, "val_loss"), ends)
+        # Every epoch it trained, and the Val Loss that ranks it at its last epoch.
+        epochs = curves[(curves["Run"] == config["Run"]) & (curves["ID"] == config["ID"])]
+        assert len(epochs) == config["Epochs"]
+        for metric in ("loss", "val_loss"):
+            assert_points(scalars(session, metric), zip(epochs["Epoch"], epochs[metric]))
         assert_points(scalars(session, "best_val_loss"), [(config["Epochs"], config["Val Loss"])])
         end = metadata.parse_session_end_info_plugin_data(content[metadata.SESSION_END_INFO_TAG])
         assert end.status == api_pb2.STATUS_SUCCESS
