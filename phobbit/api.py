@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import numbers
@@ -9,6 +10,7 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -21,7 +23,7 @@ from phobbit.objective import Objective
 from phobbit.plan import Plan
 from phobbit.records import RunSettings
 from phobbit.reporting import PlainReporter
-from phobbit.repository import WORKER_LOG, Repository
+from phobbit.repository import Repository
 from phobbit.results import results_frame
 from phobbit.scheduler import Reporter, Scheduler
 from phobbit.space import Hyperparameter, Space
@@ -127,6 +129,9 @@ def _tensorboard_wanted(value: Any) -> bool:
     return value
 
 
+WORKER_LOG = "workers.log"
+
+
 class ParallelHyperband:
     """Hyperband over a pool of GPU-pinned worker processes.
 
@@ -197,8 +202,10 @@ class ParallelHyperband:
             ``"torch"`` (``KERAS_BACKEND`` is set in each worker before Keras is
             imported); None keeps Keras' default (``KERAS_BACKEND`` or TensorFlow).
         worker_log: send the workers' standard error (TensorFlow's start-up lines,
-            warnings) to ``repo_dir/workers.log`` instead of this process's (the
-            default); False leaves it here. Only for the local pool phobbit makes.
+            warnings) to a file instead of this process's stderr (the default), and
+            append it to ``repo_dir/workers.log`` when the run ends (not when bad
+            input stopped it); False leaves it on this process's stderr. Only for
+            the local pool phobbit makes.
 
     Raises:
         InputError: (a ``ValueError``) for bad input, before anything is written.
@@ -257,6 +264,7 @@ class ParallelHyperband:
             raise InputError(f"keep_best must be an integer >= 0, got {keep_best!r}")
         self.seed, self.max_retries, self.verbose = int(seed), max_retries, verbose
         self.keep_best = keep_best
+        self.worker_log = bool(worker_log)
         self.tensorboard = _tensorboard_wanted(tensorboard)
         self.reporter = reporter
         if executor is not None and (gpus is not None or n_jobs is not None):
@@ -270,7 +278,6 @@ class ParallelHyperband:
             jobs_per_gpu,
             n_jobs,
             env=worker_environment(self.backend),
-            stderr_path=str(self.repository.path.absolute() / WORKER_LOG) if worker_log else None,
         )
         self.segment_timeout = _timeout(segment_timeout)
         if self.segment_timeout is not None and not self.executor.supports_timeout:
@@ -395,6 +402,8 @@ class ParallelHyperband:
                     )
                 trainable = KerasTrainable(**kwargs)
             if self._owns_executor:
+                if self.worker_log:
+                    self._log_workers(stack)
                 # Closed first on the way out: before the staged data and the driver lock go.
                 stack.push(self._shut_down)
             Scheduler(
@@ -414,6 +423,26 @@ class ParallelHyperband:
 
             write_quietly(self.repository.path)
         return self.results()
+
+    def _log_workers(self, stack: ExitStack) -> None:
+        """Sends the workers' stderr to a file appended to ``repo_dir/workers.log`` at the end.
+
+        The file is temporary until the workers are gone, so that a run stopped by
+        bad input leaves the repository as it was.
+        """
+        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="phobbit-log-"))
+        temporary = Path(folder) / WORKER_LOG
+        assert isinstance(self.executor, LocalExecutor)
+        self.executor.stderr_path = str(temporary)
+
+        def keep(kind: type | None, *_: object) -> None:
+            self.executor.stderr_path = None
+            if (kind is None or not issubclass(kind, InputError)) and temporary.is_file():
+                with contextlib.suppress(OSError):  # a log is no reason to fail a run
+                    with open(self.repository.path / WORKER_LOG, "ab") as log:
+                        log.write(temporary.read_bytes())
+
+        stack.push(keep)
 
     def _shut_down(self, kind: type | None, *_: object) -> None:
         """Shuts down the executor this tuner made; ends its tasks at once on an error."""

@@ -72,7 +72,6 @@ DRIVER_FILE = "driver.json"
 DRIVER_LOCK = ".driver.lock"
 RESULTS_LOCK = ".results.lock"
 MODELS = "models"
-WORKER_LOG = "workers.log"  # the workers' stderr (TensorFlow's start-up lines), when sent here
 LOCK_TIMEOUT_S = 60.0
 DRIVER_LOCK_WAIT_S = 0.5
 # A running driver touches driver.json this often; one whose driver.json is older than
@@ -329,7 +328,6 @@ class Repository:
             self.path / DRIVER_FILE,
             self.path / DRIVER_LOCK,
             self.path / RESULTS_LOCK,
-            self.path / WORKER_LOG,
             self.models,
         ]
         made = [p for p in candidates if not p.exists()]

@@ -36,3 +36,8 @@ def noisy_curve(hparams: dict[str, Any], epoch: int) -> float:
 def always_failing_curve(hparams: dict[str, Any], epoch: int) -> float:
     """Every trial fails."""
     raise ValueError("broken on purpose")
+
+
+def accuracy_metrics(hparams: dict[str, Any], epoch: int) -> dict[str, float]:
+    """A ``val_accuracy`` that rises with epochs, best near x = 0.6 (not where val loss is)."""
+    return {"val_accuracy": 1.0 - abs(hparams["x"] - 0.6) - 0.5 / epoch}

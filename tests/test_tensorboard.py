@@ -226,3 +226,42 @@ def test_phobbit_tensorboard_writes_the_logs_and_says_how_to_view_them(
 def test_tensorboard_must_be_a_bool_or_none(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="tensorboard must be True, False or None, got 'yes'"):
         run(tmp_path / "repo", tensorboard="yes")
+
+
+def test_the_runs_own_objective_is_the_hparams_metric_and_ranks_as_the_table(
+    tmp_path: Path,
+) -> None:
+    from backend_probes import accuracy_metrics
+
+    tuner = ParallelHyperband(
+        None,
+        SPACE,
+        tmp_path / "repo",
+        trainable=SyntheticTrainable(curve=x_curve, metrics=accuracy_metrics),
+        executor=SimulatedExecutor(2),
+        verbose=0,
+        objective="val_accuracy",
+    )
+    results = tuner.run(R=9, eta=3)
+    logdir = tmp_path / "repo" / "tensorboard"
+    info = metadata.parse_experiment_plugin_data(
+        read(logdir).PluginTagToContent("hparams")[metadata.EXPERIMENT_TAG]
+    )
+    assert [m.name.tag for m in info.metric_infos][0] == "best_val_accuracy"
+    for _, config in results.iterrows():
+        session = read(logdir / config_name(0, config["Run"], config["ID"]))
+        ((_, best),) = scalars(session, "best_val_accuracy")
+        assert best == pytest.approx(config["Val Accuracy"], rel=1e-6)
+
+
+def test_logs_are_rewritten_while_the_run_goes(tmp_path: Path) -> None:
+    """The reporter that wraps the run's: after a finished segment, once the interval passed."""
+    from phobbit.scheduler import SilentReporter
+
+    reporter = tb.LoggingReporter(SilentReporter(), tmp_path / "repo", interval=0.0)
+    tuner = run(tmp_path / "repo", tensorboard=False, reporter=reporter)
+    rows = list(tuner.repository.iter_results())
+    # The last write came after the last row: every configuration is there.
+    assert {p.name for p in (tmp_path / "repo" / "tensorboard").iterdir() if p.is_dir()} == {
+        config_name(r.iteration, r.s, r.id) for r in rows
+    }
