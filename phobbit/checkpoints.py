@@ -371,6 +371,27 @@ def keep_checkpoint_as_best(checkpoint: str, best: str) -> None:
     fence.commit(temp, best)
 
 
+def export_checkpoint(source: str | os.PathLike, destination: str | os.PathLike) -> None:
+    """Writes a ``.keras`` checkpoint to ``destination`` as a plain Keras file.
+
+    The members Keras wrote are copied as they are, without phobbit's progress
+    record; the file appears whole or not at all (write to temp, then replace).
+
+    Raises:
+        OSError: when ``destination`` cannot be written.
+    """
+    destination = Path(destination)
+    temp = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
+    try:
+        with zipfile.ZipFile(source) as original, zipfile.ZipFile(temp, "w") as copy:
+            for member in original.infolist():
+                if member.filename != PROGRESS_MEMBER:
+                    copy.writestr(member, original.read(member))
+        os.replace(temp, destination)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
 def find_scoring(
     stem: str | os.PathLike,
     value: float,

@@ -1,5 +1,5 @@
-"""The command line: ``phobbit train|brackets|status|best|plot|tensorboard``: parsing, printing,
-exit codes.
+"""The command line: ``phobbit train|brackets|status|best|export|plot|tensorboard``. Parsing,
+printing, exit codes.
 
 Every decision is the library's; this module only wires arguments to it and
 turns its errors into one line on stderr: exit code 2 for bad input (nothing
@@ -132,6 +132,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--batch-size", type=_count, metavar="N", help="fit's batch size (Keras: 32)")
     run.add_argument(
+        "--objective",
+        metavar="METRIC",
+        help="the logged metric that ranks configurations, e.g. val_accuracy (default: the "
+        "model file's objective, else val_loss)",
+    )
+    run.add_argument(
+        "--direction",
+        choices=("min", "max"),
+        help="whether --objective is minimised or maximised (default: inferred from its name)",
+    )
+    run.add_argument(
         "--backend",
         choices=("tensorflow", "jax", "torch"),
         help="the Keras backend the workers run (default: KERAS_BACKEND, else tensorflow)",
@@ -188,6 +199,16 @@ def _parser() -> argparse.ArgumentParser:
     best.add_argument("--top", type=_count, default=5, metavar="K", help="how many (default 5)")
     best.add_argument("--json", action="store_true", help="print JSON for scripts")
 
+    export = commands.add_parser(
+        "export",
+        help="write the best model as a .keras file",
+        description="Write the model of the best epoch of the best configuration of the run "
+        "in DIR (or of --trial) to PATH, a .keras file keras.saving.load_model opens.",
+    )
+    export.add_argument("repo", metavar="DIR", help="the repository folder")
+    export.add_argument("path", metavar="PATH", help="the .keras file to write")
+    export.add_argument("--trial", metavar="ID", help="a trial of `phobbit best`, e.g. 2-4")
+
     plot = commands.add_parser(
         "plot",
         help="draw a run: learning curves, the workers' timeline, hparams (matplotlib)",
@@ -235,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _train(args, _console())
         if args.command == "status":
             return _status(args.repo, _console())
+        if args.command == "export":
+            return _export(args.repo, args.path, args.trial)
         if args.command == "plot":
             from phobbit.plot import plot_repository
 
@@ -355,6 +378,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         backend=args.backend,
         worker_log=not args.verbose,
         **model.data,
+        **_objective_options(model.options, args.objective, args.direction),
     )
     slots = ", ".join(slot_labels(tuner.executor.slots))
     title = (
@@ -381,6 +405,19 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     if model_path is not None:
         console.print(f"Best model: {model_path}", soft_wrap=True)
     return 0
+
+
+def _objective_options(
+    options: dict[str, Any], objective: str | None, direction: str | None
+) -> dict[str, Any]:
+    """The model file's options, with ``--objective`` and ``--direction`` over its own."""
+    chosen = dict(options)
+    if objective is not None:
+        chosen["objective"] = objective
+        chosen.pop("direction", None)  # the file's direction was for its own objective
+    if direction is not None:
+        chosen["direction"] = direction
+    return chosen
 
 
 @contextlib.contextmanager
@@ -532,6 +569,24 @@ def _best(args: argparse.Namespace, console: Console) -> int:
     model_path = _checkpoint(run.repository, frame.iloc[0], run.settings.goal)
     if model_path is not None:
         console.print(f"Best model: {model_path}", soft_wrap=True)
+    return 0
+
+
+def _export(repo: str, path: str, trial: str | None) -> int:
+    from phobbit.checkpoints import export_checkpoint
+    from phobbit.view import open_repository
+
+    if not path.endswith(".keras"):
+        raise InputError(f"PATH must end with .keras (Keras' format), got {path!r}")
+    run = open_repository(repo)
+    source = run.scoring_file(trial)
+    if not str(source).endswith(".keras"):
+        raise InputError(f"{source} is not a Keras model (the run trained no Keras model)")
+    try:
+        export_checkpoint(source, path)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    print(f"Wrote {path} from {source}", flush=True)
     return 0
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import time
 import types
@@ -406,7 +407,9 @@ def fit_arguments(hparams: Mapping[str, Any], names: Sequence[str] = ()) -> dict
     chosen = {n: hparams[n] for n in ("batch_size", *names) if n in hparams}
     if "batch_size" in chosen:
         value = chosen["batch_size"]
-        integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        integral = isinstance(value, numbers.Integral) or (
+            isinstance(value, numbers.Real) and float(value).is_integer()
+        )
         if isinstance(value, bool) or not integral or value < 1:
             raise ValueError(f"hyperparameter batch_size must be an integer >= 1, got {value!r}")
         chosen["batch_size"] = int(value)

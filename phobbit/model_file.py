@@ -17,12 +17,17 @@ Names looked up, first found wins (``--model-fn``, ``--hparams`` and
   pickled), or Hobbit's generator settings ``generator_function``,
   ``train_gen_args``, ``valid_gen_args``, ``steps_per_epoch``, ``validation_steps``;
 * instead of a model function and data, ``trainable``: any object with the
-  ``phobbit.trainable.Trainable`` interface (for non-Keras work).
+  ``phobbit.trainable.Trainable`` interface (for non-Keras work);
+* optional, as ``ParallelHyperband``'s arguments of the same names: ``objective``
+  and ``direction``; for Keras' ``fit``, ``callbacks`` (a list, or a function of
+  the hparams that returns one: called in each worker, so Keras is imported
+  there only), ``fit_kwargs`` and ``fit_hparams``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -36,6 +41,7 @@ from types import ModuleType
 from typing import Any
 
 from phobbit.errors import InputError
+from phobbit.objective import VAL_LOSS, Objective
 
 MODEL_FUNCTION_NAMES = ("my_model", "model_function")
 HPARAM_NAMES = ("my_hparam_ranges", "hparam_ranges")
@@ -48,6 +54,7 @@ GENERATOR_NAMES = (
     "validation_steps",
 )
 TRAINABLE_NAME = "trainable"
+OPTION_NAMES = ("objective", "direction", "callbacks", "fit_kwargs", "fit_hparams")
 
 
 def module_name(path: str | Path) -> str:
@@ -138,15 +145,25 @@ class ModelFileRef:
 
 @dataclass(frozen=True)
 class ModelFileTrainable:
-    """A picklable reference to a model file's ``trainable`` object; trains through it."""
+    """A picklable reference to a model file's ``trainable`` object; trains through it.
+
+    ``objective`` reaches the trainable when it has a field of that name (as
+    ``SyntheticTrainable`` and ``KerasTrainable`` do).
+    """
 
     ref: ModelFileRef
+    objective: Objective = VAL_LOSS
 
     def train(
         self, hparams: dict[str, Any], checkpoint: str, initial_epoch: int, epochs: int
     ) -> Any:
         """Trains with the model file's trainable, imported in this worker."""
-        return self.ref.resolve().train(hparams, checkpoint, initial_epoch, epochs)
+        trainable = self.ref.resolve()
+        if dataclasses.is_dataclass(trainable) and any(
+            f.name == "objective" for f in dataclasses.fields(trainable)
+        ):
+            trainable = dataclasses.replace(trainable, objective=self.objective)
+        return trainable.train(hparams, checkpoint, initial_epoch, epochs)
 
 
 @dataclass(frozen=True)
@@ -160,6 +177,8 @@ class ModelFile:
         trainable: a reference to its trainable, or None with a model function.
         data: keyword arguments of ``ParallelHyperband`` for the data: ``dataset``,
             or ``generator_function`` with its settings; empty with a trainable.
+        options: keyword arguments of ``ParallelHyperband`` the file defines
+            (``OPTION_NAMES``: objective, callbacks, fit_kwargs, ...).
     """
 
     path: Path
@@ -167,6 +186,15 @@ class ModelFile:
     model_function: ModelFileRef | None = None
     trainable: ModelFileTrainable | None = None
     data: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _options(module: ModuleType, path: Path) -> dict[str, Any]:
+    """The optional settings the file defines; a ``callbacks`` function goes by reference."""
+    options = {n: getattr(module, n) for n in OPTION_NAMES if hasattr(module, n)}
+    if callable(options.get("callbacks")):
+        options["callbacks"] = ModelFileRef(str(path), "callbacks")
+    return options
 
 
 def _named(
@@ -228,7 +256,12 @@ def load_model_file(
         if not callable(getattr(trainable, "train", None)):
             raise InputError(f"{TRAINABLE_NAME} in model file {path} has no train() method")
         ref = ModelFileRef(str(resolved), TRAINABLE_NAME)
-        return ModelFile(resolved, hparam_ranges, trainable=ModelFileTrainable(ref))
+        options = {
+            n: v for n, v in _options(module, resolved).items() if n in ("objective", "direction")
+        }
+        return ModelFile(
+            resolved, hparam_ranges, trainable=ModelFileTrainable(ref), options=options
+        )
     if fn_name is None:
         raise InputError(
             f"model file {path} defines no model function: looked for "
@@ -242,4 +275,5 @@ def load_model_file(
         hparam_ranges,
         model_function=ModelFileRef(str(resolved), fn_name),
         data=_data(module, resolved, dataset),
+        options=_options(module, resolved),
     )

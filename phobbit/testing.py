@@ -22,6 +22,7 @@ from typing import Any
 
 from phobbit import reducer
 from phobbit.hyperband import CheckpointOf
+from phobbit.objective import VAL_LOSS, Objective
 from phobbit.records import RungKey, Segment, SegmentKey, SegmentResult, Status, config_name
 from phobbit.schedule import brackets
 from phobbit.space import Space
@@ -40,10 +41,14 @@ class SerialRung:
     k: int  # how many configurations it promotes
     finished: dict[int, float | None] = field(default_factory=dict)
     promoted: list[int] = field(default_factory=list)
+    objective: Objective = VAL_LOSS
 
     def reduce(self, results: list[SegmentResult]) -> list[int]:
-        """Takes every result of the rung and returns the IDs it promotes (serial reducer)."""
-        self.finished = {r.id: r.val_loss if r.ok else None for r in results}
+        """Takes every result of the rung and returns the IDs it promotes (serial reducer):
+        the best by the objective; one a callback stopped early is never promoted."""
+        self.finished = {
+            r.id: None if r.stopped_early else self.objective.row_score(r) for r in results
+        }
         self.promoted = reducer.serial_promotions(self.finished, self.k)
         return list(self.promoted)
 
@@ -55,6 +60,7 @@ def serial_rungs(
     seed: int = 0,
     iterations: int = 1,
     checkpoint_of: CheckpointOf = config_name,
+    objective: Objective = VAL_LOSS,
 ) -> Iterator[SerialRung]:
     """The rungs of a serial Hyperband, in order: bracket by bracket, rung by rung.
 
@@ -86,6 +92,7 @@ def serial_rungs(
                     (iteration, bracket.s, rung.index),
                     segments,
                     0 if last else bracket.rungs[rung.index + 1].n,
+                    objective=objective,
                 )
                 yield step
                 best.update(step.finished)
@@ -112,6 +119,7 @@ def serial_hyperband(
     seed: int = 0,
     iterations: int = 1,
     checkpoint_of: CheckpointOf = config_name,
+    objective: Objective = VAL_LOSS,
 ) -> SerialRun:
     """Runs a serial Hyperband in this process, one segment after another.
 
@@ -122,7 +130,7 @@ def serial_hyperband(
     """
     results: dict[SegmentKey, SegmentResult] = {}
     promotions: dict[RungKey, list[int]] = {}
-    for rung in serial_rungs(space, R, eta, seed, iterations, checkpoint_of):
+    for rung in serial_rungs(space, R, eta, seed, iterations, checkpoint_of, objective):
         rows = [train(segment) for segment in rung.segments]
         results.update((row.key, row) for row in rows)
         chosen = rung.reduce(rows)

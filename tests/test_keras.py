@@ -97,12 +97,16 @@ class Killed(Exception):
 
 
 def kill_after(epoch: int):
-    """A callback that stops training once epoch ``epoch`` (from 1) has ended and been saved."""
+    """A callback that stops training once epoch ``epoch`` (from 1) has ended and been saved.
+
+    It raises as the next epoch begins: phobbit saves an epoch after the user's callbacks
+    have seen its end.
+    """
     import keras
 
     class Kill(keras.callbacks.Callback):
-        def on_epoch_end(self, index: int, logs=None) -> None:
-            if index + 1 == epoch:
+        def on_epoch_begin(self, index: int, logs=None) -> None:
+            if index == epoch:
                 raise Killed
 
     return Kill()
@@ -123,8 +127,8 @@ import phobbit.keras_trainable as kt
 kt.SAVE_BUDGET = float("inf")
 
 class Exit(keras.callbacks.Callback):
-    def on_epoch_end(self, index, logs=None):
-        if index + 1 == 2:
+    def on_epoch_begin(self, index, logs=None):
+        if index == 2:  # epoch 2 has ended and been saved
             os._exit(0)  # no cleanup at all, as SIGKILL
 
 kt.KerasTrainable(
