@@ -326,7 +326,8 @@ def render(tracker: ProgressTracker, title: str = "") -> RenderableType:
     running = Table(
         title="Training now", title_justify="left", box=None, padding=(0, 2), show_edge=False
     )
-    for column in ("Device", "Run", "ID", "Rung", "Epochs", "For"):
+    run_column = "Iteration:Run" if tracker.several else "Run"
+    for column in ("Device", run_column, "ID", "Rung", "Epochs", "For"):
         running.add_column(column, justify="left" if column == "Device" else "right")
     now = tracker.clock()
     slow = {r.segment.key for r in tracker.slow_running()}
@@ -335,7 +336,7 @@ def render(tracker: ProgressTracker, title: str = "") -> RenderableType:
         took = format_duration(now - item.since)
         running.add_row(
             device_label(item.gpu),
-            str(s.s),
+            f"{s.iteration}:{s.s}" if tracker.several else str(s.s),
             str(s.id),
             str(s.rung),
             f"{s.start_epoch}->{s.epochs}",

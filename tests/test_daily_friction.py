@@ -184,3 +184,23 @@ def test_the_title_numbers_cpu_workers(tmp_path: Path, capsys: pytest.CaptureFix
     args = ["train", str(SYNTHETIC), "--jobs", "2", "--R", "3", "--progress", "plain"]
     assert cli.main([*args, "--repo", str(tmp_path / "repo")]) == 0
     assert "2 workers (CPU 0, CPU 1)" in capsys.readouterr().out
+
+
+def test_the_live_display_names_iterations_of_what_trains_now(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from phobbit.plan import Plan
+    from phobbit.space import Space
+    from phobbit.terminal import render
+
+    plan = Plan(Space(SPACE), 9, 3, iterations=2, workers=2)
+    tracker = ProgressTracker(["-1", "-1"])
+    tracker.started(plan, 0)
+    segment = plan.next_segment()
+    tracker.dispatched(segment)
+    console = Console(width=120, record=True, file=io.StringIO())
+    console.print(render(tracker))
+    shown = console.export_text()
+    now = shown.split("Training now")[1].splitlines()
+    assert "Iteration:Run" in now[1]
+    assert now[2].split()[:4] == ["CPU", "0", f"{segment.iteration}:{segment.s}", str(segment.id)]
