@@ -41,15 +41,3 @@ def always_failing_curve(hparams: dict[str, Any], epoch: int) -> float:
 def accuracy_metrics(hparams: dict[str, Any], epoch: int) -> dict[str, float]:
     """A ``val_accuracy`` that rises with epochs, best near x = 0.6 (not where val loss is)."""
     return {"val_accuracy": 1.0 - abs(hparams["x"] - 0.6) - 0.5 / epoch}
-
-
-def forget_model_files(saved_path: list[str], saved_modules: set[str]) -> None:
-    """Undoes what ``cli.main`` did to this process when it loaded a model file: its folder
-    went first on ``sys.path`` (``tests/models/synthetic.py`` would then shadow
-    ``tests/synthetic.py`` in every later test's workers) and it was imported as a module."""
-    import sys
-
-    sys.path[:] = saved_path
-    for name in set(sys.modules) - saved_modules:
-        if name.startswith("_phobbit_model_"):
-            del sys.modules[name]

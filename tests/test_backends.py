@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from backend_probes import environment_of_worker, forget_model_files, jax_only_mlp, write_to_fd2
+from backend_probes import environment_of_worker, jax_only_mlp, write_to_fd2
 from keras_models import HPARAMS, small_digits
 from synthetic import x_curve
 
@@ -23,14 +23,6 @@ from phobbit.trainable import SyntheticTrainable
 TESTS = Path(__file__).resolve().parent
 SYNTHETIC = TESTS / "models" / "synthetic.py"
 HAS_JAX = importlib.util.find_spec("jax") is not None
-
-
-@pytest.fixture(autouse=True)
-def model_files_forgotten():
-    """In-process CLI calls load model files: each test leaves the process as it found it."""
-    path, modules = list(sys.path), set(sys.modules)
-    yield
-    forget_model_files(path, modules)
 
 
 def test_an_unknown_or_uninstalled_backend_is_refused_before_anything_is_written(

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from backend_probes import always_failing_curve, forget_model_files
+from backend_probes import always_failing_curve
 from synthetic import x_curve
 
 from phobbit import Hyperparameter, ParallelHyperband, cli
@@ -32,14 +32,6 @@ from phobbit.trainable import SyntheticTrainable
 hparam_ranges = [Hyperparameter("x", "uniform", (0.0, 1.0))]
 trainable = SyntheticTrainable(curve=noisy_curve)
 """
-
-
-@pytest.fixture(autouse=True)
-def model_files_forgotten():
-    """In-process CLI calls load model files: each test leaves the process as it found it."""
-    path, modules = list(sys.path), set(sys.modules)
-    yield
-    forget_model_files(path, modules)
 
 
 def plain_run(folder: Path, curve=x_curve, iterations: int = 1) -> list[str]:
