@@ -354,8 +354,9 @@ class ParallelHyperband:
             iterations: how many Hyperband iterations (each with its own configurations).
 
         Returns:
-            One row per configuration, best Val Loss first: index ``"<run>-<id>"``,
-            columns ``Hparams``, ``ID``, ``Run``, ``Val Loss``, ``Epochs``, ``Rung``,
+            One row per configuration, best objective first: index ``"<run>-<id>"``,
+            columns ``Hparams``, ``ID``, ``Run``, ``Val Loss`` (then the objective's,
+            e.g. ``Val Accuracy``, when it is not the val loss), ``Epochs``, ``Rung``,
             ``Status``, ``Error``, ``Iteration``, ``GPU``, ``Train Time``, ``Start``, ``End``.
 
         Raises:

@@ -206,9 +206,11 @@ def _history(returned: object, segment: Segment, losses: list[float]) -> list[di
     """Every epoch's logs of the configuration, 1 .. the last trained, when the trainable
     gave them whole (``Losses.history``); else None."""
     history = returned.history if isinstance(returned, Losses) else None
-    if history is None or len(history) != segment.start_epoch + len(losses):
+    trained = segment.start_epoch + len(losses)
+    # Longer when the checkpoint held later epochs (a later rung's): the segment's end is here.
+    if history is None or len(history) < trained:
         return None
-    return history
+    return history[:trained]
 
 
 def _scored(

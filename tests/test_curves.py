@@ -142,3 +142,29 @@ finite = st.floats(allow_nan=False, allow_infinity=False)
 def test_epoch_rows_round_trip_exactly(key: tuple, metrics: dict[str, float]) -> None:
     row = EpochRow(*key, metrics)
     assert decode_epoch(encode_epoch(row)) == row
+
+
+def test_hostile_epoch_rows_with_a_correct_crc_are_skipped() -> None:
+    from phobbit.repository import _framed
+
+    nested = _framed([0, 2, 1, 0, 1, '{"loss": {"deep": [[[1]]]}}'])
+    not_numbers = _framed([0, 2, 1, 0, 1, '{"loss": "high"}'])
+    not_an_object = _framed([0, 2, 1, 0, 1, "[1, 2]"])
+    short = _framed([0, 2, 1, 0, '{"loss": 1.0}'])
+    for line in (nested, not_numbers, not_an_object, short):
+        assert decode_epoch(line) is None, line
+
+
+def test_a_checkpoint_whose_logs_do_not_match_its_epochs_is_unreadable(tmp_path: Path) -> None:
+    import json
+
+    from phobbit.checkpoints import inspect, progress_record
+
+    path = tmp_path / "0-2-1.json"
+    record = progress_record([0.5, 0.4], [{"loss": 0.6, "val_loss": 0.5}])  # one log short
+    path.write_text(json.dumps(record))
+    assert inspect(path).problem.startswith("is unreadable (it records 1 epochs' logs")
+    path.write_text(json.dumps({**record, "metrics": ["loss", "val_loss"]}))
+    assert inspect(path).problem.startswith("is unreadable (")
+    path.write_text(json.dumps(progress_record([0.5, 0.4])))  # before logs were kept: reads
+    assert inspect(path).progress.history == [{"val_loss": 0.5}, {"val_loss": 0.4}]

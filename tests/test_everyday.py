@@ -5,6 +5,7 @@ model-file names, and the CLI's tables."""
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -209,8 +210,11 @@ def test_the_cli_shows_the_objective_beside_the_val_loss(
 
 
 def test_train_takes_an_objective_and_a_resume_with_another_exits_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Loading a model file puts its folder on sys.path, as `python model.py` would; there
+    # its synthetic.py would shadow tests/synthetic.py in the workers of later tests.
+    monkeypatch.setattr(sys, "path", list(sys.path))
     synthetic = Path(__file__).parent / "models" / "synthetic.py"
     repo = tmp_path / "repo"
     train = ["train", str(synthetic), "--jobs", "1", "--R", "3", "--repo", str(repo)]
