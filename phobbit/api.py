@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -10,11 +11,13 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from phobbit.asha import AsynchronousHyperband, FifoPolicy, asha_budget_epochs
+from phobbit.backends import check_backend, worker_environment
 from phobbit.budget import Budget, parse_duration
 from phobbit.decisions import DecisionLog
 from phobbit.dispatch import LatestStartPolicy
@@ -122,6 +125,22 @@ def _timeout(value: Any) -> float | None:
     return float(value)
 
 
+def _tensorboard_wanted(value: Any) -> bool:
+    """Whether to write TensorBoard logs: ``tensorboard=`` None (if installed), True or False."""
+    from phobbit import tensorboard
+
+    if value is None:
+        return tensorboard.available()
+    if not isinstance(value, bool):
+        raise InputError(f"tensorboard must be True, False or None, got {value!r}")
+    if value:
+        tensorboard.require()
+    return value
+
+
+WORKER_LOG = "workers.log"
+
+
 class ParallelHyperband:
     """Hyperband over a pool of GPU-pinned worker processes.
 
@@ -202,6 +221,19 @@ class ParallelHyperband:
             ``run`` says which budget stopped it in ``stopped_by``; running again
             with a larger budget goes on from there (budgets, and ``iterations``,
             are not settings a resume must match).
+        tensorboard: write TensorBoard logs under ``repo_dir/tensorboard`` (epoch
+            scalars and the HParams dashboard; ``phobbit.tensorboard``), after
+            finished segments (at most every 30 s) and at the end of the run. None
+            (the default) writes them when the ``tensorboard`` package is installed;
+            True requires it; False never writes them.
+        backend: the Keras backend the workers run, ``"tensorflow"``, ``"jax"`` or
+            ``"torch"`` (``KERAS_BACKEND`` is set in each worker before Keras is
+            imported); None keeps Keras' default (``KERAS_BACKEND`` or TensorFlow).
+        worker_log: send the workers' standard error (TensorFlow's start-up lines,
+            warnings) to a file instead of this process's stderr (the default), and
+            append it to ``repo_dir/workers.log`` when the run ends (not when bad
+            input stopped it); False leaves it on this process's stderr. Only for
+            the local pool phobbit makes.
 
     Raises:
         InputError: (a ``ValueError``) for bad input, before anything is written.
@@ -246,6 +278,9 @@ class ParallelHyperband:
         sampler: str = "random",
         time_limit: float | str | None = None,
         max_epochs: int | None = None,
+        tensorboard: bool | None = None,
+        backend: str | None = None,
+        worker_log: bool = True,
     ) -> None:
         self.space = Space(hparam_ranges)
         self.objective = Objective.of(objective, direction)
@@ -271,13 +306,21 @@ class ParallelHyperband:
             raise InputError(f"keep_best must be an integer >= 0, got {keep_best!r}")
         self.seed, self.max_retries, self.verbose = int(seed), max_retries, verbose
         self.keep_best = keep_best
+        self.worker_log = bool(worker_log)
+        self.tensorboard = _tensorboard_wanted(tensorboard)
         self.reporter = reporter
         if executor is not None and (gpus is not None or n_jobs is not None):
             raise InputError("give gpus/n_jobs to the executor, not beside it")
         # The executor it makes is its own to shut down after each run; one it is given
         # stays up for its owner (several runs may share a Dask client's workers).
         self._owns_executor = executor is None
-        self.executor = executor or LocalExecutor(parse_gpus(gpus), jobs_per_gpu, n_jobs)
+        self.backend = check_backend(backend)
+        self.executor = executor or LocalExecutor(
+            parse_gpus(gpus),
+            jobs_per_gpu,
+            n_jobs,
+            env=worker_environment(self.backend),
+        )
         self.segment_timeout = _timeout(segment_timeout)
         if self.segment_timeout is not None and not self.executor.supports_timeout:
             raise InputError(
@@ -310,6 +353,8 @@ class ParallelHyperband:
             "fit_kwargs": _fit_kwargs(fit_kwargs),
             "fit_hparams": _fit_hparams(fit_hparams, self.space),
         }
+        if self.backend is not None:
+            kwargs["backend"] = self.backend
         if generator_function is not None:
             if dataset is not None:
                 raise InputError("give dataset or generator_function, not both")
@@ -365,6 +410,10 @@ class ParallelHyperband:
         R, eta, iterations = settings.R, settings.eta, settings.iterations
         self.repository.check_settings(settings)
         reporter = self.reporter or PlainReporter(verbose=self.verbose)
+        if self.tensorboard:
+            from phobbit.tensorboard import LoggingReporter
+
+            reporter = LoggingReporter(reporter, self.repository.path)
         made = self.repository.fresh()
         with ExitStack() as stack:
             fence = stack.enter_context(self.repository.driver_lock())
@@ -390,6 +439,8 @@ class ParallelHyperband:
                     )
                 trainable = KerasTrainable(**kwargs)
             if self._owns_executor:
+                if self.worker_log:
+                    self._log_workers(stack)
                 # Closed first on the way out: before the staged data and the driver lock go.
                 stack.push(self._shut_down)
             scheduler = Scheduler(
@@ -407,6 +458,10 @@ class ParallelHyperband:
             scheduler.drive()
             self.stopped_by = scheduler.stopped_by
             self.repository.prune_best_checkpoints(self.keep_best)
+        if self.tensorboard:
+            from phobbit.tensorboard import write_quietly
+
+            write_quietly(self.repository.path)
         frame = self.results()
         frame.attrs.update(
             algorithm=self.algorithm, sampler=self.sampler, stopped_by=self.stopped_by
@@ -459,6 +514,26 @@ class ParallelHyperband:
         )
         policy = LatestStartPolicy(machine.schedule, iterations, workers)
         return Plan.of(machine, policy, workers), Budget(self.time_limit, self.max_epochs)
+
+    def _log_workers(self, stack: ExitStack) -> None:
+        """Sends the workers' stderr to a file appended to ``repo_dir/workers.log`` at the end.
+
+        The file is temporary until the workers are gone, so that a run stopped by
+        bad input leaves the repository as it was.
+        """
+        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="phobbit-log-"))
+        temporary = Path(folder) / WORKER_LOG
+        assert isinstance(self.executor, LocalExecutor)
+        self.executor.stderr_path = str(temporary)
+
+        def keep(kind: type | None, *_: object) -> None:
+            self.executor.stderr_path = None
+            if (kind is None or not issubclass(kind, InputError)) and temporary.is_file():
+                with contextlib.suppress(OSError):  # a log is no reason to fail a run
+                    with open(self.repository.path / WORKER_LOG, "ab") as log:
+                        log.write(temporary.read_bytes())
+
+        stack.push(keep)
 
     def _shut_down(self, kind: type | None, *_: object) -> None:
         """Shuts down the executor this tuner made; ends its tasks at once on an error."""

@@ -1,4 +1,5 @@
-"""The command line: ``phobbit train|brackets|status|best|export``. Parsing, printing, exit codes.
+"""The command line: ``phobbit train|brackets|status|best|export|plot|tensorboard``. Parsing,
+printing, exit codes.
 
 Every decision is the library's; this module only wires arguments to it and
 turns its errors into one line on stderr: exit code 2 for bad input (nothing
@@ -185,6 +186,11 @@ def _parser() -> argparse.ArgumentParser:
         "a larger N to go on",
     )
     run.add_argument(
+        "--backend",
+        choices=("tensorflow", "jax", "torch"),
+        help="the Keras backend the workers run (default: KERAS_BACKEND, else tensorflow)",
+    )
+    run.add_argument(
         "--segment-timeout",
         type=_duration,
         metavar="TIME",
@@ -202,7 +208,8 @@ def _parser() -> argparse.ArgumentParser:
         "-v",
         "--verbose",
         action="store_true",
-        help="plain lines: one per finished segment too; and the library's log on stderr",
+        help="plain lines: one per finished segment too; the library's log and the workers' "
+        "stderr (TensorFlow's start-up lines) on stderr, not in REPO/workers.log",
     )
     show.add_argument(
         "--top",
@@ -250,6 +257,31 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("repo", metavar="DIR", help="the repository folder")
     export.add_argument("path", metavar="PATH", help="the .keras file to write")
     export.add_argument("--trial", metavar="ID", help="a trial of `phobbit best`, e.g. 2-4")
+
+    plot = commands.add_parser(
+        "plot",
+        help="draw a run: learning curves, the workers' timeline, hparams (matplotlib)",
+        description="Draw the run in DIR to an image file (needs phobbit[plot]).",
+    )
+    plot.add_argument("repo", metavar="DIR", help="the repository folder")
+    plot.add_argument(
+        "-o", "--output", required=True, metavar="FILE", help="the image: .png, .svg, .pdf"
+    )
+    plot.add_argument(
+        "--kind",
+        choices=("all", "curves", "timeline", "hparams"),
+        default="all",
+        help="curves per bracket, the workers' timeline, the objective per hparam, "
+        "or all three in one figure (default)",
+    )
+
+    board = commands.add_parser(
+        "tensorboard",
+        help="(re)write a run's TensorBoard logs (tensorboard --logdir DIR/tensorboard)",
+        description="Write the TensorBoard logs of the run in DIR under DIR/tensorboard "
+        "from its records (needs phobbit[tensorboard]); only what changed is rewritten.",
+    )
+    board.add_argument("repo", metavar="DIR", help="the repository folder")
     return parser
 
 
@@ -284,6 +316,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(args.repo, _console())
         if args.command == "export":
             return _export(args.repo, args.path, args.trial)
+        if args.command == "plot":
+            from phobbit.plot import plot_repository
+
+            print(plot_repository(args.repo, args.output, args.kind), flush=True)
+            return 0
+        if args.command == "tensorboard":
+            return _tensorboard(args.repo)
         return _best(args, _console())
     except KeyboardInterrupt:
         if args.command == "train":
@@ -297,10 +336,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PhobbitError as exc:
         _error(str(exc))
         return exc.exit_code
+    except BrokenPipeError:
+        # `phobbit best DIR | head`: the reader has all it wanted.
+        _stdout_to_devnull()
+        if args.command == "train":
+            _error(
+                "standard output was closed (broken pipe); workers stopped. "
+                f"Run the same command again to resume from {args.repo}"
+            )
+            return 1
+        return 0
     except Exception as exc:  # noqa: BLE001 - not a user's mistake: keep the traceback
         traceback.print_exc()
         _error(f"{type(exc).__name__}: {exc}")
         return 1
+
+
+def _stdout_to_devnull() -> None:
+    """Points standard output at /dev/null, so that the flush at exit finds no broken pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (a test's StringIO): nothing to flush
+        pass
 
 
 def _console() -> Console:
@@ -308,9 +367,16 @@ def _console() -> Console:
 
     # Off a terminal rich would wrap tables at 80 columns; logs read better wider.
     wide = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
+
     # Nothing printed is markup: hparams, names, paths and errors are the user's text,
     # and "[red]" or ":smile:" in them must print as written.
-    return Console(width=wide, highlight=False, markup=False, emoji=False)
+    class QuietOnBrokenPipe(Console):
+        def on_broken_pipe(self) -> None:
+            # rich exits 1 here; `main` ends quietly instead (`phobbit best DIR | head`).
+            self.quiet = True
+            raise BrokenPipeError
+
+    return QuietOnBrokenPipe(width=wide, highlight=False, markup=False, emoji=False)
 
 
 @contextlib.contextmanager
@@ -347,7 +413,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     from phobbit.model_file import load_model_file
     from phobbit.records import Status
     from phobbit.repository import Repository
-    from phobbit.terminal import LineReporter, LiveReporter, device_label
+    from phobbit.terminal import LineReporter, LiveReporter, slot_labels
 
     if args.jobs is not None and args.gpus:
         raise InputError("--jobs sets CPU workers; with --gpus use --jobs-per-gpu")
@@ -371,10 +437,12 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         sampler=args.sampler,
         time_limit=args.time_limit,
         max_epochs=args.max_epochs,
+        backend=args.backend,
+        worker_log=not args.verbose,
         **model.data,
         **_objective_options(model.options, args.objective, args.direction),
     )
-    slots = ", ".join(device_label(s) for s in tuner.executor.slots)
+    slots = ", ".join(slot_labels(tuner.executor.slots))
     title = (
         f"phobbit train {args.model_file}: R={args.R} eta={args.eta} seed={args.seed}"
         f"{f', {args.iterations} iterations' if args.iterations > 1 else ''}, "
@@ -397,6 +465,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
             soft_wrap=True,
         )
     console.print(f"Repository: {args.repo}", soft_wrap=True)
+    console.print(_tensorboard_line(tuner, args.repo), soft_wrap=True)
     ok = frame[frame["Status"] == Status.OK]
     if ok.empty:
         first = frame["Error"].iloc[0] if not frame.empty else "no results"
@@ -449,16 +518,50 @@ def _logging_to_stderr(verbose: bool) -> Iterator[None]:
 
 
 def _check_gpus(gpus: str | None) -> None:
-    """Refuses a bad ``--gpus`` in the CLI's words: the library names its arguments."""
+    """Refuses a bad ``--gpus`` in the CLI's words: the library names its arguments.
+
+    ``--gpus`` on a machine that shows no NVIDIA GPU (no ``nvidia-smi``) is refused
+    too: its workers would train on the CPU while the display said "GPU 0".
+    """
+    import shutil
+
     from phobbit.executor import parse_gpus
 
     try:
-        parse_gpus(gpus)
+        ids = parse_gpus(gpus)
     except InputError as exc:
         words = {"gpus": "--gpus", "jobs_per_gpu": "--jobs-per-gpu"}
         raise InputError(
             re.sub(r"\b(gpus|jobs_per_gpu)\b", lambda m: words[m[1]], str(exc))
         ) from None
+    if ids and shutil.which("nvidia-smi") is None:
+        raise InputError(
+            f"--gpus {gpus}: this machine shows no NVIDIA GPU (nvidia-smi is not on PATH), so "
+            "the workers would train on the CPU; use --jobs N for CPU workers, or put "
+            "nvidia-smi on PATH"
+        )
+
+
+def _tensorboard(repo: str) -> int:
+    from phobbit.tensorboard import FOLDER, write_repository
+
+    written = write_repository(repo)
+    logdir = os.path.join(repo, FOLDER)
+    print(
+        f"wrote {len(written)} configuration(s) to {logdir}; view with: "
+        f"tensorboard --logdir {logdir}",
+        flush=True,
+    )
+    return 0
+
+
+def _tensorboard_line(tuner: Any, repo: str) -> str:
+    """The last line of ``train`` about TensorBoard: where the logs are, or how to get them."""
+    from phobbit.tensorboard import FOLDER, INSTALL_HINT
+
+    if not tuner.tensorboard:
+        return INSTALL_HINT
+    return f"TensorBoard: tensorboard --logdir {os.path.join(repo, FOLDER)}"
 
 
 # -- best ------------------------------------------------------------------------
@@ -599,6 +702,6 @@ def _status(path: str, console: Console) -> int:
         if status.driver.running:
             line += f", left ~{format_duration(status.seconds_left)}"
     console.print(line, soft_wrap=True)
-    goal = settings.goal
-    console.print(f"Best {goal.label} {best_line(status.best, goal)}", soft_wrap=True)
+    goal, several = settings.goal, settings.iterations > 1
+    console.print(f"Best {goal.label} {best_line(status.best, goal, several)}", soft_wrap=True)
     return 0

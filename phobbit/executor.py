@@ -45,7 +45,7 @@ import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent import futures as _futures
 from concurrent.futures import FIRST_COMPLETED, Future
 from typing import TYPE_CHECKING, Any
@@ -236,6 +236,10 @@ class LocalExecutor(Executor):
             its first segment before it is replaced by a fresh process (loky's
             memory-leak guard); None (the default) never replaces a worker for its
             memory. A replaced worker is counted (``workers_replaced``) and logged.
+        env: more environment variables for the workers, set before anything
+            imports Keras (``{"KERAS_BACKEND": "jax"}``).
+        stderr_path: a file the workers' standard error goes to (TensorFlow's
+            start-up lines, warnings); None leaves it on the driver's.
 
     Example:
         >>> executor = LocalExecutor(gpus=[0, 1])   # two workers, one per GPU
@@ -253,6 +257,8 @@ class LocalExecutor(Executor):
         jobs_per_gpu: int = 1,
         n_jobs: int | None = None,
         worker_memory_limit: int | None = None,
+        env: Mapping[str, str] | None = None,
+        stderr_path: str | None = None,
     ) -> None:
         if worker_memory_limit is not None and (
             isinstance(worker_memory_limit, bool)
@@ -278,6 +284,7 @@ class LocalExecutor(Executor):
         self.allow_growth = jobs_per_gpu > 1
         self.worker_memory_limit = worker_memory_limit
         self.workers_replaced = 0
+        self.env, self.stderr_path = dict(env or {}), stderr_path
         self._lease_dir: str | None = None
         self._pool: ProcessPoolExecutor | None = None
         self._pids: set[int] = set()  # the worker processes of this pool seen so far
@@ -301,6 +308,8 @@ class LocalExecutor(Executor):
                 self.threads,
                 self.allow_growth,
                 os.getpid(),
+                self.env,
+                self.stderr_path,
             ),
         )
 

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from phobbit import fence
+from phobbit.backends import use_backend
 from phobbit.checkpoints import (
     PROGRESS_MEMBER,
     BestEpoch,
@@ -449,6 +450,8 @@ class KerasTrainable:
         verbose: passed to ``fit``.
         fit_kwargs: more keyword arguments for ``fit`` (``class_weight``,
             ``sample_weight``, which is shuffled with the arrays, ...).
+        backend: the Keras backend to run (``phobbit.backends``), set before Keras is
+            imported in the worker; None keeps Keras' default.
         checkpoint_every_epoch: save the checkpoint after every epoch (the default;
             every few epochs when a save would cost more than a tenth of the
             training since the last), so a killed segment resumes from its last
@@ -478,6 +481,7 @@ class KerasTrainable:
     objective: Objective = VAL_LOSS
     callbacks: Any = field(default=None, hash=False)
     fit_hparams: tuple[str, ...] = ()
+    backend: str | None = None
 
     def _arrays(self) -> Arrays:
         key = self.data_path or f"{self.load_dataset!r}"
@@ -556,7 +560,8 @@ class KerasTrainable:
     def train(
         self, hparams: dict[str, Any], checkpoint: str, initial_epoch: int, epochs: int
     ) -> Losses:
-        arrays = self._source()  # first: a bad dataset stops the run before Keras is imported
+        use_backend(self.backend)  # first: nothing may import Keras before KERAS_BACKEND is set
+        arrays = self._source()  # a bad dataset stops the run before training
         path, best = checkpoint + ".keras", best_path(checkpoint, ".keras")
         found = [inspect(path), inspect(best)]
         key = config_key(hparams)

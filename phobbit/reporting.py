@@ -28,6 +28,17 @@ def format_hparams(hparams: dict) -> str:
     return ", ".join(parts)
 
 
+def iterations_of(plan: Plan) -> int:
+    """How many Hyperband iterations ``plan`` runs."""
+    return 1 + max((i for i, *_ in plan.progress()), default=0)
+
+
+def where(item: Segment | SegmentResult, several: bool = False) -> str:
+    """``run S id I rung R``, after ``iteration N`` when the run has several iterations."""
+    text = f"run {item.s} id {item.id} rung {item.rung}"
+    return f"iteration {item.iteration} {text}" if several else text
+
+
 def retry_line(segment: Segment, cause: str, attempt: int) -> str:
     """What a reporter says when a trial goes back to the queue because its worker died."""
     where = f"run {segment.s} id {segment.id} rung {segment.rung}"
@@ -134,6 +145,7 @@ class PlainReporter:
         self._retrained = 0
         self._replaced = 0
         self._slow = SlowWatch()
+        self.several = False  # several iterations: lines name the iteration too
         self._running: dict[tuple[int, int, int, int], tuple[Segment, float]] = {}
         self._flagged: set[tuple[int, int, int, int]] = set()
         # The scheduler reports from the main thread; the slow check also runs from its own.
@@ -146,10 +158,11 @@ class PlainReporter:
 
     def started(self, plan: Plan, resumed: int) -> None:
         self._started = time.monotonic()
+        self.several = iterations_of(plan) > 1
         self.objective = plan.objective
         if plan.describe():
             self._say(f"Algorithm: {plan.describe()}, over the brackets")
-        self._say(format_schedule(plan.schedule))
+        self._say(format_schedule(plan.schedule, iterations_of(plan)))
         if resumed:
             self._say(f"Resuming: {resumed} segments are already in the repository")
         if self.verbose >= 1:
@@ -184,24 +197,25 @@ class PlainReporter:
         self.check_slow()
         self._done += 1
         elapsed = time.monotonic() - self._started
-        where = f"run {result.s} id {result.id} rung {result.rung}"
+        at = where(result, self.several)
         if result.retrained:
             self._retrained += 1
             self._say(f"[{elapsed:7.1f}s] {retrain_line(result)}")
         if not result.ok:
-            self._say(f"[{elapsed:7.1f}s] FAILED {where}: {result.error}")
+            self._say(f"[{elapsed:7.1f}s] FAILED {at}: {result.error}")
             return
         stopped = " (stopped early)" if result.stopped_early else ""
         if self.objective.improves(result, self.best):
             self.best = result
             self._say(
                 f"[{elapsed:7.1f}s] best so far: {self.objective.describe(result)} "
-                f"({where}, {result.epochs} epochs{stopped}) {format_hparams(result.hparams)}"
+                f"({at}, {result.epochs} epochs{stopped}) {format_hparams(result.hparams)}"
             )
         if result.val_loss is not None:
+            device = "the CPU" if result.gpu in ("-1", "") else f"GPU {result.gpu}"
             self._say(
-                f"[{elapsed:7.1f}s] {where}: {self.objective.describe(result)} "
-                f"after {result.epochs} epochs{stopped} on GPU {result.gpu}",
+                f"[{elapsed:7.1f}s] {at}: {self.objective.describe(result)} "
+                f"after {result.epochs} epochs{stopped} on {device}",
                 level=2,
             )
 

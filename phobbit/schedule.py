@@ -123,8 +123,11 @@ def brackets(R: int, eta: int = 3) -> list[Bracket]:
     return result
 
 
-def format_schedule(schedule: list[Bracket]) -> str:
-    """The schedule as the seed tutorial prints it, one bracket a line, with totals."""
+def format_schedule(schedule: list[Bracket], iterations: int = 1) -> str:
+    """The schedule as the seed tutorial prints it, one bracket a line, with totals.
+
+    With several ``iterations`` a last line gives the totals of them all.
+    """
     lines = []
     for b in schedule:
         rungs = ", ".join(f"{r.n}x{r.epochs}" for r in b.rungs)
@@ -136,4 +139,9 @@ def format_schedule(schedule: list[Bracket]) -> str:
         f"Total: {configs} configurations, {total} epochs with checkpoint continuation "
         f"({scratch} from scratch)"
     )
+    if iterations > 1:
+        lines.append(
+            f"{iterations} iterations: {iterations * configs} configurations, "
+            f"{iterations * total} epochs with checkpoint continuation"
+        )
     return "\n".join(lines)

@@ -36,10 +36,12 @@ from phobbit.reporting import (
     PlainReporter,
     SlowWatch,
     format_hparams,
+    iterations_of,
     replaced_line,
     retrain_line,
     retry_line,
     slow_line,
+    where,
 )
 from phobbit.schedule import format_schedule
 from phobbit.view import RungProgress, estimate_left, schedule_progress
@@ -56,11 +58,31 @@ def format_duration(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+CPU_PREFIX = "cpu#"  # a CPU worker's device in a display: cpu#0, cpu#1, ...
+
+
 def device_label(gpu: str) -> str:
-    """How a worker's device reads in a display: ``GPU 0``, ``CPU`` or ``?``."""
+    """How a worker's device reads in a display: ``GPU 0``, ``CPU 1``, ``CPU`` or ``GPU ?``.
+
+    ``gpu`` is a GPU id, ``-1`` (a CPU worker), or ``cpu#N`` (CPU worker number N).
+    """
     if gpu == UNKNOWN:
         return "GPU ?"
+    if gpu.startswith(CPU_PREFIX):
+        return f"CPU {gpu[len(CPU_PREFIX) :]}"
     return "CPU" if gpu in (HIDDEN, "") else f"GPU {gpu}"
+
+
+def slot_labels(slots: Sequence[str]) -> list[str]:
+    """The display name of each worker slot: ``GPU 0``, ..., CPU workers numbered ``CPU 0``, ..."""
+    labels, cpus = [], 0
+    for slot in slots:
+        if slot in (HIDDEN, ""):
+            labels.append(f"CPU {cpus}")
+            cpus += 1
+        else:
+            labels.append(device_label(slot))
+    return labels
 
 
 @dataclass(frozen=True)
@@ -108,16 +130,22 @@ class ProgressTracker:
         self.segments_done = self.segments_total = 0
         self.epochs_done = self.epochs_total = 0
         self.rebuilds = 0  # how often the counters were rebuilt from the plan
+        # CPU workers are told apart by pid: a worker's number is that of the first
+        # segment it was seen to finish (the first round's are numbered as handed out).
+        self._cpus = sum(1 for slot in slots if slot in (HIDDEN, ""))
+        self._cpu_of_pid: dict[int, str] = {}
+        self.several = False  # several iterations: lines name the iteration too
 
     def started(self, plan: Plan, resumed: int) -> None:
         self.plan, self.resumed, self.started_at = plan, resumed, self.clock()
+        self.several = iterations_of(plan) > 1
         if plan.objective != self.objective:  # rank the rows seeded before by the objective
             self.objective, self.best = plan.objective, None
             self.seed_best(self._seeded)
         self._rebuild()
 
     def dispatched(self, segment: Segment) -> None:
-        gpu = self._idle.pop(0) if self._idle else self._unknown
+        gpu = self._idle.pop(0) if self._idle else self._unknown_device()
         self.running[segment.key] = Running(segment, gpu, self.clock())
         if self.plan is not None and (
             self.plan.machine.endless or self.plan.recorded != self._seen
@@ -126,10 +154,30 @@ class ProgressTracker:
             # rungs grow with each decision.
             self._rebuild()
 
+    def _unknown_device(self) -> str:
+        """The device of a segment handed to a worker that has not reported yet."""
+        if self._unknown == HIDDEN and self._cpus:
+            taken = {r.gpu for r in self.running.values()} | set(self._cpu_of_pid.values())
+            for number in range(self._cpus):
+                if f"{CPU_PREFIX}{number}" not in taken:
+                    return f"{CPU_PREFIX}{number}"
+        return self._unknown
+
     def finished(self, result: SegmentResult) -> None:
-        self.running.pop(result.key, None)
+        running = self.running.pop(result.key, None)
         if result.pid:  # a row the driver wrote for a dead worker frees no known slot
-            self._idle.append(result.gpu)
+            gpu = result.gpu
+            if gpu in (HIDDEN, "") and self._cpus:
+                known = running.gpu if running and running.gpu.startswith(CPU_PREFIX) else None
+                if result.pid not in self._cpu_of_pid:
+                    used = set(self._cpu_of_pid.values())
+                    free = [f"{CPU_PREFIX}{n}" for n in range(self._cpus)]
+                    free = [d for d in free if d not in used]
+                    self._cpu_of_pid[result.pid] = (
+                        known if known and known not in used else (free or [known or gpu])[0]
+                    )
+                gpu = self._cpu_of_pid[result.pid]
+            self._idle.append(gpu)
         self.finished_now += 1
         self.epochs_now += result.epochs - result.start_epoch
         self.retrained += result.retrained
@@ -193,6 +241,7 @@ class ProgressTracker:
         self.running.pop(segment.key, None)
         self.retries += 1
         self._idle.clear()  # the pool is rebuilt: which worker is free is unknown again
+        self._cpu_of_pid.clear()  # ...and its workers are new processes
 
     def seed_best(self, rows: Sequence[SegmentResult]) -> None:
         """Takes the best of rows already in the repository (a resumed run)."""
@@ -200,6 +249,10 @@ class ProgressTracker:
         for row in rows:
             if self.objective.improves(row, self.best):
                 self.best = row
+
+    def refresh(self) -> None:
+        """Counts what the plan has recorded (a resume records done segments without reports)."""
+        self._rebuild()
 
     def elapsed(self) -> float:
         return self.clock() - self.started_at
@@ -216,6 +269,38 @@ class ProgressTracker:
             f"{self.segments_done}/{self.segments_total} segments, "
             f"elapsed {format_duration(self.elapsed())}, left ~{format_duration(self.left())}"
         )
+        return text + self._troubles()
+
+    def final_summary(self) -> str:
+        """The last line of a run: what this session trained, and why any planned part did not.
+
+        Once the plan is done nothing is left, whatever the totals: configurations
+        that failed promote nothing, so their later rungs never run.
+        """
+        self._rebuild()
+        if self.plan is None or not self.plan.done:
+            return f"Trained {self.finished_now} segments: {self.summary()}"
+        if not self.finished_now:
+            return (
+                f"Nothing left to train: all {self.segments_done} segments "
+                f"({self.epochs_done} epochs) are in the repository{self._troubles()}"
+            )
+        done, total = self.epochs_done, self.epochs_total
+        text = (
+            f"Trained {self.finished_now} segments: {done}/{total} epochs "
+            f"({100 * done / max(total, 1):.0f}%), {self.segments_done}/{self.segments_total} "
+            f"segments, elapsed {format_duration(self.elapsed())}{self._troubles()}"
+        )
+        skipped = self.segments_total - self.segments_done
+        if skipped:
+            text += (
+                f"; the other {skipped} planned segment{'s' * (skipped != 1)} never run: "
+                "failed configurations are not promoted"
+            )
+        return text
+
+    def _troubles(self) -> str:
+        text = ""
         if self.failed:
             text += f", {self.failed} failed"
         if self.retries:
@@ -227,15 +312,19 @@ class ProgressTracker:
         return text
 
 
-def best_line(best: SegmentResult | None, objective: Objective = VAL_LOSS) -> str:
+def best_line(
+    best: SegmentResult | None, objective: Objective = VAL_LOSS, several: bool = False
+) -> str:
     """The best so far in one line, or a placeholder; with another objective than the
-    val loss, its value first and the val loss of that epoch after it."""
+    val loss, its value first and the val loss of that epoch after it; ``several``
+    (iterations): its iteration named too."""
     if best is None or best.val_loss is None:
         return "none yet"
     value = best.val_loss if objective.is_val_loss else best.objective
     also = "" if objective.is_val_loss else f", val loss {best.val_loss:.4g}"
+    iteration = f"iteration {best.iteration} " if several else ""
     return (
-        f"{value:.4g} (run {best.s} id {best.id}, {best.epochs} epochs{also}) "
+        f"{value:.4g} ({iteration}run {best.s} id {best.id}, {best.epochs} epochs{also}) "
         f"{format_hparams(best.hparams)}"
     )
 
@@ -274,7 +363,8 @@ def render(tracker: ProgressTracker, title: str = "") -> RenderableType:
     running = Table(
         title="Training now", title_justify="left", box=None, padding=(0, 2), show_edge=False
     )
-    for column in ("Device", "Run", "ID", "Rung", "Epochs", "For"):
+    run_column = "Iteration:Run" if tracker.several else "Run"
+    for column in ("Device", run_column, "ID", "Rung", "Epochs", "For"):
         running.add_column(column, justify="left" if column == "Device" else "right")
     now = tracker.clock()
     slow = {r.segment.key for r in tracker.slow_running()}
@@ -283,7 +373,7 @@ def render(tracker: ProgressTracker, title: str = "") -> RenderableType:
         took = format_duration(now - item.since)
         running.add_row(
             device_label(item.gpu),
-            str(s.s),
+            f"{s.iteration}:{s.s}" if tracker.several else str(s.s),
             str(s.id),
             str(s.rung),
             f"{s.start_epoch}->{s.epochs}",
@@ -295,7 +385,7 @@ def render(tracker: ProgressTracker, title: str = "") -> RenderableType:
     parts.append(
         Text.assemble(
             (f"Best {tracker.objective.label} ", "bold"),
-            best_line(tracker.best, tracker.objective),
+            best_line(tracker.best, tracker.objective, tracker.several),
         )
     )
     bar = ProgressBar(total=max(tracker.epochs_total, 1), completed=tracker.epochs_done, width=30)
@@ -337,7 +427,9 @@ class LiveReporter:
     def started(self, plan: Plan, resumed: int) -> None:
         if plan.describe():
             self.console.print(f"Algorithm: {plan.describe()}", highlight=False, soft_wrap=True)
-        self.console.print(format_schedule(plan.schedule), highlight=False, soft_wrap=True)
+        self.console.print(
+            format_schedule(plan.schedule, iterations_of(plan)), highlight=False, soft_wrap=True
+        )
         if resumed:
             self.console.print(
                 f"Resuming: {resumed} segments are already in the repository",
@@ -365,7 +457,7 @@ class LiveReporter:
             self.console.print(retrain_line(result), markup=False, highlight=False, soft_wrap=True)
         if not result.ok:
             self.console.print(
-                f"FAILED run {result.s} id {result.id} rung {result.rung}: {result.error}",
+                f"FAILED {where(result, self.tracker.several)}: {result.error}",
                 highlight=False,
                 soft_wrap=True,
                 markup=False,  # the error is the user's text: "[/]" in it is no markup
@@ -393,11 +485,7 @@ class LiveReporter:
             self._live.stop()
             self._live = None
         with self._lock:
-            self.console.print(
-                f"Trained {self.tracker.finished_now} segments: {self.tracker.summary()}",
-                highlight=False,
-                soft_wrap=True,
-            )
+            self.console.print(self.tracker.final_summary(), highlight=False, soft_wrap=True)
 
 
 class LineReporter(PlainReporter):
@@ -478,4 +566,4 @@ class LineReporter(PlainReporter):
 
     def closed(self) -> None:
         self._stop.set()
-        self._say(f"Trained {self.tracker.finished_now} segments: {self.tracker.summary()}")
+        self._say(self.tracker.final_summary())

@@ -69,6 +69,8 @@ def pin(
     threads: int,
     allow_growth: bool,
     driver_pid: int | None = None,
+    env: dict[str, str] | None = None,
+    stderr_path: str | None = None,
 ) -> None:
     """Pool initializer: lease a free slot and pin this process to its device.
 
@@ -83,6 +85,10 @@ def pin(
             the whole process group: the driver alone decides to stop, and
             kills its workers. None for a process that may be the driver (a
             Dask worker thread) or outlives it on purpose.
+        env: more variables to set before anything imports Keras (``KERAS_BACKEND``).
+        stderr_path: a file that this worker's standard error (file descriptor 2)
+            is appended to, so that TensorFlow's start-up lines and warnings of
+            every worker stay off the driver's display; None leaves it as it is.
 
     It never raises: an exception in an initializer breaks the whole pool. A
     worker that found no slot records why, and ``train_segment`` reports it.
@@ -97,7 +103,10 @@ def pin(
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             _PINNED["driver"] = driver_pid
         os.environ.update(thread_environment(threads))
+        os.environ.update(env or {})
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        if stderr_path is not None:
+            _redirect_stderr(stderr_path)
         if allow_growth:
             os.environ["TF_FORCE_GPU_ALLOW_GROWTH"] = "true"
         deadline = time.monotonic() + SLOT_WAIT_S
@@ -122,6 +131,22 @@ def pin(
     except BaseException as exc:  # noqa: BLE001 - must never break the pool
         _PINNED["error"] = f"{type(exc).__name__}: {exc}"
         log.warning("worker %d not pinned: %s", os.getpid(), _PINNED["error"])
+
+
+def _redirect_stderr(path: str) -> None:
+    """Appends this process's file descriptor 2 to ``path``; leaves it as it is on failure.
+
+    TensorFlow's C++ start-up lines (absl, cuInit) are written before its log level
+    is read, so only the descriptor itself silences them. A log that cannot be
+    opened is no reason to lose the worker.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except OSError as exc:
+        log.warning("worker %d keeps its stderr: cannot open %s (%s)", os.getpid(), path, exc)
+        return
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def _watch_parent(parent: int) -> None:

@@ -55,3 +55,21 @@ def run_settings(R: int = 9, eta: int = 3, seed: int = 0, iterations: int = 1) -
     """The settings of a run over a one-hyperparameter space: for tests that need a run.json."""
     space = Space([Hyperparameter("x", "uniform", (0.0, 1.0))])
     return RunSettings.of(space, R, eta, seed, iterations)
+
+
+@pytest.fixture(autouse=True)
+def model_files_forgotten():
+    """Each test leaves ``sys.path`` and the model-file modules as it found them.
+
+    ``cli.main(["train", MODEL_FILE, ...])`` in this process puts the model file's folder
+    first on ``sys.path``; ``tests/models/synthetic.py`` would then shadow
+    ``tests/synthetic.py`` in the workers of every later test, which die importing it.
+    """
+    import sys
+
+    path, modules = list(sys.path), set(sys.modules)
+    yield
+    sys.path[:] = path
+    for name in set(sys.modules) - modules:
+        if name.startswith("_phobbit_model_"):
+            del sys.modules[name]
