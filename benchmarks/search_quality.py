@@ -77,6 +77,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -763,8 +764,11 @@ def plot(
     args: argparse.Namespace,
 ) -> None:
     """Two PNGs per problem: regret against epochs spent and against virtual time, per W."""
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install matplotlib)", file=sys.stderr)
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -865,8 +869,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         if key_of(job) not in runs:
                             jobs.append(job)
         began = time.time()
-        with ProcessPoolExecutor(max(1, args.jobs)) as pool:
-            for count, (job, record) in enumerate(pool.map(run_cell, jobs, chunksize=1), 1):
+        with ExitStack() as stack:
+            if args.jobs > 1:
+                pool = stack.enter_context(ProcessPoolExecutor(args.jobs))
+                done = pool.map(run_cell, jobs, chunksize=1)
+            else:
+                done = map(run_cell, jobs)
+            for count, (job, record) in enumerate(done, 1):
                 runs[key_of(job)] = record
                 if count % 20 == 0 or count == len(jobs):
                     save_runs(args.runs, runs)
