@@ -676,7 +676,7 @@ def report(args: argparse.Namespace, runs: dict[str, dict[str, Any]]) -> str:
         for method in args.methods:
             for workers in args.workers:
                 records = []
-                for seed in range(args.seeds):
+                for seed in range(args.seeds_of(name)):
                     job = (name, problem.R, problem.eta, method, workers, seed, iterations)
                     record = runs.get(key_of(job))
                     if record is None:
@@ -820,6 +820,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--workers", default="1,4,16,64", help="W values (default 1,4,16,64)")
     parser.add_argument("--seeds", type=int, default=20, help="seeds per cell (default 20)")
+    parser.add_argument(
+        "--keras-seeds", type=int, default=10, help="seeds per keras-mlp cell (default 10)"
+    )
     parser.add_argument("--R", type=int, default=27, help="max epochs (default 27)")
     parser.add_argument("--eta", type=int, default=3)
     parser.add_argument(
@@ -835,7 +838,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.seeds, args.workers, args.iterations = 3, "1,4", 2
+        args.seeds, args.keras_seeds, args.workers, args.iterations = 3, 3, "1,4", 2
         if args.runs == RUNS:
             args.runs = Path(tempfile.gettempdir()) / "phobbit_search_quality_quick.json"
         if args.plots == HERE:
@@ -850,6 +853,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         if method not in METHODS:
             parser.error(f"method {method!r} is unknown; use one of {', '.join(METHODS)}")
     args.iterations_of = lambda name: args.iterations
+    args.seeds_of = lambda name: args.keras_seeds if name == "keras-mlp" else args.seeds
     return args
 
 
@@ -864,7 +868,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             R = min(args.R, 27) if name == "keras-mlp" else args.R
             for method in args.methods:
                 for workers in args.workers:
-                    for seed in range(args.seeds):
+                    for seed in range(args.seeds_of(name)):
                         job = (name, R, args.eta, method, workers, seed, iterations)
                         if key_of(job) not in runs:
                             jobs.append(job)
