@@ -275,7 +275,7 @@ class Trace:
     """
 
     points: list[tuple[float, int, float]] = field(default_factory=list)
-    busy: float = 0.0
+    intervals: list[tuple[float, float]] = field(default_factory=list)
     makespan: float = 0.0
     workers: int = 1
     epochs: int = 0
@@ -290,10 +290,17 @@ class Trace:
         kept = [p for i, p in enumerate(self.points) if i == 0 or p[2] < self.points[i - 1][2]]
         if self.points and kept[-1] is not self.points[-1]:
             kept.append(self.points[-1])
-        busy = self.busy / (self.workers * self.makespan) if self.makespan else 0.0
+        busy = sum(b - a for a, b in self.intervals)
+        busy /= self.workers * self.makespan if self.makespan else 1.0
+        # Until the last job started: the drain at the end (the last jobs run while the
+        # budget is spent and nothing new may start) left out.
+        last = max((a for a, _ in self.intervals), default=0.0)
+        fed = sum(min(b, last) - a for a, b in self.intervals if a < last)
+        fed /= self.workers * last if last else 1.0
         return {
             "points": [[round(t, 4), e, v if math.isfinite(v) else None] for t, e, v in kept],
             "busy": round(busy, 5),
+            "busy_fed": round(fed, 5),
             "makespan": round(self.makespan, 3),
             "epochs": self.epochs,
             "note": self.note,
@@ -370,7 +377,7 @@ def phobbit_trace(
     for t, _, row in sorted(timed, key=lambda item: (item[0], item[1])):
         epochs += row.epochs - row.start_epoch
         trace.add(t, epochs, answer(problem, row.hparams, row.epochs, row.val_loss))
-    trace.busy = sum(e.end - e.start for e in executor.trace)
+    trace.intervals = [(e.start, e.end) for e in executor.trace]
     trace.makespan = executor.makespan()
     trace.epochs = epochs
     return trace
@@ -392,7 +399,8 @@ class Clock:
     """W virtual workers: jobs start when a worker is free and end after their duration."""
 
     def __init__(self, workers: int) -> None:
-        self.workers, self.now, self.busy = workers, 0.0, 0.0
+        self.workers, self.now = workers, 0.0
+        self.intervals: list[tuple[float, float]] = []
         self._running: list[tuple[float, int, Any]] = []
         self._order = 0
 
@@ -400,7 +408,7 @@ class Clock:
         return self.workers - len(self._running)
 
     def start(self, duration: float, job: Any) -> None:
-        self.busy += duration
+        self.intervals.append((self.now, self.now + duration))
         self._order += 1
         heapq.heappush(self._running, (self.now + duration, self._order, job))
 
@@ -430,7 +438,7 @@ def run_random_search(problem: Problem, workers: int, seed: int, iterations: int
         spent += problem.R
         losses = [problem.curve(hparams, e) for e in range(1, problem.R + 1)]
         trace.add(clock.now, spent, answer(problem, hparams, problem.R, min(losses)))
-    trace.busy, trace.makespan, trace.epochs = clock.busy, clock.now, spent
+    trace.intervals, trace.makespan, trace.epochs = clock.intervals, clock.now, spent
     return trace
 
 
@@ -491,7 +499,7 @@ def run_optuna(problem: Problem, workers: int, seed: int, iterations: int) -> Tr
             start_epoch(trial, epoch + 1, best)
         else:
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # out of budget
-    trace.busy, trace.makespan, trace.epochs = clock.busy, clock.now, spent
+    trace.intervals, trace.makespan, trace.epochs = clock.intervals, clock.now, spent
     return trace
 
 
@@ -549,7 +557,7 @@ def run_dehb(problem: Problem, workers: int, seed: int, iterations: int) -> Trac
             fitness = losses[-1] if problem.full_fidelity else min(losses)
             optimizer.tell(job, {"fitness": fitness, "cost": float(epochs)})
             trace.add(clock.now, spent, answer(problem, hparams, epochs, min(losses)))
-    trace.busy, trace.makespan, trace.epochs = clock.busy, clock.now, spent
+    trace.intervals, trace.makespan, trace.epochs = clock.intervals, clock.now, spent
     return trace
 
 
@@ -613,6 +621,8 @@ class Cell:
     regrets_time: np.ndarray  # seeds x time grid
     final: np.ndarray
     busy: np.ndarray
+    busy_fed: np.ndarray
+    cpu: np.ndarray
     makespan: np.ndarray
     epochs: np.ndarray
 
@@ -630,6 +640,8 @@ def summarise(
         np.maximum(regrets_t, 0),
         np.maximum(final - optimum, 0),
         np.array([r["busy"] for r in records]),
+        np.array([r.get("busy_fed", math.nan) for r in records]),
+        np.array([r.get("cpu_s", math.nan) for r in records]),
         np.array([r["makespan"] for r in records]),
         np.array([r["epochs"] for r in records]),
     )
@@ -661,6 +673,7 @@ def fmt(x: float, digits: int = 3) -> str:
 def report(args: argparse.Namespace, runs: dict[str, dict[str, Any]]) -> str:
     """Markdown tables and PNG plots of every cell kept in ``runs`` for ``args``' settings."""
     lines: list[str] = []
+    targets: list[str] = []
     for name in args.problems:
         try:
             problem = make_problem(name, args.R, args.eta)
@@ -701,8 +714,91 @@ def report(args: argparse.Namespace, runs: dict[str, dict[str, Any]]) -> str:
             for key, recs in cells.items()
         }
         lines += table(problem, iterations, limit, summary, epoch_grid, time_grid, args, missing)
+        targets += check_targets(problem, limit, summary, epoch_grid, time_grid, args)
         plot(problem, summary, epoch_grid, time_grid, args)
+    if targets:
+        lines += ["### Targets of issue 11", "", "| problem | W | target | measured | met |"]
+        lines += ["|---|---|---|---|---|", *targets, ""]
     return "\n".join(lines)
+
+
+def check_targets(
+    problem: Problem,
+    limit: int,
+    summary: dict[tuple[str, int], Cell],
+    epoch_grid: np.ndarray,
+    time_grid: dict[int, np.ndarray],
+    args: argparse.Namespace,
+) -> list[str]:
+    """Rows of the targets table: what the issue asks, what was measured, whether it holds."""
+    rows = []
+
+    def row(workers: int, target: str, measured: str, met: bool) -> None:
+        rows.append(
+            f"| {problem.name} | {workers} | {target} | {measured} | "
+            f"{'yes' if met else '**no**'} |"
+        )
+
+    for workers in args.workers:
+        hb = summary.get(("hyperband", workers))
+        if hb is None:
+            continue
+        hb_final = float(percentiles(hb.final, 50))
+        for tpe, base in (("hyperband+tpe", "hyperband"), ("asha+tpe", "asha")):
+            cell, reference = summary.get((tpe, workers)), summary.get((base, workers))
+            if cell is None or reference is None or not problem.full_fidelity:
+                continue
+            median = percentiles(cell.regrets_epochs, 50, axis=0)
+            reach = first_reach(median, epoch_grid, hb_final)
+            row(
+                workers,
+                f"{tpe} reaches HB's final median regret ({fmt(hb_final)}) "
+                "within 1/3 of the budget",
+                f"{fmt(reach / limit, 2)} of the budget",
+                reach <= limit / 3 + 1e-9,
+            )
+            end, ref_end = (
+                float(percentiles(cell.final, 50)),
+                float(percentiles(reference.final, 50)),
+            )
+            row(
+                workers,
+                f"{tpe} final median regret <= {base}'s",
+                f"{fmt(end)} vs {fmt(ref_end)}",
+                end <= ref_end,
+            )
+        asha = summary.get(("asha", workers))
+        if asha is not None and workers >= 16 and problem.full_fidelity:
+            busy = float(np.median(asha.busy))
+            fed = float(np.median(asha.busy_fed))
+            row(
+                workers,
+                "asha busy >= 0.98",
+                f"{busy:.3f} (until the last start: {fed:.3f})",
+                busy >= 0.98,
+            )
+            grid = time_grid[workers]
+            for factor in (4, 2, 1.25, 1):
+                level = factor * hb_final
+                a = first_reach(percentiles(asha.regrets_time, 50, axis=0), grid, level)
+                h = first_reach(percentiles(hb.regrets_time, 50, axis=0), grid, level)
+                row(
+                    workers,
+                    f"asha's median regret reaches {factor:g} x HB's final ({fmt(level)}) "
+                    "sooner than HB's (virtual s)",
+                    f"{fmt(a, 4)} vs {fmt(h, 4)}",
+                    a < h,
+                )
+        cell = summary.get(("hyperband+tpe", workers))
+        if cell is not None and not problem.full_fidelity:
+            end = float(percentiles(cell.final, 50))
+            row(
+                workers,
+                "hyperband+tpe median best val loss <= hyperband's",
+                f"{fmt(end + problem.optimum, 4)} vs {fmt(hb_final + problem.optimum, 4)}",
+                end <= hb_final,
+            )
+    return rows
 
 
 def table(
@@ -723,11 +819,13 @@ def table(
         "",
         "Regret: median [25%, 75%] over seeds. 'to HB final': the epochs (fraction of the "
         "budget) and the virtual time at which the method's median regret first reaches "
-        "random Hyperband's final median regret at the same W. Busy: median busy fraction.",
+        "random Hyperband's final median regret at the same W. Busy: median busy fraction "
+        "(whole run; until the last job started). CPU: median seconds of this process per run "
+        "(the search's own cost: sampling, scheduling, bookkeeping; no training).",
         "",
         "| W | method | regret at 1/3 budget | final regret | to HB final: epochs | "
-        "to HB final: time (s) | makespan (s) | busy |",
-        "|---|---|---|---|---|---|---|---|",
+        "to HB final: time (s) | makespan (s) | busy | CPU (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     third = int(np.searchsorted(epoch_grid, limit / 3))
     for workers in args.workers:
@@ -737,7 +835,7 @@ def table(
             cell = summary.get((method, workers))
             if cell is None:
                 if method in missing:
-                    lines.append(f"| {workers} | {method} | {missing[method]} |||||||")
+                    lines.append(f"| {workers} | {method} | {missing[method]} ||||||||")
                 continue
             median_e = percentiles(cell.regrets_epochs, 50, axis=0)
             median_t = percentiles(cell.regrets_time, 50, axis=0)
@@ -750,7 +848,8 @@ def table(
                 f"{fmt(third_q[2])}] | {fmt(q[1])} [{fmt(q[0])}, {fmt(q[2])}] | "
                 f"{fmt(reach_e, 4)} ({fmt(reach_e / limit, 2)}) | {fmt(reach_t, 4)} | "
                 f"{fmt(float(np.median(cell.makespan)), 4)} | "
-                f"{float(np.median(cell.busy)):.3f} |"
+                f"{float(np.median(cell.busy)):.3f}; {float(np.median(cell.busy_fed)):.3f} | "
+                f"{float(np.median(cell.cpu)):.2g} |"
             )
     lines.append("")
     return lines
@@ -831,7 +930,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=1, help="processes running seeds (default 1)")
     parser.add_argument("--runs", type=Path, default=RUNS, help="where runs are kept")
     parser.add_argument("--plots", type=Path, default=HERE, help="folder of the PNGs")
-    parser.add_argument("--fresh", action="store_true", help="forget the runs kept")
+    parser.add_argument(
+        "--fresh", action="store_true", help="forget the runs kept of these problems and methods"
+    )
     parser.add_argument("--report", action="store_true", help="only report the runs kept")
     parser.add_argument(
         "--quick", action="store_true", help="a smoke run: 3 seeds, W=1,4, 2 iterations"
@@ -860,7 +961,13 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     print(f"Search quality: {machine()} at the start.", flush=True)
-    runs = {} if args.fresh else load_runs(args.runs)
+    runs = load_runs(args.runs)
+    if args.fresh:  # forget the runs of the problems and methods selected, keep the others
+        runs = {
+            k: v
+            for k, v in runs.items()
+            if not (k.split("|")[0] in args.problems and k.split("|")[3] in args.methods)
+        }
     if not args.report:
         jobs = []
         for name in args.problems:

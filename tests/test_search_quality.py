@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import math
 import sys
@@ -158,3 +159,20 @@ def test_quick_run_draws_plots(sq, tmp_path):
 def test_unknown_problem_is_refused(sq):
     with pytest.raises(SystemExit):
         sq.parse(["--problems", "rosenbrock"])
+
+
+def test_keras_surrogate_trains_a_configuration_as_its_nearest_grid_point(sq):
+    if not sq.KERAS_CURVES.is_file():
+        pytest.skip("benchmarks/keras_curves.json is not built")
+    problem = sq.make_problem("keras-mlp")
+    curve = problem.curve
+    grid = dict(curve.grid)
+    names = list(grid)
+    for index, values in enumerate(itertools.product(*grid.values())):
+        point = dict(zip(names, values))
+        assert curve.index(point) == index
+        assert curve(point, 5) == curve.curves[index][4]
+    nudged = {"dropout1": 0.3, "dropout2": 0.05, "activation": "tanh", "learning_rate": 4e-3}
+    nearest = {"dropout1": 0.25, "dropout2": 0.0, "activation": "tanh", "learning_rate": 3.16e-3}
+    assert curve.index(nudged) == curve.index(nearest)
+    assert problem.optimum == min(min(c[: problem.R]) for c in curve.curves)
