@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
@@ -12,17 +13,25 @@ from typing import Any
 
 import pandas as pd
 
+from phobbit.asha import AsynchronousHyperband, FifoPolicy, asha_budget_epochs
+from phobbit.budget import Budget, parse_duration
+from phobbit.decisions import DecisionLog
+from phobbit.dispatch import LatestStartPolicy
 from phobbit.errors import InputError
 from phobbit.executor import Executor, LocalExecutor, parse_gpus
+from phobbit.hyperband import StateMachine, SynchronousHyperband
 from phobbit.keras_trainable import KerasTrainable, check_dataset, staged_dataset
 from phobbit.plan import Plan
-from phobbit.records import RunSettings
+from phobbit.records import ALGORITHMS, RunSettings
 from phobbit.reporting import PlainReporter
 from phobbit.repository import Repository
 from phobbit.results import results_frame
+from phobbit.samplers import check_sampler, make_sampler
 from phobbit.scheduler import Reporter, Scheduler
 from phobbit.space import Hyperparameter, Space
 from phobbit.trainable import Trainable
+
+log = logging.getLogger("phobbit")
 
 
 def _positive_int(name: str, value: Any, allow_none: bool = True) -> None:
@@ -88,6 +97,25 @@ class ParallelHyperband:
             as soon as they fall out of the best and are not training, so disk holds
             at most ``keep_best`` of them plus those of configurations in flight;
             ``phobbit best`` names no checkpoint for a configuration without one.
+        algorithm: ``"hyperband"`` (the default: exact, synchronous Hyperband) or
+            ``"asha"`` (asynchronous successive halving over Hyperband's brackets,
+            ``phobbit.asha``: no idle worker, but its promotions depend on the order
+            of results). ASHA has no natural end: it stops at ``max_epochs`` or
+            ``time_limit``, and by default after the epochs ``iterations`` Hyperband
+            iterations would train.
+        sampler: ``"random"`` (the default: configuration (iteration, s, id) is a
+            function of the seed alone) or ``"tpe"`` (BOHB-style model-based
+            sampling through Optuna, ``phobbit.samplers``; needs ``phobbit[tpe]``).
+            A run with ASHA or TPE records its decisions in ``decisions.csv``
+            before they train, so a resume repeats them exactly.
+        time_limit: stop dispatching after this long on the executor's clock,
+            counted from the start of each ``run``: seconds, or text such as
+            ``"8h"`` (s, m, h, d). Segments in flight finish. None: no limit.
+        max_epochs: stop dispatching once the run (all its invocations) has trained
+            or has in flight this many epochs. None: no limit.
+            ``run`` says which budget stopped it in ``stopped_by``; running again
+            with a larger budget goes on from there (budgets, and ``iterations``,
+            are not settings a resume must match).
 
     Raises:
         InputError: (a ``ValueError``) for bad input, before anything is written.
@@ -123,8 +151,22 @@ class ParallelHyperband:
         executor: Executor | None = None,
         keep_best: int = 10,
         segment_timeout: float | None = None,
+        algorithm: str = "hyperband",
+        sampler: str = "random",
+        time_limit: float | str | None = None,
+        max_epochs: int | None = None,
     ) -> None:
         self.space = Space(hparam_ranges)
+        if algorithm not in ALGORITHMS:
+            raise InputError(
+                f"algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, got {algorithm!r}"
+            )
+        self.algorithm, self.sampler = algorithm, check_sampler(sampler)
+        self.time_limit = parse_duration(time_limit, "time_limit")
+        Budget(max_epochs=max_epochs)  # checks it
+        self.max_epochs = max_epochs
+        self.stopped_by: str | None = None
+        self._budget = Budget()
         if repo_dir is None or str(repo_dir) == "":
             raise InputError("repo_dir is required: the folder where results and models go")
         self.repository = Repository(repo_dir)
@@ -211,18 +253,11 @@ class ParallelHyperband:
         Raises:
             InputError: for bad R, eta or iterations, or a repository of another run.
         """
-        settings = RunSettings.of(self.space, R, eta, self.seed, iterations)
+        settings = RunSettings.of(
+            self.space, R, eta, self.seed, iterations, self.algorithm, self.sampler
+        )
         R, eta, iterations = settings.R, settings.eta, settings.iterations
         self.repository.check_settings(settings)
-        plan = Plan(
-            self.space,
-            R,
-            eta,
-            self.seed,
-            iterations,
-            workers=self.executor.capacity,
-            checkpoint_of=self.repository.checkpoint_stem,
-        )
         reporter = self.reporter or PlainReporter(verbose=self.verbose)
         made = self.repository.fresh()
         with ExitStack() as stack:
@@ -230,6 +265,8 @@ class ParallelHyperband:
             # Bad input a worker finds (a dataset function's result) leaves a new folder as it was.
             stack.enter_context(self.repository.undone_on_bad_input(made))
             self.repository.create(settings)
+            plan, budget = self._plan(settings)
+            self._budget = budget
             trainable = self.trainable
             if trainable is None:
                 kwargs = dict(self._keras_kwargs)
@@ -249,7 +286,7 @@ class ParallelHyperband:
             if self._owns_executor:
                 # Closed first on the way out: before the staged data and the driver lock go.
                 stack.push(self._shut_down)
-            Scheduler(
+            scheduler = Scheduler(
                 trainable,
                 plan,
                 self.repository,
@@ -259,9 +296,56 @@ class ParallelHyperband:
                 segment_timeout=self.segment_timeout,
                 fence=fence,
                 keep_best=self.keep_best,
-            ).drive()
+                budget=budget,
+            )
+            scheduler.drive()
+            self.stopped_by = scheduler.stopped_by
             self.repository.prune_best_checkpoints(self.keep_best)
-        return self.results()
+        frame = self.results()
+        frame.attrs.update(
+            algorithm=self.algorithm, sampler=self.sampler, stopped_by=self.stopped_by
+        )
+        return frame
+
+    def stop_reason(self) -> str:
+        """What ended the last ``run``, in words: ``max_epochs budget (500 epochs) spent``."""
+        if self.stopped_by is None:
+            return "not run yet"
+        return self._budget.describe(self.stopped_by)
+
+    def _plan(self, settings: RunSettings) -> tuple[Plan, Budget]:
+        """The plan of this run (rebuilt from the repository's records on a resume), and
+        its budget."""
+        R, eta, iterations = settings.R, settings.eta, settings.iterations
+        sampler = make_sampler(self.sampler, self.space, self.seed)
+        stem = self.repository.checkpoint_stem
+        decisions = DecisionLog(self.repository).read()
+        workers = self.executor.capacity
+        if self.algorithm == "asha":
+            machine: StateMachine = AsynchronousHyperband(
+                self.space, R, eta, self.seed, sampler, checkpoint_of=stem
+            )
+            machine.replay(decisions, self.repository.results().values())
+            epochs = self.max_epochs
+            if epochs is None and self.time_limit is None:
+                epochs = asha_budget_epochs(R, eta, iterations)
+                budget = Budget(None, epochs, epochs_name="iterations")
+            else:
+                budget = Budget(self.time_limit, epochs)
+            return Plan.of(machine, FifoPolicy(), workers), budget
+        recorded = {(d.iteration, d.s, d.id): d.hparams for d in decisions if d.rung == 0}
+        machine = SynchronousHyperband(
+            self.space,
+            R,
+            eta,
+            self.seed,
+            iterations,
+            checkpoint_of=stem,
+            sampler=sampler if sampler.lazy else None,
+            recorded=recorded,
+        )
+        policy = LatestStartPolicy(machine.schedule, iterations, workers)
+        return Plan.of(machine, policy, workers), Budget(self.time_limit, self.max_epochs)
 
     def _shut_down(self, kind: type | None, *_: object) -> None:
         """Shuts down the executor this tuner made; ends its tasks at once on an error."""

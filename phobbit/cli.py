@@ -67,6 +67,21 @@ def _duration(text: str) -> float:
     return seconds
 
 
+def _budget_duration(text: str) -> float:
+    """An argparse type: a duration with an s, m, h or d suffix (``phobbit.budget``)."""
+    from phobbit.budget import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except InputError:
+        seconds = None
+    if seconds is None:
+        raise argparse.ArgumentTypeError(
+            f"must be a duration > 0 such as 90s, 15m, 8h or 2d, got {text!r}"
+        )
+    return seconds
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="phobbit",
@@ -131,6 +146,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--batch-size", type=_count, metavar="N", help="fit's batch size (Keras: 32)")
     run.add_argument(
+        "--algorithm",
+        choices=("hyperband", "asha"),
+        default="hyperband",
+        help="hyperband (exact, synchronous; default) or asha (asynchronous successive "
+        "halving: no idle worker; stops at a budget, by default the epochs of --iterations "
+        "Hyperband iterations)",
+    )
+    run.add_argument(
+        "--sampler",
+        choices=("random", "tpe"),
+        default="random",
+        help="random (default) or tpe (model-based, BOHB-style; needs phobbit[tpe])",
+    )
+    run.add_argument(
+        "--time-limit",
+        type=_budget_duration,
+        metavar="TIME",
+        help="dispatch nothing new after this long, e.g. 8h (s, m, h, d); segments in flight "
+        "finish; run again with a larger limit to go on",
+    )
+    run.add_argument(
+        "--max-epochs",
+        type=_count,
+        metavar="N",
+        help="dispatch nothing new once the run has trained N epochs in all; run again with "
+        "a larger N to go on",
+    )
+    run.add_argument(
         "--segment-timeout",
         type=_duration,
         metavar="TIME",
@@ -164,6 +207,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Print Hyperband's brackets with totals.",
     )
     _add_schedule_options(schedule)
+    schedule.add_argument(
+        "--algorithm",
+        choices=("hyperband", "asha"),
+        default="hyperband",
+        help="what runs the brackets (default hyperband)",
+    )
 
     status = commands.add_parser(
         "status",
@@ -197,6 +246,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "brackets":
             validate(args.R, args.eta)
             print(format_schedule(brackets(args.R, args.eta)), flush=True)
+            if args.algorithm == "asha":
+                from phobbit.asha import asha_budget_epochs
+
+                print(
+                    "asha: these brackets run side by side, asynchronously; each decision goes "
+                    "to the bracket that has dispatched the fewest epochs. Default budget: "
+                    f"{asha_budget_epochs(args.R, args.eta):,} epochs per --iterations",
+                    flush=True,
+                )
             return 0
         if args.command == "train":
             with _terminate_as_interrupt():
@@ -286,12 +344,17 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         batch_size=args.batch_size,
         trainable=model.trainable,
         segment_timeout=args.segment_timeout,
+        algorithm=args.algorithm,
+        sampler=args.sampler,
+        time_limit=args.time_limit,
+        max_epochs=args.max_epochs,
         **model.data,
     )
     slots = ", ".join(device_label(s) for s in tuner.executor.slots)
     title = (
         f"phobbit train {args.model_file}: R={args.R} eta={args.eta} seed={args.seed}"
         f"{f', {args.iterations} iterations' if args.iterations > 1 else ''}, "
+        f"{_algorithm_words(args.algorithm, args.sampler)}"
         f"{tuner.executor.capacity} workers ({slots}), repository {args.repo}"
     )
     if live:
@@ -303,6 +366,12 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     with _logging_to_stderr(args.verbose):
         frame = tuner.run(R=args.R, eta=args.eta, iterations=args.iterations)
     console.print(best_table(frame, args.top, [hp.name for hp in tuner.space.hparams]))
+    if tuner.stopped_by not in (None, "iterations") or args.algorithm == "asha":
+        console.print(
+            f"Stopped: {tuner.stop_reason()}; run again with a larger --max-epochs, "
+            "--time-limit or --iterations to go on",
+            soft_wrap=True,
+        )
     console.print(f"Repository: {args.repo}", soft_wrap=True)
     ok = frame[frame["Status"] == Status.OK]
     if ok.empty:
@@ -312,6 +381,13 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     if model_path is not None:
         console.print(f"Best model: {model_path}", soft_wrap=True)
     return 0
+
+
+def _algorithm_words(algorithm: str, sampler: str) -> str:
+    """``"asha, tpe sampling, "`` for a run that is not random Hyperband; else ``""``."""
+    if (algorithm, sampler) == ("hyperband", "random"):
+        return ""
+    return f"{algorithm}, {sampler} sampling, "
 
 
 @contextlib.contextmanager
@@ -413,6 +489,9 @@ def _best(args: argparse.Namespace, console: Console) -> int:
     if frame.empty:
         console.print(f"{args.repo} has no results yet", soft_wrap=True)
         return 0
+    how = _algorithm_words(run.settings.algorithm, run.settings.sampler)
+    if how:
+        console.print(f"Algorithm: {how.rstrip(', ')}", soft_wrap=True)
     console.print(best_table(frame, args.top, run.hparam_names))
     model_path = _checkpoint(run.repository, frame.iloc[0])
     if model_path is not None:
@@ -430,9 +509,10 @@ def _status(path: str, console: Console) -> int:
     run = open_repository(path)
     status = run.status()
     settings = status.settings
+    how = _algorithm_words(settings.algorithm, settings.sampler)
     console.print(
         f"Repository {run.path}: R={settings.R} eta={settings.eta} seed={settings.seed}, "
-        f"{settings.iterations} iteration(s); driver {status.driver.describe()}",
+        f"{settings.iterations} iteration(s); {how}driver {status.driver.describe()}",
         soft_wrap=True,
     )
     console.print(rung_table(status.rungs))

@@ -17,13 +17,21 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from phobbit import reducer
-from phobbit.records import RungKey, Segment, SegmentKey, SegmentResult, config_name
+from phobbit.records import (
+    ConfigKey,
+    RungKey,
+    Segment,
+    SegmentKey,
+    SegmentResult,
+    config_name,
+)
 from phobbit.schedule import Bracket, brackets
 from phobbit.space import Space
 
@@ -85,6 +93,24 @@ class StateMachine(ABC):
     def total_segments(self) -> int:
         """How many segments a run trains at most."""
 
+    # Hooks with defaults, for machines that decide as they go (ASHA) or sample lazily.
+
+    endless = False
+    """True for a machine that never ends by itself (ASHA): a budget must stop it."""
+
+    def decide(self) -> Segment | None:
+        """A segment made on demand for a free worker when none is ready; None: wait."""
+        return None
+
+    def prepare(self, segment: Segment) -> Segment:
+        """``segment``, about to be dispatched, with its configuration drawn if it had none."""
+        return segment
+
+    def take_decisions(self) -> list[Segment]:
+        """The segments decided (or whose configuration was drawn) since the last call,
+        in order: the driver records them before they train, so a resume reuses them."""
+        return []
+
 
 @dataclass
 class _BracketState:
@@ -134,6 +160,12 @@ class SynchronousHyperband(StateMachine):
         checkpoint_of: names the checkpoint path stem a segment carries (the
             scheduler's repository knows where checkpoints live); by default
             the bare ``config_name``.
+        sampler: where configurations come from (``phobbit.samplers``); by default
+            ``Space.sample``. A lazy sampler (TPE) draws a configuration when its
+            first segment is about to be dispatched (``prepare``), so later draws
+            see earlier results; those draws go out through ``take_decisions``.
+        recorded: (iteration, s, id) -> the configuration a lazy sampler drew before
+            a resume: used as it is, never drawn again.
     """
 
     def __init__(
@@ -144,14 +176,23 @@ class SynchronousHyperband(StateMachine):
         seed: int = 0,
         iterations: int = 1,
         checkpoint_of: CheckpointOf = config_name,
+        sampler: Any = None,
+        recorded: dict[ConfigKey, dict[str, Any]] | None = None,
     ) -> None:
         self.schedule = brackets(R, eta)
         self.R, self.eta, self.seed, self.iterations = R, eta, seed, iterations
         self.checkpoint_of = checkpoint_of
+        self.sampler = sampler
+        self._lazy = bool(getattr(sampler, "lazy", False))
+        self._recorded = dict(recorded or {})
+        self._drawn: list[Segment] = []
         self._brackets: dict[tuple[int, int], _BracketState] = {}
         for iteration in range(iterations):
             for b in self.schedule:
-                configs = {i: space.sample(seed, iteration, b.s, i) for i in range(b.n)}
+                if self._lazy:
+                    configs: dict[int, Any] = {i: None for i in range(b.n)}
+                else:
+                    configs = {i: space.sample(seed, iteration, b.s, i) for i in range(b.n)}
                 self._brackets[(iteration, b.s)] = _BracketState(iteration, b, configs)
         self._started = False
         self._waiting = 0  # segments made ready that have no result yet
@@ -185,12 +226,33 @@ class SynchronousHyperband(StateMachine):
             s=state.bracket.s,
             id=config_id,
             rung=rung,
-            hparams=state.hparams[config_id],
+            hparams=state.hparams[config_id] or {},
             start_epoch=rungs[rung - 1].epochs if rung > 0 else 0,
             epochs=rungs[rung].epochs,
             checkpoint=self.checkpoint_of(state.iteration, state.bracket.s, config_id),
             prior_best=prior_best,
         )
+
+    def prepare(self, segment: Segment) -> Segment:
+        state = self._state(segment.key)
+        if not self._lazy or state.hparams[segment.id] is not None:
+            return segment
+        key = (segment.iteration, segment.s, segment.id)
+        if key in self._recorded:
+            hparams = self._recorded[key]
+            self.sampler.replayed(key)
+            drawn = False
+        else:
+            hparams, drawn = self.sampler.draw(key), True
+        state.hparams[segment.id] = hparams
+        segment = dataclasses.replace(segment, hparams=hparams)
+        if drawn:
+            self._drawn.append(segment)
+        return segment
+
+    def take_decisions(self) -> list[Segment]:
+        drawn, self._drawn = self._drawn, []
+        return drawn
 
     def _state(self, key: SegmentKey) -> _BracketState:
         iteration, s, config_id, rung = key
@@ -212,6 +274,14 @@ class SynchronousHyperband(StateMachine):
             return []  # a duplicate row, e.g. a retried segment that did finish
         state.finished[result.rung][result.id] = result.val_loss if result.ok else None
         self._waiting -= 1
+        if (
+            self.sampler is not None
+        ):  # a failed result too: its configuration is no longer in flight
+            hparams = state.hparams[result.id] or result.hparams
+            key = (result.iteration, result.s, result.id)
+            self.sampler.observe(
+                key, hparams, result.epochs, result.val_loss if result.ok else None
+            )
         made_ready = []
         for rung in range(result.rung, len(state.bracket.rungs) - 1):
             chosen = reducer.certain_promotions(

@@ -92,8 +92,17 @@ class Plan:
         """The ready segment that shortens the run most, now marked outstanding; None if none."""
         segment = self.policy.pop()
         if segment is not None:
+            segment = self.machine.prepare(segment)
+        else:
+            segment = self.machine.decide()
+        if segment is not None:
             self._outstanding.add(segment.key)
         return segment
+
+    def take_decisions(self) -> list[Segment]:
+        """Segments decided, or configurations drawn, since the last call: record them
+        before they train (see ``StateMachine.take_decisions``)."""
+        return self.machine.take_decisions()
 
     def ready(self) -> list[Segment]:
         """Segments that could start now, without taking them."""
@@ -131,8 +140,11 @@ class Plan:
 
     @property
     def done(self) -> bool:
-        """Nothing is ready and nothing is outstanding: every bracket has finished."""
-        return not len(self.policy) and not self._outstanding
+        """Nothing is ready and nothing is outstanding: every bracket has finished.
+
+        Never true of an endless machine (ASHA): a budget stops it.
+        """
+        return not len(self.policy) and not self._outstanding and not self.machine.endless
 
     @property
     def outstanding(self) -> int:
@@ -150,3 +162,14 @@ class Plan:
     def total_segments(self) -> int:
         """How many segments a run of this plan trains at most."""
         return self.machine.total_segments()
+
+    def describe(self) -> str:
+        """Which algorithm and sampler run: ``"asha, tpe sampling"``; ``""`` for random
+        Hyperband (whose schedule says it all)."""
+        algorithm = "asha" if self.machine.endless else "hyperband"
+        sampler = getattr(getattr(self.machine, "sampler", None), "name", "random")
+        return (
+            ""
+            if (algorithm, sampler) == ("hyperband", "random")
+            else (f"{algorithm}, {sampler} sampling")
+        )

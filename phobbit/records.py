@@ -165,6 +165,11 @@ class Segment:
         )
 
 
+ALGORITHMS = ("hyperband", "asha")
+SAMPLERS = ("random", "tpe")
+_OPTIONAL = {"algorithm": "hyperband", "sampler": "random"}
+"""Settings ``run.json`` holds only when they are not these defaults."""
+
 MAX_SEGMENTS = 1_000_000
 """The most segments a run may plan: a plan holds every configuration, so more would
 never finish sampling, let alone training (R=81, eta=3 plans 206 per iteration)."""
@@ -187,6 +192,9 @@ class RunSettings:
         space_fingerprint: ``space.fingerprint()``, kept in ``run.json`` for people
             and tools that compare runs without parsing the space.
         space: the search space.
+        algorithm: ``"hyperband"`` or ``"asha"``.
+        sampler: ``"random"`` or ``"tpe"``. ``run.json`` holds these two only when
+            they are not the defaults, so files of earlier versions read as before.
 
     Raises:
         InputError: (a ``ValueError``) naming the field that is wrong, including a
@@ -204,9 +212,17 @@ class RunSettings:
     iterations: int
     space_fingerprint: str
     space: Space
+    algorithm: str = "hyperband"
+    sampler: str = "random"
 
     def __post_init__(self) -> None:
         validate(self.R, self.eta)
+        for name, known in (("algorithm", ALGORITHMS), ("sampler", SAMPLERS)):
+            if getattr(self, name) not in known:
+                raise InputError(
+                    f"{name} must be one of {', '.join(map(repr, known))}, "
+                    f"got {getattr(self, name)!r}"
+                )
         _integer("seed", self.seed, 0)
         _integer("iterations", self.iterations, 1)
         if not isinstance(self.space, Space):
@@ -226,9 +242,18 @@ class RunSettings:
             )
 
     @classmethod
-    def of(cls, space: Space, R: int, eta: int, seed: int, iterations: int = 1) -> RunSettings:
+    def of(
+        cls,
+        space: Space,
+        R: int,
+        eta: int,
+        seed: int,
+        iterations: int = 1,
+        algorithm: str = "hyperband",
+        sampler: str = "random",
+    ) -> RunSettings:
         """The settings of a run of ``space``, with its fingerprint filled in."""
-        return cls(R, eta, seed, iterations, space.fingerprint(), space)
+        return cls(R, eta, seed, iterations, space.fingerprint(), space, algorithm, sampler)
 
     def segments(self) -> int:
         """Segments the run trains at most, or ``MAX_SEGMENTS + 1`` when that is more."""
@@ -248,6 +273,11 @@ class RunSettings:
             "iterations": self.iterations,
             "space_fingerprint": self.space_fingerprint,
             "space": self.space.to_list(),
+            **{
+                name: getattr(self, name)
+                for name in _OPTIONAL
+                if getattr(self, name) != _OPTIONAL[name]
+            },
         }
 
     @classmethod
@@ -269,7 +299,7 @@ class RunSettings:
         remedy = "restore it or use another repository folder"
         if not isinstance(data, dict):
             raise RepositoryError(f"{source} does not hold a phobbit run; {remedy}")
-        missing = [n for n in names if n not in data]
+        missing = [n for n in names if n not in data and n not in _OPTIONAL]
         if missing:
             raise RepositoryError(f"{source} lacks {', '.join(missing)}; {remedy}")
         unknown = sorted(str(k) for k in data if k not in names)
@@ -284,7 +314,7 @@ class RunSettings:
             ):
                 raise InputError("space must be a list of hyperparameters")
             space = Space.from_list(data["space"])
-            values = {n: data[n] for n in names if n != "space"}
+            values = {n: data[n] for n in names if n != "space" and n in data}
             return cls(space=space, **values)
         except (InputError, KeyError, TypeError) as exc:
             what = f"a hyperparameter lacks {exc}" if isinstance(exc, KeyError) else str(exc)

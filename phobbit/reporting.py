@@ -122,6 +122,8 @@ class PlainReporter:
 
     def started(self, plan: Plan, resumed: int) -> None:
         self._started = time.monotonic()
+        if plan.describe():
+            self._say(f"Algorithm: {plan.describe()}, over the brackets")
         self._say(format_schedule(plan.schedule))
         if resumed:
             self._say(f"Resuming: {resumed} segments are already in the repository")

@@ -258,9 +258,12 @@ class Repository:
         _check_header(self.results_path, first)
 
     def create(self, settings: RunSettings) -> None:
-        """Makes the folder and writes ``run.json`` (write to temp, then replace)."""
+        """Makes the folder and writes ``run.json`` (write to temp, then replace).
+
+        An ASHA run resumed with other ``iterations`` (its default budget) rewrites it.
+        """
         self.models.mkdir(parents=True, exist_ok=True)
-        if self.read_settings() is None:
+        if self.read_settings() != settings:
             temp = self.run_path.with_name(f".{RUN_FILE}.{os.getpid()}.tmp")
             temp.write_text(json.dumps(settings.to_dict(), indent=2, sort_keys=True) + "\n")
             os.replace(temp, self.run_path)
@@ -733,9 +736,13 @@ def _alive(pid: int) -> bool:
 
 def _differences(there: RunSettings, here: RunSettings) -> list[str]:
     """The settings that differ between two runs, said briefly; the space by its names."""
+    # ASHA's iterations only set its default budget (phobbit.budget): a resume may change it.
+    keys = ("R", "eta", "seed", "algorithm", "sampler")
+    if there.algorithm == here.algorithm == "hyperband":
+        keys = ("R", "eta", "seed", "iterations", "sampler")
     differ = [
         f"{key}={getattr(there, key)!r} there, {getattr(here, key)!r} here"
-        for key in ("R", "eta", "seed", "iterations")
+        for key in keys
         if getattr(there, key) != getattr(here, key)
     ]
     # By fingerprint, not ==: choice options 1 and 1.0 compare equal but sample apart.

@@ -43,7 +43,9 @@ from concurrent.futures import ALL_COMPLETED, Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Protocol
 
+from phobbit.budget import Budget
 from phobbit.checkpoints import BestConfigurations
+from phobbit.decisions import DecisionLog
 from phobbit.errors import FatalError, FencedOutError
 from phobbit.executor import Executor
 from phobbit.fence import StaleDriverError
@@ -140,6 +142,12 @@ class Scheduler:
         keep_best: while the run goes on, delete the best-epoch files of
             configurations that are not among the best ``keep_best`` and not
             training now; None keeps them all.
+        budget: stops dispatching once spent (``phobbit.budget``); an endless
+            plan (ASHA) needs one.
+
+    Attributes:
+        stopped_by: after ``drive``, what ended the run: ``"iterations"`` (the plan
+            finished, or ASHA's default budget), ``"max_epochs"`` or ``"time_limit"``.
     """
 
     def __init__(
@@ -153,6 +161,7 @@ class Scheduler:
         segment_timeout: float | None = None,
         fence: str | None = None,
         keep_best: int | None = None,
+        budget: Budget | None = None,
     ) -> None:
         self.trainable = trainable
         self.plan = plan
@@ -167,16 +176,27 @@ class Scheduler:
         self._crashes: Counter[SegmentKey] = Counter()
         self._suspects: set[SegmentKey] = set()
         self._best = None if keep_best is None else BestConfigurations(keep_best)
+        self.budget = budget or Budget()
+        if plan.machine.endless and not self.budget.limited:
+            raise ValueError(f"{type(plan.machine).__name__} never ends by itself: give a budget")
+        self.stopped_by: str | None = None
+        self._decisions = DecisionLog(repository)
+        self._epochs = 0  # epochs trained and in flight, the whole run: see phobbit.budget
+        self._counted: set[SegmentKey] = set()
+        self._began = 0.0
 
     def drive(self) -> None:
         """Runs until every bracket has finished; Ctrl-C kills what is in flight and re-raises."""
         done_before = self.repository.results()
+        self._counted = set(done_before)
+        self._epochs = sum(r.epochs - r.start_epoch for r in done_before.values())
+        self._began = self.executor.clock()
         self.reporter.started(self.plan, resumed=len(done_before))
         try:
             while not self.plan.done:
                 self._dispatch(done_before)
                 if not self._in_flight:
-                    if self.plan.done:
+                    if self.plan.done or self._spent():
                         break
                     raise FatalError("the plan stalled with nothing running; this is a bug")
                 finished, _ = self.executor.wait(self._in_flight, self._until_deadline())
@@ -188,14 +208,25 @@ class Scheduler:
             raise
         finally:
             self.reporter.closed()
+        self.stopped_by = "iterations" if self.plan.done else self._spent()
+        log.info("the run stopped: %s", self.budget.describe(self.stopped_by or "iterations"))
+
+    def _spent(self) -> str | None:
+        """The budget that is spent (no new segment may start); None while none is."""
+        return self.budget.spent(self.executor.clock() - self._began, self._epochs)
 
     def _dispatch(self, done_before: dict[SegmentKey, SegmentResult]) -> None:
         held_back: list[Segment] = []
         suspect_in_flight = any(seg.key in self._suspects for seg in self._in_flight.values())
-        while len(self._in_flight) < self.executor.capacity:
+        while len(self._in_flight) < self.executor.capacity and not self._spent():
             segment = self.plan.next_segment()
             if segment is None:
                 break
+            for decision in self.plan.take_decisions():
+                try:
+                    self._decisions.append(decision, fence=self.fence)
+                except StaleDriverError:
+                    raise self._fenced_out() from None
             row = done_before.get(segment.key)
             if row is not None:
                 self.plan.record(row)  # trained before this resume
@@ -205,6 +236,9 @@ class Scheduler:
                     held_back.append(segment)
                     continue
                 suspect_in_flight = True
+            if segment.key not in self._counted:
+                self._counted.add(segment.key)
+                self._epochs += segment.epochs - segment.start_epoch
             future = self._submit(segment)
             self._in_flight[future] = segment
             self.reporter.dispatched(segment)

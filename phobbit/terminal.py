@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TextIO
 
 from rich.console import Console, Group, RenderableType
@@ -149,6 +149,9 @@ class ProgressTracker:
         iterations = 1 + max(i for i, *_ in self.plan.progress())
         done = {(i, s, rung): d for i, s, rung, d, _ in self.plan.progress()}
         self.rungs = schedule_progress(self.plan.schedule, iterations, done)
+        if self.plan.machine.endless:  # ASHA: a rung holds what was decided so far
+            n = {(i, s, rung): total for i, s, rung, _, total in self.plan.progress()}
+            self.rungs = [replace(r, n=n.get((r.iteration, r.s, r.rung), 0)) for r in self.rungs]
 
     @property
     def epochs_done(self) -> int:
@@ -290,6 +293,8 @@ class LiveReporter:
             return render(self.tracker, self.title)
 
     def started(self, plan: Plan, resumed: int) -> None:
+        if plan.describe():
+            self.console.print(f"Algorithm: {plan.describe()}", highlight=False, soft_wrap=True)
         self.console.print(format_schedule(plan.schedule), highlight=False, soft_wrap=True)
         if resumed:
             self.console.print(

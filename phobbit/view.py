@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from phobbit.decisions import DecisionLog
 from phobbit.errors import RepositoryError
-from phobbit.records import RunSettings, SegmentResult, Status
+from phobbit.records import RunSettings, Segment, SegmentResult, Status
 from phobbit.repository import DRIVER_FILE, DRIVER_LOCK, Repository
 from phobbit.schedule import Bracket, brackets
 
@@ -77,6 +78,18 @@ def schedule_progress(
         for i in range(iterations)
         for b in sorted(schedule, key=lambda b: -b.s)
         for r in b.rungs
+    ]
+
+
+def decided_progress(
+    rungs: Sequence[RungProgress], decisions: Sequence[Segment]
+) -> list[RungProgress]:
+    """ASHA's rungs of iteration 0: each holds the segments decided at it, not Hyperband's n."""
+    decided = Counter(d.rung_key for d in decisions)
+    return [
+        dataclasses.replace(r, n=decided.get((r.iteration, r.s, r.rung), 0))
+        for r in rungs
+        if r.iteration == 0
     ]
 
 
@@ -282,6 +295,8 @@ class RepositoryView:
         driver = self.driver()
         done = Counter((i, s, rung) for i, s, _, rung in rows)
         rungs = schedule_progress(brackets(settings.R, settings.eta), settings.iterations, done)
+        if settings.algorithm == "asha":  # its rungs hold what it has decided so far
+            rungs = decided_progress(rungs, DecisionLog(self.repository).read())
         epochs_done = sum(r.done * r.segment_epochs for r in rungs)
         epochs_total = sum(r.n * r.segment_epochs for r in rungs)
         now = time.time()

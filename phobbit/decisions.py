@@ -1,0 +1,187 @@
+"""``decisions.csv``: what a run decided before it trained, for runs whose decisions
+depend on the order of results (ASHA, TPE sampling).
+
+Every decision (a segment ASHA dispatches, or a configuration a lazy sampler
+drew) is appended as one row before its segment trains, as ``results.csv`` rows
+are: under the results lock, only while the driver holds the repository's
+fencing token, in a single write, each row ending with a CRC32 of the rest of
+it, so a row torn by a kill is skipped. A resumed run reads them back in order
+and rebuilds what it decided; a decision with no result yet is dispatched again
+as it was, so nothing is trained twice and nothing is lost.
+
+Example:
+    >>> log = DecisionLog(repository)
+    >>> log.append(segment, fence=token)     # before the segment trains
+    >>> [d.key for d in log.read()]
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import io
+import json
+import os
+import zlib
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+from phobbit.errors import RepositoryError, StorageError
+from phobbit.fence import StaleDriverError
+from phobbit.records import Segment
+from phobbit.repository import (
+    Repository,
+    _allow_fields_of,
+    _float_text,
+    _float_value,
+    _nesting,
+)
+from phobbit.space import MAX_NESTING
+
+DECISIONS = "decisions.csv"
+COLUMNS = ("iteration", "run", "id", "rung", "start_epoch", "epochs", "prior_best", "hparams")
+HEADER = ",".join(COLUMNS) + ",crc\n"
+
+
+def encode_decision(segment: Segment) -> str:
+    """One CSV line of a decision, newline included, ending with its CRC32."""
+    values = [
+        segment.iteration,
+        segment.s,
+        segment.id,
+        segment.rung,
+        segment.start_epoch,
+        segment.epochs,
+        _float_text(segment.prior_best),
+        json.dumps(segment.hparams, sort_keys=True),
+    ]
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="").writerow(values)
+    body = buffer.getvalue() + ","
+    return f"{body}{zlib.crc32(body.encode()):08x}\n"
+
+
+def decode_decision(line: bytes) -> dict[str, Any] | None:
+    """The fields of a decision line, or None for a torn, corrupt or header line."""
+    if not line.endswith(b"\n"):
+        return None
+    body, _, crc = line[:-1].rpartition(b",")
+    if not body or f"{zlib.crc32(body + b','):08x}".encode() != crc:
+        return None
+    try:
+        text = body.decode()
+        _allow_fields_of(len(text))  # a long choice value must read back as it was written
+        fields = next(csv.reader([text]))
+    except (UnicodeDecodeError, csv.Error, StopIteration):
+        return None
+    if len(fields) != len(COLUMNS):
+        return None
+    raw = dict(zip(COLUMNS, fields))
+    if _nesting(raw["hparams"]) > 1 + MAX_NESTING:
+        return None
+    try:
+        hparams = json.loads(raw["hparams"])
+        if not isinstance(hparams, dict):
+            return None
+        out: dict[str, Any] = {c: int(raw[c]) for c in COLUMNS[:6]}
+        out["prior_best"] = _float_value(raw["prior_best"])
+        out["hparams"] = hparams
+        return out
+    except (ValueError, TypeError):
+        return None
+
+
+class DecisionLog:
+    """The ``decisions.csv`` of a repository.
+
+    Args:
+        repository: the run's repository (its results lock and fence guard the file).
+    """
+
+    def __init__(self, repository: Repository) -> None:
+        self.repository = repository
+        self.path = repository.path / DECISIONS
+
+    def append(self, segment: Segment, fence: str | None = None) -> None:
+        """Appends one decision under the results lock, with a single write.
+
+        Raises:
+            StaleDriverError: when ``fence`` is no longer the repository's token.
+            StorageError: when the row cannot be written in full.
+        """
+        line = encode_decision(segment).encode()
+        guard: AbstractContextManager[None] = (
+            self.repository.fenced(fence)
+            if fence is not None
+            else self.repository._locked(StorageError)  # noqa: SLF001 - the same lock
+        )
+        try:
+            with guard:
+                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    size = os.fstat(fd).st_size
+                    if size == 0:
+                        line = HEADER.encode() + line
+                    elif os.pread(fd, 1, size - 1) != b"\n":
+                        line = b"\n" + line  # a torn row before us stays on its own line
+                    written = os.write(fd, line)
+                finally:
+                    os.close(fd)
+        except StaleDriverError:
+            raise
+        except OSError as exc:
+            hint = (
+                "free some disk space"
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                else ("fix the repository folder")
+            )
+            raise StorageError(
+                f"cannot append to {self.path}: {exc.strerror}; {hint}, then run the same "
+                "command again to resume"
+            ) from None
+        if written != len(line):
+            raise StorageError(
+                f"wrote only {written} of {len(line)} bytes to {self.path}; is the disk full? "
+                "Free some space, then run again to resume"
+            )
+
+    def read(self) -> list[Segment]:
+        """Every intact decision, in the order recorded (torn or corrupt rows skipped).
+
+        Raises:
+            RepositoryError: when the file cannot be read or is not a decisions file.
+        """
+        return list(self._iter())
+
+    def _iter(self) -> Iterator[Segment]:
+        try:
+            handle = open(self.path, "rb")
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise RepositoryError(f"cannot read {self.path}: {exc.strerror}") from None
+        with handle:
+            first = handle.readline()
+            if first and first != HEADER.encode():
+                raise RepositoryError(
+                    f"{self.path} is not a phobbit decisions file; restore it or use another "
+                    "repository folder"
+                )
+            for line in handle:
+                fields = decode_decision(line)
+                if fields is None:
+                    continue
+                yield Segment(
+                    iteration=fields["iteration"],
+                    s=fields["run"],
+                    id=fields["id"],
+                    rung=fields["rung"],
+                    hparams=fields["hparams"],
+                    start_epoch=fields["start_epoch"],
+                    epochs=fields["epochs"],
+                    checkpoint=self.repository.checkpoint_stem(
+                        fields["iteration"], fields["run"], fields["id"]
+                    ),
+                    prior_best=fields["prior_best"],
+                )

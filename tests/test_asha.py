@@ -1,0 +1,604 @@
+"""ASHA, TPE sampling and budgets: the promotion rule, decisions recorded before they train,
+exact resumes after a kill, and budgets that stop and extend. No TensorFlow: the synthetic
+trainable on the simulated executor."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import space
+from synthetic import failing_curve, x_curve
+
+from phobbit import ParallelHyperband
+from phobbit.asha import AsynchronousHyperband, asha_budget_epochs
+from phobbit.budget import Budget, parse_duration
+from phobbit.decisions import DecisionLog
+from phobbit.errors import InputError, RepositoryError
+from phobbit.records import RunSettings, Segment, Status, config_name
+from phobbit.repository import Repository
+from phobbit.samplers import RandomSampler, TPESampler
+from phobbit.schedule import brackets
+from phobbit.simulated import SimulatedExecutor
+from phobbit.space import Hyperparameter, Space
+from phobbit.trainable import SyntheticTrainable
+
+optuna = pytest.importorskip("optuna")
+
+
+def tuner(repo: Path, executor: SimulatedExecutor, **kwargs: Any) -> ParallelHyperband:
+    trainable = kwargs.pop("trainable", SyntheticTrainable(curve=x_curve, epoch_seconds=1.0))
+    return ParallelHyperband(
+        None, space(), repo, trainable=trainable, executor=executor, verbose=0, **kwargs
+    )
+
+
+def rows(repo: Path) -> list:
+    return list(Repository(repo).iter_results())
+
+
+def epochs_of(segments: list) -> int:
+    return sum(s.epochs - s.start_epoch for s in segments)
+
+
+# -- the promotion rule ------------------------------------------------------------------
+
+
+def test_asha_promotes_the_top_third_of_each_rung_highest_rung_first() -> None:
+    """One bracket (R=9, eta=3: rungs of 1, 3, 9 epochs), results fed by hand; the expected
+    decisions were worked out on paper from the rule of Li et al. (2020): at rung k with n
+    results, the best n // 3 are promotable; the highest rung with one promotes it; else a
+    new configuration starts at rung 0. A failed result is never promoted."""
+    machine = AsynchronousHyperband(Space(space()), R=9, eta=3, brackets_s=[2])
+    assert machine.start() == []
+    made: dict[tuple[int, int], Segment] = {}
+
+    def decide(config_id: int, rung: int) -> None:
+        segment = machine.decide()
+        assert (segment.id, segment.rung) == (config_id, rung)
+        made[(config_id, rung)] = segment
+
+    def result(config_id: int, rung: int, loss: float | None) -> None:
+        segment = made[(config_id, rung)]
+        status = Status.OK if loss is not None else Status.FAILED
+        machine.on_result(
+            segment.result(val_loss=loss, last_val_loss=loss, status=status, error="")
+        )
+
+    decide(0, 0), decide(1, 0), decide(2, 0)
+    result(0, 0, 0.5), result(1, 0, 0.3)
+    decide(3, 0)  # 2 results: 2 // 3 = 0 promotable
+    result(2, 0, 0.9)
+    decide(1, 1)  # 3 results: the best, 1, goes on
+    decide(4, 0)  # 1 is promoted already
+    result(3, 0, 0.1)
+    decide(3, 1)  # 4 results: the best one is 3 now
+    result(4, 0, None)
+    decide(5, 0)  # 5 results, 1 promotable (3, done); the failed 4 is never promoted
+    result(5, 0, 0.4)
+    decide(6, 0)  # 6 results, top 2 = 3 and 1, both promoted
+    result(1, 1, 0.25), result(3, 1, 0.05), result(6, 0, 0.2)
+    decide(6, 1)  # 7 results, top 2 = 3 and 6
+    decide(7, 0)
+    result(7, 0, 0.01)  # rung 0: 8 results, top 2 = 7 and 3: 7 is promotable
+    result(6, 1, 0.15)  # rung 1: 3 results, top 1 = 3: promotable
+    decide(3, 2)  # the higher rung goes first
+    decide(7, 1)
+    decide(8, 0)
+    assert made[(3, 2)].start_epoch == 3 and made[(3, 2)].epochs == 9
+    assert made[(3, 2)].prior_best == 0.05
+    assert machine.promotions()[(0, 2, 0)] == [1, 3, 6, 7]
+    assert machine.promotions()[(0, 2, 1)] == [3]
+    assert [s.key for s in machine.take_decisions()] == [s.key for s in made.values()]
+    assert machine.take_decisions() == []
+
+
+def test_asha_gives_each_decision_to_the_bracket_with_the_fewest_epochs() -> None:
+    """R=9, eta=3: brackets s=2, 1, 0 start configurations at 1, 3 and 9 epochs; ties go to
+    the larger s. Worked out by hand: epochs after each decision (s2, s1, s0):
+    (1,0,0) (1,3,0) (1,3,9) (2,3,9) (3,3,9) (4,3,9) (4,6,9) (5,6,9) (6,6,9) (7,6,9)."""
+    machine = AsynchronousHyperband(Space(space()), R=9, eta=3)
+    assert [machine.decide().s for _ in range(10)] == [2, 1, 0, 2, 2, 2, 1, 2, 2, 2]
+    assert machine.epochs_decided() == 7 + 6 + 9
+
+
+def test_a_second_result_and_a_stranger_are_handled_like_hyperbands() -> None:
+    machine = AsynchronousHyperband(Space(space()), R=9, eta=3)
+    segment = machine.decide()
+    row = segment.result(val_loss=0.5, last_val_loss=0.5, status="ok", error="")
+    assert machine.on_result(row) == [] and machine.has_result(segment.key)
+    assert machine.on_result(row) == []
+    with pytest.raises(ValueError, match="not part of this plan"):
+        machine.has_result((0, 2, 99, 0))
+    assert not machine.done
+
+
+# -- decisions are recorded before they train -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Inspector(SyntheticTrainable):
+    """Checks, as each segment starts to train, that decisions.csv already records it."""
+
+    def train(self, hparams: dict[str, Any], checkpoint: str, initial_epoch: int, epochs: int):
+        repo, name = Path(checkpoint).parent.parent, Path(checkpoint).name
+        mine = [
+            d
+            for d in DecisionLog(Repository(repo)).read()
+            if config_name(d.iteration, d.s, d.id) == name
+        ]
+        assert any(d.rung == 0 and d.hparams == hparams for d in mine), f"{name} not drawn"
+        assert self.every_segment is False or any(d.epochs == epochs for d in mine)
+        return super().train(hparams, checkpoint, initial_epoch, epochs)
+
+    every_segment: bool = False
+
+
+@pytest.mark.parametrize(("algorithm", "sampler"), [("asha", "random"), ("hyperband", "tpe")])
+def test_every_decision_is_recorded_before_it_trains(tmp_path, algorithm, sampler) -> None:
+    trainable = Inspector(curve=x_curve, epoch_seconds=1.0, every_segment=algorithm == "asha")
+    run = tuner(
+        tmp_path / "repo",
+        SimulatedExecutor(4),
+        trainable=trainable,
+        algorithm=algorithm,
+        sampler=sampler,
+    )
+    frame = run.run(R=9, eta=3)
+    assert (frame["Status"] == Status.OK).all()
+    decided = DecisionLog(Repository(tmp_path / "repo")).read()
+    if algorithm == "asha":  # every segment is a decision
+        assert sorted(d.key for d in decided) == sorted(r.key for r in rows(tmp_path / "repo"))
+    else:  # every configuration drawn, once
+        configs = {(r.iteration, r.s, r.id) for r in rows(tmp_path / "repo")}
+        assert sorted((d.iteration, d.s, d.id) for d in decided) == sorted(configs)
+
+
+def test_random_hyperband_writes_no_decisions(tmp_path: Path) -> None:
+    tuner(tmp_path / "repo", SimulatedExecutor(2)).run(R=9, eta=3)
+    assert not (tmp_path / "repo" / "decisions.csv").exists()
+
+
+# -- resume after a kill ----------------------------------------------------------------------
+
+
+def killed_then_resumed(tmp_path: Path, victim_at: int, **kwargs: Any) -> tuple[list, list, list]:
+    """Runs until the ``victim_at``-th decision's segment ends with Ctrl-C (the driver is
+    interrupted, what is in flight is killed), then resumes to the end.
+
+    Returns the decisions before the resume, the decisions after, and the rows after.
+    """
+    repo = tmp_path / "repo"
+    record = tmp_path / "trained"
+    record.mkdir()
+    trainable = SyntheticTrainable(curve=x_curve, epoch_seconds=1.0, record_dir=str(record))
+    # The victim: found by a dry run of the same settings on a scratch repository.
+    dry = tmp_path / "dry"
+    tuner(dry, SimulatedExecutor(3), **kwargs).run(R=9, eta=3)
+    victim = DecisionLog(Repository(dry)).read()[victim_at]
+    key = victim.key
+    first = tuner(
+        repo,
+        SimulatedExecutor(3, fail={key: [KeyboardInterrupt()]}),
+        trainable=trainable,
+        **kwargs,
+    )
+    with pytest.raises(KeyboardInterrupt):
+        first.run(R=9, eta=3)
+    before = DecisionLog(Repository(repo)).read()
+    assert key in {d.key for d in before} and key not in {r.key for r in rows(repo)}
+    tuner(repo, SimulatedExecutor(3), trainable=trainable, **kwargs).run(R=9, eta=3)
+    after = DecisionLog(Repository(repo)).read()
+    done = rows(repo)
+    # Trains nothing twice: every epoch trained is one a row accounts for.
+    trained = [json.loads(p.read_text()) for p in record.glob("*.json")]
+    assert sum(t["epochs"] - t["initial_epoch"] for t in trained) == epochs_of(done)
+    assert len({r.key for r in done}) == len(done)
+    return before, after, done
+
+
+def test_a_killed_asha_run_resumes_its_decisions_and_trains_nothing_twice(tmp_path) -> None:
+    before, after, done = killed_then_resumed(tmp_path, victim_at=12, algorithm="asha")
+    assert after[: len(before)] == before  # recorded once, never rewritten
+    assert len({d.key for d in after}) == len(after)
+    # Loses nothing: every decision, those in flight at the kill too, has its row.
+    assert {d.key for d in after} == {r.key for r in done}
+    # Each configuration trains with the hparams recorded for it.
+    drawn = {(d.s, d.id): d.hparams for d in after if d.rung == 0}
+    assert all(r.hparams == drawn[(r.s, r.id)] for r in done)
+    assert epochs_of(done) >= asha_budget_epochs(9, 3)
+
+
+def test_a_killed_tpe_run_reuses_the_configurations_it_drew(tmp_path: Path) -> None:
+    before, after, done = killed_then_resumed(tmp_path, victim_at=10, sampler="tpe")
+    assert after[: len(before)] == before
+    configs = [(d.iteration, d.s, d.id) for d in after]
+    assert len(set(configs)) == len(configs)  # each configuration drawn once
+    drawn = {(d.iteration, d.s, d.id): d.hparams for d in after}
+    assert all(r.hparams == drawn[(r.iteration, r.s, r.id)] for r in done)
+    assert len(done) == sum(r.n for b in brackets(9, 3) for r in b.rungs)  # it ran to the end
+
+
+def test_a_killed_asha_tpe_run_resumes(tmp_path: Path) -> None:
+    before, after, done = killed_then_resumed(tmp_path, 15, algorithm="asha", sampler="tpe")
+    assert after[: len(before)] == before
+    assert {d.key for d in after} == {r.key for r in done}
+
+
+def test_decisions_of_another_run_are_refused(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    tuner(repo, SimulatedExecutor(2), algorithm="asha", max_epochs=20).run(R=9, eta=3)
+    log = repo / "decisions.csv"
+    log.write_text(log.read_text().replace("\n0,2,", "\n3,2,", 1))  # a torn row: skipped
+    with pytest.raises(RepositoryError, match="decisions.csv does not record"):
+        tuner(repo, SimulatedExecutor(2), algorithm="asha", max_epochs=40).run(R=9, eta=3)
+    log.write_text("something else\n")
+    with pytest.raises(RepositoryError, match="not a phobbit decisions file"):
+        tuner(repo, SimulatedExecutor(2), algorithm="asha", max_epochs=40).run(R=9, eta=3)
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+
+def test_a_resume_with_another_algorithm_or_sampler_is_refused(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    tuner(repo, SimulatedExecutor(2), algorithm="asha", max_epochs=20).run(R=9, eta=3)
+    settings = json.loads((repo / "run.json").read_text())
+    assert settings["algorithm"] == "asha" and "sampler" not in settings
+    written = (repo / "results.csv").read_bytes()
+    with pytest.raises(RepositoryError, match="algorithm='asha' there, 'hyperband' here"):
+        tuner(repo, SimulatedExecutor(2)).run(R=9, eta=3)
+    with pytest.raises(RepositoryError, match="sampler='random' there, 'tpe' here"):
+        tuner(repo, SimulatedExecutor(2), algorithm="asha", sampler="tpe").run(R=9, eta=3)
+    assert (repo / "results.csv").read_bytes() == written
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"algorithm": "bohb"}, "algorithm must be one of 'hyperband', 'asha', got 'bohb'"),
+        ({"sampler": "grid"}, "sampler must be one of 'random', 'tpe', got 'grid'"),
+        ({"time_limit": "8x"}, "time_limit must be a duration > 0"),
+        ({"time_limit": -1}, "time_limit must be a duration > 0"),
+        ({"time_limit": math.inf}, "time_limit must be a duration > 0"),
+        ({"max_epochs": 0}, "max_epochs must be an integer >= 1"),
+        ({"max_epochs": 2.5}, "max_epochs must be an integer >= 1"),
+    ],
+)
+def test_bad_algorithm_sampler_or_budget_is_refused_before_anything_is_written(
+    tmp_path: Path, kwargs: dict, match: str
+) -> None:
+    with pytest.raises(InputError, match=match):
+        tuner(tmp_path / "repo", SimulatedExecutor(1), **kwargs)
+    assert not (tmp_path / "repo").exists()
+
+
+def test_tpe_without_optuna_is_a_one_line_error(tmp_path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    with pytest.raises(InputError, match=r'needs Optuna.*pip install "phobbit\[tpe\]"'):
+        tuner(tmp_path / "repo", SimulatedExecutor(1), sampler="tpe")
+
+
+def test_durations_take_suffixes() -> None:
+    assert [parse_duration(t) for t in ("90", "90s", "15m", "8h", "1.5d")] == [
+        90,
+        90,
+        900,
+        8 * 3600,
+        1.5 * 86400,
+    ]
+    assert Budget(max_epochs=10).spent(0.0, 10) == "max_epochs"
+    assert Budget(time_limit=5.0).spent(5.0, 0) == "time_limit"
+    assert Budget().spent(1e9, 10**9) is None
+
+
+# -- budgets -----------------------------------------------------------------------------------
+
+
+def test_max_epochs_stops_hyperband_exactly_and_a_larger_budget_finishes_it(tmp_path) -> None:
+    whole = tuner(tmp_path / "whole", SimulatedExecutor(1)).run(R=9, eta=3)
+    repo = tmp_path / "repo"
+    stopped = tuner(repo, SimulatedExecutor(1), max_epochs=20)
+    stopped.run(R=9, eta=3)
+    assert stopped.stopped_by == "max_epochs" and "20 epochs" in stopped.stop_reason()
+    done = rows(repo)  # one worker: the rows are in dispatch order
+    assert epochs_of(done[:-1]) < 20 <= epochs_of(done)
+    again = tuner(repo, SimulatedExecutor(1), max_epochs=20)
+    again.run(R=9, eta=3)  # the same budget: spent already, nothing new
+    assert rows(repo) == done and again.stopped_by == "max_epochs"
+    rest = tuner(repo, SimulatedExecutor(1))
+    table = rest.run(R=9, eta=3)
+    assert rest.stopped_by == "iterations"
+    assert rows(repo)[: len(done)] == done
+    columns = ["Hparams", "Val Loss", "Epochs", "Rung", "Status"]
+    assert table[columns].sort_index().equals(whole[columns].sort_index())
+
+
+def test_max_epochs_stops_asha_and_a_larger_budget_goes_on(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    first = tuner(repo, SimulatedExecutor(3), algorithm="asha", max_epochs=40)
+    first.run(R=9, eta=3)
+    decided = DecisionLog(Repository(repo)).read()
+    assert first.stopped_by == "max_epochs"
+    assert epochs_of(decided[:-1]) < 40 <= epochs_of(decided)
+    assert epochs_of(rows(repo)) == epochs_of(decided)  # in flight ones finished
+    second = tuner(repo, SimulatedExecutor(3), algorithm="asha", max_epochs=100)
+    second.run(R=9, eta=3)
+    more = DecisionLog(Repository(repo)).read()
+    assert more[: len(decided)] == decided and len(more) > len(decided)
+    assert epochs_of(more[:-1]) < 100 <= epochs_of(more)
+    assert len({r.key for r in rows(repo)}) == len(rows(repo))
+
+
+def test_asha_stops_by_default_after_hyperbands_epochs(tmp_path: Path) -> None:
+    run = tuner(tmp_path / "repo", SimulatedExecutor(4), algorithm="asha")
+    run.run(R=9, eta=3, iterations=2)
+    decided = DecisionLog(Repository(tmp_path / "repo")).read()
+    budget = asha_budget_epochs(9, 3, iterations=2)
+    assert run.stopped_by == "iterations"
+    assert epochs_of(decided[:-1]) < budget <= epochs_of(decided)
+
+
+def test_time_limit_stops_at_a_segment_boundary_on_the_simulated_clock(tmp_path) -> None:
+    repo = tmp_path / "repo"
+    executor = SimulatedExecutor(2)
+    run = tuner(repo, executor, algorithm="asha", time_limit="20s")
+    run.run(R=9, eta=3)
+    assert run.stopped_by == "time_limit"
+    assert all(entry.start < 20 for entry in executor.trace)  # none dispatched past it
+    assert executor.makespan() >= 20  # it stopped when a worker came free past it
+    assert len(rows(repo)) == len(executor.trace)  # those in flight finished
+    before = rows(repo)
+    later = SimulatedExecutor(2)
+    tuner(repo, later, algorithm="asha", time_limit="20s").run(R=9, eta=3)
+    assert rows(repo)[: len(before)] == before and len(rows(repo)) > len(before)
+    assert all(entry.start < 20 for entry in later.trace)
+
+
+# -- TPE sampling ----------------------------------------------------------------------------
+
+
+def bowl(hparams: dict[str, Any]) -> float:
+    return (hparams["x"] - 0.3) ** 2 + (hparams["y"] - 0.7) ** 2
+
+
+TOY = Space(
+    [Hyperparameter("x", "uniform", (0.0, 1.0)), Hyperparameter("y", "uniform", (0.0, 1.0))]
+)
+
+
+def distances(sampler: RandomSampler, draws: int = 80) -> list[float]:
+    """Draws one by one, each observed before the next; the distances to the optimum."""
+    out = []
+    for i in range(draws):
+        key = (0, 0, i)
+        hparams = sampler.draw(key)
+        sampler.observe(key, hparams, 1, bowl(hparams))
+        out.append(math.dist((hparams["x"], hparams["y"]), (0.3, 0.7)))
+    return out
+
+
+def test_tpe_draws_concentrate_near_the_optimum_and_differ_from_random() -> None:
+    tpe, rnd = distances(TPESampler(TOY, seed=3)), distances(RandomSampler(TOY, seed=3))
+    assert tpe[:4] == rnd[:4]  # before any model: the random draws themselves
+    assert tpe != rnd
+    # The last 40 draws: random ones lie about 0.4 from the optimum; TPE's far closer.
+    assert statistics.median(tpe[40:]) < 0.5 * statistics.median(rnd[40:])
+
+
+def test_tpe_draws_are_deterministic_given_the_seed_and_the_results() -> None:
+    assert distances(TPESampler(TOY, seed=1), 30) == distances(TPESampler(TOY, seed=1), 30)
+    assert distances(TPESampler(TOY, seed=1), 30) != distances(TPESampler(TOY, seed=2), 30)
+
+
+def test_tpe_keeps_every_kind_of_hyperparameter_in_its_range() -> None:
+    kinds = Space(
+        [
+            Hyperparameter("u", "uniform", (-1.0, 1.0)),
+            Hyperparameter("lr", "log-uniform", (1e-4, 1e-1)),
+            Hyperparameter("n", "randint", (1, 5)),
+            Hyperparameter("act", "choice", [("relu", [1, 2], {"a": 1})]),
+            Hyperparameter("w", "normal", (10.0, 2.0)),
+        ]
+    )
+    sampler = TPESampler(kinds, seed=0)
+    for i in range(40):
+        hp = sampler.draw((0, 0, i))
+        assert -1 <= hp["u"] <= 1 and 1e-4 <= hp["lr"] <= 1e-1 and hp["n"] in range(1, 6)
+        assert hp["act"] in ("relu", [1, 2], {"a": 1}) and math.isfinite(hp["w"])
+        sampler.observe((0, 0, i), hp, 1, abs(hp["w"] - 12.0) + hp["n"])
+    assert sampler._model_budget() == 1  # noqa: SLF001 - the model was fit
+
+
+# -- failures and worker deaths ------------------------------------------------------------
+
+
+def test_asha_retries_a_segment_whose_worker_died_and_never_promotes_a_failure(tmp_path):
+    dry = tmp_path / "dry"
+    tuner(dry, SimulatedExecutor(3), algorithm="asha").run(R=9, eta=3)
+    victim = DecisionLog(Repository(dry)).read()[5].key
+    oom = BrokenProcessPool("a worker died")
+    repo = tmp_path / "repo"
+    run = tuner(
+        repo,
+        SimulatedExecutor(3, fail={victim: [oom]}),
+        algorithm="asha",
+        trainable=SyntheticTrainable(curve=failing_curve, epoch_seconds=1.0),
+    )
+    run.run(R=9, eta=3)
+    assert run.executor.attempts[victim] == 2  # it died once, and ran again
+    done = rows(repo)
+    assert len({r.key for r in done}) == len(done)
+    assert {d.key for d in DecisionLog(Repository(repo)).read()} == {r.key for r in done}
+    assert victim in {r.key for r in done}
+    failed = {(r.s, r.id) for r in done if not r.ok}
+    assert failed, "the curve fails some configurations"
+    promoted_from_failure = [
+        r
+        for r in done
+        if r.rung > 0
+        and any((f.s, f.id, f.rung) == (r.s, r.id, r.rung - 1) and not f.ok for f in done)
+    ]
+    assert promoted_from_failure == []
+
+
+# -- the command line, on a local process pool ---------------------------------------------
+
+
+def test_the_command_line_runs_asha_with_tpe_to_a_budget_and_goes_on(tmp_path: Path) -> None:
+    from test_cli import SYNTHETIC, phobbit
+
+    repo = tmp_path / "repo"
+    args = ("train", SYNTHETIC, "--jobs", 2, "--R", 9, "--repo", repo, "--progress", "plain")
+    args += ("--algorithm", "asha", "--sampler", "tpe")
+    first = phobbit(*args, "--max-epochs", 20)
+    assert first.returncode == 0, first.stderr
+    assert "asha, tpe sampling" in first.stdout
+    assert "Stopped: max_epochs budget (20 epochs) spent" in first.stdout
+    trained = epochs_of(rows(repo))
+    assert 20 <= trained < 20 + 9
+    again = phobbit(*args, "--time-limit", "1h", "--max-epochs", 40)
+    assert again.returncode == 0, again.stderr
+    assert 40 <= epochs_of(rows(repo)) < 40 + 9
+    assert len({r.key for r in rows(repo)}) == len(rows(repo))
+    status = phobbit("status", repo)
+    assert "asha, tpe sampling" in status.stdout
+    assert "Algorithm: asha, tpe sampling" in phobbit("best", repo).stdout
+    refused = phobbit("train", SYNTHETIC, "--jobs", 1, "--R", 9, "--repo", repo)
+    assert refused.returncode != 0 and "algorithm='asha' there" in refused.stderr
+    bad = phobbit(*args, "--time-limit", "soon")
+    assert bad.returncode != 0 and "must be a duration > 0" in bad.stderr
+
+
+def test_asha_is_a_function_of_the_seed_and_the_order_of_results(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        tuner(tmp_path / name, SimulatedExecutor(3), algorithm="asha", sampler="tpe").run(9, 3)
+    a, b = (
+        [(d.key, d.hparams, d.prior_best) for d in DecisionLog(Repository(tmp_path / n)).read()]
+        for n in ("a", "b")
+    )
+    assert a == b and len(a) > 10
+
+
+def test_a_driver_that_lost_the_repository_records_no_decision(tmp_path: Path) -> None:
+    from phobbit.errors import FencedOutError
+    from phobbit.plan import Plan
+    from phobbit.records import RunSettings
+    from phobbit.scheduler import Scheduler
+
+    repository = Repository(tmp_path / "repo")
+    repository.create(RunSettings.of(Space(space()), 9, 3, 0, 1, algorithm="asha"))
+    machine = AsynchronousHyperband(Space(space()), 9, 3, checkpoint_of=repository.checkpoint_stem)
+    from phobbit.asha import FifoPolicy
+
+    with repository.driver_lock():
+        scheduler = Scheduler(
+            SyntheticTrainable(curve=x_curve),
+            Plan.of(machine, FifoPolicy(), 2),
+            repository,
+            SimulatedExecutor(2),
+            fence="not-this-drivers-token",
+            budget=Budget(max_epochs=30),
+        )
+        with pytest.raises(FencedOutError):
+            scheduler.drive()
+    assert DecisionLog(repository).read() == [] and rows(tmp_path / "repo") == []
+
+
+def test_an_endless_plan_without_a_budget_is_refused() -> None:
+    from phobbit.asha import FifoPolicy
+    from phobbit.plan import Plan
+    from phobbit.scheduler import Scheduler
+
+    machine = AsynchronousHyperband(Space(space()), 9, 3)
+    with pytest.raises(ValueError, match="never ends by itself: give a budget"):
+        Scheduler(SyntheticTrainable(), Plan.of(machine, FifoPolicy()), None, SimulatedExecutor())
+
+
+def test_asha_and_tpe_run_on_dask(tmp_path: Path) -> None:
+    distributed = pytest.importorskip("distributed")
+    from phobbit.dask_executor import DaskExecutor
+
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        executor = DaskExecutor(client)
+        run = ParallelHyperband(
+            None,
+            space(),
+            tmp_path / "repo",
+            trainable=SyntheticTrainable(curve=x_curve),
+            executor=executor,
+            verbose=0,
+            algorithm="asha",
+            sampler="tpe",
+            max_epochs=30,
+        )
+        run.run(R=9, eta=3)
+    done = rows(tmp_path / "repo")
+    assert run.stopped_by == "max_epochs" and 30 <= epochs_of(done) < 30 + 9
+    assert {d.key for d in DecisionLog(Repository(tmp_path / "repo")).read()} == {
+        r.key for r in done
+    }
+
+
+def test_more_iterations_extend_an_asha_run(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    tuner(repo, SimulatedExecutor(2), algorithm="asha").run(R=9, eta=3, iterations=1)
+    before = DecisionLog(Repository(repo)).read()
+    assert epochs_of(before) >= asha_budget_epochs(9, 3, 1)
+    run = tuner(repo, SimulatedExecutor(2), algorithm="asha")
+    run.run(R=9, eta=3, iterations=2)
+    after = DecisionLog(Repository(repo)).read()
+    assert after[: len(before)] == before and run.stopped_by == "iterations"
+    assert epochs_of(after[:-1]) < asha_budget_epochs(9, 3, 2) <= epochs_of(after)
+    assert json.loads((repo / "run.json").read_text())["iterations"] == 2
+
+
+@pytest.mark.keras
+def test_asha_with_tpe_tunes_a_keras_model(tmp_path: Path) -> None:
+    from keras_models import HPARAMS, mlp, small_digits
+
+    tuner = ParallelHyperband(
+        mlp,
+        HPARAMS,
+        tmp_path / "repo",
+        dataset=small_digits(),
+        n_jobs=1,
+        batch_size=64,
+        verbose=0,
+        algorithm="asha",
+        sampler="tpe",
+        max_epochs=12,
+    )
+    results = tuner.run(R=3, eta=3)
+    assert tuner.stopped_by == "max_epochs"
+    assert (results["Status"] == "ok").all(), results["Error"].tolist()
+    done = rows(tmp_path / "repo")
+    assert 12 <= epochs_of(done) < 12 + 3
+    assert {d.key for d in DecisionLog(Repository(tmp_path / "repo")).read()} == {
+        r.key for r in done
+    }
+
+
+def test_a_decision_with_a_long_choice_value_reads_back(tmp_path: Path) -> None:
+    long = "x" * 300_000  # past the csv module's default field limit
+    segment = Segment(0, 2, 0, 0, {"a": long}, 0, 1, "stem")
+    repository = Repository(tmp_path)
+    repository.create(RunSettings.of(Space(space()), 9, 3, 0, 1))
+    DecisionLog(repository).append(segment)
+    with open(tmp_path / "decisions.csv", "ab") as handle:
+        handle.write(b"0,2,1,0,0,1,,{}")  # torn by a kill: no CRC, no newline
+    DecisionLog(repository).append(segment)
+    read = DecisionLog(repository).read()
+    assert [d.hparams for d in read] == [{"a": long}, {"a": long}]
