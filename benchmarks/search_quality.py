@@ -296,11 +296,11 @@ class Trace:
         # budget is spent and nothing new may start) left out.
         last = max((a for a, _ in self.intervals), default=0.0)
         fed = sum(min(b, last) - a for a, b in self.intervals if a < last)
-        fed /= self.workers * last if last else 1.0
+        fed = fed / (self.workers * last) if last else None  # every job started at 0
         return {
             "points": [[round(t, 4), e, v if math.isfinite(v) else None] for t, e, v in kept],
             "busy": round(busy, 5),
-            "busy_fed": round(fed, 5),
+            "busy_fed": None if fed is None else round(fed, 5),
             "makespan": round(self.makespan, 3),
             "epochs": self.epochs,
             "note": self.note,
@@ -640,7 +640,7 @@ def summarise(
         np.maximum(regrets_t, 0),
         np.maximum(final - optimum, 0),
         np.array([r["busy"] for r in records]),
-        np.array([r.get("busy_fed", math.nan) for r in records]),
+        np.array([math.nan if r.get("busy_fed") is None else r["busy_fed"] for r in records]),
         np.array([r.get("cpu_s", math.nan) for r in records]),
         np.array([r["makespan"] for r in records]),
         np.array([r["epochs"] for r in records]),
@@ -660,6 +660,10 @@ def first_reach(curve: np.ndarray, grid: np.ndarray, target: float) -> float:
     """The first grid value where ``curve`` is at or below ``target`` (inf if never)."""
     hits = np.nonzero(curve <= target + 1e-12)[0]
     return float(grid[hits[0]]) if len(hits) else math.inf
+
+
+def _share(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.3f}"
 
 
 def fmt(x: float, digits: int = 3) -> str:
@@ -848,7 +852,7 @@ def table(
                 f"{fmt(third_q[2])}] | {fmt(q[1])} [{fmt(q[0])}, {fmt(q[2])}] | "
                 f"{fmt(reach_e, 4)} ({fmt(reach_e / limit, 2)}) | {fmt(reach_t, 4)} | "
                 f"{fmt(float(np.median(cell.makespan)), 4)} | "
-                f"{float(np.median(cell.busy)):.3f}; {float(np.median(cell.busy_fed)):.3f} | "
+                f"{float(np.median(cell.busy)):.3f}; {_share(float(np.median(cell.busy_fed)))} | "
                 f"{float(np.median(cell.cpu)):.2g} |"
             )
     lines.append("")
@@ -927,6 +931,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--iterations", type=int, default=8, help="budget: Hyperband iterations (default 8)"
     )
+    parser.add_argument(
+        "--keras-iterations",
+        type=int,
+        default=2,
+        help="budget of keras-mlp (default 2: at 8 every method finds the grid's best point)",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="processes running seeds (default 1)")
     parser.add_argument("--runs", type=Path, default=RUNS, help="where runs are kept")
     parser.add_argument("--plots", type=Path, default=HERE, help="folder of the PNGs")
@@ -953,7 +963,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     for method in args.methods:
         if method not in METHODS:
             parser.error(f"method {method!r} is unknown; use one of {', '.join(METHODS)}")
-    args.iterations_of = lambda name: args.iterations
+    args.iterations_of = lambda name: (
+        args.keras_iterations if name == "keras-mlp" and not args.quick else args.iterations
+    )
     args.seeds_of = lambda name: args.keras_seeds if name == "keras-mlp" else args.seeds
     return args
 
