@@ -1,8 +1,10 @@
 """Search quality: how fast each search method finds a good configuration, on a virtual clock.
 
-Run it with ``python benchmarks/search_quality.py`` (the full run, a few
-minutes per problem on two cores) or ``--quick`` (a smoke run: 3 seeds, W=1,4,
-one budget of two Hyperband iterations, under a minute). Runs are kept in
+Run it with ``python benchmarks/search_quality.py --jobs 2`` (the full run:
+R=27, eta=3, a budget of 8 Hyperband iterations, 2 for the Keras MLP; 20
+seeds per cell, 10 for the Keras MLP; ~45 minutes on two loaded cores) or
+``--quick`` (a smoke run: 3 seeds, W=1,4, a budget of two Hyperband
+iterations, ~20 s). Runs are kept in
 ``benchmarks/search_quality_runs.json``: a later call runs only the cells that
 are missing (``--fresh`` forgets them), and ``--report`` only redraws the
 plots and tables from what is kept.
