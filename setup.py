@@ -38,6 +38,17 @@ setup(
         "plot": ["matplotlib>=3.7"],
         "jax": ["jax>=0.4.30"],
         "dask": ["dask[distributed]>=2024.1"],
+        # benchmarks/search_quality.py: plots and the peers. DEHB itself is installed with
+        # `pip install --no-deps dehb` (its metadata pins numpy<2, which would downgrade the
+        # numpy TensorFlow needs); these are the dependencies it uses.
+        "bench": [
+            "matplotlib>=3.7",
+            "optuna>=4.0",
+            "ConfigSpace>=1.0",
+            "loguru>=0.7",
+            "dask[distributed]>=2024.1",
+            "scipy>=1.10",
+        ],
         "tpe": ["optuna>=3.0"],
         "dev": [
             "pytest>=7",
