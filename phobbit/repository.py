@@ -10,6 +10,7 @@ data. Hparams are stored as JSON and parsed as JSON, never evaluated.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import errno
 import io
 import json
@@ -310,10 +311,14 @@ class Repository:
     def create(self, settings: RunSettings) -> None:
         """Makes the folder and writes ``run.json`` (write to temp, then replace).
 
-        An ASHA run resumed with other ``iterations`` (its default budget) rewrites it.
+        A run resumed with more ``iterations`` rewrites it; one resumed with fewer
+        keeps the larger count, so ``status`` still counts every iteration begun.
         """
         self.models.mkdir(parents=True, exist_ok=True)
-        if self.read_settings() != settings:
+        existing = self.read_settings()
+        if existing is not None and existing.iterations > settings.iterations:
+            settings = dataclasses.replace(settings, iterations=existing.iterations)
+        if existing != settings:
             temp = self.run_path.with_name(f".{RUN_FILE}.{os.getpid()}.tmp")
             temp.write_text(json.dumps(settings.to_dict(), indent=2, sort_keys=True) + "\n")
             os.replace(temp, self.run_path)
@@ -850,10 +855,10 @@ def _alive(pid: int) -> bool:
 
 def _differences(there: RunSettings, here: RunSettings) -> list[str]:
     """The settings that differ between two runs, said briefly; the space by its names."""
-    # ASHA's iterations only set its default budget (phobbit.budget): a resume may change it.
+    # ``iterations`` is a budget, not a setting: Hyperband's iteration i draws its own
+    # configurations from (seed, i, s, id) whatever the count, so a resume may add
+    # iterations (or run fewer); for ASHA it only sets the default epoch budget.
     keys = ("R", "eta", "seed", "algorithm", "sampler", "objective", "direction")
-    if there.algorithm == here.algorithm == "hyperband":
-        keys = ("R", "eta", "seed", "iterations", "sampler", "objective", "direction")
     differ = [
         f"{key}={getattr(there, key)!r} there, {getattr(here, key)!r} here"
         for key in keys

@@ -124,6 +124,19 @@ def test_running_again_resumes_without_training_anything(hparams, repo, tmp_path
         tune(hparams, repo, n_jobs=2).run(R=27, eta=3)
 
 
+def test_a_resume_with_more_iterations_trains_only_the_new_ones(hparams, repo, tmp_path) -> None:
+    tune(hparams, repo, n_jobs=2).run(R=9, eta=3, iterations=1)
+    records = tmp_path / "more"
+    records.mkdir()
+    extended = tune(hparams, repo, records=records, n_jobs=2).run(R=9, eta=3, iterations=2)
+    trained = read_records(records)
+    iterations = {Path(r["checkpoint"]).name.split("-")[0] for r in trained}
+    assert trained and iterations == {"1"}  # checkpoints are <iteration>-<s>-<id>
+    fresh = tune(hparams, tmp_path / "fresh", n_jobs=2).run(R=9, eta=3, iterations=2)
+    columns = ["Hparams", "Run", "ID", "Val Loss", "Epochs", "Rung", "Iteration"]
+    pd.testing.assert_frame_equal(extended[columns], fresh[columns])
+
+
 def test_iterations_run_their_own_configurations(hparams, repo) -> None:
     results = tune(hparams, repo, n_jobs=2).run(R=9, eta=3, iterations=2)
     assert len(results) == 2 * sum(b.n for b in brackets(9, 3))

@@ -109,9 +109,19 @@ def test_settings_of_another_run_are_refused_and_nothing_written(repo: Path) -> 
     before = repository.run_path.read_text()
     with pytest.raises(RepositoryError, match=r"R=9 there, 27 here.*delete this one to start"):
         repository.check_settings(run_settings(27))
-    with pytest.raises(RepositoryError, match=r"seed=0 there, 5 here; iterations=1 there, 2"):
+    with pytest.raises(RepositoryError, match=r"holds another run \(seed=0 there, 5 here\)"):
         repository.check_settings(run_settings(9, seed=5, iterations=2))
     assert repository.run_path.read_text() == before
+
+
+def test_iterations_are_a_budget_a_resume_may_raise(repo: Path) -> None:
+    repository = Repository(repo)
+    repository.create(run_settings(9, iterations=2))
+    assert repository.check_settings(run_settings(9, iterations=3)) is True
+    repository.create(run_settings(9, iterations=3))
+    assert repository.read_settings() == run_settings(9, iterations=3)
+    repository.create(run_settings(9, iterations=1))  # fewer: the count begun is kept
+    assert repository.read_settings() == run_settings(9, iterations=3)
 
 
 def test_results_without_run_json_are_not_taken_for_a_run(repo: Path) -> None:
