@@ -113,7 +113,7 @@ def held_after(tmp_path: Path, segments: int) -> dict[str, str]:
     return {"PHOBBIT_TEST_GATE": str(gate), "PHOBBIT_TEST_HOLD_AFTER": str(segments)}
 
 
-def wait_for_rows(repo: Path, count: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+def wait_for_rows(repo: Path, count: int, proc: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     while len(list(Repository(repo).iter_results())) < count:
         if proc.poll() is not None:
@@ -218,7 +218,7 @@ def test_interrupted_run_resumes_without_retraining(tmp_path: Path, kill: signal
     proc = start(*args, **held_after(tmp_path, 4))  # the run cannot end before the kill
     wait_for_rows(repo, 4, proc)
     os.killpg(proc.pid, kill)  # the whole group, as Ctrl-C in a terminal (or a crash)
-    _, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=300)
     if kill == signal.SIGINT:
         assert proc.returncode == 130, stderr
         assert "Run the same command again to resume" in stderr
@@ -463,7 +463,7 @@ def test_an_edited_run_json_is_refused_by_every_command_in_one_line(
         ("best", repo),
         ("train", SYNTHETIC, "--jobs", 1, "--R", 3, "--seed", 5, "--repo", repo),
     ):
-        line = assert_one_line_error(phobbit(*command, timeout=60))
+        line = assert_one_line_error(phobbit(*command, timeout=300))
         assert message in line and str(repo / "run.json") in line, line
     assert (repo / "results.csv").read_bytes() == written
 

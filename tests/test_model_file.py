@@ -151,7 +151,7 @@ def test_the_module_is_loaded_once_per_process(tmp_path: Path, capsys) -> None:
 def _call_in_fresh_process(ref: ModelFileRef, *args: object) -> object:
     context = multiprocessing.get_context("spawn")  # nothing inherited but sys.path
     with ProcessPoolExecutor(1, mp_context=context) as pool:
-        return pool.submit(ref, *args).result(timeout=60)
+        return pool.submit(ref, *args).result(timeout=300)
 
 
 def test_reference_pickles_by_name_and_works_in_another_process(tmp_path: Path) -> None:
