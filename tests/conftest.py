@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,30 @@ from phobbit.space import Space
 # hypothesis would report it as one (DeadlineExceeded, then Flaky on the rerun).
 settings.register_profile("phobbit", deadline=None)
 settings.load_profile("phobbit")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Gives this session a temporary folder of its own.
+
+    By default every session of one user shares /tmp/pytest-of-<user> and deletes
+    all but the three newest ``pytest-N`` folders in it when it starts. On a shared
+    CI machine, sessions that start while this one runs would delete the
+    repositories its drivers are still writing. Those runs then hang or fail, which
+    looks like a flaky test. ``--basetemp`` still wins.
+    """
+    if config.option.basetemp is None:
+        config.option.basetemp = tempfile.mkdtemp(prefix="phobbit-tests-")
+        config.stash[_OWN_BASETEMP] = config.option.basetemp
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Removes the session's own folder when every test passed (kept for a post-mortem)."""
+    own = session.config.stash.get(_OWN_BASETEMP, None)
+    if own is not None and exitstatus == 0:
+        shutil.rmtree(own, ignore_errors=True)
+
+
+_OWN_BASETEMP = pytest.StashKey[str]()
 
 
 @pytest.fixture
