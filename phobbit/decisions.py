@@ -18,17 +18,13 @@ Example:
 from __future__ import annotations
 
 import csv
-import errno
 import io
 import json
-import os
 import zlib
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from typing import Any
 
-from phobbit.errors import RepositoryError, StorageError
-from phobbit.fence import StaleDriverError
+from phobbit.errors import RepositoryError
 from phobbit.records import Segment
 from phobbit.repository import (
     Repository,
@@ -111,40 +107,7 @@ class DecisionLog:
             StorageError: when the row cannot be written in full.
         """
         line = encode_decision(segment).encode()
-        guard: AbstractContextManager[None] = (
-            self.repository.fenced(fence)
-            if fence is not None
-            else self.repository._locked(StorageError)  # noqa: SLF001 - the same lock
-        )
-        try:
-            with guard:
-                fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-                try:
-                    size = os.fstat(fd).st_size
-                    if size == 0:
-                        line = HEADER.encode() + line
-                    elif os.pread(fd, 1, size - 1) != b"\n":
-                        line = b"\n" + line  # a torn row before us stays on its own line
-                    written = os.write(fd, line)
-                finally:
-                    os.close(fd)
-        except StaleDriverError:
-            raise
-        except OSError as exc:
-            hint = (
-                "free some disk space"
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                else ("fix the repository folder")
-            )
-            raise StorageError(
-                f"cannot append to {self.path}: {exc.strerror}; {hint}, then run the same "
-                "command again to resume"
-            ) from None
-        if written != len(line):
-            raise StorageError(
-                f"wrote only {written} of {len(line)} bytes to {self.path}; is the disk full? "
-                "Free some space, then run again to resume"
-            )
+        self.repository.append_framed([(self.path, line, HEADER)], fence)
 
     def read(self) -> list[Segment]:
         """Every intact decision, in the order recorded (torn or corrupt rows skipped).

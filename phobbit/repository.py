@@ -610,7 +610,23 @@ class Repository:
             # trained and written again, and readers keep the last; a row never lacks them.
             lines = "".join(encode_epoch(e) for e in epochs).encode()
             writes.insert(0, (self.epochs_path, lines, EPOCH_HEADER))
-        path = self.results_path
+        self.append_framed(writes, fence)
+
+    def append_framed(
+        self, writes: Sequence[tuple[Path, bytes, str]], fence: str | None = None
+    ) -> None:
+        """Appends CRC-framed lines to files of this repository, under the results lock.
+
+        Each ``(path, lines, header)`` is one write, in order; a new file gets its
+        header first, and a torn line a kill left stays on its own line. With
+        ``fence``, nothing is written unless that driver still holds the repository.
+
+        Raises:
+            StaleDriverError: when ``fence`` is no longer the repository's token.
+            StorageError: when a write fails or is short (a full disk, a read-only
+                file system): the run must stop, not lose the row.
+        """
+        path = writes[0][0]
         try:
             with self._locked(StorageError):
                 if fence is not None and self._driver_token() != fence:
