@@ -79,7 +79,8 @@ class Objective:
     """A metric name and whether it is minimised (``"min"``) or maximised (``"max"``).
 
     Raises:
-        InputError: for an empty name or a direction other than min or max.
+        InputError: for an empty name, a direction other than min or max, or a
+            loss (``loss``, ``val_loss``) to maximise.
 
     Example:
         >>> Objective.of("val_accuracy")
@@ -100,6 +101,11 @@ class Objective:
             raise InputError(
                 f"direction of objective {self.name!r} must be 'min' or 'max', got "
                 f"{self.direction!r}"
+            )
+        if self.name in ("val_loss", "loss") and self.direction == "max":
+            raise InputError(
+                f"objective {self.name!r} is the loss Keras minimises: give direction 'min' "
+                "or leave it out"
             )
 
     @classmethod

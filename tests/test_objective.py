@@ -224,6 +224,8 @@ def test_objective_arguments_are_checked() -> None:
         Objective.of(("val_accuracy", "max"), "min")
     with pytest.raises(InputError, match="must be 'min' or 'max'"):
         Objective.of("val_accuracy", "up")
+    with pytest.raises(InputError, match="'val_loss' is the loss Keras minimises"):
+        Objective.of("val_loss", "max")  # it would list a second Val Loss column
     with pytest.raises(InputError, match="metric name"):
         ParallelHyperband(None, SPACE, "unused", trainable=SyntheticTrainable(), objective=3)
 
