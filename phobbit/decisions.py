@@ -27,6 +27,7 @@ from typing import Any
 from phobbit.errors import RepositoryError
 from phobbit.records import Segment
 from phobbit.repository import (
+    DECISIONS,
     Repository,
     _allow_fields_of,
     _float_text,
@@ -35,7 +36,6 @@ from phobbit.repository import (
 )
 from phobbit.space import MAX_NESTING
 
-DECISIONS = "decisions.csv"
 COLUMNS = ("iteration", "run", "id", "rung", "start_epoch", "epochs", "prior_best", "hparams")
 HEADER = ",".join(COLUMNS) + ",crc\n"
 

@@ -290,7 +290,9 @@ def plot_repository(
         The file written.
 
     Raises:
-        InputError: for an unknown kind, or when matplotlib is not installed.
+        InputError: for an unknown kind, an output whose name has no image format
+            matplotlib writes, or a folder that does not exist or cannot be written,
+            and when matplotlib is not installed.
         RepositoryError: when the folder holds no readable run.
 
     Example:
@@ -299,6 +301,17 @@ def plot_repository(
     if kind not in KINDS:
         raise InputError(f"kind {kind!r} is unknown; use one of {', '.join(KINDS)}")
     require()
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    output = Path(output)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if output.suffix.lstrip(".").lower() not in formats:
+        raise InputError(
+            f"cannot tell the image format of {output}: end its name with one of "
+            f"{', '.join('.' + f for f in sorted(formats))}"
+        )
+    if not output.parent.is_dir():
+        raise InputError(f"folder {output.parent} does not exist: make it, or write elsewhere")
     from phobbit.view import open_repository
 
     run = open_repository(path)
@@ -326,6 +339,8 @@ def plot_repository(
         by_hparam(bottom)
     else:
         figure = {"curves": curves, "timeline": timeline, "hparams": by_hparam}[kind]()
-    output = Path(output)
-    figure.savefig(output, dpi=dpi)
+    try:
+        figure.savefig(output, dpi=dpi)
+    except OSError as exc:
+        raise InputError(f"cannot write {output}: {exc.strerror or exc}") from None
     return output

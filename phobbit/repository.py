@@ -67,6 +67,7 @@ ROW_WIDTHS = (len(COLUMNS), len(COLUMNS) - 1, len(COLUMNS) - 2)
 EPOCH_COLUMNS = ("iteration", "run", "id", "rung", "epoch", "metrics")
 EPOCH_HEADER = ",".join(EPOCH_COLUMNS) + ",crc\n"
 EPOCHS = "epochs.csv"
+DECISIONS = "decisions.csv"  # ASHA's and TPE's decisions (phobbit.decisions)
 RESULTS = "results.csv"
 RUN_FILE = "run.json"
 DRIVER_FILE = "driver.json"
@@ -336,6 +337,8 @@ class Repository:
             self.path / DRIVER_FILE,
             self.path / DRIVER_LOCK,
             self.path / RESULTS_LOCK,
+            self.path / DECISIONS,  # decided before a worker saw the bad input
+            self.epochs_path,
             self.models,
         ]
         made = [p for p in candidates if not p.exists()]

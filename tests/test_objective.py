@@ -130,12 +130,13 @@ def test_a_resume_with_another_objective_is_refused_in_one_line(tmp_path: Path) 
     assert phobbit.open_repository(repo).settings.goal == Objective("val_accuracy", "max")
 
 
+@pytest.mark.parametrize("algorithm", ["hyperband", "asha"])
 def test_an_objective_no_epoch_logs_stops_the_run_naming_it_and_what_is_logged(
-    tmp_path: Path,
+    tmp_path: Path, algorithm: str
 ) -> None:
     repo = tmp_path / "repo"
-    with pytest.raises(InputError) as refused:
-        tuner(repo, 2, objective="val_auc").run(R=R, eta=ETA)
+    with pytest.raises(InputError) as refused:  # ASHA records decisions before training
+        tuner(repo, 2, objective="val_auc", algorithm=algorithm).run(R=R, eta=ETA)
     message = str(refused.value)
     assert "'val_auc'" in message and "val_accuracy" in message and "first epoch" in message
     assert not repo.exists()  # a new folder is left as it was

@@ -74,6 +74,19 @@ def test_an_unknown_kind_is_refused_before_anything_is_drawn(repo: Path, tmp_pat
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [("x.txt", "cannot tell the image format of"), ("nowhere/x.png", "does not exist")],
+)
+def test_an_output_it_cannot_write_is_one_line_exit_2(
+    repo: Path, tmp_path: Path, name: str, why: str, capsys: pytest.CaptureFixture
+) -> None:
+    assert cli.main(["plot", str(repo), "-o", str(tmp_path / name)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert why in err and "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / name).exists()
+
+
 def test_timeline_bars_are_the_rows_one_lane_per_worker() -> None:
     rows = [
         row(0, 2, "0", 10.0, 12.0),
