@@ -71,6 +71,10 @@ _FIT_OWN = {
     "verbose": "phobbit",
     "callbacks": "callbacks=",
     "batch_size": "batch_size= or a batch_size hyperparameter",
+    "steps_per_epoch": "steps_per_epoch= (with generators) or the dataset",
+    "validation_steps": "validation_steps= (with generators) or the dataset",
+    "validation_split": "the dataset (phobbit validates on its validation data)",
+    "validation_freq": "phobbit (every epoch is validated: Hyperband ranks by it)",
 }
 
 

@@ -126,7 +126,8 @@ class DecisionLog:
             raise RepositoryError(f"cannot read {self.path}: {exc.strerror}") from None
         with handle:
             first = handle.readline()
-            if first and first != HEADER.encode():
+            torn = not first.endswith(b"\n") and HEADER.encode().startswith(first)
+            if first and first != HEADER.encode() and not torn:  # torn: a full disk cut it
                 raise RepositoryError(
                     f"{self.path} is not a phobbit decisions file; restore it or use another "
                     "repository folder"

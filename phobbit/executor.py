@@ -128,6 +128,10 @@ class Executor(ABC):
     """Whether ``kill``, or a worker's death, ends that task alone and not all in flight."""
     stages_data_in_repository: bool = False
     """Whether workers may sit on other hosts: data goes beside the repository, not in /tmp."""
+    fifo_queue: bool = False
+    """Whether a task submitted while every worker is busy waits in one queue for the
+    next free worker (the scheduler then keeps a segment queued ahead); Dask instead
+    places it on a busy worker at once, where it could wait behind a long segment."""
 
     slots: list[str]
     """The device of each worker slot: a GPU id, or ``worker.HIDDEN`` for the CPU."""
@@ -250,6 +254,7 @@ class LocalExecutor(Executor):
     supports_timeout = True  # ``kill`` can end a hung segment (with the whole pool)
     can_kill_one = False  # one dead loky worker breaks the whole pool
     stages_data_in_repository = False  # its workers share this host's /tmp
+    fifo_queue = True  # loky's call queue: the next free worker takes the oldest task
 
     def __init__(
         self,

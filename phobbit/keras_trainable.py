@@ -272,7 +272,8 @@ def _saver(checkpoint: str, best: str, keeper: BestEpoch, epochs: int, every_epo
             value = logs.get("val_loss")
             self.trained_since += time.perf_counter() - self.began
             affordable = self.save_seconds <= SAVE_BUDGET * self.trained_since
-            self.stopped = bool(self.model.stop_training) and epoch + 1 < epochs
+            # A stop asked for at the segment's last epoch ends the configuration too.
+            self.stopped = bool(self.model.stop_training)
             save = epoch + 1 == epochs or self.stopped or (every_epoch and affordable)
             if keeper.ended(math.nan if value is None else float(value), save, logs):
                 self.snapshot = [v.numpy() for v in self._state()]

@@ -811,14 +811,16 @@ class Repository:
 def _append_framed(path: Path, data: bytes, header: str) -> tuple[int, bytes]:
     """Appends CRC-framed lines to ``path`` with one write; returns (bytes written, bytes).
 
-    A new file gets ``header`` first; a torn line left by a kill stays on its own
-    line. Called under the results lock.
+    A new file gets ``header`` first, and a header cut short (a full disk) is
+    completed; a torn line left by a kill stays on its own line. Called under the
+    results lock.
     """
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
-        if size == 0:
-            data = header.encode() + data
+        whole = header.encode()
+        if size < len(whole) and whole.startswith(os.pread(fd, size, 0)):
+            data = whole[size:] + data  # a new file, or a header a full disk cut short
         elif os.pread(fd, 1, size - 1) != b"\n":
             data = b"\n" + data  # a torn row before us stays on its own line
         return os.write(fd, data), data

@@ -197,7 +197,9 @@ class Scheduler:
         self._in_flight: dict[Future, Segment] = {}
         self._since: dict[Future, float] = {}  # when each future was handed to a worker
         self._queued: list[Future] = []  # in the pool's queue, no worker free yet; oldest first
-        self.queue_ahead = queue_ahead
+        # Only a pool whose free worker takes the oldest queued task (``fifo_queue``):
+        # elsewhere a queued segment could wait behind a long one and be timed out.
+        self.queue_ahead = queue_ahead if executor.fifo_queue else 0
         self._crashes: Counter[SegmentKey] = Counter()
         self._suspects: set[SegmentKey] = set()
         self._best = None if keep_best is None else BestConfigurations(keep_best)
@@ -302,6 +304,8 @@ class Scheduler:
         ready keeps the whole gain at W <= 8 and loses nothing at W=16, where
         queueing always lost 0.08 of the bound.
         """
+        if self.budget.time_limit is not None:
+            return False  # a queued segment would start when a worker frees, maybe past it
         return 2 * len(self.plan.policy) >= self.executor.capacity
 
     def _submit(self, segment: Segment) -> None:

@@ -105,6 +105,7 @@ class SimulatedExecutor(Executor):
 
     supports_timeout = True
     stages_data_in_repository = False
+    fifo_queue = True
 
     def __init__(
         self,

@@ -268,7 +268,7 @@ class SyntheticTrainable:
             training += time.perf_counter() - began
             # Epochs shorter than a save (benchmarks' zero-time epochs) are saved together:
             # saving never costs more than training, and a kill loses no more than a save.
-            stopped = self.stops is not None and epoch < epochs and self.stops(hparams, epoch)
+            stopped = self.stops is not None and self.stops(hparams, epoch)
             save = (
                 epoch == epochs or stopped or (self.checkpoint_every_epoch and training >= saving)
             )

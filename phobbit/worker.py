@@ -335,8 +335,12 @@ def _train(trainable: Trainable, segment: Segment) -> tuple[SegmentResult, list[
             ) from None
         error = one_line(exc)
     trained = segment.start_epoch + len(losses)
-    if stopped and not error and trained < segment.epochs:
-        stop = f"{STOPPED_EARLY} after epoch {trained} of {segment.epochs}"
+    if stopped and not error:  # at the segment's last epoch too: it is not promoted
+        stop = (
+            f"{STOPPED_EARLY} after epoch {trained} of {segment.epochs}"
+            if trained < segment.epochs
+            else f"{STOPPED_EARLY} at epoch {trained}, its segment's last: not promoted"
+        )
         note = f"{note}; {stop}" if note else stop
     result = segment.result(
         val_loss=None if error else val_loss,

@@ -20,6 +20,7 @@ from synthetic import failing_curve, x_curve
 from phobbit import ParallelHyperband
 from phobbit.asha import AsynchronousHyperband, asha_budget_epochs
 from phobbit.budget import Budget, parse_duration
+from phobbit.decisions import HEADER as DECISIONS_HEADER
 from phobbit.decisions import DecisionLog
 from phobbit.errors import InputError, RepositoryError
 from phobbit.records import RunSettings, Segment, Status, config_name
@@ -360,6 +361,31 @@ def test_time_limit_stops_at_a_segment_boundary_on_the_simulated_clock(tmp_path)
     tuner(repo, later, algorithm="asha", time_limit="20s").run(R=9, eta=3)
     assert rows(repo)[: len(before)] == before and len(rows(repo)) > len(before)
     assert all(entry.start < 20 for entry in later.trace)
+
+
+@pytest.mark.parametrize("algorithm", ["hyperband", "asha"])
+def test_no_segment_starts_past_the_time_limit_even_one_queued_ahead(
+    tmp_path, algorithm: str
+) -> None:
+    whole = SimulatedExecutor(2)
+    tuner(tmp_path / "whole", whole, algorithm=algorithm, max_epochs=60).run(R=9, eta=3)
+    limit = whole.makespan() / 2  # mid-run, with segments queued ahead
+    executor = SimulatedExecutor(2)
+    run = tuner(tmp_path / "repo", executor, algorithm=algorithm, time_limit=limit)
+    run.run(R=9, eta=3)
+    assert run.stopped_by == "time_limit"
+    assert executor.trace and all(entry.start < limit for entry in executor.trace)
+
+
+def test_a_decisions_header_cut_short_by_a_full_disk_is_completed_not_refused(tmp_path) -> None:
+    repository = Repository(tmp_path)
+    log = DecisionLog(repository)
+    log.path.write_bytes(DECISIONS_HEADER.encode()[:20])  # the first write was cut short
+    assert log.read() == []
+    segment = Segment(0, 2, 0, 0, {"x": 0.5}, 0, 1, config_name(0, 2, 0))
+    log.append(segment)
+    assert [(d.key, d.hparams) for d in log.read()] == [(segment.key, segment.hparams)]
+    assert log.path.read_text().startswith(DECISIONS_HEADER)
 
 
 # -- TPE sampling ----------------------------------------------------------------------------

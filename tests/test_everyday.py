@@ -26,7 +26,7 @@ from phobbit.trainable import SyntheticTrainable
 SPACE = [
     Hyperparameter("x", "uniform", (0.0, 1.0)),
     Hyperparameter("batch_size", "choice", [(16, 32)]),
-    Hyperparameter("validation_freq", "choice", [(1,)]),
+    Hyperparameter("shuffle", "choice", [(True,)]),
 ]
 X, Y = np.zeros((10, 4), "float32"), np.zeros(10)
 ARRAYS = ((X, Y), (X[:4], Y[:4]))
@@ -54,6 +54,8 @@ def tuner(repo: Path, **kwargs: Any) -> ParallelHyperband:
         ({"fit_kwargs": {"epochs": 3}}, "fit_kwargs may not set 'epochs'"),
         ({"fit_kwargs": {"callbacks": []}}, "it is set by callbacks="),
         ({"fit_kwargs": {"batch_size": 8}}, "batch_size hyperparameter"),
+        ({"fit_kwargs": {"steps_per_epoch": 5}}, "fit_kwargs may not set 'steps_per_epoch'"),
+        ({"fit_kwargs": {"validation_freq": 2}}, "every epoch is validated"),
         ({"fit_kwargs": [("class_weight", {})]}, "fit_kwargs must be a dict"),
         ({"callbacks": "EarlyStopping"}, "callbacks must be a list of Keras callbacks"),
         ({"callbacks": [Callback(), 3]}, "callbacks holds 3, which is no Keras callback"),
@@ -78,13 +80,13 @@ def test_good_everyday_options_reach_the_keras_trainable(tmp_path: Path) -> None
         tmp_path / "repo",
         objective="val_accuracy",
         callbacks=make,
-        fit_kwargs={"class_weight": {0: 1.0}},
-        fit_hparams=["validation_freq"],
+        fit_kwargs={"sample_weight": None},
+        fit_hparams=["shuffle"],
     )
     kwargs = built._keras_kwargs
     assert kwargs["objective"].name == "val_accuracy" and kwargs["objective"].maximize
-    assert kwargs["callbacks"] is make and kwargs["fit_kwargs"] == {"class_weight": {0: 1.0}}
-    assert kwargs["fit_hparams"] == ("validation_freq",)
+    assert kwargs["callbacks"] is make and kwargs["fit_kwargs"] == {"sample_weight": None}
+    assert kwargs["fit_hparams"] == ("shuffle",)
     with pytest.raises(InputError, match="fit_hparams may not name 'x': it is set by the data"):
         tuner(tmp_path / "repo", fit_hparams=["x"])
 

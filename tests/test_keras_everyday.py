@@ -99,7 +99,11 @@ def test_early_stopping_ends_a_configuration_and_its_row_says_so(tmp_path: Path)
     # Bracket 0 trains epochs 1-3 in one segment: EarlyStopping stops it after epoch 2.
     stopped = [r for r in rows if r.s == 0]
     assert [(r.epochs, r.stopped_early) for r in stopped] == [(2, True), (2, True)]
-    assert all(not r.stopped_early for r in rows if r.s == 1)  # stopped at their last epoch
+    # Bracket 1's last rung trains epochs 2-3 in a new fit: EarlyStopping stops it at
+    # epoch 3, the segment's last. That ends the configuration too (it is never promoted).
+    last = [r for r in rows if r.s == 1 and r.rung == 1]
+    assert last and all(r.stopped_early and r.epochs == 3 for r in last)
+    assert all("its segment's last" in r.note for r in last)
     assert list(table.loc[["0-0", "0-1"], "Epochs"]) == [2, 2]
 
 

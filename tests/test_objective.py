@@ -21,6 +21,7 @@ import phobbit
 from phobbit import Hyperparameter, InputError, ParallelHyperband, RepositoryError
 from phobbit.objective import VAL_LOSS, Objective, infer_direction
 from phobbit.records import STOPPED_EARLY
+from phobbit.repository import Repository
 from phobbit.results import results_frame
 from phobbit.space import Space
 from phobbit.testing import serial_hyperband
@@ -41,6 +42,12 @@ def accuracy(hparams: dict[str, Any], epoch: int) -> dict[str, float]:
 def stops_when_far(hparams: dict[str, Any], epoch: int) -> bool:
     """A callback stopping configurations with x > 0.6 after their epoch 2."""
     return hparams["x"] > 0.6 and epoch >= 2
+
+
+def stops_at_the_first_epoch(hparams: dict[str, Any], epoch: int) -> bool:
+    """A callback stopping every configuration after epoch 1: bracket 2's first segment
+    (1 epoch at R=9) ends there, the others go on past it."""
+    return epoch == 1
 
 
 def stops_the_best(hparams: dict[str, Any], epoch: int) -> bool:
@@ -177,6 +184,13 @@ def test_early_stopping_ends_a_configuration_where_it_stopped_and_gives_its_plac
             and other.val_loss > row.val_loss
         ]
         assert given_away
+
+
+def test_a_stop_at_a_segments_last_epoch_ends_the_configuration_too(tmp_path: Path) -> None:
+    table = tuner(tmp_path / "repo", 2, stops=stops_at_the_first_epoch).run(R=9, eta=3)
+    assert (table["Rung"] == 0).all() and (table["Epochs"] == 1).all()  # none promoted
+    rows = Repository(tmp_path / "repo").results().values()
+    assert rows and all(row.stopped_early for row in rows)
 
 
 def test_a_stopped_segment_run_again_after_its_row_was_lost_trains_nothing(

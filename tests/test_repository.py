@@ -88,6 +88,16 @@ def test_append_after_a_torn_row_starts_a_new_line(repo: Path) -> None:
     assert [r.id for r in repository.iter_results()] == [0, 2]
 
 
+def test_a_header_cut_short_by_a_full_disk_is_completed_by_the_next_append(repo: Path) -> None:
+    repository = Repository(repo)
+    repository.create(run_settings(9))
+    repository.results_path.write_text(HEADER[:40])  # the file's first write was cut short
+    repository.check_results()
+    repository.append(row(0))
+    assert [r.id for r in repository.iter_results()] == [0]
+    assert repository.results_path.read_text().startswith(HEADER)
+
+
 def test_first_row_of_a_segment_wins_over_duplicates(repo: Path) -> None:
     repository = Repository(repo)
     repository.create(run_settings(9))
