@@ -12,15 +12,14 @@ same plan, the same durations and the same losses.
 
 from __future__ import annotations
 
-import itertools
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from phobbit.dispatch import DispatchPolicy
+from phobbit.dispatch import FifoPolicy
 from phobbit.hyperband import SynchronousHyperband
 from phobbit.plan import Plan, PolicyOf
-from phobbit.records import RunSettings, Segment, SegmentKey, SegmentResult, config_name
+from phobbit.records import RunSettings, Segment, SegmentResult, config_name
 from phobbit.repository import Repository
 from phobbit.scheduler import Scheduler
 from phobbit.simulated import SimulatedExecutor
@@ -246,7 +245,7 @@ RULES: dict[str, Rule] = {
 }
 
 
-class GreedyPolicy(DispatchPolicy):
+class GreedyPolicy(FifoPolicy):
     """Hands out the ready segment a greedy ``rule`` scores highest (the first one on ties).
 
     For comparing dispatch rules only: it scores every ready segment on every
@@ -259,26 +258,13 @@ class GreedyPolicy(DispatchPolicy):
     """
 
     def __init__(self, rule: Rule, machine: SynchronousHyperband, workers: int) -> None:
+        super().__init__()
         self.rule, self.machine, self.workers = rule, machine, max(1, workers)
-        self._ready: dict[SegmentKey, Segment] = {}
-
-    def push(self, segment: Segment) -> None:
-        self._ready[segment.key] = segment
 
     def pop(self) -> Segment | None:
         if not self._ready:
             return None
-        key = max(self._ready, key=lambda k: self.rule(self, self._ready[k]))
-        return self._ready.pop(key)
-
-    def give_back(self, segment: Segment) -> None:
-        self.push(segment)
-
-    def discard(self, key: SegmentKey) -> None:
-        self._ready.pop(key, None)
-
-    def ready(self) -> list[Segment]:
-        return list(self._ready.values())
+        return self._take(max(self._ready, key=lambda k: self.rule(self, self._ready[k])))
 
     def priority(self, segment: Segment) -> tuple:
         return self.rule(self, segment)
@@ -313,37 +299,6 @@ class RungBarrierHyperband(SynchronousHyperband):
             best = state.finished[rung][config_id]
             made_ready.append(self._segment(state, config_id, rung + 1, best))
         return made_ready
-
-
-class FifoPolicy(DispatchPolicy):
-    """Hands out ready segments in the order they became ready, as a shared pool's queue."""
-
-    def __init__(self) -> None:
-        self._ready: dict[SegmentKey, Segment] = {}  # insertion-ordered
-        self._order = itertools.count()
-        self._rank: dict[SegmentKey, int] = {}
-
-    def push(self, segment: Segment) -> None:
-        self._ready[segment.key] = segment
-        self._rank[segment.key] = next(self._order)
-
-    def pop(self) -> Segment | None:
-        if not self._ready:
-            return None
-        key = next(iter(self._ready))
-        return self._ready.pop(key)
-
-    def give_back(self, segment: Segment) -> None:
-        self._ready = {segment.key: segment, **self._ready}
-
-    def discard(self, key: SegmentKey) -> None:
-        self._ready.pop(key, None)
-
-    def ready(self) -> list[Segment]:
-        return list(self._ready.values())
-
-    def priority(self, segment: Segment) -> tuple:
-        return (-self._rank[segment.key],)
 
 
 def barrier_plan(

@@ -16,11 +16,11 @@ from typing import Any
 
 import pandas as pd
 
-from phobbit.asha import AsynchronousHyperband, FifoPolicy, asha_budget_epochs
+from phobbit.asha import AsynchronousHyperband, asha_budget_epochs
 from phobbit.backends import check_backend, worker_environment
 from phobbit.budget import Budget, parse_duration
 from phobbit.decisions import DecisionLog
-from phobbit.dispatch import LatestStartPolicy
+from phobbit.dispatch import FifoPolicy, LatestStartPolicy
 from phobbit.errors import InputError
 from phobbit.executor import Executor, LocalExecutor, parse_gpus
 from phobbit.hyperband import StateMachine, SynchronousHyperband

@@ -41,7 +41,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from phobbit import reducer
-from phobbit.dispatch import DispatchPolicy
 from phobbit.errors import RepositoryError
 from phobbit.hyperband import CheckpointOf, StateMachine
 from phobbit.objective import VAL_LOSS, Objective
@@ -286,42 +285,6 @@ class AsynchronousHyperband(StateMachine):
     def epochs_decided(self) -> int:
         """Epochs of every segment decided so far."""
         return sum(state.epochs for state in self._brackets.values())
-
-
-class FifoPolicy(DispatchPolicy):
-    """Ready segments in the order they became ready (ASHA's: it decides on demand, so
-    only segments to redo, after a resume or a worker's death, wait here)."""
-
-    def __init__(self) -> None:
-        self._ready: dict[SegmentKey, Segment] = {}
-
-    def push(self, segment: Segment) -> None:
-        self._ready[segment.key] = segment
-
-    def pop(self) -> Segment | None:
-        if not self._ready:
-            return None
-        key = next(iter(self._ready))
-        return self._ready.pop(key)
-
-    def give_back(self, segment: Segment) -> None:
-        self.push(segment)
-
-    def discard(self, key: SegmentKey) -> None:
-        self._ready.pop(key, None)
-
-    def ready(self) -> list[Segment]:
-        return list(self._ready.values())
-
-    def priority(self, segment: Segment) -> tuple:
-        keys = list(self._ready)
-        return (-keys.index(segment.key),) if segment.key in self._ready else (0,)
-
-    def __contains__(self, key: SegmentKey) -> bool:
-        return key in self._ready
-
-    def __len__(self) -> int:
-        return len(self._ready)
 
 
 def asha_budget_epochs(R: int, eta: int, iterations: int = 1) -> int:

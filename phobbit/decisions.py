@@ -17,10 +17,7 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,10 +26,11 @@ from phobbit.records import Segment
 from phobbit.repository import (
     DECISIONS,
     Repository,
-    _allow_fields_of,
     _float_text,
     _float_value,
+    _framed,
     _nesting,
+    _unframed,
 )
 from phobbit.space import MAX_NESTING
 
@@ -52,24 +50,13 @@ def encode_decision(segment: Segment) -> str:
         _float_text(segment.prior_best),
         json.dumps(segment.hparams, sort_keys=True),
     ]
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="").writerow(values)
-    body = buffer.getvalue() + ","
-    return f"{body}{zlib.crc32(body.encode()):08x}\n"
+    return _framed(values)
 
 
 def decode_decision(line: bytes) -> dict[str, Any] | None:
     """The fields of a decision line, or None for a torn, corrupt or header line."""
-    if not line.endswith(b"\n"):
-        return None
-    body, _, crc = line[:-1].rpartition(b",")
-    if not body or f"{zlib.crc32(body + b','):08x}".encode() != crc:
-        return None
-    try:
-        text = body.decode()
-        _allow_fields_of(len(text))  # a long choice value must read back as it was written
-        fields = next(csv.reader([text]))
-    except (UnicodeDecodeError, csv.Error, StopIteration):
+    fields = _unframed(line)
+    if fields is None:
         return None
     if len(fields) != len(COLUMNS):
         return None

@@ -222,3 +222,49 @@ class LatestStartPolicy(DispatchPolicy):
 
     def __len__(self) -> int:
         return len(self._ready)
+
+
+class FifoPolicy(DispatchPolicy):
+    """Ready segments in the order they became ready, as a shared pool's queue.
+
+    ASHA's policy (it decides on demand, so only segments to redo wait here, after
+    a resume or a worker's death) and the FIFO pool of the benchmarks' barrier
+    baseline. A segment given back goes last. Subclasses that pop in another
+    order take their segment with ``_take``.
+    """
+
+    def __init__(self) -> None:
+        self._ready: dict[SegmentKey, Segment] = {}  # insertion-ordered
+        self._order = itertools.count()
+        self._rank: dict[SegmentKey, int] = {}
+
+    def push(self, segment: Segment) -> None:
+        self._ready[segment.key] = segment
+        self._rank.setdefault(segment.key, next(self._order))
+
+    def pop(self) -> Segment | None:
+        return self._take(next(iter(self._ready))) if self._ready else None
+
+    def _take(self, key: SegmentKey) -> Segment:
+        self._rank.pop(key, None)
+        return self._ready.pop(key)
+
+    def give_back(self, segment: Segment) -> None:
+        self.push(segment)
+
+    def discard(self, key: SegmentKey) -> None:
+        if key in self._ready:
+            self._take(key)
+
+    def ready(self) -> list[Segment]:
+        return list(self._ready.values())
+
+    def priority(self, segment: Segment) -> tuple:
+        rank = self._rank.get(segment.key)
+        return (0,) if rank is None else (-rank,)
+
+    def __contains__(self, key: SegmentKey) -> bool:
+        return key in self._ready
+
+    def __len__(self) -> int:
+        return len(self._ready)

@@ -522,7 +522,7 @@ def test_a_driver_that_lost_the_repository_records_no_decision(tmp_path: Path) -
     repository = Repository(tmp_path / "repo")
     repository.create(RunSettings.of(Space(space()), 9, 3, 0, 1, algorithm="asha"))
     machine = AsynchronousHyperband(Space(space()), 9, 3, checkpoint_of=repository.checkpoint_stem)
-    from phobbit.asha import FifoPolicy
+    from phobbit.dispatch import FifoPolicy
 
     with repository.driver_lock():
         scheduler = Scheduler(
@@ -539,7 +539,7 @@ def test_a_driver_that_lost_the_repository_records_no_decision(tmp_path: Path) -
 
 
 def test_an_endless_plan_without_a_budget_is_refused() -> None:
-    from phobbit.asha import FifoPolicy
+    from phobbit.dispatch import FifoPolicy
     from phobbit.plan import Plan
     from phobbit.scheduler import Scheduler
 
