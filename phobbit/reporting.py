@@ -39,17 +39,17 @@ def where(item: Segment | SegmentResult, several: bool = False) -> str:
     return f"iteration {item.iteration} {text}" if several else text
 
 
-def retry_line(segment: Segment, cause: str, attempt: int) -> str:
+def retry_line(segment: Segment, cause: str, attempt: int, several: bool = False) -> str:
     """What a reporter says when a trial goes back to the queue because its worker died."""
-    where = f"run {segment.s} id {segment.id} rung {segment.rung}"
+    at = where(segment, several)
     if attempt == 0:
-        return f"requeued {where}: {cause}; no retry charged"
-    return f"worker died running {where} ({cause}); retry {attempt}"
+        return f"requeued {at}: {cause}; no retry charged"
+    return f"worker died running {at} ({cause}); retry {attempt}"
 
 
-def retrain_line(result: SegmentResult) -> str:
+def retrain_line(result: SegmentResult, several: bool = False) -> str:
     """What a reporter says of a segment that retrained epochs: its checkpoint was bad."""
-    return f"retrained run {result.s} id {result.id} rung {result.rung}: {result.note}"
+    return f"retrained {where(result, several)}: {result.note}"
 
 
 def replaced_line(count: int) -> str:
@@ -107,10 +107,10 @@ class SlowWatch:
         return seconds > max(SLOW_FACTOR * expected, SLOW_MIN_S)
 
 
-def slow_line(segment: Segment, seconds: float) -> str:
+def slow_line(segment: Segment, seconds: float, several: bool = False) -> str:
     """What a reporter says of a segment that runs far longer than its peers."""
     return (
-        f"run {segment.s} id {segment.id} rung {segment.rung} has run {seconds:.0f}s, over "
+        f"{where(segment, several)} has run {seconds:.0f}s, over "
         f"{SLOW_FACTOR:g}x its peers' time per epoch; if it hangs, a segment timeout "
         "(--segment-timeout, segment_timeout=) kills and retries such segments"
     )
@@ -184,7 +184,7 @@ class PlainReporter:
             ]
             self._flagged |= {segment.key for segment, _ in slow}
         for segment, seconds in slow:
-            self._say(slow_line(segment, seconds))
+            self._say(slow_line(segment, seconds, self.several))
 
     def dispatched(self, segment: Segment) -> None:
         with self._lock:
@@ -200,7 +200,7 @@ class PlainReporter:
         at = where(result, self.several)
         if result.retrained:
             self._retrained += 1
-            self._say(f"[{elapsed:7.1f}s] {retrain_line(result)}")
+            self._say(f"[{elapsed:7.1f}s] {retrain_line(result, self.several)}")
         if not result.ok:
             self._say(f"[{elapsed:7.1f}s] FAILED {at}: {result.error}")
             return
@@ -223,7 +223,7 @@ class PlainReporter:
         with self._lock:
             self._running.pop(segment.key, None)
             self._flagged.discard(segment.key)
-        self._say(retry_line(segment, cause, attempt))
+        self._say(retry_line(segment, cause, attempt, self.several))
 
     def replaced(self, count: int) -> None:
         self._replaced = count

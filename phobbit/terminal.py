@@ -381,7 +381,7 @@ def render(tracker: ProgressTracker, title: str = "") -> RenderableType:
         )
     parts.append(running)
     for item in tracker.slow_running():
-        parts.append(Text(slow_line(item.segment, now - item.since), style="red"))
+        parts.append(Text(slow_line(item.segment, now - item.since, tracker.several), style="red"))
     parts.append(
         Text.assemble(
             (f"Best {tracker.objective.label} ", "bold"),
@@ -454,7 +454,12 @@ class LiveReporter:
         with self._lock:
             self.tracker.finished(result)
         if result.note:
-            self.console.print(retrain_line(result), markup=False, highlight=False, soft_wrap=True)
+            self.console.print(
+                retrain_line(result, self.tracker.several),
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
         if not result.ok:
             self.console.print(
                 f"FAILED {where(result, self.tracker.several)}: {result.error}",
@@ -468,7 +473,7 @@ class LiveReporter:
         with self._lock:
             self.tracker.retrying(segment)
         self.console.print(
-            retry_line(segment, cause, attempt),
+            retry_line(segment, cause, attempt, self.tracker.several),
             highlight=False,
             soft_wrap=True,
             markup=False,
@@ -514,7 +519,6 @@ class LineReporter(PlainReporter):
         self.tracker.seed_best(previous)
         self.best = self.tracker.best
         self._announced: set[tuple[int, int, int]] = set()
-        self._several = False
         self._rebuilds = -1
 
     def started(self, plan: Plan, resumed: int) -> None:
@@ -523,7 +527,6 @@ class LineReporter(PlainReporter):
         super().started(plan, resumed)
         self.tracker.started(plan, resumed)
         self.best = self.tracker.best
-        self._several = len({r.iteration for r in self.tracker.rungs}) > 1
         self._rebuilds = -1
         self._silence_done()
 
@@ -549,7 +552,7 @@ class LineReporter(PlainReporter):
         # ASHA's rungs never close: a rung whose decided segments all finished is not done.
         if r is not None and not endless and r.done == r.n and key not in self._announced:
             self._announced.add(key)
-            where = f"iteration {r.iteration} run {r.s}" if self._several else f"run {r.s}"
+            where = f"iteration {r.iteration} run {r.s}" if self.several else f"run {r.s}"
             self._say(
                 f"[{self.tracker.elapsed():7.1f}s] {where} rung {r.rung} done "
                 f"({r.n} x {r.epochs} epochs); {self.tracker.summary()}"

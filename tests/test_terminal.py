@@ -281,3 +281,20 @@ def test_tracker_counts_a_resumed_run_and_ignores_duplicate_rows(space: Space) -
     tracker.finished(result)  # a duplicate row: the plan ignores it, so does the count
     assert tracker.segments_done == 2 == sum(d for *_, d, _ in plan.progress())
     assert tracker.epochs_done == resumed.epochs + segment.epochs
+
+
+def test_with_several_iterations_retry_retrain_and_slow_lines_name_the_iteration() -> None:
+    from phobbit.reporting import retrain_line, retry_line, slow_line
+
+    segment = Segment(1, 2, 3, 0, {}, 0, 1, "m/1-2-3")
+    result = segment.result(
+        val_loss=0.5, last_val_loss=0.5, status="ok", error="", note="checkpoint gone"
+    )
+    for several, at in ((True, "iteration 1 run 2 id 3 rung 0"), (False, "run 2 id 3 rung 0")):
+        lines = [
+            retry_line(segment, "killed", 1, several),
+            retrain_line(result, several),
+            slow_line(segment, 70.0, several),
+        ]
+        assert all(at in line for line in lines), lines
+        assert several or all("iteration" not in line for line in lines)
