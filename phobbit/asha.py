@@ -116,6 +116,7 @@ class AsynchronousHyperband(StateMachine):
     """
 
     endless = True
+    algorithm = "asha"
 
     def __init__(
         self,

@@ -101,6 +101,10 @@ class StateMachine(ABC):
 
     endless = False
     """True for a machine that never ends by itself (ASHA): a budget must stop it."""
+    algorithm = "hyperband"
+    """The name ``run.json`` and the displays give the promotion rule."""
+    sampler: Any = None
+    """Where configurations come from when not ``Space.sample`` (``phobbit.samplers``)."""
 
     def decide(self) -> Segment | None:
         """A segment made on demand for a free worker when none is ready; None: wait."""
@@ -194,7 +198,7 @@ class SynchronousHyperband(StateMachine):
         self.R, self.eta, self.seed, self.iterations = R, eta, seed, iterations
         self.checkpoint_of = checkpoint_of
         self.sampler = sampler
-        self._lazy = bool(getattr(sampler, "lazy", False))
+        self._lazy = sampler is not None and sampler.lazy
         self._recorded = dict(recorded or {})
         self._drawn: list[Segment] = []
         self._brackets: dict[tuple[int, int], _BracketState] = {}

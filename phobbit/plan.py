@@ -179,10 +179,8 @@ class Plan:
     def describe(self) -> str:
         """Which algorithm and sampler run: ``"asha, tpe sampling"``; ``""`` for random
         Hyperband (whose schedule says it all)."""
-        algorithm = "asha" if self.machine.endless else "hyperband"
-        sampler = getattr(getattr(self.machine, "sampler", None), "name", "random")
-        return (
-            ""
-            if (algorithm, sampler) == ("hyperband", "random")
-            else (f"{algorithm}, {sampler} sampling")
-        )
+        algorithm = self.machine.algorithm
+        sampler = "random" if self.machine.sampler is None else self.machine.sampler.name
+        if (algorithm, sampler) == ("hyperband", "random"):
+            return ""
+        return f"{algorithm}, {sampler} sampling"
