@@ -13,13 +13,13 @@ same plan, the same durations and the same losses.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from phobbit.dispatch import FifoPolicy
 from phobbit.hyperband import SynchronousHyperband
 from phobbit.plan import Plan, PolicyOf
-from phobbit.records import RunSettings, Segment, SegmentResult, config_name
+from phobbit.records import ConfigKey, RunSettings, Segment, SegmentResult, config_name
 from phobbit.repository import Repository
 from phobbit.scheduler import Scheduler
 from phobbit.simulated import SimulatedExecutor
@@ -261,7 +261,7 @@ class GreedyPolicy(FifoPolicy):
         super().__init__()
         self.rule, self.machine, self.workers = rule, machine, max(1, workers)
 
-    def pop(self) -> Segment | None:
+    def pop(self, prefer: Collection[ConfigKey] = ()) -> Segment | None:
         if not self._ready:
             return None
         return self._take(max(self._ready, key=lambda k: self.rule(self, self._ready[k])))

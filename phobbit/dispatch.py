@@ -24,8 +24,9 @@ import heapq
 import itertools
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Collection
 
-from phobbit.records import RungKey, Segment, SegmentKey
+from phobbit.records import ConfigKey, RungKey, Segment, SegmentKey
 from phobbit.schedule import Bracket
 
 
@@ -37,10 +38,17 @@ class DispatchPolicy(ABC):
         """Adds a segment that became ready."""
 
     @abstractmethod
-    def pop(self) -> Segment | None:
+    def pop(self, prefer: Collection[ConfigKey] = ()) -> Segment | None:
         """Removes and returns the ready segment of highest ``priority``; None if none.
 
         The segment counts as started from now on.
+
+        Args:
+            prefer: configurations (iteration, s, id) whose model the worker about
+                to take the segment holds in memory (``phobbit.warm``). A policy may
+                take one of them instead of the segment it would take, when that
+                changes nothing of the schedule (a segment of the same rank); it
+                never takes a segment of lower rank for it.
         """
 
     @abstractmethod
@@ -185,7 +193,9 @@ class LatestStartPolicy(DispatchPolicy):
         rank = self._rank(segment.rung_key)
         return tuple(-x for x in rank) + (-segment.id,)
 
-    def pop(self) -> Segment | None:
+    def pop(self, prefer: Collection[ConfigKey] = ()) -> Segment | None:
+        """The next segment of the rung ranked first; of that rung, a configuration in
+        ``prefer`` (the lowest such ID) when one is ready, else the lowest ID."""
         while self._queue:
             _, version, group = heapq.heappop(self._queue)
             if version != self._version[group]:
@@ -193,7 +203,16 @@ class LatestStartPolicy(DispatchPolicy):
             ids = self._ready_ids[group]
             while (group[0], group[1], ids[0], group[2]) not in self._ready:
                 heapq.heappop(ids)  # discarded without being popped
-            key = (group[0], group[1], heapq.heappop(ids), group[2])
+            warm = sorted(
+                key
+                for config in prefer
+                if config[:2] == group[:2]
+                and (key := (group[0], group[1], config[2], group[2])) in self._ready
+            )
+            if warm:
+                key = warm[0]  # its ID stays in the heap, dropped lazily once reached
+            else:
+                key = (group[0], group[1], heapq.heappop(ids), group[2])
             segment = self._ready.pop(key)
             self._ready_count[group] -= 1
             self._started[group] += 1
@@ -242,7 +261,8 @@ class FifoPolicy(DispatchPolicy):
         self._ready[segment.key] = segment
         self._rank.setdefault(segment.key, next(self._order))
 
-    def pop(self) -> Segment | None:
+    def pop(self, prefer: Collection[ConfigKey] = ()) -> Segment | None:
+        """The oldest ready segment (``prefer`` is not looked at: the order is the queue's)."""
         return self._take(next(iter(self._ready))) if self._ready else None
 
     def _take(self, key: SegmentKey) -> Segment:

@@ -10,12 +10,12 @@ promotions are those of a serial run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 
 from phobbit.dispatch import DispatchPolicy, LatestStartPolicy
 from phobbit.hyperband import CheckpointOf, StateMachine, SynchronousHyperband
 from phobbit.objective import VAL_LOSS, Objective
-from phobbit.records import RungKey, Segment, SegmentKey, SegmentResult, config_name
+from phobbit.records import ConfigKey, RungKey, Segment, SegmentKey, SegmentResult, config_name
 from phobbit.space import Space
 
 PolicyOf = Callable[[SynchronousHyperband], DispatchPolicy]
@@ -95,9 +95,15 @@ class Plan:
         """A ready segment's rank in the dispatch policy: ``next_segment`` takes the highest."""
         return self.policy.priority(segment)
 
-    def next_segment(self) -> Segment | None:
-        """The ready segment that shortens the run most, now marked outstanding; None if none."""
-        segment = self.policy.pop()
+    def next_segment(self, prefer: Collection[ConfigKey] = ()) -> Segment | None:
+        """The ready segment that shortens the run most, now marked outstanding; None if none.
+
+        Args:
+            prefer: configurations whose model the worker that takes the segment
+                holds in memory; of segments that rank alike, one of these goes
+                first (``DispatchPolicy.pop``).
+        """
+        segment = self.policy.pop(prefer)
         if segment is not None:
             segment = self.machine.prepare(segment)
         else:

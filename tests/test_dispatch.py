@@ -117,3 +117,25 @@ def test_a_discarded_segment_is_never_popped_and_counts_as_started() -> None:
 def test_segments_hash_so_a_policy_may_keep_them_in_sets() -> None:
     policy, segments = _policy()
     assert set(policy.ready()) == set(segments)
+
+
+def test_pop_prefers_a_warm_configuration_of_the_rung_it_takes_and_no_other() -> None:
+    policy, _ = _policy()
+    expected = max(policy.ready(), key=policy.priority)
+    same_rung = [s for s in policy.ready() if s.rung_key == expected.rung_key and s != expected]
+    other_rung = [s for s in policy.ready() if s.rung_key != expected.rung_key]
+    assert same_rung and other_rung
+    warm = same_rung[-1]
+    # A configuration warm elsewhere but of a lower-ranked rung changes nothing.
+    lower = other_rung[0]
+    taken = policy.pop(prefer={(lower.iteration, lower.s, lower.id)})
+    assert taken == expected
+    next_expected = max(policy.ready(), key=policy.priority)
+    assert next_expected.rung_key == warm.rung_key and next_expected != warm
+    assert policy.pop(prefer={(warm.iteration, warm.s, warm.id)}) == warm
+    # The segment it passed over is next, and the warm one is never handed out twice.
+    assert policy.pop() == next_expected
+    rest = []
+    while (segment := policy.pop()) is not None:
+        rest.append(segment.key)
+    assert warm.key not in rest and expected.key not in rest
