@@ -25,7 +25,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from phobbit import __version__
 from phobbit.errors import InputError, PhobbitError
@@ -310,8 +310,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             return 0
         if args.command == "train":
+            stdout = GuardedStdout(sys.stdout)
             with _terminate_as_interrupt():
-                return _train(args, _console())
+                return _train(args, _console(stdout), stdout)
         if args.command == "status":
             return _status(args.repo, _console())
         if args.command == "export":
@@ -336,16 +337,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PhobbitError as exc:
         _error(str(exc))
         return exc.exit_code
-    except BrokenPipeError:
-        # `phobbit best DIR | head`: the reader has all it wanted.
-        _stdout_to_devnull()
-        if args.command == "train":
-            _error(
-                "standard output was closed (broken pipe); workers stopped. "
-                f"Run the same command again to resume from {args.repo}"
-            )
-            return 1
-        return 0
+    except BrokenPipeError as exc:
+        if args.command != "train":
+            # `phobbit best DIR | head`: the reader has all it wanted.
+            _stdout_to_devnull()
+            return 0
+        # `train` writes standard output through a GuardedStdout, so this pipe is
+        # another one (a worker's): not a user's mistake.
+        traceback.print_exc()
+        _error(f"{type(exc).__name__}: {exc}")
+        return 1
     except Exception as exc:  # noqa: BLE001 - not a user's mistake: keep the traceback
         traceback.print_exc()
         _error(f"{type(exc).__name__}: {exc}")
@@ -362,7 +363,57 @@ def _stdout_to_devnull() -> None:
         pass
 
 
-def _console() -> Console:
+class GuardedStdout:
+    """Standard output for ``train``, which a reader that leaves never stops.
+
+    ``phobbit train ... | head``: once a write fails (a broken pipe, or any other
+    OSError), standard output goes to /dev/null, stderr says once that the run goes
+    on, and everything after is discarded. The run finishes as it would have (hours
+    of training are not thrown away because a pager quit) and its exit code is the
+    run's; Ctrl-C or ``kill`` stops it as ever, and the same command resumes.
+
+    Args:
+        stream: the standard output to write to.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.lost = False
+        self._lock = threading.Lock()  # rich's Live redraws from its own thread
+
+    def write(self, text: str) -> int:
+        if not self.lost:
+            try:
+                self.stream.write(text)
+            except (OSError, ValueError):  # ValueError: the stream itself was closed
+                self._lose()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.lost:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError):
+                self._lose()
+
+    def _lose(self) -> None:
+        with self._lock:
+            if self.lost:
+                return
+            self.lost = True
+        _stdout_to_devnull()
+        print(
+            "phobbit: standard output was closed; the run goes on without printing "
+            "(Ctrl-C stops it, and the same command resumes)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)  # isatty, fileno, encoding: rich asks
+
+
+def _console(stdout: GuardedStdout | None = None) -> Console:
     from rich.console import Console
 
     # Off a terminal rich would wrap tables at 80 columns; logs read better wider.
@@ -376,7 +427,7 @@ def _console() -> Console:
             self.quiet = True
             raise BrokenPipeError
 
-    return QuietOnBrokenPipe(width=wide, highlight=False, markup=False, emoji=False)
+    return QuietOnBrokenPipe(file=stdout, width=wide, highlight=False, markup=False, emoji=False)
 
 
 @contextlib.contextmanager
@@ -406,7 +457,7 @@ def _error(message: str) -> None:
 # -- train -----------------------------------------------------------------------
 
 
-def _train(args: argparse.Namespace, console: Console) -> int:
+def _train(args: argparse.Namespace, console: Console, stdout: GuardedStdout) -> int:
     # The model file and the API are imported here so that `brackets`, `status` and
     # `best` start fast; the API itself never imports TensorFlow.
     from phobbit.api import ParallelHyperband
@@ -453,7 +504,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         tuner.reporter = LiveReporter(console, title, previous, tuner.executor.slots)
     else:
         tuner.reporter = LineReporter(
-            sys.stdout, 2 if args.verbose else 1, title, previous, tuner.executor.slots
+            stdout, 2 if args.verbose else 1, title, previous, tuner.executor.slots
         )
     with _logging_to_stderr(args.verbose):
         frame = tuner.run(R=args.R, eta=args.eta, iterations=args.iterations)

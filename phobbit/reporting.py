@@ -7,6 +7,7 @@ The terminal's reporters, for the CLI, are in ``phobbit.terminal``.
 from __future__ import annotations
 
 import heapq
+import logging
 import sys
 import threading
 import time
@@ -17,6 +18,8 @@ from phobbit.objective import VAL_LOSS
 from phobbit.plan import Plan
 from phobbit.records import Segment, SegmentResult
 from phobbit.schedule import format_schedule
+
+log = logging.getLogger(__name__)
 
 
 def format_hparams(hparams: dict) -> str:
@@ -151,10 +154,17 @@ class PlainReporter:
         # The scheduler reports from the main thread; the slow check also runs from its own.
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self.output_lost = False  # the stream failed: no more lines, the run goes on
 
     def _say(self, text: str, level: int = 1) -> None:
-        if self.verbose >= level:
+        if self.verbose < level or self.output_lost:
+            return
+        try:
             print(text, file=self.stream, flush=True)
+        except (OSError, ValueError):  # a reader that left (`| head`), a closed file
+            # A progress line is no reason to stop hours of training.
+            self.output_lost = True
+            log.warning("progress lines stopped: their stream was closed; the run goes on")
 
     def started(self, plan: Plan, resumed: int) -> None:
         self._started = time.monotonic()

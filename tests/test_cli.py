@@ -236,6 +236,31 @@ def test_interrupted_run_resumes_without_retraining(tmp_path: Path, kill: signal
     assert len(after) == len(set(after)) == SEGMENTS_R9  # nothing trained twice
 
 
+@pytest.mark.parametrize("progress", ["plain", "live"])
+def test_closed_standard_output_lets_the_run_finish_with_its_own_exit_code(
+    tmp_path: Path, progress: str
+) -> None:
+    # `phobbit train ... | head -1`: the reader leaves while the run is held mid-way.
+    repo = tmp_path / "repo"
+    gate = held_after(tmp_path, 3)
+    proc = start(
+        "train", SYNTHETIC, "--jobs", 2, "--R", 9, "--repo", repo, "--progress", progress, **gate
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline()
+        proc.stdout.close()  # every later write to standard output is a broken pipe
+        open_gate(gate["PHOBBIT_TEST_GATE"])
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr and "Exception" not in stderr, stderr
+    assert "standard output was closed; the run goes on" in stderr
+    assert len(set(keys(repo))) == SEGMENTS_R9  # finished, not stopped
+    assert "driver not running" in phobbit("status", repo).stdout
+
+
 def test_different_settings_on_same_repo_are_refused(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     assert phobbit("train", SYNTHETIC, "--jobs", 1, "--R", 3, "--repo", repo).returncode == 0

@@ -370,6 +370,28 @@ def test_the_plain_lines_say_how_many_workers_were_replaced(tmp_path: Path) -> N
     assert "1 worker(s) replaced" in out.getvalue().splitlines()[-1]
 
 
+class ClosedPipe(io.StringIO):
+    """A stream whose reader has left (``| head``): every write fails after the first line."""
+
+    def write(self, text: str) -> int:
+        if self.getvalue().count("\n") >= 1:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+
+def test_plain_lines_to_a_closed_pipe_stop_but_the_run_finishes(
+    tmp_path: Path, serial: pd.DataFrame, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = ClosedPipe()
+    run = Run(tmp_path)
+    run.scheduler.reporter = reporter = PlainReporter(out, verbose=2)
+    run()  # no BrokenPipeError: a progress line is no reason to stop the run
+    assert run.plan.done and run.scheduler.stopped_by == "iterations"
+    pd.testing.assert_frame_equal(run.table(), serial)
+    assert reporter.output_lost and "Finished" not in out.getvalue()
+    assert "progress lines stopped" in caplog.text
+
+
 # -- one segment queued ahead -----------------------------------------------------------------
 
 
