@@ -594,15 +594,22 @@ def _check_gpus(gpus: str | None) -> None:
 
 
 def _tensorboard(repo: str) -> int:
-    from phobbit.tensorboard import FOLDER, write_repository
+    from phobbit.tensorboard import FOLDER, write_repository, written_count
 
-    written = write_repository(repo)
+    written = len(write_repository(repo))
     logdir = os.path.join(repo, FOLDER)
-    print(
-        f"wrote {len(written)} configuration(s) to {logdir}; view with: "
-        f"tensorboard --logdir {logdir}",
-        flush=True,
-    )
+    # A run writes its logs as it goes: after `train` there is usually nothing new.
+    there = written_count(logdir)
+    if not written:
+        what = f"up to date: {there} configuration(s) already written in {logdir}"
+    elif written < there:
+        what = (
+            f"wrote {written} configuration(s) to {logdir}; "
+            f"the other {there - written} were up to date"
+        )
+    else:
+        what = f"wrote {written} configuration(s) to {logdir}"
+    print(f"{what}; view with: tensorboard --logdir {logdir}", flush=True)
     return 0
 
 

@@ -331,6 +331,11 @@ def write_logs(
     return written
 
 
+def written_count(logdir: str | os.PathLike) -> int:
+    """How many configurations have logs in ``logdir`` (``REPO/tensorboard``), by its manifest."""
+    return sum(1 for name in _read_manifest(Path(logdir) / MANIFEST) if name)
+
+
 def _read_manifest(path: Path) -> dict[str, str]:
     try:
         data = json.loads(path.read_text())

@@ -216,11 +216,31 @@ def test_without_tensorboard_logs_are_off_and_asking_for_them_says_how_to_get_th
 def test_phobbit_tensorboard_writes_the_logs_and_says_how_to_view_them(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    run(tmp_path / "repo", tensorboard=False)
+    tuner = run(tmp_path / "repo", tensorboard=False)
+    configs = {config_name(r.iteration, r.s, r.id) for r in tuner.repository.iter_results()}
     assert cli.main(["tensorboard", str(tmp_path / "repo")]) == 0
     out = capsys.readouterr().out
+    assert out.startswith(f"wrote {len(configs)} configuration(s) to ")
     assert f"tensorboard --logdir {tmp_path / 'repo' / 'tensorboard'}" in out
     assert (tmp_path / "repo" / "tensorboard" / tb.MANIFEST).is_file()
+
+
+def test_phobbit_tensorboard_after_train_says_the_logs_are_up_to_date_and_how_many(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import shutil
+
+    tuner = run(tmp_path / "repo")  # the run wrote its logs itself
+    configs = {config_name(r.iteration, r.s, r.id) for r in tuner.repository.iter_results()}
+    logdir = tmp_path / "repo" / "tensorboard"
+    assert cli.main(["tensorboard", str(tmp_path / "repo")]) == 0
+    out = capsys.readouterr().out
+    assert f"up to date: {len(configs)} configuration(s) already written in {logdir}" in out
+    assert "wrote 0" not in out
+    shutil.rmtree(logdir / min(configs))
+    assert cli.main(["tensorboard", str(tmp_path / "repo")]) == 0
+    out = capsys.readouterr().out
+    assert f"wrote 1 configuration(s) to {logdir}; the other {len(configs) - 1} were" in out
 
 
 def test_tensorboard_must_be_a_bool_or_none(tmp_path: Path) -> None:
