@@ -472,6 +472,12 @@ class ParallelHyperband:
         )
         return frame
 
+    @property
+    def budget(self) -> Budget:
+        """What stops the current (or last) ``run`` dispatching (``phobbit.budget``), set as
+        it starts; ASHA's default is the epochs of ``iterations`` Hyperband iterations."""
+        return self._budget
+
     def stop_reason(self) -> str:
         """What ended the last ``run``, in words: ``max_epochs budget (500 epochs) spent``."""
         if self.stopped_by is None:

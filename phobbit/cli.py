@@ -500,12 +500,13 @@ def _train(args: argparse.Namespace, console: Console, stdout: GuardedStdout) ->
         f"{_algorithm_words(args.algorithm, args.sampler)}"
         f"{tuner.executor.capacity} workers ({slots}), repository {args.repo}"
     )
+    slots = tuner.executor.slots
+    budget = lambda: tuner.budget  # noqa: E731 - known once the run starts (ASHA's default)
     if live:
-        tuner.reporter = LiveReporter(console, title, previous, tuner.executor.slots)
+        tuner.reporter = LiveReporter(console, title, previous, slots, budget)
     else:
-        tuner.reporter = LineReporter(
-            stdout, 2 if args.verbose else 1, title, previous, tuner.executor.slots
-        )
+        verbose = 2 if args.verbose else 1
+        tuner.reporter = LineReporter(stdout, verbose, title, previous, slots, budget)
     with _logging_to_stderr(args.verbose):
         frame = tuner.run(R=args.R, eta=args.eta, iterations=args.iterations)
     console.print(best_table(frame, args.top, [hp.name for hp in tuner.space.hparams]))

@@ -17,6 +17,7 @@ their worker has reported once.
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from phobbit.budget import Budget
 from phobbit.objective import VAL_LOSS, Objective
 from phobbit.plan import Plan
 from phobbit.records import Segment, SegmentResult
@@ -48,6 +50,7 @@ from phobbit.view import RungProgress, estimate_left, schedule_progress
 from phobbit.worker import HIDDEN
 
 UNKNOWN = "?"
+BUDGET_STEP = 0.05  # plain lines of an endless plan (ASHA): one per 5% of its budget
 
 
 def format_duration(seconds: float | None) -> str:
@@ -97,15 +100,26 @@ class Running:
 class ProgressTracker:
     """Progress of a run, built from the scheduler's reports; callers serialize access.
 
+    An endless plan (ASHA) has no total of its own: its progress, and what is
+    left, are measured against the run's budget (epochs, time, or both), not
+    against the segments decided so far.
+
     Args:
         slots: the device of each worker slot (a GPU id, or ``-1`` for the CPU), if known.
         clock: the time source (``time.monotonic``); tests pass their own.
+        budget: the run's budget, asked for once the run has started
+            (``lambda: tuner.budget``); None: an endless plan counts what it decided.
     """
 
     def __init__(
-        self, slots: Sequence[str] = (), clock: Callable[[], float] = time.monotonic
+        self,
+        slots: Sequence[str] = (),
+        clock: Callable[[], float] = time.monotonic,
+        budget: Callable[[], Budget] | None = None,
     ) -> None:
         self.clock = clock
+        self._budget_of = budget
+        self.budget: Budget | None = None  # an endless plan's, once started
         # With one device for every slot (the CPU, or one GPU), nothing needs inferring.
         self._unknown = slots[0] if slots and len(set(slots)) == 1 else UNKNOWN
         self.plan: Plan | None = None
@@ -139,6 +153,9 @@ class ProgressTracker:
     def started(self, plan: Plan, resumed: int) -> None:
         self.plan, self.resumed, self.started_at = plan, resumed, self.clock()
         self.several = iterations_of(plan) > 1
+        if plan.machine.endless and self._budget_of is not None:
+            budget = self._budget_of()
+            self.budget = budget if budget.limited else None
         if plan.objective != self.objective:  # rank the rows seeded before by the objective
             self.objective, self.best = plan.objective, None
             self.seed_best(self._seeded)
@@ -258,11 +275,51 @@ class ProgressTracker:
         return self.clock() - self.started_at
 
     def left(self) -> float | None:
-        """Estimated seconds left, from the epochs trained in this session."""
-        return estimate_left(self.epochs_done, self.epochs_total, self.epochs_now, self.elapsed())
+        """Estimated seconds left, from the epochs trained in this session; for an endless
+        plan, until its budget is spent."""
+        budget = self.budget
+        if budget is None:
+            return estimate_left(
+                self.epochs_done, self.epochs_total, self.epochs_now, self.elapsed()
+            )
+        lefts = []
+        if budget.max_epochs is not None:
+            lefts.append(
+                estimate_left(self.epochs_done, budget.max_epochs, self.epochs_now, self.elapsed())
+            )
+        if budget.time_limit is not None:
+            lefts.append(max(0.0, budget.time_limit - self.elapsed()))
+        known = [left for left in lefts if left is not None]
+        return min(known) if known else None
+
+    def fraction(self) -> float:
+        """How far the run is, from 0 to 1: its planned epochs, or an endless plan's budget
+        (the part nearest to spent, of epochs and time)."""
+        budget = self.budget
+        if budget is None:
+            return min(1.0, self.epochs_done / max(self.epochs_total, 1))
+        parts = [0.0]
+        if budget.max_epochs is not None:
+            parts.append(self.epochs_done / budget.max_epochs)
+        if budget.time_limit is not None:
+            parts.append(self.elapsed() / budget.time_limit)
+        return min(1.0, max(parts))
 
     def summary(self) -> str:
         """One line: epochs and segments done, elapsed, left, failures."""
+        budget = self.budget
+        if budget is not None:  # an endless plan: against its budget
+            epochs = f"{self.epochs_done}"
+            if budget.max_epochs is not None:
+                epochs += f"/{budget.max_epochs}"
+            limit = budget.time_limit
+            text = (
+                f"{epochs} epochs, {100 * self.fraction():.0f}% of the budget, "
+                f"{self.segments_done} segments, elapsed {format_duration(self.elapsed())}"
+                f"{'' if limit is None else f' of {format_duration(limit)}'}, "
+                f"left ~{format_duration(self.left())}"
+            )
+            return text + self._troubles()
         done, total = self.epochs_done, self.epochs_total
         text = (
             f"{done}/{total} epochs ({100 * done / max(total, 1):.0f}%), "
@@ -388,7 +445,7 @@ def render(tracker: ProgressTracker, title: str = "") -> RenderableType:
             best_line(tracker.best, tracker.objective, tracker.several),
         )
     )
-    bar = ProgressBar(total=max(tracker.epochs_total, 1), completed=tracker.epochs_done, width=30)
+    bar = ProgressBar(total=1000, completed=round(1000 * tracker.fraction()), width=30)
     line = Table.grid(padding=(0, 1))
     line.add_row(bar, Text(tracker.summary()))
     parts.append(line)
@@ -403,6 +460,7 @@ class LiveReporter:
         title: a header line (settings, repository).
         previous: rows already in the repository, so a resumed run shows its best.
         slots: the device of each worker slot (``executor.slots``).
+        budget: the run's budget, asked for once it started (``ProgressTracker``).
     """
 
     def __init__(
@@ -411,10 +469,11 @@ class LiveReporter:
         title: str = "",
         previous: Sequence[SegmentResult] = (),
         slots: Sequence[str] = (),
+        budget: Callable[[], Budget] | None = None,
     ) -> None:
         self.console = console
         self.title = title
-        self.tracker = ProgressTracker(slots)
+        self.tracker = ProgressTracker(slots, budget=budget)
         self.tracker.seed_best(previous)
         # The scheduler reports from the main thread while Live redraws from its own.
         self._lock = threading.Lock()
@@ -495,7 +554,9 @@ class LiveReporter:
 
 class LineReporter(PlainReporter):
     """Plain lines for a non-terminal (CI, a pipe, ``nohup``): the library's lines, plus one
-    per finished rung with the progress and an estimate of what is left.
+    per finished rung with the progress and an estimate of what is left; for an endless
+    plan (ASHA), whose rungs never finish, one each time another ``BUDGET_STEP`` of its
+    budget is spent.
 
     Args:
         stream: where to print.
@@ -503,6 +564,7 @@ class LineReporter(PlainReporter):
         title: a first line (settings, repository).
         previous: rows already in the repository (a resumed run).
         slots: the device of each worker slot (``executor.slots``).
+        budget: the run's budget, asked for once it started (``ProgressTracker``).
     """
 
     def __init__(
@@ -512,14 +574,16 @@ class LineReporter(PlainReporter):
         title: str = "",
         previous: Sequence[SegmentResult] = (),
         slots: Sequence[str] = (),
+        budget: Callable[[], Budget] | None = None,
     ) -> None:
         super().__init__(stream, verbose)
         self.title = title
-        self.tracker = ProgressTracker(slots)
+        self.tracker = ProgressTracker(slots, budget=budget)
         self.tracker.seed_best(previous)
         self.best = self.tracker.best
         self._announced: set[tuple[int, int, int]] = set()
         self._rebuilds = -1
+        self._steps = 0  # steps of the budget already announced (an endless plan)
 
     def started(self, plan: Plan, resumed: int) -> None:
         if self.title:
@@ -529,6 +593,11 @@ class LineReporter(PlainReporter):
         self.best = self.tracker.best
         self._rebuilds = -1
         self._silence_done()
+        self._steps = self._budget_steps()  # a resume's earlier part was announced by it
+
+    def _budget_steps(self) -> int:
+        """How many whole steps (``BUDGET_STEP``) of an endless plan's budget are spent."""
+        return math.floor(self.tracker.fraction() / BUDGET_STEP + 1e-9)
 
     def _silence_done(self) -> None:
         """Rungs that segments of a resumed run completed were announced by that run."""
@@ -549,6 +618,9 @@ class LineReporter(PlainReporter):
         key = (result.iteration, result.s, result.rung)
         r = self.tracker.rung(*key)
         endless = self.tracker.plan is not None and self.tracker.plan.machine.endless
+        if endless and self.tracker.budget is not None and self._budget_steps() > self._steps:
+            self._steps = self._budget_steps()
+            self._say(f"[{self.tracker.elapsed():7.1f}s] {self.tracker.summary()}")
         # ASHA's rungs never close: a rung whose decided segments all finished is not done.
         if r is not None and not endless and r.done == r.n and key not in self._announced:
             self._announced.add(key)

@@ -475,6 +475,32 @@ def test_asha_retries_a_segment_whose_worker_died_and_never_promotes_a_failure(t
     assert promoted_from_failure == []
 
 
+# -- progress against the budget ----------------------------------------------------------
+
+
+def test_plain_progress_of_asha_is_measured_against_its_budget(tmp_path: Path) -> None:
+    import io
+    import re
+
+    from phobbit.terminal import LineReporter
+
+    out = io.StringIO()
+    asha = tuner(tmp_path / "repo", SimulatedExecutor(2), algorithm="asha", max_epochs=60)
+    asha.reporter = reporter = LineReporter(out, budget=lambda: asha.budget)
+    asha.run(9, 3)
+    trained = epochs_of(rows(tmp_path / "repo"))
+    lines = [m for m in re.finditer(r"(\d+)/60 epochs, (\d+)% of the budget", out.getvalue())]
+    # A line per 5% of the budget (several per line when a long segment lands), as
+    # Hyperband's per rung; the epochs are the run's, of the budget's 60.
+    assert len(lines) >= 10
+    percents = [int(m[2]) for m in lines]
+    assert percents == sorted(percents) and percents[-1] == 100
+    assert int(lines[-1][1]) == trained >= 60
+    assert reporter.tracker.fraction() == 1.0 and reporter.tracker.left() == 0.0
+    # Decided but unfinished segments are no part of the total: the budget is.
+    assert reporter.tracker.summary().startswith(f"{trained}/60 epochs, 100% of the budget")
+
+
 # -- the command line, on a local process pool ---------------------------------------------
 
 
