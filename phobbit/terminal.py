@@ -20,6 +20,7 @@ import dataclasses
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TextIO
@@ -130,6 +131,11 @@ class ProgressTracker:
         self.best: SegmentResult | None = None
         self.objective: Objective = VAL_LOSS  # the plan's, once started
         self._seeded: list[SegmentResult] = []
+        # Segments known finished, by rung: the repository's rows at the start and the
+        # results reported since. The plan counts a resumed row only once it reaches it
+        # (with more --iterations, late), so these keep the counters right before then.
+        self._finished: set[tuple[int, int, int, int]] = set()
+        self._finished_per_rung: Counter[tuple[int, int, int]] = Counter()
         self.failed = 0
         self.retries = 0
         self.retrained = 0  # segments that retrained epochs of a bad checkpoint
@@ -203,9 +209,25 @@ class ProgressTracker:
             self.failed += 1
         elif self.objective.improves(result, self.best):
             self.best = result
-        self._count(result)
+        new = self._learn_finished(result)
+        self._count(result, new)
 
-    def _count(self, result: SegmentResult) -> None:
+    def _learn_finished(self, result: SegmentResult) -> bool:
+        """Notes ``result``'s segment as finished; False if it was known already."""
+        if result.key in self._finished:
+            return False
+        self._finished.add(result.key)
+        self._finished_per_rung[(result.iteration, result.s, result.rung)] += 1
+        return True
+
+    def seed_done(self, rows: Sequence[SegmentResult]) -> None:
+        """Counts the segments the repository holds already (a resumed run), so the
+        counters are right from the start, before the plan has reached them."""
+        for row in rows:
+            if row.final:  # a row that is not final is trained again
+                self._learn_finished(row)
+
+    def _count(self, result: SegmentResult, new: bool = True) -> None:
         """Adds a result the plan has just recorded to its rung's counter: O(1) per result."""
         if self.plan is None:
             return
@@ -216,7 +238,7 @@ class ProgressTracker:
         if recorded == self._seen:
             return  # a duplicate row: the plan ignored it
         index = self._index.get((result.iteration, result.s, result.rung))
-        if recorded != self._seen + 1 or index is None:
+        if recorded != self._seen + 1 or index is None or not new:
             self._rebuild()  # rows recorded without a report in between
             return
         self._seen = recorded
@@ -232,6 +254,8 @@ class ProgressTracker:
         progress = list(self.plan.progress())
         iterations = 1 + max(i for i, *_ in progress)
         done = {(i, s, rung): d for i, s, rung, d, _ in progress}
+        for key, count in self._finished_per_rung.items():  # those the plan has not reached
+            done[key] = max(done.get(key, 0), count)
         self._seen = self.plan.recorded
         self.rungs = schedule_progress(self.plan.schedule, iterations, done)
         if self.plan.machine.endless:  # ASHA: a rung holds what was decided so far
@@ -475,6 +499,7 @@ class LiveReporter:
         self.title = title
         self.tracker = ProgressTracker(slots, budget=budget)
         self.tracker.seed_best(previous)
+        self.tracker.seed_done(previous)
         # The scheduler reports from the main thread while Live redraws from its own.
         self._lock = threading.Lock()
         self._live: Live | None = None
@@ -580,6 +605,7 @@ class LineReporter(PlainReporter):
         self.title = title
         self.tracker = ProgressTracker(slots, budget=budget)
         self.tracker.seed_best(previous)
+        self.tracker.seed_done(previous)
         self.best = self.tracker.best
         self._announced: set[tuple[int, int, int]] = set()
         self._rebuilds = -1

@@ -298,3 +298,30 @@ def test_with_several_iterations_retry_retrain_and_slow_lines_name_the_iteration
         ]
         assert all(at in line for line in lines), lines
         assert several or all("iteration" not in line for line in lines)
+
+
+def test_more_iterations_on_a_resumed_run_count_the_rows_already_there_from_the_start(
+    tmp_path,
+) -> None:
+    from helpers import tuner
+
+    from phobbit.repository import Repository
+    from phobbit.simulated import SimulatedExecutor
+
+    tuner(tmp_path / "repo", executor=SimulatedExecutor(2)).run(9, 3, iterations=1)
+    previous = list(Repository(tmp_path / "repo").iter_results())
+    counts: list[int] = []
+
+    class Watching(LineReporter):
+        def finished(self, result: SegmentResult) -> None:
+            super().finished(result)
+            counts.append(self.tracker.segments_done)
+
+    out = io.StringIO()
+    more = tuner(tmp_path / "repo", executor=SimulatedExecutor(2))
+    more.reporter = Watching(out, previous=previous)
+    more.run(9, 3, iterations=2)
+    # The plan reaches iteration 0's rows only as it dispatches around them; the
+    # counters knew them from the start: each new result adds one to all already there.
+    assert counts == list(range(len(previous) + 1, 2 * len(previous) + 1))
+    assert "iteration 0 run" not in out.getvalue()  # its rungs were announced by that run
