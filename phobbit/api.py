@@ -550,8 +550,20 @@ class ParallelHyperband:
         self.executor.shutdown(kill=kind is not None)
 
     def results(self) -> pd.DataFrame:
-        """The results table of what the repository holds now (also mid-run)."""
-        return results_frame(self.repository.iter_results(), self.objective)
+        """The results table of what the repository holds now (also mid-run).
+
+        It ranks by the objective of the run in the repository (``run.json``), as
+        ``phobbit best`` does: its rows hold that objective's values. A tuner given
+        another objective for a repository tuned with one ranks as the repository
+        does (its ``run`` is refused there); only a folder that holds no run yet
+        ranks by the tuner's own.
+
+        Raises:
+            RepositoryError: when ``run.json`` or ``results.csv`` cannot be read.
+        """
+        settings = self.repository.read_settings()
+        goal = self.objective if settings is None else settings.goal
+        return results_frame(self.repository.iter_results(), goal)
 
     def best_hparams(self, n: int = 1) -> list[dict[str, Any]]:
         """The hyperparameters of the ``n`` best configurations so far, best first."""

@@ -245,3 +245,30 @@ def test_best_epoch_files_stay_within_keep_best_plus_workers_while_the_run_goes(
     assert most_best_files(tmp_path / "all", 1000) > keep_best + 2
     # At most keep_best configurations, plus the two training (or just back), have one.
     assert most_best_files(tmp_path / "pruned", keep_best) <= keep_best + 2
+
+
+def test_results_rank_by_the_repositorys_objective_whatever_the_tuners(hparams, repo) -> None:
+    from backend_probes import accuracy_metrics
+
+    from phobbit.simulated import SimulatedExecutor
+    from phobbit.view import open_repository
+
+    trainable = SyntheticTrainable(curve=x_curve, metrics=accuracy_metrics)
+    by_accuracy = ParallelHyperband(
+        None,
+        hparams,
+        repo,
+        trainable=trainable,
+        executor=SimulatedExecutor(2),
+        verbose=0,
+        objective="val_accuracy",
+    ).run(R=9, eta=3)
+    # The same repository, opened by a tuner left at its default objective (val_loss).
+    other = tune(hparams, repo, executor=SimulatedExecutor(2))
+    frame = other.results()
+    assert (
+        list(frame.index) == list(by_accuracy.index) == list(open_repository(repo).results().index)
+    )
+    assert "Val Accuracy" in frame.columns
+    assert list(frame.index) != list(frame.sort_values("Val Loss").index)  # not by val loss
+    assert tune(hparams, repo.parent / "empty").results().empty  # no run yet: its own
