@@ -584,7 +584,8 @@ class ParallelHyperband:
         """
         from phobbit.view import open_repository
 
-        path = open_repository(self.repository.path).scoring_file(trial)
-        import keras
+        # A copy a live run cannot replace or delete between finding it and loading it.
+        with open_repository(self.repository.path).scoring_copy(trial) as (_, path):
+            import keras
 
-        return keras.saving.load_model(path, safe_mode=True)
+            return keras.saving.load_model(path, safe_mode=True)

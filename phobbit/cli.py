@@ -717,13 +717,14 @@ def _export(repo: str, path: str, trial: str | None) -> int:
     if not path.endswith(".keras"):
         raise InputError(f"PATH must end with .keras (Keras' format), got {path!r}")
     run = open_repository(repo)
-    source = run.scoring_file(trial)
-    if not str(source).endswith(".keras"):
-        raise InputError(f"{source} is not a Keras model (the run trained no Keras model)")
-    try:
-        export_checkpoint(source, path)
-    except OSError as exc:
-        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    # A copy a live run cannot replace or delete between finding it and exporting it.
+    with run.scoring_copy(trial) as (source, copy):
+        if not str(source).endswith(".keras"):
+            raise InputError(f"{source} is not a Keras model (the run trained no Keras model)")
+        try:
+            export_checkpoint(copy, path)
+        except OSError as exc:
+            raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
     print(f"Wrote {path} from {source}", flush=True)
     return 0
 

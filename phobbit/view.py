@@ -16,24 +16,30 @@ demand).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
+import shutil
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from phobbit import checkpoints
 from phobbit.decisions import DecisionLog
 from phobbit.errors import RepositoryError
-from phobbit.records import RunSettings, Segment, SegmentResult, Status
+from phobbit.records import RunSettings, Segment, SegmentResult, Status, config_name
 from phobbit.repository import DRIVER_FILE, DRIVER_LOCK, Repository
 from phobbit.schedule import Bracket, brackets
 
 if TYPE_CHECKING:
     import pandas as pd
+
+SCORING_TRIES = 5  # looks for a scoring file that a live run keeps replacing under the reader
 
 
 def estimate_left(done: float, total: float, trained: float, seconds: float) -> float | None:
@@ -300,6 +306,58 @@ class RepositoryView:
             RepositoryError: when no configuration succeeded, ``trial`` is not in
                 the table, it failed, or no file holds its best epoch any more.
         """
+        checkpoint = self._scoring(trial).checkpoint
+        assert checkpoint is not None  # _scoring raises when there is none
+        return checkpoint
+
+    @contextlib.contextmanager
+    def scoring_copy(self, trial: str | None = None) -> Iterator[tuple[Path, Path]]:
+        """``scoring_file``'s file held still: a private copy that a live run cannot change.
+
+        A run that goes on replaces a checkpoint (a later epoch) or deletes a
+        best-epoch file (``keep_best``) at any moment, so a file found by what it
+        holds may be another, or gone, when it is opened. The file is opened once
+        and copied, the copy checked to hold the listed epoch, and if it does not
+        (or the file vanished) the search starts again.
+
+        Yields:
+            (the repository's file, the copy), the copy in a temporary folder that
+            goes when the block ends.
+
+        Raises:
+            RepositoryError: as ``scoring_file``, or when a run changed the file
+                under every one of ``SCORING_TRIES`` tries.
+        """
+        with tempfile.TemporaryDirectory(prefix="phobbit-scoring-") as folder:
+            yield self._copy_scoring(trial, Path(folder))
+
+    def _copy_scoring(self, trial: str | None, folder: Path) -> tuple[Path, Path]:
+        goal = self.settings.goal
+        for _ in range(SCORING_TRIES):
+            best = self._scoring(trial)
+            source = best.checkpoint
+            assert source is not None  # _scoring raises when there is none
+            copy = folder / source.name
+            try:
+                shutil.copyfile(source, copy)  # one open: a later replace is another file
+            except FileNotFoundError:
+                continue  # replaced or pruned between finding and opening it: look again
+            # The copy alone in a folder of its own: found there only if it holds the epoch.
+            stem = folder / config_name(best.iteration, best.s, best.id)
+            if goal.is_val_loss or best.objective is None:
+                found = checkpoints.find_scoring(stem, best.val_loss)
+            else:
+                found = checkpoints.find_scoring(stem, best.objective, goal, best.val_loss)
+            if found == copy:
+                return source, copy
+            copy.unlink()
+        raise RepositoryError(
+            f"the file of the best epoch of trial {trial or 'the best'} changed each time it "
+            f"was read (a run is writing {self.path}); try again"
+        )
+
+    def _scoring(self, trial: str | None) -> BestConfig:
+        """``trial``'s ``BestConfig`` (or the best's), with a checkpoint; see ``scoring_file``."""
         frame = self.results()
         if trial is None:
             ok = frame[frame["Status"] == Status.OK]
@@ -320,7 +378,7 @@ class RepositoryView:
                 f"no file holds the best epoch of trial {trial} any more (only the best "
                 "keep_best configurations keep theirs)"
             )
-        return best.checkpoint
+        return best
 
     def driver(self) -> DriverState:
         """Whether a driver runs in the repository now, and who it is or was.

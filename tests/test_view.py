@@ -168,3 +168,67 @@ def test_import_schedule_loads_no_pandas_joblib_rich_or_tensorflow() -> None:
 def test_brackets_command_loads_no_pandas_joblib_rich_or_tensorflow() -> None:
     code = "from phobbit.cli import main\nassert main(['brackets', '--R', '81']) == 0"
     assert _modules_loaded(code) == []
+
+
+def _train_on(checkpoint: Path) -> None:
+    """What a live run does to a configuration it trains on past its best epoch: the
+    epoch goes to the best-epoch file, and the checkpoint becomes a later, worse epoch."""
+    import os
+
+    from phobbit import checkpoints
+
+    stem = str(checkpoint)[: -len(".json")]
+    checkpoints.keep_checkpoint_as_best(str(checkpoint), checkpoints.best_path(stem, ".json"))
+    record = json.loads(checkpoint.read_text())
+    record["val_losses"].append(record["val_losses"][-1] + 1.0)
+    record["metrics"].append({**record["metrics"][-1], "val_loss": record["val_losses"][-1]})
+    record["epoch"] += 1
+    temp = checkpoint.with_name(checkpoint.name + ".tmp")
+    temp.write_text(json.dumps(record))
+    os.replace(temp, checkpoint)
+
+
+@pytest.mark.parametrize("change", ["replaced", "pruned"])
+def test_the_scoring_copy_holds_the_listed_epoch_whatever_a_live_run_does_in_between(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    import shutil
+
+    from helpers import tuner
+
+    from phobbit import checkpoints, view
+    from phobbit.simulated import SimulatedExecutor
+
+    tuner(tmp_path / "repo", executor=SimulatedExecutor(2)).run(R=9, eta=3)
+    run = open_repository(tmp_path / "repo")
+    (best,) = run.best(1)
+    listed = run.scoring_file()
+    assert listed.name == f"0-{best.s}-{best.id}.json"  # its checkpoint holds its best epoch
+    if change == "pruned":
+        _train_on(listed)  # now its best-epoch file holds it...
+        listed = run.scoring_file()
+        assert listed.name.endswith(".best.json")
+    copies: list[Path] = []
+    copyfile = shutil.copyfile
+
+    def between_finding_and_opening(source: Path, target: Path) -> None:
+        if not copies:  # the first open comes after a live run changed the file
+            if change == "replaced":
+                _train_on(Path(source))
+            else:
+                Path(source).unlink()  # ...which keep_best deletes
+        copies.append(Path(source))
+        copyfile(source, target)
+
+    monkeypatch.setattr(view.shutil, "copyfile", between_finding_and_opening)
+    if change == "pruned":  # no file holds the epoch any more: said so, in one error
+        with pytest.raises(RepositoryError, match="no file holds the best epoch of trial"):
+            with run.scoring_copy():
+                pass
+        return
+    with run.scoring_copy() as (source, copy):
+        # Not the checkpoint any more (a later epoch): the best-epoch file that took it.
+        assert copies == [listed, source] and source.name.endswith(".best.json")
+        progress = checkpoints.read_progress(copy)
+        assert progress is not None and progress.val_loss == best.val_loss
+        assert progress.epoch == best.epochs
