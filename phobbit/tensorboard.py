@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import json
 import logging
 import math
 import os
 import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ FOLDER = "tensorboard"
 MANIFEST = ".phobbit.json"
 INSTALL_HINT = 'TensorBoard logs are off: pip install "phobbit[tensorboard]" to write them'
 CURVE_KEYS = ("Iteration", "Run", "ID", "Rung", "Epoch")
+Config = tuple[int, int, int]  # (iteration, run, id)
 log = logging.getLogger(__name__)
 
 
@@ -113,29 +115,47 @@ def sessions(
     """
     if mode not in ("min", "max"):
         raise InputError(f"mode must be 'min' or 'max', got {mode!r}")
-    by_config: dict[tuple[int, int, int], list[SegmentResult]] = {}
+    by_config: dict[Config, list[SegmentResult]] = {}
     for row in rows:
         if row.final:
             by_config.setdefault((row.iteration, row.s, row.id), []).append(row)
-    per_config = _curves_by_config(curves)
-    found = []
-    for config, segments in sorted(by_config.items()):
-        segments.sort(key=lambda r: (r.rung, r.end))
-        ok = all(r.ok for r in segments)
-        scalars = _scalars(segments, per_config.get(config), objective)
-        best = _best(segments[-1], scalars, objective, mode) if ok else None
-        found.append(
-            Session(
-                name=config_name(*config),
-                hparams=dict(segments[0].hparams),
-                ok=ok,
-                start=min(r.start for r in segments),
-                end=max(r.end for r in segments),
-                scalars=tuple(scalars),
-                best=best,
-            )
-        )
-    return found
+    per_config, order = _curves_by_config(curves)
+    return [
+        session(config, segments, per_config.get(config), order, objective, mode)
+        for config, segments in sorted(by_config.items())
+    ]
+
+
+def session(
+    config: Config,
+    segments: Sequence[SegmentResult],
+    epochs: Mapping[int, Mapping[str, float]] | None,
+    order: Sequence[str],
+    objective: str = "val_loss",
+    mode: str = "min",
+) -> Session:
+    """The ``Session`` of one configuration.
+
+    Args:
+        config: (iteration, run, id).
+        segments: its final rows.
+        epochs: epoch -> what it logged, or None: the val loss at each segment's end.
+        order: the metrics in the order their scalars are written.
+        objective, mode: as for ``sessions``.
+    """
+    segments = sorted(segments, key=lambda r: (r.rung, r.end))
+    ok = all(r.ok for r in segments)
+    scalars = _scalars(segments, epochs, order)
+    best = _best(segments[-1], scalars, objective, mode) if ok else None
+    return Session(
+        name=config_name(*config),
+        hparams=dict(segments[0].hparams),
+        ok=ok,
+        start=min(r.start for r in segments),
+        end=max(r.end for r in segments),
+        scalars=tuple(scalars),
+        best=best,
+    )
 
 
 def _best(
@@ -155,19 +175,28 @@ def _best(
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def _curves_by_config(curves: pd.DataFrame | None) -> dict[tuple[int, int, int], Any]:
+def _curves_by_config(
+    curves: pd.DataFrame | None,
+) -> tuple[dict[Config, dict[int, dict[str, float]]], list[str]]:
+    """The curves per configuration (epoch -> metrics), and the metrics in column order."""
     if curves is None or curves.empty:
-        return {}
-    return {
-        (int(i), int(s), int(c)): frame
-        for (i, s, c), frame in curves.groupby(["Iteration", "Run", "ID"], sort=False)
-    }
+        return {}, []
+    order = [c for c in curves.columns if c not in CURVE_KEYS]
+    per_config = {}
+    for (i, s, c), frame in curves.groupby(["Iteration", "Run", "ID"], sort=False):
+        per_config[(int(i), int(s), int(c))] = {
+            int(record["Epoch"]): {tag: record[tag] for tag in order}
+            for record in frame.sort_values("Epoch").to_dict("records")
+        }
+    return per_config, order
 
 
 def _scalars(
-    segments: Sequence[SegmentResult], curve: Any, objective: str
+    segments: Sequence[SegmentResult],
+    epochs: Mapping[int, Mapping[str, float]] | None,
+    order: Sequence[str],
 ) -> list[tuple[str, int, float, float]]:
-    """Every epoch's metrics (from ``curve``), or each segment's last val loss, with times."""
+    """Every epoch's metrics (from ``epochs``), or each segment's last val loss, with times."""
 
     def wall(epoch: int) -> float:
         # Epoch e ended somewhere in its segment: spread evenly over the segment's time.
@@ -178,18 +207,17 @@ def _scalars(
                 )
         return segments[-1].end
 
-    if curve is None:
+    if not epochs:
         return [
             ("val_loss", r.epochs, float(r.last_val_loss), r.end)
             for r in segments
             if r.ok and r.last_val_loss is not None
         ]
-    metrics = [c for c in curve.columns if c not in CURVE_KEYS]
     out = []
-    for record in curve.sort_values("Epoch").to_dict("records"):
-        epoch = int(record["Epoch"])
-        for tag in metrics:
-            value = record[tag]
+    for epoch in sorted(epochs):
+        record = epochs[epoch]
+        for tag in order:
+            value = record.get(tag)
             if value is not None and isinstance(value, (int, float)) and math.isfinite(value):
                 out.append((tag, epoch, float(value), wall(epoch)))
     return out
@@ -302,33 +330,55 @@ def write_logs(
     root.mkdir(parents=True, exist_ok=True)
     manifest = _read_manifest(root / MANIFEST)
     metrics = sorted({tag for s in found for tag, *_ in s.scalars})
-    written = []
-    experiment_print = json.dumps([[hp.to_dict() for hp in space], metrics, objective])
-    if manifest.get("") != experiment_print or not list(root.glob("events.out.tfevents.*")):
-        created = min((s.start for s in found), default=time.time())
-        for old in root.glob("events.out.tfevents.*"):
-            old.unlink()
-        _write_events(
-            root, [(_experiment_summary(space, metrics, objective, created), 0, created)]
-        )
-        manifest[""] = experiment_print
-    for session in found:
-        fingerprint = session.fingerprint()
-        folder = root / session.name
-        if manifest.get(session.name) == fingerprint and folder.is_dir():
-            continue
-        temp = root / f".tmp-{session.name}-{os.getpid()}"
-        shutil.rmtree(temp, ignore_errors=True)
-        temp.mkdir()
-        _write_events(temp, _session_summaries(session, objective))
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(temp, folder)
-        manifest[session.name] = fingerprint
-        written.append(session.name)
+    created = min((s.start for s in found), default=time.time())
+    _write_experiment(root, space, metrics, objective, created, manifest, check=True)
+    written = [s.name for s in found if _write_session(root, s, objective, manifest)]
+    _save_manifest(root, manifest)
+    return written
+
+
+def _write_experiment(
+    root: Path,
+    space: Sequence[Hyperparameter],
+    metrics: Sequence[str],
+    objective: str,
+    created: float,
+    manifest: dict[str, str],
+    check: bool,
+) -> None:
+    """Writes the experiment (the HParams dashboard's columns) if it changed, or if
+    ``check`` finds its file missing."""
+    experiment_print = json.dumps([[hp.to_dict() for hp in space], list(metrics), objective])
+    if manifest.get("") == experiment_print and not (
+        check and not list(root.glob("events.out.tfevents.*"))
+    ):
+        return
+    for old in root.glob("events.out.tfevents.*"):
+        old.unlink()
+    _write_events(root, [(_experiment_summary(space, metrics, objective, created), 0, created)])
+    manifest[""] = experiment_print
+
+
+def _write_session(root: Path, session: Session, objective: str, manifest: dict[str, str]) -> bool:
+    """Writes one configuration's folder unless the manifest has it as it is; whether written."""
+    fingerprint = session.fingerprint()
+    folder = root / session.name
+    if manifest.get(session.name) == fingerprint and folder.is_dir():
+        return False
+    temp = root / f".tmp-{session.name}-{os.getpid()}"
+    shutil.rmtree(temp, ignore_errors=True)
+    temp.mkdir()
+    _write_events(temp, _session_summaries(session, objective))
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(temp, folder)
+    manifest[session.name] = fingerprint
+    return True
+
+
+def _save_manifest(root: Path, manifest: dict[str, str]) -> None:
     temp_manifest = root / f"{MANIFEST}.tmp{os.getpid()}"
     temp_manifest.write_text(json.dumps(manifest, sort_keys=True))
     os.replace(temp_manifest, root / MANIFEST)
-    return written
 
 
 def written_count(logdir: str | os.PathLike) -> int:
@@ -392,29 +442,155 @@ def write_quietly(path: str | os.PathLike) -> bool:
     return True
 
 
-class LoggingReporter:
-    """Passes the scheduler's reports on to ``inner`` and rewrites the logs as results come.
+class RunLogs:
+    """The logs of a run in progress, kept up to date from the results it is told of.
 
-    The logs are rewritten after a finished segment at most every ``interval``
-    seconds (each write reads the repository's records, and only what changed is
-    written again); the run's end writes them once more (``ParallelHyperband.run``).
+    ``start`` reads the repository once; after that, each ``flush`` writes only
+    the configurations that got a result since the last one, reading only what
+    ``epochs.csv`` gained since: nothing it does grows with the run. The run's
+    end rewrites everything from the records once more (``write_quietly``), so
+    what a flush missed (a kill, a result never reported) is made good there.
+
+    Args:
+        path: the repository folder.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._rows: dict[Config, list[SegmentResult]] = {}
+        self._epochs: dict[Config, dict[int, dict[str, float]]] = {}
+        self._names: list[str] = []  # metrics, in the order first logged
+        self._tags: set[str] = set()  # every scalar tag written
+        self._touched: set[Config] = set()
+        self._offset = 0  # how far epochs.csv has been read
+        self._manifest: dict[str, str] = {}
+        self._created = math.inf
+        self._settings: Any = None
+        self._checked = False  # whether the experiment's file was looked for
+
+    def start(self) -> None:
+        """Reads what the repository holds: the rows and epochs of earlier sessions."""
+        from phobbit.view import open_repository
+
+        require()
+        run = open_repository(self.path)
+        self._settings = run.settings
+        for row in run.repository.iter_results():
+            self._learn(row)
+        self._read_epochs()
+        self._manifest = _read_manifest(self.path / FOLDER / MANIFEST)
+
+    def add(self, result: SegmentResult) -> None:
+        """Takes a result the run reported: its configuration is written at the next flush."""
+        if self._learn(result):
+            self._touched.add((result.iteration, result.s, result.id))
+
+    def _learn(self, row: SegmentResult) -> bool:
+        if not row.final:
+            return False
+        self._rows.setdefault((row.iteration, row.s, row.id), []).append(row)
+        self._created = min(self._created, row.start)
+        return True
+
+    def _read_epochs(self) -> None:
+        """Reads the lines ``epochs.csv`` gained since the last read (whole lines only:
+        a writer may be in the middle of one)."""
+        from phobbit.repository import Repository, decode_epoch
+
+        path = Repository(self.path).epochs_path
+        try:
+            with open(path, "rb") as handle:
+                if os.fstat(handle.fileno()).st_size < self._offset:
+                    self._offset = 0  # replaced by a shorter file: read it again
+                handle.seek(self._offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return
+        end = data.rfind(b"\n") + 1
+        for line in io.BytesIO(data[:end]):  # lines as iterating the file gives them
+            row = decode_epoch(line)
+            if row is None:
+                continue  # the header, or a torn line
+            config = (row.iteration, row.s, row.id)
+            self._epochs.setdefault(config, {})[row.epoch] = dict(row.metrics)
+            self._names.extend(n for n in row.metrics if n not in self._names)
+        self._offset += end
+
+    def flush(self) -> list[str]:
+        """Writes the configurations that got a result since the last flush; their names."""
+        from filelock import FileLock
+
+        from phobbit.view import metric_order
+
+        if self._settings is None or not self._touched:
+            return []
+        self._read_epochs()
+        goal = self._settings.goal
+        order = metric_order(self._names)
+        found = [
+            session(
+                config,
+                self._rows[config],
+                self._epochs.get(config),
+                order,
+                goal.name,
+                goal.direction,
+            )
+            for config in sorted(self._touched)
+        ]
+        self._touched.clear()
+        self._tags |= {tag for s in found for tag, *_ in s.scalars}
+        root = self.path / FOLDER
+        with FileLock(str(self.path / ".tensorboard.lock"), timeout=60):
+            root.mkdir(exist_ok=True)
+            space = self._settings.space.hparams
+            created = self._created if math.isfinite(self._created) else time.time()
+            metrics = sorted(self._tags)
+            _write_experiment(
+                root, space, metrics, goal.name, created, self._manifest, not self._checked
+            )
+            self._checked = True
+            written = [s.name for s in found if _write_session(root, s, goal.name, self._manifest)]
+            _save_manifest(root, self._manifest)
+        return written
+
+
+class LoggingReporter:
+    """Passes the scheduler's reports on to ``inner`` and writes the logs as results come.
+
+    After a finished segment, at most every ``interval`` seconds, the
+    configurations that got a result since the last write are written
+    (``RunLogs``); the run's end writes them all once more
+    (``ParallelHyperband.run``). A failure to write is logged, never raised:
+    logs are no reason to stop training.
     """
 
     def __init__(self, inner: Any, path: str | os.PathLike, interval: float = 30.0) -> None:
         self.inner, self.path, self.interval = inner, path, interval
         self._last = time.monotonic()
+        self.logs = RunLogs(path)
 
     def started(self, plan: Any, resumed: int) -> None:
         self.inner.started(plan, resumed)
+        self._quietly(self.logs.start)
 
     def dispatched(self, segment: Any) -> None:
         self.inner.dispatched(segment)
 
     def finished(self, result: SegmentResult) -> None:
         self.inner.finished(result)
+        self._quietly(lambda: self.logs.add(result))
         if time.monotonic() - self._last >= self.interval:
-            write_quietly(self.path)
+            self._quietly(self.logs.flush)
             self._last = time.monotonic()
+
+    def _quietly(self, action: Any) -> None:
+        try:
+            action()
+        except Exception as exc:  # noqa: BLE001 - derived data only; the run goes on
+            log.warning(
+                "could not write TensorBoard logs in %s: %s", self.path, exc, exc_info=True
+            )
 
     def retrying(self, segment: Any, cause: str, attempt: int) -> None:
         self.inner.retrying(segment, cause, attempt)

@@ -23,6 +23,7 @@ from tensorboard.plugins.hparams import api_pb2, metadata  # noqa: E402
 from tensorboard.util import tensor_util  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+SEGMENTS_R9 = 9 + 3 + 1 + 5 + 1 + 3  # the segments of brackets(9, 3)
 SPACE = [
     Hyperparameter("x", "uniform", (0.0, 1.0)),
     Hyperparameter("act", "choice", [("relu", "tanh")]),
@@ -285,6 +286,38 @@ def test_logs_are_rewritten_while_the_run_goes(tmp_path: Path) -> None:
     assert {p.name for p in (tmp_path / "repo" / "tensorboard").iterdir() if p.is_dir()} == {
         config_name(r.iteration, r.s, r.id) for r in rows
     }
+
+
+def test_the_in_run_writer_writes_only_what_each_result_changed_and_reads_the_records_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from phobbit import view
+    from phobbit.scheduler import SilentReporter
+
+    opened: list[Path] = []
+    monkeypatch.setattr(
+        view, "open_repository", lambda path: opened.append(Path(path)) or open_repository(path)
+    )
+    monkeypatch.setattr(tb, "write_repository", None)  # the whole rewrite: not while it runs
+    reporter = tb.LoggingReporter(SilentReporter(), tmp_path / "repo", interval=0.0)
+    flushes: list[list[str]] = []
+    flush = reporter.logs.flush
+    monkeypatch.setattr(reporter.logs, "flush", lambda: flushes.append(flush()))
+    seen: list[str] = []
+    finished = reporter.finished
+
+    def noting(result) -> None:
+        seen.append(config_name(result.iteration, result.s, result.id))
+        finished(result)
+
+    monkeypatch.setattr(reporter, "finished", noting)
+    run(tmp_path / "repo", tensorboard=False, reporter=reporter)
+    assert opened == [tmp_path / "repo"]  # the records, read once at the start
+    # Each flush wrote the one configuration that had just got a result, no other.
+    assert flushes == [[name] for name in seen] and len(seen) == SEGMENTS_R9
+    monkeypatch.undo()
+    # And what it wrote is what a whole rewrite from the records writes: nothing to redo.
+    assert tb.write_repository(tmp_path / "repo") == []
 
 
 def test_the_logging_reporter_passes_on_every_report(tmp_path: Path) -> None:
