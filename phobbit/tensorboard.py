@@ -467,6 +467,7 @@ class RunLogs:
         self._created = math.inf
         self._settings: Any = None
         self._checked = False  # whether the experiment's file was looked for
+        self._unsaved = False  # written since the manifest was saved
 
     def start(self) -> None:
         """Reads what the repository holds: the rows and epochs of earlier sessions."""
@@ -479,6 +480,10 @@ class RunLogs:
             self._learn(row)
         self._read_epochs()
         self._manifest = _read_manifest(self.path / FOLDER / MANIFEST)
+        # The tags the earlier sessions' configurations have: the experiment lists them all.
+        self._tags = set(self._names)
+        if any(config not in self._epochs for config in self._rows):
+            self._tags.add("val_loss")  # a configuration without curves logs its val loss
 
     def add(self, result: SegmentResult) -> None:
         """Takes a result the run reported: its configuration is written at the next flush."""
@@ -549,10 +554,21 @@ class RunLogs:
             _write_experiment(
                 root, space, metrics, goal.name, created, self._manifest, not self._checked
             )
-            self._checked = True
+            self._checked = True  # manifest[""] set or checked: the experiment is there
             written = [s.name for s in found if _write_session(root, s, goal.name, self._manifest)]
-            _save_manifest(root, self._manifest)
+        self._unsaved |= bool(written)
         return written
+
+    def close(self) -> None:
+        """Saves the manifest of what was written (once, at the end: it holds every
+        configuration, so saving it at each flush would grow with the run). A run
+        killed before leaves an older one: the next writing rewrites what it misses."""
+        if self._unsaved:
+            from filelock import FileLock
+
+            with FileLock(str(self.path / ".tensorboard.lock"), timeout=60):
+                _save_manifest(self.path / FOLDER, self._manifest)
+            self._unsaved = False
 
 
 class LoggingReporter:
@@ -600,3 +616,4 @@ class LoggingReporter:
 
     def closed(self) -> None:
         self.inner.closed()
+        self._quietly(self.logs.close)
