@@ -335,3 +335,30 @@ def test_the_logging_reporter_passes_on_every_report(tmp_path: Path) -> None:
     for name in reports:
         getattr(reporter, name)(*[None] * arguments.get(name, 0))
     assert seen == reports and "replaced" in seen
+
+
+def test_the_in_run_writer_of_a_resumed_run_with_more_iterations_leaves_nothing_to_redo(
+    tmp_path: Path,
+) -> None:
+    from phobbit.scheduler import SilentReporter
+
+    for iterations in (1, 2):
+        reporter = tb.LoggingReporter(SilentReporter(), tmp_path / "repo", interval=0.0)
+        tuner = ParallelHyperband(
+            None,
+            SPACE,
+            tmp_path / "repo",
+            trainable=SyntheticTrainable(curve=x_curve),
+            executor=SimulatedExecutor(2),
+            verbose=0,
+            tensorboard=False,
+            reporter=reporter,
+        )
+        tuner.run(R=9, eta=3, iterations=iterations)
+    rows = list(tuner.repository.iter_results())
+    logdir = tmp_path / "repo" / "tensorboard"
+    assert {p.name for p in logdir.iterdir() if p.is_dir()} == {
+        config_name(r.iteration, r.s, r.id) for r in rows
+    }
+    assert tb.write_repository(tmp_path / "repo") == []  # the experiment too is as it should be
+    assert len(list(logdir.glob("events.out.tfevents.*"))) == 1
