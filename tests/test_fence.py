@@ -10,6 +10,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -88,6 +90,43 @@ def paused_driver(repo: Path, barrier: Path, hold_gil: bool = False) -> subproce
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+
+@dataclass
+class PausedDriver:
+    """A driver in a process of its own, its victim's worker paused mid-segment.
+
+    Attributes:
+        repo: its repository.
+        barrier: the folder where the worker waits; ``go`` lets it go on.
+        process: the driver's process (its stderr a pipe).
+        workers: the driver's worker processes, as they were at the pause.
+    """
+
+    repo: Path
+    barrier: Path
+    process: subprocess.Popen
+    workers: list[psutil.Process]
+
+    def go(self) -> None:
+        """Lets the paused worker go on."""
+        (self.barrier / "go").touch()
+
+
+@pytest.fixture
+def paused(tmp_path: Path) -> Iterator[PausedDriver]:
+    """A ``PausedDriver``; whatever is left of it is killed after the test."""
+    repo, barrier = tmp_path / "repo", tmp_path / "barrier"
+    driver = paused_driver(repo, barrier)
+    workers: list[psutil.Process] = []
+    try:
+        paused_pid(barrier)
+        workers = psutil.Process(driver.pid).children()
+        yield PausedDriver(repo, barrier, driver, workers)
+    finally:
+        kill_tree([p.pid for p in workers] + [driver.pid])
+        driver.wait()
+        driver.stderr.close()
 
 
 def resumed_tuner(repo: Path, barrier: Path):
@@ -205,49 +244,37 @@ def test_a_stopped_orphan_continued_after_a_resume_rolls_nothing_back(tmp_path: 
 
 
 def test_a_second_driver_is_refused_while_the_first_runs_although_its_lock_file_is_gone(
-    tmp_path: Path,
+    paused: PausedDriver,
 ) -> None:
-    repo, barrier = tmp_path / "repo", tmp_path / "barrier"
-    driver = paused_driver(repo, barrier)
-    try:
-        paused_pid(barrier)
-        (repo / ".driver.lock").unlink()  # e.g. a clean-up script that removes lock files
-        before = (repo / "results.csv").read_bytes()
-        running = rf"in use by a running phobbit \(pid {driver.pid} on {socket.gethostname()}\)"
-        with pytest.raises(RepositoryError, match=running + r" although its lock file"):
-            resumed_tuner(repo, barrier).run(R=9, eta=3)
-        assert (repo / "results.csv").read_bytes() == before
-        assert json.loads((repo / "driver.json").read_text())["pid"] == driver.pid
-        (barrier / "go").touch()
-        assert driver.wait(timeout=120) == 0, driver.stderr.read().decode()
-    finally:
-        kill_tree([driver.pid])
+    repo, driver = paused.repo, paused.process
+    (repo / ".driver.lock").unlink()  # e.g. a clean-up script that removes lock files
+    before = (repo / "results.csv").read_bytes()
+    running = rf"in use by a running phobbit \(pid {driver.pid} on {socket.gethostname()}\)"
+    with pytest.raises(RepositoryError, match=running + r" although its lock file"):
+        resumed_tuner(repo, paused.barrier).run(R=9, eta=3)
+    assert (repo / "results.csv").read_bytes() == before
+    assert json.loads((repo / "driver.json").read_text())["pid"] == driver.pid
+    paused.go()
+    assert driver.wait(timeout=120) == 0, driver.stderr.read().decode()
 
 
 def test_a_driver_taken_over_stops_and_its_workers_write_nothing_after(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, paused: PausedDriver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    repo, barrier = tmp_path / "repo", tmp_path / "barrier"
-    driver = paused_driver(repo, barrier)
-    workers: list[psutil.Process] = []
-    try:
-        paused_pid(barrier)
-        workers = psutil.Process(driver.pid).children()
-        # The worst case: a second driver that cannot tell the first one still runs (the
-        # lock file deleted, and the first driver's pid not checkable from where it runs).
-        (repo / ".driver.lock").unlink()
-        monkeypatch.setattr(Repository, "_refuse_running_driver", lambda self: None)
-        taken_over = resumed_tuner(repo, barrier).run(R=9, eta=3)
-        after = files_of(repo)
-        (barrier / "go").touch()  # the first driver's paused worker goes on
-        assert driver.wait(timeout=300) == 1
-        message = driver.stderr.read().decode()
-        assert "was taken over by another phobbit" in message, message
-        _, alive = psutil.wait_procs(workers, timeout=120)
-        assert not alive, f"the first driver's workers still run: {alive}"
-        assert files_of(repo) == after, "a worker of the replaced driver wrote"
-    finally:
-        kill_tree([p.pid for p in workers] + [driver.pid])
+    repo, driver = paused.repo, paused.process
+    # The worst case: a second driver that cannot tell the first one still runs (the
+    # lock file deleted, and the first driver's pid not checkable from where it runs).
+    (repo / ".driver.lock").unlink()
+    monkeypatch.setattr(Repository, "_refuse_running_driver", lambda self: None)
+    taken_over = resumed_tuner(repo, paused.barrier).run(R=9, eta=3)
+    after = files_of(repo)
+    paused.go()  # the first driver's paused worker goes on
+    assert driver.wait(timeout=300) == 1
+    message = driver.stderr.read().decode()
+    assert "was taken over by another phobbit" in message, message
+    _, alive = psutil.wait_procs(paused.workers, timeout=120)
+    assert not alive, f"the first driver's workers still run: {alive}"
+    assert files_of(repo) == after, "a worker of the replaced driver wrote"
     keys = [row.key for row in Repository(repo).iter_results()]
     assert len(keys) == len(set(keys)), "a segment was trained by both drivers"
     pd.testing.assert_frame_equal(
@@ -256,24 +283,18 @@ def test_a_driver_taken_over_stops_and_its_workers_write_nothing_after(
 
 
 def test_a_run_whose_driver_json_is_deleted_stops_and_writes_nothing_more(
-    tmp_path: Path,
+    paused: PausedDriver,
 ) -> None:
-    repo, barrier = tmp_path / "repo", tmp_path / "barrier"
-    driver = paused_driver(repo, barrier)
-    try:
-        paused_pid(barrier)
-        workers = psutil.Process(driver.pid).children()
-        with Repository(repo)._lock:  # as a write would: no write is half-way through
-            (repo / "driver.json").unlink()
-            before = files_of(repo)
-        (barrier / "go").touch()
-        assert driver.wait(timeout=300) == 1
-        message = driver.stderr.read().decode()
-        assert "driver.json no longer names this run" in message, message
-        _, alive = psutil.wait_procs(workers, timeout=120)
-        assert not alive and files_of(repo) == before
-    finally:
-        kill_tree([driver.pid])
+    repo, driver = paused.repo, paused.process
+    with Repository(repo)._lock:  # as a write would: no write is half-way through
+        (repo / "driver.json").unlink()
+        before = files_of(repo)
+    paused.go()
+    assert driver.wait(timeout=300) == 1
+    message = driver.stderr.read().decode()
+    assert "driver.json no longer names this run" in message, message
+    _, alive = psutil.wait_procs(paused.workers, timeout=120)
+    assert not alive and files_of(repo) == before
 
 
 def write_driver_json(repo: Path, **record: object) -> None:
