@@ -22,16 +22,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from phobbit.errors import RepositoryError
+from phobbit.framing import float_text, float_value, framed, nesting, unframed
 from phobbit.records import Segment
-from phobbit.repository import (
-    DECISIONS,
-    Repository,
-    _float_text,
-    _float_value,
-    _framed,
-    _nesting,
-    _unframed,
-)
+from phobbit.repository import DECISIONS, Repository
 from phobbit.space import MAX_NESTING
 
 COLUMNS = ("iteration", "run", "id", "rung", "start_epoch", "epochs", "prior_best", "hparams")
@@ -47,28 +40,28 @@ def encode_decision(segment: Segment) -> str:
         segment.rung,
         segment.start_epoch,
         segment.epochs,
-        _float_text(segment.prior_best),
+        float_text(segment.prior_best),
         json.dumps(segment.hparams, sort_keys=True),
     ]
-    return _framed(values)
+    return framed(values)
 
 
 def decode_decision(line: bytes) -> dict[str, Any] | None:
     """The fields of a decision line, or None for a torn, corrupt or header line."""
-    fields = _unframed(line)
+    fields = unframed(line)
     if fields is None:
         return None
     if len(fields) != len(COLUMNS):
         return None
     raw = dict(zip(COLUMNS, fields))
-    if _nesting(raw["hparams"]) > 1 + MAX_NESTING:
+    if nesting(raw["hparams"]) > 1 + MAX_NESTING:
         return None
     try:
         hparams = json.loads(raw["hparams"])
         if not isinstance(hparams, dict):
             return None
         out: dict[str, Any] = {c: int(raw[c]) for c in COLUMNS[:6]}
-        out["prior_best"] = _float_value(raw["prior_best"])
+        out["prior_best"] = float_value(raw["prior_best"])
         out["hparams"] = hparams
         return out
     except (ValueError, TypeError):

@@ -9,19 +9,11 @@ data. Hparams are stored as JSON and parsed as JSON, never evaluated.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import errno
-import io
 import json
 import os
-import re
 import shutil
-import socket
-import threading
-import time
-import uuid
-import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import asdict
@@ -33,6 +25,23 @@ from filelock import FileLock, Timeout
 from phobbit import checkpoints
 from phobbit.errors import FatalError, InputError, RepositoryError, StorageError
 from phobbit.fence import StaleDriverError
+from phobbit.framing import float_text as _float_text
+from phobbit.framing import float_value as _float_value
+from phobbit.framing import framed as _framed
+from phobbit.framing import nesting as _nesting
+from phobbit.framing import unframed as _unframed
+
+# The driver's lease moved to phobbit.lease; its names stay importable from here.
+from phobbit.lease import (  # noqa: F401 - re-exported
+    DRIVER_FILE,
+    DRIVER_FRESH_S,
+    DRIVER_LOCK,
+    DRIVER_LOCK_WAIT_S,
+    HEARTBEAT_S,
+    DriverLease,
+    process_start,
+    this_host,
+)
 from phobbit.objective import VAL_LOSS, Objective
 from phobbit.records import EpochRow, RunSettings, SegmentKey, SegmentResult, config_name
 from phobbit.space import MAX_NESTING
@@ -70,24 +79,9 @@ EPOCHS = "epochs.csv"
 DECISIONS = "decisions.csv"  # ASHA's and TPE's decisions (phobbit.decisions)
 RESULTS = "results.csv"
 RUN_FILE = "run.json"
-DRIVER_FILE = "driver.json"
-DRIVER_LOCK = ".driver.lock"
 RESULTS_LOCK = ".results.lock"
 MODELS = "models"
 LOCK_TIMEOUT_S = 60.0
-DRIVER_LOCK_WAIT_S = 0.5
-# A running driver touches driver.json this often; one whose driver.json is older than
-# DRIVER_FRESH_S is taken for gone where its pid cannot be checked (another host).
-HEARTBEAT_S = 10.0
-DRIVER_FRESH_S = 60.0
-
-
-def _float_text(value: float | None) -> str:
-    return "" if value is None else repr(float(value))
-
-
-def _float_value(text: str) -> float | None:
-    return None if text == "" else float(text)
 
 
 def encode_row(result: SegmentResult) -> str:
@@ -102,30 +96,6 @@ def encode_row(result: SegmentResult) -> str:
     values["note"] = " ".join(str(result.note).split())
     values["objective"] = _float_text(result.objective)
     return _framed([values[c] for c in COLUMNS])
-
-
-def _framed(fields: Sequence[Any]) -> str:
-    """One CSV line of ``fields``, newline included, ending with its CRC32."""
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="").writerow(fields)
-    body = buffer.getvalue() + ","
-    return f"{body}{zlib.crc32(body.encode()):08x}\n"
-
-
-def _unframed(line: str | bytes) -> list[str] | None:
-    """The fields of a CRC-framed line, or None for a torn, corrupt or header line."""
-    raw_line = line.encode() if isinstance(line, str) else line
-    if not raw_line.endswith(b"\n"):
-        return None
-    body, _, crc = raw_line[:-1].rpartition(b",")
-    if not body or f"{zlib.crc32(body + b','):08x}".encode() != crc:
-        return None
-    try:
-        text = body.decode()
-        _allow_fields_of(len(text))
-        return next(csv.reader([text]))
-    except (UnicodeDecodeError, csv.Error, StopIteration):
-        return None
 
 
 def encode_epoch(row: EpochRow) -> str:
@@ -151,32 +121,6 @@ def decode_epoch(line: str | bytes) -> EpochRow | None:
         )
     except (ValueError, TypeError):
         return None
-
-
-_FIELD_LIMIT = threading.Lock()
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-_JSON_BRACKET = re.compile(r"[\[\]{}]")
-
-
-def _allow_fields_of(size: int) -> None:
-    """Raises the csv module's field size limit (128 KiB by default) to at least ``size``.
-
-    The writer has no such limit, so without this a row holding a long choice
-    value would be written but never read back, and its segment trained on
-    every resume. The limit is process-wide; it is only ever raised, under a lock.
-    """
-    with _FIELD_LIMIT:
-        if csv.field_size_limit() < size:
-            csv.field_size_limit(size)
-
-
-def _nesting(text: str) -> int:
-    """How deeply the JSON ``text`` nests arrays and objects, counted without parsing it."""
-    depth = deepest = 0
-    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub("", text)):
-        depth += 1 if bracket in "[{" else -1
-        deepest = max(deepest, depth)
-    return deepest
 
 
 def decode_row(line: str | bytes) -> SegmentResult | None:
@@ -224,8 +168,11 @@ def decode_row(line: str | bytes) -> SegmentResult | None:
         return None
 
 
-class Repository:
+class Repository(DriverLease):
     """A run's folder; every method is safe to call from many processes at once.
+
+    The driver's lease (``driver_lock``, ``holds``, ``fenced``, ``driver_record``)
+    is in ``phobbit.lease``.
 
     Args:
         path: the folder; created (with parents) by :meth:`create`.
@@ -372,185 +319,6 @@ class Repository:
             raise
 
     @contextmanager
-    def driver_lock(self) -> Iterator[str]:
-        """Held by the one driver that runs in this folder; a killed driver's lock dies with it.
-
-        The lock is an OS file lock (``flock``), which the kernel releases when
-        its holder dies however it dies, so a stale ``driver.json`` left by a
-        killed driver never blocks a resume. Should ``.driver.lock`` have been
-        deleted under a running driver, ``driver.json`` still names it: a live
-        process with its pid and start time on this host, or (on another host,
-        where no pid can be checked) a ``driver.json`` its heartbeat touched less
-        than ``DRIVER_FRESH_S`` ago, is refused too.
-
-        Yields:
-            This driver's fencing token, written to ``driver.json`` under the
-            results lock: from now on only segments that carry it may write.
-
-        Raises:
-            RepositoryError: naming the driver (pid, host) that holds the folder now.
-        """
-        self.path.mkdir(parents=True, exist_ok=True)
-        # Not 0: a reader such as `phobbit status` may test the lock for an instant.
-        lock = FileLock(str(self.path / ".driver.lock"), timeout=DRIVER_LOCK_WAIT_S)
-        try:
-            lock.acquire()
-        except Timeout:
-            raise RepositoryError(
-                f"repository {self.path} is in use by a running phobbit ({self._driver_name()}); "
-                "wait for it to finish or stop it, or use another folder"
-            ) from None
-        try:
-            self._refuse_running_driver()
-            token = uuid.uuid4().hex
-            self._write_driver(token)
-            try:
-                with self._heartbeat(token):
-                    yield token
-            finally:
-                self._mark_ended(token)
-        finally:
-            lock.release()
-
-    def _write_driver(self, token: str) -> None:
-        """Makes this process the repository's driver, under the results lock.
-
-        Under that lock, so that a worker of the previous driver that checked
-        the old token under it has finished its write before the token changes.
-        """
-        owner = self.path / DRIVER_FILE
-        temp = owner.with_name(f".driver.{os.getpid()}.tmp")
-        record = {
-            "pid": os.getpid(),
-            "host": this_host(),
-            "process_start": process_start(os.getpid()),
-            "started": time.time(),
-            "token": token,
-        }
-        with self._locked(RepositoryError):
-            try:
-                temp.write_text(json.dumps(record))
-                os.replace(temp, owner)
-            except OSError as exc:
-                raise StorageError(
-                    f"cannot write {owner}: {exc.strerror}; fix the repository folder "
-                    "(free disk space, make it writable), then run again"
-                ) from None
-
-    def _mark_ended(self, token: str) -> None:
-        """Records in ``driver.json`` that its driver has ended, unless another driver has
-        taken over; best effort.
-
-        Its process may live on (a notebook), which must not read as a driver
-        that still runs; and its token goes, so nothing may write with it now.
-        """
-        owner = self.path / DRIVER_FILE
-        if not owner.exists():
-            return  # removed with what a run stopped by bad input made: make nothing again
-        temp = owner.with_name(f".driver.{os.getpid()}.tmp")
-        lock = FileLock(str(self.path / ".results.lock"), timeout=DRIVER_LOCK_WAIT_S)
-        try:
-            with lock:
-                record = self.driver_record()
-                if record is None or record.get("token") != token:
-                    return
-                temp.write_text(json.dumps({**record, "token": None, "ended": time.time()}))
-                os.replace(temp, owner)
-        except (OSError, Timeout):
-            pass  # the pid check still tells once this process is gone
-
-    def driver_record(self) -> dict[str, Any] | None:
-        """What ``driver.json`` says of the last driver (pid, host, started, token), or None."""
-        try:
-            record = json.loads((self.path / DRIVER_FILE).read_text())
-        except (OSError, ValueError):
-            return None
-        return record if isinstance(record, dict) else None
-
-    def _refuse_running_driver(self) -> None:
-        """Refuses to take over from a driver that still runs although its lock was free."""
-        try:
-            touched = (self.path / DRIVER_FILE).stat().st_mtime
-            who = self.driver_record() or {}
-            pid, host = int(who["pid"]), str(who["host"])
-        except (OSError, KeyError, TypeError, ValueError):
-            return
-        if who.get("ended") is not None:
-            return  # it ended cleanly, whether or not its process lives on
-        if host == this_host():
-            if pid == os.getpid():
-                return  # this process ran here before (run() called again)
-            started, recorded = process_start(pid), who.get("process_start")
-            if started is not None and recorded is not None:
-                if started != recorded:
-                    return  # the pid now belongs to another process
-                raise RepositoryError(
-                    f"repository {self.path} is in use by a running phobbit (pid {pid} on "
-                    f"{host}) although its lock file .driver.lock is gone (deleted?); wait for "
-                    f"that run or stop it (kill {pid}), then run again"
-                )
-            if not _alive(pid):
-                return
-        age = time.time() - touched
-        if age < DRIVER_FRESH_S:
-            raise RepositoryError(
-                f"repository {self.path} may be in use by phobbit pid {pid} on {host}: its "
-                f"driver.json was touched {max(age, 0):.0f} s ago and this host cannot check that "
-                f"process; if that run has stopped, run again in {DRIVER_FRESH_S:.0f} s, or "
-                f"delete {self.path / DRIVER_FILE} first"
-            )
-
-    @contextmanager
-    def _heartbeat(self, token: str) -> Iterator[None]:
-        """Touches ``driver.json`` every ``HEARTBEAT_S`` while this driver holds the folder."""
-        stop = threading.Event()
-
-        def beat() -> None:
-            while not stop.wait(HEARTBEAT_S):
-                try:
-                    if self._driver_token() != token:
-                        return  # replaced: the file is another driver's now
-                    os.utime(self.path / DRIVER_FILE)
-                except OSError:
-                    pass
-
-        thread = threading.Thread(target=beat, name="phobbit-driver-heartbeat", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
-
-    def _driver_token(self) -> str | None:
-        try:
-            return json.loads((self.path / DRIVER_FILE).read_bytes()).get("token")
-        except (OSError, ValueError, AttributeError):
-            return None
-
-    def holds(self, token: str) -> bool:
-        """Whether ``token`` is still the fencing token of this repository's driver."""
-        return self._driver_token() == token
-
-    @contextmanager
-    def fenced(self, token: str) -> Iterator[None]:
-        """Holds the results lock while ``token`` is this repository's driver's token.
-
-        A write made inside cannot race a new driver taking over: it writes its
-        token under the same lock.
-
-        Raises:
-            StaleDriverError: when another driver has taken over (or ``driver.json`` is gone).
-            StorageError: when the lock cannot be had within ``LOCK_TIMEOUT_S``.
-        """
-        with self._locked(StorageError):
-            if self._driver_token() != token:
-                raise StaleDriverError(
-                    f"repository {self.path} has been taken over by another driver"
-                )
-            yield
-
-    @contextmanager
     def _locked(self, error: type[FatalError]) -> Iterator[None]:
         """The results lock; ``error`` when another process holds it for ``LOCK_TIMEOUT_S``."""
         try:
@@ -567,25 +335,6 @@ class Repository:
             yield
         finally:
             self._lock.release()
-
-    def _driver_name(self) -> str:
-        """Who holds the driver lock, as ``pid N on HOST``, from ``driver.json``.
-
-        The holder writes ``driver.json`` just after taking the lock; until then
-        the file may still name a driver that was killed, so a dead pid on this
-        host is read again for a moment before it is believed.
-        """
-        name = "another process"
-        for _ in range(10):
-            try:
-                who = json.loads((self.path / DRIVER_FILE).read_text())
-                name = f"pid {who['pid']} on {who['host']}"
-                if who["host"] != this_host() or _alive(int(who["pid"])):
-                    break
-            except (OSError, ValueError, KeyError, TypeError):
-                pass
-            time.sleep(0.05)
-        return name
 
     # -- results.csv ----------------------------------------------------------------
 
@@ -841,39 +590,6 @@ def _check_header(path: Path, first: bytes) -> None:
     )
 
 
-def process_start(pid: int) -> float | None:
-    """When process ``pid`` of this host started (a reused pid gives another value); None
-    when it does not exist or this platform cannot tell."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        # Field 22, after the command name in parentheses (which may hold spaces): clock ticks.
-        return float(stat.rpartition(")")[2].split()[19])
-    except FileNotFoundError:
-        if Path("/proc/self/stat").exists():
-            return None  # no such process
-    except (OSError, ValueError, IndexError):
-        return None
-    try:
-        import psutil
-    except ImportError:
-        return None
-    try:
-        return float(psutil.Process(pid).create_time())
-    except psutil.Error:
-        return None
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _differences(there: RunSettings, here: RunSettings) -> list[str]:
     """The settings that differ between two runs, said briefly; the space by its names."""
     # ``iterations`` is a budget, not a setting: Hyperband's iteration i draws its own
@@ -905,8 +621,3 @@ def _differences(there: RunSettings, here: RunSettings) -> list[str]:
 
 def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
-
-
-def this_host() -> str:
-    """The host name written into every row."""
-    return socket.gethostname()
