@@ -719,3 +719,30 @@ def test_verbose_train_shows_the_library_log_on_stderr_for_that_run_only(tmp_pat
     assert verbose.returncode == 0, verbose.stderr
     assert "phobbit: INFO: starting a pool of 1 workers" in verbose.stderr
     assert [type(h) for h in logging.getLogger("phobbit").handlers] == [logging.NullHandler]
+
+
+def test_a_live_display_on_a_terminal_that_closed_neither_raises_nor_stops(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from rich.console import Console
+    from rich.live import Live
+
+    from phobbit.cli import GuardedStdout
+
+    class ClosedTerminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+        def write(self, text: str) -> int:
+            raise OSError(5, "Input/output error")  # EIO: the terminal went away
+
+    stdout = GuardedStdout(ClosedTerminal())
+    console = Console(file=stdout, force_terminal=True, width=100)
+    console.print("a line")  # what the live reporter prints between redraws
+    assert stdout.lost
+    live = Live("frame", console=console, auto_refresh=False)
+    live.start()
+    live.refresh()  # what its refresh thread does (there, an error was a traceback)
+    live.stop()
+    err = capsys.readouterr().err
+    assert err.count("standard output was closed; the run goes on") == 1, err
