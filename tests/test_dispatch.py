@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import importlib.util
 import itertools
 import random
+import sys
+from pathlib import Path
 
 import pytest
 from test_plan import SPACE
@@ -139,3 +142,89 @@ def test_pop_prefers_a_warm_configuration_of_the_rung_it_takes_and_no_other() ->
     while (segment := policy.pop()) is not None:
         rest.append(segment.key)
     assert warm.key not in rest and expected.key not in rest
+
+
+# -- the W=16 bound and the offline search of benchmarks/simulation.py -------------------------
+
+SIMULATION = Path(__file__).resolve().parent.parent / "benchmarks" / "simulation.py"
+
+
+@pytest.fixture(scope="module")
+def sim():
+    spec = importlib.util.spec_from_file_location("simulation", SIMULATION)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["simulation"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("simulation", None)
+
+
+def _durations(sim, jitter: float = 0.3):
+    return lambda segment: sim.segment_time(segment, 1.0, jitter)
+
+
+def _makespan(sim, R: int, eta: int, iterations: int, workers: int, policy, duration) -> float:
+    machine = SynchronousHyperband(sim.Space(sim.SPACE), R, eta, 0, iterations)
+    plan = Plan.of(machine, policy(machine), workers)
+    return sim.list_schedule(plan, workers, duration)[0]
+
+
+@pytest.mark.parametrize(
+    ("R", "eta", "iterations", "workers"),
+    [(9, 3, 1, 2), (9, 3, 1, 8), (27, 3, 1, 4), (27, 3, 1, 16), (27, 3, 2, 16), (16, 4, 1, 8)],
+)
+def test_energetic_bound_is_below_the_makespan_of_every_order_tried(
+    sim, R: int, eta: int, iterations: int, workers: int
+) -> None:
+    """Latest start, the barrier baseline, FIFO and random priority vectors: none beats it."""
+    space, duration = sim.Space(sim.SPACE), _durations(sim)
+    bound = sim.energetic_bound(space, R, eta, 0, iterations, workers, 1.0, 0.3)
+    simple = sim.lower_bound(space, R, eta, 0, iterations, workers, 1.0, 0.3).value
+    assert bound >= simple * (1 - 1e-6)
+    rng = random.Random(R * workers + iterations)
+    machine = SynchronousHyperband(space, R, eta, 0, iterations)
+    latest = Plan.of(machine, LatestStartPolicy(machine.schedule, iterations, workers), workers)
+    makespans = [sim.simulate_barriers(space, R, eta, 0, iterations, workers, duration).makespan]
+    makespan, keys = sim.list_schedule(latest, workers, duration)
+    makespans.append(makespan)
+    policies = [lambda m: sim.FifoPolicy()]
+    for _ in range(30):
+        ranks = {key: rng.random() for key in keys}
+        policies.append(lambda m, ranks=ranks: sim.RankPolicy(ranks))
+    makespans += [_makespan(sim, R, eta, iterations, workers, p, duration) for p in policies]
+    assert min(makespans) >= bound * (1 - 1e-6)
+
+
+def test_energetic_bound_sees_the_idle_workers_max_work_chain_misses_at_R81_W16(sim) -> None:
+    """One iteration on 16 workers: every order leaves workers idle, and the bound says so."""
+    space = sim.Space(sim.SPACE)
+    simple = sim.lower_bound(space, 81, 3, 0, 1, 16, 1.0, 0.3).value
+    bound = sim.energetic_bound(space, 81, 3, 0, 1, 16, 1.0, 0.3)
+    phobbit = sim.simulate_plan(space, 81, 3, 0, 1, 16, _durations(sim)).makespan
+    assert simple < bound <= phobbit
+    # With two iterations there is work enough to hide the structure: nothing to add.
+    assert sim.energetic_bound(space, 81, 3, 0, 2, 16, 1.0, 0.3) == pytest.approx(
+        sim.lower_bound(space, 81, 3, 0, 2, 16, 1.0, 0.3).value, rel=1e-5
+    )
+
+
+@pytest.mark.parametrize("workers", [3, 16])
+def test_list_schedule_gives_the_makespan_of_the_scheduler_on_the_simulated_executor(
+    sim, workers: int
+) -> None:
+    space, duration = sim.Space(sim.SPACE), _durations(sim)
+    fast = _makespan(
+        sim, 27, 3, 1, workers, lambda m: LatestStartPolicy(m.schedule, 1, workers), duration
+    )
+    assert fast == pytest.approx(sim.simulate_plan(space, 27, 3, 0, 1, workers, duration).makespan)
+
+
+def test_best_offline_is_never_longer_than_phobbit_and_its_ranks_replay_its_makespan(sim) -> None:
+    space, duration = sim.Space(sim.SPACE), _durations(sim)
+    found = sim.best_offline(space, 27, 3, 0, 1, 16, duration, evaluations=40)
+    assert found.best <= found.start
+    assert found.start == pytest.approx(
+        sim.simulate_plan(space, 27, 3, 0, 1, 16, duration).makespan
+    )
+    replay = _makespan(sim, 27, 3, 1, 16, lambda m: sim.RankPolicy(found.ranks), duration)
+    assert replay == found.best
