@@ -407,18 +407,24 @@ def simulate_barriers(
 # -- the best schedule found offline -------------------------------------------------------------
 
 
-def list_schedule(
-    plan: Plan, workers: int, duration: Callable[[Segment], float]
-) -> tuple[float, list[SegmentKey]]:
+@dataclass
+class Timeline:
+    """A run on a bare virtual clock: its makespan, the segments in the order they
+    started, and when each ended."""
+
+    makespan: float
+    order: list[SegmentKey]
+    ends: dict[SegmentKey, float]
+
+
+def list_schedule(plan: Plan, workers: int, duration: Callable[[Segment], float]) -> Timeline:
     """``plan`` on a bare virtual clock: a free worker takes ``plan.next_segment()``.
 
     What ``simulate_plan`` does without the scheduler, the repository and the
     executor (the same makespan, at a fraction of the cost), for searches.
-
-    Returns:
-        The makespan and the segments in the order they started.
     """
     order: list[SegmentKey] = []
+    ends: dict[SegmentKey, float] = {}
     running: list[tuple[float, int, Segment]] = []
     tiebreak = itertools.count()
     clock = 0.0
@@ -427,8 +433,9 @@ def list_schedule(
             order.append(segment.key)
             heapq.heappush(running, (clock + duration(segment), next(tiebreak), segment))
         clock, _, segment = heapq.heappop(running)
+        ends[segment.key] = clock
         plan.record(synthetic_result(segment, start=clock - duration(segment), end=clock))
-    return clock, order
+    return Timeline(clock, order, ends)
 
 
 class RankPolicy(FifoPolicy):
@@ -492,20 +499,21 @@ def best_offline(
     """
     rng = random.Random(rng_seed)
 
-    def makespan(policy: DispatchPolicy) -> tuple[float, list[SegmentKey]]:
+    def timeline(policy: DispatchPolicy) -> Timeline:
         machine = SynchronousHyperband(space, R, eta, seed, iterations)
         return list_schedule(Plan.of(machine, policy, workers), workers, duration)
 
     machine = SynchronousHyperband(space, R, eta, seed, iterations)
-    start, order = makespan(LatestStartPolicy(machine.schedule, iterations, workers))
+    phobbit = timeline(LatestStartPolicy(machine.schedule, iterations, workers))
+    start, order = phobbit.makespan, phobbit.order
     ranks = {key: float(i) for i, key in enumerate(order)}
-    best = makespan(RankPolicy(ranks))[0]
+    best = timeline(RankPolicy(ranks)).makespan
     for _ in range(evaluations):
         moved = dict(ranks)
         for _ in range(rng.choice((1, 1, 2, 3, 5))):
             key = order[rng.randrange(len(order))]
             moved[key] += rng.gauss(0.0, len(order) / 8)
-        length = makespan(RankPolicy(moved))[0]
+        length = timeline(RankPolicy(moved)).makespan
         if length <= best:
             best, ranks = length, moved
     return Search(start, best, evaluations, ranks)
@@ -514,6 +522,62 @@ def best_offline(
 def greedy(rule: Rule, workers: int) -> PolicyOf:
     """The dispatch policy of a plan's state machine that follows the greedy ``rule``."""
     return lambda machine: GreedyPolicy(rule, machine, workers)
+
+
+def depth_first(workers: int) -> PolicyOf:
+    """Latest start as it was before issue 12 item 8: depth before the iteration."""
+    return lambda machine: LatestStartPolicy(
+        machine.schedule, machine.iterations, workers, iterations_first=False
+    )
+
+
+def answers(
+    space: Space,
+    R: int,
+    eta: int,
+    iterations: int,
+    workers: int,
+    duration: Callable[[Segment], float],
+    policy: PolicyOf,
+) -> tuple[float, list[float]]:
+    """The makespan of a run on a bare virtual clock, and when each iteration's last
+    full-fidelity (R-epoch) result came: an iteration's answer is complete then."""
+    machine = SynchronousHyperband(space, R, eta, 0, iterations)
+    run = list_schedule(Plan.of(machine, policy(machine), workers), workers, duration)
+    last = [0.0] * iterations
+    for (iteration, s, _, rung), end in run.ends.items():
+        if machine.bracket(iteration, s).rungs[rung].epochs == R:
+            last[iteration] = max(last[iteration], end)
+    return run.makespan, last
+
+
+def latest_start(workers: int) -> PolicyOf:
+    """phobbit's dispatch policy."""
+    return lambda machine: LatestStartPolicy(machine.schedule, machine.iterations, workers)
+
+
+def compare_anytime(jitter: float = 0.3) -> str:
+    """A markdown table: with K iterations, efficiency and when the first iteration's
+    answer is complete (a fraction of the run), latest start against depth first."""
+    space = Space(SPACE)
+    lines = [
+        "| case | W | depth first (before): efficiency | first iteration complete at | "
+        "iterations first (phobbit): efficiency | first iteration complete at |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def duration(segment: Segment) -> float:
+        return segment_time(segment, 1.0, jitter)
+
+    for R, eta, k in ((81, 3, 2), (81, 3, 3), (27, 3, 2), (243, 3, 2), (64, 4, 2)):
+        for workers in (2, 4, 8, 16):
+            bound = lower_bound(space, R, eta, 0, k, workers, 1.0, jitter).value
+            cells = []
+            for policy in (depth_first(workers), latest_start(workers)):
+                makespan, last = answers(space, R, eta, k, workers, duration, policy)
+                cells += [f"{bound / makespan:.3f}", f"{last[0] / makespan:.2f}"]
+            lines.append(f"| R={R} eta={eta} K={k} | {workers} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 CASES = [(81, 3, w, k) for k in (1, 2) for w in (2, 4, 8, 16)] + [
@@ -534,7 +598,13 @@ def compare_rules(jitter: float = 0.3) -> str:
     def duration(segment: Segment) -> float:
         return segment_time(segment, 1.0, jitter)
 
-    rules: dict[str, Rule | None] = {"latest start (phobbit)": None, **RULES, "naive": None}
+    before = "latest start, depth first across iterations (before)"
+    rules: dict[str, Rule | None] = {
+        "latest start (phobbit)": None,
+        before: None,
+        **RULES,
+        "naive": None,
+    }
     for name, rule in rules.items():
         values = []
         for R, eta, workers, k in CASES:
@@ -543,6 +613,8 @@ def compare_rules(jitter: float = 0.3) -> str:
                 outcome = simulate_naive(R, eta, workers, duration, 0, k)
             else:
                 policy = None if rule is None else greedy(rule, workers)
+                if name == before:
+                    policy = depth_first(workers)
                 outcome = simulate_plan(space, R, eta, 0, k, workers, duration, policy)
             values.append(bound / outcome.makespan)
         cells = " | ".join(f"{v:.3f}" for v in values)
@@ -620,6 +692,10 @@ if __name__ == "__main__":
         )
         print("Simulated makespans in epochs (+-30%) against two lower bounds:\n")
         print(compare_bounds(evaluations=evaluations))
+        raise SystemExit
+    if "--anytime" in sys.argv:
+        print("Simulated runs of K iterations, epochs +-30%:\n")
+        print(compare_anytime())
         raise SystemExit
     if "--queue" in sys.argv:
         print("Simulated efficiency, R=81, 20 ms epochs +-30%, the driver's round trip:\n")

@@ -239,7 +239,7 @@ def _durations(sim, jitter: float = 0.3):
 def _makespan(sim, R: int, eta: int, iterations: int, workers: int, policy, duration) -> float:
     machine = SynchronousHyperband(sim.Space(sim.SPACE), R, eta, 0, iterations)
     plan = Plan.of(machine, policy(machine), workers)
-    return sim.list_schedule(plan, workers, duration)[0]
+    return sim.list_schedule(plan, workers, duration).makespan
 
 
 @pytest.mark.parametrize(
@@ -258,11 +258,11 @@ def test_energetic_bound_is_below_the_makespan_of_every_order_tried(
     machine = SynchronousHyperband(space, R, eta, 0, iterations)
     latest = Plan.of(machine, LatestStartPolicy(machine.schedule, iterations, workers), workers)
     makespans = [sim.simulate_barriers(space, R, eta, 0, iterations, workers, duration).makespan]
-    makespan, keys = sim.list_schedule(latest, workers, duration)
-    makespans.append(makespan)
+    run = sim.list_schedule(latest, workers, duration)
+    makespans.append(run.makespan)
     policies = [lambda m: sim.FifoPolicy()]
     for _ in range(30):
-        ranks = {key: rng.random() for key in keys}
+        ranks = {key: rng.random() for key in run.order}
         policies.append(lambda m, ranks=ranks: sim.RankPolicy(ranks))
     makespans += [_makespan(sim, R, eta, iterations, workers, p, duration) for p in policies]
     assert min(makespans) >= bound * (1 - 1e-6)
