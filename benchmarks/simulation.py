@@ -8,6 +8,12 @@ would give on a machine without overhead. The naive plan is the serial
 Hyperband of ``phobbit.testing`` with a barrier after each rung. It is how the
 dispatch policy of ``phobbit.dispatch`` was chosen: every policy is run on the
 same plan, the same durations and the same losses.
+
+``python benchmarks/simulation.py`` compares dispatch rules; ``--bounds``
+compares phobbit with max(work / W, chain) and ``energetic_bound``, a bound
+that holds for every exact order (``--search N`` adds the best of N priority
+vectors ``best_offline`` tries at W=16); ``--anytime`` shows when the first of
+K iterations is complete; ``--queue`` models the driver's round trip.
 """
 
 from __future__ import annotations
