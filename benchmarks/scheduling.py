@@ -2,8 +2,9 @@
 
 Run it with ``python benchmarks/scheduling.py`` (``--quick`` for a short smoke
 run, ``--simulate`` to add the discrete-event numbers). For R=81, eta=3 and
-W = 1, 2, 4, 8 virtual GPUs (pinned ids; no GPU is touched) it runs a synthetic
-trainable whose epochs sleep 20 ms with +-30% jitter, for each plan per W:
+W = 1, 2, 4, 8 (``--workers``, e.g. ``2,4,8,16``) virtual GPUs (pinned ids; no
+GPU is touched) it runs a synthetic trainable whose epochs sleep 20 ms with
++-30% jitter, for each plan per W:
 
 - naive: bracket by bracket, a barrier after each rung (a serial Hyperband
   whose rungs are spread over the workers), the weakest natural design;
@@ -17,7 +18,9 @@ trainable whose epochs sleep 20 ms with +-30% jitter, for each plan per W:
 All use the same ``LocalExecutor``, ``train_segment`` and ``SyntheticTrainable``.
 It prints a markdown table: makespan, the lower bound max(total work / W,
 longest chain of dependent epochs), efficiency = bound / makespan, the
-simulated efficiency of the same plan and W beside it, segments run, the
+simulated efficiency of the same plan and W beside it, the same against the
+tighter ``simulation.energetic_bound`` (which sees the workers every order
+leaves idle when the work per worker nears R, as one iteration at W=16), segments run, the
 per-segment overhead as segments per second of the same run with epochs of
 zero time, and the machine's 1-minute load when the run started. Worker processes are
 started before the clock starts, as
@@ -49,6 +52,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 from simulation import (  # noqa: E402
     SPACE,
     barrier_plan,
+    energetic_bound,
     lower_bound,
     segment_time,
     simulate_barriers,
@@ -242,21 +246,26 @@ class Row:
     rate: float | None = None
     load: float | None = None  # 1-minute load average when the run started
     simulated: float | None = None  # the simulation's efficiency of the same plan and W
+    tight: float | None = None  # simulation.energetic_bound, in seconds
+    simulated_tight: float | None = None  # the simulation's efficiency against it
 
     def markdown(self) -> str:
         rate = f"{self.rate:,.0f}" if self.rate is not None else "-"
         load = f"{self.load:.1f}" if self.load is not None else "-"
         sim = f"{self.simulated:.3f}" if self.simulated is not None else "-"
+        tight = f"{self.tight:.2f} | {self.tight / self.makespan:.3f}" if self.tight else "- | -"
+        sim_tight = f"{self.simulated_tight:.3f}" if self.simulated_tight is not None else "-"
         return (
             f"| {self.workers} | {self.plan} | {self.makespan:.2f} | {self.bound:.2f} | "
-            f"{self.bound / self.makespan:.3f} | {sim} | {self.segments} | {rate} | {load} |"
+            f"{self.bound / self.makespan:.3f} | {sim} | {tight} | {sim_tight} | "
+            f"{self.segments} | {rate} | {load} |"
         )
 
 
 HEADER = (
-    "| W | plan | makespan (s) | bound (s) | efficiency | simulated | segments | "
-    "zero-time segments/s | load |\n"
-    "|---|---|---|---|---|---|---|---|---|"
+    "| W | plan | makespan (s) | bound (s) | efficiency | simulated | energetic bound (s) | "
+    "efficiency (energetic) | simulated (energetic) | segments | zero-time segments/s | load |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 PLANS = {
@@ -276,9 +285,12 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], bool]:
     instant = SyntheticTrainable(jitter=args.jitter)
     rows, same = [], True
     serial: Promotions | None = None
-    simulations = {(r.workers, r.plan): r.bound / r.makespan for r in simulated(args)}
+    simulations = {(r.workers, r.plan): r for r in simulated(args)}
     for workers in args.workers:
         bound = lower_bound(
+            Space(SPACE), R, eta, seed, k, workers, args.epoch_seconds, args.jitter
+        )
+        tight = energetic_bound(
             Space(SPACE), R, eta, seed, k, workers, args.epoch_seconds, args.jitter
         )
         executor = LocalExecutor(gpus=list(range(workers)))
@@ -288,6 +300,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], bool]:
                 load = os.getloadavg()[0]
                 result = runner(executor, timed, R, eta, seed, k)
                 zero = runner(executor, instant, R, eta, seed, k)
+                sim = simulations.get((workers, name.split(",")[0]))
                 rows.append(
                     Row(
                         workers,
@@ -297,7 +310,9 @@ def measure(args: argparse.Namespace) -> tuple[list[Row], bool]:
                         result.segments,
                         zero.segments / zero.seconds,
                         load,
-                        simulations.get((workers, name.split(",")[0])),
+                        sim and sim.bound / sim.makespan,
+                        tight,
+                        sim and sim.tight / sim.makespan,
                     )
                 )
                 serial = serial or result.promotions
@@ -319,12 +334,12 @@ def simulated(args: argparse.Namespace) -> list[Row]:
     for workers in args.workers:
         space = Space(SPACE)
         bound = lower_bound(space, R, eta, seed, k, workers, args.epoch_seconds, args.jitter).value
+        tight = energetic_bound(space, R, eta, seed, k, workers, args.epoch_seconds, args.jitter)
         naive = simulate_naive(R, eta, workers, duration, seed, k)
         barriers = simulate_barriers(space, R, eta, seed, k, workers, duration)
         ours = simulate_plan(space, R, eta, seed, k, workers, duration)
-        rows.append(Row(workers, "naive", naive.makespan, bound, naive.segments))
-        rows.append(Row(workers, "barriers", barriers.makespan, bound, barriers.segments))
-        rows.append(Row(workers, "phobbit", ours.makespan, bound, ours.segments))
+        for name, outcome in (("naive", naive), ("barriers", barriers), ("phobbit", ours)):
+            rows.append(Row(workers, name, outcome.makespan, bound, outcome.segments, tight=tight))
     return rows
 
 

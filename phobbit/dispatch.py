@@ -16,6 +16,10 @@ without lengthening the run; a free worker takes the ready segment whose latest
 start is earliest. It pulls long chains (deep brackets) forward and lets
 independent long segments (the last bracket's) fill the end, and it beat every
 greedy rule tried in ``benchmarks/simulation.py`` (see ``benchmarks/README.md``).
+With several iterations the backward schedule places the last iteration first,
+so read forwards the iterations finish in turn (the first one's answers come
+after about 1/K of the run on up to 8 workers) while later ones fill the idle
+workers of earlier ones.
 """
 
 from __future__ import annotations
@@ -75,21 +79,26 @@ class DispatchPolicy(ABC):
 
 
 def latest_starts(
-    schedule: list[Bracket], iterations: int, workers: int
+    schedule: list[Bracket], iterations: int, workers: int, iterations_first: bool = True
 ) -> dict[RungKey, list[int]]:
     """When each segment of each rung must start at the latest, in epochs from the start.
 
     A list schedule run backwards: the last rung of every bracket is ready at
     the (reversed) start, a rung becomes ready once every segment of the rung
-    after it has finished, and a free worker takes the ready segment that sits
-    deepest in its bracket (the most epochs before it), then the longest. Read
-    forwards, a segment that finishes at reversed time t may start at T - t at
-    the latest, T being the reversed makespan.
+    after it has finished, and a free worker takes the ready segment of the
+    latest iteration, then the one that sits deepest in its bracket (the most
+    epochs before it), then the longest. Read forwards, a segment that
+    finishes at reversed time t may start at T - t at the latest, T being the
+    reversed makespan.
 
     Args:
         schedule: the brackets of one iteration.
         iterations: how many iterations run at once.
         workers: how many segments run at once.
+        iterations_first: False ranks depth before the iteration, the order of
+            phobbit up to issue 12 (kept for comparison): the iterations then
+            finish together, each one's answers near the end of the run. With
+            one iteration both orders are the same.
 
     Returns:
         (iteration, s, rung) -> the rung's latest start times, earliest first:
@@ -98,7 +107,7 @@ def latest_starts(
     workers = max(1, workers)
     by_s = {b.s: b for b in schedule}
     tiebreak = itertools.count()
-    ready: list[tuple[int, int, int, int, RungKey]] = []
+    ready: list[tuple] = []
     waiting: dict[RungKey, int] = {}
 
     def release(key: RungKey) -> None:
@@ -106,11 +115,14 @@ def latest_starts(
         rung = bracket.rungs[key[2]]
         waiting[key] = rung.n
         before = bracket.rungs[rung.index - 1].epochs if rung.index else 0
+        # Deepest first backwards is last forwards: the ends of long chains close
+        # the run, shallow rungs go early. Later iterations go later: first of all
+        # (the first iteration's answers come early), or only among equals.
+        rank = (-before, -bracket.segment_epochs(rung.index), -key[0])
+        if iterations_first:
+            rank = (-key[0], *rank)
         for _ in range(rung.n):
-            # Deepest first backwards is last forwards: the ends of long chains
-            # close the run, shallow rungs go early; later iterations go later.
-            entry = (-before, -bracket.segment_epochs(rung.index), -key[0], next(tiebreak), key)
-            heapq.heappush(ready, entry)
+            heapq.heappush(ready, (*rank, next(tiebreak), key))
 
     for iteration in range(iterations):
         for bracket in schedule:
@@ -141,11 +153,18 @@ class LatestStartPolicy(DispatchPolicy):
         schedule: the brackets of one iteration.
         iterations: how many iterations run at once.
         workers: how many segments run at once; it shapes the order only.
+        iterations_first: see ``latest_starts`` (False: the order before issue 12).
     """
 
-    def __init__(self, schedule: list[Bracket], iterations: int, workers: int) -> None:
+    def __init__(
+        self,
+        schedule: list[Bracket],
+        iterations: int,
+        workers: int,
+        iterations_first: bool = True,
+    ) -> None:
         self._by_s = {b.s: b for b in schedule}
-        self._latest = latest_starts(schedule, iterations, max(1, workers))
+        self._latest = latest_starts(schedule, iterations, max(1, workers), iterations_first)
         self._ready: dict[SegmentKey, Segment] = {}
         # Per rung: the IDs ready to start (a heap, lowest first, from which IDs
         # no longer ready are dropped lazily), how many, and how many segments
