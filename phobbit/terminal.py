@@ -38,10 +38,10 @@ from phobbit.reporting import (
     format_hparams,
     iterations_of,
     replaced_line,
-    warm_words,
     retrain_line,
     retry_line,
     slow_line,
+    warm_words,
     where,
 )
 from phobbit.schedule import format_schedule
