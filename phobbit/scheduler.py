@@ -296,6 +296,8 @@ class Scheduler:
             if len(self._in_flight) >= self.executor.capacity and not self._worth_queueing():
                 break
             worker, prefer = self._preference()
+            if prefer is None:
+                break  # what is ready is warm on busy workers: leave it for them
             segment = self.plan.next_segment(prefer)
             if segment is None:
                 break
@@ -337,13 +339,16 @@ class Scheduler:
             return False  # a queued segment would start when a worker frees, maybe past it
         return 2 * len(self.plan.policy) >= self.executor.capacity
 
-    def _preference(self) -> tuple[tuple[str, int] | None, Collection[ConfigKey]]:
+    def _preference(self) -> tuple[tuple[str, int] | None, Collection[ConfigKey] | None]:
         """The free worker the next segment goes to when one is known, and the
-        configurations to prefer for it.
+        configurations to prefer for it; None: queue nothing ahead now.
 
         A segment that starts now goes to the worker known free longest, preferring
-        what it holds warm; one queued ahead (every worker busy) prefers what no
-        worker holds, leaving the promotions of held models to their holders.
+        what it holds warm. One queued ahead (every worker busy) would go to
+        whichever worker frees first: it prefers what no worker holds, and none is
+        queued when every segment of the rung ranked first is warm on some worker
+        (its holder takes it when it comes back, and the next result is at most
+        one round trip away).
         """
         if len(self._in_flight) - len(self._queued) < self.executor.capacity:
             if not self._free:
@@ -351,9 +356,12 @@ class Scheduler:
             worker = self._free[0]
             return worker, self._holds.get(worker, set()) if self.prefer_warm else set()
         anywhere = set().union(*self._holds.values())
-        if not self.prefer_warm or not anywhere:
+        ready = self.plan.ready()
+        if not self.prefer_warm or not anywhere or not ready:
             return None, ()
-        return None, {(s.iteration, s.s, s.id) for s in self.plan.ready()} - anywhere
+        first = max(ready, key=self.plan.policy.priority).rung_key
+        cold = {(s.iteration, s.s, s.id) for s in ready if s.rung_key == first} - anywhere
+        return None, cold or None
 
     def _submit(self, segment: Segment, worker: tuple[str, int] | None = None) -> None:
         """Submits ``segment``, preferring ``worker`` (which holds models warm) if given."""
