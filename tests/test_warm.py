@@ -8,8 +8,11 @@ proofs (bit-identical weights) are in ``test_keras.py``.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from phobbit import warm
 from phobbit.errors import InputError
 from phobbit.plan import Plan
 from phobbit.records import RunSettings, Segment
+from phobbit.reporting import PlainReporter
 from phobbit.repository import Repository, decode_row, encode_row
 from phobbit.results import results_frame
 from phobbit.scheduler import Scheduler
@@ -219,7 +223,7 @@ def test_two_workers_with_models_warm_give_the_serial_table_and_hits_are_recorde
 class Affinity:
     """A run of R=27 on three virtual workers whose models stay warm on them."""
 
-    def __init__(self, folder: Path, prefer_warm: bool) -> None:
+    def __init__(self, folder: Path, prefer_warm: bool, reporter: Any = None) -> None:
         self.repository = Repository(folder)
         self.repository.create(RunSettings.of(Space(space()), 27, 3, 0, 1))
         plan = Plan(Space(space()), 27, 3, 0, 1, 3, checkpoint_of=self.repository.checkpoint_stem)
@@ -228,7 +232,12 @@ class Affinity:
             curve=x_curve, epoch_seconds=1.0, jitter=0.5, warm_bytes=100 * WARM_STATE_BYTES
         )
         self.scheduler = Scheduler(
-            trainable, plan, self.repository, self.executor, prefer_warm=prefer_warm
+            trainable,
+            plan,
+            self.repository,
+            self.executor,
+            reporter=reporter,
+            prefer_warm=prefer_warm,
         )
         self.scheduler.drive()
 
@@ -242,3 +251,26 @@ def test_promoted_segments_go_to_the_worker_that_holds_them(tmp_path: Path) -> N
     pd.testing.assert_frame_equal(preferred.table(), blind.table())
     assert preferred.scheduler.continued == blind.scheduler.continued > 0
     assert preferred.scheduler.warm_starts > blind.scheduler.warm_starts
+
+
+def test_the_summary_line_says_how_many_continued_segments_started_warm(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    run = Affinity(tmp_path, prefer_warm=True, reporter=PlainReporter(stream))
+    warm_starts, continued = run.scheduler.warm_starts, run.scheduler.continued
+    assert 0 < warm_starts < continued
+    last = stream.getvalue().strip().splitlines()[-1]
+    assert last.endswith(f", {warm_starts} of {continued} continued segments started warm")
+
+
+def test_a_bad_warm_cache_on_the_command_line_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    done = subprocess.run(
+        [sys.executable, "-m", "phobbit", "train", "model.py", "--repo", str(repo)]
+        + ["--warm-cache", "lots"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    assert done.returncode == 2
+    assert "--warm-cache: must be a number of bytes >= 0" in done.stderr
+    assert "Traceback" not in done.stderr and not repo.exists()
