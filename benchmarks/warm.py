@@ -10,6 +10,13 @@ table: the wall time of ``run``, the CPU seconds of the pool's processes
 (psutil, the workers and loky's helper), the continued segments that started
 warm, and whether the two tables agree (val losses and epochs, compared with
 ``==``). Nothing is downloaded.
+
+``--simulate`` instead runs the shipped scheduler on ``SimulatedExecutor``'s
+virtual clock (seconds, no TensorFlow): epochs of 0.19 s (+-30%), a continued
+segment 0.7 s longer on a worker that does not hold its model (the phases
+``keras_phases.py`` measured), a 5 ms round trip; for W = 2, 4, 8 workers it
+compares the scheduler without affinity, with it, and with it but no segment
+queued ahead (makespan and warm starts).
 """
 
 from __future__ import annotations
@@ -78,13 +85,56 @@ def one_run(folder: Path, warm_cache: Any, R: int, eta: int, jobs: int) -> dict[
     }
 
 
+def simulate(R: int, eta: int) -> None:
+    """The makespan and warm starts of the dispatch variants on a virtual clock."""
+    from phobbit.plan import Plan
+    from phobbit.records import RunSettings
+    from phobbit.repository import Repository
+    from phobbit.scheduler import Scheduler
+    from phobbit.simulated import SimulatedExecutor
+    from phobbit.space import Space
+    from phobbit.trainable import SyntheticTrainable
+
+    space = Space(phobbit_space())
+    trainable = SyntheticTrainable(epoch_seconds=0.19, jitter=0.3, warm_bytes=10**9)
+    variants = (
+        ("no affinity, 1 queued ahead", False, 1),
+        ("affinity, 1 queued ahead (default)", True, 1),
+        ("affinity, none queued ahead", True, 0),
+    )
+    print(
+        f"R={R} eta={eta}, simulated: 0.19 s epochs, +0.7 s cold continuation, 5 ms round trip\n"
+    )
+    print("| W | dispatch | makespan (s) | continued segments started warm |")
+    print("|---|---|---|---|")
+    for workers in (2, 4, 8):
+        for name, prefer, ahead in variants:
+            with tempfile.TemporaryDirectory(prefix="phobbit-warm-sim-") as folder:
+                repository = Repository(Path(folder))
+                repository.create(RunSettings.of(space, R, eta, 0, 1))
+                plan = Plan(space, R, eta, 0, 1, workers, checkpoint_of=repository.checkpoint_stem)
+                executor = SimulatedExecutor(workers, latency=0.005, cold_start=0.7)
+                scheduler = Scheduler(
+                    trainable, plan, repository, executor, queue_ahead=ahead, prefer_warm=prefer
+                )
+                scheduler.drive()
+            print(
+                f"| {workers} | {name} | {executor.makespan():.1f} | "
+                f"{scheduler.warm_starts} of {scheduler.continued} |"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--R", type=int, default=27)
     parser.add_argument("--eta", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--simulate", action="store_true", help="the virtual-clock table")
     args = parser.parse_args()
+    if args.simulate:
+        simulate(args.R, args.eta)
+        return
     load_before = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory(prefix="phobbit-warm-") as folder:

@@ -343,25 +343,34 @@ class Scheduler:
         """The free worker the next segment goes to when one is known, and the
         configurations to prefer for it; None: queue nothing ahead now.
 
-        A segment that starts now goes to the worker known free longest, preferring
-        what it holds warm. One queued ahead (every worker busy) would go to
-        whichever worker frees first: it prefers what no worker holds, and none is
-        queued when every segment of the rung ranked first is warm on some worker
-        (its holder takes it when it comes back, and the next result is at most
-        one round trip away).
+        A segment that starts now goes to a known free worker that holds a ready
+        configuration of the rung ranked first, else to the one free longest, and
+        prefers what that worker holds. One queued ahead (every worker busy) would
+        go to whichever worker frees first: it prefers what no worker holds, and
+        none is queued when every segment of the rung ranked first is warm on some
+        worker (its holder takes it when it comes back, and the next result is at
+        most one round trip away).
         """
-        if len(self._in_flight) - len(self._queued) < self.executor.capacity:
-            if not self._free:
-                return None, ()
-            worker = self._free[0]
-            return worker, self._holds.get(worker, set()) if self.prefer_warm else set()
-        anywhere = set().union(*self._holds.values())
-        ready = self.plan.ready()
-        if not self.prefer_warm or not anywhere or not ready:
+        starts_now = len(self._in_flight) - len(self._queued) < self.executor.capacity
+        if starts_now and not self._free:
             return None, ()
-        first = max(ready, key=self.plan.policy.priority).rung_key
-        cold = {(s.iteration, s.s, s.id) for s in ready if s.rung_key == first} - anywhere
-        return None, cold or None
+        anywhere = set().union(*self._holds.values())
+        first = self._first_rung() if self.prefer_warm and anywhere else set()
+        if starts_now:
+            worker = next((w for w in self._free if self._holds.get(w, set()) & first), None)
+            worker = worker or self._free[0]
+            return worker, self._holds.get(worker, set()) if self.prefer_warm else set()
+        if not first:
+            return None, ()
+        return None, (first - anywhere) or None
+
+    def _first_rung(self) -> set[ConfigKey]:
+        """The configurations of the ready segments of the rung the plan ranks first."""
+        ready = self.plan.ready()
+        if not ready:
+            return set()
+        rung = max(ready, key=self.plan.policy.priority).rung_key
+        return {(s.iteration, s.s, s.id) for s in ready if s.rung_key == rung}
 
     def _submit(self, segment: Segment, worker: tuple[str, int] | None = None) -> None:
         """Submits ``segment``, preferring ``worker`` (which holds models warm) if given."""

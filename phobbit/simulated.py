@@ -33,6 +33,7 @@ import dataclasses
 import heapq
 import itertools
 import math
+import os
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, CancelledError, Future
 from concurrent.futures.process import BrokenProcessPool
@@ -102,6 +103,9 @@ class SimulatedExecutor(Executor):
             (Dask with nannies) rather than every task in flight (a loky pool).
         replaced_after: segment keys whose worker the pool replaces once the segment
             has run, as loky's memory-leak guard does (counted in ``workers_replaced``).
+        cold_start: virtual seconds a continued segment (``start_epoch > 0``) takes
+            more on a worker that does not hold its model warm (rebuild, checkpoint
+            load, retrace: ``phobbit.warm``).
 
     Raises:
         RuntimeError: from ``wait``, when it waits on tasks that never finish
@@ -121,6 +125,7 @@ class SimulatedExecutor(Executor):
         can_kill_one: bool = False,
         latency: float = 0.0,
         replaced_after: Collection[SegmentKey] = (),
+        cold_start: float = 0.0,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers!r}")
@@ -129,6 +134,7 @@ class SimulatedExecutor(Executor):
         self.duration, self.overhead, self.latency = duration, overhead, latency
         self.fail = dict(fail or {})
         self.replaced_after = set(replaced_after)
+        self.cold_start = cold_start
         self.workers_replaced = 0
         self.trace: list[TraceEntry] = []
         self.attempts: dict[SegmentKey, int] = {}
@@ -234,6 +240,12 @@ class SimulatedExecutor(Executor):
         """The (host, pid) that virtual worker ``slot`` reports in its results."""
         return ("simulated", slot)
 
+    def _holds(self, slot: int, segment: Segment | None) -> bool:
+        """Whether ``slot`` holds ``segment``'s model warm, or it starts from scratch."""
+        if segment is None or segment.start_epoch == 0:
+            return True
+        return os.path.abspath(segment.checkpoint) in self._caches[slot].held()
+
     def _slot_of(self, worker: tuple[str, int] | None) -> int | None:
         if worker is None or worker[0] != "simulated":
             return None
@@ -273,6 +285,8 @@ class SimulatedExecutor(Executor):
             self._free.remove(slot)
             # The worker is taken now; it idles until the task has reached it.
             task.slot, task.start = slot, max(self._now, task.ready)
+            if self.cold_start and not self._holds(slot, task.segment):
+                task.duration += self.cold_start
             heapq.heappush(self._running, (task.end, next(self._order), task))
 
     def _finish_next(self) -> None:
