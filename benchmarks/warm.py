@@ -7,9 +7,10 @@ repeat, once with ``warm_cache=0`` (every continued segment rebuilds its model
 and loads its checkpoint) and once with the default 1 GiB cache
 (``phobbit.warm``), alternately, each on a fresh pool, and prints a markdown
 table: the wall time of ``run``, the CPU seconds of the pool's processes
-(psutil, the workers and loky's helper), the continued segments that started
-warm, and whether the two tables agree (val losses and epochs, compared with
-``==``). Nothing is downloaded.
+(psutil, the workers and loky's helper), the seconds the continued segments
+took together (both runs train the same ones: same configurations, same
+epochs), how many of them started warm, and whether the tables agree (val
+losses and epochs, compared with ``==``). Nothing is downloaded.
 
 ``--simulate`` instead runs the shipped scheduler on ``SimulatedExecutor``'s
 virtual clock (seconds, no TensorFlow): epochs of 0.19 s (+-30%), a continued
@@ -40,6 +41,7 @@ from keras_models import load_digits_split, phobbit_model, phobbit_space  # noqa
 
 from phobbit import ParallelHyperband  # noqa: E402
 from phobbit.executor import LocalExecutor  # noqa: E402
+from phobbit.scheduler import SilentReporter  # noqa: E402
 
 
 def pool_cpu_seconds() -> float:
@@ -56,8 +58,20 @@ def pool_cpu_seconds() -> float:
     return total
 
 
+class Segments(SilentReporter):
+    """Keeps each continued segment's seconds and whether it started warm."""
+
+    def __init__(self) -> None:
+        self.continued: list[tuple[float, bool]] = []
+
+    def finished(self, result: Any) -> None:
+        if result.start_epoch > 0:
+            self.continued.append((result.end - result.start, result.started_warm))
+
+
 def one_run(folder: Path, warm_cache: Any, R: int, eta: int, jobs: int) -> dict[str, Any]:
     executor = LocalExecutor(n_jobs=jobs)
+    segments = Segments()
     try:
         tuner = ParallelHyperband(
             phobbit_model,
@@ -69,6 +83,7 @@ def one_run(folder: Path, warm_cache: Any, R: int, eta: int, jobs: int) -> dict[
             executor=executor,
             warm_cache=warm_cache,
             tensorboard=False,
+            reporter=segments,
         )
         started = time.perf_counter()
         results = tuner.run(R=R, eta=eta)
@@ -81,6 +96,7 @@ def one_run(folder: Path, warm_cache: Any, R: int, eta: int, jobs: int) -> dict[
         "cpu": cpu,
         "warm": tuner.warm_starts,
         "continued": tuner.continued,
+        "continued_s": sum(seconds for seconds, _ in segments.continued),
         "table": results[["Val Loss", "Epochs", "Status"]].sort_index(),
     }
 
@@ -150,11 +166,14 @@ def main() -> None:
         f"R={args.R} eta={args.eta}, {args.jobs} CPU workers, {args.repeats} repeat(s); "
         f"load before {load_before[0]:.2f}, after {load_after[0]:.2f} (1-min averages)\n"
     )
-    print("| cache | wall (s) | pool CPU (s) | continued segments started warm |")
-    print("|---|---|---|---|")
+    print(
+        "| cache | wall (s) | pool CPU (s) | continued segments (s, together) "
+        "| continued segments started warm |"
+    )
+    print("|---|---|---|---|---|")
     for name, run in rows:
         print(
-            f"| {name} | {run['wall']:.1f} | {run['cpu']:.1f} | "
+            f"| {name} | {run['wall']:.1f} | {run['cpu']:.1f} | {run['continued_s']:.1f} | "
             f"{run['warm']} of {run['continued']} |"
         )
     print(f"\nsame val losses and epochs in every run: {same}")

@@ -274,3 +274,42 @@ def test_a_bad_warm_cache_on_the_command_line_is_one_line_and_exit_2(tmp_path: P
     assert done.returncode == 2
     assert "--warm-cache: must be a number of bytes >= 0" in done.stderr
     assert "Traceback" not in done.stderr and not repo.exists()
+
+
+def test_the_terminal_reporters_count_warm_starts_in_their_last_line() -> None:
+    from rich.console import Console
+
+    from phobbit.terminal import LineReporter, LiveReporter
+
+    live, lines = io.StringIO(), io.StringIO()
+    reporters = [
+        LiveReporter(Console(file=live, force_terminal=True, width=200)),
+        LineReporter(lines, verbose=1),
+    ]
+    plan = Plan(Space(space()), R=9, eta=3)
+    for reporter in reporters:
+        reporter.started(plan, resumed=0)
+    continued = warm_starts = 0
+    while (segment := plan.next_segment()) is not None:
+        started_warm = segment.start_epoch > 0 and segment.id % 2 == 0
+        continued += segment.start_epoch > 0
+        warm_starts += started_warm
+        result = segment.result(
+            val_loss=1.0 / (1 + segment.id),
+            last_val_loss=1.0 / (1 + segment.id),
+            status="ok",
+            error="",
+            gpu="-1",
+            pid=1,
+            started_warm=started_warm,
+        )
+        plan.record(result)
+        for reporter in reporters:
+            reporter.dispatched(segment)
+            reporter.finished(result)
+    for reporter in reporters:
+        reporter.closed()
+    assert 0 < warm_starts < continued
+    words = f"{warm_starts} of {continued} continued segments started warm"
+    for out in (live.getvalue(), lines.getvalue()):
+        assert words in out.strip().splitlines()[-1]
