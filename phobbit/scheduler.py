@@ -41,12 +41,17 @@ Workers keep the models they trained warm in memory (``phobbit.warm``), and
 each result says which configurations its worker holds. A worker that comes
 back with a result while no segment waits queued is known to be free: the
 next segment handed out then prefers, within the rung ranked first, a
-configuration that worker holds (``Plan.next_segment(prefer=...)``, the
-schedule is unchanged), and is submitted with ``prefer=(host, pid)``. With a
-shared FIFO queue (``LocalExecutor``) that worker is the one that takes it,
-since it is the one free when the driver submits. A segment queued ahead of a
-free worker prefers a configuration no worker holds, keeping promotions for
-their holders. ``warm_starts`` and ``continued`` count the hits.
+configuration that worker holds (``Plan.next_segment(prefer=...)``: the
+schedule is unchanged), and is submitted with ``prefer=(host, pid)`` (only
+when that worker holds models, so an executor never sees it with the cache
+off). With a shared FIFO queue (``LocalExecutor``) that worker is the one that
+takes it, since it is the one free when the driver submits. A segment queued
+ahead (before any worker is free) prefers a configuration no worker holds, and
+none is queued while every ready segment of the rung ranked first is warm on
+some worker: its holder takes it when it comes back. In simulation
+(``benchmarks/warm.py --simulate``) this keeps the hits of dispatching without
+a queue and the makespan of queueing. ``warm_starts`` and ``continued`` count
+the hits.
 
 Every segment carries the driver's fencing token (``phobbit.fence``): should
 another driver take the repository over, this driver's workers are refused
