@@ -16,8 +16,9 @@ losses and epochs, compared with ``==``). Nothing is downloaded.
 virtual clock (seconds, no TensorFlow): epochs of 0.19 s (+-30%), a continued
 segment 0.7 s longer on a worker that does not hold its model (the phases
 ``keras_phases.py`` measured), a 5 ms round trip; for W = 2, 4, 8 workers it
-compares the scheduler without affinity, with it, and with it but no segment
-queued ahead (makespan and warm starts).
+compares the scheduler without affinity, with it but the segment queued ahead
+chosen as without it, with it (the default), and with it but no segment queued
+ahead (makespan and warm starts).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from keras_models import load_digits_split, phobbit_model, phobbit_space  # noqa
 
 from phobbit import ParallelHyperband  # noqa: E402
 from phobbit.executor import LocalExecutor  # noqa: E402
-from phobbit.scheduler import SilentReporter  # noqa: E402
+from phobbit.scheduler import Scheduler, SilentReporter  # noqa: E402
 
 
 def pool_cpu_seconds() -> float:
@@ -101,12 +102,20 @@ def one_run(folder: Path, warm_cache: Any, R: int, eta: int, jobs: int) -> dict[
     }
 
 
+class BlindQueue(Scheduler):
+    """Affinity for a free worker only: the segment queued ahead is chosen as without it."""
+
+    def _preference(self) -> Any:
+        if len(self._in_flight) - len(self._queued) >= self.executor.capacity:
+            return None, ()
+        return super()._preference()
+
+
 def simulate(R: int, eta: int) -> None:
     """The makespan and warm starts of the dispatch variants on a virtual clock."""
     from phobbit.plan import Plan
     from phobbit.records import RunSettings
     from phobbit.repository import Repository
-    from phobbit.scheduler import Scheduler
     from phobbit.simulated import SimulatedExecutor
     from phobbit.space import Space
     from phobbit.trainable import SyntheticTrainable
@@ -114,9 +123,10 @@ def simulate(R: int, eta: int) -> None:
     space = Space(phobbit_space())
     trainable = SyntheticTrainable(epoch_seconds=0.19, jitter=0.3, warm_bytes=10**9)
     variants = (
-        ("no affinity, 1 queued ahead", False, 1),
-        ("affinity, 1 queued ahead (default)", True, 1),
-        ("affinity, none queued ahead", True, 0),
+        ("no affinity, 1 queued ahead", Scheduler, False, 1),
+        ("affinity, 1 queued ahead chosen blind", BlindQueue, True, 1),
+        ("affinity, 1 queued ahead (default)", Scheduler, True, 1),
+        ("affinity, none queued ahead", Scheduler, True, 0),
     )
     print(
         f"R={R} eta={eta}, simulated: 0.19 s epochs, +0.7 s cold continuation, 5 ms round trip\n"
@@ -124,13 +134,13 @@ def simulate(R: int, eta: int) -> None:
     print("| W | dispatch | makespan (s) | continued segments started warm |")
     print("|---|---|---|---|")
     for workers in (2, 4, 8):
-        for name, prefer, ahead in variants:
+        for name, kind, prefer, ahead in variants:
             with tempfile.TemporaryDirectory(prefix="phobbit-warm-sim-") as folder:
                 repository = Repository(Path(folder))
                 repository.create(RunSettings.of(space, R, eta, 0, 1))
                 plan = Plan(space, R, eta, 0, 1, workers, checkpoint_of=repository.checkpoint_stem)
                 executor = SimulatedExecutor(workers, latency=0.005, cold_start=0.7)
-                scheduler = Scheduler(
+                scheduler = kind(
                     trainable, plan, repository, executor, queue_ahead=ahead, prefer_warm=prefer
                 )
                 scheduler.drive()
