@@ -205,7 +205,7 @@ def _parser() -> argparse.ArgumentParser:
         type=_bytes,
         metavar="BYTES",
         help="trained models each worker keeps in memory for their next segment, e.g. 1GB, "
-        "512MB; 0 keeps none (default: 1GB; on a GPU they keep GPU memory)",
+        "512MB; 0 keeps none (default: 1GiB; on a GPU they keep GPU memory)",
     )
     run.add_argument(
         "--segment-timeout",
