@@ -68,6 +68,16 @@ def _duration(text: str) -> float:
     return seconds
 
 
+def _bytes(text: str) -> int:
+    """An argparse type: bytes, from ``1GB``, ``512MB``, ``0`` (``phobbit.warm``)."""
+    from phobbit.warm import parse_bytes
+
+    try:
+        return parse_bytes(text, "the size")
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("the size must", "must")) from None
+
+
 def _budget_duration(text: str) -> float:
     """An argparse type: a duration with an s, m, h or d suffix (``phobbit.budget``)."""
     from phobbit.budget import parse_duration
@@ -189,6 +199,13 @@ def _parser() -> argparse.ArgumentParser:
         "--backend",
         choices=("tensorflow", "jax", "torch"),
         help="the Keras backend the workers run (default: KERAS_BACKEND, else tensorflow)",
+    )
+    run.add_argument(
+        "--warm-cache",
+        type=_bytes,
+        metavar="BYTES",
+        help="trained models each worker keeps in memory for their next segment, e.g. 1GB, "
+        "512MB; 0 keeps none (default: 1GiB; on a GPU they keep GPU memory)",
     )
     run.add_argument(
         "--segment-timeout",
@@ -490,6 +507,7 @@ def _train(args: argparse.Namespace, console: Console, stdout: GuardedStdout) ->
         max_epochs=args.max_epochs,
         backend=args.backend,
         worker_log=not args.verbose,
+        warm_cache=args.warm_cache,
         **model.data,
         **_objective_options(model.options, args.objective, args.direction),
     )

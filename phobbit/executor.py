@@ -144,8 +144,15 @@ class Executor(ABC):
         return len(self.slots)
 
     @abstractmethod
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+    def submit(
+        self, fn: Callable[..., Any], *args: Any, prefer: tuple[str, int] | None = None
+    ) -> Future:
         """Runs ``fn(*args)`` on a worker; the future holds its result or exception.
+
+        Args:
+            prefer: the worker, as ``(host, pid)``, that should run it if it can:
+                the scheduler names the free worker that holds the segment's
+                model warm (``phobbit.warm``). A hint; any worker may run it.
 
         Raises:
             BrokenProcessPool: when a worker died while idle; ``restart`` first.
@@ -318,8 +325,15 @@ class LocalExecutor(Executor):
             ),
         )
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        """Runs ``fn(*args)`` in a pinned worker."""
+    def submit(
+        self, fn: Callable[..., Any], *args: Any, prefer: tuple[str, int] | None = None
+    ) -> Future:
+        """Runs ``fn(*args)`` in a pinned worker.
+
+        ``prefer`` is not passed on: loky's one shared queue has no per-worker
+        placement. The scheduler names a worker only when it has just come back
+        free with every other one busy, so that worker is the one that takes it.
+        """
         if self._pool is None:
             with _sigint_ignored():  # a pool's first submit starts its workers
                 self._pool = self._start()

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from phobbit import fence
+from phobbit import fence, warm
 from phobbit.backends import use_backend
 from phobbit.checkpoints import (
     PROGRESS_MEMBER,
@@ -465,6 +465,13 @@ class KerasTrainable:
         fit_hparams: names of hyperparameters passed to ``fit`` as keyword
             arguments (they reach the model function too); a hyperparameter
             named ``batch_size`` always is, as the batch size of the arrays.
+        warm_bytes: bytes of models (weights and optimizer state) each worker
+            keeps in memory after training them (``phobbit.warm``), so that the
+            next segment of a configuration on the same worker skips the rebuild,
+            the checkpoint load and the retrace; 0 keeps none. On a GPU the models
+            held keep their GPU memory: lower it when trials share a GPU. The
+            checkpoint stays the source of truth: a model held is used only while
+            its checkpoint is the file it saved, and trains on bit-identically.
     """
 
     model_function: Callable[[dict[str, Any]], Any]
@@ -483,6 +490,7 @@ class KerasTrainable:
     callbacks: Any = field(default=None, hash=False)
     fit_hparams: tuple[str, ...] = ()
     backend: str | None = None
+    warm_bytes: int = warm.DEFAULT_BYTES
 
     def _arrays(self) -> Arrays:
         key = self.data_path or f"{self.load_dataset!r}"
@@ -568,6 +576,8 @@ class KerasTrainable:
         key = config_key(hparams)
         import keras
 
+        cache = warm.process_cache()
+        cache.resize(self.warm_bytes)
         while True:
             resume = plan_resume(found[0], found[1], initial_epoch, epochs)
             if resume.start >= epochs or resume.stopped:  # finished, its row was lost
@@ -577,6 +587,16 @@ class KerasTrainable:
                     history=resume.logs,
                     stopped_early=resume.stopped,
                 )
+            # The model this worker trained up to the checkpoint, still in memory: what
+            # load_weights would restore, already built and traced.
+            model = (
+                cache.take(checkpoint, hparams, resume.start, path)
+                if resume.from_checkpoint
+                else None
+            )
+            started_warm = model is not None
+            if started_warm:
+                break
             # Built alike whatever the worker ran before: from scratch, these are the weights.
             keras.utils.set_random_seed(epoch_seeds(key, None, 1)[0])
             model = self.build(hparams)
@@ -621,11 +641,14 @@ class KerasTrainable:
                 f"fit ended after epoch {len(keeper.val_losses)} of {epochs} without a "
                 "callback stopping it (did the data run out? give steps_per_epoch)"
             )
+        if not saver.stopped and _ends_as_saved(callbacks):
+            cache.put(checkpoint, hparams, model, _state_bytes(model), epochs, path)
         return Losses(
             keeper.val_losses[initial_epoch:epochs],
             resume.note,
             history=keeper.logs,
             stopped_early=saver.stopped,
+            warm=started_warm,
         )
 
     def _user_callbacks(self, hparams: dict[str, Any]) -> list[Any]:
@@ -636,3 +659,40 @@ class KerasTrainable:
         if not isinstance(made, (list, tuple)):
             made = [made]
         return list(made)
+
+
+def _state_bytes(model: Any) -> int:
+    """Bytes of a model's weights and optimizer variables."""
+    import numpy as np
+
+    variables = list(model.weights) + list(getattr(model.optimizer, "variables", []))
+    return sum(
+        int(np.prod(v.shape)) * np.dtype(getattr(v.dtype, "name", v.dtype)).itemsize
+        for v in variables
+    )
+
+
+def _ends_as_saved(callbacks: Sequence[Any]) -> bool:
+    """Whether the model after ``fit`` is what its last save wrote: no user callback may
+    change it at the end of training (``EarlyStopping(restore_best_weights=True)`` does).
+
+    A callback of the user's own that acts at the end of training is taken to change
+    the model (it would then differ from its checkpoint): it is not kept warm.
+    """
+    import keras
+
+    harmless = (
+        keras.callbacks.TensorBoard,
+        keras.callbacks.CSVLogger,
+        keras.callbacks.ProgbarLogger,
+        keras.callbacks.History,
+    )
+    for callback in callbacks:
+        if isinstance(callback, keras.callbacks.EarlyStopping):
+            if callback.restore_best_weights:
+                return False
+        elif isinstance(callback, harmless):
+            continue
+        elif type(callback).on_train_end is not keras.callbacks.Callback.on_train_end:
+            return False
+    return True

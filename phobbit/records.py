@@ -80,6 +80,13 @@ class SegmentResult:
     are the lowest val loss. A row that a callback stopped early has ``epochs``
     the epochs it really trained.
 
+    Three fields tell the scheduler about models kept warm (``phobbit.warm``) and
+    are not written to ``results.csv`` (nor compared: a row read back equals the
+    one returned): ``started_warm``, the segment went on from the model its
+    worker held in memory; ``warm_held``, the checkpoints (absolute path stems)
+    whose models that worker holds after it; ``warm_worker``, that worker as
+    ``(host, pid)``.
+
     Raises:
         ValueError: for a ``status`` that is no ``Status``.
     """
@@ -102,6 +109,9 @@ class SegmentResult:
     end: float = 0.0
     note: str = ""
     objective: float | None = None
+    started_warm: bool = field(default=False, compare=False)
+    warm_held: tuple[str, ...] = field(default=(), compare=False)
+    warm_worker: tuple[str, int] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", Status(self.status))

@@ -55,6 +55,11 @@ def retrain_line(result: SegmentResult, several: bool = False) -> str:
     return f"retrained {where(result, several)}: {result.note}"
 
 
+def warm_words(warm: int, continued: int) -> str:
+    """The end of a summary line: how many continued segments started warm (``phobbit.warm``)."""
+    return f", {warm} of {continued} continued segments started warm" if continued else ""
+
+
 def replaced_line(count: int) -> str:
     """What a reporter says when the pool replaced a worker process on its own."""
     return (
@@ -147,6 +152,7 @@ class PlainReporter:
         self._done = 0
         self._retrained = 0
         self._replaced = 0
+        self._warm = self._continued = 0
         self._slow = SlowWatch()
         self.several = False  # several iterations: lines name the iteration too
         self._running: dict[tuple[int, int, int, int], tuple[Segment, float]] = {}
@@ -206,6 +212,8 @@ class PlainReporter:
             self._slow.finished(result)
         self.check_slow()
         self._done += 1
+        self._continued += result.start_epoch > 0
+        self._warm += result.started_warm
         elapsed = time.monotonic() - self._started
         at = where(result, self.several)
         if result.retrained:
@@ -246,4 +254,5 @@ class PlainReporter:
             f", {self._retrained} retrained from a bad checkpoint" if self._retrained else ""
         )
         replaced = f", {self._replaced} worker(s) replaced" if self._replaced else ""
-        self._say(f"Finished {self._done} segments in {elapsed:.1f}s{retrained}{replaced}")
+        warm = warm_words(self._warm, self._continued)
+        self._say(f"Finished {self._done} segments in {elapsed:.1f}s{retrained}{replaced}{warm}")

@@ -37,6 +37,22 @@ It does not shut down the executor it was handed: its creator does. When the
 loop stops on an error (Ctrl-C, a full disk, a takeover), it kills what it has
 in flight (``Executor.kill``) and leaves the executor usable.
 
+Workers keep the models they trained warm in memory (``phobbit.warm``), and
+each result says which configurations its worker holds. A worker that comes
+back with a result while no segment waits queued is known to be free: the
+next segment handed out then prefers, within the rung ranked first, a
+configuration that worker holds (``Plan.next_segment(prefer=...)``: the
+schedule is unchanged), and is submitted with ``prefer=(host, pid)`` (only
+when that worker holds models, so an executor never sees it with the cache
+off). With a shared FIFO queue (``LocalExecutor``) that worker is the one that
+takes it, since it is the one free when the driver submits. A segment queued
+ahead (before any worker is free) prefers a configuration no worker holds, and
+none is queued while every ready segment of the rung ranked first is warm on
+some worker: its holder takes it when it comes back. In simulation
+(``benchmarks/warm.py --simulate``) this keeps the hits of dispatching without
+a queue and the makespan of queueing. ``warm_starts`` and ``continued`` count
+the hits.
+
 Every segment carries the driver's fencing token (``phobbit.fence``): should
 another driver take the repository over, this driver's workers are refused
 their next write and end, and this driver stops with ``FencedOutError``.
@@ -48,7 +64,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from concurrent.futures import ALL_COMPLETED, Future
 from concurrent.futures.process import BrokenProcessPool
 from typing import Protocol
@@ -60,7 +76,7 @@ from phobbit.errors import FatalError, FencedOutError
 from phobbit.executor import Executor
 from phobbit.fence import StaleDriverError
 from phobbit.plan import Plan
-from phobbit.records import Segment, SegmentKey, SegmentResult, Status
+from phobbit.records import ConfigKey, Segment, SegmentKey, SegmentResult, Status
 from phobbit.repository import Repository, this_host
 from phobbit.trainable import Trainable
 from phobbit.worker import WorkerNotPinnedError, one_line, train_segment
@@ -164,10 +180,16 @@ class Scheduler:
         queue_ahead: segments kept queued in the pool beyond one per worker, so a
             worker that finishes starts the next at once; 0 hands a segment out
             only to a free worker.
+        prefer_warm: hand a free worker the configurations it holds warm when the
+            schedule allows (see the module's docstring); False ignores them.
 
     Attributes:
         stopped_by: after ``drive``, what ended the run: ``"iterations"`` (the plan
             finished, or ASHA's default budget), ``"max_epochs"`` or ``"time_limit"``.
+        warm_starts: segments of this ``drive`` that went on from a model their
+            worker held in memory.
+        continued: segments of this ``drive`` that went on from an earlier rung's
+            checkpoint (``start_epoch > 0``): the ones that could start warm.
     """
 
     def __init__(
@@ -183,6 +205,7 @@ class Scheduler:
         keep_best: int | None = None,
         budget: Budget | None = None,
         queue_ahead: int = 1,
+        prefer_warm: bool = True,
     ) -> None:
         if isinstance(queue_ahead, bool) or not isinstance(queue_ahead, int) or queue_ahead < 0:
             raise ValueError(f"queue_ahead must be an integer >= 0, got {queue_ahead!r}")
@@ -214,6 +237,12 @@ class Scheduler:
         self._replaced_before = 0
         self.workers_replaced = 0
         """Worker processes the executor replaced on its own during ``drive``."""
+        self.prefer_warm = prefer_warm
+        self.warm_starts = 0
+        self.continued = 0
+        self._holds: dict[tuple[str, int], set[ConfigKey]] = {}  # per worker, what it holds
+        self._config_of: dict[str, ConfigKey] = {}  # absolute checkpoint stem -> configuration
+        self._free: list[tuple[str, int]] = []  # workers known free, no segment sent to them yet
 
     def drive(self) -> None:
         """Runs until every bracket has finished; Ctrl-C kills what is in flight and re-raises."""
@@ -224,6 +253,8 @@ class Scheduler:
         self.reporter.started(self.plan, resumed=len(done_before))
         self._replaced_before = self.executor.workers_replaced
         self.workers_replaced = 0
+        self.warm_starts = self.continued = 0
+        self._free.clear()
         try:
             while not self.plan.done:
                 self._dispatch(done_before)
@@ -269,7 +300,10 @@ class Scheduler:
         ):
             if len(self._in_flight) >= self.executor.capacity and not self._worth_queueing():
                 break
-            segment = self.plan.next_segment()
+            worker, prefer = self._preference()
+            if prefer is None:
+                break  # what is ready is warm on busy workers: leave it for them
+            segment = self.plan.next_segment(prefer)
             if segment is None:
                 break
             for decision in self.plan.take_decisions():
@@ -289,7 +323,9 @@ class Scheduler:
             if segment.key not in self._counted:
                 self._counted.add(segment.key)
                 self._epochs += segment.epochs - segment.start_epoch
-            self._submit(segment)
+            if worker is not None:
+                self._free.remove(worker)
+            self._submit(segment, worker if prefer else None)
         for segment in held_back:
             self.plan.give_back(segment)
 
@@ -308,13 +344,55 @@ class Scheduler:
             return False  # a queued segment would start when a worker frees, maybe past it
         return 2 * len(self.plan.policy) >= self.executor.capacity
 
-    def _submit(self, segment: Segment) -> None:
+    def _preference(self) -> tuple[tuple[str, int] | None, Collection[ConfigKey] | None]:
+        """The free worker the next segment goes to when one is known, and the
+        configurations to prefer for it; None: queue nothing ahead now.
+
+        A segment that starts now goes to a known free worker that holds a ready
+        configuration of the rung ranked first, else to the one free longest, and
+        prefers what that worker holds. One queued ahead (every worker busy) would
+        go to whichever worker frees first: it prefers what no worker holds, and
+        none is queued when every segment of the rung ranked first is warm on some
+        worker (its holder takes it when it comes back, and the next result is at
+        most one round trip away).
+        """
+        starts_now = len(self._in_flight) - len(self._queued) < self.executor.capacity
+        if starts_now and not self._free:
+            return None, ()
+        anywhere = set().union(*self._holds.values())
+        first = self._first_rung() if self.prefer_warm and anywhere else set()
+        if starts_now:
+            worker = next((w for w in self._free if self._holds.get(w, set()) & first), None)
+            worker = worker or self._free[0]
+            return worker, self._holds.get(worker, set()) if self.prefer_warm else set()
+        if not first:
+            return None, ()
+        return None, (first - anywhere) or None
+
+    def _first_rung(self) -> set[ConfigKey]:
+        """The configurations of the ready segments of the rung the plan ranks first."""
+        ready = self.plan.ready()
+        if not ready:
+            return set()
+        rung = max(ready, key=self.plan.policy.priority).rung_key
+        return {(s.iteration, s.s, s.id) for s in ready if s.rung_key == rung}
+
+    def _submit(self, segment: Segment, worker: tuple[str, int] | None = None) -> None:
+        """Submits ``segment``, preferring ``worker`` (which holds models warm) if given."""
         args = (train_segment, self.trainable, segment, str(self.repository.path), self.fence)
+        # Named only for a worker that holds models: with the cache off, no executor sees it.
+        options = {} if worker is None else {"prefer": worker}
+        self._config_of[os.path.abspath(segment.checkpoint)] = (
+            segment.iteration,
+            segment.s,
+            segment.id,
+        )
         try:
-            future = self.executor.submit(*args)
+            future = self.executor.submit(*args, **options)
         except BrokenProcessPool:
             # A worker died while idle (e.g. killed for memory): no trial is to blame.
             self.executor.restart()
+            self._free.clear()
             future = self.executor.submit(*args)
         self._in_flight[future] = segment
         if len(self._in_flight) - len(self._queued) <= self.executor.capacity:
@@ -334,10 +412,13 @@ class Scheduler:
             self._queued.remove(future)
         return self._in_flight.pop(future)
 
-    def _freed(self) -> None:
-        """A worker came back with a result: it has taken the oldest queued segment."""
+    def _freed(self, result: SegmentResult | None = None) -> None:
+        """A worker came back with ``result``: it has taken the oldest queued segment,
+        or, with none queued, it is free (known by name when the result says so)."""
         if self._queued:
             self._start(self._queued.pop(0))
+        elif result is not None and result.warm_worker is not None:
+            self._free.append(result.warm_worker)
 
     def _never_started(self, future: Future) -> bool:
         """Whether ``future`` was still in the pool's queue: no worker has run it."""
@@ -364,6 +445,7 @@ class Scheduler:
             return
         self.executor.kill(overdue)
         self.executor.wait(overdue, return_when=ALL_COMPLETED)
+        self._free.clear()  # which workers were restarted is not known
         cause = (
             f"timed out after {format_timeout(self.segment_timeout)} (segment_timeout); "
             "its worker was killed"
@@ -382,7 +464,7 @@ class Scheduler:
             if error is None:
                 self._record(future.result())
                 if not queued:
-                    self._freed()
+                    self._freed(future.result())
             elif isinstance(error, FatalError):
                 raise error
             elif isinstance(error, StaleDriverError):
@@ -404,6 +486,8 @@ class Scheduler:
             # Kill the old workers before reading which rows they wrote: one still finishing
             # could otherwise append its row after the read, and its segment would run twice.
             self.executor.restart()
+            self._free.clear()
+            self._holds.clear()
             self._blame(lost)
 
     def _outcomes(self, finished: Iterable[Future]) -> list[tuple[Segment, str, bool]]:
@@ -433,7 +517,7 @@ class Scheduler:
                 result = self._failed(segment, one_line(exc))
             self._record(result)
             if not queued:
-                self._freed()
+                self._freed(result)
         return lost
 
     def _blame(self, lost: list[tuple[Segment, str, bool]]) -> None:
@@ -470,10 +554,26 @@ class Scheduler:
         return row is not None
 
     def _record(self, result: SegmentResult) -> None:
+        self._note_warm(result)
         self._suspects.discard(result.key)
         self.plan.record(result)
         self._prune_best(result)
         self.reporter.finished(result)
+
+    def _note_warm(self, result: SegmentResult) -> None:
+        """Counts a warm start, and notes which configurations the result's worker holds."""
+        if result.start_epoch > 0:
+            self.continued += 1
+            self.warm_starts += result.started_warm
+        config = (result.iteration, result.s, result.id)
+        for held in self._holds.values():
+            held.discard(config)  # trained again elsewhere: another worker's copy is stale
+        if result.warm_worker is not None:
+            held = {self._config_of[s] for s in result.warm_held if s in self._config_of}
+            if held:
+                self._holds[result.warm_worker] = held
+            else:
+                self._holds.pop(result.warm_worker, None)
 
     def _prune_best(self, result: SegmentResult) -> None:
         """Deletes the best-epoch files of configurations this result pushed out of the best.

@@ -15,8 +15,11 @@ raises, once per attempt. A ``BrokenProcessPool`` (loky's
 ``TerminatedWorkerError`` is one) is a worker's death: as in a loky pool it
 fails every task in flight with the same exception and breaks the pool until
 ``restart``, unless ``can_kill_one`` (as in Dask, where it fails that task
-alone). Every task leaves a ``TraceEntry`` (slot, start, end, outcome), from
-which benchmarks compute makespans and efficiencies.
+alone). Each virtual worker holds its models warm in a cache of its own
+(``phobbit.warm``), reports itself as ``worker_of(slot)``, and takes a task
+submitted with ``prefer`` naming it when it is free. Every task leaves a
+``TraceEntry`` (slot, start, end, outcome), from which benchmarks compute
+makespans and efficiencies.
 
 Example:
     >>> executor = SimulatedExecutor(workers=4)
@@ -30,12 +33,14 @@ import dataclasses
 import heapq
 import itertools
 import math
+import os
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, CancelledError, Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
+from phobbit import warm
 from phobbit.executor import Executor
 from phobbit.records import Segment, SegmentKey
 from phobbit.trainable import SyntheticTrainable
@@ -75,6 +80,7 @@ class _Task:
     slot: int = -1
     start: float = 0.0
     ready: float = 0.0  # when a worker can start it at the earliest
+    prefer: tuple[str, int] | None = None
 
     @property
     def end(self) -> float:
@@ -97,6 +103,9 @@ class SimulatedExecutor(Executor):
             (Dask with nannies) rather than every task in flight (a loky pool).
         replaced_after: segment keys whose worker the pool replaces once the segment
             has run, as loky's memory-leak guard does (counted in ``workers_replaced``).
+        cold_start: virtual seconds a continued segment (``start_epoch > 0``) takes
+            more on a worker that does not hold its model warm (rebuild, checkpoint
+            load, retrace: ``phobbit.warm``).
 
     Raises:
         RuntimeError: from ``wait``, when it waits on tasks that never finish
@@ -116,6 +125,7 @@ class SimulatedExecutor(Executor):
         can_kill_one: bool = False,
         latency: float = 0.0,
         replaced_after: Collection[SegmentKey] = (),
+        cold_start: float = 0.0,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers!r}")
@@ -124,6 +134,7 @@ class SimulatedExecutor(Executor):
         self.duration, self.overhead, self.latency = duration, overhead, latency
         self.fail = dict(fail or {})
         self.replaced_after = set(replaced_after)
+        self.cold_start = cold_start
         self.workers_replaced = 0
         self.trace: list[TraceEntry] = []
         self.attempts: dict[SegmentKey, int] = {}
@@ -133,11 +144,17 @@ class SimulatedExecutor(Executor):
         self._queued: list[_Task] = []
         self._free = list(range(workers))
         self._broken = False
+        # Each virtual worker holds its own models warm, as a worker process does.
+        self._caches = [warm.WarmCache(owner=self.worker_of(slot)) for slot in range(workers)]
 
     # -- what the scheduler calls -------------------------------------------------------
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+    def submit(
+        self, fn: Callable[..., Any], *args: Any, prefer: tuple[str, int] | None = None
+    ) -> Future:
         """Queues ``fn(*args)``; it runs when the clock reaches its end.
+
+        ``prefer`` names a virtual worker (``worker_of``): it takes the task if it is free.
 
         Raises:
             BrokenProcessPool: when a simulated worker died and ``restart`` was not called.
@@ -151,6 +168,7 @@ class SimulatedExecutor(Executor):
         future.set_running_or_notify_cancel()
         task = _Task(future, fn, args, segment, seconds, self._fault(segment))
         task.ready = self._now + self.latency
+        task.prefer = prefer
         self._queued.append(task)
         self._start_queued()
         return future
@@ -194,6 +212,8 @@ class SimulatedExecutor(Executor):
         """Mends a broken pool; tasks still in flight are lost, as in a rebuilt loky pool."""
         for _, _, task in list(self._running):
             self._end(task, "lost", BrokenProcessPool("the pool was restarted"))
+        for cache in self._caches:  # new worker processes hold nothing
+            cache.clear()
         self._broken = False
         self._start_queued()
 
@@ -214,6 +234,22 @@ class SimulatedExecutor(Executor):
         self._broken = True
 
     # -- what benchmarks and tests read ---------------------------------------------------
+
+    @staticmethod
+    def worker_of(slot: int) -> tuple[str, int]:
+        """The (host, pid) that virtual worker ``slot`` reports in its results."""
+        return ("simulated", slot)
+
+    def _holds(self, slot: int, segment: Segment | None) -> bool:
+        """Whether ``slot`` holds ``segment``'s model warm, or it starts from scratch."""
+        if segment is None or segment.start_epoch == 0:
+            return True
+        return os.path.abspath(segment.checkpoint) in self._caches[slot].held()
+
+    def _slot_of(self, worker: tuple[str, int] | None) -> int | None:
+        if worker is None or worker[0] != "simulated":
+            return None
+        return worker[1]
 
     def makespan(self) -> float:
         """When the last task ended, in virtual seconds."""
@@ -244,8 +280,13 @@ class SimulatedExecutor(Executor):
     def _start_queued(self) -> None:
         while self._queued and self._free:
             task = self._queued.pop(0)
+            wanted = self._slot_of(task.prefer)
+            slot = wanted if wanted in self._free else self._free[0]
+            self._free.remove(slot)
             # The worker is taken now; it idles until the task has reached it.
-            task.slot, task.start = self._free.pop(0), max(self._now, task.ready)
+            task.slot, task.start = slot, max(self._now, task.ready)
+            if self.cold_start and not self._holds(slot, task.segment):
+                task.duration += self.cold_start
             heapq.heappush(self._running, (task.end, next(self._order), task))
 
     def _finish_next(self) -> None:
@@ -265,7 +306,8 @@ class SimulatedExecutor(Executor):
         else:
             self._remove(task)
             try:
-                value = task.fn(*task.args)
+                with warm.installed(self._caches[task.slot]):
+                    value = task.fn(*task.args)
             except BaseException as exc:  # noqa: BLE001 - handed to the scheduler as is
                 self._record(task, "done")
                 self._fail(task.future, exc)

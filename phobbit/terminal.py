@@ -44,6 +44,7 @@ from phobbit.reporting import (
     retrain_line,
     retry_line,
     slow_line,
+    warm_words,
     where,
 )
 from phobbit.schedule import format_schedule
@@ -140,6 +141,7 @@ class ProgressTracker:
         self.retries = 0
         self.retrained = 0  # segments that retrained epochs of a bad checkpoint
         self.replaced = 0  # worker processes the pool replaced on its own
+        self.warm = self.continued = 0  # segments that went on from memory, of those continued
         self.finished_now = 0  # segments trained in this session
         self.epochs_now = 0  # epochs trained in this session
         self.slow = SlowWatch()
@@ -204,6 +206,8 @@ class ProgressTracker:
         self.finished_now += 1
         self.epochs_now += result.epochs - result.start_epoch
         self.retrained += result.retrained
+        self.continued += result.start_epoch > 0
+        self.warm += result.started_warm
         self.slow.finished(result)
         if not result.ok:
             self.failed += 1
@@ -360,7 +364,8 @@ class ProgressTracker:
         """
         self._rebuild()
         if self.plan is None or not self.plan.done:
-            return f"Trained {self.finished_now} segments: {self.summary()}"
+            warm = warm_words(self.warm, self.continued)
+            return f"Trained {self.finished_now} segments: {self.summary()}{warm}"
         if not self.finished_now:
             return (
                 f"Nothing left to train: all {self.segments_done} segments "
@@ -371,6 +376,7 @@ class ProgressTracker:
             f"Trained {self.finished_now} segments: {done}/{total} epochs "
             f"({100 * done / max(total, 1):.0f}%), {self.segments_done}/{self.segments_total} "
             f"segments, elapsed {format_duration(self.elapsed())}{self._troubles()}"
+            f"{warm_words(self.warm, self.continued)}"
         )
         skipped = self.segments_total - self.segments_done
         if skipped:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from phobbit import fence
+from phobbit import fence, warm
 from phobbit.checkpoints import (
     BestEpoch,
     Logs,
@@ -47,7 +47,9 @@ class Losses(list):
     worker records each epoch of the segment in ``epochs.csv`` and ranks the
     configuration by any logged objective. ``stopped_early`` says that a
     callback (``EarlyStopping``) ended training before the segment's last
-    epoch: the list is then shorter than the segment.
+    epoch: the list is then shorter than the segment. ``warm`` says that the
+    segment went on from the model its worker held in memory (``phobbit.warm``)
+    instead of restoring it from the checkpoint.
     """
 
     def __init__(
@@ -56,11 +58,13 @@ class Losses(list):
         note: str = "",
         history: Sequence[Logs] | None = None,
         stopped_early: bool = False,
+        warm: bool = False,
     ) -> None:
         super().__init__(float(v) for v in values)
         self.note = note
         self.history = None if history is None else [dict(logs) for logs in history]
         self.stopped_early = stopped_early
+        self.warm = warm
 
 
 def note_of(losses: Sequence[float]) -> str:
@@ -168,6 +172,9 @@ def hparams_unit(hparams: dict[str, Any]) -> float:
     return int(hashlib.sha256(text.encode()).hexdigest()[:12], 16) / 16**12
 
 
+WARM_STATE_BYTES = 1000
+"""What one configuration's state held warm counts against ``SyntheticTrainable.warm_bytes``."""
+
 TRAIN_LOSS_SHARE = 0.8  # a synthetic epoch's training loss, as a share of its val loss
 
 
@@ -209,6 +216,11 @@ class SyntheticTrainable:
         objective: what ranks epochs for the best-epoch file (the run sets it).
         stops: ``stops(hparams, epoch) -> bool``: True ends training after that
             epoch, as Keras' ``EarlyStopping`` does (a module-level function).
+        warm_bytes: bytes of state the worker keeps in memory between segments
+            (``phobbit.warm``); each configuration's counts ``WARM_STATE_BYTES``.
+            0 (the default) keeps none: every segment reads its checkpoint. A
+            segment that goes on from memory says so in its ``record_dir``
+            record (``"warm": true``).
     """
 
     curve: Callable[[dict[str, Any], int], float] = default_curve
@@ -220,6 +232,7 @@ class SyntheticTrainable:
     metrics: Callable[[dict[str, Any], int], dict[str, float]] | None = None
     objective: Objective = VAL_LOSS
     stops: Callable[[dict[str, Any], int], bool] | None = None
+    warm_bytes: int = 0
 
     def logs(self, hparams: dict[str, Any], epoch: int) -> Logs:
         """The logs of ``epoch`` of ``hparams``: loss, val_loss and ``metrics``' values."""
@@ -245,7 +258,15 @@ class SyntheticTrainable:
         path, best = Path(checkpoint + ".json"), Path(best_path(checkpoint, ".json"))
         resume = plan_resume(inspect(path), inspect(best), initial_epoch, epochs)
         done = resume.start
-        iterations = _iterations(resume.source) if resume.source else 0
+        cache = warm.process_cache()
+        cache.resize(self.warm_bytes)
+        held = None
+        if resume.from_checkpoint and done < epochs and not resume.stopped:
+            held = cache.take(checkpoint, hparams, done, path)
+        if held is not None:
+            iterations = held["iterations"]
+        else:
+            iterations = _iterations(resume.source) if resume.source else 0
         keeper = BestEpoch(
             list(resume.history),
             done if resume.from_checkpoint else None,
@@ -288,11 +309,16 @@ class SyntheticTrainable:
                 training, saving = 0.0, time.perf_counter() - began
             if stopped:
                 break
+        if not stopped and len(keeper.val_losses) == epochs and done < epochs:
+            # Saved at the segment's last epoch just now: the state is the file's.
+            state = {"iterations": iterations}
+            cache.put(checkpoint, hparams, state, WARM_STATE_BYTES, epochs, path)
         losses = Losses(
             keeper.val_losses[initial_epoch:epochs],
             resume.note,
             history=keeper.logs,
             stopped_early=stopped,
+            warm=held is not None,
         )
         if self.record_dir is not None:
             record = {
@@ -307,6 +333,7 @@ class SyntheticTrainable:
                 "note": resume.note,
                 "epochs": epochs,
                 "iterations": iterations,
+                "warm": held is not None,
                 "tensorflow_imported": "tensorflow" in sys.modules,
             }
             name = f"{os.getpid()}-{time.monotonic_ns()}.json"

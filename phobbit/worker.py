@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from phobbit import fence, reducer
+from phobbit import fence, reducer, warm
 from phobbit.errors import FatalError, InputError, StorageError
 from phobbit.fence import StaleDriverError
 from phobbit.objective import Objective, unknown_metric
@@ -313,13 +313,14 @@ def _train(trainable: Trainable, segment: Segment) -> tuple[SegmentResult, list[
     objective = objective_of(trainable)
     value = val_loss = None
     history = None
-    stopped = False
+    stopped = started_warm = False
     try:
         returned = trainable.train(
             dict(segment.hparams), segment.checkpoint, segment.start_epoch, segment.epochs
         )
         losses, note = [float(v) for v in returned], note_of(returned)
         stopped = isinstance(returned, Losses) and returned.stopped_early
+        started_warm = isinstance(returned, Losses) and returned.warm
         error = _failure(losses, segment, stopped)
         history = _history(returned, segment, losses)
         if not error:
@@ -335,6 +336,9 @@ def _train(trainable: Trainable, segment: Segment) -> tuple[SegmentResult, list[
             ) from None
         error = one_line(exc)
     trained = segment.start_epoch + len(losses)
+    cache = warm.process_cache()
+    if error:
+        cache.discard(segment.checkpoint)  # what failed is no model to go on from
     if stopped and not error:  # at the segment's last epoch too: it is not promoted
         stop = (
             f"{STOPPED_EARLY} after epoch {trained} of {segment.epochs}"
@@ -354,6 +358,9 @@ def _train(trainable: Trainable, segment: Segment) -> tuple[SegmentResult, list[
         end=time.time(),
         note=note,
         objective=None if error else value,
+        started_warm=started_warm,
+        warm_held=cache.held(),
+        warm_worker=cache.owner,
     )
     if result.stopped_early:
         result = dataclasses.replace(result, epochs=trained)
