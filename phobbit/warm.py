@@ -36,6 +36,12 @@ from typing import Any
 DEFAULT_BYTES = 1 << 30
 """What a worker keeps warm by default: 1 GiB of weights and optimizer state."""
 
+MAX_ENTRIES = 64
+"""The most models a worker keeps, whatever their size: a kept model also holds its
+traced functions and Python objects, which its bytes do not count (a tiny model's
+graphs outweigh its weights). Hyperband continues only the best 1/eta of a rung,
+and a worker's next segments come soon after its last: the newest 64 cover them."""
+
 FileIdentity = tuple[int, int, int, int]
 """(device, inode, size, modification time in ns) of a checkpoint file."""
 
@@ -70,11 +76,19 @@ class WarmCache:
             limit is not kept.
         owner: the worker the cache belongs to, as ``(host, pid)``; None: this
             process (a simulated executor names its virtual workers).
+        max_entries: the most entries held, whatever their size (``MAX_ENTRIES``).
     """
 
-    def __init__(self, limit: int = DEFAULT_BYTES, owner: tuple[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        limit: int = DEFAULT_BYTES,
+        owner: tuple[str, int] | None = None,
+        max_entries: int = MAX_ENTRIES,
+    ) -> None:
         self.limit = limit
+        self.max_entries = max_entries
         self._owner = owner
+        self._size = 0
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self.hits = 0
         self.misses = 0
@@ -87,7 +101,13 @@ class WarmCache:
     @property
     def size(self) -> int:
         """Bytes held now."""
-        return sum(entry.size for entry in self._entries.values())
+        return self._size
+
+    def _pop(self, key: str) -> _Entry | None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._size -= entry.size
+        return entry
 
     def resize(self, limit: int) -> None:
         """Sets the limit, dropping the least recently used entries past it."""
@@ -110,11 +130,12 @@ class WarmCache:
         when the file is gone).
         """
         key = os.path.abspath(checkpoint)
-        self._entries.pop(key, None)
+        self._pop(key)
         identity = file_identity(path)
-        if identity is None or size > self.limit:
+        if identity is None or size > self.limit or self.max_entries < 1:
             return False
         self._entries[key] = _Entry(dict(hparams), value, size, epoch, identity)
+        self._size += size
         self._evict()
         return key in self._entries
 
@@ -128,7 +149,7 @@ class WarmCache:
         the state was put. A stale entry is dropped. The state taken is the
         caller's: it trains it, and puts it back after its last save.
         """
-        entry = self._entries.pop(os.path.abspath(checkpoint), None)
+        entry = self._pop(os.path.abspath(checkpoint))
         if (
             entry is None
             or entry.hparams != hparams
@@ -142,7 +163,7 @@ class WarmCache:
 
     def discard(self, checkpoint: str) -> None:
         """Forgets what is held for ``checkpoint``."""
-        self._entries.pop(os.path.abspath(checkpoint), None)
+        self._pop(os.path.abspath(checkpoint))
 
     def held(self) -> tuple[str, ...]:
         """The checkpoints (absolute path stems) whose state is held, oldest use first."""
@@ -151,10 +172,11 @@ class WarmCache:
     def clear(self) -> None:
         """Forgets everything."""
         self._entries.clear()
+        self._size = 0
 
     def _evict(self) -> None:
-        while self._entries and self.size > self.limit:
-            self._entries.popitem(last=False)
+        while self._entries and (self._size > self.limit or len(self._entries) > self.max_entries):
+            self._pop(next(iter(self._entries)))
 
 
 _CACHE = [WarmCache()]  # this process's cache; a simulated executor swaps in its workers'

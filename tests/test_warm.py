@@ -99,6 +99,15 @@ def test_the_least_recently_used_go_first_and_nothing_larger_than_the_limit_is_k
     assert cache.held() == () and cache.size == 0
 
 
+def test_no_more_entries_than_max_entries_are_kept_however_small(tmp_path: Path) -> None:
+    cache = warm.WarmCache(10**9, max_entries=3)
+    for i in range(5):
+        assert cache.put(str(tmp_path / str(i)), H, i, 1, 1, saved(tmp_path / f"{i}.json"))
+    assert [Path(s).name for s in cache.held()] == ["2", "3", "4"] and cache.size == 3
+    assert cache.take(str(tmp_path / "3"), H, 1, tmp_path / "3.json") == 3
+    assert cache.size == 2
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [("0", 0), ("1GB", 10**9), ("512MB", 512 * 10**6), ("1GiB", 2**30), ("64 kib", 65536)],
