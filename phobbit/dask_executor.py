@@ -23,18 +23,21 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from distributed import WorkerPlugin
+from distributed import WorkerPlugin, get_worker
 
 from phobbit.errors import InputError
 from phobbit.executor import Executor
+from phobbit.repository import this_host
 from phobbit.worker import HIDDEN, pin
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,37 @@ class PinPlugin(WorkerPlugin):
         lease_dir = lease_folder(self.token)
         os.makedirs(lease_dir, exist_ok=True)
         pin(self.slots, lease_dir, self.threads, self.allow_growth)
+
+
+def whoami() -> tuple[str, int]:
+    """The (host, pid) of the worker process it runs in, as its segments' rows give them."""
+    return this_host(), os.getpid()
+
+
+def run_and_report(topic: str, key: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """Runs ``fn(*args)`` in a Dask task and sends its outcome to the client as an event.
+
+    The event rides the worker's message stream just ahead of its note that the
+    task finished, so the client has the result without asking for it (a
+    gather: one more round trip through the scheduler to the worker and back).
+    The value is also returned, for when the event cannot be sent.
+    """
+    try:
+        value = fn(*args)
+    except BaseException as exc:  # noqa: BLE001 - sent to the client, then raised as Dask would
+        _report(topic, key, False, exc)
+        raise
+    _report(topic, key, True, value)
+    return value
+
+
+def _report(topic: str, key: str, ok: bool, outcome: Any) -> None:
+    try:
+        payload = pickle.dumps(outcome)
+    except Exception:  # noqa: BLE001 - it does not pickle: the client gathers it, as Dask would
+        return
+    worker = get_worker()
+    worker.log_event(topic, [key, ok, payload, worker.address])
 
 
 def lease_folder(token: str) -> str:
@@ -101,9 +135,16 @@ class DaskExecutor(Executor):
         slots = [str(g) for g in gpus for _ in range(jobs_per_gpu)] if gpus else []
         self.slots = slots or [HIDDEN] * self._capacity
         self._plugin = PinPlugin(self.slots, uuid.uuid4().hex[:12], 1, jobs_per_gpu > 1)
+        self._topic = f"phobbit-results-{self._plugin.token}"
         self._registered = False
         self._tasks: set[Any] = set()
         self._task_of: dict[Future, Any] = {}
+        self._result_of: dict[str, Future] = {}  # by task key, until its event or end comes
+        self._address: dict[tuple[str, int], str | None] = {}  # (host, pid) -> worker address
+        # Workers whose task sent its outcome and that were handed nothing since, oldest
+        # first: the event reaches this client before the scheduler hears the task ended.
+        self._idle: list[str] = []
+        self._idle_lock = threading.Lock()
         workers = client.scheduler_info(n_workers=-1).get("workers", {})
         # Only a worker under a nanny can be restarted, which is how a hung task is stopped.
         nannies = bool(workers) and all(w.get("nanny") for w in workers.values())
@@ -114,34 +155,94 @@ class DaskExecutor(Executor):
         """How many segments run at once: one per Dask worker."""
         return self._capacity
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        """Runs ``fn(*args)`` on a pinned Dask worker; a lost worker raises ``WorkerLostError``."""
+    def submit(
+        self, fn: Callable[..., Any], *args: Any, prefer: tuple[str, int] | None = None
+    ) -> Future:
+        """Runs ``fn(*args)`` on a pinned Dask worker; a lost worker raises ``WorkerLostError``.
+
+        With ``prefer`` (the host and pid of a worker process, as a segment's row
+        gives them), the task goes to that worker when it is idle; when it is
+        busy, gone or unknown, to any worker, since Dask would otherwise queue it
+        behind the busy one's segment, where its timeout would run while it waits.
+        """
         if not self._registered:
             self.client.register_plugin(self._plugin, name=PinPlugin.name)
+            self.client.subscribe_topic(self._topic, self._receive)
             self._registered = True
         result: Future = Future()
         result.set_running_or_notify_cancel()
-        task = self.client.submit(fn, *args, pure=False)
+        key = f"train-{uuid.uuid4().hex}"
+        self._result_of[key] = result
+        address = self._free_worker(prefer)
+        where = {} if address is None else {"workers": [address], "allow_other_workers": True}
+        task = self.client.submit(
+            run_and_report, self._topic, key, fn, *args, key=key, pure=False, **where
+        )
         self._tasks.add(task)
         self._task_of[result] = task
 
         def transfer(done: Any) -> None:
             self._tasks.discard(done)
             self._task_of.pop(result, None)
+            self._result_of.pop(key, None)
+            if result.done():
+                return  # its event came first (or ``kill`` ended it)
             try:
-                try:
-                    value = done.result()
-                except BaseException as exc:  # noqa: BLE001 - handed to the scheduler as is
-                    if type(exc).__name__ == "KilledWorker":
-                        exc = WorkerLostError(str(exc))
-                    result.set_exception(exc)
-                else:
-                    result.set_result(value)
-            except InvalidStateError:
-                pass  # ended by ``kill`` already
+                _settle(result, value=done.result())
+            except BaseException as exc:  # noqa: BLE001 - handed to the scheduler as is
+                _settle(result, error=exc)
 
         task.add_done_callback(transfer)
         return result
+
+    def _receive(self, event: Any) -> None:
+        """A task's outcome, sent by ``run_and_report`` (runs in the client's event loop)."""
+        _, (key, ok, payload, address) = event
+        result = self._result_of.get(key)
+        if result is None:
+            return  # ended already, or another executor's
+        try:
+            outcome = pickle.loads(payload)
+        except Exception:  # noqa: BLE001 - its end brings it through Dask, with Dask's error
+            return
+        self._result_of.pop(key, None)
+        with self._idle_lock:
+            if address in self._idle:
+                self._idle.remove(address)
+            self._idle.append(address)
+        if ok:
+            _settle(result, value=outcome)
+        else:
+            _settle(result, error=outcome)
+
+    def _free_worker(self, prefer: tuple[str, int] | None) -> str | None:
+        """The worker to aim the next task at: ``prefer`` when it is idle, else the one idle
+        longest; None (Dask decides) when no worker is known to be idle.
+
+        Dask would place a task on its worker even when that one is busy, or, hearing
+        of no free worker yet, on the busy worker it guesses frees first: the task
+        could then wait behind a long segment while its timeout runs.
+        """
+        wanted = None if prefer is None else self._address_of(prefer)
+        with self._idle_lock:
+            if wanted is not None and wanted in self._idle:
+                self._idle.remove(wanted)
+                return wanted
+            return self._idle.pop(0) if self._idle else None
+
+    def _address_of(self, prefer: tuple[str, int]) -> str | None:
+        """The address of worker process ``prefer`` (host, pid); None for one gone."""
+        who = (str(prefer[0]), int(prefer[1]))
+        if who not in self._address:
+            # Listed again only for a process not seen yet: one unknown then is gone for good.
+            try:
+                live = {(str(h), int(p)): a for a, (h, p) in self.client.run(whoami).items()}
+            except Exception as exc:  # noqa: BLE001 - a worker going away: aim at none
+                log.info("could not list the Dask workers' processes: %s", exc)
+                return None
+            self._address = {k: live.get(k) for k in self._address} | live
+            self._address.setdefault(who, None)
+        return self._address[who]
 
     def kill(self, futures: Collection[Future]) -> None:
         """Cancels the tasks of ``futures`` and restarts the workers that run them.
@@ -155,7 +256,9 @@ class DaskExecutor(Executor):
         workers = [address for address, running in busy.items() if keys & set(running)]
         self.client.cancel(tasks, force=True)
         for future in futures:
-            self._task_of.pop(future, None)
+            task = self._task_of.pop(future, None)
+            if task is not None:
+                self._result_of.pop(task.key, None)
             try:
                 future.set_exception(CancelledError("its worker was restarted"))
             except InvalidStateError:
@@ -181,6 +284,20 @@ class DaskExecutor(Executor):
             try:
                 # No restarted worker may lease from a folder about to go.
                 self.client.unregister_worker_plugin(PinPlugin.name)
+                self.client.unsubscribe_topic(self._topic)
                 self.client.run(drop_lease_folder, self._plugin.token)
             except Exception as exc:  # noqa: BLE001 - a cluster already gone leaves nothing to do
                 log.info("could not remove the Dask lease folders: %s", exc)
+
+
+def _settle(result: Future, value: Any = None, error: BaseException | None = None) -> None:
+    """Ends ``result`` with a task's value or error, unless it has ended already."""
+    if error is not None and type(error).__name__ == "KilledWorker":
+        error = WorkerLostError(str(error))
+    try:
+        if error is not None:
+            result.set_exception(error)
+        else:
+            result.set_result(value)
+    except InvalidStateError:
+        pass  # its event and its end both came, or ``kill`` ended it

@@ -144,8 +144,14 @@ class Executor(ABC):
         return len(self.slots)
 
     @abstractmethod
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+    def submit(
+        self, fn: Callable[..., Any], *args: Any, prefer: tuple[str, int] | None = None
+    ) -> Future:
         """Runs ``fn(*args)`` on a worker; the future holds its result or exception.
+
+        ``prefer`` is the (host, pid) of the worker process that should run it when
+        that one is free (it holds the configuration's model warm); None, or a worker
+        the executor cannot aim at, runs it on any worker.
 
         Raises:
             BrokenProcessPool: when a worker died while idle; ``restart`` first.
@@ -318,8 +324,11 @@ class LocalExecutor(Executor):
             ),
         )
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        """Runs ``fn(*args)`` in a pinned worker."""
+    def submit(
+        self, fn: Callable[..., Any], *args: Any, prefer: tuple[str, int] | None = None
+    ) -> Future:
+        """Runs ``fn(*args)`` in a pinned worker; ``prefer`` is not looked at (loky's
+        queue hands the task to the first worker that frees)."""
         if self._pool is None:
             with _sigint_ignored():  # a pool's first submit starts its workers
                 self._pool = self._start()

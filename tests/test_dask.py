@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -144,3 +145,39 @@ def test_a_dask_run_leaves_no_lease_folder_behind(client, hparams, tmp_path: Pat
         assert folder.is_dir(), "the workers lease their slots there while the run goes on"
         assert folder.parent == Path(tempfile.gettempdir())
     assert not folder.exists()
+
+
+def test_a_task_preferring_an_idle_worker_runs_there_and_never_waits_behind_a_busy_one(
+    client, tmp_path: Path
+) -> None:
+    from phobbit.dask_executor import DaskExecutor, whoami
+
+    def meet(folder: str, name: str) -> tuple[str, int]:
+        """Waits (2 minutes at most) until two tasks have arrived; returns where it ran."""
+        Path(folder, name).touch()
+        for _ in range(1200):
+            if len(list(Path(folder).iterdir())) >= 2:
+                break
+            time.sleep(0.1)
+        return whoami()
+
+    executor = DaskExecutor(client)
+    (_, at_a), (_, at_b) = sorted(client.run(whoami).items())
+    # Two tasks that wait for each other: each worker runs one, and is then known idle.
+    first = [executor.submit(meet, str(tmp_path), name) for name in "12"]
+    assert sorted(f.result(timeout=300) for f in first) == sorted([at_a, at_b])
+    # Dask alone hands idle workers tasks in turn: three in a row on one is the preference.
+    for preferred in [at_b, at_b, at_b, at_a, at_a, at_a]:
+        assert executor.submit(whoami, prefer=preferred).result(timeout=120) == preferred
+    release = distributed.Event(f"release-{id(executor)}", client=client)
+    blocker = executor.submit(release.wait, 300, prefer=at_b)
+    try:
+        # b is busy: the task goes to a, not into b's queue behind the blocker.
+        assert executor.submit(whoami, prefer=at_b).result(timeout=120) == at_a
+        assert executor.submit(whoami, prefer=("gone", 1)).result(timeout=120) == at_a
+    finally:
+        release.set()
+    assert blocker.result(timeout=120) is True
+    with pytest.raises(ValueError, match="invalid literal"):
+        executor.submit(int, "x").result(timeout=120)
+    executor.shutdown()
