@@ -181,3 +181,46 @@ def test_a_task_preferring_an_idle_worker_runs_there_and_never_waits_behind_a_bu
     with pytest.raises(ValueError, match="invalid literal"):
         executor.submit(int, "x").result(timeout=120)
     executor.shutdown()
+
+
+def test_a_task_submitted_while_every_worker_is_busy_goes_to_the_first_that_frees() -> None:
+    import dask
+
+    from phobbit.dask_executor import DaskExecutor
+
+    # Without work stealing, a task Dask placed behind a blocked one would stay there.
+    with (
+        dask.config.set({"distributed.scheduler.work-stealing": False}),
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        _the_first_to_free_takes_the_held_tasks(client, DaskExecutor(client))
+
+
+def _the_first_to_free_takes_the_held_tasks(client, executor) -> None:
+    from concurrent.futures import CancelledError
+
+    from phobbit.dask_executor import whoami
+
+    assert executor.fifo_queue
+    release = [distributed.Event(f"release-{i}-{id(executor)}", client=client) for i in (0, 1)]
+    try:
+        busy = [executor.submit(event.wait, 300) for event in release]  # one on each worker
+        waiting = [executor.submit(whoami) for _ in range(2)]
+        dropped = executor.submit(whoami)
+        executor.kill([dropped])
+        release[1].set()
+        assert busy[1].result(timeout=120) is True
+        # Both ran on the worker that freed, one after the other, not one behind the
+        # blocked task (where Dask alone would have placed it).
+        assert waiting[0].result(timeout=120) == waiting[1].result(timeout=120)
+        assert not busy[0].done()
+        with pytest.raises(CancelledError):
+            dropped.result(timeout=120)
+    finally:
+        for event in release:
+            event.set()
+    assert busy[0].result(timeout=120) is True
+    executor.shutdown()
