@@ -11,6 +11,19 @@ its ``segment_timeout`` is stopped by cancelling its task and restarting its
 worker process through the worker's nanny (``Client.restart_workers``), so
 timeouts need workers that run under a nanny, as ``dask worker`` starts them.
 
+What the driver waits on per segment is Dask's round trip, so the executor
+cuts it short in two ways. A task sends its outcome to the client as an event
+on the worker's message stream (``run_and_report``), which arrives with the
+news that the task ended, instead of the client then fetching the result from
+the worker (one more round trip through the scheduler). And the executor knows
+which workers are idle (those whose outcome came back since it last gave them
+a task): a task goes to one of them, to the one ``prefer`` names when it is
+idle, and one submitted while every worker is busy is held here and handed,
+from the client's event loop, to the first worker that frees (``fifo_queue``,
+so the scheduler's queued segment works as with the local pool). Dask alone
+would place it on a busy worker at once, behind a segment that may run long
+while the queued one's timeout runs.
+
 Example:
     >>> from dask.distributed import Client
     >>> client = Client("tcp://scheduler:8786")   # workers started with --nthreads 1
@@ -23,7 +36,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import shutil
 import tempfile
 import threading
@@ -37,6 +49,7 @@ from functools import partial
 from typing import Any
 
 from distributed import WorkerPlugin, get_worker
+from distributed.protocol import deserialize_bytes, serialize_bytes
 
 from phobbit.errors import InputError
 from phobbit.executor import Executor
@@ -91,9 +104,11 @@ def run_and_report(topic: str, key: str, fn: Callable[..., Any], *args: Any) -> 
 
 
 def _report(topic: str, key: str, ok: bool, outcome: Any) -> None:
+    # Dask's own serialisation, as for a task's result: these bytes travel only between
+    # this run's client and its workers, never through the repository.
     try:
-        payload = pickle.dumps(outcome)
-    except Exception:  # noqa: BLE001 - it does not pickle: the client gathers it, as Dask would
+        payload = serialize_bytes(outcome)
+    except Exception:  # noqa: BLE001 - it does not serialise: the client gathers it from Dask
         return
     worker = get_worker()
     worker.log_event(topic, [key, ok, payload, worker.address])
@@ -228,7 +243,7 @@ class DaskExecutor(Executor):
             self._tasks.discard(task)
             self._task_of.pop(result, None)
             self._result_of.pop(key, None)
-            unreported = key in self._sent  # lost, cancelled, or an outcome that did not pickle
+            unreported = key in self._sent  # lost, cancelled, or an outcome that did not serialise
             self._sent.discard(key)
             # Dask has heard its worker is free (or gone): it places the next one itself.
             next_one = self._held.popleft() if unreported and self._held else None
@@ -246,7 +261,7 @@ class DaskExecutor(Executor):
         """A task's outcome, sent by ``run_and_report`` (runs in the client's event loop)."""
         _, (key, ok, payload, address) = event
         try:
-            outcome = pickle.loads(payload)
+            outcome = deserialize_bytes(payload)
         except Exception:  # noqa: BLE001 - its end brings it through Dask, with Dask's error
             return
         with self._lock:
