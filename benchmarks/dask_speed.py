@@ -6,9 +6,14 @@ Run it with ``python benchmarks/dask_speed.py`` (about 2 minutes; needs
 runs R=81, eta=3 with ``SyntheticTrainable`` epochs of 20 ms ±30% (efficiency
 = max(work/W, chain) / makespan) and with epochs of zero time (segments per
 second: the per-segment cost of executor + driver), each with and without the
-segment queued ahead (``Scheduler(queue_ahead=...)``), alternately, twice.
-``--profile`` adds a cProfile of one zero-time Dask run's driver: where the
-driver's own time goes (submit and serialisation, the wait) against the wall.
+segment queued ahead (``Scheduler(queue_ahead=...)``; the table gives the
+queue_ahead the scheduler used, 0 on an executor without ``fifo_queue``),
+alternately, ``--rounds`` times (default 2). ``--before FILE`` adds another
+version of ``phobbit/dask_executor.py`` (``git show REV:phobbit/dask_executor.py
+> FILE``) on a second cluster of its own, in the same rounds: a before/after
+under the same load. ``--profile`` adds a cProfile of one zero-time Dask run's
+driver: where the driver's own time goes (submit and serialisation, the wait)
+against the wall.
 """
 
 from __future__ import annotations
