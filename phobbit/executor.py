@@ -130,8 +130,8 @@ class Executor(ABC):
     """Whether workers may sit on other hosts: data goes beside the repository, not in /tmp."""
     fifo_queue: bool = False
     """Whether a task submitted while every worker is busy waits in one queue for the
-    next free worker (the scheduler then keeps a segment queued ahead); Dask instead
-    places it on a busy worker at once, where it could wait behind a long segment."""
+    next free worker (the scheduler then keeps a segment queued ahead); elsewhere it
+    could wait behind a long segment on a busy worker (as Dask itself places it)."""
 
     slots: list[str]
     """The device of each worker slot: a GPU id, or ``worker.HIDDEN`` for the CPU."""

@@ -479,15 +479,18 @@ class Scheduler:
         if lost:
             # A worker of a driver that was replaced ends at its first write: say so.
             self._check_fence()
-            # A broken pool fails every trial in flight: collect them all, then rebuild.
-            rest = dict(self._in_flight)
-            self.executor.wait(rest, return_when=ALL_COMPLETED)
-            lost += self._outcomes(rest)
-            # Kill the old workers before reading which rows they wrote: one still finishing
-            # could otherwise append its row after the read, and its segment would run twice.
-            self.executor.restart()
-            self._free.clear()
-            self._holds.clear()
+            if not self.executor.can_kill_one:
+                # A broken pool fails every trial in flight: collect them all, then rebuild.
+                # Elsewhere (Dask) the others run on, and the freed workers take new work.
+                rest = dict(self._in_flight)
+                self.executor.wait(rest, return_when=ALL_COMPLETED)
+                lost += self._outcomes(rest)
+                # Kill the old workers before reading which rows they wrote: one still
+                # finishing could otherwise append its row after the read, and its segment
+                # would run twice.
+                self.executor.restart()
+                self._free.clear()
+                self._holds.clear()
             self._blame(lost)
 
     def _outcomes(self, finished: Iterable[Future]) -> list[tuple[Segment, str, bool]]:
@@ -502,6 +505,8 @@ class Scheduler:
             try:
                 result = future.result()
             except BrokenProcessPool as exc:
+                if self.executor.can_kill_one and not queued:
+                    self._freed()  # its worker alone died, and its place takes the queued one
                 lost.append((segment, _crash_cause(exc), not queued))
                 continue
             except WorkerNotPinnedError as exc:
@@ -524,6 +529,8 @@ class Scheduler:
         """Charges the segment that killed its worker, when it is known; requeues the rest.
 
         A segment lost while still queued never ran: it goes back without suspicion.
+        Where a death ends one task alone (``can_kill_one``), each lost segment is its
+        own worker's culprit and is charged.
         """
         done = self.repository.results()
         ran = []
@@ -534,6 +541,10 @@ class Scheduler:
                 ran.append((segment, cause))
             else:
                 self.plan.give_back(segment)
+        if self.executor.can_kill_one:
+            for segment, cause in ran:  # each lost task names the worker that died running it
+                self._crashed(segment, cause)
+            return
         lost = ran
         suspects = [s for s, _ in lost if s.key in self._suspects]
         culprit = lost[0][0] if len(lost) == 1 else suspects[0] if len(suspects) == 1 else None

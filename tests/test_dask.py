@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -144,3 +145,82 @@ def test_a_dask_run_leaves_no_lease_folder_behind(client, hparams, tmp_path: Pat
         assert folder.is_dir(), "the workers lease their slots there while the run goes on"
         assert folder.parent == Path(tempfile.gettempdir())
     assert not folder.exists()
+
+
+def test_a_task_preferring_an_idle_worker_runs_there_and_never_waits_behind_a_busy_one(
+    client, tmp_path: Path
+) -> None:
+    from phobbit.dask_executor import DaskExecutor, whoami
+
+    def meet(folder: str, name: str) -> tuple[str, int]:
+        """Waits (2 minutes at most) until two tasks have arrived; returns where it ran."""
+        Path(folder, name).touch()
+        for _ in range(1200):
+            if len(list(Path(folder).iterdir())) >= 2:
+                break
+            time.sleep(0.1)
+        return whoami()
+
+    executor = DaskExecutor(client)
+    (_, at_a), (_, at_b) = sorted(client.run(whoami).items())
+    # Two tasks that wait for each other: each worker runs one, and is then known idle.
+    first = [executor.submit(meet, str(tmp_path), name) for name in "12"]
+    assert sorted(f.result(timeout=300) for f in first) == sorted([at_a, at_b])
+    # Dask alone hands idle workers tasks in turn: three in a row on one is the preference.
+    for preferred in [at_b, at_b, at_b, at_a, at_a, at_a]:
+        assert executor.submit(whoami, prefer=preferred).result(timeout=120) == preferred
+    release = distributed.Event(f"release-{id(executor)}", client=client)
+    blocker = executor.submit(release.wait, 300, prefer=at_b)
+    try:
+        # b is busy: the task goes to a, not into b's queue behind the blocker.
+        assert executor.submit(whoami, prefer=at_b).result(timeout=120) == at_a
+        assert executor.submit(whoami, prefer=("gone", 1)).result(timeout=120) == at_a
+    finally:
+        release.set()
+    assert blocker.result(timeout=120) is True
+    with pytest.raises(ValueError, match="invalid literal"):
+        executor.submit(int, "x").result(timeout=120)
+    executor.shutdown()
+
+
+def test_a_task_submitted_while_every_worker_is_busy_goes_to_the_first_that_frees() -> None:
+    import dask
+
+    from phobbit.dask_executor import DaskExecutor
+
+    # Without work stealing, a task Dask placed behind a blocked one would stay there.
+    with (
+        dask.config.set({"distributed.scheduler.work-stealing": False}),
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        _the_first_to_free_takes_the_held_tasks(client, DaskExecutor(client))
+
+
+def _the_first_to_free_takes_the_held_tasks(client, executor) -> None:
+    from concurrent.futures import CancelledError
+
+    from phobbit.dask_executor import whoami
+
+    assert executor.fifo_queue
+    release = [distributed.Event(f"release-{i}-{id(executor)}", client=client) for i in (0, 1)]
+    try:
+        busy = [executor.submit(event.wait, 300) for event in release]  # one on each worker
+        waiting = [executor.submit(whoami) for _ in range(2)]
+        dropped = executor.submit(whoami)
+        executor.kill([dropped])
+        release[1].set()
+        assert busy[1].result(timeout=120) is True
+        # Both ran on the worker that freed, one after the other, not one behind the
+        # blocked task (where Dask alone would have placed it).
+        assert waiting[0].result(timeout=120) == waiting[1].result(timeout=120)
+        assert not busy[0].done()
+        with pytest.raises(CancelledError):
+            dropped.result(timeout=120)
+    finally:
+        for event in release:
+            event.set()
+    assert busy[0].result(timeout=120) is True
+    executor.shutdown()

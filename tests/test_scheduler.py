@@ -175,6 +175,33 @@ def test_a_second_crash_with_its_suspect_in_flight_charges_that_suspect(
     pd.testing.assert_frame_equal(run.table(), serial)
 
 
+@pytest.mark.parametrize("queue_ahead", [0, 1])
+def test_where_a_death_ends_one_task_alone_the_others_run_on_and_freed_workers_take_new_work(
+    tmp_path: Path, serial: pd.DataFrame, queue_ahead: int
+) -> None:
+    victim, long = handed_out_first(2, 2)
+    run = Run(
+        tmp_path,
+        workers=2,
+        fail={victim: [TerminatedWorkerError(OOM)]},
+        duration=lambda segment: 50.0 if segment.key == long else 1.0,
+        can_kill_one=True,  # Dask: a lost worker loses its own task, nothing else
+        queue_ahead=queue_ahead,
+    )()
+    assert run.reporter.charged() == [(victim, 1)], "one task lost alone names its culprit"
+    [crash, rerun] = run.traced(victim)
+    [long_one] = run.traced(long)
+    assert crash.outcome == "crashed" and long_one.outcome == "done"
+    started_meanwhile = [
+        entry
+        for entry in run.executor.trace
+        if entry.key != long and crash.end <= entry.start < long_one.end
+    ]
+    # The driver did not wait for the long segment before handing out the next ones.
+    assert rerun in started_meanwhile and len(started_meanwhile) > 1
+    pd.testing.assert_frame_equal(run.table(), serial)
+
+
 @pytest.mark.parametrize(("max_retries", "tries"), [(0, "once"), (2, "3 times")])
 def test_a_trial_whose_worker_dies_more_than_max_retries_times_fails_and_the_run_goes_on(
     tmp_path: Path, serial: pd.DataFrame, max_retries: int, tries: str
