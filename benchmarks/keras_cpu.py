@@ -46,8 +46,12 @@ R, ETA, BATCH = 27, 3, 32
 
 
 def descendants_cpu() -> float:
-    """CPU seconds of this process's descendants still alive (not in RUSAGE_CHILDREN)."""
-    import psutil
+    """CPU seconds of this process's descendants still alive (not in RUSAGE_CHILDREN); 0
+    without psutil (every worker phobbit starts is reaped before its run returns)."""
+    try:
+        import psutil
+    except ImportError:
+        return 0.0
 
     total = 0.0
     for child in psutil.Process().children(recursive=True):
@@ -147,7 +151,7 @@ def measured(command: Sequence[str]) -> dict[str, Any]:
     out = json.loads(lines[-1][len("RESULT ") :])
     out.update(
         wall_s=wall,
-        cpu_s=cpu + out["alive_children_cpu_s"],
+        cpu_s=cpu + out.get("alive_children_cpu_s", 0.0),
         load=(load_start, os.getloadavg()[0]),
     )
     return out
