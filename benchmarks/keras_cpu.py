@@ -13,8 +13,10 @@ scikit-learn's digits (1437 train, 360 validation):
   the issue's baseline of 13 x 27 = 351 epochs, close to the 357 that
   phobbit trains.
 
-Each contender runs in a fresh Python process (imports included), the two in
-turn, ``--repeats`` times, so both see the same load. CPU is the user + system
+Each contender runs in a fresh Python process (imports included), in turn,
+``--repeats`` times, so all see the same load; ``--phobbit CHECKOUT ...``
+runs the phobbit of each checkout given (before and after a change, side by
+side; default: this one). CPU is the user + system
 time of that process and of every process it started (``RUSAGE_CHILDREN`` of
 this parent, to which a reaped grandchild's time is added; the child also
 reports any descendant still alive at its end, counted too). A third process
@@ -40,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent), str(HERE)]  # this checkout's phobbit, keras_models
+sys.path.insert(0, str(HERE))  # keras_models; phobbit: the checkout on PYTHONPATH
 
 R, ETA, BATCH = 27, 3, 32
 
@@ -136,12 +138,13 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measured(command: Sequence[str]) -> dict[str, Any]:
+def measured(command: Sequence[str], env: dict[str, str] | None = None) -> dict[str, Any]:
     """Runs ``command`` (which prints a RESULT line); adds its wall, CPU and the load."""
     load_start = os.getloadavg()[0]
     cpu_before = children_cpu()
     start = time.perf_counter()
-    done = subprocess.run(list(command), capture_output=True, text=True, env=os.environ.copy())
+    environment = dict(os.environ) if env is None else env
+    done = subprocess.run(list(command), capture_output=True, text=True, env=environment)
     wall = time.perf_counter() - start
     cpu = children_cpu() - cpu_before
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -157,10 +160,11 @@ def measured(command: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def fresh(which: str, configurations: int, n_jobs: int) -> dict[str, Any]:
+def fresh(which: str, configurations: int, n_jobs: int, checkout: str) -> dict[str, Any]:
+    """One contender in a fresh process whose phobbit (and its workers') is ``checkout``'s."""
     command = [sys.executable, __file__, "--one", which]
     command += ["--configurations", str(configurations), "--n-jobs", str(n_jobs)]
-    return measured(command)
+    return measured(command, dict(os.environ, PYTHONPATH=checkout))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="runs of each contender")
     parser.add_argument("--configurations", type=int, default=13, help="Keras loop's")
     parser.add_argument("--n-jobs", type=int, default=2, help="phobbit's CPU workers")
+    parser.add_argument("--phobbit", nargs="+", default=[str(HERE.parent)], help="checkouts")
     parser.add_argument("--one", choices=["phobbit", "keras", "imports"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
@@ -183,35 +188,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print("| run | contender | epochs | CPU (s) | CPU per epoch (ms) | wall (s) | load |")
     print("|---|---|---|---|---|---|---|")
-    per_epoch: dict[str, list[float]] = {"phobbit": [], "keras": []}
-    walls: dict[str, list[float]] = {"phobbit": [], "keras": []}
-    imports = fresh("imports", args.configurations, args.n_jobs)
+    checkouts = [str(Path(path).resolve()) for path in args.phobbit]
+    contenders = [("keras", checkouts[0])] + [("phobbit", c) for c in checkouts]
+
+    def name(which: str, checkout: str) -> str:
+        if which == "keras":
+            return "Keras loop"
+        where = f" ({checkout})" if len(checkouts) > 1 else ""
+        return f"phobbit, {args.n_jobs} workers{where}"
+
+    per_epoch: dict[str, list[float]] = {name(*c): [] for c in contenders}
+    walls: dict[str, list[float]] = {name(*c): [] for c in contenders}
+    imports = fresh("imports", args.configurations, args.n_jobs, checkouts[0])
     print(
         f"| - | imports only | 0 | {imports['cpu_s']:.1f} | - | {imports['wall_s']:.1f} "
         f"| {imports['load'][0]:.1f} → {imports['load'][1]:.1f} |",
         flush=True,
     )
     for repeat in range(args.repeats):
-        # Alternate who goes first, so neither always runs after the other.
-        order = ["phobbit", "keras"] if repeat % 2 == 0 else ["keras", "phobbit"]
-        for which in order:
-            out = fresh(which, args.configurations, args.n_jobs)
+        # Rotate who goes first, so none always runs after the same other.
+        shift = repeat % len(contenders)
+        for which, checkout in contenders[shift:] + contenders[:shift]:
+            out = fresh(which, args.configurations, args.n_jobs, checkout)
             cost = out["cpu_s"] / out["epochs"]
-            per_epoch[which].append(cost)
-            walls[which].append(out["wall_s"])
-            name = f"phobbit, {args.n_jobs} workers" if which == "phobbit" else "Keras loop"
+            per_epoch[name(which, checkout)].append(cost)
+            walls[name(which, checkout)].append(out["wall_s"])
             print(
-                f"| {repeat + 1} | {name} | {out['epochs']} | {out['cpu_s']:.1f} "
-                f"| {1000 * cost:.0f} | {out['wall_s']:.1f} "
+                f"| {repeat + 1} | {name(which, checkout)} | {out['epochs']} "
+                f"| {out['cpu_s']:.1f} | {1000 * cost:.0f} | {out['wall_s']:.1f} "
                 f"| {out['load'][0]:.1f} → {out['load'][1]:.1f} |",
                 flush=True,
             )
-    ratios = [p / k for p, k in zip(per_epoch["phobbit"], per_epoch["keras"])]
-    print(
-        f"\nCPU per epoch, phobbit / Keras loop: median {statistics.median(ratios):.2f} "
-        f"(each repeat: {', '.join(f'{r:.2f}' for r in ratios)}); wall, phobbit / Keras loop: "
-        f"{statistics.median(walls['phobbit']) / statistics.median(walls['keras']):.2f}."
-    )
+    keras_loop = name("keras", checkouts[0])
+    print()
+    for checkout in checkouts:
+        mine = name("phobbit", checkout)
+        ratios = [p / k for p, k in zip(per_epoch[mine], per_epoch[keras_loop])]
+        wall = statistics.median(walls[mine]) / statistics.median(walls[keras_loop])
+        print(
+            f"{mine}: CPU per epoch / Keras loop's, median {statistics.median(ratios):.2f} "
+            f"(each repeat: {', '.join(f'{r:.2f}' for r in ratios)}); wall / Keras loop's "
+            f"{wall:.2f}."
+        )
     return 0
 
 
