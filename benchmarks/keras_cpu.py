@@ -65,10 +65,26 @@ def descendants_cpu() -> float:
     return total
 
 
-def run_phobbit(n_jobs: int) -> dict[str, Any]:
-    from keras_models import load_digits_split, phobbit_model, phobbit_space
+def keras_models() -> Any:
+    """``benchmarks/keras_models.py``, imported without the checkout it puts first on
+    ``sys.path``: phobbit, in this process and in the workers it starts (which inherit
+    ``sys.path``), stays the one on ``PYTHONPATH``, so ``--phobbit`` compares checkouts."""
+    saved = list(sys.path)
+    import keras_models as module
 
+    sys.path[:] = saved
+    return module
+
+
+def run_phobbit(n_jobs: int) -> dict[str, Any]:
     from phobbit import ParallelHyperband
+
+    models = keras_models()
+    load_digits_split, phobbit_model, phobbit_space = (
+        models.load_digits_split,
+        models.phobbit_model,
+        models.phobbit_space,
+    )
 
     data = load_digits_split()
     with tempfile.TemporaryDirectory(prefix="phobbit-cpu-") as repo:
@@ -80,7 +96,10 @@ def run_phobbit(n_jobs: int) -> dict[str, Any]:
         search = time.perf_counter() - start
         rows = list(tuner.repository.iter_results())
     ok = results[results["Status"] == "ok"]
+    driver = resource.getrusage(resource.RUSAGE_SELF)
     return {
+        "driver_cpu_s": driver.ru_utime + driver.ru_stime,
+        "phobbit": str(Path(sys.modules["phobbit"].__file__).parent.parent),
         "search_s": search,
         "epochs": sum(r.epochs - r.start_epoch for r in rows),
         "best_val_loss": float(ok["Val Loss"].min()),
@@ -89,7 +108,8 @@ def run_phobbit(n_jobs: int) -> dict[str, Any]:
 
 def run_keras_loop(configurations: int) -> dict[str, Any]:
     import numpy as np
-    from keras_models import build_mlp, load_digits_split
+
+    build_mlp, load_digits_split = keras_models().build_mlp, keras_models().load_digits_split
 
     (x, y), validation = load_digits_split()
     rng = np.random.default_rng(0)
@@ -186,8 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"one process; Keras {keras.__version__}; {os.cpu_count()} CPUs; load average "
         f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} at the start.\n"
     )
-    print("| run | contender | epochs | CPU (s) | CPU per epoch (ms) | wall (s) | load |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| run | contender | epochs | CPU (s) | of which phobbit's driver (s) "
+        "| CPU per epoch (ms) | wall (s) | load |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     checkouts = [str(Path(path).resolve()) for path in args.phobbit]
     contenders = [("keras", checkouts[0])] + [("phobbit", c) for c in checkouts]
 
@@ -201,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     walls: dict[str, list[float]] = {name(*c): [] for c in contenders}
     imports = fresh("imports", args.configurations, args.n_jobs, checkouts[0])
     print(
-        f"| - | imports only | 0 | {imports['cpu_s']:.1f} | - | {imports['wall_s']:.1f} "
+        f"| - | imports only | 0 | {imports['cpu_s']:.1f} | - | - | {imports['wall_s']:.1f} "
         f"| {imports['load'][0]:.1f} → {imports['load'][1]:.1f} |",
         flush=True,
     )
@@ -210,12 +233,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         shift = repeat % len(contenders)
         for which, checkout in contenders[shift:] + contenders[:shift]:
             out = fresh(which, args.configurations, args.n_jobs, checkout)
+            if out.get("phobbit", checkout) != checkout:
+                raise SystemExit(f"phobbit of {out['phobbit']} ran, not that of {checkout}")
+            driver = f"{out['driver_cpu_s']:.1f}" if "driver_cpu_s" in out else "-"
             cost = out["cpu_s"] / out["epochs"]
             per_epoch[name(which, checkout)].append(cost)
             walls[name(which, checkout)].append(out["wall_s"])
             print(
                 f"| {repeat + 1} | {name(which, checkout)} | {out['epochs']} "
-                f"| {out['cpu_s']:.1f} | {1000 * cost:.0f} | {out['wall_s']:.1f} "
+                f"| {out['cpu_s']:.1f} | {driver} | {1000 * cost:.0f} | {out['wall_s']:.1f} "
                 f"| {out['load'][0]:.1f} → {out['load'][1]:.1f} |",
                 flush=True,
             )
