@@ -26,7 +26,7 @@ phases, timed by wrapping the calls ``train`` makes:
 - *row append*: ``Repository.append`` of a segment's row (file lock, CRC
   framed line, fsync);
 - *1-epoch segment*: a whole ``train`` call of one epoch on a fresh
-  configuration.
+  configuration, wall and CPU (of every thread of the process).
 
 It prints the median of each phase in milliseconds per checkout, with the load
 average.
@@ -58,6 +58,7 @@ PHASES = (
     "checkpoint save",
     "row append",
     "1-epoch segment",
+    "1-epoch segment, CPU",
 )
 
 
@@ -143,7 +144,9 @@ def measure(repeats: int, later: int, threads: int) -> dict[str, list[float]]:
             phases["first epoch (restored model)"].append(marks["ends"][0] - fit_start)
 
             hparams["learning_rate"] += 5e-5
+            cpu = time.process_time()
             phases["1-epoch segment"].append(segment(hparams, f"{folder}/one{repeat}", 0, 1))
+            phases["1-epoch segment, CPU"].append(time.process_time() - cpu)
 
             row = Segment(0, 2, repeat, 0, {"learning_rate": 0.003}, 0, 1, f"c{repeat}").result(
                 val_loss=0.5, last_val_loss=0.5, status=Status.OK, error="", gpu="-1", pid=1
