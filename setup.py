@@ -48,6 +48,8 @@ setup(
             "loguru>=0.7",
             "dask[distributed]>=2024.1",
             "scipy>=1.10",
+            # benchmarks/keras_tuner_compare.py and keras_models.py: the peer tuner.
+            "keras-tuner>=1.4",
         ],
         "tpe": ["optuna>=3.0"],
         "dev": [

@@ -346,6 +346,9 @@ def epoch_dataset(
     count = len(tf.nest.flatten(inputs)[0])
     full, rest = divmod(count, batch_size)
 
+    # Plain tensor code (its branches are on Python values): autograph's conversion of
+    # these functions, redone for every segment, would be pure cost.
+    @tf.autograph.experimental.do_not_convert
     def batches(epoch: Any) -> Any:
         order = tf.range(count, dtype=tf.int64)
         if shuffle:
@@ -359,6 +362,7 @@ def epoch_dataset(
             dataset = dataset.concatenate(tf.data.Dataset.from_tensors(order[full * batch_size :]))
         return dataset
 
+    @tf.autograph.experimental.do_not_convert
     def gather(indices: Any, data: Any) -> Any:
         return tf.nest.map_structure(lambda array: tf.gather(array, indices), data)
 
@@ -370,6 +374,34 @@ def epoch_dataset(
     # As Keras' adapter: no graph rewrites, which would serialize the arrays in the graph.
     options.experimental_optimization.apply_default_optimizations = False
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def build_compiled_state(model: Any, batch_spec: Any) -> None:
+    """Creates the variables of ``model``'s optimizer, compiled metrics and loss before ``fit``.
+
+    Keras' TensorFlow trainer otherwise creates them while it traces the train step,
+    and a ``tf.function`` whose first trace created variables traces again: the first
+    epoch of every model built afresh (or restored from its checkpoint) paid for two
+    traces of the train step. Built here from the spec of one batch, as Keras builds
+    them itself under a distribution strategy, the step is traced once. Nothing random
+    is drawn (the variables start at zero), so training is the same bit for bit. Other
+    backends build them before tracing already; a Keras without this hook, or a model
+    that cannot be built from specs alone, is left for ``fit`` to build as before.
+
+    Args:
+        batch_spec: ``(x, y)`` or ``(x, y, sample_weight)`` of ``tf.TensorSpec``s (the
+            ``element_spec`` of ``epoch_dataset``'s pipeline).
+    """
+    import keras
+
+    symbolic_build = getattr(model, "_symbolic_build", None)  # private Keras API
+    if keras.backend.backend() != "tensorflow" or symbolic_build is None:
+        return
+    try:
+        with model.distribute_strategy.scope():
+            symbolic_build(data_batch=batch_spec)
+    except Exception:  # noqa: BLE001 - a model it cannot build symbolically: fit builds it
+        return
 
 
 def _as_tuples(data: Any) -> Any:
@@ -623,6 +655,8 @@ class KerasTrainable:
         fit_kwargs.update(fit_arguments(hparams, self.fit_hparams))
         batch = fit_kwargs.pop("batch_size", None)
         data = self._fit_data(arrays, fit_kwargs, resume.start, epochs, key, batch)
+        if not started_warm and arrays is not None and not is_batch_source(arrays[0]):
+            build_compiled_state(model, data["x"].element_spec)  # one trace, not two
         saver = _saver(path, best, keeper, epochs, self.checkpoint_every_epoch)
         # The epoch is seeded before anything of the user's runs at its start, and saved
         # after all of it at its end (a stop asked for, a learning rate changed, is seen).

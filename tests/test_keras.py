@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -228,3 +229,42 @@ def test_the_checkpoint_best_lists_evaluates_to_the_listed_val_loss(
     assert len(list((repo / "models").glob("*.best.keras"))) <= 10
     assert main(["best", str(repo), "--top", "1"]) == 0
     assert f"Best model: {repo / records[0]['checkpoint']}" in capsys.readouterr().out
+
+
+def test_a_fresh_or_restored_model_traces_its_train_step_once_and_trains_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keras traces the train step again when its first trace created the optimizer's and
+    the metrics' variables; phobbit creates them before fit, changing no number."""
+    from phobbit import keras_trainable
+    from phobbit.keras_trainable import KerasTrainable
+
+    traces: list[int] = []
+
+    def counted(hparams: dict) -> object:
+        model = mlp(hparams)
+        step = model.train_step
+
+        def train_step(data: object) -> object:
+            traces.append(1)  # Python runs here only while TensorFlow traces the step
+            return step(data)
+
+        model.train_step = train_step
+        return model
+
+    # Without models kept warm: the resumed segment restores its model from the checkpoint.
+    trainable = KerasTrainable(counted, load_dataset=small_digits, batch_size=32, warm_bytes=0)
+    fresh = trainable.train(DROPOUT, str(tmp_path / "built"), 0, 2)
+    assert len(traces) == 1
+    resumed = trainable.train(DROPOUT, str(tmp_path / "built"), 2, 3)
+    assert len(traces) == 2
+    # Kept warm, the model its worker holds is traced already: no trace at all.
+    kept = dataclasses.replace(trainable, warm_bytes=1 << 30)
+    assert kept.train(DROPOUT, str(tmp_path / "kept"), 0, 2) == fresh
+    assert len(traces) == 3
+    assert kept.train(DROPOUT, str(tmp_path / "kept"), 2, 3) == resumed
+    assert len(traces) == 3
+    monkeypatch.setattr(keras_trainable, "build_compiled_state", lambda model, spec: None)
+    alone = str(tmp_path / "keras-alone")
+    assert trainable.train(DROPOUT, alone, 0, 2) == fresh
+    assert trainable.train(DROPOUT, alone, 2, 3) == resumed
