@@ -38,25 +38,12 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(HERE.parent), str(HERE), os.environ.get("PYTHONPATH", "")]
 )
 
+from keras_cpu import descendants_cpu  # noqa: E402
 from keras_models import load_digits_split, phobbit_model, phobbit_space  # noqa: E402
 
 from phobbit import ParallelHyperband  # noqa: E402
 from phobbit.executor import LocalExecutor  # noqa: E402
 from phobbit.scheduler import Scheduler, SilentReporter  # noqa: E402
-
-
-def pool_cpu_seconds() -> float:
-    """User and system CPU seconds of this process's children (the pool), so far."""
-    import psutil
-
-    total = 0.0
-    for child in psutil.Process().children(recursive=True):
-        try:
-            times = child.cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system
-    return total
 
 
 class Segments(SilentReporter):
@@ -89,7 +76,7 @@ def one_run(folder: Path, warm_cache: Any, R: int, eta: int, jobs: int) -> dict[
         started = time.perf_counter()
         results = tuner.run(R=R, eta=eta)
         wall = time.perf_counter() - started
-        cpu = pool_cpu_seconds()
+        cpu = descendants_cpu()  # the pool: this process's children, so far
     finally:
         executor.shutdown()
     return {
