@@ -25,11 +25,12 @@ import sys
 import threading
 import traceback
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from phobbit import __version__
 from phobbit.errors import InputError, PhobbitError
 from phobbit.schedule import brackets, format_schedule, validate
+from phobbit.streams import GuardedStdout, stdout_to_devnull
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -327,7 +328,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             return 0
         if args.command == "train":
-            stdout = GuardedStdout(sys.stdout)
+            stdout = GuardedStdout(
+                sys.stdout,
+                notice="the run goes on without printing (Ctrl-C stops it, and the same "
+                "command resumes)",
+            )
             with _terminate_as_interrupt():
                 return _train(args, _console(stdout), stdout)
         if args.command == "status":
@@ -357,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError as exc:
         if args.command != "train":
             # `phobbit best DIR | head`: the reader has all it wanted.
-            _stdout_to_devnull()
+            stdout_to_devnull()
             return 0
         # `train` writes standard output through a GuardedStdout, so this pipe is
         # another one (a worker's): not a user's mistake.
@@ -368,66 +373,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         traceback.print_exc()
         _error(f"{type(exc).__name__}: {exc}")
         return 1
-
-
-def _stdout_to_devnull() -> None:
-    """Points standard output at /dev/null, so that the flush at exit finds no broken pipe."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):  # no real stdout (a test's StringIO): nothing to flush
-        pass
-
-
-class GuardedStdout:
-    """Standard output for ``train``, which a reader that leaves never stops.
-
-    ``phobbit train ... | head``: once a write fails (a broken pipe, or any other
-    OSError), standard output goes to /dev/null, stderr says once that the run goes
-    on, and everything after is discarded. The run finishes as it would have (hours
-    of training are not thrown away because a pager quit) and its exit code is the
-    run's; Ctrl-C or ``kill`` stops it as ever, and the same command resumes.
-
-    Args:
-        stream: the standard output to write to.
-    """
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.lost = False
-        self._lock = threading.Lock()  # rich's Live redraws from its own thread
-
-    def write(self, text: str) -> int:
-        if not self.lost:
-            try:
-                self.stream.write(text)
-            except (OSError, ValueError):  # ValueError: the stream itself was closed
-                self._lose()
-        return len(text)
-
-    def flush(self) -> None:
-        if not self.lost:
-            try:
-                self.stream.flush()
-            except (OSError, ValueError):
-                self._lose()
-
-    def _lose(self) -> None:
-        with self._lock:
-            if self.lost:
-                return
-            self.lost = True
-        _stdout_to_devnull()
-        print(
-            "phobbit: standard output was closed; the run goes on without printing "
-            "(Ctrl-C stops it, and the same command resumes)",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.stream, name)  # isatty, fileno, encoding: rich asks
 
 
 def _console(stdout: GuardedStdout | None = None) -> Console:

@@ -675,7 +675,8 @@ class KerasTrainable:
                 f"fit ended after epoch {len(keeper.val_losses)} of {epochs} without a "
                 "callback stopping it (did the data run out? give steps_per_epoch)"
             )
-        if not saver.stopped and _ends_as_saved(callbacks):
+        kept_as_saved = not saver.stopped and _ends_as_saved(callbacks)
+        if kept_as_saved and not _draws_stateful_randomness(model):
             cache.put(checkpoint, hparams, model, _state_bytes(model), epochs, path)
         return Losses(
             keeper.val_losses[initial_epoch:epochs],
@@ -730,3 +731,66 @@ def _ends_as_saved(callbacks: Sequence[Any]) -> bool:
         elif type(callback).on_train_end is not keras.callbacks.Callback.on_train_end:
             return False
     return True
+
+
+def _draws_stateful_randomness(model: Any) -> bool:
+    """Whether ``model``'s traced train or test step holds a stateful random op.
+
+    Such an op (``tf.random.uniform`` in a user's layer, a ``tf.random.Generator``)
+    keeps its own state in the traced function: a model continued warm would go on
+    with that sequence where one rebuilt from its checkpoint starts it afresh from
+    the seed, and the results would depend on which worker trained the segment.
+    Keras' own layers draw statelessly from their ``SeedGenerator`` (reseeded every
+    epoch) and pass. True also when the traced functions cannot be inspected: then
+    the model is not kept, which costs time, never exactness.
+    """
+    known = getattr(model, "_phobbit_stateful_random", None)
+    if known is not None:
+        return known
+    try:
+        ops: set[str] = set()
+        for step in (model.train_function, model.test_function):
+            for function in _traced_functions(step):
+                for concrete in function._list_all_concrete_functions():
+                    graph = concrete.graph.as_graph_def()
+                    ops.update(node.op for node in graph.node)
+                    for nested in graph.library.function:
+                        ops.update(node.op for node in nested.node_def)
+        found = any(
+            not op.startswith("Stateless")
+            and ("Random" in op or op.startswith(_DRAWING_PREFIXES) or op in _DRAWING_OPS)
+            for op in ops
+        )
+    except Exception:  # noqa: BLE001 - a Keras or TensorFlow that hides its traced functions
+        found = True
+    try:
+        model._phobbit_stateful_random = found
+    except AttributeError:
+        pass
+    return found
+
+
+_DRAWING_OPS = frozenset({"TruncatedNormal", "Multinomial", "ParameterizedTruncatedNormal"})
+# tf.random.Generator's ops (not StatefulPartitionedCall, a call of a traced function).
+_DRAWING_PREFIXES = ("StatefulUniform", "StatefulStandardNormal", "StatefulTruncatedNormal", "Rng")
+
+
+def _traced_functions(step: Any) -> list[Any]:
+    """The ``tf.function``s a Keras step function (a plain function) closes over."""
+    found, todo, seen = [], [step], set()
+    while todo:
+        item = todo.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if hasattr(item, "_list_all_concrete_functions"):
+            found.append(item)
+            continue
+        for cell in getattr(item, "__closure__", None) or ():
+            try:
+                todo.append(cell.cell_contents)
+            except ValueError:  # an empty cell
+                continue
+    if not found:
+        raise LookupError("no traced function found")
+    return found

@@ -147,22 +147,27 @@ class ModelFileRef:
 class ModelFileTrainable:
     """A picklable reference to a model file's ``trainable`` object; trains through it.
 
-    ``objective`` reaches the trainable when it has a field of that name (as
-    ``SyntheticTrainable`` and ``KerasTrainable`` do).
+    ``objective`` and ``warm_bytes`` (when not None) reach the trainable when it
+    has fields of those names (as ``SyntheticTrainable`` and ``KerasTrainable`` do).
     """
 
     ref: ModelFileRef
     objective: Objective = VAL_LOSS
+    warm_bytes: int | None = None
 
     def train(
         self, hparams: dict[str, Any], checkpoint: str, initial_epoch: int, epochs: int
     ) -> Any:
         """Trains with the model file's trainable, imported in this worker."""
         trainable = self.ref.resolve()
-        if dataclasses.is_dataclass(trainable) and any(
-            f.name == "objective" for f in dataclasses.fields(trainable)
-        ):
-            trainable = dataclasses.replace(trainable, objective=self.objective)
+        if dataclasses.is_dataclass(trainable):
+            fields = {f.name for f in dataclasses.fields(trainable)}
+            settings: dict[str, Any] = {"objective": self.objective}
+            if self.warm_bytes is not None:
+                settings["warm_bytes"] = self.warm_bytes
+            trainable = dataclasses.replace(
+                trainable, **{k: v for k, v in settings.items() if k in fields}
+            )
         return trainable.train(hparams, checkpoint, initial_epoch, epochs)
 
 

@@ -35,6 +35,7 @@ from phobbit.fence import StaleDriverError
 from phobbit.objective import Objective, unknown_metric
 from phobbit.records import STOPPED_EARLY, EpochRow, Segment, SegmentResult, Status
 from phobbit.repository import Repository, this_host
+from phobbit.streams import guard_worker_stdout
 from phobbit.trainable import Losses, Trainable, note_of, objective_of
 
 HIDDEN = "-1"  # the CUDA_VISIBLE_DEVICES of a CPU worker: no GPU at all
@@ -101,6 +102,9 @@ def pin(
                 os._exit(STALE_EXIT)
             _watch_parent(driver_pid)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            # The driver's standard output, inherited: a reader that left (`| head`) must
+            # not fail the trials that print (model.summary(), verbose=1).
+            guard_worker_stdout()
             _PINNED["driver"] = driver_pid
         os.environ.update(thread_environment(threads))
         os.environ.update(env or {})

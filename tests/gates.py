@@ -64,12 +64,15 @@ class GatedTrainable(SyntheticTrainable):
         hold_after: segments after the first this many wait until ``open_gate``
             (None: none waits).
         give_up_s: the longest any wait lasts.
+        prints: print a line to standard output as each segment starts training
+            (after any wait), as a user's ``model.summary()`` or ``verbose=1`` does.
     """
 
     gate_dir: str = ""
     barrier: int = 0
     hold_after: int | None = None
     give_up_s: float = 120.0
+    prints: bool = False
 
     def train(
         self, hparams: dict[str, Any], checkpoint: str, initial_epoch: int, epochs: int
@@ -80,4 +83,6 @@ class GatedTrainable(SyntheticTrainable):
             _wait(lambda: started(folder) >= self.barrier, self.give_up_s)
         if self.hold_after is not None and ticket >= self.hold_after:
             _wait(lambda: (folder / OPEN).exists(), self.give_up_s)
+        if self.prints:
+            print(f"training {Path(checkpoint).name} from epoch {initial_epoch}", flush=True)
         return super().train(hparams, checkpoint, initial_epoch, epochs)

@@ -13,6 +13,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -25,7 +26,9 @@ import pytest
 from gates import open_gate
 
 from phobbit.executor import visible_gpu_count
+from phobbit.records import Status
 from phobbit.repository import Repository, encode_row
+from phobbit.streams import GuardedStdout
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = Path(__file__).parent / "models"
@@ -243,8 +246,11 @@ def test_closed_standard_output_lets_the_run_finish_with_its_own_exit_code(
     # `phobbit train ... | head -1`: the reader leaves while the run is held mid-way.
     repo = tmp_path / "repo"
     gate = held_after(tmp_path, 3)
+    # Its workers print too (model.summary(), verbose=1), to the same closed pipe.
     proc = start(
-        "train", SYNTHETIC, "--jobs", 2, "--R", 9, "--repo", repo, "--progress", progress, **gate
+        *("train", SYNTHETIC, "--jobs", 2, "--R", 9, "--repo", repo, "--progress", progress),
+        **gate,
+        PHOBBIT_TEST_PRINT="1",
     )
     try:
         assert proc.stdout is not None and proc.stdout.readline()
@@ -258,7 +264,63 @@ def test_closed_standard_output_lets_the_run_finish_with_its_own_exit_code(
     assert "Traceback" not in stderr and "Exception" not in stderr, stderr
     assert "standard output was closed; the run goes on" in stderr
     assert len(set(keys(repo))) == SEGMENTS_R9  # finished, not stopped
+    assert all(r.status == Status.OK for r in Repository(repo).iter_results())  # none failed
     assert "driver not running" in phobbit("status", repo).stdout
+
+
+def test_a_reader_that_leaves_with_stderr_on_the_same_pipe_stops_nothing(tmp_path: Path) -> None:
+    # `phobbit train ... 2>&1 | head -1`: the notice itself meets the closed pipe.
+    repo = tmp_path / "repo"
+    gate = held_after(tmp_path, 3)
+    proc = subprocess.Popen(
+        _command("train", SYNTHETIC, "--jobs", 2, "--R", 9, "--repo", repo, "--progress", "plain"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(**gate, PHOBBIT_TEST_PRINT="1"),
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline()
+        proc.stdout.close()
+        open_gate(gate["PHOBBIT_TEST_GATE"])
+        assert proc.wait(timeout=300) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert len(set(keys(repo))) == SEGMENTS_R9
+    assert all(r.status == Status.OK for r in Repository(repo).iter_results())
+
+
+def test_guarded_stdout_loses_a_closed_stream_but_raises_what_is_no_lost_stream() -> None:
+    class Ascii(io.StringIO):
+        def write(self, text: str) -> int:
+            text.encode("ascii")  # UnicodeEncodeError, a ValueError: the text, not the stream
+            return super().write(text)
+
+    guarded = GuardedStdout(Ascii())
+    guarded.write("plain")
+    with pytest.raises(UnicodeEncodeError):
+        guarded.write("lr=1e-3 \u2192 0.5")
+    assert not guarded.lost and guarded.getvalue() == "plain"
+    closed = io.StringIO()
+    closed.close()
+    lost = GuardedStdout(closed)
+    assert lost.write("after the reader left") == len("after the reader left")
+    assert lost.lost
+
+
+def test_warm_cache_reaches_a_model_files_own_trainable(tmp_path: Path) -> None:
+    result = phobbit(
+        *("train", SYNTHETIC, "--jobs", 1, "--R", 9, "--repo", tmp_path / "repo"),
+        *("--progress", "plain", "--warm-cache", "1MB"),
+    )
+    assert result.returncode == 0, result.stderr
+    # One worker holds every model it trained: each continued segment starts warm.
+    assert "continued segments started warm" in result.stdout
+    found = re.search(r"(\d+) of (\d+) continued segments started warm", result.stdout)
+    assert found is not None and int(found[1]) == int(found[2]) > 0, result.stdout
 
 
 def test_different_settings_on_same_repo_are_refused(tmp_path: Path) -> None:

@@ -96,3 +96,41 @@ def test_a_model_stopped_or_changed_after_its_last_save_is_not_kept(
         plain = KerasTrainable(mlp, load_dataset=small_digits, batch_size=32)
         plain.train(DROPOUT, str(tmp_path / "plain"), 0, 1)
         assert cache.held() == (str(tmp_path / "plain"),)
+
+
+def noisy_mlp(hparams: dict[str, Any]) -> Any:
+    """The MLP behind a layer of the user's own that draws from TensorFlow's stateful
+    ``tf.random.uniform``: its state lives in the traced step, not in the checkpoint."""
+    import keras
+    import tensorflow as tf
+
+    class Noise(keras.layers.Layer):
+        def call(self, inputs: Any, training: bool | None = None) -> Any:
+            return inputs + 0.01 * tf.random.uniform(tf.shape(inputs))
+
+    model = mlp(hparams)
+    noisy = keras.Sequential([keras.Input(model.input_shape[1:]), Noise(), *model.layers])
+    noisy.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    return noisy
+
+
+def test_a_model_whose_step_draws_stateful_randomness_is_not_kept(tmp_path: Path) -> None:
+    """Continued warm, its random op would go on with its sequence where a model rebuilt
+    from the checkpoint starts afresh: which worker trained it would change the result."""
+    from phobbit.keras_trainable import KerasTrainable
+
+    noisy = KerasTrainable(noisy_mlp, load_dataset=small_digits, batch_size=32)
+    with warm.installed(warm.WarmCache()) as cache:
+        first = noisy.train(DROPOUT, str(tmp_path / "noisy"), 0, 2)
+        assert cache.held() == ()
+        went_on = noisy.train(DROPOUT, str(tmp_path / "noisy"), 2, 3)
+        assert not went_on.warm
+    with warm.installed(warm.WarmCache(0)):
+        assert noisy.train(DROPOUT, str(tmp_path / "cold"), 0, 2) == first
+        assert noisy.train(DROPOUT, str(tmp_path / "cold"), 2, 3) == went_on
+    # Keras' own randomness (Dropout) is stateless and reseeded: that model is kept.
+    with warm.installed(warm.WarmCache()) as cache:
+        KerasTrainable(mlp, load_dataset=small_digits, batch_size=32).train(
+            DROPOUT, str(tmp_path / "plain"), 0, 1
+        )
+        assert cache.held() == (str(tmp_path / "plain"),)
