@@ -91,6 +91,7 @@ class WarmCache:
         self._size = 0
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self.hits = 0
+        self.driver: str | None = None  # the fencing token of the run it serves
         self.misses = 0
 
     @property
@@ -168,6 +169,17 @@ class WarmCache:
     def held(self) -> tuple[str, ...]:
         """The checkpoints (absolute path stems) whose state is held, oldest use first."""
         return tuple(self._entries)
+
+    def serve(self, driver: str | None) -> None:
+        """Serves the run of fencing token ``driver``: a new run forgets what was held.
+
+        A worker that outlives its driver (a Dask worker) must not hand a resumed run
+        a model built by the code of the run before (the model function may have
+        changed since); a run's own segments all carry its token.
+        """
+        if driver != self.driver:
+            self.clear()
+            self.driver = driver
 
     def clear(self) -> None:
         """Forgets everything."""

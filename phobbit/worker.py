@@ -294,6 +294,7 @@ def train_segment(
     if "error" in _PINNED:
         raise WorkerNotPinnedError(_PINNED["error"])
     store = Repository(Path(repository))
+    warm.process_cache().serve(fence_token)
     try:
         with fence.segment(store, fence_token):
             result, epochs = _train(trainable, segment)

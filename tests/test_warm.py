@@ -108,6 +108,19 @@ def test_no_more_entries_than_max_entries_are_kept_however_small(tmp_path: Path)
     assert cache.size == 2
 
 
+def test_a_new_run_forgets_the_models_of_the_run_before(tmp_path: Path) -> None:
+    """A worker outliving its driver (Dask) must not hand a resumed run a model built by
+    the code of the run before: a new fencing token clears the cache."""
+    cache = warm.WarmCache()
+    cache.serve("run-1")
+    assert cache.put(str(tmp_path / "a"), H, "model", 1, 1, saved(tmp_path / "a.json"))
+    cache.serve("run-1")
+    assert cache.held() == (str(tmp_path / "a"),)
+    cache.serve("run-2")
+    assert cache.held() == () and cache.size == 0
+    assert cache.take(str(tmp_path / "a"), H, 1, tmp_path / "a.json") is None
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [("0", 0), ("1GB", 10**9), ("512MB", 512 * 10**6), ("1GiB", 2**30), ("64 kib", 65536)],
