@@ -42,6 +42,21 @@ def space() -> list[Hyperparameter]:
     ]
 
 
+def report_serially(plan: Any, reporters: list[Any], result_of: Any) -> None:
+    """Runs ``plan`` one segment at a time through ``reporters``: started, every segment
+    dispatched and finished with ``result_of(segment)`` (recorded in the plan), closed."""
+    for reporter in reporters:
+        reporter.started(plan, resumed=0)
+    while (segment := plan.next_segment()) is not None:
+        result = result_of(segment)
+        plan.record(result)
+        for reporter in reporters:
+            reporter.dispatched(segment)
+            reporter.finished(result)
+    for reporter in reporters:
+        reporter.closed()
+
+
 def bad_curve(hparams: dict[str, Any], epoch: int) -> float:
     """Raises for x > 0.8, NaN for x < 0.1, infinite for 0.1 <= x < 0.2: failing user code."""
     if hparams["x"] > 0.8:

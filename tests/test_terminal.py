@@ -7,6 +7,7 @@ import io
 import statistics
 
 import pytest
+from helpers import report_serially
 from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
@@ -176,19 +177,14 @@ def test_a_segment_retrained_from_a_bad_checkpoint_is_said_and_counted(space: Sp
         LiveReporter(Console(file=live, force_terminal=True, width=200)),
         LineReporter(lines, verbose=1),
     ]
-    plan = Plan(space, R=3, eta=3)
-    for reporter in reporters:
-        reporter.started(plan, resumed=0)
-    while (segment := plan.next_segment()) is not None:
+
+    def retrained_once(segment: Segment) -> SegmentResult:
         result = result_of(segment, gpu="-1", loss=1.0 / (1 + segment.id))
         if (segment.s, segment.id, segment.rung) == (1, 2, 0):
             result = dataclasses.replace(result, note=note)
-        plan.record(result)
-        for reporter in reporters:
-            reporter.dispatched(segment)
-            reporter.finished(result)
-    for reporter in reporters:
-        reporter.closed()
+        return result
+
+    report_serially(Plan(space, R=3, eta=3), reporters, retrained_once)
     for out in (live.getvalue(), lines.getvalue()):
         assert f"retrained run 1 id 2 rung 0: {note}" in out
         assert "1 retrained from a bad checkpoint" in out

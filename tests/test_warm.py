@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from helpers import STEPS, space, tuner
+from helpers import STEPS, report_serially, space, tuner
 from synthetic import x_curve
 
 from phobbit import warm
@@ -308,15 +308,14 @@ def test_the_terminal_reporters_count_warm_starts_in_their_last_line() -> None:
         LiveReporter(Console(file=live, force_terminal=True, width=200)),
         LineReporter(lines, verbose=1),
     ]
-    plan = Plan(Space(space()), R=9, eta=3)
-    for reporter in reporters:
-        reporter.started(plan, resumed=0)
     continued = warm_starts = 0
-    while (segment := plan.next_segment()) is not None:
+
+    def half_warm(segment: Segment) -> Any:
+        nonlocal continued, warm_starts
         started_warm = segment.start_epoch > 0 and segment.id % 2 == 0
         continued += segment.start_epoch > 0
         warm_starts += started_warm
-        result = segment.result(
+        return segment.result(
             val_loss=1.0 / (1 + segment.id),
             last_val_loss=1.0 / (1 + segment.id),
             status="ok",
@@ -325,12 +324,8 @@ def test_the_terminal_reporters_count_warm_starts_in_their_last_line() -> None:
             pid=1,
             started_warm=started_warm,
         )
-        plan.record(result)
-        for reporter in reporters:
-            reporter.dispatched(segment)
-            reporter.finished(result)
-    for reporter in reporters:
-        reporter.closed()
+
+    report_serially(Plan(Space(space()), R=9, eta=3), reporters, half_warm)
     assert 0 < warm_starts < continued
     words = f"{warm_starts} of {continued} continued segments started warm"
     for out in (live.getvalue(), lines.getvalue()):
