@@ -9,7 +9,7 @@ second: the per-segment cost of executor + driver), each with and without the
 segment queued ahead (``Scheduler(queue_ahead=...)``; the table gives the
 queue_ahead the scheduler used, 0 on an executor without ``fifo_queue``),
 alternately, ``--rounds`` times (default 2). ``--before FILE`` adds another
-version of ``phobbit/dask_executor.py`` (``git show REV:phobbit/dask_executor.py
+version of ``phobbit/execution/dask.py`` (``git show REV:phobbit/execution/dask.py
 > FILE``) on a second cluster of its own, in the same rounds: a before/after
 under the same load. ``--profile`` adds a cProfile of one zero-time Dask run's
 driver: where the driver's own time goes (submit and serialisation, the wait)
@@ -35,13 +35,13 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 from simulation import SPACE, lower_bound  # noqa: E402
 
-from phobbit.executor import Executor, LocalExecutor  # noqa: E402
-from phobbit.plan import Plan  # noqa: E402
-from phobbit.records import RunSettings  # noqa: E402
-from phobbit.repository import Repository  # noqa: E402
-from phobbit.scheduler import Scheduler  # noqa: E402
-from phobbit.space import Space  # noqa: E402
-from phobbit.trainable import SyntheticTrainable  # noqa: E402
+from phobbit.core.plan import Plan  # noqa: E402
+from phobbit.core.records import RunSettings  # noqa: E402
+from phobbit.core.space import Space  # noqa: E402
+from phobbit.execution.executor import Executor, LocalExecutor  # noqa: E402
+from phobbit.execution.scheduler import Scheduler  # noqa: E402
+from phobbit.execution.trainable import SyntheticTrainable  # noqa: E402
+from phobbit.storage.repository import Repository  # noqa: E402
 
 
 def run(
@@ -68,7 +68,7 @@ def run(
 
 
 def load_executor(path: str) -> type[Executor]:
-    """The ``DaskExecutor`` class of another version of ``phobbit/dask_executor.py``."""
+    """The ``DaskExecutor`` class of another version of ``phobbit/execution/dask.py``."""
     spec = importlib.util.spec_from_file_location("dask_executor_before", path)
     assert spec is not None and spec.loader is not None, path
     module = importlib.util.module_from_spec(spec)
@@ -79,7 +79,7 @@ def load_executor(path: str) -> type[Executor]:
 def main() -> None:
     import distributed
 
-    from phobbit.dask_executor import DaskExecutor
+    from phobbit.execution.dask import DaskExecutor
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=4)
@@ -88,8 +88,8 @@ def main() -> None:
     parser.add_argument(
         "--before",
         metavar="FILE",
-        help="another version of phobbit/dask_executor.py (e.g. from git show "
-        "REV:phobbit/dask_executor.py), run on a second cluster of its own, side by side",
+        help="another version of phobbit/execution/dask.py (e.g. from git show "
+        "REV:phobbit/execution/dask.py), run on a second cluster of its own, side by side",
     )
     args = parser.parse_args()
     W = args.workers

@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
 
-    from phobbit.keras_trainable import KerasTrainable
+    from phobbit.keras_adapter.trainable import KerasTrainable
 
     data = load_digits_split()
     trainable = KerasTrainable(model, load_dataset=lambda: data, batch_size=args.batch_size)

@@ -4,7 +4,7 @@ Run it with ``python benchmarks/keras_phases.py`` (about a minute), or give
 checkouts to compare side by side: ``python benchmarks/keras_phases.py
 --phobbit /work/main .`` runs each in its own fresh process, in turn,
 ``--rounds`` times. Each process sets a worker's thread variables
-(``phobbit.worker.thread_environment(--threads)``; 1, as each of 2 workers on
+(``phobbit.execution.worker.thread_environment(--threads)``; 1, as each of 2 workers on
 2 cores), warms up (imports, a first model trained), then trains
 ``--repeats`` configurations of the seed tutorial's MLP
 (``keras_models.build_mlp``; Adam, batch 32, 1437 digits to train on, 360 to
@@ -64,7 +64,7 @@ PHASES = (
 
 def measure(repeats: int, later: int, threads: int) -> dict[str, list[float]]:
     """The phases of ``repeats`` configurations in this process, in seconds."""
-    from phobbit.worker import thread_environment
+    from phobbit.execution.worker import thread_environment
 
     os.environ.update(thread_environment(threads))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -72,11 +72,11 @@ def measure(repeats: int, later: int, threads: int) -> dict[str, list[float]]:
     import keras
     from keras_models import build_mlp, load_digits_split
 
-    import phobbit.keras_trainable as adapter
-    from phobbit.keras_trainable import KerasTrainable
-    from phobbit.records import RunSettings, Segment, Status
-    from phobbit.repository import Repository
-    from phobbit.space import Hyperparameter, Space
+    import phobbit.keras_adapter.trainable as adapter
+    from phobbit.core.records import RunSettings, Segment, Status
+    from phobbit.core.space import Hyperparameter, Space
+    from phobbit.keras_adapter.trainable import KerasTrainable
+    from phobbit.storage.repository import Repository
 
     marks: dict[str, Any] = {}
     phases: dict[str, list[float]] = {name: [] for name in PHASES}

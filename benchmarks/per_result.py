@@ -32,10 +32,10 @@ HERE = Path(__file__).resolve().parent
 def play(R: int, eta: int, workers: int, reporters: bool, seed: int = 0) -> tuple[int, float]:
     """Plays a run of (R, eta) through the driver's per-result steps; (results, seconds)."""
     from phobbit import Hyperparameter
-    from phobbit.plan import Plan
-    from phobbit.reporting import PlainReporter
-    from phobbit.space import Space
-    from phobbit.terminal import LineReporter
+    from phobbit.cli.terminal import LineReporter
+    from phobbit.core.plan import Plan
+    from phobbit.core.space import Space
+    from phobbit.reporting.plain import PlainReporter
 
     space = Space([Hyperparameter("x", "uniform", (0.0, 1.0))])
     draw = random.Random(seed)

@@ -61,15 +61,15 @@ from simulation import (  # noqa: E402
 )
 
 from phobbit import ParallelHyperband  # noqa: E402
-from phobbit.executor import LocalExecutor  # noqa: E402
-from phobbit.plan import Plan  # noqa: E402
-from phobbit.records import RunSettings  # noqa: E402
-from phobbit.repository import Repository  # noqa: E402
-from phobbit.scheduler import Scheduler  # noqa: E402
-from phobbit.space import Space  # noqa: E402
-from phobbit.testing import serial_hyperband, serial_rungs  # noqa: E402
-from phobbit.trainable import SyntheticTrainable  # noqa: E402
-from phobbit.worker import train_segment  # noqa: E402
+from phobbit.core.plan import Plan  # noqa: E402
+from phobbit.core.records import RunSettings  # noqa: E402
+from phobbit.core.space import Space  # noqa: E402
+from phobbit.execution.executor import LocalExecutor  # noqa: E402
+from phobbit.execution.scheduler import Scheduler  # noqa: E402
+from phobbit.execution.trainable import SyntheticTrainable  # noqa: E402
+from phobbit.execution.worker import train_segment  # noqa: E402
+from phobbit.storage.repository import Repository  # noqa: E402
+from phobbit.testing.reference import serial_hyperband, serial_rungs  # noqa: E402
 
 Promotions = dict[tuple[int, int, int], list[int]]
 
@@ -182,7 +182,7 @@ def run_naive(
 
 
 def serial_reference(R: int, eta: int, seed: int, iterations: int) -> tuple[Promotions, dict]:
-    """A serial run in this process (``phobbit.testing``), one segment after another."""
+    """A serial run in this process (``phobbit.testing.reference``), one segment after another."""
     trainable = SyntheticTrainable()
     with tempfile.TemporaryDirectory(prefix="phobbit-bench-") as folder:
         repository = _repository(folder, R, eta, seed, iterations)

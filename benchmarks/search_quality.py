@@ -91,10 +91,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from phobbit import Hyperparameter, ParallelHyperband  # noqa: E402
-from phobbit.schedule import brackets  # noqa: E402
-from phobbit.simulated import SimulatedExecutor  # noqa: E402
-from phobbit.space import Space  # noqa: E402
-from phobbit.trainable import SyntheticTrainable  # noqa: E402
+from phobbit.core.schedule import brackets  # noqa: E402
+from phobbit.core.space import Space  # noqa: E402
+from phobbit.execution.simulated import SimulatedExecutor  # noqa: E402
+from phobbit.execution.trainable import SyntheticTrainable  # noqa: E402
 
 RUNS = HERE / "search_quality_runs.json"
 KERAS_CURVES = HERE / "keras_curves.json"

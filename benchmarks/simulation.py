@@ -1,12 +1,12 @@
 """A discrete-event simulation of phobbit's plan and of the naive plan: a virtual clock.
 
 phobbit's plan runs with the real ``Scheduler`` and ``train_segment`` on a
-``SimulatedExecutor`` (``phobbit.simulated``), whose segments take exactly the
+``SimulatedExecutor`` (``phobbit.execution.simulated``), whose segments take exactly the
 time ``SyntheticTrainable`` would sleep (the same jitter, drawn from the
 configuration and epoch), so the simulated makespans match what a real run
 would give on a machine without overhead. The naive plan is the serial
-Hyperband of ``phobbit.testing`` with a barrier after each rung. It is how the
-dispatch policy of ``phobbit.dispatch`` was chosen: every policy is run on the
+Hyperband of ``phobbit.testing.reference`` with a barrier after each rung. It is how the
+dispatch policy of ``phobbit.core.dispatch`` was chosen: every policy is run on the
 same plan, the same durations and the same losses.
 
 ``python benchmarks/simulation.py`` compares dispatch rules; ``--bounds``
@@ -28,10 +28,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from phobbit.dispatch import DispatchPolicy, FifoPolicy, LatestStartPolicy
-from phobbit.hyperband import SynchronousHyperband
-from phobbit.plan import Plan, PolicyOf
-from phobbit.records import (
+from phobbit.core.dispatch import DispatchPolicy, FifoPolicy, LatestStartPolicy
+from phobbit.core.hyperband import SynchronousHyperband
+from phobbit.core.plan import Plan, PolicyOf
+from phobbit.core.records import (
     ConfigKey,
     RungKey,
     RunSettings,
@@ -40,12 +40,12 @@ from phobbit.records import (
     SegmentResult,
     config_name,
 )
-from phobbit.repository import Repository
-from phobbit.scheduler import Scheduler
-from phobbit.simulated import SimulatedExecutor
-from phobbit.space import Hyperparameter, Space
-from phobbit.testing import serial_hyperband, serial_rungs, synthetic_result
-from phobbit.trainable import SyntheticTrainable
+from phobbit.core.space import Hyperparameter, Space
+from phobbit.execution.scheduler import Scheduler
+from phobbit.execution.simulated import SimulatedExecutor
+from phobbit.execution.trainable import SyntheticTrainable
+from phobbit.storage.repository import Repository
+from phobbit.testing.reference import serial_hyperband, serial_rungs, synthetic_result
 
 SPACE = [
     Hyperparameter("x", "uniform", (0.0, 1.0)),

@@ -5,7 +5,7 @@ It tunes the seed tutorial's MLP (``keras_models.phobbit_model`` on
 scikit-learn's digits, batch 32) with ``ParallelHyperband(n_jobs=2)`` twice per
 repeat, once with ``warm_cache=0`` (every continued segment rebuilds its model
 and loads its checkpoint) and once with the default 1 GiB cache
-(``phobbit.warm``), alternately, each on a fresh pool, and prints a markdown
+(``phobbit.execution.warm``), alternately, each on a fresh pool, and prints a markdown
 table: the wall time of ``run``, the CPU seconds of the pool's processes
 (psutil, the workers and loky's helper), the seconds the continued segments
 took together (both runs train the same ones: same configurations, same
@@ -42,8 +42,8 @@ from keras_cpu import descendants_cpu  # noqa: E402
 from keras_models import load_digits_split, phobbit_model, phobbit_space  # noqa: E402
 
 from phobbit import ParallelHyperband  # noqa: E402
-from phobbit.executor import LocalExecutor  # noqa: E402
-from phobbit.scheduler import Scheduler, SilentReporter  # noqa: E402
+from phobbit.execution.executor import LocalExecutor  # noqa: E402
+from phobbit.execution.scheduler import Scheduler, SilentReporter  # noqa: E402
 
 
 class Segments(SilentReporter):
@@ -100,12 +100,12 @@ class BlindQueue(Scheduler):
 
 def simulate(R: int, eta: int) -> None:
     """The makespan and warm starts of the dispatch variants on a virtual clock."""
-    from phobbit.plan import Plan
-    from phobbit.records import RunSettings
-    from phobbit.repository import Repository
-    from phobbit.simulated import SimulatedExecutor
-    from phobbit.space import Space
-    from phobbit.trainable import SyntheticTrainable
+    from phobbit.core.plan import Plan
+    from phobbit.core.records import RunSettings
+    from phobbit.core.space import Space
+    from phobbit.execution.simulated import SimulatedExecutor
+    from phobbit.execution.trainable import SyntheticTrainable
+    from phobbit.storage.repository import Repository
 
     space = Space(phobbit_space())
     trainable = SyntheticTrainable(epoch_seconds=0.19, jitter=0.3, warm_bytes=10**9)

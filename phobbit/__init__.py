@@ -20,21 +20,21 @@ __version__ = "0.1.0"
 logging.getLogger("phobbit").addHandler(logging.NullHandler())
 
 # Where each public name lives. They are imported on first use (PEP 562), so that
-# `import phobbit.schedule` and `phobbit brackets` load neither pandas, joblib nor rich.
+# `import phobbit.core.schedule` and `phobbit brackets` load neither pandas, joblib nor rich.
 _EXPORTS = {
-    "Bracket": "phobbit.schedule",
+    "Bracket": "phobbit.core.schedule",
     "FatalError": "phobbit.errors",
     "FencedOutError": "phobbit.errors",
-    "Hyperparameter": "phobbit.space",
+    "Hyperparameter": "phobbit.core.space",
     "InputError": "phobbit.errors",
     "ParallelHyperband": "phobbit.api",
     "PhobbitError": "phobbit.errors",
     "RepositoryError": "phobbit.errors",
-    "RepositoryView": "phobbit.view",
-    "Rung": "phobbit.schedule",
+    "RepositoryView": "phobbit.storage.view",
+    "Rung": "phobbit.core.schedule",
     "StorageError": "phobbit.errors",
-    "brackets": "phobbit.schedule",
-    "open_repository": "phobbit.view",
+    "brackets": "phobbit.core.schedule",
+    "open_repository": "phobbit.storage.view",
 }
 _SUBMODULES = {"algorithms"}
 
@@ -58,6 +58,8 @@ __all__ = [
 if TYPE_CHECKING:
     from phobbit import algorithms
     from phobbit.api import ParallelHyperband
+    from phobbit.core.schedule import Bracket, Rung, brackets
+    from phobbit.core.space import Hyperparameter
     from phobbit.errors import (
         FatalError,
         FencedOutError,
@@ -66,9 +68,7 @@ if TYPE_CHECKING:
         RepositoryError,
         StorageError,
     )
-    from phobbit.schedule import Bracket, Rung, brackets
-    from phobbit.space import Hyperparameter
-    from phobbit.view import RepositoryView, open_repository
+    from phobbit.storage.view import RepositoryView, open_repository
 
 
 def __getattr__(name: str) -> Any:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from phobbit.api import ParallelHyperband
-from phobbit.space import Hyperparameter
+from phobbit.core.space import Hyperparameter
 
 
 class Hyperband(ParallelHyperband):

@@ -16,26 +16,26 @@ from typing import Any
 
 import pandas as pd
 
-from phobbit.asha import AsynchronousHyperband, asha_budget_epochs
-from phobbit.backends import check_backend, worker_environment
-from phobbit.budget import Budget, parse_duration
-from phobbit.decisions import DecisionLog
-from phobbit.dispatch import FifoPolicy, LatestStartPolicy
+from phobbit.core.asha import AsynchronousHyperband, asha_budget_epochs
+from phobbit.core.budget import Budget, parse_duration
+from phobbit.core.dispatch import FifoPolicy, LatestStartPolicy
+from phobbit.core.hyperband import StateMachine, SynchronousHyperband
+from phobbit.core.objective import Objective
+from phobbit.core.plan import Plan
+from phobbit.core.records import ALGORITHMS, RunSettings
+from phobbit.core.samplers import check_sampler, make_sampler
+from phobbit.core.space import Hyperparameter, Space
 from phobbit.errors import InputError
-from phobbit.executor import Executor, LocalExecutor, parse_gpus
-from phobbit.hyperband import StateMachine, SynchronousHyperband
-from phobbit.keras_trainable import KerasTrainable, check_dataset, staged_dataset
-from phobbit.objective import Objective
-from phobbit.plan import Plan
-from phobbit.records import ALGORITHMS, RunSettings
-from phobbit.reporting import PlainReporter
-from phobbit.repository import Repository
-from phobbit.results import results_frame
-from phobbit.samplers import check_sampler, make_sampler
-from phobbit.scheduler import Reporter, Scheduler
-from phobbit.space import Hyperparameter, Space
-from phobbit.trainable import Trainable
-from phobbit.warm import parse_bytes
+from phobbit.execution.executor import Executor, LocalExecutor, parse_gpus
+from phobbit.execution.scheduler import Reporter, Scheduler
+from phobbit.execution.trainable import Trainable
+from phobbit.execution.warm import parse_bytes
+from phobbit.keras_adapter.backends import check_backend, worker_environment
+from phobbit.keras_adapter.trainable import KerasTrainable, check_dataset, staged_dataset
+from phobbit.reporting.plain import PlainReporter
+from phobbit.storage.decisions import DecisionLog
+from phobbit.storage.repository import Repository
+from phobbit.storage.results import results_frame
 
 log = logging.getLogger("phobbit")
 
@@ -147,7 +147,7 @@ def _timeout(value: Any) -> float | None:
 
 def _tensorboard_wanted(value: Any) -> bool:
     """Whether to write TensorBoard logs: ``tensorboard=`` None (if installed), True or False."""
-    from phobbit import tensorboard
+    from phobbit.reporting.plain import tensorboard
 
     if value is None:
         return tensorboard.available()
@@ -186,7 +186,7 @@ class ParallelHyperband:
         verbose: 0 silent, 1 prints the schedule, the best so far and failures, 2
             every segment too.
         trainable: instead of a Keras model function, any object with the
-            ``phobbit.trainable.Trainable`` interface (for non-Keras or synthetic work).
+            ``phobbit.execution.trainable.Trainable`` interface (for non-Keras or synthetic work).
         max_retries: how often a trial whose worker died or that timed out is retried
             (default 2).
         reporter: a progress reporter instead of the plain lines of ``verbose``.
@@ -197,7 +197,7 @@ class ParallelHyperband:
             ``timed out after ...``. None (the default) waits for ever; give several
             times the longest segment you expect (the top rung trains R epochs).
         executor: where segments run instead of a local process pool, e.g. a
-            ``phobbit.dask_executor.DaskExecutor`` past one machine (``gpus``,
+            ``phobbit.execution.dask.DaskExecutor`` past one machine (``gpus``,
             ``jobs_per_gpu`` and ``n_jobs`` then go to it, not here). It is yours:
             ``run`` leaves it running (and kills only what it had in flight when it
             stops on an error); shut it down when done. The local pool made when
@@ -224,13 +224,13 @@ class ParallelHyperband:
             ``batch_size`` always is (with arrays, or a function returning them).
         algorithm: ``"hyperband"`` (the default: exact, synchronous Hyperband) or
             ``"asha"`` (asynchronous successive halving over Hyperband's brackets,
-            ``phobbit.asha``: no idle worker, but its promotions depend on the order
+            ``phobbit.core.asha``: no idle worker, but its promotions depend on the order
             of results). ASHA has no natural end: it stops at ``max_epochs`` or
             ``time_limit``, and by default after the epochs ``iterations`` Hyperband
             iterations would train.
         sampler: ``"random"`` (the default: configuration (iteration, s, id) is a
             function of the seed alone) or ``"tpe"`` (BOHB-style model-based
-            sampling through Optuna, ``phobbit.samplers``; needs ``phobbit[tpe]``).
+            sampling through Optuna, ``phobbit.core.samplers``; needs ``phobbit[tpe]``).
             A run with ASHA or TPE records its decisions in ``decisions.csv``
             before they train, so a resume repeats them exactly.
         time_limit: stop dispatching after this long on the executor's clock,
@@ -242,7 +242,7 @@ class ParallelHyperband:
             with a larger budget goes on from there (budgets, and ``iterations``,
             are not settings a resume must match).
         tensorboard: write TensorBoard logs under ``repo_dir/tensorboard`` (epoch
-            scalars and the HParams dashboard; ``phobbit.tensorboard``), after
+            scalars and the HParams dashboard; ``phobbit.reporting.tensorboard``), after
             finished segments (at most every 30 s) and at the end of the run. None
             (the default) writes them when the ``tensorboard`` package is installed;
             True requires it; False never writes them.
@@ -256,7 +256,7 @@ class ParallelHyperband:
             the local pool phobbit makes.
         warm_cache: bytes of trained models each worker keeps in memory, so that a
             promoted configuration goes on from memory on the worker that trained
-            it instead of rebuilding and loading its checkpoint (``phobbit.warm``):
+            it instead of rebuilding and loading its checkpoint (``phobbit.execution.warm``):
             an integer or text such as ``"1GB"`` or ``"512MB"``; 0 keeps none.
             None (the default) keeps 1 GiB with Keras (a trainable's own setting
             otherwise). On a GPU the models held keep their GPU memory. The
@@ -446,7 +446,7 @@ class ParallelHyperband:
         self.repository.check_settings(settings)
         reporter = self.reporter or PlainReporter(verbose=self.verbose)
         if self.tensorboard:
-            from phobbit.tensorboard import LoggingReporter
+            from phobbit.reporting.tensorboard import LoggingReporter
 
             reporter = LoggingReporter(reporter, self.repository.path)
         made = self.repository.fresh()
@@ -497,7 +497,7 @@ class ParallelHyperband:
             self.stopped_by = scheduler.stopped_by
             self.repository.prune_best_checkpoints(self.keep_best)
         if self.tensorboard:
-            from phobbit.tensorboard import write_quietly
+            from phobbit.reporting.tensorboard import write_quietly
 
             write_quietly(self.repository.path)
         frame = self.results()
@@ -508,7 +508,7 @@ class ParallelHyperband:
 
     @property
     def budget(self) -> Budget:
-        """What stops the current (or last) ``run`` dispatching (``phobbit.budget``), set as
+        """What stops the current (or last) ``run`` dispatching (``phobbit.core.budget``), set as
         it starts; ASHA's default is the epochs of ``iterations`` Hyperband iterations."""
         return self._budget
 
@@ -601,7 +601,7 @@ class ParallelHyperband:
 
     def best_hparams(self, n: int = 1) -> list[dict[str, Any]]:
         """The hyperparameters of the ``n`` best configurations so far, best first."""
-        from phobbit.view import open_repository
+        from phobbit.storage.view import open_repository
 
         return [best.hparams for best in open_repository(self.repository.path).best(n)]
 
@@ -616,7 +616,7 @@ class ParallelHyperband:
             RepositoryError: when no configuration succeeded, ``trial`` is not in the
                 table, or no file holds that epoch any more (``keep_best``).
         """
-        from phobbit.view import open_repository
+        from phobbit.storage.view import open_repository
 
         # A copy a live run cannot replace or delete between finding it and loading it.
         with open_repository(self.repository.path).scoring_copy(trial) as (_, path):

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import settings
 
 from phobbit import Hyperparameter
-from phobbit.records import RunSettings
-from phobbit.space import Space
+from phobbit.core.records import RunSettings
+from phobbit.core.space import Space
 
 # No per-example deadline: on a loaded machine a slow example is no failure, and
 # hypothesis would report it as one (DeadlineExceeded, then Flaky on the rerun).
@@ -74,7 +74,7 @@ def read_records(folder: Path) -> list[dict]:
 @pytest.fixture(autouse=True)
 def no_gpu_count(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests pin to made-up GPU ids; on a machine with GPUs, do not check them against it."""
-    monkeypatch.setattr("phobbit.executor.visible_gpu_count", lambda: None)
+    monkeypatch.setattr("phobbit.execution.executor.visible_gpu_count", lambda: None)
 
 
 def run_settings(R: int = 9, eta: int = 3, seed: int = 0, iterations: int = 1) -> RunSettings:

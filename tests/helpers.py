@@ -26,8 +26,9 @@ import psutil
 from gates import GatedTrainable
 from synthetic import x_curve  # the curve shared with the core tests; workers import it too
 
-from phobbit import Hyperparameter, ParallelHyperband, fence
-from phobbit.trainable import SyntheticTrainable
+from phobbit import Hyperparameter, ParallelHyperband
+from phobbit.execution.trainable import SyntheticTrainable
+from phobbit.storage import fence
 
 STEPS = 10
 TESTS = Path(__file__).resolve().parent

@@ -13,10 +13,10 @@ from synthetic import failing_curve, overfitting_curve, x_curve
 
 from phobbit import Hyperparameter, InputError, ParallelHyperband, RepositoryError, brackets
 from phobbit.algorithms import Hyperband
-from phobbit.repository import Repository
-from phobbit.space import Space
-from phobbit.testing import serial_hyperband, synthetic_result
-from phobbit.trainable import SyntheticTrainable
+from phobbit.core.space import Space
+from phobbit.execution.trainable import SyntheticTrainable
+from phobbit.storage.repository import Repository
+from phobbit.testing.reference import serial_hyperband, synthetic_result
 
 STEPS = 10
 
@@ -198,7 +198,7 @@ def test_hyperparameter_names_reach_the_model_function_as_a_dict(repo) -> None:
 def test_the_best_keep_a_file_of_their_best_epoch_and_no_other_file_is_named(
     hparams, repo: Path
 ) -> None:
-    from phobbit.checkpoints import best_epoch, read_progress
+    from phobbit.storage.checkpoints import best_epoch, read_progress
 
     results = tune(hparams, repo, curve=overfitting_curve, n_jobs=2, keep_best=3).run(R=9, eta=3)
     repository = Repository(repo)
@@ -250,8 +250,8 @@ def test_best_epoch_files_stay_within_keep_best_plus_workers_while_the_run_goes(
 def test_results_rank_by_the_repositorys_objective_whatever_the_tuners(hparams, repo) -> None:
     from backend_probes import accuracy_metrics
 
-    from phobbit.simulated import SimulatedExecutor
-    from phobbit.view import open_repository
+    from phobbit.execution.simulated import SimulatedExecutor
+    from phobbit.storage.view import open_repository
 
     trainable = SyntheticTrainable(curve=x_curve, metrics=accuracy_metrics)
     by_accuracy = ParallelHyperband(

@@ -18,18 +18,18 @@ from helpers import space
 from synthetic import failing_curve, x_curve
 
 from phobbit import ParallelHyperband
-from phobbit.asha import AsynchronousHyperband, asha_budget_epochs
-from phobbit.budget import Budget, parse_duration
-from phobbit.decisions import HEADER as DECISIONS_HEADER
-from phobbit.decisions import DecisionLog
+from phobbit.core.asha import AsynchronousHyperband, asha_budget_epochs
+from phobbit.core.budget import Budget, parse_duration
+from phobbit.core.records import RunSettings, Segment, Status, config_name
+from phobbit.core.samplers import RandomSampler, TPESampler
+from phobbit.core.schedule import brackets
+from phobbit.core.space import Hyperparameter, Space
 from phobbit.errors import InputError, RepositoryError
-from phobbit.records import RunSettings, Segment, Status, config_name
-from phobbit.repository import Repository
-from phobbit.samplers import RandomSampler, TPESampler
-from phobbit.schedule import brackets
-from phobbit.simulated import SimulatedExecutor
-from phobbit.space import Hyperparameter, Space
-from phobbit.trainable import SyntheticTrainable
+from phobbit.execution.simulated import SimulatedExecutor
+from phobbit.execution.trainable import SyntheticTrainable
+from phobbit.storage.decisions import HEADER as DECISIONS_HEADER
+from phobbit.storage.decisions import DecisionLog
+from phobbit.storage.repository import Repository
 
 optuna = pytest.importorskip("optuna")
 
@@ -482,7 +482,7 @@ def test_plain_progress_of_asha_is_measured_against_its_budget(tmp_path: Path) -
     import io
     import re
 
-    from phobbit.terminal import LineReporter
+    from phobbit.cli.terminal import LineReporter
 
     out = io.StringIO()
     asha = tuner(tmp_path / "repo", SimulatedExecutor(2), algorithm="asha", max_epochs=60)
@@ -540,15 +540,15 @@ def test_asha_is_a_function_of_the_seed_and_the_order_of_results(tmp_path: Path)
 
 
 def test_a_driver_that_lost_the_repository_records_no_decision(tmp_path: Path) -> None:
+    from phobbit.core.plan import Plan
+    from phobbit.core.records import RunSettings
     from phobbit.errors import FencedOutError
-    from phobbit.plan import Plan
-    from phobbit.records import RunSettings
-    from phobbit.scheduler import Scheduler
+    from phobbit.execution.scheduler import Scheduler
 
     repository = Repository(tmp_path / "repo")
     repository.create(RunSettings.of(Space(space()), 9, 3, 0, 1, algorithm="asha"))
     machine = AsynchronousHyperband(Space(space()), 9, 3, checkpoint_of=repository.checkpoint_stem)
-    from phobbit.dispatch import FifoPolicy
+    from phobbit.core.dispatch import FifoPolicy
 
     with repository.driver_lock():
         scheduler = Scheduler(
@@ -565,9 +565,9 @@ def test_a_driver_that_lost_the_repository_records_no_decision(tmp_path: Path) -
 
 
 def test_an_endless_plan_without_a_budget_is_refused() -> None:
-    from phobbit.dispatch import FifoPolicy
-    from phobbit.plan import Plan
-    from phobbit.scheduler import Scheduler
+    from phobbit.core.dispatch import FifoPolicy
+    from phobbit.core.plan import Plan
+    from phobbit.execution.scheduler import Scheduler
 
     machine = AsynchronousHyperband(Space(space()), 9, 3)
     with pytest.raises(ValueError, match="never ends by itself: give a budget"):
@@ -576,7 +576,7 @@ def test_an_endless_plan_without_a_budget_is_refused() -> None:
 
 def test_asha_and_tpe_run_on_dask(tmp_path: Path) -> None:
     distributed = pytest.importorskip("distributed")
-    from phobbit.dask_executor import DaskExecutor
+    from phobbit.execution.dask import DaskExecutor
 
     with (
         distributed.LocalCluster(

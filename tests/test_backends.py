@@ -15,10 +15,11 @@ from backend_probes import environment_of_worker, jax_only_mlp, write_to_fd2
 from keras_models import HPARAMS, small_digits
 from synthetic import x_curve
 
-from phobbit import Hyperparameter, InputError, ParallelHyperband, cli
-from phobbit.backends import check_backend, use_backend
-from phobbit.executor import LocalExecutor
-from phobbit.trainable import SyntheticTrainable
+from phobbit import Hyperparameter, InputError, ParallelHyperband
+from phobbit.cli.commands import commands as cli
+from phobbit.execution.executor import LocalExecutor
+from phobbit.execution.trainable import SyntheticTrainable
+from phobbit.keras_adapter.backends import check_backend, use_backend
 
 TESTS = Path(__file__).resolve().parent
 SYNTHETIC = TESTS / "models" / "synthetic.py"
@@ -87,7 +88,7 @@ import json, math, sys
 import keras
 assert keras.backend.backend() == "jax", keras.backend.backend()
 from keras_models import DROPOUT, mlp, small_digits
-import phobbit.keras_trainable as kt
+import phobbit.keras_adapter.trainable as kt
 
 kt.SAVE_BUDGET = math.inf  # save every epoch
 folder = sys.argv[1]

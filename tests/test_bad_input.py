@@ -15,9 +15,9 @@ import pytest
 from helpers import mislabelled_dataset, no_model, space, tuner
 
 from phobbit import Hyperparameter, InputError, ParallelHyperband, RepositoryError
-from phobbit.records import RunSettings
-from phobbit.repository import Repository
-from phobbit.space import Space
+from phobbit.core.records import RunSettings
+from phobbit.core.space import Space
+from phobbit.storage.repository import Repository
 
 PACKAGE = Path(__file__).resolve().parent.parent / "phobbit"
 ARRAYS = (([[0.0, 1.0]] * 4, [0] * 4), ([[1.0, 0.0]] * 2, [1] * 2))
@@ -133,7 +133,7 @@ BEFORE_ANY_REPOSITORY: dict[str, tuple[Callable[[Path], object], str]] = {
 
 
 def _synthetic():
-    from phobbit.trainable import SyntheticTrainable
+    from phobbit.execution.trainable import SyntheticTrainable
 
     return SyntheticTrainable()
 
@@ -141,7 +141,7 @@ def _synthetic():
 @pytest.fixture(autouse=True)
 def two_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     """This machine, as far as the GPU check can tell, has GPUs 0 and 1."""
-    monkeypatch.setattr("phobbit.executor.visible_gpu_count", lambda: 2)
+    monkeypatch.setattr("phobbit.execution.executor.visible_gpu_count", lambda: 2)
 
 
 @pytest.mark.parametrize("case", BEFORE_ANY_REPOSITORY)

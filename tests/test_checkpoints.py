@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phobbit.checkpoints import (
+from phobbit.storage.checkpoints import (
     BestConfigurations,
     BestEpoch,
     CheckpointFile,

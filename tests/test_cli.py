@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 from gates import open_gate
 
-from phobbit.executor import visible_gpu_count
-from phobbit.records import Status
-from phobbit.repository import Repository, encode_row
-from phobbit.streams import GuardedStdout
+from phobbit.core.records import Status
+from phobbit.execution.executor import visible_gpu_count
+from phobbit.execution.streams import GuardedStdout
+from phobbit.storage.repository import Repository, encode_row
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = Path(__file__).parent / "models"
@@ -68,7 +68,7 @@ def phobbit(*args: object, timeout: float = 120, **env: str) -> subprocess.Compl
     ``sys.path``, as a new process would not know them: their top level reads the
     environment, and ``tests/models/synthetic.py`` would shadow ``tests/synthetic.py``.
     """
-    from phobbit.cli import main
+    from phobbit.cli.commands import main
 
     out, err = io.StringIO(), io.StringIO()
     modules, path = set(sys.modules), list(sys.path)
@@ -340,7 +340,7 @@ NO_MODEL = (
     "hparam_ranges = [Hyperparameter('x', 'uniform', (0, 1))]\n"
 )
 EMPTY_SPACE = (
-    "from phobbit.trainable import SyntheticTrainable\n"
+    "from phobbit.execution.trainable import SyntheticTrainable\n"
     "hparam_ranges = []\n"
     "trainable = SyntheticTrainable()\n"
 )
@@ -379,7 +379,9 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     message: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("phobbit.executor.visible_gpu_count", visible_gpu_count)  # conftest's off
+    monkeypatch.setattr(
+        "phobbit.execution.executor.visible_gpu_count", visible_gpu_count
+    )  # conftest's off
     model = tmp_path / "model.py"
     if source == "synthetic":
         model = SYNTHETIC
@@ -558,7 +560,7 @@ def test_an_edited_run_json_is_refused_by_every_command_in_one_line(
 HOSTILE_NAMES = (
     "from dataclasses import dataclass\n"
     "from phobbit import Hyperparameter\n"
-    "from phobbit.trainable import SyntheticTrainable\n"
+    "from phobbit.execution.trainable import SyntheticTrainable\n"
     "hparam_ranges = [\n"
     "    Hyperparameter('x', 'uniform', (0, 1)),\n"
     "    Hyperparameter('[red]c', 'choice', ['[/]', '[red]', '[bold]b[/bold]', ':smile:']),\n"
@@ -609,7 +611,7 @@ def test_user_text_is_printed_as_it_is_never_as_rich_markup(tmp_path: Path, prog
 
 LONG_VALUES = (
     "from phobbit import Hyperparameter\n"
-    "from phobbit.trainable import SyntheticTrainable\n"
+    "from phobbit.execution.trainable import SyntheticTrainable\n"
     "hparam_ranges = [\n"
     "    Hyperparameter('x', 'uniform', (0, 1)),\n"
     "    Hyperparameter('c' * 140_000, 'choice', ['a' * 200_000, 'b']),\n"
@@ -665,7 +667,7 @@ def test_hyperparameters_that_cannot_round_trip_exit_2_in_one_line(
     model = tmp_path / "model.py"
     model.write_text(
         "from phobbit import Hyperparameter\n"
-        "from phobbit.trainable import SyntheticTrainable\n"
+        "from phobbit.execution.trainable import SyntheticTrainable\n"
         f"hparam_ranges = [{hparams}]\n"
         "trainable = SyntheticTrainable()\n"
     )
@@ -679,7 +681,7 @@ def test_numpy_bounds_and_options_in_a_model_file_train_and_resume(tmp_path: Pat
     model.write_text(
         "import numpy as np\n"
         "from phobbit import Hyperparameter\n"
-        "from phobbit.trainable import SyntheticTrainable\n"
+        "from phobbit.execution.trainable import SyntheticTrainable\n"
         "hparam_ranges = [\n"
         "    Hyperparameter('units', 'randint', (np.int64(16), np.int64(128))),\n"
         "    Hyperparameter('lr', 'choice', [np.float32(0.5), np.float64(0.1)]),\n"
@@ -757,7 +759,7 @@ def test_keyboard_interrupt_raised_in_user_code_fails_trials_and_the_run_finishe
     [("90", 90.0), ("90s", 90.0), ("15m", 900.0), ("2h", 7200.0), ("1.5h", 5400.0)],
 )
 def test_segment_timeout_takes_seconds_minutes_or_hours(text: str, seconds: float) -> None:
-    from phobbit.cli import _parser
+    from phobbit.cli.commands import _parser
 
     args = _parser().parse_args(["train", "model.py", "--segment-timeout", text])
     assert args.segment_timeout == seconds

@@ -12,8 +12,8 @@ from pathlib import Path
 from conftest import run_settings
 from helpers import subprocess_env
 
-from phobbit.records import SegmentResult
-from phobbit.repository import HEADER, Repository, decode_row
+from phobbit.core.records import SegmentResult
+from phobbit.storage.repository import HEADER, Repository, decode_row
 
 WRITERS, ROWS = 16, 500
 
@@ -68,7 +68,7 @@ def test_sixteen_writers_append_8000_rows_none_torn_lost_or_doubled_while_read(
         process.start()
     go.set()
     reads, seen, statuses = 0, 0, []
-    status = importlib.util.find_spec("phobbit.cli") is not None
+    status = importlib.util.find_spec("phobbit.cli.commands") is not None
     while any(p.is_alive() for p in writers):
         rows = list(Repository(repo).iter_results())  # what `phobbit status` reads
         assert len(rows) >= seen and all(r.s == 2 and r.epochs == 3 for r in rows)

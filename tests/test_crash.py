@@ -31,11 +31,11 @@ from helpers import (
 from synthetic import overfitting_curve
 
 from phobbit import RepositoryError, StorageError
-from phobbit.records import SegmentResult
-from phobbit.reporting import PlainReporter
-from phobbit.repository import LEGACY_HEADER, Repository, encode_row
-from phobbit.results import results_frame
-from phobbit.trainable import SyntheticTrainable
+from phobbit.core.records import SegmentResult
+from phobbit.execution.trainable import SyntheticTrainable
+from phobbit.reporting.plain import PlainReporter
+from phobbit.storage.repository import LEGACY_HEADER, Repository, encode_row
+from phobbit.storage.results import results_frame
 
 COLUMNS = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status"]
 RUNG_EPOCHS = (1, 3, 9, 27)  # of R=27, eta=3
@@ -280,11 +280,11 @@ def test_keras_segment_killed_mid_way_resumes_from_its_last_epoch_with_optimizer
 ) -> None:
     import keras
 
-    from phobbit.checkpoints import read_progress
-    from phobbit.keras_trainable import KerasTrainable
+    from phobbit.keras_adapter.trainable import KerasTrainable
+    from phobbit.storage.checkpoints import read_progress
 
     # This model's epochs take milliseconds: let it save after each one whatever it costs.
-    monkeypatch.setattr("phobbit.keras_trainable.SAVE_BUDGET", math.inf)
+    monkeypatch.setattr("phobbit.keras_adapter.trainable.SAVE_BUDGET", math.inf)
 
     trainable = KerasTrainable(small_model, load_dataset=keras_data, batch_size=16)
     whole = trainable.train({}, str(tmp_path / "whole"), 0, 5)
@@ -378,10 +378,12 @@ def test_ctrl_c_stops_driver_and_workers_at_once_and_a_rerun_resumes(tmp_path: P
 def test_keras_saves_skip_epochs_where_saving_costs_more_than_its_budget(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from phobbit.checkpoints import read_progress
-    from phobbit.keras_trainable import KerasTrainable
+    from phobbit.keras_adapter.trainable import KerasTrainable
+    from phobbit.storage.checkpoints import read_progress
 
-    monkeypatch.setattr("phobbit.keras_trainable.SAVE_BUDGET", 0.0)  # no save is affordable
+    monkeypatch.setattr(
+        "phobbit.keras_adapter.trainable.SAVE_BUDGET", 0.0
+    )  # no save is affordable
     killed = KerasTrainable(
         small_model,
         load_dataset=keras_data,

@@ -13,11 +13,11 @@ from synthetic import x_curve
 
 import phobbit
 from phobbit import Hyperparameter, ParallelHyperband
-from phobbit.fence import StaleDriverError
-from phobbit.records import EpochRow, SegmentResult
-from phobbit.repository import Repository, decode_epoch, encode_epoch
-from phobbit.schedule import brackets
-from phobbit.trainable import SyntheticTrainable
+from phobbit.core.records import EpochRow, SegmentResult
+from phobbit.core.schedule import brackets
+from phobbit.execution.trainable import SyntheticTrainable
+from phobbit.storage.fence import StaleDriverError
+from phobbit.storage.repository import Repository, decode_epoch, encode_epoch
 
 SPACE = [Hyperparameter("x", "uniform", (0.0, 1.0))]
 
@@ -145,7 +145,7 @@ def test_epoch_rows_round_trip_exactly(key: tuple, metrics: dict[str, float]) ->
 
 
 def test_hostile_epoch_rows_with_a_correct_crc_are_skipped() -> None:
-    from phobbit.repository import _framed
+    from phobbit.storage.repository import _framed
 
     nested = _framed([0, 2, 1, 0, 1, '{"loss": {"deep": [[[1]]]}}'])
     not_numbers = _framed([0, 2, 1, 0, 1, '{"loss": "high"}'])
@@ -158,7 +158,7 @@ def test_hostile_epoch_rows_with_a_correct_crc_are_skipped() -> None:
 def test_a_checkpoint_whose_logs_do_not_match_its_epochs_is_unreadable(tmp_path: Path) -> None:
     import json
 
-    from phobbit.checkpoints import inspect, progress_record
+    from phobbit.storage.checkpoints import inspect, progress_record
 
     path = tmp_path / "0-2-1.json"
     record = progress_record([0.5, 0.4], [{"loss": 0.6, "val_loss": 0.5}])  # one log short

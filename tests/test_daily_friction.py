@@ -13,12 +13,13 @@ import pytest
 from backend_probes import always_failing_curve
 from synthetic import x_curve
 
-from phobbit import Hyperparameter, ParallelHyperband, cli
-from phobbit.records import SegmentResult
-from phobbit.repository import Repository
-from phobbit.simulated import SimulatedExecutor
-from phobbit.terminal import LineReporter, ProgressTracker, device_label
-from phobbit.trainable import SyntheticTrainable
+from phobbit import Hyperparameter, ParallelHyperband
+from phobbit.cli.commands import commands as cli
+from phobbit.cli.terminal import LineReporter, ProgressTracker, device_label
+from phobbit.core.records import SegmentResult
+from phobbit.execution.simulated import SimulatedExecutor
+from phobbit.execution.trainable import SyntheticTrainable
+from phobbit.storage.repository import Repository
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -27,7 +28,7 @@ SPACE = [Hyperparameter("x", "uniform", (0.0, 1.0))]
 NOISY_MODEL = """
 from backend_probes import noisy_curve
 from phobbit import Hyperparameter
-from phobbit.trainable import SyntheticTrainable
+from phobbit.execution.trainable import SyntheticTrainable
 
 hparam_ranges = [Hyperparameter("x", "uniform", (0.0, 1.0))]
 trainable = SyntheticTrainable(curve=noisy_curve)
@@ -149,8 +150,8 @@ def finished(key: tuple[int, int, int, int], pid: int) -> SegmentResult:
 
 
 def test_cpu_workers_are_numbered_in_the_title_and_in_what_trains_now(tmp_path: Path) -> None:
-    from phobbit.plan import Plan
-    from phobbit.space import Space
+    from phobbit.core.plan import Plan
+    from phobbit.core.space import Space
 
     plan = Plan(Space(SPACE), 9, 3, workers=2)
     tracker = ProgressTracker(["-1", "-1"])
@@ -181,9 +182,9 @@ def test_the_title_numbers_cpu_workers(tmp_path: Path, capsys: pytest.CaptureFix
 def test_the_live_display_names_iterations_of_what_trains_now(tmp_path: Path) -> None:
     from rich.console import Console
 
-    from phobbit.plan import Plan
-    from phobbit.space import Space
-    from phobbit.terminal import render
+    from phobbit.cli.terminal import render
+    from phobbit.core.plan import Plan
+    from phobbit.core.space import Space
 
     plan = Plan(Space(SPACE), 9, 3, iterations=2, workers=2)
     tracker = ProgressTracker(["-1", "-1"])

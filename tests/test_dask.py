@@ -13,7 +13,7 @@ from gates import GatedTrainable
 from synthetic import x_curve
 
 from phobbit import InputError, ParallelHyperband
-from phobbit.trainable import SyntheticTrainable
+from phobbit.execution.trainable import SyntheticTrainable
 
 distributed = pytest.importorskip("distributed")
 
@@ -32,7 +32,7 @@ def client():
 def test_dask_workers_are_pinned_and_compute_what_a_local_run_does(
     client, hparams, tmp_path: Path
 ) -> None:
-    from phobbit.dask_executor import DaskExecutor
+    from phobbit.execution.dask import DaskExecutor
 
     records, gate = tmp_path / "records", tmp_path / "gate"
     records.mkdir()
@@ -63,7 +63,7 @@ def test_dask_workers_are_pinned_and_compute_what_a_local_run_does(
 
 
 def test_dask_workers_with_several_threads_are_refused(tmp_path: Path) -> None:
-    from phobbit.dask_executor import DaskExecutor
+    from phobbit.execution.dask import DaskExecutor
 
     with (
         distributed.LocalCluster(
@@ -80,7 +80,7 @@ def test_a_hung_segment_on_dask_is_cancelled_its_worker_restarted_and_it_fails(
 ) -> None:
     from helpers import HangingTrainable, space
 
-    from phobbit.dask_executor import DaskExecutor
+    from phobbit.execution.dask import DaskExecutor
 
     tally = tmp_path / "tally"
     tally.mkdir()
@@ -106,7 +106,7 @@ def test_a_hung_segment_on_dask_is_cancelled_its_worker_restarted_and_it_fails(
 def test_segment_timeout_is_refused_on_dask_workers_without_a_nanny(tmp_path: Path) -> None:
     from helpers import space
 
-    from phobbit.dask_executor import DaskExecutor
+    from phobbit.execution.dask import DaskExecutor
 
     with (
         distributed.LocalCluster(
@@ -129,7 +129,7 @@ def test_segment_timeout_is_refused_on_dask_workers_without_a_nanny(tmp_path: Pa
 def test_a_dask_run_leaves_no_lease_folder_behind(client, hparams, tmp_path: Path) -> None:
     import tempfile
 
-    from phobbit.dask_executor import DaskExecutor, lease_folder
+    from phobbit.execution.dask import DaskExecutor, lease_folder
 
     executor = DaskExecutor(client)
     with executor:
@@ -150,7 +150,7 @@ def test_a_dask_run_leaves_no_lease_folder_behind(client, hparams, tmp_path: Pat
 def test_a_task_preferring_an_idle_worker_runs_there_and_never_waits_behind_a_busy_one(
     client, tmp_path: Path
 ) -> None:
-    from phobbit.dask_executor import DaskExecutor, whoami
+    from phobbit.execution.dask import DaskExecutor, whoami
 
     def meet(folder: str, name: str) -> tuple[str, int]:
         """Waits (2 minutes at most) until two tasks have arrived; returns where it ran."""
@@ -186,7 +186,7 @@ def test_a_task_preferring_an_idle_worker_runs_there_and_never_waits_behind_a_bu
 def test_a_task_submitted_while_every_worker_is_busy_goes_to_the_first_that_frees() -> None:
     import dask
 
-    from phobbit.dask_executor import DaskExecutor
+    from phobbit.execution.dask import DaskExecutor
 
     # Without work stealing, a task Dask placed behind a blocked one would stay there.
     with (
@@ -202,7 +202,7 @@ def test_a_task_submitted_while_every_worker_is_busy_goes_to_the_first_that_free
 def _the_first_to_free_takes_the_held_tasks(client, executor) -> None:
     from concurrent.futures import CancelledError
 
-    from phobbit.dask_executor import whoami
+    from phobbit.execution.dask import whoami
 
     assert executor.fifo_queue
     release = [distributed.Event(f"release-{i}-{id(executor)}", client=client) for i in (0, 1)]

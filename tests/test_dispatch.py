@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from test_plan import SPACE
 
-from phobbit.dispatch import LatestStartPolicy
-from phobbit.hyperband import SynchronousHyperband
-from phobbit.plan import Plan
-from phobbit.records import Segment, SegmentResult, Status
+from phobbit.core.dispatch import LatestStartPolicy
+from phobbit.core.hyperband import SynchronousHyperband
+from phobbit.core.plan import Plan
+from phobbit.core.records import Segment, SegmentResult, Status
 
 # The order in which the Plan of phobbit 0.1 (before the state machine and the
 # policy were split apart) handed out segments in ``dispatch_order``, which

@@ -15,13 +15,13 @@ import pytest
 from synthetic import x_curve
 
 from phobbit import Hyperparameter, InputError, ParallelHyperband, RepositoryError
-from phobbit.cli import main
-from phobbit.keras_trainable import check_dataset, fit_arguments
-from phobbit.model_file import ModelFileRef, load_model_file
-from phobbit.records import RunSettings
-from phobbit.repository import Repository
-from phobbit.space import Space
-from phobbit.trainable import SyntheticTrainable
+from phobbit.cli.commands import main
+from phobbit.cli.model_file import ModelFileRef, load_model_file
+from phobbit.core.records import RunSettings
+from phobbit.core.space import Space
+from phobbit.execution.trainable import SyntheticTrainable
+from phobbit.keras_adapter.trainable import check_dataset, fit_arguments
+from phobbit.storage.repository import Repository
 
 SPACE = [
     Hyperparameter("x", "uniform", (0.0, 1.0)),
@@ -173,7 +173,7 @@ def test_run_json_keeps_an_objective_and_an_old_one_reads_as_val_loss(tmp_path: 
     default = RunSettings.of(space, 9, 3, 0)
     assert "objective" not in default.to_dict()  # what older versions wrote and read
     assert RunSettings.from_dict(default.to_dict()).goal.is_val_loss
-    from phobbit.objective import Objective
+    from phobbit.core.objective import Objective
 
     accuracy = RunSettings.of(space, 9, 3, 0, objective=Objective("val_accuracy", "max"))
     assert RunSettings.from_dict(json.loads(json.dumps(accuracy.to_dict()))) == accuracy

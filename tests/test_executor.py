@@ -14,8 +14,8 @@ from gates import GatedTrainable
 from synthetic import x_curve
 
 from phobbit import InputError, ParallelHyperband
-from phobbit.executor import LocalExecutor, parse_gpus
-from phobbit.worker import HIDDEN
+from phobbit.execution.executor import LocalExecutor, parse_gpus
+from phobbit.execution.worker import HIDDEN
 
 
 def run_recorded(hparams, repo: Path, records: Path, **kwargs):
@@ -87,7 +87,7 @@ def test_driver_never_imports_tensorflow(tmp_path: Path) -> None:
     script = f"""
 import sys
 from phobbit import Hyperparameter, ParallelHyperband
-from phobbit.trainable import SyntheticTrainable
+from phobbit.execution.trainable import SyntheticTrainable
 if __name__ == "__main__":
     hp = [Hyperparameter("x", "uniform", (0, 1))]
     ParallelHyperband(None, hp, {str(tmp_path / "repo")!r}, trainable=SyntheticTrainable(),
@@ -125,7 +125,7 @@ def test_gpu_lists_parse() -> None:
 
 
 def test_gpu_ids_beyond_what_the_machine_has_are_refused(monkeypatch) -> None:
-    monkeypatch.setattr("phobbit.executor.visible_gpu_count", lambda: 2)
+    monkeypatch.setattr("phobbit.execution.executor.visible_gpu_count", lambda: 2)
     assert parse_gpus("0,1") == [0, 1]
     with pytest.raises(InputError, match="GPU id 2 does not exist: this machine has 2 GPU"):
         parse_gpus("0,2")
@@ -143,7 +143,11 @@ def test_library_logger_is_silent_by_default_and_logs_pool_restarts(
         assert executor.submit(os.getpid).result(timeout=120) != os.getpid()
         executor.restart()
     messages = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
-    assert ("phobbit.executor", "INFO", "starting a pool of 1 workers on ['-1']") in messages
+    assert (
+        "phobbit.execution.executor",
+        "INFO",
+        "starting a pool of 1 workers on ['-1']",
+    ) in messages
     assert any(m[1] == "WARNING" and "worker pool broken or killed" in m[2] for m in messages)
 
 

@@ -30,11 +30,11 @@ from helpers import (
 )
 
 from phobbit import RepositoryError
-from phobbit.fence import StaleDriverError, commit
-from phobbit.records import Segment
-from phobbit.repository import DRIVER_FRESH_S, Repository
-from phobbit.trainable import SyntheticTrainable
-from phobbit.worker import train_segment
+from phobbit.core.records import Segment
+from phobbit.execution.trainable import SyntheticTrainable
+from phobbit.execution.worker import train_segment
+from phobbit.storage.fence import StaleDriverError, commit
+from phobbit.storage.repository import DRIVER_FRESH_S, Repository
 
 COLUMNS = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status"]
 VICTIM = "0-0-1"  # bracket 0 of R=9, eta=3 trains its configurations 9 epochs at once
@@ -176,7 +176,7 @@ WORKER_AFTER_DRIVER = textwrap.dedent(
     """
     import os, sys, time
     from pathlib import Path
-    from phobbit.worker import pin
+    from phobbit.execution.worker import pin
     driver, lease_dir, out = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
     while os.getppid() == driver:  # start up only once the driver is gone
         time.sleep(0.01)
@@ -323,7 +323,7 @@ def test_driver_json_of_a_dead_or_reused_pid_does_not_block_a_resume(tmp_path: P
 TAKE_OVER = textwrap.dedent(
     """
     import sys
-    from phobbit.repository import Repository
+    from phobbit.storage.repository import Repository
     with Repository(sys.argv[1]).driver_lock():
         print("took over")
     """
@@ -386,7 +386,7 @@ def test_a_results_lock_held_by_a_stopped_process_stops_a_new_driver_with_a_mess
     try:
         assert holder.stdout.readline() == "held\n"
         holder.send_signal(signal.SIGSTOP)
-        monkeypatch.setattr("phobbit.repository.LOCK_TIMEOUT_S", 1.0)
+        monkeypatch.setattr("phobbit.storage.repository.LOCK_TIMEOUT_S", 1.0)
         with pytest.raises(RepositoryError, match=r"could not lock .* within 1 s: .*fuser -v"):
             tuner(repo, n_jobs=1).run(R=3, eta=3)
         assert not (repo / "results.csv").exists()

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_plan import SPACE, outcome, serial_promotions
 
-from phobbit.hyperband import SynchronousHyperband
-from phobbit.records import Segment, Status, config_name
+from phobbit.core.hyperband import SynchronousHyperband
+from phobbit.core.records import Segment, Status, config_name
 
 
 def drain(machine: SynchronousHyperband, pick: random.Random) -> list[Segment]:

@@ -66,8 +66,8 @@ def test_large_arrays_travel_once_per_worker_not_once_per_trial(tmp_path: Path) 
 
     import numpy as np
 
-    from phobbit.keras_trainable import KerasTrainable, staged_dataset
-    from phobbit.records import Segment
+    from phobbit.core.records import Segment
+    from phobbit.keras_adapter.trainable import KerasTrainable, staged_dataset
 
     big = np.zeros((20_000, 100), dtype="float32")  # 8 MB
     dataset = ((big, np.zeros(20_000)), (big[:100], np.zeros(100)))
@@ -83,7 +83,7 @@ def test_large_arrays_travel_once_per_worker_not_once_per_trial(tmp_path: Path) 
 
 
 def test_a_segment_trains_alike_whichever_worker_runs_it(tmp_path: Path) -> None:
-    from phobbit.keras_trainable import KerasTrainable
+    from phobbit.keras_adapter.trainable import KerasTrainable
 
     trainable = KerasTrainable(mlp, load_dataset=digits, batch_size=BATCH)
     hparams = {"dropout1": 0.3, "dropout2": 0.3, "activation": "relu", "learning_rate": 0.01}
@@ -123,7 +123,7 @@ KILLED_IN_A_PROCESS = """
 import os, sys
 import keras
 from keras_models import DROPOUT, mlp, small_digits
-import phobbit.keras_trainable as kt
+import phobbit.keras_adapter.trainable as kt
 
 kt.SAVE_BUDGET = float("inf")
 
@@ -142,9 +142,11 @@ def test_a_segment_resumed_after_any_epoch_trains_bit_identically(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Dropout and shuffled batches: a resumed segment must draw what an uninterrupted one does."""
-    from phobbit.keras_trainable import KerasTrainable
+    from phobbit.keras_adapter.trainable import KerasTrainable
 
-    monkeypatch.setattr("phobbit.keras_trainable.SAVE_BUDGET", math.inf)  # save every epoch
+    monkeypatch.setattr(
+        "phobbit.keras_adapter.trainable.SAVE_BUDGET", math.inf
+    )  # save every epoch
     trainable = KerasTrainable(mlp, load_dataset=small_digits, batch_size=32)
     whole = trainable.train(DROPOUT, str(tmp_path / "whole"), 0, 4)
     for epoch in (1, 2, 3):
@@ -191,7 +193,7 @@ def spoil(path: Path, how: str) -> None:
 def test_a_bad_keras_checkpoint_is_retrained_to_the_losses_of_an_uninterrupted_run(
     tmp_path: Path,
 ) -> None:
-    from phobbit.keras_trainable import KerasTrainable
+    from phobbit.keras_adapter.trainable import KerasTrainable
 
     trainable = KerasTrainable(mlp, load_dataset=small_digits, batch_size=32)
     whole = trainable.train(DROPOUT, str(tmp_path / "whole"), 0, 4)
@@ -212,7 +214,7 @@ def test_the_checkpoint_best_lists_evaluates_to_the_listed_val_loss(
 ) -> None:
     import keras
 
-    from phobbit.cli import main
+    from phobbit.cli.commands import main
 
     repo, results = tutorial_run
     assert main(["best", str(repo), "--top", str(len(results)), "--json"]) == 0
@@ -236,8 +238,8 @@ def test_a_fresh_or_restored_model_traces_its_train_step_once_and_trains_alike(
 ) -> None:
     """Keras traces the train step again when its first trace created the optimizer's and
     the metrics' variables; phobbit creates them before fit, changing no number."""
-    from phobbit import keras_trainable
-    from phobbit.keras_trainable import KerasTrainable
+    from phobbit.keras_adapter import trainable as keras_trainable
+    from phobbit.keras_adapter.trainable import KerasTrainable
 
     traces: list[int] = []
 

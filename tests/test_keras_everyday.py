@@ -26,7 +26,7 @@ from everyday_keras import (
 
 import phobbit
 from phobbit import Hyperparameter, ParallelHyperband
-from phobbit.cli import main
+from phobbit.cli.commands import main
 
 pytestmark = pytest.mark.keras
 R, ETA = 3, 3
@@ -169,7 +169,7 @@ def halving_on_every_plateau(hparams: dict[str, Any]) -> list[Any]:
 def test_a_learning_rate_reduce_lr_on_plateau_set_survives_continuation(tmp_path: Path) -> None:
     import keras
 
-    from phobbit.keras_trainable import KerasTrainable
+    from phobbit.keras_adapter.trainable import KerasTrainable
 
     trainable = KerasTrainable(tiny, load_dataset=digits, callbacks=halving_on_every_plateau)
     hparams = {"learning_rate": 0.01, "activation": "relu"}

@@ -1,4 +1,4 @@
-"""Keras models kept warm (``phobbit.warm``): going on from memory is going on from the file.
+"""Keras models kept warm (``execution.warm``): going on from memory is going on from the file.
 
 A segment continued on the model its worker still holds must train exactly what
 one restored from the checkpoint trains (weights, optimizer state and val losses
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from keras_models import DROPOUT, mlp, small_digits
 
-from phobbit import warm
+from phobbit.execution import warm
 
 pytestmark = pytest.mark.keras
 
@@ -32,7 +32,7 @@ def state(path: Path) -> list[np.ndarray]:
 def test_a_segment_continued_warm_trains_as_one_resumed_cold_and_as_one_never_split(
     tmp_path: Path,
 ) -> None:
-    from phobbit.keras_trainable import KerasTrainable
+    from phobbit.keras_adapter.trainable import KerasTrainable
 
     trainable = KerasTrainable(mlp, load_dataset=small_digits, batch_size=32)
     with warm.installed(warm.WarmCache()) as cache:
@@ -85,7 +85,7 @@ def early_stopping_restoring_best() -> Any:
 def test_a_model_stopped_or_changed_after_its_last_save_is_not_kept(
     tmp_path: Path, callback: Any
 ) -> None:
-    from phobbit.keras_trainable import KerasTrainable
+    from phobbit.keras_adapter.trainable import KerasTrainable
 
     trainable = KerasTrainable(
         mlp, load_dataset=small_digits, batch_size=32, callbacks=lambda hparams: [callback()]
@@ -117,7 +117,7 @@ def noisy_mlp(hparams: dict[str, Any]) -> Any:
 def test_a_model_whose_step_draws_stateful_randomness_is_not_kept(tmp_path: Path) -> None:
     """Continued warm, its random op would go on with its sequence where a model rebuilt
     from the checkpoint starts afresh: which worker trained it would change the result."""
-    from phobbit.keras_trainable import KerasTrainable
+    from phobbit.keras_adapter.trainable import KerasTrainable
 
     noisy = KerasTrainable(noisy_mlp, load_dataset=small_digits, batch_size=32)
     with warm.installed(warm.WarmCache()) as cache:

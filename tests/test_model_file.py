@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from phobbit.errors import InputError
-from phobbit.model_file import (
+from phobbit.cli.model_file import (
     ModelFileRef,
     ModelFileTrainable,
     load_model_file,
     load_module,
     module_name,
 )
+from phobbit.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 HPARAMS = "from phobbit import Hyperparameter\nH = [Hyperparameter('x', 'uniform', (0, 1))]\n"
@@ -194,7 +194,7 @@ def test_loading_the_example_keeps_tensorflow_out_of_the_driver() -> None:
     script = (
         "import sys\n"
         "from phobbit.api import ParallelHyperband\n"
-        "from phobbit.model_file import load_model_file\n"
+        "from phobbit.cli.model_file import load_model_file\n"
         "m = load_model_file('examples/mnist_mlp.py')\n"
         "ParallelHyperband(m.model_function, m.hparam_ranges, 'unused', n_jobs=1, **m.data)\n"
         "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"

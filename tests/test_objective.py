@@ -2,7 +2,7 @@
 
 Runs use ``SyntheticTrainable`` with a made-up accuracy whose best configuration
 is not the val loss's, so a ranking by the wrong metric shows. The reference is
-a serial Hyperband that ranks by the same objective (``phobbit.testing``).
+a serial Hyperband that ranks by the same objective (``phobbit.testing.reference``).
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from synthetic import x_curve
 
 import phobbit
 from phobbit import Hyperparameter, InputError, ParallelHyperband, RepositoryError
-from phobbit.objective import VAL_LOSS, Objective, infer_direction
-from phobbit.records import STOPPED_EARLY
-from phobbit.repository import Repository
-from phobbit.results import results_frame
-from phobbit.space import Space
-from phobbit.testing import serial_hyperband
-from phobbit.trainable import SyntheticTrainable
-from phobbit.worker import train_segment
+from phobbit.core.objective import VAL_LOSS, Objective, infer_direction
+from phobbit.core.records import STOPPED_EARLY
+from phobbit.core.space import Space
+from phobbit.execution.trainable import SyntheticTrainable
+from phobbit.execution.worker import train_segment
+from phobbit.storage.repository import Repository
+from phobbit.storage.results import results_frame
+from phobbit.testing.reference import serial_hyperband
 
 SPACE = [Hyperparameter("x", "uniform", (0.0, 1.0))]
 R, ETA = 9, 3
@@ -111,7 +111,7 @@ def test_each_row_lists_its_best_epoch_by_objective_and_that_epochs_val_loss(
         assert (row["Val Accuracy"], row["Val Loss"]) == (best["val_accuracy"], best["val_loss"])
     for best in view.best(5):
         # The file `best` names holds that very epoch: its objective and its val loss.
-        held = phobbit.checkpoints.read_progress(best.checkpoint)
+        held = phobbit.storage.checkpoints.read_progress(best.checkpoint)
         assert held.history[-1]["val_accuracy"] == best.objective
         assert held.val_loss == best.val_loss
         assert best.objective_name == "val_accuracy"
@@ -201,7 +201,7 @@ def test_a_stopped_segment_run_again_after_its_row_was_lost_trains_nothing(
     first = trainable.train({"x": 0.9}, stem, 0, 9)
     again = trainable.train({"x": 0.9}, stem, 0, 9)
     assert first == again and len(first) == 2 and again.stopped_early
-    assert phobbit.checkpoints.read_progress(stem + ".json").epoch == 2
+    assert phobbit.storage.checkpoints.read_progress(stem + ".json").epoch == 2
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 Tests drive ``Plan`` directly with synthetic results, or run it with the real
 ``Scheduler`` on a ``SimulatedExecutor`` (a virtual clock): no processes, no
-sleeping, no wall time. The reference is ``phobbit.testing``'s serial Hyperband.
+sleeping, no wall time. The reference is ``phobbit.testing.reference``'s serial Hyperband.
 """
 
 from __future__ import annotations
@@ -19,18 +19,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from phobbit import Hyperparameter, reducer
-from phobbit.dispatch import latest_starts
-from phobbit.plan import Plan
-from phobbit.records import RunSettings, Segment, SegmentResult
-from phobbit.repository import Repository
-from phobbit.schedule import brackets
-from phobbit.scheduler import Scheduler, SilentReporter
-from phobbit.simulated import SimulatedExecutor
-from phobbit.space import Space
-from phobbit.testing import serial_hyperband
-from phobbit.trainable import Losses
-from phobbit.worker import train_segment
+from phobbit import Hyperparameter
+from phobbit.core import reducer
+from phobbit.core.dispatch import latest_starts
+from phobbit.core.plan import Plan
+from phobbit.core.records import RunSettings, Segment, SegmentResult
+from phobbit.core.schedule import brackets
+from phobbit.core.space import Space
+from phobbit.execution.scheduler import Scheduler, SilentReporter
+from phobbit.execution.simulated import SimulatedExecutor
+from phobbit.execution.trainable import Losses
+from phobbit.execution.worker import train_segment
+from phobbit.storage.repository import Repository
+from phobbit.testing.reference import serial_hyperband
 
 Promotions = dict[tuple[int, int, int], list[int]]
 Outcome = Callable[[Segment], SegmentResult]
@@ -151,7 +152,7 @@ def random_times(rng: random.Random) -> Callable[[Segment], float]:
 
 
 def serial_run(space: Space, plan: Plan, trainable: Drawn) -> Promotions:
-    """What a serial Hyperband (``phobbit.testing``) of ``plan``'s settings promotes."""
+    """What a serial Hyperband (``phobbit.testing.reference``) of ``plan``'s settings promotes."""
     machine = plan.machine
     with tempfile.TemporaryDirectory(prefix="phobbit-test-") as folder:
         repository = _repository(folder, space, plan)

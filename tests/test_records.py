@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 import phobbit
 from phobbit import Hyperparameter, InputError, RepositoryError
-from phobbit.records import MAX_SEGMENTS, RunSettings, Segment, Status
-from phobbit.repository import encode_row
-from phobbit.space import Space
+from phobbit.core.records import MAX_SEGMENTS, RunSettings, Segment, Status
+from phobbit.core.space import Space
+from phobbit.storage.repository import encode_row
 
 
 def test_settings_round_trip_through_json() -> None:
@@ -178,9 +178,10 @@ def test_the_pure_core_imports_no_process_file_or_framework_module() -> None:
         package = types.ModuleType("phobbit")  # skips phobbit/__init__.py, the whole library
         package.__path__ = [{str(Path(phobbit.__file__).parent)!r}]
         sys.modules["phobbit"] = package
-        import phobbit.plan, phobbit.records
+        import phobbit.core.plan, phobbit.core.records
         heavy = {{"pandas", "filelock", "loky", "joblib", "rich", "tensorflow", "keras",
-                 "phobbit.repository", "phobbit.worker", "phobbit.scheduler"}}
+                 "phobbit.storage.repository", "phobbit.execution.worker",
+                 "phobbit.execution.scheduler"}}
         print(sorted(heavy & set(sys.modules)))
         """
     )

@@ -7,7 +7,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from phobbit import reducer
+from phobbit.core import reducer
 
 losses = st.one_of(st.none(), st.just(math.nan), st.floats(0, 10, allow_nan=False))
 

@@ -12,9 +12,16 @@ import pytest
 from conftest import run_settings
 
 from phobbit import Hyperparameter, RepositoryError
-from phobbit.records import RunSettings, SegmentResult
-from phobbit.repository import COLUMNS, HEADER, LEGACY_HEADER, Repository, decode_row, encode_row
-from phobbit.space import MAX_NESTING, Space
+from phobbit.core.records import RunSettings, SegmentResult
+from phobbit.core.space import MAX_NESTING, Space
+from phobbit.storage.repository import (
+    COLUMNS,
+    HEADER,
+    LEGACY_HEADER,
+    Repository,
+    decode_row,
+    encode_row,
+)
 
 
 def row(config_id: int, rung: int = 0, **changes) -> SegmentResult:

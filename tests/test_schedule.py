@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from phobbit import InputError, brackets
-from phobbit.schedule import format_schedule, s_max
+from phobbit.core.schedule import format_schedule, s_max
 
 
 def table(R: int, eta: int) -> list[list[tuple[int, int]]]:

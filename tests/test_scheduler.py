@@ -23,18 +23,23 @@ from joblib.externals.loky.process_executor import TerminatedWorkerError
 from synthetic import x_curve
 
 from phobbit import ParallelHyperband
+from phobbit.core.plan import Plan
+from phobbit.core.records import RunSettings, Segment, SegmentKey
+from phobbit.core.space import Space
 from phobbit.errors import StorageError
-from phobbit.plan import Plan
-from phobbit.records import RunSettings, Segment, SegmentKey
-from phobbit.reporting import PlainReporter
-from phobbit.repository import Repository
-from phobbit.results import results_frame
-from phobbit.scheduler import KILLED_FOR_OTHER, UNKNOWN_CULPRIT, Scheduler, SilentReporter
-from phobbit.simulated import Fault, SimulatedExecutor, TraceEntry
-from phobbit.space import Space
-from phobbit.testing import serial_hyperband
-from phobbit.trainable import SyntheticTrainable
-from phobbit.worker import train_segment
+from phobbit.execution.scheduler import (
+    KILLED_FOR_OTHER,
+    UNKNOWN_CULPRIT,
+    Scheduler,
+    SilentReporter,
+)
+from phobbit.execution.simulated import Fault, SimulatedExecutor, TraceEntry
+from phobbit.execution.trainable import SyntheticTrainable
+from phobbit.execution.worker import train_segment
+from phobbit.reporting.plain import PlainReporter
+from phobbit.storage.repository import Repository
+from phobbit.storage.results import results_frame
+from phobbit.testing.reference import serial_hyperband
 
 COLUMNS = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status"]
 OOM = (
@@ -113,7 +118,7 @@ def handed_out_first(workers: int, count: int = 1) -> list[SegmentKey]:
 
 @pytest.fixture(scope="module")
 def serial(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
-    """The table of a serial Hyperband (``phobbit.testing``) of the same trainable."""
+    """The table of a serial Hyperband (``phobbit.testing.reference``) of the same trainable."""
     repository = Repository(tmp_path_factory.mktemp("serial"))
     repository.create(RunSettings.of(Space(space()), 9, 3, 0, 1))
     trainable, folder = SyntheticTrainable(curve=x_curve), str(repository.path)

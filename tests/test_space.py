@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phobbit import Hyperparameter, InputError
-from phobbit.space import Space
+from phobbit.core.space import Space
 
 
 def test_choice_accepts_hobbit_and_plain_forms() -> None:

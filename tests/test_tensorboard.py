@@ -11,11 +11,12 @@ import pandas as pd
 import pytest
 from synthetic import failing_curve, x_curve
 
-from phobbit import Hyperparameter, InputError, ParallelHyperband, cli, open_repository
-from phobbit import tensorboard as tb
-from phobbit.records import config_name
-from phobbit.simulated import SimulatedExecutor
-from phobbit.trainable import SyntheticTrainable
+from phobbit import Hyperparameter, InputError, ParallelHyperband, open_repository
+from phobbit.cli.commands import commands as cli
+from phobbit.core.records import config_name
+from phobbit.execution.simulated import SimulatedExecutor
+from phobbit.execution.trainable import SyntheticTrainable
+from phobbit.reporting.plain import tensorboard as tb
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
@@ -193,7 +194,7 @@ def test_a_failed_configuration_ends_its_session_as_failed_without_an_objective(
 def test_the_writer_never_imports_tensorflow(tmp_path: Path) -> None:
     run(tmp_path / "repo", tensorboard=False)
     code = (
-        "import sys; from phobbit.tensorboard import write_repository; "
+        "import sys; from phobbit.reporting.tensorboard import write_repository; "
         f"write_repository({str(tmp_path / 'repo')!r}); "
         "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'"
     )
@@ -277,7 +278,7 @@ def test_the_runs_own_objective_is_the_hparams_metric_and_ranks_as_the_table(
 
 def test_logs_are_rewritten_while_the_run_goes(tmp_path: Path) -> None:
     """The reporter that wraps the run's: after a finished segment, once the interval passed."""
-    from phobbit.scheduler import SilentReporter
+    from phobbit.execution.scheduler import SilentReporter
 
     reporter = tb.LoggingReporter(SilentReporter(), tmp_path / "repo", interval=0.0)
     tuner = run(tmp_path / "repo", tensorboard=False, reporter=reporter)
@@ -291,8 +292,8 @@ def test_logs_are_rewritten_while_the_run_goes(tmp_path: Path) -> None:
 def test_the_in_run_writer_writes_only_what_each_result_changed_and_reads_the_records_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from phobbit import view
-    from phobbit.scheduler import SilentReporter
+    from phobbit.execution.scheduler import SilentReporter
+    from phobbit.storage import view
 
     opened: list[Path] = []
     monkeypatch.setattr(
@@ -321,7 +322,7 @@ def test_the_in_run_writer_writes_only_what_each_result_changed_and_reads_the_re
 
 
 def test_the_logging_reporter_passes_on_every_report(tmp_path: Path) -> None:
-    from phobbit.scheduler import Reporter
+    from phobbit.execution.scheduler import Reporter
 
     reports = [n for n in vars(Reporter) if not n.startswith("_")]
     seen: list[str] = []
@@ -340,7 +341,7 @@ def test_the_logging_reporter_passes_on_every_report(tmp_path: Path) -> None:
 def test_the_in_run_writer_of_a_resumed_run_with_more_iterations_leaves_nothing_to_redo(
     tmp_path: Path,
 ) -> None:
-    from phobbit.scheduler import SilentReporter
+    from phobbit.execution.scheduler import SilentReporter
 
     for iterations in (1, 2):
         reporter = tb.LoggingReporter(SilentReporter(), tmp_path / "repo", interval=0.0)

@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from phobbit import Hyperparameter
-from phobbit.cli import best_table
-from phobbit.plan import Plan
-from phobbit.records import Segment, SegmentResult
-from phobbit.reporting import PlainReporter, SlowWatch
-from phobbit.results import results_frame
-from phobbit.space import Space
-from phobbit.terminal import LineReporter, LiveReporter, ProgressTracker, estimate_left, render
+from phobbit.cli.commands import best_table
+from phobbit.cli.terminal import LineReporter, LiveReporter, ProgressTracker, estimate_left, render
+from phobbit.core.plan import Plan
+from phobbit.core.records import Segment, SegmentResult
+from phobbit.core.space import Space
+from phobbit.reporting.plain import PlainReporter, SlowWatch
+from phobbit.storage.results import results_frame
 
 
 class Clock:
@@ -280,7 +280,7 @@ def test_tracker_counts_a_resumed_run_and_ignores_duplicate_rows(space: Space) -
 
 
 def test_with_several_iterations_retry_retrain_and_slow_lines_name_the_iteration() -> None:
-    from phobbit.reporting import retrain_line, retry_line, slow_line
+    from phobbit.reporting.plain import retrain_line, retry_line, slow_line
 
     segment = Segment(1, 2, 3, 0, {}, 0, 1, "m/1-2-3")
     result = segment.result(
@@ -301,8 +301,8 @@ def test_more_iterations_on_a_resumed_run_count_the_rows_already_there_from_the_
 ) -> None:
     from helpers import tuner
 
-    from phobbit.repository import Repository
-    from phobbit.simulated import SimulatedExecutor
+    from phobbit.execution.simulated import SimulatedExecutor
+    from phobbit.storage.repository import Repository
 
     tuner(tmp_path / "repo", executor=SimulatedExecutor(2)).run(9, 3, iterations=1)
     previous = list(Repository(tmp_path / "repo").iter_results())

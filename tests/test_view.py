@@ -13,8 +13,8 @@ from conftest import run_settings
 
 import phobbit
 from phobbit import RepositoryError, open_repository
-from phobbit.records import SegmentResult
-from phobbit.repository import Repository
+from phobbit.core.records import SegmentResult
+from phobbit.storage.repository import Repository
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -161,12 +161,12 @@ def _modules_loaded(code: str) -> list[str]:
 
 
 def test_import_schedule_loads_no_pandas_joblib_rich_or_tensorflow() -> None:
-    assert _modules_loaded("import phobbit.schedule") == []
+    assert _modules_loaded("import phobbit.core.schedule") == []
     assert _modules_loaded("import phobbit") == []
 
 
 def test_brackets_command_loads_no_pandas_joblib_rich_or_tensorflow() -> None:
-    code = "from phobbit.cli import main\nassert main(['brackets', '--R', '81']) == 0"
+    code = "from phobbit.cli.commands import main\nassert main(['brackets', '--R', '81']) == 0"
     assert _modules_loaded(code) == []
 
 
@@ -175,7 +175,7 @@ def _train_on(checkpoint: Path) -> None:
     epoch goes to the best-epoch file, and the checkpoint becomes a later, worse epoch."""
     import os
 
-    from phobbit import checkpoints
+    from phobbit.storage import checkpoints
 
     stem = str(checkpoint)[: -len(".json")]
     checkpoints.keep_checkpoint_as_best(str(checkpoint), checkpoints.best_path(stem, ".json"))
@@ -196,8 +196,8 @@ def test_the_scoring_copy_holds_the_listed_epoch_whatever_a_live_run_does_in_bet
 
     from helpers import tuner
 
-    from phobbit import checkpoints, view
-    from phobbit.simulated import SimulatedExecutor
+    from phobbit.execution.simulated import SimulatedExecutor
+    from phobbit.storage import checkpoints, view
 
     tuner(tmp_path / "repo", executor=SimulatedExecutor(2)).run(R=9, eta=3)
     run = open_repository(tmp_path / "repo")

@@ -1,4 +1,4 @@
-"""Models kept warm (``phobbit.warm``): a cache that only ever stands for the checkpoint.
+"""Models kept warm (``phobbit.execution.warm``): a cache that only ever stands for the checkpoint.
 
 Without TensorFlow: the cache's rules, a synthetic trainable whose state (its
 iteration count) goes on from memory, real worker processes whose tables equal
@@ -21,18 +21,18 @@ import pytest
 from helpers import STEPS, report_serially, space, tuner
 from synthetic import x_curve
 
-from phobbit import warm
+from phobbit.core.plan import Plan
+from phobbit.core.records import RunSettings, Segment
+from phobbit.core.space import Space
 from phobbit.errors import InputError
-from phobbit.plan import Plan
-from phobbit.records import RunSettings, Segment
-from phobbit.reporting import PlainReporter
-from phobbit.repository import Repository, decode_row, encode_row
-from phobbit.results import results_frame
-from phobbit.scheduler import Scheduler
-from phobbit.simulated import SimulatedExecutor
-from phobbit.space import Space
-from phobbit.trainable import WARM_STATE_BYTES, SyntheticTrainable
-from phobbit.worker import train_segment
+from phobbit.execution import warm
+from phobbit.execution.scheduler import Scheduler
+from phobbit.execution.simulated import SimulatedExecutor
+from phobbit.execution.trainable import WARM_STATE_BYTES, SyntheticTrainable
+from phobbit.execution.worker import train_segment
+from phobbit.reporting.plain import PlainReporter
+from phobbit.storage.repository import Repository, decode_row, encode_row
+from phobbit.storage.results import results_frame
 
 COLUMNS = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status"]
 H = {"x": 0.5}
@@ -301,7 +301,7 @@ def test_a_bad_warm_cache_on_the_command_line_is_one_line_and_exit_2(tmp_path: P
 def test_the_terminal_reporters_count_warm_starts_in_their_last_line() -> None:
     from rich.console import Console
 
-    from phobbit.terminal import LineReporter, LiveReporter
+    from phobbit.cli.terminal import LineReporter, LiveReporter
 
     live, lines = io.StringIO(), io.StringIO()
     reporters = [

@@ -24,15 +24,15 @@ from helpers import (
     x_curve,
 )
 
+from phobbit.core.plan import Plan
+from phobbit.core.records import Segment
+from phobbit.core.space import Space
 from phobbit.errors import InputError, StorageError
-from phobbit.executor import LocalExecutor
-from phobbit.plan import Plan
-from phobbit.records import Segment
-from phobbit.repository import Repository
-from phobbit.scheduler import Scheduler
-from phobbit.space import Space
-from phobbit.trainable import SyntheticTrainable
-from phobbit.worker import train_segment
+from phobbit.execution.executor import LocalExecutor
+from phobbit.execution.scheduler import Scheduler
+from phobbit.execution.trainable import SyntheticTrainable
+from phobbit.execution.worker import train_segment
+from phobbit.storage.repository import Repository
 
 COLUMNS = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status"]
 
@@ -176,7 +176,7 @@ def uncompiled_model(hparams: dict) -> object:
 def test_model_function_returning_no_compiled_keras_model_fails_the_trial(
     tmp_path: Path, model_function, error: str
 ) -> None:
-    from phobbit.keras_trainable import KerasTrainable
+    from phobbit.keras_adapter.trainable import KerasTrainable
 
     data = (([[0.0, 1.0]] * 4, [0.0] * 4), ([[1.0, 0.0]] * 2, [1.0] * 2))
     trainable = KerasTrainable(model_function, load_dataset=lambda: data)
@@ -212,7 +212,7 @@ def test_a_row_the_disk_cannot_hold_stops_with_a_message_saying_so(
             return len(data) // 2
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("phobbit.repository.os.write", write)
+    monkeypatch.setattr("phobbit.storage.repository.os.write", write)
     with pytest.raises(StorageError, match=r"(is the disk full|No space left on device)"):
         repository.append(result)
 

@@ -1,0 +1,13 @@
+"""The command line, ``phobbit`` and ``python -m phobbit``: parsing, the commands,
+their terminal views (rich) and the model files that ``train`` imports.
+
+A thin layer over the library API (``phobbit.api``); it may import every other
+layer, and nothing imports it. A user's mistake ends as one line on stderr with
+exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+from phobbit.cli.commands import main
+
+__all__ = ["main"]

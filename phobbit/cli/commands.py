@@ -1,0 +1,730 @@
+"""The command line: ``phobbit train|brackets|status|best|export|plot|tensorboard``. Parsing,
+printing, exit codes.
+
+Every decision is the library's; this module only wires arguments to it and
+turns its errors into one line on stderr: exit code 2 for bad input (nothing
+is written), 1 when the run itself fails, 130 after Ctrl-C (the same command
+resumes).
+
+Example:
+    $ python -m phobbit train examples/mnist_mlp.py --gpus 0,1,2,3 --R 20 --eta 3
+    $ phobbit status phobbit_repo
+    $ phobbit best phobbit_repo --top 5 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import re
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from phobbit import __version__
+from phobbit.core.schedule import brackets, format_schedule, validate
+from phobbit.errors import InputError, PhobbitError
+from phobbit.execution.streams import GuardedStdout, stdout_to_devnull
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+# rich, pandas and the library's engine are imported where a command needs them, so
+# that `phobbit brackets` starts without them.
+
+DEFAULT_REPO = "phobbit_repo"
+INTERRUPTED = 130  # the shell's code for a process stopped by SIGINT
+
+
+class CliError(PhobbitError):
+    """The run finished but produced nothing usable (every trial failed)."""
+
+
+def _count(text: str) -> int:
+    """An argparse type: an integer >= 1 (workers, rows, batch size)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def _duration(text: str) -> float:
+    """An argparse type: seconds, from ``90``, ``90s``, ``15m``, ``2h`` or ``1.5h``."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*", text.lower())
+    seconds = float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]] if match else 0.0
+    if not seconds > 0 or not math.isfinite(seconds):
+        raise argparse.ArgumentTypeError(
+            f"must be a duration > 0 such as 90s, 15m or 2h, got {text!r}"
+        )
+    return seconds
+
+
+def _bytes(text: str) -> int:
+    """An argparse type: bytes, from ``1GB``, ``512MB``, ``0`` (``phobbit.execution.warm``)."""
+    from phobbit.execution.warm import parse_bytes
+
+    try:
+        return parse_bytes(text, "the size")
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("the size must", "must")) from None
+
+
+def _budget_duration(text: str) -> float:
+    """An argparse type: a duration with an s, m, h or d suffix (``phobbit.core.budget``)."""
+    from phobbit.core.budget import parse_duration
+
+    try:
+        seconds = parse_duration(text)
+    except InputError:
+        seconds = None
+    if seconds is None:
+        raise argparse.ArgumentTypeError(
+            f"must be a duration > 0 such as 90s, 15m, 8h or 2d, got {text!r}"
+        )
+    return seconds
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="phobbit",
+        description="Parallel Hyperband for Keras models, one worker pinned to each GPU.",
+    )
+    parser.add_argument("--version", action="version", version=f"phobbit {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        help="tune the model of a model file",
+        description="Tune the model of MODEL_FILE with Hyperband; running again on the same "
+        "--repo with the same settings resumes.",
+    )
+    train.add_argument(
+        "model_file",
+        metavar="MODEL_FILE",
+        help="a Python file defining the model function, hparams and data",
+    )
+    names = train.add_argument_group("names in the model file (defaults: Hobbit's, then plain)")
+    names.add_argument(
+        "--model-fn", metavar="NAME", help="model function (my_model, model_function)"
+    )
+    names.add_argument(
+        "--hparams", metavar="NAME", help="hyperparameter list (my_hparam_ranges, hparam_ranges)"
+    )
+    names.add_argument(
+        "--dataset",
+        metavar="NAME",
+        help="data, or a function returning it (my_dataset, dataset, load_dataset)",
+    )
+    where = train.add_argument_group("workers")
+    where.add_argument("--gpus", metavar="IDS", help="GPU ids, one worker pinned to each: 0,1,2,3")
+    where.add_argument(
+        "--jobs-per-gpu",
+        type=_count,
+        default=1,
+        metavar="K",
+        help="trials at once on one GPU (default 1)",
+    )
+    where.add_argument(
+        "--jobs",
+        type=_count,
+        metavar="N",
+        help="CPU workers when there are no GPUs (default: the number of cores)",
+    )
+    run = train.add_argument_group("the run")
+    _add_schedule_options(run)
+    run.add_argument(
+        "--repo",
+        default=DEFAULT_REPO,
+        metavar="DIR",
+        help=f"repository folder (default ./{DEFAULT_REPO})",
+    )
+    run.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    run.add_argument(
+        "--iterations",
+        type=_count,
+        default=1,
+        metavar="K",
+        help="Hyperband iterations, each with its own configurations, run interleaved (default 1)",
+    )
+    run.add_argument("--batch-size", type=_count, metavar="N", help="fit's batch size (Keras: 32)")
+    run.add_argument(
+        "--objective",
+        metavar="METRIC",
+        help="the logged metric that ranks configurations, e.g. val_accuracy (default: the "
+        "model file's objective, else val_loss)",
+    )
+    run.add_argument(
+        "--direction",
+        choices=("min", "max"),
+        help="whether --objective is minimised or maximised (default: inferred from its name)",
+    )
+    run.add_argument(
+        "--algorithm",
+        choices=("hyperband", "asha"),
+        default="hyperband",
+        help="hyperband (exact, synchronous; default) or asha (asynchronous successive "
+        "halving: no idle worker; stops at a budget, by default the epochs of --iterations "
+        "Hyperband iterations)",
+    )
+    run.add_argument(
+        "--sampler",
+        choices=("random", "tpe"),
+        default="random",
+        help="random (default) or tpe (model-based, BOHB-style; needs phobbit[tpe])",
+    )
+    run.add_argument(
+        "--time-limit",
+        type=_budget_duration,
+        metavar="TIME",
+        help="dispatch nothing new after this long, e.g. 8h (s, m, h, d); segments in flight "
+        "finish; run again with a larger limit to go on",
+    )
+    run.add_argument(
+        "--max-epochs",
+        type=_count,
+        metavar="N",
+        help="dispatch nothing new once the run has trained N epochs in all; run again with "
+        "a larger N to go on",
+    )
+    run.add_argument(
+        "--backend",
+        choices=("tensorflow", "jax", "torch"),
+        help="the Keras backend the workers run (default: KERAS_BACKEND, else tensorflow)",
+    )
+    run.add_argument(
+        "--warm-cache",
+        type=_bytes,
+        metavar="BYTES",
+        help="trained models each worker keeps in memory for their next segment, e.g. 1GB, "
+        "512MB; 0 keeps none (default: 1GiB; on a GPU they keep GPU memory)",
+    )
+    run.add_argument(
+        "--segment-timeout",
+        type=_duration,
+        metavar="TIME",
+        help="kill a segment (and its worker) that runs longer than this, e.g. 90s, 15m, 2h; "
+        "it is retried, then failed 'timed out' (default: none, wait for ever)",
+    )
+    show = train.add_argument_group("output")
+    show.add_argument(
+        "--progress",
+        choices=("auto", "live", "plain"),
+        default="auto",
+        help="live display, plain lines, or live on a terminal only (default)",
+    )
+    show.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="plain lines: one per finished segment too; the library's log and the workers' "
+        "stderr (TensorFlow's start-up lines) on stderr, not in REPO/workers.log",
+    )
+    show.add_argument(
+        "--top",
+        type=_count,
+        default=5,
+        metavar="K",
+        help="best configurations shown at the end (default 5)",
+    )
+
+    schedule = commands.add_parser(
+        "brackets",
+        help="print the schedule of R and eta",
+        description="Print Hyperband's brackets with totals.",
+    )
+    _add_schedule_options(schedule)
+    schedule.add_argument(
+        "--algorithm",
+        choices=("hyperband", "asha"),
+        default="hyperband",
+        help="what runs the brackets (default hyperband)",
+    )
+
+    status = commands.add_parser(
+        "status",
+        help="progress of a run (safe while it runs)",
+        description="Progress of the run in DIR; safe to call while the run is writing.",
+    )
+    status.add_argument("repo", metavar="DIR", help="the repository folder")
+
+    best = commands.add_parser(
+        "best",
+        help="the best configurations of a run",
+        description="The best configurations of the run in DIR.",
+    )
+    best.add_argument("repo", metavar="DIR", help="the repository folder")
+    best.add_argument("--top", type=_count, default=5, metavar="K", help="how many (default 5)")
+    best.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    export = commands.add_parser(
+        "export",
+        help="write the best model as a .keras file",
+        description="Write the model of the best epoch of the best configuration of the run "
+        "in DIR (or of --trial) to PATH, a .keras file keras.saving.load_model opens.",
+    )
+    export.add_argument("repo", metavar="DIR", help="the repository folder")
+    export.add_argument("path", metavar="PATH", help="the .keras file to write")
+    export.add_argument("--trial", metavar="ID", help="a trial of `phobbit best`, e.g. 2-4")
+
+    plot = commands.add_parser(
+        "plot",
+        help="draw a run: learning curves, the workers' timeline, hparams (matplotlib)",
+        description="Draw the run in DIR to an image file (needs phobbit[plot]).",
+    )
+    plot.add_argument("repo", metavar="DIR", help="the repository folder")
+    plot.add_argument(
+        "-o", "--output", required=True, metavar="FILE", help="the image: .png, .svg, .pdf"
+    )
+    plot.add_argument(
+        "--kind",
+        choices=("all", "curves", "timeline", "hparams"),
+        default="all",
+        help="curves per bracket, the workers' timeline, the objective per hparam, "
+        "or all three in one figure (default)",
+    )
+
+    board = commands.add_parser(
+        "tensorboard",
+        help="(re)write a run's TensorBoard logs (tensorboard --logdir DIR/tensorboard)",
+        description="Write the TensorBoard logs of the run in DIR under DIR/tensorboard "
+        "from its records (needs phobbit[tensorboard]); only what changed is rewritten.",
+    )
+    board.add_argument("repo", metavar="DIR", help="the repository folder")
+    return parser
+
+
+def _add_schedule_options(group: Any) -> None:
+    group.add_argument(
+        "--R", type=int, default=20, help="most epochs per configuration (default 20)"
+    )
+    group.add_argument("--eta", type=int, default=3, help="cut factor (default 3)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command and returns its exit code (the ``phobbit`` console script)."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "brackets":
+            validate(args.R, args.eta)
+            print(format_schedule(brackets(args.R, args.eta)), flush=True)
+            if args.algorithm == "asha":
+                from phobbit.core.asha import asha_budget_epochs
+
+                print(
+                    "asha: these brackets run side by side, asynchronously; each decision goes "
+                    "to the bracket that has dispatched the fewest epochs. Default budget: "
+                    f"{asha_budget_epochs(args.R, args.eta):,} epochs per --iterations",
+                    flush=True,
+                )
+            return 0
+        if args.command == "train":
+            stdout = GuardedStdout(
+                sys.stdout,
+                notice="the run goes on without printing (Ctrl-C stops it, and the same "
+                "command resumes)",
+            )
+            with _terminate_as_interrupt():
+                return _train(args, _console(stdout), stdout)
+        if args.command == "status":
+            return _status(args.repo, _console())
+        if args.command == "export":
+            return _export(args.repo, args.path, args.trial)
+        if args.command == "plot":
+            from phobbit.reporting.plot import plot_repository
+
+            print(plot_repository(args.repo, args.output, args.kind), flush=True)
+            return 0
+        if args.command == "tensorboard":
+            return _tensorboard(args.repo)
+        return _best(args, _console())
+    except KeyboardInterrupt:
+        if args.command == "train":
+            _error(
+                "interrupted; workers stopped. "
+                f"Run the same command again to resume from {args.repo}"
+            )
+        else:
+            _error("interrupted")
+        return INTERRUPTED
+    except PhobbitError as exc:
+        _error(str(exc))
+        return exc.exit_code
+    except BrokenPipeError as exc:
+        if args.command != "train":
+            # `phobbit best DIR | head`: the reader has all it wanted.
+            stdout_to_devnull()
+            return 0
+        # `train` writes standard output through a GuardedStdout, so this pipe is
+        # another one (a worker's): not a user's mistake.
+        traceback.print_exc()
+        _error(f"{type(exc).__name__}: {exc}")
+        return 1
+    except Exception as exc:  # noqa: BLE001 - not a user's mistake: keep the traceback
+        traceback.print_exc()
+        _error(f"{type(exc).__name__}: {exc}")
+        return 1
+
+
+def _console(stdout: GuardedStdout | None = None) -> Console:
+    from rich.console import Console
+
+    # Off a terminal rich would wrap tables at 80 columns; logs read better wider.
+    wide = None if sys.stdout.isatty() or "COLUMNS" in os.environ else 120
+
+    # Nothing printed is markup: hparams, names, paths and errors are the user's text,
+    # and "[red]" or ":smile:" in them must print as written.
+    class QuietOnBrokenPipe(Console):
+        def on_broken_pipe(self) -> None:
+            # rich exits 1 here; `main` ends quietly instead (`phobbit best DIR | head`).
+            self.quiet = True
+            raise BrokenPipeError
+
+    return QuietOnBrokenPipe(file=stdout, width=wide, highlight=False, markup=False, emoji=False)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """``kill PID`` (SIGTERM) stops a run as Ctrl-C does: workers killed, resumable.
+
+    Background jobs of a shell ignore SIGINT, so SIGTERM is how they are stopped.
+    """
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _error(message: str) -> None:
+    print(f"phobbit: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+
+# -- train -----------------------------------------------------------------------
+
+
+def _train(args: argparse.Namespace, console: Console, stdout: GuardedStdout) -> int:
+    # The model file and the API are imported here so that `brackets`, `status` and
+    # `best` start fast; the API itself never imports TensorFlow.
+    from phobbit.api import ParallelHyperband
+    from phobbit.cli.model_file import load_model_file
+    from phobbit.cli.terminal import LineReporter, LiveReporter, slot_labels
+    from phobbit.core.records import Status
+    from phobbit.storage.repository import Repository
+
+    if args.jobs is not None and args.gpus:
+        raise InputError("--jobs sets CPU workers; with --gpus use --jobs-per-gpu")
+    model = load_model_file(args.model_file, args.model_fn, args.hparams, args.dataset)
+    repository = Repository(args.repo)
+    previous = list(repository.iter_results()) if repository.path.is_dir() else []
+    live = args.progress == "live" or (args.progress == "auto" and console.is_terminal)
+    _check_gpus(args.gpus)
+    tuner = ParallelHyperband(
+        model.model_function,
+        model.hparam_ranges,
+        args.repo,
+        gpus=args.gpus,
+        jobs_per_gpu=args.jobs_per_gpu,
+        n_jobs=args.jobs,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        trainable=model.trainable,
+        segment_timeout=args.segment_timeout,
+        algorithm=args.algorithm,
+        sampler=args.sampler,
+        time_limit=args.time_limit,
+        max_epochs=args.max_epochs,
+        backend=args.backend,
+        worker_log=not args.verbose,
+        warm_cache=args.warm_cache,
+        **model.data,
+        **_objective_options(model.options, args.objective, args.direction),
+    )
+    slots = ", ".join(slot_labels(tuner.executor.slots))
+    title = (
+        f"phobbit train {args.model_file}: R={args.R} eta={args.eta} seed={args.seed}"
+        f"{f', {args.iterations} iterations' if args.iterations > 1 else ''}, "
+        f"{_algorithm_words(args.algorithm, args.sampler)}"
+        f"{tuner.executor.capacity} workers ({slots}), repository {args.repo}"
+    )
+    slots = tuner.executor.slots
+    budget = lambda: tuner.budget  # noqa: E731 - known once the run starts (ASHA's default)
+    if live:
+        tuner.reporter = LiveReporter(console, title, previous, slots, budget)
+    else:
+        verbose = 2 if args.verbose else 1
+        tuner.reporter = LineReporter(stdout, verbose, title, previous, slots, budget)
+    with _logging_to_stderr(args.verbose):
+        frame = tuner.run(R=args.R, eta=args.eta, iterations=args.iterations)
+    console.print(best_table(frame, args.top, [hp.name for hp in tuner.space.hparams]))
+    if tuner.stopped_by not in (None, "iterations") or args.algorithm == "asha":
+        console.print(
+            f"Stopped: {tuner.stop_reason()}; run again with a larger --max-epochs, "
+            "--time-limit or --iterations to go on",
+            soft_wrap=True,
+        )
+    console.print(f"Repository: {args.repo}", soft_wrap=True)
+    console.print(_tensorboard_line(tuner, args.repo), soft_wrap=True)
+    ok = frame[frame["Status"] == Status.OK]
+    if ok.empty:
+        first = frame["Error"].iloc[0] if not frame.empty else "no results"
+        raise CliError(f"every trial failed; the first says: {first}")
+    model_path = _checkpoint(repository, ok.iloc[0], tuner.objective)
+    if model_path is not None:
+        console.print(f"Best model: {model_path}", soft_wrap=True)
+    return 0
+
+
+def _objective_options(
+    options: dict[str, Any], objective: str | None, direction: str | None
+) -> dict[str, Any]:
+    """The model file's options, with ``--objective`` and ``--direction`` over its own."""
+    chosen = dict(options)
+    if objective is not None:
+        chosen["objective"] = objective
+        chosen.pop("direction", None)  # the file's direction was for its own objective
+    if direction is not None:
+        chosen["direction"] = direction
+    return chosen
+
+
+def _algorithm_words(algorithm: str, sampler: str) -> str:
+    """``"asha, tpe sampling, "`` for a run that is not random Hyperband; else ``""``."""
+    if (algorithm, sampler) == ("hyperband", "random"):
+        return ""
+    return f"{algorithm}, {sampler} sampling, "
+
+
+@contextlib.contextmanager
+def _logging_to_stderr(verbose: bool) -> Iterator[None]:
+    """With ``-v``, the library's log (pool restarts, retries, fencing) goes to stderr too."""
+    if not verbose:
+        yield
+        return
+    import logging
+
+    logger = logging.getLogger("phobbit")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("phobbit: %(levelname)s: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _check_gpus(gpus: str | None) -> None:
+    """Refuses a bad ``--gpus`` in the CLI's words: the library names its arguments.
+
+    ``--gpus`` on a machine that shows no NVIDIA GPU (no ``nvidia-smi``) is refused
+    too: its workers would train on the CPU while the display said "GPU 0".
+    """
+    import shutil
+
+    from phobbit.execution.executor import parse_gpus
+
+    try:
+        ids = parse_gpus(gpus)
+    except InputError as exc:
+        words = {"gpus": "--gpus", "jobs_per_gpu": "--jobs-per-gpu"}
+        raise InputError(
+            re.sub(r"\b(gpus|jobs_per_gpu)\b", lambda m: words[m[1]], str(exc))
+        ) from None
+    if ids and shutil.which("nvidia-smi") is None:
+        raise InputError(
+            f"--gpus {gpus}: this machine shows no NVIDIA GPU (nvidia-smi is not on PATH), so "
+            "the workers would train on the CPU; use --jobs N for CPU workers, or put "
+            "nvidia-smi on PATH"
+        )
+
+
+def _tensorboard(repo: str) -> int:
+    from phobbit.reporting.tensorboard import FOLDER, write_repository, written_count
+
+    written = len(write_repository(repo))
+    logdir = os.path.join(repo, FOLDER)
+    # A run writes its logs as it goes: after `train` there is usually nothing new.
+    there = written_count(logdir)
+    if not written:
+        what = f"up to date: {there} configuration(s) already written in {logdir}"
+    elif written < there:
+        what = (
+            f"wrote {written} configuration(s) to {logdir}; "
+            f"the other {there - written} were up to date"
+        )
+    else:
+        what = f"wrote {written} configuration(s) to {logdir}"
+    print(f"{what}; view with: tensorboard --logdir {logdir}", flush=True)
+    return 0
+
+
+def _tensorboard_line(tuner: Any, repo: str) -> str:
+    """The last line of ``train`` about TensorBoard: where the logs are, or how to get them."""
+    from phobbit.reporting.tensorboard import FOLDER, INSTALL_HINT
+
+    if not tuner.tensorboard:
+        return INSTALL_HINT
+    return f"TensorBoard: tensorboard --logdir {os.path.join(repo, FOLDER)}"
+
+
+# -- best ------------------------------------------------------------------------
+
+
+def _in_order(hparams: dict[str, Any], order: Sequence[str]) -> dict[str, Any]:
+    """``hparams`` with the names of ``order`` first, in that order (JSON sorted them)."""
+    return {n: hparams[n] for n in order if n in hparams} | hparams
+
+
+def _checkpoint(repository: Any, row: Any, objective: Any = None) -> Any:
+    """The file that evaluates to a configuration's listed Val Loss (and objective, a
+    ``phobbit.core.objective.Objective``); None if none holds it."""
+    from phobbit.core.records import Status  # lazy: `phobbit brackets` stays light
+
+    if row["Status"] != Status.OK or math.isnan(row["Val Loss"]):
+        return None
+    value = None
+    if objective is not None and not objective.is_val_loss:
+        value = float(row[objective.label])
+    return repository.scoring_checkpoint(
+        int(row["Iteration"]),
+        int(row["Run"]),
+        int(row["ID"]),
+        float(row["Val Loss"]),
+        *(() if value is None else (objective, value)),
+    )
+
+
+def best_table(frame: Any, top: int, order: Sequence[str] = ()) -> Table:
+    """The ``top`` best configurations of a results table, as a rich table.
+
+    Args:
+        frame: the results table (``results_frame``), best first.
+        top: how many rows.
+        order: hyperparameter names in the search space's order (else as stored).
+    """
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    from phobbit.core.records import Status  # lazy: `phobbit brackets` stays light
+    from phobbit.reporting.plain import format_hparams
+
+    table = Table(
+        title=f"Best {min(top, len(frame))} of {len(frame)} configurations",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+    )
+    from phobbit.storage.results import COLUMNS
+
+    failed = bool((frame["Status"] != Status.OK).any())
+    scores = ["Val Loss"] + [c for c in frame.columns if c not in COLUMNS]  # the objective's
+    columns = ("Trial", *scores, "Epochs", "Hparams") + (("Status",) if failed else ())
+    for column in columns:
+        table.add_column(column, justify="right" if column in (*scores, "Epochs") else "left")
+    for trial, row in frame.head(top).iterrows():
+        values = ["-" if math.isnan(row[c]) else f"{row[c]:.4g}" for c in scores]
+        hparams = format_hparams(_in_order(row["Hparams"], order))
+        cells = [str(trial), *values, str(row["Epochs"]), hparams]
+        if failed:
+            cells.append(
+                Status.OK.value if row["Status"] == Status.OK else f"failed: {row['Error']}"
+            )
+        table.add_row(*map(Text, cells))  # Text, not str: a str cell is parsed as markup
+    return table
+
+
+def _best(args: argparse.Namespace, console: Console) -> int:
+    from phobbit.storage.view import open_repository
+
+    run = open_repository(args.repo)
+    if args.json:
+        print(json.dumps([b.to_dict(run.path) for b in run.best(args.top)], indent=2))
+        return 0
+    frame = run.results()
+    if frame.empty:
+        console.print(f"{args.repo} has no results yet", soft_wrap=True)
+        return 0
+    how = _algorithm_words(run.settings.algorithm, run.settings.sampler)
+    if how:
+        console.print(f"Algorithm: {how.rstrip(', ')}", soft_wrap=True)
+    console.print(best_table(frame, args.top, run.hparam_names))
+    model_path = _checkpoint(run.repository, frame.iloc[0], run.settings.goal)
+    if model_path is not None:
+        console.print(f"Best model: {model_path}", soft_wrap=True)
+    return 0
+
+
+def _export(repo: str, path: str, trial: str | None) -> int:
+    from phobbit.storage.checkpoints import export_checkpoint
+    from phobbit.storage.view import open_repository
+
+    if not path.endswith(".keras"):
+        raise InputError(f"PATH must end with .keras (Keras' format), got {path!r}")
+    run = open_repository(repo)
+    # A copy a live run cannot replace or delete between finding it and exporting it.
+    with run.scoring_copy(trial) as (source, copy):
+        if not str(source).endswith(".keras"):
+            raise InputError(f"{source} is not a Keras model (the run trained no Keras model)")
+        try:
+            export_checkpoint(copy, path)
+        except OSError as exc:
+            raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    print(f"Wrote {path} from {source}", flush=True)
+    return 0
+
+
+# -- status ----------------------------------------------------------------------
+
+
+def _status(path: str, console: Console) -> int:
+    from phobbit.cli.terminal import best_line, format_duration, rung_table
+    from phobbit.storage.view import open_repository
+
+    run = open_repository(path)
+    status = run.status()
+    settings = status.settings
+    how = _algorithm_words(settings.algorithm, settings.sampler)
+    console.print(
+        f"Repository {run.path}: R={settings.R} eta={settings.eta} seed={settings.seed}, "
+        f"{settings.iterations} iteration(s); {how}driver {status.driver.describe()}",
+        soft_wrap=True,
+    )
+    console.print(rung_table(status.rungs))
+    done, total = status.epochs_done, status.epochs_total
+    line = (
+        f"{done}/{total} epochs ({100 * done / max(total, 1):.0f}%), "
+        f"{status.segments_done}/{status.segments_total} segments"
+    )
+    if status.failed:
+        line += f", {status.failed} failed"
+    if status.first_start is not None and status.last_end is not None:
+        now = status.checked_at
+        line += (
+            f"; started {format_duration(now - status.first_start)} ago, "
+            f"last result {format_duration(now - status.last_end)} ago"
+        )
+        if status.driver.running:
+            line += f", left ~{format_duration(status.seconds_left)}"
+    console.print(line, soft_wrap=True)
+    goal, several = settings.goal, settings.iterations > 1
+    console.print(f"Best {goal.label} {best_line(status.best, goal, several)}", soft_wrap=True)
+    return 0

@@ -1,0 +1,309 @@
+"""Dispatch policies: which ready segment a free worker takes next. Pure, no I/O.
+
+A policy holds the ready segments and orders them; it knows nothing of
+promotions (the state machine's job, ``phobbit.core.hyperband``). Its interface is
+small: ``push`` a segment that became ready, ``pop`` the one to start next,
+``give_back`` one that was popped but did not run (its worker died), and
+``discard`` one that finished without being popped (its row was already in the
+repository).
+
+``LatestStartPolicy`` is phobbit's: *latest start first*. Before anything runs,
+it schedules the shape of the run (how many segments of how many epochs each
+rung holds) backwards in time on the workers, from the last rungs to the first,
+as if each rung could start only once the one before it had finished. Read
+forwards, that gives every segment of every rung the latest moment it can start
+without lengthening the run; a free worker takes the ready segment whose latest
+start is earliest. It pulls long chains (deep brackets) forward and lets
+independent long segments (the last bracket's) fill the end, and it beat every
+greedy rule tried in ``benchmarks/simulation.py`` (see ``benchmarks/README.md``).
+With several iterations the backward schedule places the last iteration first,
+so read forwards the iterations finish in turn (the first one's answers come
+after about 1/K of the run on up to 8 workers) while later ones fill the idle
+workers of earlier ones.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Collection
+
+from phobbit.core.records import ConfigKey, RungKey, Segment, SegmentKey
+from phobbit.core.schedule import Bracket
+
+
+class DispatchPolicy(ABC):
+    """The ready segments, in the order free workers take them."""
+
+    @abstractmethod
+    def push(self, segment: Segment) -> None:
+        """Adds a segment that became ready."""
+
+    @abstractmethod
+    def pop(self, prefer: Collection[ConfigKey] = ()) -> Segment | None:
+        """Removes and returns the ready segment of highest ``priority``; None if none.
+
+        The segment counts as started from now on.
+
+        Args:
+            prefer: configurations (iteration, s, id) whose model the worker about
+                to take the segment holds in memory (``phobbit.execution.warm``). A policy may
+                take one of them instead of the segment it would take, when that
+                changes nothing of the schedule (a segment of the same rank); it
+                never takes a segment of lower rank for it.
+        """
+
+    @abstractmethod
+    def give_back(self, segment: Segment) -> None:
+        """Makes a popped segment ready again: it did not run (its worker died)."""
+
+    @abstractmethod
+    def discard(self, key: SegmentKey) -> None:
+        """Segment ``key`` finished without being popped: it counts as started, not ready."""
+
+    @abstractmethod
+    def ready(self) -> list[Segment]:
+        """The ready segments, without taking them, in the order they became ready."""
+
+    @abstractmethod
+    def priority(self, segment: Segment) -> tuple:
+        """A ready segment's rank: ``pop`` returns the ready segment whose rank is highest."""
+
+    def __contains__(self, key: SegmentKey) -> bool:
+        return any(s.key == key for s in self.ready())
+
+    def __len__(self) -> int:
+        return len(self.ready())
+
+
+def latest_starts(
+    schedule: list[Bracket], iterations: int, workers: int, iterations_first: bool = True
+) -> dict[RungKey, list[int]]:
+    """When each segment of each rung must start at the latest, in epochs from the start.
+
+    A list schedule run backwards: the last rung of every bracket is ready at
+    the (reversed) start, a rung becomes ready once every segment of the rung
+    after it has finished, and a free worker takes the ready segment of the
+    latest iteration, then the one that sits deepest in its bracket (the most
+    epochs before it), then the longest. Read forwards, a segment that
+    finishes at reversed time t may start at T - t at the latest, T being the
+    reversed makespan.
+
+    Args:
+        schedule: the brackets of one iteration.
+        iterations: how many iterations run at once.
+        workers: how many segments run at once.
+        iterations_first: False ranks depth before the iteration, the order of
+            phobbit up to issue 12 (kept for comparison): the iterations then
+            finish together, each one's answers near the end of the run. With
+            one iteration both orders are the same.
+
+    Returns:
+        (iteration, s, rung) -> the rung's latest start times, earliest first:
+        the k-th segment of the rung to start should start by the k-th.
+    """
+    workers = max(1, workers)
+    by_s = {b.s: b for b in schedule}
+    tiebreak = itertools.count()
+    ready: list[tuple] = []
+    waiting: dict[RungKey, int] = {}
+
+    def release(key: RungKey) -> None:
+        bracket = by_s[key[1]]
+        rung = bracket.rungs[key[2]]
+        waiting[key] = rung.n
+        before = bracket.rungs[rung.index - 1].epochs if rung.index else 0
+        # Deepest first backwards is last forwards: the ends of long chains close
+        # the run, shallow rungs go early. Later iterations go later: first of all
+        # (the first iteration's answers come early), or only among equals.
+        rank = (-before, -bracket.segment_epochs(rung.index), -key[0])
+        if iterations_first:
+            rank = (-key[0], *rank)
+        for _ in range(rung.n):
+            heapq.heappush(ready, (*rank, next(tiebreak), key))
+
+    for iteration in range(iterations):
+        for bracket in schedule:
+            release((iteration, bracket.s, len(bracket.rungs) - 1))
+    clock, running = 0, []
+    finished: dict[RungKey, list[int]] = {}
+    while ready or running:
+        while ready and len(running) < workers:
+            key = heapq.heappop(ready)[-1]
+            epochs = by_s[key[1]].segment_epochs(key[2])
+            heapq.heappush(running, (clock + epochs, next(tiebreak), key))
+        clock, _, key = heapq.heappop(running)
+        finished.setdefault(key, []).append(clock)
+        waiting[key] -= 1
+        if waiting[key] == 0 and key[2] > 0:
+            release((key[0], key[1], key[2] - 1))
+    return {key: sorted(clock - t for t in ends) for key, ends in finished.items()}
+
+
+def _rung_of(key: SegmentKey) -> RungKey:
+    return (key[0], key[1], key[3])
+
+
+class LatestStartPolicy(DispatchPolicy):
+    """Latest start first (see the module's docstring); ``pop`` takes O(log n).
+
+    Args:
+        schedule: the brackets of one iteration.
+        iterations: how many iterations run at once.
+        workers: how many segments run at once; it shapes the order only.
+        iterations_first: see ``latest_starts`` (False: the order before issue 12).
+    """
+
+    def __init__(
+        self,
+        schedule: list[Bracket],
+        iterations: int,
+        workers: int,
+        iterations_first: bool = True,
+    ) -> None:
+        self._by_s = {b.s: b for b in schedule}
+        self._latest = latest_starts(schedule, iterations, max(1, workers), iterations_first)
+        self._ready: dict[SegmentKey, Segment] = {}
+        # Per rung: the IDs ready to start (a heap, lowest first, from which IDs
+        # no longer ready are dropped lazily), how many, and how many segments
+        # have started (popped or finished): that says which latest start is the
+        # rung's next. _queue orders the rungs with ready work; an entry is
+        # current while its version is the rung's, so a rung whose rank changes
+        # is pushed again, never searched for.
+        self._ready_ids: dict[RungKey, list[int]] = {}
+        self._ready_count: Counter[RungKey] = Counter()
+        self._started: Counter[RungKey] = Counter()
+        self._version: Counter[RungKey] = Counter()
+        self._queue: list[tuple[tuple, int, RungKey]] = []
+
+    def push(self, segment: Segment) -> None:
+        self._ready[segment.key] = segment
+        group = segment.rung_key
+        heapq.heappush(self._ready_ids.setdefault(group, []), segment.id)
+        self._ready_count[group] += 1
+        if self._ready_count[group] == 1:
+            self._requeue(group)
+
+    def _requeue(self, group: RungKey) -> None:
+        """Puts rung ``group`` in the queue at its current rank (older entries go stale)."""
+        self._version[group] += 1
+        if self._ready_count[group]:
+            heapq.heappush(self._queue, (self._rank(group), self._version[group], group))
+
+    def _latest_start(self, group: RungKey) -> int:
+        """When the next segment of rung ``group`` to start should start at the latest."""
+        starts = self._latest.get(group)
+        if not starts:
+            return 0
+        return starts[min(self._started[group], len(starts) - 1)]
+
+    def _rank(self, group: RungKey) -> tuple:
+        """A rung's place in the dispatch order, lowest first: see ``priority``."""
+        iteration, s, rung = group
+        epochs = self._by_s[s].segment_epochs(rung)
+        return (self._latest_start(group), -epochs, iteration, -s, rung)
+
+    def priority(self, segment: Segment) -> tuple:
+        """Higher runs first: the earliest latest start (see ``latest_starts``), then the
+        longest segment, then the earliest iteration, the deepest bracket, the lowest ID.
+        """
+        rank = self._rank(segment.rung_key)
+        return tuple(-x for x in rank) + (-segment.id,)
+
+    def pop(self, prefer: Collection[ConfigKey] = ()) -> Segment | None:
+        """The next segment of the rung ranked first; of that rung, a configuration in
+        ``prefer`` (the lowest such ID) when one is ready, else the lowest ID."""
+        while self._queue:
+            _, version, group = heapq.heappop(self._queue)
+            if version != self._version[group]:
+                continue
+            ids = self._ready_ids[group]
+            while (group[0], group[1], ids[0], group[2]) not in self._ready:
+                heapq.heappop(ids)  # discarded without being popped
+            warm = sorted(
+                key
+                for config in prefer
+                if config[:2] == group[:2]
+                and (key := (group[0], group[1], config[2], group[2])) in self._ready
+            )
+            if warm:
+                key = warm[0]  # its ID stays in the heap, dropped lazily once reached
+            else:
+                key = (group[0], group[1], heapq.heappop(ids), group[2])
+            segment = self._ready.pop(key)
+            self._ready_count[group] -= 1
+            self._started[group] += 1
+            self._requeue(group)
+            return segment
+        return None
+
+    def give_back(self, segment: Segment) -> None:
+        self._started[segment.rung_key] -= 1
+        self.push(segment)
+        if self._ready_count[segment.rung_key] > 1:
+            self._requeue(segment.rung_key)  # its rank moved up with one fewer started
+
+    def discard(self, key: SegmentKey) -> None:
+        group = _rung_of(key)
+        self._started[group] += 1
+        if self._ready.pop(key, None) is not None:
+            self._ready_count[group] -= 1
+        self._requeue(group)
+
+    def ready(self) -> list[Segment]:
+        return list(self._ready.values())
+
+    def __contains__(self, key: SegmentKey) -> bool:
+        return key in self._ready
+
+    def __len__(self) -> int:
+        return len(self._ready)
+
+
+class FifoPolicy(DispatchPolicy):
+    """Ready segments in the order they became ready, as a shared pool's queue.
+
+    ASHA's policy (it decides on demand, so only segments to redo wait here, after
+    a resume or a worker's death) and the FIFO pool of the benchmarks' barrier
+    baseline. A segment given back goes last. Subclasses that pop in another
+    order take their segment with ``_take``.
+    """
+
+    def __init__(self) -> None:
+        self._ready: dict[SegmentKey, Segment] = {}  # insertion-ordered
+        self._order = itertools.count()
+        self._rank: dict[SegmentKey, int] = {}
+
+    def push(self, segment: Segment) -> None:
+        self._ready[segment.key] = segment
+        self._rank.setdefault(segment.key, next(self._order))
+
+    def pop(self, prefer: Collection[ConfigKey] = ()) -> Segment | None:
+        """The oldest ready segment (``prefer`` is not looked at: the order is the queue's)."""
+        return self._take(next(iter(self._ready))) if self._ready else None
+
+    def _take(self, key: SegmentKey) -> Segment:
+        self._rank.pop(key, None)
+        return self._ready.pop(key)
+
+    def give_back(self, segment: Segment) -> None:
+        self.push(segment)
+
+    def discard(self, key: SegmentKey) -> None:
+        if key in self._ready:
+            self._take(key)
+
+    def ready(self) -> list[Segment]:
+        return list(self._ready.values())
+
+    def priority(self, segment: Segment) -> tuple:
+        rank = self._rank.get(segment.key)
+        return (0,) if rank is None else (-rank,)
+
+    def __contains__(self, key: SegmentKey) -> bool:
+        return key in self._ready
+
+    def __len__(self) -> int:
+        return len(self._ready)

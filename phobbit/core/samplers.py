@@ -1,0 +1,265 @@
+"""Samplers: where a new configuration comes from. Pure: no files, no processes.
+
+``RandomSampler`` is phobbit's default: configuration (iteration, s, id) is a
+pure function of (seed, iteration, s, id) (``Space.sample``), whatever else
+happened in the run.
+
+``TPESampler`` is BOHB-style model-based sampling (Falkner et al., ICML 2018):
+it fits a tree-structured Parzen estimator (Optuna's ``TPESampler``,
+multivariate, with a constant liar for configurations in flight) on the
+results of the largest budget (epochs) that has enough observations, and
+keeps a fraction of random draws (BOHB's 1/3, drawn exactly as the random
+sampler would draw that configuration). Its draws depend on the results seen
+so far, so a run that samples with it records every configuration it draws
+before it trains (``decisions.csv``); a resumed run reuses those.
+
+A draw is deterministic given the seed, the number of draws before it and the
+order in which results were observed: Optuna is seeded from (seed, draw) and
+fed the observations in order.
+
+How phobbit's distributions map onto Optuna's: ``uniform`` and ``log-uniform``
+to a float range (log for the second), ``randint`` to an integer range,
+``choice`` to a categorical over the options' indices (options may be lists or
+dicts, which Optuna cannot hold), and ``normal`` to a float in (0, 1) read
+through the normal's inverse CDF: uniform in that coordinate is the normal
+prior exactly, so random draws keep the prior and the density model works on a
+bounded range (values beyond 1e-9 of either tail are clipped).
+
+Example:
+    >>> sampler = make_sampler("tpe", space, seed=0)
+    >>> hparams = sampler.draw((0, 2, 5))          # configuration (0, 2, 5)
+    >>> sampler.observe((0, 2, 5), hparams, epochs=3, loss=0.41)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+from phobbit.core.records import SAMPLERS, ConfigKey
+from phobbit.core.space import Hyperparameter, Space
+from phobbit.errors import InputError
+
+RANDOM_FRACTION = 1 / 3
+"""The share of a TPE sampler's draws that are random (BOHB's default)."""
+_TAIL = 1e-9
+_STD_NORMAL = NormalDist()
+
+
+def check_sampler(name: Any) -> str:
+    """``name`` if it names a sampler; a one-line ``InputError`` otherwise (or if unusable)."""
+    if name not in SAMPLERS:
+        raise InputError(f"sampler must be one of {', '.join(map(repr, SAMPLERS))}, got {name!r}")
+    if name == "tpe":
+        _optuna()
+    return name
+
+
+def _optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise InputError(
+            'sampler="tpe" needs Optuna, which is not installed: pip install "phobbit[tpe]"'
+        ) from None
+    return optuna
+
+
+class RandomSampler:
+    """Configuration (iteration, s, id) from (seed, iteration, s, id) alone.
+
+    Attributes:
+        lazy: False: its draws depend on nothing but their key, so they need no record.
+    """
+
+    lazy = False
+    name = "random"
+
+    def __init__(self, space: Space, seed: int = 0) -> None:
+        self.space, self.seed = space, seed
+
+    def draw(self, key: ConfigKey) -> dict[str, Any]:
+        """The configuration of ``key``."""
+        return self.space.sample(self.seed, *key)
+
+    def observe(
+        self, key: ConfigKey, hparams: dict[str, Any], epochs: int, loss: float | None
+    ) -> None:
+        """A result of configuration ``key`` after ``epochs`` epochs (None: it failed); ignored."""
+
+    def replayed(self, key: ConfigKey) -> None:
+        """Configuration ``key`` was drawn before this resume (its record is reused); ignored."""
+
+
+class TPESampler(RandomSampler):
+    """BOHB-style model-based sampling through Optuna (see the module's docstring).
+
+    Args:
+        space: the search space.
+        seed: the run's seed.
+        random_fraction: the share of draws that are random.
+        min_points: observations a budget needs before a model is fit on it;
+            by default the number of hyperparameters + 2 (BOHB: dimensions + 1).
+    """
+
+    lazy = True
+    name = "tpe"
+
+    def __init__(
+        self,
+        space: Space,
+        seed: int = 0,
+        random_fraction: float = RANDOM_FRACTION,
+        min_points: int | None = None,
+    ) -> None:
+        super().__init__(space, seed)
+        self._optuna = _optuna()
+        self.random_fraction = random_fraction
+        self.min_points = min_points if min_points is not None else len(space) + 2
+        self.draws = 0  # draws made or replayed so far: seeds the next one
+        self._observed: dict[int, dict[ConfigKey, tuple[dict[str, Any], float]]] = {}
+        self._pending: dict[ConfigKey, dict[str, Any]] = {}  # drawn, no result yet
+        self._studies: dict[int, tuple[Any, int]] = {}  # budget -> (study, results in it)
+        self._distributions = {hp.name: _distribution(self._optuna, hp) for hp in space.hparams}
+
+    def replayed(self, key: ConfigKey) -> None:
+        self.draws += 1
+
+    def observe(
+        self, key: ConfigKey, hparams: dict[str, Any], epochs: int, loss: float | None
+    ) -> None:
+        """A result of configuration ``key``: its best loss after ``epochs`` epochs, or None
+        when it failed (it is no longer in flight; a failure is not modelled)."""
+        self._pending.pop(key, None)
+        if loss is None or not math.isfinite(loss):
+            return
+        self._observed.setdefault(epochs, {})[key] = (hparams, float(loss))
+
+    def draw(self, key: ConfigKey) -> dict[str, Any]:
+        """A new configuration for ``key``: random with probability ``random_fraction``
+        (or while no budget has ``min_points`` observations), else the model's pick."""
+        number = self.draws
+        self.draws += 1
+        coin = np.random.default_rng([self.seed, number, 0x7E5]).random()
+        budget = self._model_budget()
+        if budget is None or coin < self.random_fraction:
+            hparams = self.space.sample(self.seed, *key)
+        else:
+            hparams = self._ask(budget, number)
+        self._pending[key] = hparams
+        return hparams
+
+    def _model_budget(self) -> int | None:
+        """The largest budget with at least ``min_points`` observations; None if none."""
+        enough = [e for e, seen in self._observed.items() if len(seen) >= self.min_points]
+        return max(enough) if enough else None
+
+    def _ask(self, budget: int, number: int) -> dict[str, Any]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # multivariate TPE is "experimental"
+            return self._ask_optuna(budget, number)
+
+    def _ask_optuna(self, budget: int, number: int) -> dict[str, Any]:
+        """The model's pick: one study per budget holds that budget's results (added as
+        they come, in order); the configurations in flight join it as running trials
+        (the constant liar) for this one ask, and leave it as failed ones after."""
+        optuna = self._optuna
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study, added = self._studies.get(budget, (None, 0))
+        if study is None:
+            study = optuna.create_study(direction="minimize")
+        seen = list(self._observed[budget].values())
+        dists = self._distributions
+        study.add_trials(
+            [
+                optuna.trial.create_trial(
+                    params=self._to_optuna(hparams), distributions=dists, value=loss
+                )
+                for hparams, loss in seen[added:]
+            ]
+        )
+        self._studies[budget] = (study, len(seen))
+        first = len(study.get_trials(deepcopy=False))
+        study.add_trials(
+            [
+                optuna.trial.create_trial(
+                    params=self._to_optuna(hparams),
+                    distributions=dists,
+                    state=optuna.trial.TrialState.RUNNING,
+                )
+                for hparams in self._pending.values()
+            ]
+        )
+        study.sampler = optuna.samplers.TPESampler(
+            seed=int(np.random.default_rng([self.seed, number, 0x0B0]).integers(2**31)),
+            multivariate=True,
+            constant_liar=True,
+            n_startup_trials=0,
+        )
+        trial = study.ask(dists)
+        for liar in range(first, trial.number + 1):
+            study.tell(liar, state=optuna.trial.TrialState.FAIL)
+        return {hp.name: _from_optuna(hp, trial.params[hp.name]) for hp in self.space.hparams}
+
+    def _to_optuna(self, hparams: dict[str, Any]) -> dict[str, Any]:
+        return {hp.name: _to_optuna(hp, hparams[hp.name]) for hp in self.space.hparams}
+
+
+def make_sampler(name: str, space: Space, seed: int = 0) -> RandomSampler:
+    """The sampler called ``name`` (``"random"`` or ``"tpe"``)."""
+    check_sampler(name)
+    return TPESampler(space, seed) if name == "tpe" else RandomSampler(space, seed)
+
+
+def _distribution(optuna: Any, hp: Hyperparameter) -> Any:
+    dist, args = hp.distribution, hp.distr_args
+    d = optuna.distributions
+    if dist == "uniform":
+        return d.FloatDistribution(float(args[0]), float(args[1]))
+    if dist == "log-uniform":
+        return d.FloatDistribution(float(args[0]), float(args[1]), log=True)
+    if dist == "randint":
+        return d.IntDistribution(int(args[0]), int(args[1]))
+    if dist == "normal":
+        return d.FloatDistribution(_TAIL, 1 - _TAIL)
+    return d.CategoricalDistribution(list(range(len(args))))
+
+
+def _to_optuna(hp: Hyperparameter, value: Any) -> Any:
+    """A value of ``hp`` in the coordinates of its Optuna distribution."""
+    dist, args = hp.distribution, hp.distr_args
+    if dist == "normal":
+        u = _STD_NORMAL.cdf((float(value) - args[0]) / args[1])
+        return min(max(u, _TAIL), 1 - _TAIL)
+    if dist == "choice":
+        thawed = [_json_shape(a) for a in args]
+        return thawed.index(_json_shape(value)) if _json_shape(value) in thawed else 0
+    if dist == "randint":
+        return int(value)
+    lo, hi = float(args[0]), float(args[1])
+    return min(max(float(value), lo), hi)
+
+
+def _from_optuna(hp: Hyperparameter, value: Any) -> Any:
+    """The value of ``hp`` that Optuna's ``value`` stands for."""
+    dist, args = hp.distribution, hp.distr_args
+    if dist == "normal":
+        return float(args[0] + args[1] * _STD_NORMAL.inv_cdf(float(value)))
+    if dist == "choice":
+        return _json_shape(args[int(value)])
+    if dist == "randint":
+        return int(value)
+    return float(value)
+
+
+def _json_shape(value: Any) -> Any:
+    """Tuples as lists, dicts as plain dicts: how a choice option reads back from a row."""
+    if isinstance(value, (list, tuple)):
+        return [_json_shape(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_shape(v) for k, v in value.items()}
+    return value

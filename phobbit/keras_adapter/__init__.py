@@ -1,0 +1,8 @@
+"""Keras on the worker side: the trainable that builds, fits, checkpoints and seeds a
+Keras model (``trainable``), and the choice of Keras backend (``backends``).
+
+The only layer that imports Keras or TensorFlow, and only inside workers (or when
+a user asks for a model in their own process). It imports ``phobbit.core``,
+``phobbit.storage`` and ``phobbit.execution``'s ``Trainable`` interface. Named so
+that it does not shadow the ``keras`` package.
+"""

@@ -1,0 +1,282 @@
+"""The driver's lease on a repository: ``.driver.lock``, ``driver.json`` and the fencing token.
+
+One driver runs in a repository folder at a time. It holds ``.driver.lock`` (an OS
+file lock the kernel releases when its holder dies) and writes ``driver.json``
+(pid, host, start time, heartbeat, and a fencing token): only writes that carry
+the current token may change the repository, so no process of a dead or replaced
+driver writes a row or replaces a checkpoint.
+
+``DriverLease`` is a part of ``phobbit.storage.repository.Repository``, which provides the
+folder (``path``) and the results lock (``_locked``) the lease writes under.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from phobbit.errors import FatalError, RepositoryError, StorageError
+from phobbit.storage.fence import StaleDriverError
+
+DRIVER_FILE = "driver.json"
+DRIVER_LOCK = ".driver.lock"
+DRIVER_LOCK_WAIT_S = 0.5
+# A running driver touches driver.json this often; one whose driver.json is older than
+# DRIVER_FRESH_S is taken for gone where its pid cannot be checked (another host).
+HEARTBEAT_S = 10.0
+DRIVER_FRESH_S = 60.0
+
+
+class DriverLease:
+    """The driver lease's methods of a repository (see the module's docstring)."""
+
+    path: Path
+
+    def _locked(self, error: type[FatalError]) -> AbstractContextManager[None]:
+        raise NotImplementedError  # the repository's results lock
+
+    @contextmanager
+    def driver_lock(self) -> Iterator[str]:
+        """Held by the one driver that runs in this folder; a killed driver's lock dies with it.
+
+        The lock is an OS file lock (``flock``), which the kernel releases when
+        its holder dies however it dies, so a stale ``driver.json`` left by a
+        killed driver never blocks a resume. Should ``.driver.lock`` have been
+        deleted under a running driver, ``driver.json`` still names it: a live
+        process with its pid and start time on this host, or (on another host,
+        where no pid can be checked) a ``driver.json`` its heartbeat touched less
+        than ``DRIVER_FRESH_S`` ago, is refused too.
+
+        Yields:
+            This driver's fencing token, written to ``driver.json`` under the
+            results lock: from now on only segments that carry it may write.
+
+        Raises:
+            RepositoryError: naming the driver (pid, host) that holds the folder now.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        # Not 0: a reader such as `phobbit status` may test the lock for an instant.
+        lock = FileLock(str(self.path / ".driver.lock"), timeout=DRIVER_LOCK_WAIT_S)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RepositoryError(
+                f"repository {self.path} is in use by a running phobbit ({self._driver_name()}); "
+                "wait for it to finish or stop it, or use another folder"
+            ) from None
+        try:
+            self._refuse_running_driver()
+            token = uuid.uuid4().hex
+            self._write_driver(token)
+            try:
+                with self._heartbeat(token):
+                    yield token
+            finally:
+                self._mark_ended(token)
+        finally:
+            lock.release()
+
+    def _write_driver(self, token: str) -> None:
+        """Makes this process the repository's driver, under the results lock.
+
+        Under that lock, so that a worker of the previous driver that checked
+        the old token under it has finished its write before the token changes.
+        """
+        owner = self.path / DRIVER_FILE
+        temp = owner.with_name(f".driver.{os.getpid()}.tmp")
+        record = {
+            "pid": os.getpid(),
+            "host": this_host(),
+            "process_start": process_start(os.getpid()),
+            "started": time.time(),
+            "token": token,
+        }
+        with self._locked(RepositoryError):
+            try:
+                temp.write_text(json.dumps(record))
+                os.replace(temp, owner)
+            except OSError as exc:
+                raise StorageError(
+                    f"cannot write {owner}: {exc.strerror}; fix the repository folder "
+                    "(free disk space, make it writable), then run again"
+                ) from None
+
+    def _mark_ended(self, token: str) -> None:
+        """Records in ``driver.json`` that its driver has ended, unless another driver has
+        taken over; best effort.
+
+        Its process may live on (a notebook), which must not read as a driver
+        that still runs; and its token goes, so nothing may write with it now.
+        """
+        owner = self.path / DRIVER_FILE
+        if not owner.exists():
+            return  # removed with what a run stopped by bad input made: make nothing again
+        temp = owner.with_name(f".driver.{os.getpid()}.tmp")
+        lock = FileLock(str(self.path / ".results.lock"), timeout=DRIVER_LOCK_WAIT_S)
+        try:
+            with lock:
+                record = self.driver_record()
+                if record is None or record.get("token") != token:
+                    return
+                temp.write_text(json.dumps({**record, "token": None, "ended": time.time()}))
+                os.replace(temp, owner)
+        except (OSError, Timeout):
+            pass  # the pid check still tells once this process is gone
+
+    def driver_record(self) -> dict[str, Any] | None:
+        """What ``driver.json`` says of the last driver (pid, host, started, token), or None."""
+        try:
+            record = json.loads((self.path / DRIVER_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def _refuse_running_driver(self) -> None:
+        """Refuses to take over from a driver that still runs although its lock was free."""
+        try:
+            touched = (self.path / DRIVER_FILE).stat().st_mtime
+            who = self.driver_record() or {}
+            pid, host = int(who["pid"]), str(who["host"])
+        except (OSError, KeyError, TypeError, ValueError):
+            return
+        if who.get("ended") is not None:
+            return  # it ended cleanly, whether or not its process lives on
+        if host == this_host():
+            if pid == os.getpid():
+                return  # this process ran here before (run() called again)
+            started, recorded = process_start(pid), who.get("process_start")
+            if started is not None and recorded is not None:
+                if started != recorded:
+                    return  # the pid now belongs to another process
+                raise RepositoryError(
+                    f"repository {self.path} is in use by a running phobbit (pid {pid} on "
+                    f"{host}) although its lock file .driver.lock is gone (deleted?); wait for "
+                    f"that run or stop it (kill {pid}), then run again"
+                )
+            if not _alive(pid):
+                return
+        age = time.time() - touched
+        if age < DRIVER_FRESH_S:
+            raise RepositoryError(
+                f"repository {self.path} may be in use by phobbit pid {pid} on {host}: its "
+                f"driver.json was touched {max(age, 0):.0f} s ago and this host cannot check that "
+                f"process; if that run has stopped, run again in {DRIVER_FRESH_S:.0f} s, or "
+                f"delete {self.path / DRIVER_FILE} first"
+            )
+
+    @contextmanager
+    def _heartbeat(self, token: str) -> Iterator[None]:
+        """Touches ``driver.json`` every ``HEARTBEAT_S`` while this driver holds the folder."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(HEARTBEAT_S):
+                try:
+                    if self._driver_token() != token:
+                        return  # replaced: the file is another driver's now
+                    os.utime(self.path / DRIVER_FILE)
+                except OSError:
+                    pass
+
+        thread = threading.Thread(target=beat, name="phobbit-driver-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    def _driver_token(self) -> str | None:
+        try:
+            return json.loads((self.path / DRIVER_FILE).read_bytes()).get("token")
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def holds(self, token: str) -> bool:
+        """Whether ``token`` is still the fencing token of this repository's driver."""
+        return self._driver_token() == token
+
+    @contextmanager
+    def fenced(self, token: str) -> Iterator[None]:
+        """Holds the results lock while ``token`` is this repository's driver's token.
+
+        A write made inside cannot race a new driver taking over: it writes its
+        token under the same lock.
+
+        Raises:
+            StaleDriverError: when another driver has taken over (or ``driver.json`` is gone).
+            StorageError: when the lock cannot be had within ``LOCK_TIMEOUT_S``.
+        """
+        with self._locked(StorageError):
+            if self._driver_token() != token:
+                raise StaleDriverError(
+                    f"repository {self.path} has been taken over by another driver"
+                )
+            yield
+
+    def _driver_name(self) -> str:
+        """Who holds the driver lock, as ``pid N on HOST``, from ``driver.json``.
+
+        The holder writes ``driver.json`` just after taking the lock; until then
+        the file may still name a driver that was killed, so a dead pid on this
+        host is read again for a moment before it is believed.
+        """
+        name = "another process"
+        for _ in range(10):
+            try:
+                who = json.loads((self.path / DRIVER_FILE).read_text())
+                name = f"pid {who['pid']} on {who['host']}"
+                if who["host"] != this_host() or _alive(int(who["pid"])):
+                    break
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+            time.sleep(0.05)
+        return name
+
+
+def process_start(pid: int) -> float | None:
+    """When process ``pid`` of this host started (a reused pid gives another value); None
+    when it does not exist or this platform cannot tell."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        # Field 22, after the command name in parentheses (which may hold spaces): clock ticks.
+        return float(stat.rpartition(")")[2].split()[19])
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():
+            return None  # no such process
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        import psutil
+    except ImportError:
+        return None
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def this_host() -> str:
+    """The host name written into every row."""
+    return socket.gethostname()

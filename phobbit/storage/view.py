@@ -1,0 +1,510 @@
+"""A read-only view of a run's repository: its settings, results, status, best and driver.
+
+What ``phobbit status`` and ``phobbit best`` print, for library users too::
+
+    >>> import phobbit
+    >>> run = phobbit.open_repository("phobbit_repo")
+    >>> run.status().epochs_done, run.best(1)[0].checkpoint
+
+A view only reads, and is safe to use while a driver writes to the folder: it
+never takes the results lock, and tries the driver lock for an instant only.
+It is apart from ``Repository``, whose methods are the writers' (appends under
+the lock, fencing, the driver lock), so that readers hold no write method and
+the repository module imports no pandas (the results table is built here, on
+demand).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from phobbit.core.records import RunSettings, Segment, SegmentResult, Status, config_name
+from phobbit.core.schedule import Bracket, brackets
+from phobbit.errors import RepositoryError
+from phobbit.storage import checkpoints
+from phobbit.storage.decisions import DecisionLog
+from phobbit.storage.repository import DRIVER_FILE, DRIVER_LOCK, Repository
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SCORING_TRIES = 5  # looks for a scoring file that a live run keeps replacing under the reader
+
+
+def estimate_left(done: float, total: float, trained: float, seconds: float) -> float | None:
+    """Seconds left for ``total - done`` epochs at the rate of ``trained`` epochs in ``seconds``.
+
+    Returns None until something has been trained. The total is the most a run
+    trains (failed configurations promote nothing), so the estimate errs long.
+    """
+    if trained <= 0 or seconds <= 0:
+        return None
+    return max(0.0, total - done) * seconds / trained
+
+
+@dataclass(frozen=True)
+class RungProgress:
+    """One rung of one bracket: ``done`` of ``n`` segments, each training to ``epochs``."""
+
+    iteration: int
+    s: int
+    rung: int
+    done: int
+    n: int
+    epochs: int
+    segment_epochs: int
+
+
+def schedule_progress(
+    schedule: Sequence[Bracket], iterations: int, done: Mapping[tuple[int, int, int], int]
+) -> list[RungProgress]:
+    """Every rung of ``iterations`` iterations of ``schedule``, with ``done[(iteration, s,
+    rung)]`` segments done, in the order a display lists them."""
+    return [
+        RungProgress(
+            i,
+            b.s,
+            r.index,
+            done.get((i, b.s, r.index), 0),
+            r.n,
+            r.epochs,
+            b.segment_epochs(r.index),
+        )
+        for i in range(iterations)
+        for b in sorted(schedule, key=lambda b: -b.s)
+        for r in b.rungs
+    ]
+
+
+def decided_progress(
+    rungs: Sequence[RungProgress], decisions: Sequence[Segment]
+) -> list[RungProgress]:
+    """ASHA's rungs of iteration 0: each holds the segments decided at it, not Hyperband's n."""
+    decided = Counter(d.rung_key for d in decisions)
+    return [
+        dataclasses.replace(r, n=decided.get((r.iteration, r.s, r.rung), 0))
+        for r in rungs
+        if r.iteration == 0
+    ]
+
+
+@dataclass(frozen=True)
+class DriverState:
+    """The driver of a repository as ``driver.json`` and ``.driver.lock`` tell it.
+
+    Attributes:
+        running: True while a driver holds ``.driver.lock``, False when none
+            does, None when that cannot be told (e.g. a read-only copy).
+        name: ``"pid N on HOST"`` of the last driver, or ``"unknown"``.
+        started: when it started (seconds since the epoch), or None.
+        ended: when it ended cleanly, or None (still running, or killed).
+        heartbeat: when it last touched ``driver.json``, or None.
+    """
+
+    running: bool | None
+    name: str
+    started: float | None = None
+    ended: float | None = None
+    heartbeat: float | None = None
+
+    def describe(self) -> str:
+        """``running (pid N on HOST)``, ``not running`` or ``unknown``."""
+        return {True: f"running ({self.name})", False: "not running", None: "unknown"}[
+            self.running
+        ]
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """Where a run stands, read from its repository at ``checked_at``.
+
+    Attributes:
+        settings: the run's settings (``run.json``).
+        rungs: every rung of every bracket and iteration, segments done of planned.
+        epochs_done / epochs_total: epochs trained of the most the run trains.
+        segments_done / segments_total: finished segments of all planned.
+        failed: finished segments that failed.
+        first_start / last_end: the first segment's start and the last one's end
+            (seconds since the epoch), None before any result.
+        driver: the driver's state.
+        seconds_left: an estimate at the running driver's rate; None when no
+            driver runs or nothing has been trained since it started.
+        best: the best finished segment by Val Loss, its hparams in the search
+            space's order; None before any succeeded.
+        checked_at: when this was read (``time.time()``).
+    """
+
+    settings: RunSettings
+    rungs: tuple[RungProgress, ...]
+    epochs_done: int
+    epochs_total: int
+    segments_done: int
+    segments_total: int
+    failed: int
+    first_start: float | None
+    last_end: float | None
+    driver: DriverState
+    seconds_left: float | None
+    best: SegmentResult | None
+    checked_at: float
+
+
+@dataclass(frozen=True)
+class BestConfig:
+    """One configuration of the results table, with the checkpoint that scores its Val Loss.
+
+    Attributes:
+        trial: the table's index, ``"<run>-<id>"`` (``"<iteration>:<run>-<id>"``).
+        checkpoint: the file that evaluates to ``val_loss`` and ``objective`` (see
+            ``Repository.scoring_checkpoint``); None when failed or none holds it.
+        objective: the run's objective at that epoch (``val_loss`` by default),
+            named by ``objective_name``.
+    """
+
+    trial: str
+    iteration: int
+    s: int
+    id: int
+    val_loss: float | None
+    epochs: int
+    rung: int
+    status: str
+    error: str
+    hparams: dict[str, Any]
+    gpu: str
+    train_time_s: float
+    checkpoint: Path | None
+    objective: float | None = None
+    objective_name: str = "val_loss"
+
+    def to_dict(self, root: str | os.PathLike | None = None) -> dict[str, Any]:
+        """Plain JSON-ready data; ``checkpoint`` relative to ``root`` when given."""
+        data = dataclasses.asdict(self)
+        data["run"] = data.pop("s")  # the key Hobbit's table and `best --json` use
+        path = self.checkpoint
+        if path is not None and root is not None:
+            path = path.relative_to(root)
+        data["checkpoint"] = None if path is None else str(path)
+        return data
+
+
+class RepositoryView:
+    """A read-only view of the run in a repository folder; see :func:`open_repository`.
+
+    Attributes:
+        path: the folder.
+        settings: the run's validated settings (``run.json``).
+        repository: the underlying ``Repository``.
+    """
+
+    def __init__(self, repository: Repository, settings: RunSettings) -> None:
+        self.repository = repository
+        self.path = repository.path
+        self.settings = settings
+
+    def __repr__(self) -> str:
+        return f"RepositoryView({str(self.path)!r})"
+
+    @property
+    def hparam_names(self) -> list[str]:
+        """The hyperparameter names in the order of the run's search space."""
+        return [hp.name for hp in self.settings.space.hparams]
+
+    def results(self) -> pd.DataFrame:
+        """The results table, shaped like ``ParallelHyperband.run``'s (best first).
+
+        Raises:
+            RepositoryError: when ``results.csv`` cannot be read.
+        """
+        from phobbit.storage.results import results_frame
+
+        return results_frame(self.repository.iter_results(), self.settings.goal)
+
+    def curves(self) -> pd.DataFrame:
+        """Every epoch every configuration trained, one row per epoch (``epochs.csv``).
+
+        Columns ``Iteration``, ``Run``, ``ID``, ``Rung``, ``Epoch`` (from 1, counted
+        for the configuration), then one per metric logged (``loss``, ``val_loss``,
+        then the others, each followed by its ``val_`` twin); sorted by Iteration,
+        Run, ID, Epoch. An epoch trained again (after a kill or a retry) appears
+        once, as written last. A metric an epoch did not log is NaN.
+
+        Raises:
+            RepositoryError: when ``epochs.csv`` cannot be read.
+        """
+        import pandas as pd
+
+        rows = list(self.repository.epochs().values())
+        names: list[str] = []
+        for row in rows:
+            names.extend(n for n in row.metrics if n not in names)
+        columns = ["Iteration", "Run", "ID", "Rung", "Epoch", *metric_order(names)]
+        frame = pd.DataFrame(
+            [
+                [row.iteration, row.s, row.id, row.rung, row.epoch]
+                + [row.metrics.get(n, math.nan) for n in columns[5:]]
+                for row in rows
+            ],
+            columns=columns,
+        )
+        for column in columns[:5]:
+            frame[column] = frame[column].astype("int64")
+        for column in columns[5:]:
+            frame[column] = frame[column].astype("float64")
+        return frame.sort_values(["Iteration", "Run", "ID", "Epoch"], ignore_index=True)
+
+    def best(self, n: int = 5) -> list[BestConfig]:
+        """The ``n`` best configurations, each with the checkpoint that scores its Val Loss."""
+        return [self._best_config(trial, row) for trial, row in self.results().head(n).iterrows()]
+
+    def _best_config(self, trial: Any, row: Any) -> BestConfig:
+        loss = None if math.isnan(row["Val Loss"]) else float(row["Val Loss"])
+        goal = self.settings.goal
+        value = loss if goal.is_val_loss else row[goal.label]
+        value = None if value is None or math.isnan(value) else float(value)
+        checkpoint = None
+        if row["Status"] == Status.OK and loss is not None and value is not None:
+            checkpoint = self.repository.scoring_checkpoint(
+                int(row["Iteration"]), int(row["Run"]), int(row["ID"]), loss, goal, value
+            )
+        return BestConfig(
+            trial=str(trial),
+            iteration=int(row["Iteration"]),
+            s=int(row["Run"]),
+            id=int(row["ID"]),
+            val_loss=loss,
+            epochs=int(row["Epochs"]),
+            rung=int(row["Rung"]),
+            status=row["Status"],
+            error=row["Error"],
+            hparams=row["Hparams"],
+            gpu=row["GPU"],
+            train_time_s=round(float(row["Train Time"]), 3),
+            checkpoint=checkpoint,
+            objective=value,
+            objective_name=goal.name,
+        )
+
+    def scoring_file(self, trial: str | None = None) -> Path:
+        """The file of the best configuration's best epoch (or of ``trial``'s, e.g. ``"2-4"``).
+
+        Loading it gives the model that evaluates to the Val Loss and objective
+        the results table lists for it.
+
+        Raises:
+            RepositoryError: when no configuration succeeded, ``trial`` is not in
+                the table, it failed, or no file holds its best epoch any more.
+        """
+        checkpoint = self._scoring(trial).checkpoint
+        assert checkpoint is not None  # _scoring raises when there is none
+        return checkpoint
+
+    @contextlib.contextmanager
+    def scoring_copy(self, trial: str | None = None) -> Iterator[tuple[Path, Path]]:
+        """``scoring_file``'s file held still: a private copy that a live run cannot change.
+
+        A run that goes on replaces a checkpoint (a later epoch) or deletes a
+        best-epoch file (``keep_best``) at any moment, so a file found by what it
+        holds may be another, or gone, when it is opened. The file is opened once
+        and copied, the copy checked to hold the listed epoch, and if it does not
+        (or the file vanished) the search starts again.
+
+        Yields:
+            (the repository's file, the copy), the copy in a temporary folder that
+            goes when the block ends.
+
+        Raises:
+            RepositoryError: as ``scoring_file``, or when a run changed the file
+                under every one of ``SCORING_TRIES`` tries.
+        """
+        with tempfile.TemporaryDirectory(prefix="phobbit-scoring-") as folder:
+            yield self._copy_scoring(trial, Path(folder))
+
+    def _copy_scoring(self, trial: str | None, folder: Path) -> tuple[Path, Path]:
+        goal = self.settings.goal
+        for _ in range(SCORING_TRIES):
+            best = self._scoring(trial)
+            source = best.checkpoint
+            assert source is not None  # _scoring raises when there is none
+            copy = folder / source.name
+            try:
+                shutil.copyfile(source, copy)  # one open: a later replace is another file
+            except FileNotFoundError:
+                continue  # replaced or pruned between finding and opening it: look again
+            # The copy alone in a folder of its own: found there only if it holds the epoch.
+            stem = folder / config_name(best.iteration, best.s, best.id)
+            if goal.is_val_loss or best.objective is None:
+                found = checkpoints.find_scoring(stem, best.val_loss)
+            else:
+                found = checkpoints.find_scoring(stem, best.objective, goal, best.val_loss)
+            if found == copy:
+                return source, copy
+            copy.unlink()
+        raise RepositoryError(
+            f"the file of the best epoch of trial {trial or 'the best'} changed each time it "
+            f"was read (a run is writing {self.path}); try again"
+        )
+
+    def _scoring(self, trial: str | None) -> BestConfig:
+        """``trial``'s ``BestConfig`` (or the best's), with a checkpoint; see ``scoring_file``."""
+        frame = self.results()
+        if trial is None:
+            ok = frame[frame["Status"] == Status.OK]
+            if ok.empty:
+                raise RepositoryError(f"repository {self.path} has no successful trial yet")
+            trial = str(ok.index[0])
+        elif trial not in frame.index:
+            listed = ", ".join(map(str, frame.index[:5]))
+            raise RepositoryError(
+                f"trial {trial!r} is not in repository {self.path} (its trials read like "
+                f"{listed or 'nothing yet'}); see `phobbit best`"
+            )
+        best = self._best_config(trial, frame.loc[trial])
+        if best.status != Status.OK:
+            raise RepositoryError(f"trial {trial} failed ({best.error}); it has no model")
+        if best.checkpoint is None:
+            raise RepositoryError(
+                f"no file holds the best epoch of trial {trial} any more (only the best "
+                "keep_best configurations keep theirs)"
+            )
+        return best
+
+    def driver(self) -> DriverState:
+        """Whether a driver runs in the repository now, and who it is or was.
+
+        A live driver holds ``.driver.lock``; trying the lock without waiting
+        tells, and never blocks a driver for longer than the try.
+        """
+        from filelock import FileLock, Timeout
+
+        try:
+            record = self.repository.driver_record() or {}
+        except RecursionError:  # a driver.json nested absurdly deep
+            record = {}
+        try:
+            name = f"pid {record['pid']} on {record['host']}"
+        except KeyError:  # any damage: unknown
+            name = "unknown"
+        try:
+            heartbeat = (self.path / DRIVER_FILE).stat().st_mtime
+        except OSError:
+            heartbeat = None
+        state = DriverState(
+            running=False,
+            name=name,
+            started=_number(record.get("started")),
+            ended=_number(record.get("ended")),
+            heartbeat=heartbeat,
+        )
+        lock_path = self.path / DRIVER_LOCK
+        if not lock_path.exists():
+            return state
+        try:
+            lock = FileLock(str(lock_path), timeout=0)
+            lock.acquire()
+        except Timeout:
+            return dataclasses.replace(state, running=True)
+        except OSError:
+            return dataclasses.replace(state, running=None)
+        lock.release()
+        return state
+
+    def status(self) -> RunStatus:
+        """Where the run stands now: progress per rung, epochs, failures, driver, time left."""
+        settings = self.settings
+        rows = self.repository.results()
+        driver = self.driver()
+        done = Counter((i, s, rung) for i, s, _, rung in rows)
+        rungs = schedule_progress(brackets(settings.R, settings.eta), settings.iterations, done)
+        if settings.algorithm == "asha":  # its rungs hold what it has decided so far
+            rungs = decided_progress(rungs, DecisionLog(self.repository).read())
+        epochs_done = sum(r.done * r.segment_epochs for r in rungs)
+        epochs_total = sum(r.n * r.segment_epochs for r in rungs)
+        now = time.time()
+        left = None
+        if rows and driver.running and driver.started is not None:
+            trained = sum(
+                r.epochs - r.start_epoch for r in rows.values() if r.end >= driver.started
+            )
+            left = estimate_left(epochs_done, epochs_total, trained, now - driver.started)
+        goal = settings.goal
+        best = min(
+            (r for r in rows.values() if goal.row_score(r) is not None),
+            key=lambda r: goal.row_score(r),
+            default=None,
+        )
+        if best is not None:
+            order = self.hparam_names
+            ordered = {n: best.hparams[n] for n in order if n in best.hparams} | best.hparams
+            best = dataclasses.replace(best, hparams=ordered)
+        return RunStatus(
+            settings=settings,
+            rungs=tuple(rungs),
+            epochs_done=epochs_done,
+            epochs_total=epochs_total,
+            segments_done=len(rows),
+            segments_total=sum(r.n for r in rungs),
+            failed=sum(1 for row in rows.values() if not row.ok),
+            first_start=min((row.start for row in rows.values()), default=None),
+            last_end=max((row.end for row in rows.values()), default=None),
+            driver=driver,
+            seconds_left=left,
+            best=best,
+            checked_at=now,
+        )
+
+
+def metric_order(names: Sequence[str]) -> list[str]:
+    """Metric names as tables show them: ``loss``, ``val_loss``, then each other metric
+    followed by its ``val_`` twin, in the order first logged."""
+    bases: list[str] = []
+    for name in names:
+        base = name[4:] if name.startswith("val_") else name
+        if base not in bases:
+            bases.append(base)
+    if "loss" in bases:
+        bases.remove("loss")
+        bases.insert(0, "loss")
+    ordered = []
+    for base in bases:
+        ordered += [n for n in (base, f"val_{base}") if n in names]
+    return ordered
+
+
+def _number(value: Any) -> float | None:
+    # bool is an int: a driver.json of {"started": true} says nothing of when.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def open_repository(path: str | os.PathLike) -> RepositoryView:
+    """Opens the run in a repository folder, read-only; safe while its driver runs.
+
+    Example:
+        >>> run = open_repository("phobbit_repo")
+        >>> run.status().driver.describe(), run.best(3)
+
+    Raises:
+        RepositoryError: when the folder does not exist, holds no run (no
+            ``run.json``), or its ``run.json`` is unreadable or invalid.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise RepositoryError(f"repository {path} does not exist")
+    repository = Repository(path)
+    settings = repository.read_settings()
+    if settings is None:
+        raise RepositoryError(f"{path} holds no phobbit run (it has no run.json)")
+    return RepositoryView(repository, settings)
