@@ -69,7 +69,7 @@ from phobbit.execution.scheduler import Scheduler  # noqa: E402
 from phobbit.execution.trainable import SyntheticTrainable  # noqa: E402
 from phobbit.execution.worker import train_segment  # noqa: E402
 from phobbit.storage.repository import Repository  # noqa: E402
-from phobbit.testing.reference import serial_hyperband, serial_rungs  # noqa: E402
+from phobbit.testing import serial_hyperband, serial_rungs  # noqa: E402
 
 Promotions = dict[tuple[int, int, int], list[int]]
 

@@ -147,7 +147,7 @@ def _timeout(value: Any) -> float | None:
 
 def _tensorboard_wanted(value: Any) -> bool:
     """Whether to write TensorBoard logs: ``tensorboard=`` None (if installed), True or False."""
-    from phobbit.reporting.plain import tensorboard
+    from phobbit.reporting import tensorboard
 
     if value is None:
         return tensorboard.available()

@@ -16,7 +16,7 @@ from phobbit.algorithms import Hyperband
 from phobbit.core.space import Space
 from phobbit.execution.trainable import SyntheticTrainable
 from phobbit.storage.repository import Repository
-from phobbit.testing.reference import serial_hyperband, synthetic_result
+from phobbit.testing import serial_hyperband, synthetic_result
 
 STEPS = 10
 

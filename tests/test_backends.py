@@ -16,7 +16,7 @@ from keras_models import HPARAMS, small_digits
 from synthetic import x_curve
 
 from phobbit import Hyperparameter, InputError, ParallelHyperband
-from phobbit.cli.commands import commands as cli
+from phobbit.cli import commands as cli
 from phobbit.execution.executor import LocalExecutor
 from phobbit.execution.trainable import SyntheticTrainable
 from phobbit.keras_adapter.backends import check_backend, use_backend

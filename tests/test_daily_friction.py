@@ -14,7 +14,7 @@ from backend_probes import always_failing_curve
 from synthetic import x_curve
 
 from phobbit import Hyperparameter, ParallelHyperband
-from phobbit.cli.commands import commands as cli
+from phobbit.cli import commands as cli
 from phobbit.cli.terminal import LineReporter, ProgressTracker, device_label
 from phobbit.core.records import SegmentResult
 from phobbit.execution.simulated import SimulatedExecutor

@@ -26,7 +26,7 @@ from phobbit.execution.trainable import SyntheticTrainable
 from phobbit.execution.worker import train_segment
 from phobbit.storage.repository import Repository
 from phobbit.storage.results import results_frame
-from phobbit.testing.reference import serial_hyperband
+from phobbit.testing import serial_hyperband
 
 SPACE = [Hyperparameter("x", "uniform", (0.0, 1.0))]
 R, ETA = 9, 3

@@ -31,7 +31,7 @@ from phobbit.execution.simulated import SimulatedExecutor
 from phobbit.execution.trainable import Losses
 from phobbit.execution.worker import train_segment
 from phobbit.storage.repository import Repository
-from phobbit.testing.reference import serial_hyperband
+from phobbit.testing import serial_hyperband
 
 Promotions = dict[tuple[int, int, int], list[int]]
 Outcome = Callable[[Segment], SegmentResult]

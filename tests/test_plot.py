@@ -9,11 +9,11 @@ from synthetic import x_curve
 from test_tensorboard import SPACE, curves_of
 
 from phobbit import InputError, ParallelHyperband, open_repository
-from phobbit.cli.commands import commands as cli
+from phobbit.cli import commands as cli
 from phobbit.core.records import SegmentResult
 from phobbit.execution.simulated import SimulatedExecutor
 from phobbit.execution.trainable import SyntheticTrainable
-from phobbit.reporting.plain import plot as phplot
+from phobbit.reporting import plot as phplot
 
 pytest.importorskip("matplotlib")
 from matplotlib.patches import Rectangle  # noqa: E402

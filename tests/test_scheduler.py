@@ -39,7 +39,7 @@ from phobbit.execution.worker import train_segment
 from phobbit.reporting.plain import PlainReporter
 from phobbit.storage.repository import Repository
 from phobbit.storage.results import results_frame
-from phobbit.testing.reference import serial_hyperband
+from phobbit.testing import serial_hyperband
 
 COLUMNS = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status"]
 OOM = (

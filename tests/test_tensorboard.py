@@ -12,11 +12,11 @@ import pytest
 from synthetic import failing_curve, x_curve
 
 from phobbit import Hyperparameter, InputError, ParallelHyperband, open_repository
-from phobbit.cli.commands import commands as cli
+from phobbit.cli import commands as cli
 from phobbit.core.records import config_name
 from phobbit.execution.simulated import SimulatedExecutor
 from phobbit.execution.trainable import SyntheticTrainable
-from phobbit.reporting.plain import tensorboard as tb
+from phobbit.reporting import tensorboard as tb
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
