@@ -9,16 +9,20 @@ value and what is allowed.
 * A **duration** is a number of seconds, or text: a number with a unit ``s``,
   ``m``, ``h`` or ``d`` (``90s``, ``15m``, ``1.5h``, ``2d``), a bare number of
   seconds (``90``), or units combined from the largest down (``1h30m``,
-  ``1d12h``); case and spaces do not matter. It lies between ``MIN_SECONDS``
-  (a millisecond: nothing phobbit times, a segment's dispatch or a clock check,
-  is that quick, so anything shorter is a typo such as ``0.0000001s``) and
-  ``MAX_SECONDS`` (366 days: a longer run is no plan, and a value past it, such
-  as ``99999999999999999999``, would overflow the clock's timestamps).
+  ``1d12h``). It lies between ``MIN_SECONDS`` (a millisecond: nothing phobbit
+  times, a segment's dispatch or a clock check, is that quick, so anything
+  shorter is a typo such as ``0.0000001s``) and ``MAX_SECONDS`` (366 days: a
+  longer run is no plan, and a value past it, such as ``99999999999999999999``,
+  would overflow the clock's timestamps).
 * A **byte size** is a whole number of bytes, or text: a number with a unit
   ``B``, ``KB``/``K``, ``MB``/``M``, ``GB``/``G``, ``TB``/``T``, ``PB``/``P``
   (powers of 1000) or ``KiB``, ``MiB``, ``GiB``, ``TiB``, ``PiB`` (powers of
-  1024); case and spaces do not matter, a fraction of a byte is dropped. It is
-  at most ``MAX_BYTES`` (1 PiB, beyond any machine's memory).
+  1024); a fraction of a byte is dropped. It is at most ``MAX_BYTES`` (1 PiB,
+  beyond any machine's memory).
+
+In both, case does not matter, nor do spaces, except inside a number (``1 000s``
+is refused). A number is decimal digits with an optional point, no sign, no
+exponent.
 
 ``format_duration`` and ``format_bytes`` write what the parsers read back
 exactly.
@@ -37,7 +41,7 @@ import numbers
 import re
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any
+from typing import Any, Literal, overload
 
 from phobbit.errors import InputError
 
@@ -66,12 +70,28 @@ _FORMAT_UNITS = [
     for infix, base in (("i", 1024), ("", 1000))
 ]
 
+_SPLIT_NUMBER = re.compile(r"[\d.]\s+[\d.]")  # "1 000s", "1 5m": spaces part units, not digits
+
+
+def _compact(text: str) -> str | None:
+    """``text`` without its spaces, None where a space splits a number."""
+    return None if _SPLIT_NUMBER.search(text) else re.sub(r"\s+", "", text)
+
+
 _SHOWN = 60  # characters of a refused value quoted back: a megabyte of text is no message
 
 
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= _SHOWN else f"{text[: _SHOWN - 3]}..."
+
+
+@overload
+def parse_duration(value: None, name: str) -> None: ...
+@overload
+def parse_duration(value: str | float, name: str) -> float: ...
+@overload
+def parse_duration(value: Any, name: str) -> float | None: ...
 
 
 def parse_duration(value: Any, name: str) -> float | None:
@@ -111,7 +131,7 @@ def parse_duration(value: Any, name: str) -> float | None:
 
 def _seconds_of(text: str) -> float:
     """The seconds ``text`` says, NaN if it is no duration."""
-    compact = re.sub(r"\s+", "", text).lower()
+    compact = (_compact(text) or "").lower()
     if re.fullmatch(_NUMBER, compact):
         return float(compact)
     match = _DURATION.fullmatch(compact)
@@ -167,7 +187,7 @@ def parse_bytes(value: Any, name: str, *, minimum: int = 0) -> int:
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         size = Fraction(int(value))
     elif isinstance(value, str):
-        match = _SIZE.fullmatch(re.sub(r"\s+", "", value).upper())
+        match = _SIZE.fullmatch((_compact(value) or "").upper())
         if match and match[2] in _BYTE_UNITS:
             size = Fraction(match[1]) * _BYTE_UNITS[match[2]]
     if size is None or not minimum <= size <= MAX_BYTES:
@@ -202,6 +222,20 @@ def format_bytes(n: int) -> str:
         if candidate[:2] < best[:2]:
             best = candidate
     return best[2]
+
+
+@overload
+def check_int(
+    name: str,
+    value: Any,
+    minimum: int = 0,
+    maximum: int | None = None,
+    allow_none: Literal[False] = False,
+) -> int: ...
+@overload
+def check_int(
+    name: str, value: Any, minimum: int = 0, maximum: int | None = None, allow_none: bool = ...
+) -> int | None: ...
 
 
 def check_int(
