@@ -58,15 +58,19 @@ _SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
 _DURATION = re.compile("".join(rf"(?:(?P<{unit}>{_NUMBER}){unit})?" for unit in _SECONDS))
 
-_BYTE_UNITS = {"": 1, "B": 1}
-for _power, _prefix in enumerate("KMGTP", start=1):
-    _BYTE_UNITS[_prefix] = _BYTE_UNITS[f"{_prefix}B"] = 1000**_power
-    _BYTE_UNITS[f"{_prefix}IB"] = 1024**_power
+_PREFIXES = tuple(enumerate("KMGTP", start=1))
+_BYTE_UNITS = {
+    "": 1,
+    "B": 1,
+    **{prefix: 1000**power for power, prefix in _PREFIXES},
+    **{f"{prefix}B": 1000**power for power, prefix in _PREFIXES},
+    **{f"{prefix}IB": 1024**power for power, prefix in _PREFIXES},
+}
 _SIZE = re.compile(rf"({_NUMBER})([A-Z]*)")
 # The units format_bytes may write, largest first, the binary one first at each power.
 _FORMAT_UNITS = [
     (f"{prefix}{infix}B", base**power)
-    for power, prefix in reversed(list(enumerate("KMGTP", start=1)))
+    for power, prefix in reversed(_PREFIXES)
     for infix, base in (("i", 1024), ("", 1000))
 ]
 
@@ -161,7 +165,7 @@ def format_duration(seconds: float) -> str:
     days, rest = divmod(whole, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, whole_seconds = divmod(rest, 60)
-    # Exact: what is left of a float once whole units below it are taken off is a float.
+    # Exact: a float less its whole days, hours and minutes (an integer below it) is a float.
     left = seconds - (whole - whole_seconds)
     parts = [f"{n}{unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "m")) if n]
     if left or not parts:
