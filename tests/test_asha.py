@@ -288,7 +288,7 @@ def test_tpe_without_optuna_is_a_one_line_error(tmp_path, monkeypatch) -> None:
 
 
 def test_durations_take_suffixes() -> None:
-    assert [parse_duration(t) for t in ("90", "90s", "15m", "8h", "1.5d")] == [
+    assert [parse_duration(t, "time_limit") for t in ("90", "90s", "15m", "8h", "1.5d")] == [
         90,
         90,
         900,

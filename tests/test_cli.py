@@ -756,21 +756,39 @@ def test_keyboard_interrupt_raised_in_user_code_fails_trials_and_the_run_finishe
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90", 90.0), ("90s", 90.0), ("15m", 900.0), ("2h", 7200.0), ("1.5h", 5400.0)],
+    [
+        ("90", 90.0),
+        ("90s", 90.0),
+        ("15m", 900.0),
+        ("2h", 7200.0),
+        ("1.5h", 5400.0),
+        ("1d", 86400.0),
+        ("1h30m", 5400.0),
+    ],
 )
-def test_segment_timeout_takes_seconds_minutes_or_hours(text: str, seconds: float) -> None:
+def test_segment_timeout_and_time_limit_take_the_same_durations(text: str, seconds: float) -> None:
     from phobbit.cli.commands import _parser
 
-    args = _parser().parse_args(["train", "model.py", "--segment-timeout", text])
-    assert args.segment_timeout == seconds
+    for option in ("--segment-timeout", "--time-limit"):
+        args = _parser().parse_args(["train", "model.py", option, text])
+        assert (args.segment_timeout, args.time_limit) == (
+            (seconds, None) if option == "--segment-timeout" else (None, seconds)
+        )
     assert _parser().parse_args(["train", "model.py"]).segment_timeout is None
 
 
-@pytest.mark.parametrize("text", ["0", "-5m", "5d", "soon"])
-def test_segment_timeout_that_is_no_duration_is_a_usage_error(text: str) -> None:
-    result = phobbit("train", SYNTHETIC, f"--segment-timeout={text}")
+@pytest.mark.parametrize(
+    "text", ["0", "-5m", "367d", "soon", "99999999999999999999", "0.0000001s"]
+)
+def test_segment_timeout_that_is_no_duration_is_a_usage_error(tmp_path: Path, text: str) -> None:
+    repo = tmp_path / "repo"
+    result = phobbit("train", SYNTHETIC, "--repo", repo, f"--segment-timeout={text}")
     assert result.returncode == 2
-    assert "must be a duration > 0 such as 90s, 15m or 2h" in result.stderr
+    assert (
+        "argument --segment-timeout: must be a duration > 0 such as 90s, 15m, 2h, 1d or 1h30m"
+        in result.stderr
+    )
+    assert "Traceback" not in result.stderr and not repo.exists()
 
 
 def test_verbose_train_shows_the_library_log_on_stderr_for_that_run_only(tmp_path: Path) -> None:

@@ -126,13 +126,13 @@ def test_a_new_run_forgets_the_models_of_the_run_before(tmp_path: Path) -> None:
     [("0", 0), ("1GB", 10**9), ("512MB", 512 * 10**6), ("1GiB", 2**30), ("64 kib", 65536)],
 )
 def test_sizes_read_as_people_write_them(text: str, expected: int) -> None:
-    assert warm.parse_bytes(text) == expected
+    assert warm.parse_bytes(text, "warm_cache") == expected
 
 
 @pytest.mark.parametrize("bad", ["-1", "1XB", "", "GB", "nan", "inf", -5, 1.5, True, None])
 def test_a_bad_size_is_refused_naming_it(bad: Any) -> None:
     with pytest.raises(InputError, match=r"warm_cache must be a number of bytes >= 0"):
-        warm.parse_bytes(bad)
+        warm.parse_bytes(bad, "warm_cache")
 
 
 def test_a_bad_warm_cache_stops_the_tuner_before_anything_is_written(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from phobbit import __version__
 from phobbit.core.schedule import brackets, format_schedule, validate
+from phobbit.core.units import check_int, parse_bytes, parse_duration
 from phobbit.errors import InputError, PhobbitError
 from phobbit.execution.streams import GuardedStdout, stdout_to_devnull
 
@@ -47,51 +48,41 @@ class CliError(PhobbitError):
     """The run finished but produced nothing usable (every trial failed)."""
 
 
+# argparse names the option itself ("argument --jobs: must be ..."), so the units functions are
+# given this placeholder as the setting's name and it is cut from their messages.
+_OPTION = "OPTION"
+
+
+def _refused(exc: InputError) -> argparse.ArgumentTypeError:
+    return argparse.ArgumentTypeError(str(exc).removeprefix(f"{_OPTION} "))
+
+
 def _count(text: str) -> int:
-    """An argparse type: an integer >= 1 (workers, rows, batch size)."""
+    """An argparse type: an integer >= 1 (workers, rows, batch size, epochs)."""
     try:
-        value = int(text)
+        value: Any = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
-    return value
+        value = text  # refused below, quoted as it was typed
+    try:
+        return check_int(_OPTION, value, minimum=1)
+    except InputError as exc:
+        raise _refused(exc) from None
 
 
 def _duration(text: str) -> float:
-    """An argparse type: seconds, from ``90``, ``90s``, ``15m``, ``2h`` or ``1.5h``."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*", text.lower())
-    seconds = float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600}[match[2]] if match else 0.0
-    if not seconds > 0 or not math.isfinite(seconds):
-        raise argparse.ArgumentTypeError(
-            f"must be a duration > 0 such as 90s, 15m or 2h, got {text!r}"
-        )
-    return seconds
+    """An argparse type: seconds, from ``90``, ``90s``, ``15m``, ``2h``, ``1d`` or ``1h30m``."""
+    try:
+        return parse_duration(text, _OPTION)
+    except InputError as exc:
+        raise _refused(exc) from None
 
 
 def _bytes(text: str) -> int:
-    """An argparse type: bytes, from ``1GB``, ``512MB``, ``0`` (``phobbit.execution.warm``)."""
-    from phobbit.execution.warm import parse_bytes
-
+    """An argparse type: bytes, from ``1GB``, ``512MB``, ``1GiB``, ``64k`` or ``0``."""
     try:
-        return parse_bytes(text, "the size")
+        return parse_bytes(text, _OPTION)
     except InputError as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace("the size must", "must")) from None
-
-
-def _budget_duration(text: str) -> float:
-    """An argparse type: a duration with an s, m, h or d suffix (``phobbit.core.budget``)."""
-    from phobbit.core.budget import parse_duration
-
-    try:
-        seconds = parse_duration(text)
-    except InputError:
-        seconds = None
-    if seconds is None:
-        raise argparse.ArgumentTypeError(
-            f"must be a duration > 0 such as 90s, 15m, 8h or 2d, got {text!r}"
-        )
-    return seconds
+        raise _refused(exc) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -184,10 +175,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--time-limit",
-        type=_budget_duration,
+        type=_duration,
         metavar="TIME",
-        help="dispatch nothing new after this long, e.g. 8h (s, m, h, d); segments in flight "
-        "finish; run again with a larger limit to go on",
+        help="dispatch nothing new after this long, e.g. 8h or 1h30m (s, m, h, d); segments "
+        "in flight finish; run again with a larger limit to go on",
     )
     run.add_argument(
         "--max-epochs",
@@ -204,7 +195,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--warm-cache",
         type=_bytes,
-        metavar="BYTES",
+        metavar="SIZE",
         help="trained models each worker keeps in memory for their next segment, e.g. 1GB, "
         "512MB; 0 keeps none (default: 1GiB; on a GPU they keep GPU memory)",
     )
@@ -212,8 +203,9 @@ def _parser() -> argparse.ArgumentParser:
         "--segment-timeout",
         type=_duration,
         metavar="TIME",
-        help="kill a segment (and its worker) that runs longer than this, e.g. 90s, 15m, 2h; "
-        "it is retried, then failed 'timed out' (default: none, wait for ever)",
+        help="kill a segment (and its worker) that runs longer than this, e.g. 90s, 15m or "
+        "1h30m (s, m, h, d); it is retried, then failed 'timed out' (default: none, wait for "
+        "ever)",
     )
     show = train.add_argument_group("output")
     show.add_argument(

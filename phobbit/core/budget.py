@@ -25,47 +25,13 @@ Example:
 
 from __future__ import annotations
 
-import math
-import numbers
-import re
 from dataclasses import dataclass
-from typing import Any
 
-from phobbit.errors import InputError
+from phobbit.core.units import check_int, format_duration, parse_duration
 
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(value: Any, name: str = "time_limit") -> float | None:
-    """Seconds, from a number or text such as ``90``, ``90s``, ``15m``, ``8h``, ``1.5d``.
-
-    Raises:
-        InputError: naming ``name`` for anything else, or a duration that is not > 0.
-    """
-    if value is None:
-        return None
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*", value.lower())
-        seconds = float(match[1]) * _UNITS[match[2]] if match else math.nan
-    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        seconds = math.nan
-    if not seconds > 0 or not math.isfinite(seconds):
-        raise InputError(
-            f"{name} must be a duration > 0: seconds, or text such as 90s, 15m, 8h or 2d, "
-            f"got {value!r}"
-        )
-    return seconds
-
-
-def format_duration(seconds: float) -> str:
-    """A duration as ``parse_duration`` reads it: ``90s``, ``15m``, ``8h``, ``2d``."""
-    for unit in ("d", "h", "m"):
-        size = _UNITS[unit]
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
+# The library reads ``time_limit`` with the one duration grammar; it is importable from here
+# too because a budget is where a duration is given.
+__all__ = ["Budget", "format_duration", "parse_duration"]
 
 
 @dataclass(frozen=True)
@@ -84,12 +50,7 @@ class Budget:
     epochs_name: str = "max_epochs"
 
     def __post_init__(self) -> None:
-        if self.max_epochs is not None and (
-            isinstance(self.max_epochs, bool)
-            or not isinstance(self.max_epochs, numbers.Integral)
-            or self.max_epochs < 1
-        ):
-            raise InputError(f"max_epochs must be an integer >= 1, got {self.max_epochs!r}")
+        check_int("max_epochs", self.max_epochs, minimum=1, allow_none=True)
 
     @property
     def limited(self) -> bool:

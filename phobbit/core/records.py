@@ -11,7 +11,6 @@ hashes by its fields.
 
 from __future__ import annotations
 
-import numbers
 import re
 from dataclasses import dataclass, field, fields
 from enum import Enum
@@ -21,6 +20,7 @@ from typing import Any
 from phobbit.core.objective import DIRECTIONS, Objective
 from phobbit.core.schedule import brackets, validate
 from phobbit.core.space import Space
+from phobbit.core.units import check_int
 from phobbit.errors import InputError, RepositoryError
 
 SegmentKey = tuple[int, int, int, int]
@@ -236,11 +236,6 @@ MAX_SEGMENTS = 1_000_000
 never finish sampling, let alone training (R=81, eta=3 plans 206 per iteration)."""
 
 
-def _integer(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
-        raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
 @dataclass(frozen=True)
 class RunSettings:
     """The settings of a run: a repository resumes only a run with equal settings.
@@ -289,8 +284,8 @@ class RunSettings:
                     f"{name} must be one of {', '.join(map(repr, known))}, "
                     f"got {getattr(self, name)!r}"
                 )
-        _integer("seed", self.seed, 0)
-        _integer("iterations", self.iterations, 1)
+        check_int("seed", self.seed, minimum=0)
+        check_int("iterations", self.iterations, minimum=1)
         if not isinstance(self.space, Space):
             raise InputError(f"space must be a phobbit Space, got {type(self.space).__name__}")
         if self.space_fingerprint != self.space.fingerprint():

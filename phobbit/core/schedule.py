@@ -9,12 +9,11 @@ configurations; its rung i keeps ``floor(n / eta**i)`` of them, trained to
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 
-from phobbit.errors import InputError
+from phobbit.core.units import check_int
 
 
 @dataclass(frozen=True)
@@ -72,11 +71,8 @@ class Bracket:
 
 def validate(R: object, eta: object) -> None:
     """Raises ``InputError`` unless R is an integer >= 1 and eta an integer >= 2."""
-    for name, value, low in (("R", R, 1), ("eta", eta, 2)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
-        if value < low:
-            raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
+    check_int("R", R, minimum=1)
+    check_int("eta", eta, minimum=2)
 
 
 def s_max(R: int, eta: int) -> int:

@@ -50,6 +50,7 @@ from concurrent import futures as _futures
 from concurrent.futures import FIRST_COMPLETED, Future
 from typing import TYPE_CHECKING, Any
 
+from phobbit.core.units import check_int
 from phobbit.errors import InputError
 from phobbit.execution.worker import HIDDEN, pin
 
@@ -272,21 +273,9 @@ class LocalExecutor(Executor):
         env: Mapping[str, str] | None = None,
         stderr_path: str | None = None,
     ) -> None:
-        if worker_memory_limit is not None and (
-            isinstance(worker_memory_limit, bool)
-            or not isinstance(worker_memory_limit, int)
-            or worker_memory_limit < 1
-        ):
-            raise InputError(
-                f"worker_memory_limit must be a number of bytes >= 1 or None, "
-                f"got {worker_memory_limit!r}"
-            )
-        if isinstance(jobs_per_gpu, bool) or not isinstance(jobs_per_gpu, int) or jobs_per_gpu < 1:
-            raise InputError(f"jobs_per_gpu must be an integer >= 1, got {jobs_per_gpu!r}")
-        if n_jobs is not None and (
-            isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1
-        ):
-            raise InputError(f"n_jobs must be an integer >= 1, got {n_jobs!r}")
+        check_int("worker_memory_limit", worker_memory_limit, minimum=1, allow_none=True)
+        check_int("jobs_per_gpu", jobs_per_gpu, minimum=1)
+        check_int("n_jobs", n_jobs, minimum=1, allow_none=True)
         cores = os.cpu_count() or 1
         if gpus:
             self.slots = [str(g) for g in gpus for _ in range(jobs_per_gpu)]

@@ -72,6 +72,7 @@ from typing import Protocol
 from phobbit.core.budget import Budget
 from phobbit.core.plan import Plan
 from phobbit.core.records import ConfigKey, Segment, SegmentKey, SegmentResult, Status
+from phobbit.core.units import check_int, format_duration
 from phobbit.errors import FatalError, FencedOutError
 from phobbit.execution.executor import Executor
 from phobbit.execution.trainable import Trainable
@@ -146,14 +147,6 @@ KILLED_FOR_OTHER = "its worker was killed to stop a segment that timed out"
 log = logging.getLogger(__name__)
 
 
-def format_timeout(seconds: float) -> str:
-    """A timeout as the command line takes it: ``90s``, ``15m``, ``2h``."""
-    for unit, size in (("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds / size:g}{unit}"
-    return f"{seconds:g}s"
-
-
 class Scheduler:
     """Runs a plan to the end on an executor, writing to a repository.
 
@@ -207,8 +200,7 @@ class Scheduler:
         queue_ahead: int = 1,
         prefer_warm: bool = True,
     ) -> None:
-        if isinstance(queue_ahead, bool) or not isinstance(queue_ahead, int) or queue_ahead < 0:
-            raise ValueError(f"queue_ahead must be an integer >= 0, got {queue_ahead!r}")
+        check_int("queue_ahead", queue_ahead, minimum=0)
         self.trainable = trainable
         self.plan = plan
         self.repository = repository
@@ -447,7 +439,7 @@ class Scheduler:
         self.executor.wait(overdue, return_when=ALL_COMPLETED)
         self._free.clear()  # which workers were restarted is not known
         cause = (
-            f"timed out after {format_timeout(self.segment_timeout)} (segment_timeout); "
+            f"timed out after {format_duration(self.segment_timeout)} (segment_timeout); "
             "its worker was killed"
         )
         done = self.repository.results()
@@ -611,7 +603,7 @@ class Scheduler:
             if timed_out:
                 assert self.segment_timeout is not None
                 error = (
-                    f"timed out after {format_timeout(self.segment_timeout)} {tries} "
+                    f"timed out after {format_duration(self.segment_timeout)} {tries} "
                     "(segment_timeout); its worker was killed"
                 )
             else:

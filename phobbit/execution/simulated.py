@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from phobbit.core.records import Segment, SegmentKey
+from phobbit.core.units import check_int
 from phobbit.execution import warm
 from phobbit.execution.executor import Executor
 from phobbit.execution.trainable import SyntheticTrainable
@@ -127,8 +128,7 @@ class SimulatedExecutor(Executor):
         replaced_after: Collection[SegmentKey] = (),
         cold_start: float = 0.0,
     ) -> None:
-        if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers!r}")
+        check_int("workers", workers, minimum=1)
         self.slots = ["cpu"] * workers
         self.can_kill_one = can_kill_one
         self.duration, self.overhead, self.latency = duration, overhead, latency

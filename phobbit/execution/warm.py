@@ -33,6 +33,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+# A cache's size is read with the one byte-size grammar, importable beside what it sizes.
+from phobbit.core.units import parse_bytes as parse_bytes
+
 DEFAULT_BYTES = 1 << 30
 """What a worker keeps warm by default: 1 GiB of weights and optimizer state."""
 
@@ -207,35 +210,3 @@ def installed(cache: WarmCache) -> Iterator[WarmCache]:
         yield cache
     finally:
         _CACHE.remove(cache)
-
-
-def parse_bytes(value: Any, name: str = "warm_cache") -> int:
-    """A number of bytes from ``1GB``, ``512MB``, ``64KiB``, ``0`` or an integer.
-
-    Raises:
-        InputError: naming ``name`` and what is allowed.
-    """
-    from phobbit.errors import InputError
-
-    units = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
-    units.update({f"{u}B": units[u] for u in "KMGT"})
-    units.update({f"{u}IB": 1024 ** (i + 1) for i, u in enumerate("KMGT")})
-    problem = f"{name} must be a number of bytes >= 0 such as 1GB, 512MB or 0 (off), got {value!r}"
-    if isinstance(value, bool):
-        raise InputError(problem)
-    if isinstance(value, int):
-        if value < 0:
-            raise InputError(problem)
-        return value
-    if not isinstance(value, str):
-        raise InputError(problem)
-    text = value.strip().upper().replace(" ", "")
-    digits = text.rstrip("KMGTIB")
-    unit = text[len(digits) :]
-    try:
-        number = float(digits)
-    except ValueError:
-        raise InputError(problem) from None
-    if unit not in units or not number >= 0 or number == float("inf"):
-        raise InputError(problem)
-    return int(number * units[unit])
