@@ -40,8 +40,8 @@ from phobbit.core.records import RunSettings, Tuning  # noqa: E402
 from phobbit.core.space import Space  # noqa: E402
 from phobbit.execution.executor import Executor, LocalExecutor  # noqa: E402
 from phobbit.execution.scheduler import Scheduler  # noqa: E402
-from phobbit.execution.trainable import SyntheticTrainable  # noqa: E402
 from phobbit.storage.repository import Repository  # noqa: E402
+from phobbit.testing import SyntheticTrainable  # noqa: E402
 
 
 def run(

@@ -66,10 +66,13 @@ from phobbit.core.records import RunSettings, Tuning  # noqa: E402
 from phobbit.core.space import Space  # noqa: E402
 from phobbit.execution.executor import LocalExecutor  # noqa: E402
 from phobbit.execution.scheduler import Scheduler  # noqa: E402
-from phobbit.execution.trainable import SyntheticTrainable  # noqa: E402
 from phobbit.execution.worker import train_segment  # noqa: E402
 from phobbit.storage.repository import Repository  # noqa: E402
-from phobbit.testing import serial_hyperband, serial_rungs  # noqa: E402
+from phobbit.testing import (  # noqa: E402
+    SyntheticTrainable,  # noqa: E402
+    serial_hyperband,
+    serial_rungs,
+)
 
 Promotions = dict[tuple[int, int, int], list[int]]
 

@@ -44,9 +44,8 @@ from phobbit.core.records import (
 from phobbit.core.space import Hyperparameter, Space
 from phobbit.execution.scheduler import Scheduler
 from phobbit.execution.simulated import SimulatedExecutor
-from phobbit.execution.trainable import SyntheticTrainable
 from phobbit.storage.repository import Repository
-from phobbit.testing import serial_hyperband, serial_rungs, synthetic_result
+from phobbit.testing import SyntheticTrainable, serial_hyperband, serial_rungs, synthetic_result
 
 SPACE = [
     Hyperparameter("x", "uniform", (0.0, 1.0)),

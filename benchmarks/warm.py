@@ -104,8 +104,8 @@ def simulate(R: int, eta: int) -> None:
     from phobbit.core.records import RunSettings, Tuning
     from phobbit.core.space import Space
     from phobbit.execution.simulated import SimulatedExecutor
-    from phobbit.execution.trainable import SyntheticTrainable
     from phobbit.storage.repository import Repository
+    from phobbit.testing import SyntheticTrainable
 
     space = Space(phobbit_space())
     trainable = SyntheticTrainable(epoch_seconds=0.19, jitter=0.3, warm_bytes=10**9)

@@ -15,9 +15,8 @@ from phobbit import Hyperparameter, InputError, ParallelHyperband, RepositoryErr
 from phobbit.algorithms import Hyperband
 from phobbit.core.records import Tuning
 from phobbit.core.space import Space
-from phobbit.execution.trainable import SyntheticTrainable
 from phobbit.storage.repository import Repository
-from phobbit.testing import serial_hyperband, synthetic_result
+from phobbit.testing import SyntheticTrainable, serial_hyperband, synthetic_result
 
 STEPS = 10
 

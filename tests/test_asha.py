@@ -26,10 +26,10 @@ from phobbit.core.schedule import brackets
 from phobbit.core.space import Hyperparameter, Space
 from phobbit.errors import InputError, RepositoryError
 from phobbit.execution.simulated import SimulatedExecutor
-from phobbit.execution.trainable import SyntheticTrainable
 from phobbit.storage.decisions import HEADER as DECISIONS_HEADER
 from phobbit.storage.decisions import DecisionLog
 from phobbit.storage.repository import Repository
+from phobbit.testing import SyntheticTrainable
 
 optuna = pytest.importorskip("optuna")
 

@@ -18,8 +18,8 @@ from phobbit.cli import commands as cli
 from phobbit.cli.terminal import LineReporter, ProgressTracker, device_label
 from phobbit.core.records import SegmentResult, Tuning
 from phobbit.execution.simulated import SimulatedExecutor
-from phobbit.execution.trainable import SyntheticTrainable
 from phobbit.storage.repository import Repository
+from phobbit.testing import SyntheticTrainable
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -28,7 +28,7 @@ SPACE = [Hyperparameter("x", "uniform", (0.0, 1.0))]
 NOISY_MODEL = """
 from backend_probes import noisy_curve
 from phobbit import Hyperparameter
-from phobbit.execution.trainable import SyntheticTrainable
+from phobbit.testing import SyntheticTrainable
 
 hparam_ranges = [Hyperparameter("x", "uniform", (0.0, 1.0))]
 trainable = SyntheticTrainable(curve=noisy_curve)

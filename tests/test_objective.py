@@ -22,11 +22,10 @@ from phobbit import Hyperparameter, InputError, ParallelHyperband, RepositoryErr
 from phobbit.core.objective import VAL_LOSS, Objective, infer_direction
 from phobbit.core.records import STOPPED_EARLY, Tuning
 from phobbit.core.space import Space
-from phobbit.execution.trainable import SyntheticTrainable
 from phobbit.execution.worker import train_segment
 from phobbit.storage.repository import Repository
 from phobbit.storage.results import results_frame
-from phobbit.testing import serial_hyperband
+from phobbit.testing import SyntheticTrainable, serial_hyperband
 
 SPACE = [Hyperparameter("x", "uniform", (0.0, 1.0))]
 R, ETA = 9, 3

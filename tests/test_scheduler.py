@@ -34,12 +34,11 @@ from phobbit.execution.scheduler import (
     SilentReporter,
 )
 from phobbit.execution.simulated import Fault, SimulatedExecutor, TraceEntry
-from phobbit.execution.trainable import SyntheticTrainable
 from phobbit.execution.worker import train_segment
 from phobbit.reporting.plain import PlainReporter
 from phobbit.storage.repository import Repository
 from phobbit.storage.results import results_frame
-from phobbit.testing import serial_hyperband
+from phobbit.testing import SyntheticTrainable, serial_hyperband
 
 COLUMNS = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status"]
 OOM = (

@@ -28,11 +28,11 @@ from phobbit.errors import InputError
 from phobbit.execution import warm
 from phobbit.execution.scheduler import Scheduler
 from phobbit.execution.simulated import SimulatedExecutor
-from phobbit.execution.trainable import WARM_STATE_BYTES, SyntheticTrainable
 from phobbit.execution.worker import train_segment
 from phobbit.reporting.plain import PlainReporter
 from phobbit.storage.repository import Repository, decode_row, encode_row
 from phobbit.storage.results import results_frame
+from phobbit.testing import WARM_STATE_BYTES, SyntheticTrainable
 
 COLUMNS = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status"]
 H = {"x": 0.5}

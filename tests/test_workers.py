@@ -30,9 +30,9 @@ from phobbit.core.space import Space
 from phobbit.errors import InputError, StorageError
 from phobbit.execution.executor import LocalExecutor
 from phobbit.execution.scheduler import Scheduler
-from phobbit.execution.trainable import SyntheticTrainable
 from phobbit.execution.worker import train_segment
 from phobbit.storage.repository import Repository
+from phobbit.testing import SyntheticTrainable
 
 COLUMNS = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status"]
 

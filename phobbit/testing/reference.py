@@ -24,7 +24,7 @@ from phobbit.core import reducer
 from phobbit.core.objective import VAL_LOSS, Objective
 from phobbit.core.records import RungKey, Segment, SegmentKey, SegmentResult, Status, Tuning
 from phobbit.core.schedule import brackets
-from phobbit.execution.trainable import default_curve
+from phobbit.testing.synthetic import default_curve
 
 Train = Callable[[Segment], SegmentResult]
 """Trains a segment and returns its row (``train_segment``, or a computed row)."""
