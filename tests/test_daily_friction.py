@@ -15,9 +15,10 @@ from synthetic import x_curve
 
 from phobbit import Hyperparameter, ParallelHyperband
 from phobbit.cli import commands as cli
-from phobbit.cli.terminal import LineReporter, ProgressTracker, device_label
+from phobbit.cli.terminal import LineReporter
 from phobbit.core.records import SegmentResult, Tuning
 from phobbit.execution.simulated import SimulatedExecutor
+from phobbit.reporting.progress import ProgressTracker, device_label
 from phobbit.storage.repository import Repository
 from phobbit.testing import SyntheticTrainable
 

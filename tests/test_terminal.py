@@ -14,12 +14,14 @@ from rich.console import Console
 
 from phobbit import Hyperparameter
 from phobbit.cli.commands import best_table
-from phobbit.cli.terminal import LineReporter, LiveReporter, ProgressTracker, estimate_left, render
+from phobbit.cli.terminal import LineReporter, LiveReporter, render
 from phobbit.core.plan import Plan
 from phobbit.core.records import Segment, SegmentResult, Tuning
 from phobbit.core.space import Space
 from phobbit.reporting.plain import PlainReporter, SlowWatch
+from phobbit.reporting.progress import ProgressTracker
 from phobbit.storage.results import results_frame
+from phobbit.storage.view import estimate_left
 
 
 class Clock:
