@@ -36,12 +36,12 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 from simulation import SPACE, lower_bound  # noqa: E402
 
 from phobbit.core.plan import Plan  # noqa: E402
-from phobbit.core.records import RunSettings  # noqa: E402
+from phobbit.core.records import RunSettings, Tuning  # noqa: E402
 from phobbit.core.space import Space  # noqa: E402
 from phobbit.execution.executor import Executor, LocalExecutor  # noqa: E402
 from phobbit.execution.scheduler import Scheduler  # noqa: E402
-from phobbit.execution.trainable import SyntheticTrainable  # noqa: E402
 from phobbit.storage.repository import Repository  # noqa: E402
+from phobbit.testing import SyntheticTrainable  # noqa: E402
 
 
 def run(
@@ -51,10 +51,9 @@ def run(
     space = Space(SPACE)
     with tempfile.TemporaryDirectory(prefix="phobbit-dask-bench-") as folder:
         repository = Repository(folder)
-        repository.create(RunSettings.of(space, 81, 3, 0, 1))
-        plan = Plan(
-            space, 81, 3, 0, 1, workers=executor.capacity, checkpoint_of=repository.checkpoint_stem
-        )
+        settings = RunSettings.of(space, 81, 3, 0, 1)
+        repository.create(settings)
+        plan = Plan(Tuning(settings, repository.checkpoint_stem), workers=executor.capacity)
         trainable = SyntheticTrainable(epoch_seconds=epoch_seconds, jitter=0.3)
         scheduler = Scheduler(trainable, plan, repository, executor, queue_ahead=queue_ahead)
         start = time.perf_counter()

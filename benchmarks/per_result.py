@@ -34,12 +34,13 @@ def play(R: int, eta: int, workers: int, reporters: bool, seed: int = 0) -> tupl
     from phobbit import Hyperparameter
     from phobbit.cli.terminal import LineReporter
     from phobbit.core.plan import Plan
+    from phobbit.core.records import Tuning
     from phobbit.core.space import Space
     from phobbit.reporting.plain import PlainReporter
 
     space = Space([Hyperparameter("x", "uniform", (0.0, 1.0))])
     draw = random.Random(seed)
-    plan = Plan(space, R, eta, seed, workers=workers)
+    plan = Plan(Tuning.of(space, R, eta, seed), workers=workers)
     talk = (
         [PlainReporter(io.StringIO(), verbose=1), LineReporter(io.StringIO(), verbose=1)]
         if reporters

@@ -62,14 +62,17 @@ from simulation import (  # noqa: E402
 
 from phobbit import ParallelHyperband  # noqa: E402
 from phobbit.core.plan import Plan  # noqa: E402
-from phobbit.core.records import RunSettings  # noqa: E402
+from phobbit.core.records import RunSettings, Tuning  # noqa: E402
 from phobbit.core.space import Space  # noqa: E402
 from phobbit.execution.executor import LocalExecutor  # noqa: E402
 from phobbit.execution.scheduler import Scheduler  # noqa: E402
-from phobbit.execution.trainable import SyntheticTrainable  # noqa: E402
 from phobbit.execution.worker import train_segment  # noqa: E402
 from phobbit.storage.repository import Repository  # noqa: E402
-from phobbit.testing import serial_hyperband, serial_rungs  # noqa: E402
+from phobbit.testing import (  # noqa: E402
+    SyntheticTrainable,  # noqa: E402
+    serial_hyperband,
+    serial_rungs,
+)
 
 Promotions = dict[tuple[int, int, int], list[int]]
 
@@ -129,15 +132,10 @@ def run_phobbit(
                 repository.checkpoint_stem,
             )
         else:
-            plan = Plan(
-                Space(SPACE),
-                R,
-                eta,
-                seed,
-                iterations,
-                workers=executor.capacity,
-                checkpoint_of=repository.checkpoint_stem,
+            tuning = Tuning.of(
+                Space(SPACE), R, eta, seed, iterations, checkpoint_of=repository.checkpoint_stem
             )
+            plan = Plan(tuning, workers=executor.capacity)
         Scheduler(trainable, plan, repository, executor, queue_ahead=queue_ahead).drive()
         seconds = time.perf_counter() - start
         rows = _rows(repository)
@@ -169,7 +167,11 @@ def run_naive(
         repository = _repository(folder, R, eta, seed, iterations)
         path = str(repository.path)
         start = time.perf_counter()
-        rungs = serial_rungs(Space(SPACE), R, eta, seed, iterations, repository.checkpoint_stem)
+        rungs = serial_rungs(
+            Tuning.of(
+                Space(SPACE), R, eta, seed, iterations, checkpoint_of=repository.checkpoint_stem
+            )
+        )
         for rung in rungs:
             futures = [executor.submit(train_segment, trainable, s, path) for s in rung.segments]
             wait(futures)
@@ -187,13 +189,10 @@ def serial_reference(R: int, eta: int, seed: int, iterations: int) -> tuple[Prom
     with tempfile.TemporaryDirectory(prefix="phobbit-bench-") as folder:
         repository = _repository(folder, R, eta, seed, iterations)
         run = serial_hyperband(
-            Space(SPACE),
-            R,
-            eta,
+            Tuning.of(
+                Space(SPACE), R, eta, seed, iterations, checkpoint_of=repository.checkpoint_stem
+            ),
             lambda segment: train_segment(trainable, segment, folder),
-            seed,
-            iterations,
-            repository.checkpoint_stem,
         )
         return run.promotions, _rows(repository)
 
@@ -202,7 +201,7 @@ def api_promotions(
     rows: dict[tuple[int, int, int, int], Any], R: int, eta: int, iterations: int
 ) -> Promotions:
     """What a repository's rows say was promoted: the IDs that trained the next rung."""
-    plan = Plan(Space(SPACE), R, eta, 0, iterations)
+    plan = Plan(Tuning.of(Space(SPACE), R, eta, 0, iterations))
     promotions: Promotions = {key: [] for key in plan.promotions()}
     for iteration, run, config_id, rung in rows:
         if rung > 0:

@@ -94,7 +94,7 @@ from phobbit import Hyperparameter, ParallelHyperband  # noqa: E402
 from phobbit.core.schedule import brackets  # noqa: E402
 from phobbit.core.space import Space  # noqa: E402
 from phobbit.execution.simulated import SimulatedExecutor  # noqa: E402
-from phobbit.execution.trainable import SyntheticTrainable  # noqa: E402
+from phobbit.testing import SyntheticTrainable  # noqa: E402
 
 RUNS = HERE / "search_quality_runs.json"
 KERAS_CURVES = HERE / "keras_curves.json"

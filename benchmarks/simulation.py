@@ -38,14 +38,14 @@ from phobbit.core.records import (
     Segment,
     SegmentKey,
     SegmentResult,
+    Tuning,
     config_name,
 )
 from phobbit.core.space import Hyperparameter, Space
 from phobbit.execution.scheduler import Scheduler
 from phobbit.execution.simulated import SimulatedExecutor
-from phobbit.execution.trainable import SyntheticTrainable
 from phobbit.storage.repository import Repository
-from phobbit.testing import serial_hyperband, serial_rungs, synthetic_result
+from phobbit.testing import SyntheticTrainable, serial_hyperband, serial_rungs, synthetic_result
 
 SPACE = [
     Hyperparameter("x", "uniform", (0.0, 1.0)),
@@ -88,7 +88,7 @@ def lower_bound(
     The work is what a serial run trains; the chain is the longest total time
     of one configuration (its epochs run one after another, whatever the plan).
     """
-    serial = serial_hyperband(space, R, eta, synthetic_result, seed, iterations)
+    serial = serial_hyperband(Tuning.of(space, R, eta, seed, iterations), synthetic_result)
     trainable = SyntheticTrainable(epoch_seconds=epoch_seconds, jitter=jitter)
     work = 0.0
     per_config: dict[tuple[int, int, int], float] = {}
@@ -104,7 +104,7 @@ def rung_times(
     space: Space, R: int, eta: int, seed: int, iterations: int, epoch_seconds: float, jitter: float
 ) -> dict[RungKey, list[float]]:
     """(iteration, s, rung) -> the time of each segment of the rung, of the serial run's set."""
-    serial = serial_hyperband(space, R, eta, synthetic_result, seed, iterations)
+    serial = serial_hyperband(Tuning.of(space, R, eta, seed, iterations), synthetic_result)
     trainable = SyntheticTrainable(epoch_seconds=epoch_seconds, jitter=jitter)
     rungs: dict[RungKey, list[float]] = {}
     for row in serial.results.values():
@@ -238,10 +238,9 @@ def simulate_plan(
     executor = SimulatedExecutor(workers, duration, overhead=overhead, latency=latency)
     with tempfile.TemporaryDirectory(prefix="phobbit-sim-") as folder:
         repository = Repository(folder)
-        repository.create(RunSettings.of(space, R, eta, seed, iterations))
-        plan = Plan(
-            space, R, eta, seed, iterations, workers, repository.checkpoint_stem, policy=policy
-        )
+        settings = RunSettings.of(space, R, eta, seed, iterations)
+        repository.create(settings)
+        plan = Plan(Tuning(settings, repository.checkpoint_stem), workers, policy=policy)
         Scheduler(
             SyntheticTrainable(), plan, repository, executor, queue_ahead=queue_ahead
         ).drive()
@@ -267,7 +266,7 @@ def simulate_naive(
     """
     clock, count = 0.0, 0
     promotions: dict[tuple[int, int, int], list[int]] = {}
-    for rung in serial_rungs(Space(space), R, eta, seed, iterations):
+    for rung in serial_rungs(Tuning.of(Space(space), R, eta, seed, iterations)):
         free_at = [clock] * workers
         results = []
         for segment in rung.segments:
@@ -385,7 +384,9 @@ def barrier_plan(
     checkpoint_of: Callable[[int, int, int], str] = config_name,
 ) -> Plan:
     """The strong baseline's plan: every bracket at once, a barrier per rung, FIFO."""
-    machine = RungBarrierHyperband(space, R, eta, seed, iterations, checkpoint_of)
+    machine = RungBarrierHyperband(
+        Tuning.of(space, R, eta, seed, iterations, checkpoint_of=checkpoint_of)
+    )
     return Plan.of(machine, FifoPolicy(), workers)
 
 
@@ -506,10 +507,10 @@ def best_offline(
     rng = random.Random(rng_seed)
 
     def timeline(policy: DispatchPolicy) -> Timeline:
-        machine = SynchronousHyperband(space, R, eta, seed, iterations)
+        machine = SynchronousHyperband(Tuning.of(space, R, eta, seed, iterations))
         return list_schedule(Plan.of(machine, policy, workers), workers, duration)
 
-    machine = SynchronousHyperband(space, R, eta, seed, iterations)
+    machine = SynchronousHyperband(Tuning.of(space, R, eta, seed, iterations))
     phobbit = timeline(LatestStartPolicy(machine.schedule, iterations, workers))
     start, order = phobbit.makespan, phobbit.order
     ranks = {key: float(i) for i, key in enumerate(order)}
@@ -548,7 +549,7 @@ def answers(
 ) -> tuple[float, list[float]]:
     """The makespan of a run on a bare virtual clock, and when each iteration's last
     full-fidelity (R-epoch) result came: an iteration's answer is complete then."""
-    machine = SynchronousHyperband(space, R, eta, 0, iterations)
+    machine = SynchronousHyperband(Tuning.of(space, R, eta, 0, iterations))
     run = list_schedule(Plan.of(machine, policy(machine), workers), workers, duration)
     last = [0.0] * iterations
     for (iteration, s, _, rung), end in run.ends.items():

@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 MODEL = textwrap.dedent(
     """
     from phobbit import Hyperparameter
-    from phobbit.execution.trainable import SyntheticTrainable
+    from phobbit.testing import SyntheticTrainable
 
     hparam_ranges = [
         Hyperparameter("x", "uniform", (0.0, 1.0)),

@@ -101,11 +101,11 @@ class BlindQueue(Scheduler):
 def simulate(R: int, eta: int) -> None:
     """The makespan and warm starts of the dispatch variants on a virtual clock."""
     from phobbit.core.plan import Plan
-    from phobbit.core.records import RunSettings
+    from phobbit.core.records import RunSettings, Tuning
     from phobbit.core.space import Space
     from phobbit.execution.simulated import SimulatedExecutor
-    from phobbit.execution.trainable import SyntheticTrainable
     from phobbit.storage.repository import Repository
+    from phobbit.testing import SyntheticTrainable
 
     space = Space(phobbit_space())
     trainable = SyntheticTrainable(epoch_seconds=0.19, jitter=0.3, warm_bytes=10**9)
@@ -124,8 +124,9 @@ def simulate(R: int, eta: int) -> None:
         for name, kind, prefer, ahead in variants:
             with tempfile.TemporaryDirectory(prefix="phobbit-warm-sim-") as folder:
                 repository = Repository(Path(folder))
-                repository.create(RunSettings.of(space, R, eta, 0, 1))
-                plan = Plan(space, R, eta, 0, 1, workers, checkpoint_of=repository.checkpoint_stem)
+                settings = RunSettings.of(space, R, eta, 0, 1)
+                repository.create(settings)
+                plan = Plan(Tuning(settings, repository.checkpoint_stem), workers)
                 executor = SimulatedExecutor(workers, latency=0.005, cold_start=0.7)
                 scheduler = kind(
                     trainable, plan, repository, executor, queue_ahead=ahead, prefer_warm=prefer

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from phobbit.execution.trainable import SyntheticTrainable
+from phobbit.testing import SyntheticTrainable
 
 POLL_S = 0.01
 OPEN = "open"

@@ -27,8 +27,8 @@ from gates import GatedTrainable
 from synthetic import x_curve  # the curve shared with the core tests; workers import it too
 
 from phobbit import Hyperparameter, ParallelHyperband
-from phobbit.execution.trainable import SyntheticTrainable
 from phobbit.storage import fence
+from phobbit.testing import SyntheticTrainable
 
 STEPS = 10
 TESTS = Path(__file__).resolve().parent

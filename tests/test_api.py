@@ -13,10 +13,10 @@ from synthetic import failing_curve, overfitting_curve, x_curve
 
 from phobbit import Hyperparameter, InputError, ParallelHyperband, RepositoryError, brackets
 from phobbit.algorithms import Hyperband
+from phobbit.core.records import Tuning
 from phobbit.core.space import Space
-from phobbit.execution.trainable import SyntheticTrainable
 from phobbit.storage.repository import Repository
-from phobbit.testing import serial_hyperband, synthetic_result
+from phobbit.testing import SyntheticTrainable, serial_hyperband, synthetic_result
 
 STEPS = 10
 
@@ -31,7 +31,9 @@ def tune(hparams, repo, curve=x_curve, records=None, **kwargs) -> ParallelHyperb
 
 def serial_reference(R: int, eta: int, hparams, seed: int) -> dict:
     """What a serial Hyperband (``phobbit.testing``) gives: "<run>-<id>" -> (val loss, epochs)."""
-    run = serial_hyperband(Space(hparams), R, eta, partial(synthetic_result, curve=x_curve), seed)
+    run = serial_hyperband(
+        Tuning.of(Space(hparams), R, eta, seed), partial(synthetic_result, curve=x_curve)
+    )
     return {f"{r.s}-{r.id}": (r.val_loss, r.epochs) for r in run.final().values()}
 
 

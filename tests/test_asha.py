@@ -20,16 +20,16 @@ from synthetic import failing_curve, x_curve
 from phobbit import ParallelHyperband
 from phobbit.core.asha import AsynchronousHyperband, asha_budget_epochs
 from phobbit.core.budget import Budget, parse_duration
-from phobbit.core.records import RunSettings, Segment, Status, config_name
+from phobbit.core.records import RunSettings, Segment, Status, Tuning, config_name
 from phobbit.core.samplers import RandomSampler, TPESampler
 from phobbit.core.schedule import brackets
 from phobbit.core.space import Hyperparameter, Space
 from phobbit.errors import InputError, RepositoryError
 from phobbit.execution.simulated import SimulatedExecutor
-from phobbit.execution.trainable import SyntheticTrainable
 from phobbit.storage.decisions import HEADER as DECISIONS_HEADER
 from phobbit.storage.decisions import DecisionLog
 from phobbit.storage.repository import Repository
+from phobbit.testing import SyntheticTrainable
 
 optuna = pytest.importorskip("optuna")
 
@@ -57,7 +57,7 @@ def test_asha_promotes_the_top_third_of_each_rung_highest_rung_first() -> None:
     decisions were worked out on paper from the rule of Li et al. (2020): at rung k with n
     results, the best n // 3 are promotable; the highest rung with one promotes it; else a
     new configuration starts at rung 0. A failed result is never promoted."""
-    machine = AsynchronousHyperband(Space(space()), R=9, eta=3, brackets_s=[2])
+    machine = AsynchronousHyperband(Tuning.of(Space(space()), R=9, eta=3), brackets_s=[2])
     assert machine.start() == []
     made: dict[tuple[int, int], Segment] = {}
 
@@ -105,13 +105,13 @@ def test_asha_gives_each_decision_to_the_bracket_with_the_fewest_epochs() -> Non
     """R=9, eta=3: brackets s=2, 1, 0 start configurations at 1, 3 and 9 epochs; ties go to
     the larger s. Worked out by hand: epochs after each decision (s2, s1, s0):
     (1,0,0) (1,3,0) (1,3,9) (2,3,9) (3,3,9) (4,3,9) (4,6,9) (5,6,9) (6,6,9) (7,6,9)."""
-    machine = AsynchronousHyperband(Space(space()), R=9, eta=3)
+    machine = AsynchronousHyperband(Tuning.of(Space(space()), R=9, eta=3))
     assert [machine.decide().s for _ in range(10)] == [2, 1, 0, 2, 2, 2, 1, 2, 2, 2]
     assert machine.epochs_decided() == 7 + 6 + 9
 
 
 def test_a_second_result_and_a_stranger_are_handled_like_hyperbands() -> None:
-    machine = AsynchronousHyperband(Space(space()), R=9, eta=3)
+    machine = AsynchronousHyperband(Tuning.of(Space(space()), R=9, eta=3))
     segment = machine.decide()
     row = segment.result(val_loss=0.5, last_val_loss=0.5, status="ok", error="")
     assert machine.on_result(row) == [] and machine.has_result(segment.key)
@@ -547,7 +547,9 @@ def test_a_driver_that_lost_the_repository_records_no_decision(tmp_path: Path) -
 
     repository = Repository(tmp_path / "repo")
     repository.create(RunSettings.of(Space(space()), 9, 3, 0, 1, algorithm="asha"))
-    machine = AsynchronousHyperband(Space(space()), 9, 3, checkpoint_of=repository.checkpoint_stem)
+    machine = AsynchronousHyperband(
+        Tuning.of(Space(space()), 9, 3, checkpoint_of=repository.checkpoint_stem)
+    )
     from phobbit.core.dispatch import FifoPolicy
 
     with repository.driver_lock():
@@ -569,7 +571,7 @@ def test_an_endless_plan_without_a_budget_is_refused() -> None:
     from phobbit.core.plan import Plan
     from phobbit.execution.scheduler import Scheduler
 
-    machine = AsynchronousHyperband(Space(space()), 9, 3)
+    machine = AsynchronousHyperband(Tuning.of(Space(space()), 9, 3))
     with pytest.raises(ValueError, match="never ends by itself: give a budget"):
         Scheduler(SyntheticTrainable(), Plan.of(machine, FifoPolicy()), None, SimulatedExecutor())
 

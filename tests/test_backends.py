@@ -18,8 +18,8 @@ from synthetic import x_curve
 from phobbit import Hyperparameter, InputError, ParallelHyperband
 from phobbit.cli import commands as cli
 from phobbit.execution.executor import LocalExecutor
-from phobbit.execution.trainable import SyntheticTrainable
 from phobbit.keras_adapter.backends import check_backend, use_backend
+from phobbit.testing import SyntheticTrainable
 
 TESTS = Path(__file__).resolve().parent
 SYNTHETIC = TESTS / "models" / "synthetic.py"

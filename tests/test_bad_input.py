@@ -133,7 +133,7 @@ BEFORE_ANY_REPOSITORY: dict[str, tuple[Callable[[Path], object], str]] = {
 
 
 def _synthetic():
-    from phobbit.execution.trainable import SyntheticTrainable
+    from phobbit.testing import SyntheticTrainable
 
     return SyntheticTrainable()
 

@@ -340,7 +340,7 @@ NO_MODEL = (
     "hparam_ranges = [Hyperparameter('x', 'uniform', (0, 1))]\n"
 )
 EMPTY_SPACE = (
-    "from phobbit.execution.trainable import SyntheticTrainable\n"
+    "from phobbit.testing import SyntheticTrainable\n"
     "hparam_ranges = []\n"
     "trainable = SyntheticTrainable()\n"
 )
@@ -560,7 +560,7 @@ def test_an_edited_run_json_is_refused_by_every_command_in_one_line(
 HOSTILE_NAMES = (
     "from dataclasses import dataclass\n"
     "from phobbit import Hyperparameter\n"
-    "from phobbit.execution.trainable import SyntheticTrainable\n"
+    "from phobbit.testing import SyntheticTrainable\n"
     "hparam_ranges = [\n"
     "    Hyperparameter('x', 'uniform', (0, 1)),\n"
     "    Hyperparameter('[red]c', 'choice', ['[/]', '[red]', '[bold]b[/bold]', ':smile:']),\n"
@@ -611,7 +611,7 @@ def test_user_text_is_printed_as_it_is_never_as_rich_markup(tmp_path: Path, prog
 
 LONG_VALUES = (
     "from phobbit import Hyperparameter\n"
-    "from phobbit.execution.trainable import SyntheticTrainable\n"
+    "from phobbit.testing import SyntheticTrainable\n"
     "hparam_ranges = [\n"
     "    Hyperparameter('x', 'uniform', (0, 1)),\n"
     "    Hyperparameter('c' * 140_000, 'choice', ['a' * 200_000, 'b']),\n"
@@ -667,7 +667,7 @@ def test_hyperparameters_that_cannot_round_trip_exit_2_in_one_line(
     model = tmp_path / "model.py"
     model.write_text(
         "from phobbit import Hyperparameter\n"
-        "from phobbit.execution.trainable import SyntheticTrainable\n"
+        "from phobbit.testing import SyntheticTrainable\n"
         f"hparam_ranges = [{hparams}]\n"
         "trainable = SyntheticTrainable()\n"
     )
@@ -681,7 +681,7 @@ def test_numpy_bounds_and_options_in_a_model_file_train_and_resume(tmp_path: Pat
     model.write_text(
         "import numpy as np\n"
         "from phobbit import Hyperparameter\n"
-        "from phobbit.execution.trainable import SyntheticTrainable\n"
+        "from phobbit.testing import SyntheticTrainable\n"
         "hparam_ranges = [\n"
         "    Hyperparameter('units', 'randint', (np.int64(16), np.int64(128))),\n"
         "    Hyperparameter('lr', 'choice', [np.float32(0.5), np.float64(0.1)]),\n"

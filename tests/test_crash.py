@@ -32,10 +32,10 @@ from synthetic import overfitting_curve
 
 from phobbit import RepositoryError, StorageError
 from phobbit.core.records import SegmentResult
-from phobbit.execution.trainable import SyntheticTrainable
 from phobbit.reporting.plain import PlainReporter
 from phobbit.storage.repository import LEGACY_HEADER, Repository, encode_row
 from phobbit.storage.results import results_frame
+from phobbit.testing import SyntheticTrainable
 
 COLUMNS = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status"]
 RUNG_EPOCHS = (1, 3, 9, 27)  # of R=27, eta=3

@@ -15,9 +15,9 @@ import phobbit
 from phobbit import Hyperparameter, ParallelHyperband
 from phobbit.core.records import EpochRow, SegmentResult
 from phobbit.core.schedule import brackets
-from phobbit.execution.trainable import SyntheticTrainable
 from phobbit.storage.fence import StaleDriverError
 from phobbit.storage.repository import Repository, decode_epoch, encode_epoch
+from phobbit.testing import SyntheticTrainable
 
 SPACE = [Hyperparameter("x", "uniform", (0.0, 1.0))]
 

@@ -15,11 +15,12 @@ from synthetic import x_curve
 
 from phobbit import Hyperparameter, ParallelHyperband
 from phobbit.cli import commands as cli
-from phobbit.cli.terminal import LineReporter, ProgressTracker, device_label
-from phobbit.core.records import SegmentResult
+from phobbit.cli.terminal import LineReporter
+from phobbit.core.records import SegmentResult, Tuning
 from phobbit.execution.simulated import SimulatedExecutor
-from phobbit.execution.trainable import SyntheticTrainable
+from phobbit.reporting.progress import ProgressTracker, device_label
 from phobbit.storage.repository import Repository
+from phobbit.testing import SyntheticTrainable
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -28,7 +29,7 @@ SPACE = [Hyperparameter("x", "uniform", (0.0, 1.0))]
 NOISY_MODEL = """
 from backend_probes import noisy_curve
 from phobbit import Hyperparameter
-from phobbit.execution.trainable import SyntheticTrainable
+from phobbit.testing import SyntheticTrainable
 
 hparam_ranges = [Hyperparameter("x", "uniform", (0.0, 1.0))]
 trainable = SyntheticTrainable(curve=noisy_curve)
@@ -153,7 +154,7 @@ def test_cpu_workers_are_numbered_in_the_title_and_in_what_trains_now(tmp_path: 
     from phobbit.core.plan import Plan
     from phobbit.core.space import Space
 
-    plan = Plan(Space(SPACE), 9, 3, workers=2)
+    plan = Plan(Tuning.of(Space(SPACE), 9, 3), workers=2)
     tracker = ProgressTracker(["-1", "-1"])
     tracker.started(plan, 0)
     first, second = plan.next_segment(), plan.next_segment()
@@ -186,7 +187,7 @@ def test_the_live_display_names_iterations_of_what_trains_now(tmp_path: Path) ->
     from phobbit.core.plan import Plan
     from phobbit.core.space import Space
 
-    plan = Plan(Space(SPACE), 9, 3, iterations=2, workers=2)
+    plan = Plan(Tuning.of(Space(SPACE), 9, 3, iterations=2), workers=2)
     tracker = ProgressTracker(["-1", "-1"])
     tracker.started(plan, 0)
     segment = plan.next_segment()

@@ -13,7 +13,7 @@ from gates import GatedTrainable
 from synthetic import x_curve
 
 from phobbit import InputError, ParallelHyperband
-from phobbit.execution.trainable import SyntheticTrainable
+from phobbit.testing import SyntheticTrainable
 
 distributed = pytest.importorskip("distributed")
 

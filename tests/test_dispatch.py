@@ -16,7 +16,7 @@ from test_plan import SPACE
 from phobbit.core.dispatch import LatestStartPolicy
 from phobbit.core.hyperband import SynchronousHyperband
 from phobbit.core.plan import Plan
-from phobbit.core.records import Segment, SegmentResult, Status
+from phobbit.core.records import Segment, SegmentResult, Status, Tuning
 
 # The order in which the Plan of phobbit 0.1 (before the state machine and the
 # policy were split apart) handed out segments in ``dispatch_order``, which
@@ -73,7 +73,9 @@ def test_depth_first_latest_start_on_R81_is_the_order_of_the_plan_before_the_spl
     workers: int,
 ) -> None:
     plan = Plan(
-        SPACE, R=81, eta=3, iterations=2, workers=workers, policy=_latest_start(workers, False)
+        Tuning.of(SPACE, R=81, eta=3, iterations=2),
+        workers=workers,
+        policy=_latest_start(workers, False),
     )
     order = dispatch_order(plan, workers)
     assert len(order) == 434
@@ -83,7 +85,9 @@ def test_depth_first_latest_start_on_R81_is_the_order_of_the_plan_before_the_spl
 @pytest.mark.parametrize("workers", [1, 4, 16])
 def test_with_one_iteration_latest_start_hands_out_what_it_did_before(workers: int) -> None:
     orders = [
-        dispatch_order(Plan(SPACE, R=81, eta=3, workers=workers, policy=policy), workers)
+        dispatch_order(
+            Plan(Tuning.of(SPACE, R=81, eta=3), workers=workers, policy=policy), workers
+        )
         for policy in (_latest_start(workers), _latest_start(workers, False))
     ]
     assert orders[0] == orders[1]
@@ -95,10 +99,7 @@ def _timeline(
     """R=81 on a virtual clock, segments as long as their epochs +-30%: the makespan, and
     when each iteration's full-fidelity (81-epoch) results came, by iteration."""
     plan = Plan(
-        SPACE,
-        R=81,
-        eta=3,
-        iterations=iterations,
+        Tuning.of(SPACE, R=81, eta=3, iterations=iterations),
         workers=workers,
         policy=_latest_start(workers, iterations_first),
     )
@@ -142,15 +143,15 @@ def test_iterations_first_finishes_each_iteration_before_the_next_one_answers(
 
 
 def test_a_plan_of_its_parts_hands_out_what_the_plan_does() -> None:
-    machine = SynchronousHyperband(SPACE, R=27, eta=3, iterations=2)
+    machine = SynchronousHyperband(Tuning.of(SPACE, R=27, eta=3, iterations=2))
     policy = LatestStartPolicy(machine.schedule, machine.iterations, 4)
     parts = Plan.of(machine, policy, workers=4)
-    whole = Plan(SPACE, R=27, eta=3, iterations=2, workers=4)
+    whole = Plan(Tuning.of(SPACE, R=27, eta=3, iterations=2), workers=4)
     assert dispatch_order(parts, 4) == dispatch_order(whole, 4)
 
 
 def _policy(workers: int = 4) -> tuple[LatestStartPolicy, list[Segment]]:
-    machine = SynchronousHyperband(SPACE, R=27, eta=3)
+    machine = SynchronousHyperband(Tuning.of(SPACE, R=27, eta=3))
     policy = LatestStartPolicy(machine.schedule, 1, workers)
     segments = machine.start()
     for segment in segments:
@@ -237,7 +238,7 @@ def _durations(sim, jitter: float = 0.3):
 
 
 def _makespan(sim, R: int, eta: int, iterations: int, workers: int, policy, duration) -> float:
-    machine = SynchronousHyperband(sim.Space(sim.SPACE), R, eta, 0, iterations)
+    machine = SynchronousHyperband(Tuning.of(sim.Space(sim.SPACE), R, eta, 0, iterations))
     plan = Plan.of(machine, policy(machine), workers)
     return sim.list_schedule(plan, workers, duration).makespan
 
@@ -255,7 +256,7 @@ def test_energetic_bound_is_below_the_makespan_of_every_order_tried(
     simple = sim.lower_bound(space, R, eta, 0, iterations, workers, 1.0, 0.3).value
     assert bound >= simple * (1 - 1e-6)
     rng = random.Random(R * workers + iterations)
-    machine = SynchronousHyperband(space, R, eta, 0, iterations)
+    machine = SynchronousHyperband(Tuning.of(space, R, eta, 0, iterations))
     latest = Plan.of(machine, LatestStartPolicy(machine.schedule, iterations, workers), workers)
     makespans = [sim.simulate_barriers(space, R, eta, 0, iterations, workers, duration).makespan]
     run = sim.list_schedule(latest, workers, duration)

@@ -19,9 +19,9 @@ from phobbit.cli.commands import main
 from phobbit.cli.model_file import ModelFileRef, load_model_file
 from phobbit.core.records import RunSettings
 from phobbit.core.space import Space
-from phobbit.execution.trainable import SyntheticTrainable
 from phobbit.keras_adapter.trainable import check_dataset, fit_arguments
 from phobbit.storage.repository import Repository
+from phobbit.testing import SyntheticTrainable
 
 SPACE = [
     Hyperparameter("x", "uniform", (0.0, 1.0)),

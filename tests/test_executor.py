@@ -87,7 +87,7 @@ def test_driver_never_imports_tensorflow(tmp_path: Path) -> None:
     script = f"""
 import sys
 from phobbit import Hyperparameter, ParallelHyperband
-from phobbit.execution.trainable import SyntheticTrainable
+from phobbit.testing import SyntheticTrainable
 if __name__ == "__main__":
     hp = [Hyperparameter("x", "uniform", (0, 1))]
     ParallelHyperband(None, hp, {str(tmp_path / "repo")!r}, trainable=SyntheticTrainable(),

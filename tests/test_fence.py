@@ -31,10 +31,10 @@ from helpers import (
 
 from phobbit import RepositoryError
 from phobbit.core.records import Segment
-from phobbit.execution.trainable import SyntheticTrainable
 from phobbit.execution.worker import train_segment
 from phobbit.storage.fence import StaleDriverError, commit
 from phobbit.storage.repository import DRIVER_FRESH_S, Repository
+from phobbit.testing import SyntheticTrainable
 
 COLUMNS = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status"]
 VICTIM = "0-0-1"  # bracket 0 of R=9, eta=3 trains its configurations 9 epochs at once

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from test_plan import SPACE, outcome, serial_promotions
 
 from phobbit.core.hyperband import SynchronousHyperband
-from phobbit.core.records import Segment, Status, config_name
+from phobbit.core.records import Segment, Status, Tuning, config_name
 
 
 def drain(machine: SynchronousHyperband, pick: random.Random) -> list[Segment]:
@@ -40,7 +40,7 @@ def test_promotions_equal_a_serial_run_under_any_result_order(
     R, eta = shape
     result = outcome(seed, fail_rate, levels)
     serial = serial_promotions(SPACE, R, eta, 2, result)
-    machine = SynchronousHyperband(SPACE, R, eta, iterations=2)
+    machine = SynchronousHyperband(Tuning.of(SPACE, R, eta, iterations=2))
     ready = machine.start()
     while ready:
         segment = ready.pop(data.draw(st.integers(0, len(ready) - 1), label="finishes next"))
@@ -52,7 +52,7 @@ def test_promotions_equal_a_serial_run_under_any_result_order(
 
 
 def test_every_segment_is_made_ready_once_and_the_machine_is_done_after_the_last_result() -> None:
-    machine = SynchronousHyperband(SPACE, R=27, eta=3, iterations=2)
+    machine = SynchronousHyperband(Tuning.of(SPACE, R=27, eta=3, iterations=2))
     made = drain(machine, random.Random(1))
     assert machine.done
     assert len(made) == len(set(made)), "a segment was made ready twice"
@@ -62,7 +62,7 @@ def test_every_segment_is_made_ready_once_and_the_machine_is_done_after_the_last
 
 
 def test_start_gives_rung_0_of_every_bracket_deepest_first_and_only_once() -> None:
-    machine = SynchronousHyperband(SPACE, R=9, eta=3)
+    machine = SynchronousHyperband(Tuning.of(SPACE, R=9, eta=3))
     first = machine.start()
     assert [(s.s, s.id) for s in first][:3] == [(2, 0), (2, 1), (2, 2)]
     assert {s.rung for s in first} == {0} and len(first) == 9 + 5 + 3
@@ -72,7 +72,7 @@ def test_start_gives_rung_0_of_every_bracket_deepest_first_and_only_once() -> No
 
 
 def test_a_promoted_segment_resumes_where_its_rung_ended_with_its_best_loss() -> None:
-    machine = SynchronousHyperband(SPACE, R=9, eta=3)
+    machine = SynchronousHyperband(Tuning.of(SPACE, R=9, eta=3))
     rung0 = [s for s in machine.start() if s.s == 1]  # 5 x 3 epochs, 1 goes on to 9
     made = []
     for segment in rung0:
@@ -86,7 +86,7 @@ def test_a_promoted_segment_resumes_where_its_rung_ended_with_its_best_loss() ->
 
 
 def test_a_duplicate_result_is_ignored_and_a_foreign_one_refused() -> None:
-    machine = SynchronousHyperband(SPACE, R=9, eta=3)
+    machine = SynchronousHyperband(Tuning.of(SPACE, R=9, eta=3))
     segment = machine.start()[0]
     row = segment.result(val_loss=0.1, last_val_loss=0.1, status=Status.OK, error="")
     assert not machine.has_result(segment.key)
@@ -99,7 +99,9 @@ def test_a_duplicate_result_is_ignored_and_a_foreign_one_refused() -> None:
 
 
 def test_segments_carry_the_checkpoint_stem_that_checkpoint_of_names() -> None:
-    bare = SynchronousHyperband(SPACE, R=3, eta=3).start()
+    bare = SynchronousHyperband(Tuning.of(SPACE, R=3, eta=3)).start()
     assert [s.checkpoint for s in bare] == [config_name(0, s.s, s.id) for s in bare]
-    named = SynchronousHyperband(SPACE, R=3, eta=3, checkpoint_of=lambda i, s, c: f"m/{i}{s}{c}")
+    named = SynchronousHyperband(
+        Tuning.of(SPACE, R=3, eta=3, checkpoint_of=lambda i, s, c: f"m/{i}{s}{c}")
+    )
     assert [s.checkpoint for s in named.start()][:2] == ["m/010", "m/011"]

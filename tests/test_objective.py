@@ -20,13 +20,12 @@ from synthetic import x_curve
 import phobbit
 from phobbit import Hyperparameter, InputError, ParallelHyperband, RepositoryError
 from phobbit.core.objective import VAL_LOSS, Objective, infer_direction
-from phobbit.core.records import STOPPED_EARLY
+from phobbit.core.records import STOPPED_EARLY, Tuning
 from phobbit.core.space import Space
-from phobbit.execution.trainable import SyntheticTrainable
 from phobbit.execution.worker import train_segment
 from phobbit.storage.repository import Repository
 from phobbit.storage.results import results_frame
-from phobbit.testing import serial_hyperband
+from phobbit.testing import SyntheticTrainable, serial_hyperband
 
 SPACE = [Hyperparameter("x", "uniform", (0.0, 1.0))]
 R, ETA = 9, 3
@@ -67,13 +66,15 @@ def serial_table(folder: Path, objective: Objective, **extra: Any) -> pd.DataFra
     """The table of a serial Hyperband that ranks by ``objective``, trained one by one."""
     folder.mkdir()
     trainable = SyntheticTrainable(curve=x_curve, metrics=accuracy, objective=objective, **extra)
-    run = serial_hyperband(
+    tuning = Tuning.of(
         Space(SPACE),
         R,
         ETA,
-        train=lambda segment: train_segment(trainable, segment, str(folder)),
-        checkpoint_of=lambda i, s, c: str(folder / f"{i}-{s}-{c}"),
         objective=objective,
+        checkpoint_of=lambda i, s, c: str(folder / f"{i}-{s}-{c}"),
+    )
+    run = serial_hyperband(
+        tuning, train=lambda segment: train_segment(trainable, segment, str(folder))
     )
     return results_frame(run.results.values(), objective)
 

@@ -7,6 +7,7 @@ sleeping, no wall time. The reference is ``phobbit.testing.reference``'s serial 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import tempfile
@@ -23,7 +24,7 @@ from phobbit import Hyperparameter
 from phobbit.core import reducer
 from phobbit.core.dispatch import latest_starts
 from phobbit.core.plan import Plan
-from phobbit.core.records import RunSettings, Segment, SegmentResult
+from phobbit.core.records import RunSettings, Segment, SegmentResult, Tuning
 from phobbit.core.schedule import brackets
 from phobbit.core.space import Space
 from phobbit.execution.scheduler import Scheduler, SilentReporter
@@ -71,7 +72,7 @@ def serial_promotions(
     space: Space, R: int, eta: int, iterations: int, result: Outcome, seed: int = 0
 ) -> Promotions:
     """What a serial Hyperband (``phobbit.testing``) promotes when segments give ``result``."""
-    return serial_hyperband(space, R, eta, result, seed, iterations).promotions
+    return serial_hyperband(Tuning.of(space, R, eta, seed, iterations), result).promotions
 
 
 @dataclass(frozen=True)
@@ -157,13 +158,8 @@ def serial_run(space: Space, plan: Plan, trainable: Drawn) -> Promotions:
     with tempfile.TemporaryDirectory(prefix="phobbit-test-") as folder:
         repository = _repository(folder, space, plan)
         return serial_hyperband(
-            space,
-            machine.R,
-            machine.eta,
+            dataclasses.replace(machine.tuning, checkpoint_of=repository.checkpoint_stem),
             lambda segment: train_segment(trainable, segment, folder),
-            machine.seed,
-            machine.iterations,
-            checkpoint_of=repository.checkpoint_stem,
         ).promotions
 
 
@@ -214,7 +210,7 @@ def test_plan_never_promotes_what_a_serial_run_would_not(
 ) -> None:
     R, eta, space = *shape, SPACE
     trainable = Drawn(seed, fail_rate, levels)
-    plan = Plan(space, R, eta, iterations=2, workers=workers)
+    plan = Plan(Tuning.of(space, R, eta, iterations=2), workers=workers)
     serial = serial_run(space, plan, trainable)
 
     def check(plan: Plan) -> None:
@@ -226,7 +222,7 @@ def test_plan_never_promotes_what_a_serial_run_would_not(
 
 
 def test_a_configuration_is_promoted_before_its_rung_has_finished(space: Space) -> None:
-    plan = Plan(space, R=9, eta=3)  # bracket 2: 9 configurations, 3 go on
+    plan = Plan(Tuning.of(space, R=9, eta=3))  # bracket 2: 9 configurations, 3 go on
     rung0 = [s for s in plan.ready() if s.s == 2 and s.rung == 0]
     best = {s.id: 0.1 * s.id for s in rung0}  # ID 0 is best
     made_ready = []
@@ -254,8 +250,8 @@ def test_promotions_equal_between_one_and_four_workers_under_random_finish_order
     space: Space, seed: int
 ) -> None:
     trainable = Drawn(seed, fail_rate=0.1, levels=8)
-    one = Plan(space, R=27, eta=3, iterations=2, workers=1)
-    four = Plan(space, R=27, eta=3, iterations=2, workers=4)
+    one = Plan(Tuning.of(space, R=27, eta=3, iterations=2), workers=1)
+    four = Plan(Tuning.of(space, R=27, eta=3, iterations=2), workers=4)
     run(one, space, trainable, random_times(random.Random(seed)))
     trained = run(four, space, trainable, random_times(random.Random(seed + 1000)))
     assert sorted_promotions(one) == sorted_promotions(four)
@@ -267,7 +263,7 @@ def test_promotions_equal_between_one_and_four_workers_under_random_finish_order
 
 
 def test_next_segment_takes_the_ready_segment_of_highest_priority(space: Space) -> None:
-    plan = Plan(space, R=27, eta=3, iterations=2, workers=4)
+    plan = Plan(Tuning.of(space, R=27, eta=3, iterations=2), workers=4)
     rng, result = random.Random(0), outcome(0)
     running: list[Segment] = []
     while not plan.done:
@@ -280,7 +276,7 @@ def test_next_segment_takes_the_ready_segment_of_highest_priority(space: Space) 
 
 
 def test_free_workers_backfill_across_brackets_and_iterations(space: Space) -> None:
-    plan = Plan(space, R=27, eta=3, iterations=2, workers=4)
+    plan = Plan(Tuning.of(space, R=27, eta=3, iterations=2), workers=4)
     started = run(plan, space, Drawn(1), random_times(random.Random(1)))
     first = {}  # when each (iteration, bracket) first started, and when it last started
     last = {}
@@ -299,7 +295,7 @@ def test_free_workers_backfill_across_brackets_and_iterations(space: Space) -> N
 def test_deep_chains_go_first_and_the_last_brackets_long_segments_fill_the_end(
     space: Space,
 ) -> None:
-    plan = Plan(space, R=81, eta=3, workers=8)
+    plan = Plan(Tuning.of(space, R=81, eta=3), workers=8)
     first = plan.next_segment()
     assert first is not None and first.s == 4  # 81x1, 27x2, ...: the longest chain of rungs
     plan.give_back(first)
@@ -310,7 +306,7 @@ def test_deep_chains_go_first_and_the_last_brackets_long_segments_fill_the_end(
 
 
 def test_a_segment_given_back_is_handed_out_again_first_in_its_rung(space: Space) -> None:
-    plan = Plan(space, R=9, eta=3, workers=2)
+    plan = Plan(Tuning.of(space, R=9, eta=3), workers=2)
     segment = plan.next_segment()
     assert segment is not None
     plan.give_back(segment)
@@ -320,7 +316,7 @@ def test_a_segment_given_back_is_handed_out_again_first_in_its_rung(space: Space
 
 
 def test_a_result_recorded_without_being_handed_out_is_not_handed_out(space: Space) -> None:
-    plan = Plan(space, R=9, eta=3, workers=2)
+    plan = Plan(Tuning.of(space, R=9, eta=3), workers=2)
     ready = plan.ready()
     plan.record(_result(ready[0], 0.5))  # e.g. a row already in the repository
     handed = []
@@ -364,7 +360,7 @@ def test_simulated_run_comes_close_to_the_lower_bound(
             jitter[key] = (segment.epochs - segment.start_epoch) * rng.uniform(0.7, 1.3)
         return jitter[key]
 
-    plan = Plan(space, R=81, eta=3, workers=workers)
+    plan = Plan(Tuning.of(space, R=81, eta=3), workers=workers)
     started = run(plan, space, Drawn(7), duration)
     clock = max(when + jitter[segment.key] for when, segment in started)
     work = sum(jitter.values())

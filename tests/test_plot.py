@@ -12,8 +12,8 @@ from phobbit import InputError, ParallelHyperband, open_repository
 from phobbit.cli import commands as cli
 from phobbit.core.records import SegmentResult
 from phobbit.execution.simulated import SimulatedExecutor
-from phobbit.execution.trainable import SyntheticTrainable
 from phobbit.reporting import plot as phplot
+from phobbit.testing import SyntheticTrainable
 
 pytest.importorskip("matplotlib")
 from matplotlib.patches import Rectangle  # noqa: E402

@@ -24,7 +24,7 @@ from synthetic import x_curve
 
 from phobbit import ParallelHyperband
 from phobbit.core.plan import Plan
-from phobbit.core.records import RunSettings, Segment, SegmentKey
+from phobbit.core.records import RunSettings, Segment, SegmentKey, Tuning
 from phobbit.core.space import Space
 from phobbit.errors import StorageError
 from phobbit.execution.scheduler import (
@@ -34,12 +34,11 @@ from phobbit.execution.scheduler import (
     SilentReporter,
 )
 from phobbit.execution.simulated import Fault, SimulatedExecutor, TraceEntry
-from phobbit.execution.trainable import SyntheticTrainable
 from phobbit.execution.worker import train_segment
 from phobbit.reporting.plain import PlainReporter
 from phobbit.storage.repository import Repository
 from phobbit.storage.results import results_frame
-from phobbit.testing import serial_hyperband
+from phobbit.testing import SyntheticTrainable, serial_hyperband
 
 COLUMNS = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status"]
 OOM = (
@@ -107,7 +106,7 @@ class Run:
 
 def plan(workers: int, repository: Repository | None = None) -> Plan:
     checkpoint_of = {} if repository is None else {"checkpoint_of": repository.checkpoint_stem}
-    return Plan(Space(space()), 9, 3, 0, 1, workers, **checkpoint_of)
+    return Plan(Tuning.of(Space(space()), 9, 3, 0, 1, **checkpoint_of), workers)
 
 
 def handed_out_first(workers: int, count: int = 1) -> list[SegmentKey]:
@@ -120,14 +119,12 @@ def handed_out_first(workers: int, count: int = 1) -> list[SegmentKey]:
 def serial(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     """The table of a serial Hyperband (``phobbit.testing.reference``) of the same trainable."""
     repository = Repository(tmp_path_factory.mktemp("serial"))
-    repository.create(RunSettings.of(Space(space()), 9, 3, 0, 1))
+    settings = RunSettings.of(Space(space()), 9, 3, 0, 1)
+    repository.create(settings)
     trainable, folder = SyntheticTrainable(curve=x_curve), str(repository.path)
     run = serial_hyperband(
-        Space(space()),
-        9,
-        3,
+        Tuning(settings, repository.checkpoint_stem),
         lambda segment: train_segment(trainable, segment, folder),
-        checkpoint_of=repository.checkpoint_stem,
     )
     return results_frame(run.results.values())[COLUMNS].sort_index()
 

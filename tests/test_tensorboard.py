@@ -15,8 +15,8 @@ from phobbit import Hyperparameter, InputError, ParallelHyperband, open_reposito
 from phobbit.cli import commands as cli
 from phobbit.core.records import config_name
 from phobbit.execution.simulated import SimulatedExecutor
-from phobbit.execution.trainable import SyntheticTrainable
 from phobbit.reporting import tensorboard as tb
+from phobbit.testing import SyntheticTrainable
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing import event_accumulator  # noqa: E402

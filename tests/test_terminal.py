@@ -14,12 +14,14 @@ from rich.console import Console
 
 from phobbit import Hyperparameter
 from phobbit.cli.commands import best_table
-from phobbit.cli.terminal import LineReporter, LiveReporter, ProgressTracker, estimate_left, render
+from phobbit.cli.terminal import LineReporter, LiveReporter, render
 from phobbit.core.plan import Plan
-from phobbit.core.records import Segment, SegmentResult
+from phobbit.core.records import Segment, SegmentResult, Tuning
 from phobbit.core.space import Space
 from phobbit.reporting.plain import PlainReporter, SlowWatch
+from phobbit.reporting.progress import ProgressTracker
 from phobbit.storage.results import results_frame
+from phobbit.storage.view import estimate_left
 
 
 class Clock:
@@ -57,7 +59,7 @@ def test_estimate_left_scales_remaining_epochs_by_the_rate_so_far() -> None:
 
 def test_tracker_counts_epochs_and_infers_the_gpu_of_new_segments(space: Space) -> None:
     clock = Clock()
-    plan = Plan(space, R=9, eta=3, workers=2)
+    plan = Plan(Tuning.of(space, R=9, eta=3), workers=2)
     tracker = ProgressTracker(slots=["0", "1"], clock=clock)
     tracker.started(plan, resumed=0)
     assert (tracker.epochs_done, tracker.epochs_total) == (0, 69)
@@ -85,7 +87,7 @@ def test_tracker_counts_epochs_and_infers_the_gpu_of_new_segments(space: Space) 
 
 
 def test_tracker_knows_the_device_when_every_slot_is_the_cpu(space: Space) -> None:
-    plan = Plan(space, R=3, eta=3)
+    plan = Plan(Tuning.of(space, R=3, eta=3))
     tracker = ProgressTracker(slots=["-1", "-1"])
     tracker.started(plan, resumed=0)
     segment = plan.next_segment()
@@ -96,7 +98,7 @@ def test_tracker_knows_the_device_when_every_slot_is_the_cpu(space: Space) -> No
 def test_live_reporter_draws_on_a_terminal_and_stops(space: Space) -> None:
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=100)
-    plan = Plan(space, R=3, eta=3)
+    plan = Plan(Tuning.of(space, R=3, eta=3))
     reporter = LiveReporter(console, "phobbit train model.py", slots=["0"])
     reporter.started(plan, resumed=0)
     while (segment := plan.next_segment()) is not None:
@@ -113,7 +115,7 @@ def test_live_reporter_draws_on_a_terminal_and_stops(space: Space) -> None:
 
 def test_line_reporter_announces_each_rung_once(space: Space) -> None:
     out = io.StringIO()
-    plan = Plan(space, R=3, eta=3)
+    plan = Plan(Tuning.of(space, R=3, eta=3))
     reporter = LineReporter(out, verbose=1, title="phobbit train model.py")
     reporter.started(plan, resumed=0)
     while (segment := plan.next_segment()) is not None:
@@ -139,7 +141,7 @@ def test_user_text_reaches_any_console_as_written_never_as_markup() -> None:
     )
     out = io.StringIO()
     console = Console(file=out, force_terminal=True, width=200)  # markup and emoji on
-    plan = Plan(hostile, R=3, eta=3)
+    plan = Plan(Tuning.of(hostile, R=3, eta=3))
     reporter = LiveReporter(console, "phobbit train [dim]m.py --repo r_[exp1]", slots=["0"])
     reporter.started(plan, resumed=0)
     segment = plan.next_segment()
@@ -184,7 +186,7 @@ def test_a_segment_retrained_from_a_bad_checkpoint_is_said_and_counted(space: Sp
             result = dataclasses.replace(result, note=note)
         return result
 
-    report_serially(Plan(space, R=3, eta=3), reporters, retrained_once)
+    report_serially(Plan(Tuning.of(space, R=3, eta=3)), reporters, retrained_once)
     for out in (live.getvalue(), lines.getvalue()):
         assert f"retrained run 1 id 2 rung 0: {note}" in out
         assert "1 retrained from a bad checkpoint" in out
@@ -205,7 +207,7 @@ def timed_result(segment: Segment, start: float, seconds: float) -> SegmentResul
 
 def test_a_segment_far_slower_than_its_peers_is_flagged_with_a_timeout_hint(space: Space) -> None:
     clock = Clock()
-    plan = Plan(space, R=9, eta=3, workers=2)
+    plan = Plan(Tuning.of(space, R=9, eta=3), workers=2)
     tracker = ProgressTracker(slots=["0", "1"], clock=clock)
     tracker.started(plan, resumed=0)
     hung = plan.next_segment()  # one epoch
@@ -230,7 +232,7 @@ def test_a_segment_far_slower_than_its_peers_is_flagged_with_a_timeout_hint(spac
 def test_plain_lines_flag_a_slow_segment_once(space: Space) -> None:
     clock = Clock()
     out = io.StringIO()
-    plan = Plan(space, R=9, eta=3, workers=2)
+    plan = Plan(Tuning.of(space, R=9, eta=3), workers=2)
     reporter = PlainReporter(out, verbose=1, clock=clock)
     reporter.started(plan, resumed=0)
     hung = plan.next_segment()
@@ -262,7 +264,7 @@ def test_slow_watch_median_is_the_median_of_every_segment_learnt(seconds: list[f
 
 
 def test_tracker_counts_a_resumed_run_and_ignores_duplicate_rows(space: Space) -> None:
-    plan = Plan(space, R=9, eta=3, workers=2)
+    plan = Plan(Tuning.of(space, R=9, eta=3), workers=2)
     tracker = ProgressTracker()
     tracker.started(plan, resumed=1)
     resumed = plan.next_segment()

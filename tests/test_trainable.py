@@ -14,11 +14,12 @@ from synthetic import overfitting_curve
 
 from phobbit.core.records import Segment
 from phobbit.errors import CheckpointError
-from phobbit.execution.trainable import Losses, SyntheticTrainable
+from phobbit.execution.trainable import Losses
 from phobbit.execution.worker import train_segment
 from phobbit.storage import fence
 from phobbit.storage.checkpoints import best_path, find_scoring, read_progress
 from phobbit.storage.repository import Repository
+from phobbit.testing import SyntheticTrainable
 
 HPARAMS = {"x": 0.9}  # overfits after epoch 3: losses 1.69, 1.28, 1.20, 1.21, 1.25, ...
 TRAINABLE = SyntheticTrainable(curve=overfitting_curve, steps_per_epoch=STEPS)

@@ -22,17 +22,17 @@ from helpers import STEPS, report_serially, space, tuner
 from synthetic import x_curve
 
 from phobbit.core.plan import Plan
-from phobbit.core.records import RunSettings, Segment
+from phobbit.core.records import RunSettings, Segment, Tuning
 from phobbit.core.space import Space
 from phobbit.errors import InputError
 from phobbit.execution import warm
 from phobbit.execution.scheduler import Scheduler
 from phobbit.execution.simulated import SimulatedExecutor
-from phobbit.execution.trainable import WARM_STATE_BYTES, SyntheticTrainable
 from phobbit.execution.worker import train_segment
 from phobbit.reporting.plain import PlainReporter
 from phobbit.storage.repository import Repository, decode_row, encode_row
 from phobbit.storage.results import results_frame
+from phobbit.testing import WARM_STATE_BYTES, SyntheticTrainable
 
 COLUMNS = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status"]
 H = {"x": 0.5}
@@ -248,7 +248,9 @@ class Affinity:
     def __init__(self, folder: Path, prefer_warm: bool, reporter: Any = None) -> None:
         self.repository = Repository(folder)
         self.repository.create(RunSettings.of(Space(space()), 27, 3, 0, 1))
-        plan = Plan(Space(space()), 27, 3, 0, 1, 3, checkpoint_of=self.repository.checkpoint_stem)
+        plan = Plan(
+            Tuning.of(Space(space()), 27, 3, checkpoint_of=self.repository.checkpoint_stem), 3
+        )
         self.executor = SimulatedExecutor(3)
         trainable = SyntheticTrainable(
             curve=x_curve, epoch_seconds=1.0, jitter=0.5, warm_bytes=100 * WARM_STATE_BYTES
@@ -325,7 +327,7 @@ def test_the_terminal_reporters_count_warm_starts_in_their_last_line() -> None:
             started_warm=started_warm,
         )
 
-    report_serially(Plan(Space(space()), R=9, eta=3), reporters, half_warm)
+    report_serially(Plan(Tuning.of(Space(space()), R=9, eta=3)), reporters, half_warm)
     assert 0 < warm_starts < continued
     words = f"{warm_starts} of {continued} continued segments started warm"
     for out in (live.getvalue(), lines.getvalue()):

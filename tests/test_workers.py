@@ -25,14 +25,14 @@ from helpers import (
 )
 
 from phobbit.core.plan import Plan
-from phobbit.core.records import Segment
+from phobbit.core.records import Segment, Tuning
 from phobbit.core.space import Space
 from phobbit.errors import InputError, StorageError
 from phobbit.execution.executor import LocalExecutor
 from phobbit.execution.scheduler import Scheduler
-from phobbit.execution.trainable import SyntheticTrainable
 from phobbit.execution.worker import train_segment
 from phobbit.storage.repository import Repository
+from phobbit.testing import SyntheticTrainable
 
 COLUMNS = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status"]
 
@@ -226,7 +226,7 @@ def test_a_worker_killed_while_idle_breaks_no_trial_and_the_pool_is_rebuilt(
     time.sleep(0.5)  # loky marks the pool broken; the next submit raises at once
     repository = Repository(tmp_path / "repo")
     repository.create(run_settings(3))
-    plan = Plan(Space(space()), R=3, eta=3, checkpoint_of=repository.checkpoint_stem)
+    plan = Plan(Tuning.of(Space(space()), R=3, eta=3, checkpoint_of=repository.checkpoint_stem))
     trainable = SyntheticTrainable(curve=x_curve, steps_per_epoch=STEPS)
     try:
         Scheduler(trainable, plan, repository, executor).drive()

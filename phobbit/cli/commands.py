@@ -416,8 +416,9 @@ def _train(args: argparse.Namespace, console: Console, stdout: GuardedStdout) ->
     # `best` start fast; the API itself never imports TensorFlow.
     from phobbit.api import ParallelHyperband
     from phobbit.cli.model_file import load_model_file
-    from phobbit.cli.terminal import LineReporter, LiveReporter, slot_labels
+    from phobbit.cli.terminal import LineReporter, LiveReporter
     from phobbit.core.records import Status
+    from phobbit.reporting.progress import slot_labels
     from phobbit.storage.repository import Repository
 
     if args.jobs is not None and args.gpus:

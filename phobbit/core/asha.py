@@ -27,7 +27,7 @@ and ``start`` then hands back the decisions that have no result yet (they were
 in flight when the last run stopped), as they were.
 
 Example:
-    >>> machine = AsynchronousHyperband(space, R=27, eta=3)
+    >>> machine = AsynchronousHyperband(Tuning.of(space, R=27, eta=3))
     >>> segment = machine.decide()            # a free worker's next segment
     >>> machine.on_result(result)             # a finished one; returns []
 """
@@ -41,12 +41,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from phobbit.core import reducer
-from phobbit.core.hyperband import CheckpointOf, StateMachine
-from phobbit.core.objective import VAL_LOSS, Objective
-from phobbit.core.records import RungKey, Segment, SegmentKey, SegmentResult, config_name
+from phobbit.core.hyperband import StateMachine
+from phobbit.core.records import RungKey, Segment, SegmentKey, SegmentResult, Tuning
 from phobbit.core.samplers import RandomSampler
 from phobbit.core.schedule import Bracket, brackets
-from phobbit.core.space import Space
 from phobbit.errors import RepositoryError
 
 
@@ -103,16 +101,14 @@ class AsynchronousHyperband(StateMachine):
     """ASHA over Hyperband's brackets (see the module's docstring).
 
     Args:
-        space: the search space.
-        R: the most epochs a configuration is trained.
-        eta: the cut factor: the top 1/eta of a rung is promotable.
-        seed: the sampling seed.
+        tuning: the space, R, eta (the top 1/eta of a rung is promotable), the
+            sampling seed, the objective that ranks a rung (``Objective.row_score``;
+            a configuration a callback stopped early is never promoted) and the
+            checkpoint stem each segment carries. Its iterations are not ASHA's to
+            read (ASHA has one, endless): a budget counts them.
         sampler: where new configurations come from; by default ``RandomSampler``.
-        checkpoint_of: (iteration, s, id) -> the checkpoint path stem.
         brackets_s: which brackets run (their s); by default every bracket of (R, eta).
             ``[s_max]`` alone is plain ASHA with one bracket.
-        objective: what ranks a rung (``Objective.row_score``); a configuration a
-            callback stopped early is never promoted.
     """
 
     endless = True
@@ -120,21 +116,18 @@ class AsynchronousHyperband(StateMachine):
 
     def __init__(
         self,
-        space: Space,
-        R: int,
-        eta: int,
-        seed: int = 0,
+        tuning: Tuning,
         sampler: RandomSampler | None = None,
-        checkpoint_of: CheckpointOf = config_name,
         brackets_s: Iterable[int] | None = None,
-        objective: Objective = VAL_LOSS,
     ) -> None:
-        self.objective = objective
+        R, eta, seed = tuning.R, tuning.eta, tuning.seed
+        self.tuning = tuning
+        self.objective = tuning.objective
         self.schedule = brackets(R, eta)
         self.iterations = 1
         self.R, self.eta, self.seed = R, eta, seed
-        self.sampler = sampler or RandomSampler(space, seed)
-        self.checkpoint_of = checkpoint_of
+        self.sampler = sampler or RandomSampler(tuning.space, seed)
+        self.checkpoint_of = tuning.checkpoint_of
         chosen = set(b.s for b in self.schedule) if brackets_s is None else set(brackets_s)
         self._brackets = {b.s: _Bracket(b, eta=eta) for b in self.schedule if b.s in chosen}
         if not self._brackets:

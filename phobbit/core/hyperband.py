@@ -11,7 +11,7 @@ so that whatever the order in which results come back, the promotions are those
 of a serial run.
 
 Example:
-    >>> machine = SynchronousHyperband(space, R=9, eta=3)
+    >>> machine = SynchronousHyperband(Tuning.of(space, R=9, eta=3))
     >>> ready = machine.start()               # every configuration's first rung
     >>> ready += machine.on_result(result)    # what a finished segment promotes
 """
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,13 +32,9 @@ from phobbit.core.records import (
     Segment,
     SegmentKey,
     SegmentResult,
-    config_name,
+    Tuning,
 )
 from phobbit.core.schedule import Bracket, brackets
-from phobbit.core.space import Space
-
-CheckpointOf = Callable[[int, int, int], str]
-"""(iteration, bracket s, configuration id) -> the path stem of its checkpoint."""
 
 
 class StateMachine(ABC):
@@ -162,17 +158,12 @@ class SynchronousHyperband(StateMachine):
     """Every bracket of ``iterations`` Hyperband iterations, promoting as a serial run does.
 
     Args:
-        space: the search space configurations are sampled from.
-        R: the most epochs a configuration is trained.
-        eta: the cut factor.
-        seed: configuration (iteration, s, id) is drawn from (seed, iteration, s, id).
-        iterations: how many Hyperband iterations, each with its own configurations.
-        checkpoint_of: names the checkpoint path stem a segment carries (the
-            scheduler's repository knows where checkpoints live); by default
-            the bare ``config_name``.
-        objective: what ranks a rung (``Objective.row_score``); a configuration a
-            callback stopped early ranks as a failed one here: it is never
-            promoted, and its place goes to the next best.
+        tuning: the space, R, eta, seed, iterations and objective, and the
+            checkpoint stem each segment carries. Configuration (iteration, s, id)
+            is drawn from (seed, iteration, s, id); the objective ranks a rung
+            (``Objective.row_score``), and a configuration a callback stopped early
+            ranks as a failed one here: it is never promoted, and its place goes
+            to the next best.
         sampler: where configurations come from (``phobbit.core.samplers``); by default
             ``Space.sample``. A lazy sampler (TPE) draws a configuration when its
             first segment is about to be dispatched (``prepare``), so later draws
@@ -183,20 +174,17 @@ class SynchronousHyperband(StateMachine):
 
     def __init__(
         self,
-        space: Space,
-        R: int,
-        eta: int,
-        seed: int = 0,
-        iterations: int = 1,
-        checkpoint_of: CheckpointOf = config_name,
-        objective: Objective = VAL_LOSS,
+        tuning: Tuning,
         sampler: Any = None,
         recorded: dict[ConfigKey, dict[str, Any]] | None = None,
     ) -> None:
-        self.objective = objective
-        self.schedule = brackets(R, eta)
-        self.R, self.eta, self.seed, self.iterations = R, eta, seed, iterations
-        self.checkpoint_of = checkpoint_of
+        self.tuning = tuning
+        self.objective = tuning.objective
+        self.R, self.eta, self.seed = tuning.R, tuning.eta, tuning.seed
+        self.iterations = iterations = tuning.iterations
+        self.schedule = brackets(self.R, self.eta)
+        self.checkpoint_of = tuning.checkpoint_of
+        space, seed = tuning.space, tuning.seed
         self.sampler = sampler
         self._lazy = sampler is not None and sampler.lazy
         self._recorded = dict(recorded or {})

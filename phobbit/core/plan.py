@@ -13,17 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterator
 
 from phobbit.core.dispatch import DispatchPolicy, LatestStartPolicy
-from phobbit.core.hyperband import CheckpointOf, StateMachine, SynchronousHyperband
-from phobbit.core.objective import VAL_LOSS, Objective
-from phobbit.core.records import (
-    ConfigKey,
-    RungKey,
-    Segment,
-    SegmentKey,
-    SegmentResult,
-    config_name,
-)
-from phobbit.core.space import Space
+from phobbit.core.hyperband import StateMachine, SynchronousHyperband
+from phobbit.core.objective import Objective
+from phobbit.core.records import ConfigKey, RungKey, Segment, SegmentKey, SegmentResult, Tuning
 
 PolicyOf = Callable[[SynchronousHyperband], DispatchPolicy]
 """Builds the dispatch policy of a plan from its state machine."""
@@ -33,43 +25,29 @@ class Plan:
     """Every bracket of ``iterations`` Hyperband iterations, handed out latest start first.
 
     Args:
-        space: the search space configurations are sampled from.
-        R: the most epochs a configuration is trained.
-        eta: the cut factor.
-        seed: configuration (iteration, s, id) is drawn from (seed, iteration, s, id).
-        iterations: how many Hyperband iterations, each with its own configurations.
+        tuning: the space, R, eta, seed, iterations and objective of the run, and
+            the checkpoint stem each segment carries (``SynchronousHyperband``).
         workers: how many segments run at once; it shapes the dispatch order only.
-        checkpoint_of: (iteration, s, id) -> the checkpoint path stem a segment
-            carries; by default the bare ``config_name``.
         policy: builds the dispatch policy from the state machine; by default
             ``LatestStartPolicy``.
-        objective: what ranks configurations (the lowest val loss by default).
 
     Example:
-        >>> plan = Plan(space, R=9, eta=3, seed=0)
+        >>> plan = Plan(Tuning.of(space, R=9, eta=3, seed=0), workers=4)
         >>> segment = plan.next_segment()        # hand it to a worker ...
         >>> plan.record(result)                  # ... and give its result back
     """
 
     def __init__(
         self,
-        space: Space,
-        R: int,
-        eta: int,
-        seed: int = 0,
-        iterations: int = 1,
+        tuning: Tuning,
         workers: int = 1,
-        checkpoint_of: CheckpointOf = config_name,
         policy: PolicyOf | None = None,
-        objective: Objective = VAL_LOSS,
     ) -> None:
-        machine = SynchronousHyperband(
-            space, R, eta, seed, iterations, checkpoint_of, objective=objective
-        )
+        machine = SynchronousHyperband(tuning)
         workers = max(1, workers)
         self._join(
             machine,
-            LatestStartPolicy(machine.schedule, iterations, workers)
+            LatestStartPolicy(machine.schedule, tuning.iterations, workers)
             if policy is None
             else policy(machine),
             workers,
@@ -80,7 +58,7 @@ class Plan:
         """The plan of a state machine that has not started and an empty dispatch policy.
 
         Example:
-            >>> machine = SynchronousHyperband(space, R=9, eta=3)
+            >>> machine = SynchronousHyperband(Tuning.of(space, R=9, eta=3))
             >>> plan = Plan.of(machine, LatestStartPolicy(machine.schedule, 1, 4), workers=4)
         """
         plan = cls.__new__(cls)

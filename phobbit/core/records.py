@@ -5,13 +5,16 @@ a ``SegmentResult`` what training it gave (one row of ``results.csv``), a
 ``Status`` whether it succeeded; the key types name a segment, a rung and a
 configuration. ``RunSettings`` is what ``run.json`` records: the settings that
 make a run's rows mean what they mean, validated as one typed object whether
-they come from the caller or from a file. Everything here pickles, compares and
-hashes by its fields.
+they come from the caller or from a file. ``Tuning`` is what a bracket state
+machine, a plan and the serial reference are built from: those settings and
+where segments' checkpoints go. Everything here pickles, compares and hashes by
+its fields.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
@@ -29,6 +32,8 @@ RungKey = tuple[int, int, int]
 """(iteration, bracket s, rung): what identifies a rung of one iteration's bracket."""
 ConfigKey = tuple[int, int, int]
 """(iteration, bracket s, configuration id): what identifies a configuration."""
+CheckpointOf = Callable[[int, int, int], str]
+"""(iteration, bracket s, configuration id) -> the path stem of its checkpoint."""
 
 
 class Status(str, Enum):
@@ -409,3 +414,76 @@ class RunSettings:
         except (InputError, KeyError, TypeError) as exc:
             what = f"a hyperparameter lacks {exc}" if isinstance(exc, KeyError) else str(exc)
             raise RepositoryError(f"{source} is not valid: {what}; {remedy}") from None
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """What the brackets of a run are built from: its settings and its checkpoints' names.
+
+    The state machines (``SynchronousHyperband``, ``AsynchronousHyperband``), the
+    ``Plan`` and the serial reference all take one, so that the search space, R,
+    eta, seed, iterations and objective travel together, validated once by
+    ``RunSettings``. The settings' algorithm and sampler name the run for
+    ``run.json``; the machine that reads a ``Tuning`` is chosen by its caller.
+
+    Attributes:
+        settings: the run's settings (what ``run.json`` records).
+        checkpoint_of: (iteration, s, id) -> the checkpoint path stem a segment
+            carries (the repository knows where checkpoints live:
+            ``Repository.checkpoint_stem``); by default the bare ``config_name``.
+
+    Example:
+        >>> tuning = Tuning.of(space, R=9, eta=3, seed=0)
+        >>> plan = Plan(tuning, workers=4)
+    """
+
+    settings: RunSettings
+    checkpoint_of: CheckpointOf = config_name
+
+    @classmethod
+    def of(
+        cls,
+        space: Space,
+        R: int,
+        eta: int,
+        seed: int = 0,
+        iterations: int = 1,
+        objective: Objective | None = None,
+        checkpoint_of: CheckpointOf = config_name,
+    ) -> Tuning:
+        """The tuning of ``space`` with these settings (Hyperband, random sampling).
+
+        Raises:
+            InputError: (a ``ValueError``) naming the setting that is wrong.
+        """
+        return cls(RunSettings.of(space, R, eta, seed, iterations, objective), checkpoint_of)
+
+    @property
+    def space(self) -> Space:
+        """The search space configurations are drawn from."""
+        return self.settings.space
+
+    @property
+    def R(self) -> int:
+        """The most epochs a configuration is trained."""
+        return self.settings.R
+
+    @property
+    def eta(self) -> int:
+        """The cut factor."""
+        return self.settings.eta
+
+    @property
+    def seed(self) -> int:
+        """Configuration (iteration, s, id) is drawn from (seed, iteration, s, id)."""
+        return self.settings.seed
+
+    @property
+    def iterations(self) -> int:
+        """How many Hyperband iterations, each with its own configurations."""
+        return self.settings.iterations
+
+    @property
+    def objective(self) -> Objective:
+        """What ranks configurations (the lowest val loss by default)."""
+        return self.settings.goal

@@ -7,9 +7,10 @@ real ``train_segment`` writes real rows to the repository while no time passes.
 returns the virtual time, so segment timeouts are virtual too. Scheduling
 benchmarks and the scheduler's tests use it instead of loops of their own.
 
-By default a task's duration is what ``SyntheticTrainable`` would sleep for
-its segment (its ``epoch_seconds`` and ``jitter``); the trainable then runs
-with ``epoch_seconds=0``, so it does not sleep for real. Faults are injected
+By default a task's duration is what its trainable says the segment takes
+when it is a ``TimedTrainable`` (``phobbit.testing.SyntheticTrainable`` is one:
+its ``epoch_seconds`` and ``jitter``); the trainable then runs as its
+``instant()`` copy, so it does not sleep for real. Faults are injected
 deterministically: ``fail`` maps a segment key to the exception its task
 raises, once per attempt. A ``BrokenProcessPool`` (loky's
 ``TerminatedWorkerError`` is one) is a worker's death: as in a loky pool it
@@ -29,7 +30,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import itertools
 import math
@@ -38,13 +38,30 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, CancelledError, Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from phobbit.core.records import Segment, SegmentKey
 from phobbit.core.units import check_int
 from phobbit.execution import warm
 from phobbit.execution.executor import Executor
-from phobbit.execution.trainable import SyntheticTrainable
+
+
+@runtime_checkable
+class TimedTrainable(Protocol):
+    """A trainable that says how long a segment takes, and can train without taking it.
+
+    A ``SimulatedExecutor`` without a ``duration`` puts ``segment_time`` on its
+    virtual clock and trains the ``instant()`` copy, so no time passes for real.
+    """
+
+    def segment_time(self, hparams: dict[str, Any], initial_epoch: int, epochs: int) -> float:
+        """Seconds that training ``hparams`` from ``initial_epoch`` to ``epochs`` takes."""
+        ...
+
+    def instant(self) -> Any:
+        """This trainable, training without the time it stands for (no sleeps)."""
+        ...
+
 
 Duration = Callable[[Segment], float]
 """A cost model: the virtual seconds a segment takes."""
@@ -94,7 +111,7 @@ class SimulatedExecutor(Executor):
     Args:
         workers: how many tasks run at once (CPU slots).
         duration: the cost model, segment -> virtual seconds; by default what the
-            ``SyntheticTrainable`` handed to ``submit`` would sleep (0 for others).
+            ``TimedTrainable`` handed to ``submit`` says (0 for other trainables).
         fail: segment key -> the exception its task raises (see the module's docstring).
         overhead: virtual seconds added to every task (dispatch, result, CSV append).
         latency: virtual seconds from ``submit`` until a worker can start the task
@@ -262,7 +279,7 @@ class SimulatedExecutor(Executor):
             return 0.0
         if self.duration is not None:
             return self.duration(segment)
-        trainable = next((a for a in args if isinstance(a, SyntheticTrainable)), None)
+        trainable = next((a for a in args if isinstance(a, TimedTrainable)), None)
         if trainable is None:
             return 0.0
         return trainable.segment_time(segment.hparams, segment.start_epoch, segment.epochs)
@@ -347,7 +364,5 @@ class SimulatedExecutor(Executor):
 
 
 def _instant(arg: Any) -> Any:
-    """A synthetic trainable that does not sleep: the virtual clock stands for its epochs."""
-    if isinstance(arg, SyntheticTrainable) and arg.epoch_seconds > 0:
-        return dataclasses.replace(arg, epoch_seconds=0.0)
-    return arg
+    """A timed trainable that does not sleep: the virtual clock stands for its epochs."""
+    return arg.instant() if isinstance(arg, TimedTrainable) else arg

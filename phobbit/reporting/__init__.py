@@ -1,4 +1,5 @@
-"""What a run tells people while and after it runs: plain progress lines (``plain``),
+"""What a run tells people while and after it runs: the pure progress state the
+terminal's views draw (``progress``), plain progress lines (``plain``),
 TensorBoard logs (``tensorboard``) and plots (``plot``).
 
 Reporters implement the scheduler's ``Reporter`` protocol. This layer imports

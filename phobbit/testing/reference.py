@@ -9,7 +9,7 @@ each rung). It lives in the package, not in ``tests/``, so that both can
 import it without path tricks; nothing in phobbit imports it.
 
 Example:
-    >>> run = serial_hyperband(space, R=9, eta=3, train=synthetic_result)
+    >>> run = serial_hyperband(Tuning.of(space, R=9, eta=3), train=synthetic_result)
     >>> run.promotions[(0, 2, 0)]        # the IDs rung 0 of bracket 2 promoted
     [1, 4, 7]
 """
@@ -21,12 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from phobbit.core import reducer
-from phobbit.core.hyperband import CheckpointOf
 from phobbit.core.objective import VAL_LOSS, Objective
-from phobbit.core.records import RungKey, Segment, SegmentKey, SegmentResult, Status, config_name
+from phobbit.core.records import RungKey, Segment, SegmentKey, SegmentResult, Status, Tuning
 from phobbit.core.schedule import brackets
-from phobbit.core.space import Space
-from phobbit.execution.trainable import default_curve
+from phobbit.testing.synthetic import default_curve
 
 Train = Callable[[Segment], SegmentResult]
 """Trains a segment and returns its row (``train_segment``, or a computed row)."""
@@ -53,22 +51,17 @@ class SerialRung:
         return list(self.promoted)
 
 
-def serial_rungs(
-    space: Space,
-    R: int,
-    eta: int,
-    seed: int = 0,
-    iterations: int = 1,
-    checkpoint_of: CheckpointOf = config_name,
-    objective: Objective = VAL_LOSS,
-) -> Iterator[SerialRung]:
-    """The rungs of a serial Hyperband, in order: bracket by bracket, rung by rung.
+def serial_rungs(tuning: Tuning) -> Iterator[SerialRung]:
+    """The rungs of a serial Hyperband of ``tuning``, in order: bracket by bracket, rung
+    by rung.
 
     The caller trains a rung's segments and calls its ``reduce`` before taking
     the next rung, which trains what it promoted.
     """
-    for iteration in range(iterations):
-        for bracket in brackets(R, eta):
+    space, seed, checkpoint_of = tuning.space, tuning.seed, tuning.checkpoint_of
+    objective = tuning.objective
+    for iteration in range(tuning.iterations):
+        for bracket in brackets(tuning.R, tuning.eta):
             alive = list(range(bracket.n))
             best: dict[int, float | None] = dict.fromkeys(alive)
             hparams = {i: space.sample(seed, iteration, bracket.s, i) for i in alive}
@@ -111,26 +104,18 @@ class SerialRun:
         return {(r.iteration, r.s, r.id): r for r in self.results.values()}
 
 
-def serial_hyperband(
-    space: Space,
-    R: int,
-    eta: int,
-    train: Train,
-    seed: int = 0,
-    iterations: int = 1,
-    checkpoint_of: CheckpointOf = config_name,
-    objective: Objective = VAL_LOSS,
-) -> SerialRun:
+def serial_hyperband(tuning: Tuning, train: Train) -> SerialRun:
     """Runs a serial Hyperband in this process, one segment after another.
 
     Args:
+        tuning: the space, R, eta, seed, iterations and objective, and the
+            checkpoint stem segments carry.
         train: trains a segment and returns its row, e.g.
             ``lambda s: train_segment(trainable, s, repository_path)`` or ``synthetic_result``.
-        checkpoint_of: (iteration, s, id) -> the checkpoint stem segments carry.
     """
     results: dict[SegmentKey, SegmentResult] = {}
     promotions: dict[RungKey, list[int]] = {}
-    for rung in serial_rungs(space, R, eta, seed, iterations, checkpoint_of, objective):
+    for rung in serial_rungs(tuning):
         rows = [train(segment) for segment in rung.segments]
         results.update((row.key, row) for row in rows)
         chosen = rung.reduce(rows)

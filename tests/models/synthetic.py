@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 
 from phobbit import Hyperparameter
-from phobbit.execution.trainable import SyntheticTrainable
+from phobbit.testing import SyntheticTrainable
 
 hparam_ranges = [
     Hyperparameter("x", "uniform", (0.0, 1.0)),
