@@ -22,7 +22,7 @@ from phobbit.core.dispatch import FifoPolicy, LatestStartPolicy
 from phobbit.core.hyperband import StateMachine, SynchronousHyperband
 from phobbit.core.objective import Objective
 from phobbit.core.plan import Plan
-from phobbit.core.records import ALGORITHMS, RunSettings
+from phobbit.core.records import ALGORITHMS, RunSettings, Tuning
 from phobbit.core.samplers import check_sampler, make_sampler
 from phobbit.core.space import Hyperparameter, Space
 from phobbit.errors import InputError
@@ -527,15 +527,7 @@ class ParallelHyperband:
         decisions = DecisionLog(self.repository).read()
         workers = self.executor.capacity
         if self.algorithm == "asha":
-            machine: StateMachine = AsynchronousHyperband(
-                self.space,
-                R,
-                eta,
-                self.seed,
-                sampler,
-                checkpoint_of=stem,
-                objective=self.objective,
-            )
+            machine: StateMachine = AsynchronousHyperband(Tuning(settings, stem), sampler)
             machine.replay(decisions, self.repository.results().values())
             epochs = self.max_epochs
             if epochs is None and self.time_limit is None:
@@ -546,15 +538,7 @@ class ParallelHyperband:
             return Plan.of(machine, FifoPolicy(), workers), budget
         recorded = {(d.iteration, d.s, d.id): d.hparams for d in decisions if d.rung == 0}
         machine = SynchronousHyperband(
-            self.space,
-            R,
-            eta,
-            self.seed,
-            iterations,
-            checkpoint_of=stem,
-            sampler=sampler if sampler.lazy else None,
-            recorded=recorded,
-            objective=self.objective,
+            Tuning(settings, stem), sampler=sampler if sampler.lazy else None, recorded=recorded
         )
         policy = LatestStartPolicy(machine.schedule, iterations, workers)
         return Plan.of(machine, policy, workers), Budget(self.time_limit, self.max_epochs)
