@@ -141,13 +141,13 @@ class _BracketState:
         return rungs[rung + 1].n if rung + 1 < len(rungs) else 0
 
     def closed(self, rung: int) -> bool:
-        """Every trial that will ever reach ``rung`` has finished it."""
+        """Every configuration that will ever reach ``rung`` has finished it."""
         if rung < 0:
             return True
         return self.closed(rung - 1) and len(self.finished[rung]) == len(self.members[rung])
 
     def unfinished(self, rung: int) -> int:
-        """An upper bound on the trials of ``rung`` that may still finish."""
+        """An upper bound on the configurations of ``rung`` that may still finish."""
         running = len(self.members[rung]) - len(self.finished[rung])
         if rung == 0 or self.closed(rung - 1):
             return running
@@ -286,7 +286,7 @@ class SynchronousHyperband(StateMachine):
             # The sampler minimises: the objective's rank (negated when maximised).
             self.sampler.observe(key, hparams, result.epochs, self.objective.row_score(result))
         made_ready = []
-        # A result can make its own rung's trials certain, and, by closing its rung,
+        # A result can make its own rung's configurations certain, and, by closing its rung,
         # the next rung's too; each rung's ranking keeps this O(log n) per result.
         for rung in range(result.rung, len(state.bracket.rungs) - 1):
             for config_id in state.rankings[rung].promote(state.k(rung), state.unfinished(rung)):

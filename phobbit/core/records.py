@@ -58,8 +58,8 @@ def config_name(iteration: int, s: int, config_id: int) -> str:
 
 
 # Failed rows that older versions wrote for a checkpoint they could not use: no fault of
-# the trial, so not final; the segment is trained again (phobbit now retrains such a
-# checkpoint itself, and never fails the trial for it).
+# the configuration, so not final; the segment is trained again (phobbit now retrains such a
+# checkpoint itself, and never fails the configuration for it).
 _CHECKPOINT_FAILURE = re.compile(
     r"^RuntimeError: checkpoint .* (is unreadable \(|is missing; expected epoch "
     r"|holds \d+ val losses for |holds epoch \d+, (expected|beyond) )"

@@ -1,7 +1,7 @@
 """The reducer: which configurations of a rung go on to the next. Pure, no I/O.
 
 A rung keeps its ``k = floor(n_i / eta)`` best configurations by Val Loss (the
-lowest validation loss seen so far), ties broken by ID; a failed trial (an
+lowest validation loss seen so far), ties broken by ID; a failed configuration (an
 exception, a NaN or infinite loss) ranks last and is never promoted.
 
 Early promotion: a finished configuration is promoted before its rung has
@@ -19,14 +19,14 @@ from collections.abc import Iterable, Mapping
 
 
 def rank_key(config_id: int, val_loss: float | None) -> tuple[int, float, int]:
-    """Sort key of a finished trial: failed (None or NaN) last, then loss, then ID."""
+    """Sort key of a finished configuration: failed (None or NaN) last, then loss, then ID."""
     if val_loss is None or math.isnan(val_loss):
         return (1, math.inf, config_id)
     return (0, val_loss, config_id)
 
 
 def ranked(finished: Mapping[int, float | None]) -> list[int]:
-    """IDs of the finished trials from best to worst."""
+    """IDs of the finished configurations from best to worst."""
     return sorted(finished, key=lambda i: rank_key(i, finished[i]))
 
 
@@ -34,9 +34,9 @@ def certain_promotions(finished: Mapping[int, float | None], k: int, unfinished:
     """The finished configurations already certain to be among the best ``k``.
 
     Args:
-        finished: ID -> Val Loss of every finished trial of the rung (None if failed).
+        finished: ID -> Val Loss of every finished configuration of the rung (None if failed).
         k: how many configurations the rung promotes.
-        unfinished: how many trials of the rung may still finish, an upper bound.
+        unfinished: how many configurations of the rung may still finish, an upper bound.
 
     Returns:
         IDs, best first. With ``unfinished == 0`` this is exactly the serial
@@ -47,21 +47,21 @@ def certain_promotions(finished: Mapping[int, float | None], k: int, unfinished:
         if position + unfinished >= k:
             break
         if rank_key(config_id, finished[config_id])[0]:
-            break  # failed trials are never promoted
+            break  # failed configurations are never promoted
         promoted.append(config_id)
     return promoted
 
 
 class RungRanking:
-    """The finished trials of one rung, promoting them as ``certain_promotions`` does in
+    """The finished configurations of one rung, promoting them as ``certain_promotions`` does in
     O(log n) per result instead of a sort of the whole rung per result.
 
     Promotions only ever grow a prefix of the ranking: the promoted are always
-    the best so far, and a trial that finishes ahead of one already promoted is
+    the best so far, and a configuration that finishes ahead of one already promoted is
     itself certain the moment it finishes (it took the place of an unfinished
-    trial, so the count of those that could still beat it fell by one). So only
-    the trials not yet promoted are kept, in a heap by rank, and a trial is
-    certain when the promoted plus every unfinished trial are fewer than k.
+    configuration, so the count of those that could still beat it fell by one). So only
+    the configurations not yet promoted are kept, in a heap by rank, and one is
+    certain when the promoted plus every unfinished configuration are fewer than k.
 
     Example:
         >>> ranking = RungRanking()
@@ -75,15 +75,15 @@ class RungRanking:
         self.promoted = 0
 
     def add(self, config_id: int, val_loss: float | None) -> None:
-        """A trial of the rung finished with ``val_loss`` (None: it failed)."""
+        """A configuration of the rung finished with ``val_loss`` (None: it failed)."""
         heapq.heappush(self._waiting, rank_key(config_id, val_loss))
 
     def promote(self, k: int, unfinished: int) -> list[int]:
-        """The trials newly certain to be among the best ``k``, best first.
+        """The configurations newly certain to be among the best ``k``, best first.
 
         Args:
             k: how many configurations the rung promotes.
-            unfinished: how many trials of the rung may still finish, an upper bound
+            unfinished: how many configurations of the rung may still finish, an upper bound
                 that never grows from one call to the next.
         """
         chosen = []

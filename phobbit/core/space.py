@@ -2,7 +2,7 @@
 
 A configuration is drawn from a generator seeded by ``(seed, iteration, s, id)``
 alone, so the same seed gives the same configurations whatever the number of
-workers or the order in which trials finish.
+workers or the order in which segments finish.
 """
 
 from __future__ import annotations

@@ -132,7 +132,7 @@ class DaskExecutor(Executor):
             one thread each (``--nthreads 1``), as many per host as GPU slots.
         gpus: the GPU ids of every host; each gets ``jobs_per_gpu`` slots. None
             runs on the CPU with GPUs hidden.
-        jobs_per_gpu: trials at once on one GPU.
+        jobs_per_gpu: segments trained at once on one GPU.
     """
 
     stages_data_in_repository = True  # workers on other hosts cannot read this host's /tmp

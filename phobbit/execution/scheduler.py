@@ -2,12 +2,12 @@
 
 It keeps every worker busy (a new segment is dispatched the moment one comes
 back; the loop blocks on the futures, it never polls with sleeps), skips
-segments already in the repository (a resume), retries the trials of a worker
+segments already in the repository (a resume), retries the segments of a worker
 that died, and tells a reporter what happens. It never imports TensorFlow.
 
 When one worker dies, loky stops them all: every segment in flight fails with
 the same ``TerminatedWorkerError`` and none says which worker died. Charging
-them all a retry would fail innocent trials, so the scheduler isolates
+them all a retry would fail innocent segments, so the scheduler isolates
 *suspects* instead: a crash with one segment in flight charges that one; a
 crash with several makes them all suspects without charging anyone; and at
 most one suspect is in flight at a time (beside any number of others), so the
@@ -156,7 +156,7 @@ class Scheduler:
         repository: where rows and checkpoints go; rows already there are not retrained.
         executor: where segments run; it stays up when the run ends (its creator
             shuts it down).
-        max_retries: how often a trial whose worker died (or that timed out) is
+        max_retries: how often a segment whose worker died (or that timed out) is
             retried before it fails.
         reporter: told of progress.
         segment_timeout: seconds a segment may run, counted from when it is handed
@@ -382,7 +382,7 @@ class Scheduler:
         try:
             future = self.executor.submit(*args, **options)
         except BrokenProcessPool:
-            # A worker died while idle (e.g. killed for memory): no trial is to blame.
+            # A worker died while idle (e.g. killed for memory): no segment is to blame.
             self.executor.restart()
             self._free.clear()
             future = self.executor.submit(*args)
@@ -472,7 +472,7 @@ class Scheduler:
             # A worker of a driver that was replaced ends at its first write: say so.
             self._check_fence()
             if not self.executor.can_kill_one:
-                # A broken pool fails every trial in flight: collect them all, then rebuild.
+                # A broken pool fails every segment in flight: collect them all, then rebuild.
                 # Elsewhere (Dask) the others run on, and the freed workers take new work.
                 rest = dict(self._in_flight)
                 self.executor.wait(rest, return_when=ALL_COMPLETED)
@@ -616,7 +616,7 @@ class Scheduler:
         self.reporter.retrying(segment, cause, attempt)
 
     def _failed(self, segment: Segment, error: str) -> SegmentResult:
-        """A failed row written by the driver, for a trial no worker could report."""
+        """A failed row written by the driver, for a segment no worker could report."""
         now = time.time()
         result = segment.result(
             val_loss=None,

@@ -4,7 +4,7 @@
 standard output fails with a broken pipe, in the driver and in every worker (a
 worker inherits the driver's standard output, and a user's ``print``,
 ``model.summary()`` or ``verbose=1`` writes there). Hours of training must not be
-thrown away, nor trials failed, because a pager quit: ``GuardedStdout`` points
+thrown away, nor segments failed, because a pager quit: ``GuardedStdout`` points
 standard output at /dev/null at the first failed write and discards the rest.
 """
 

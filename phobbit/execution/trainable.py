@@ -93,14 +93,14 @@ class Trainable(Protocol):
       ``initial_epoch + 1 .. e`` followed by the new ones; no epoch is trained
       twice.
     - A checkpoint that is missing, unreadable or behind ``initial_epoch`` is
-      never a failure of the trial: the trainable goes on from the latest good
+      never a failure of the configuration: the trainable goes on from the latest good
       file (the best-epoch file) or from scratch, and returns ``Losses`` whose
       ``note`` says so. Training is a function of the configuration and the
       epoch alone (seeded per epoch, data order per epoch), so the retrained
       epochs reproduce the lost ones and the segment's result is that of an
       uninterrupted run.
     - A checkpoint that cannot be *written* (permissions, I/O) is no fault of
-      the trial either: it raises ``CheckpointError``, which stops the run, and
+      the configuration either: it raises ``CheckpointError``, which stops the run, and
       the same command resumes it once the folder is fixed.
     """
 

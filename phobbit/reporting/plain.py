@@ -43,7 +43,7 @@ def where(item: Segment | SegmentResult, several: bool = False) -> str:
 
 
 def retry_line(segment: Segment, cause: str, attempt: int, several: bool = False) -> str:
-    """What a reporter says when a trial goes back to the queue because its worker died."""
+    """What a reporter says when a segment goes back to the queue because its worker died."""
     at = where(segment, several)
     if attempt == 0:
         return f"requeued {at}: {cause}; no retry charged"
