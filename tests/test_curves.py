@@ -15,8 +15,8 @@ import phobbit
 from phobbit import Hyperparameter, ParallelHyperband
 from phobbit.core.records import EpochRow, SegmentResult
 from phobbit.core.schedule import brackets
+from phobbit.errors import StaleDriverError
 from phobbit.execution.trainable import SyntheticTrainable
-from phobbit.storage.fence import StaleDriverError
 from phobbit.storage.repository import Repository, decode_epoch, encode_epoch
 
 SPACE = [Hyperparameter("x", "uniform", (0.0, 1.0))]

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -25,16 +25,15 @@ from filelock import FileLock, Timeout
 from phobbit.core.objective import VAL_LOSS, Objective
 from phobbit.core.records import EpochRow, RunSettings, SegmentKey, SegmentResult, config_name
 from phobbit.core.space import MAX_NESTING
-from phobbit.errors import FatalError, InputError, RepositoryError, StorageError
+from phobbit.errors import FatalError, InputError, RepositoryError, StaleDriverError, StorageError
 from phobbit.storage import checkpoints
-from phobbit.storage.fence import StaleDriverError
 from phobbit.storage.framing import float_text as _float_text
 from phobbit.storage.framing import float_value as _float_value
 from phobbit.storage.framing import framed as _framed
 from phobbit.storage.framing import nesting as _nesting
 from phobbit.storage.framing import unframed as _unframed
 
-# The driver's lease moved to phobbit.storage.lease; its names stay importable from here.
+# The lease's names that the folder's readers and writers use, importable from here.
 from phobbit.storage.lease import (  # noqa: F401 - re-exported
     DRIVER_FILE,
     DRIVER_FRESH_S,
@@ -168,11 +167,12 @@ def decode_row(line: str | bytes) -> SegmentResult | None:
         return None
 
 
-class Repository(DriverLease):
+class Repository:
     """A run's folder; every method is safe to call from many processes at once.
 
-    The driver's lease (``driver_lock``, ``holds``, ``fenced``, ``driver_record``)
-    is in ``phobbit.storage.lease``.
+    It owns the driver's lease (``lease``, a ``phobbit.storage.lease.DriverLease``
+    that writes under this repository's results lock); ``driver_lock``, ``holds``,
+    ``fenced`` and ``driver_record`` are the lease's.
 
     Args:
         path: the folder; created (with parents) by :meth:`create`.
@@ -185,9 +185,37 @@ class Repository(DriverLease):
         self.run_path = self.path / RUN_FILE
         self.models = self.path / MODELS
         self._lock = FileLock(str(self.path / ".results.lock"), timeout=LOCK_TIMEOUT_S)
+        self.lease = DriverLease(self.path, self._locked)
 
     def __repr__(self) -> str:
         return f"Repository({str(self.path)!r})"
+
+    # -- the driver's lease -----------------------------------------------------------
+
+    def driver_lock(self) -> AbstractContextManager[str]:
+        """The driver lock, yielding this driver's fencing token (``DriverLease.driver_lock``).
+
+        Raises:
+            RepositoryError: naming the driver (pid, host) that holds the folder now.
+        """
+        return self.lease.driver_lock()
+
+    def driver_record(self) -> dict[str, Any] | None:
+        """What ``driver.json`` says of the last driver (pid, host, started, token), or None."""
+        return self.lease.driver_record()
+
+    def holds(self, token: str) -> bool:
+        """Whether ``token`` is still the fencing token of this repository's driver."""
+        return self.lease.holds(token)
+
+    def fenced(self, token: str) -> AbstractContextManager[None]:
+        """Holds the results lock while ``token`` is this repository's driver's token.
+
+        Raises:
+            StaleDriverError: when another driver has taken over.
+            StorageError: when the lock cannot be had within ``LOCK_TIMEOUT_S``.
+        """
+        return self.lease.fenced(token)
 
     # -- run.json -----------------------------------------------------------------
 
@@ -381,7 +409,7 @@ class Repository(DriverLease):
         path = writes[0][0]
         try:
             with self._locked(StorageError):
-                if fence is not None and self._driver_token() != fence:
+                if fence is not None and self.lease.token() != fence:
                     raise StaleDriverError(
                         f"repository {self.path} has been taken over by another driver"
                     )
