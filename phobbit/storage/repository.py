@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from filelock import FileLock, Timeout
 
@@ -30,6 +30,7 @@ from phobbit.storage import checkpoints
 from phobbit.storage.framing import float_text as _float_text
 from phobbit.storage.framing import float_value as _float_value
 from phobbit.storage.framing import framed as _framed
+from phobbit.storage.framing import is_header, open_framed, read_framed
 from phobbit.storage.framing import nesting as _nesting
 from phobbit.storage.framing import unframed as _unframed
 
@@ -81,6 +82,7 @@ RUN_FILE = "run.json"
 RESULTS_LOCK = ".results.lock"
 MODELS = "models"
 LOCK_TIMEOUT_S = 60.0
+UNREADABLE_RESULTS = "move it away or use another repository folder"
 
 
 def encode_row(result: SegmentResult) -> str:
@@ -277,7 +279,7 @@ class Repository:
 
         It reads the first line only, so it is cheap enough to call before every run.
         """
-        handle = self._open_results()
+        handle = open_framed(self.results_path, remedy=UNREADABLE_RESULTS)
         if handle is None:
             return
         with handle:
@@ -442,36 +444,11 @@ class Repository:
         Raises:
             RepositoryError: when ``epochs.csv`` cannot be read.
         """
-        try:
-            handle = open(self.epochs_path, "rb")
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise RepositoryError(f"cannot read {self.epochs_path}: {exc.strerror}") from None
-        with handle:
-            try:
-                for line in handle:
-                    row = decode_epoch(line)
-                    if row is not None:
-                        yield row
-            except OSError as exc:
-                raise RepositoryError(f"cannot read {self.epochs_path}: {exc.strerror}") from None
+        return read_framed(self.epochs_path, decode_epoch)
 
     def epochs(self) -> dict[tuple[int, int, int, int], EpochRow]:
         """The last intact row of every epoch, by (iteration, s, id, epoch)."""
         return {row.key: row for row in self.iter_epochs()}
-
-    def _open_results(self) -> BinaryIO | None:
-        """``results.csv`` opened for reading bytes; None when there is none yet."""
-        try:
-            return open(self.results_path, "rb")
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise RepositoryError(
-                f"cannot read {self.results_path}: {exc.strerror}; "
-                "move it away or use another repository folder"
-            ) from None
 
     def iter_results(self) -> Iterator[SegmentResult]:
         """Every intact row, in the order written; torn or corrupt lines are skipped.
@@ -479,19 +456,12 @@ class Repository:
         Raises:
             RepositoryError: when ``results.csv`` cannot be read or is not a results file.
         """
-        handle = self._open_results()
-        if handle is None:
-            return
-        with handle:
-            try:
-                lines = iter(handle)
-                _check_header(self.results_path, next(lines, b""))
-                for line in lines:
-                    result = decode_row(line)
-                    if result is not None:
-                        yield result
-            except OSError as exc:
-                raise RepositoryError(f"cannot read {self.results_path}: {exc.strerror}") from None
+        return read_framed(
+            self.results_path,
+            decode_row,
+            lambda first: _check_header(self.results_path, first),
+            remedy=UNREADABLE_RESULTS,
+        )
 
     def results(self) -> dict[SegmentKey, SegmentResult]:
         """The first intact final row of every segment, by (iteration, s, id, rung).
@@ -607,11 +577,9 @@ def _append_framed(path: Path, data: bytes, header: str) -> tuple[int, bytes]:
 
 def _check_header(path: Path, first: bytes) -> None:
     """Raises ``RepositoryError`` unless ``first`` is the results header, whole or torn."""
-    header = HEADER.encode()
-    if first in (LEGACY_HEADER.encode(), NOTE_HEADER.encode()):
-        return  # begun by a version without the note or objective column; its rows read
-    if first == header or (not first.endswith(b"\n") and header.startswith(first)):
-        return  # a header still being written, or torn by a kill, holds no rows yet
+    # The older headers: begun by a version without the note or objective column.
+    if is_header(first, HEADER, LEGACY_HEADER, NOTE_HEADER):
+        return
     raise RepositoryError(
         f"{path} is not a phobbit results file (its first line is not the results header); "
         "move it away or use another repository folder"
