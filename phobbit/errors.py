@@ -1,7 +1,9 @@
-"""The errors phobbit raises: every one stops the run.
+"""The errors phobbit raises: every one stops the run, or (``StaleDriverError``) a
+worker whose driver was replaced.
 
 A failure that marks one trial (its user code raised, its loss diverged) is no
-exception: the trial's row says ``failed`` and why, and the run goes on.
+exception: the trial's row says ``failed`` and why, and the run goes on. This
+module imports nothing of phobbit: every layer may raise these.
 """
 
 from __future__ import annotations
@@ -43,4 +45,11 @@ class CheckpointError(FatalError):
     """A checkpoint could not be written (permissions, I/O): no fault of the trial.
 
     It stops the run, which the same command resumes once the folder is fixed.
+    """
+
+
+class StaleDriverError(BaseException):
+    """This worker's driver is gone or was replaced: it must write nothing and stop.
+
+    A ``BaseException`` so that user code catching ``Exception`` cannot swallow it.
     """

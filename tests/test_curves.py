@@ -15,7 +15,7 @@ import phobbit
 from phobbit import Hyperparameter, ParallelHyperband
 from phobbit.core.records import EpochRow, SegmentResult
 from phobbit.core.schedule import brackets
-from phobbit.storage.fence import StaleDriverError
+from phobbit.errors import StaleDriverError
 from phobbit.storage.repository import Repository, decode_epoch, encode_epoch
 from phobbit.testing import SyntheticTrainable
 

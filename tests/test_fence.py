@@ -31,8 +31,10 @@ from helpers import (
 
 from phobbit import RepositoryError
 from phobbit.core.records import Segment
+from phobbit.errors import StaleDriverError
 from phobbit.execution.worker import train_segment
-from phobbit.storage.fence import StaleDriverError, commit
+from phobbit.storage.fence import commit
+from phobbit.storage.lease import DriverLease
 from phobbit.storage.repository import DRIVER_FRESH_S, Repository
 from phobbit.testing import SyntheticTrainable
 
@@ -268,7 +270,7 @@ def test_a_driver_taken_over_stops_and_its_workers_write_nothing_after(
     # The worst case: a second driver that cannot tell the first one still runs (the
     # lock file deleted, and the first driver's pid not checkable from where it runs).
     (repo / ".driver.lock").unlink()
-    monkeypatch.setattr(Repository, "_refuse_running_driver", lambda self: None)
+    monkeypatch.setattr(DriverLease, "_refuse_running_driver", lambda self: None)
     taken_over = resumed_tuner(repo, paused.barrier).run(R=9, eta=3)
     after = files_of(repo)
     paused.go()  # the first driver's paused worker goes on

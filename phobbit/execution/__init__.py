@@ -5,7 +5,9 @@ The scheduler (``scheduler``) drives a ``phobbit.core.plan.Plan`` over an
 (``executor.LocalExecutor``), a Dask cluster (``dask``) or a virtual clock for
 tests and benchmarks (``simulated``). A worker (``worker``) trains one segment of
 a ``Trainable`` (``trainable``), keeps models warm between segments (``warm``) and
-guards its standard output (``streams``). It imports ``phobbit.core`` and
-``phobbit.storage``; the driver side never imports Keras or TensorFlow, which only
-a worker's trainable loads.
+guards its standard output (``streams``); what a worker process holds between
+segments (its slot, warm models, fences, datasets) is one object
+(``worker_state``). It imports ``phobbit.core``, ``phobbit.storage`` and
+``phobbit.errors``, never the Keras adapter, reporting, the API or the CLI, and no
+training framework: only a worker's trainable loads Keras.
 """

@@ -73,13 +73,12 @@ from phobbit.core.budget import Budget
 from phobbit.core.plan import Plan
 from phobbit.core.records import ConfigKey, Segment, SegmentKey, SegmentResult, Status
 from phobbit.core.units import check_int, format_duration
-from phobbit.errors import FatalError, FencedOutError
+from phobbit.errors import FatalError, FencedOutError, StaleDriverError
 from phobbit.execution.executor import Executor
 from phobbit.execution.trainable import Trainable
 from phobbit.execution.worker import WorkerNotPinnedError, one_line, train_segment
 from phobbit.storage.checkpoints import BestConfigurations
 from phobbit.storage.decisions import DecisionLog
-from phobbit.storage.fence import StaleDriverError
 from phobbit.storage.repository import Repository, this_host
 
 

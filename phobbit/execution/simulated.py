@@ -247,7 +247,7 @@ class SimulatedExecutor(Executor):
         return self._now
 
     def break_pool(self) -> None:
-        """A worker dies while idle (killed for memory between segments): the next submit raises."""
+        """A worker dies while idle (killed for memory between segments): next submit raises."""
         self._broken = True
 
     # -- what benchmarks and tests read ---------------------------------------------------

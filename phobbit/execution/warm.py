@@ -18,9 +18,10 @@ folder: all miss, and the trainable loads from disk as it always did. Training
 is a function of the configuration and the epoch alone, so a model continued
 from memory trains bit-identically to one restored from its checkpoint.
 
-The cache is process-global on purpose (like the pinned GPU): it lives as long
-as the worker process, across the segments it runs. On a GPU the models it holds
-keep their GPU memory: size the limit (``KerasTrainable.warm_bytes``) to fit.
+The cache is part of the worker's state (``worker_state``), like its pinned GPU:
+it lives as long as the worker process, across the segments it runs. On a GPU
+the models it holds keep their GPU memory: size the limit
+(``KerasTrainable.warm_bytes``) to fit.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Any
 
 # A cache's size is read with the one byte-size grammar, importable beside what it sizes.
 from phobbit.core.units import parse_bytes as parse_bytes
+from phobbit.execution.worker_state import worker_state
 
 DEFAULT_BYTES = 1 << 30
 """What a worker keeps warm by default: 1 GiB of weights and optimizer state."""
@@ -194,19 +196,27 @@ class WarmCache:
             self._pop(next(iter(self._entries)))
 
 
-_CACHE = [WarmCache()]  # this process's cache; a simulated executor swaps in its workers'
-
-
 def process_cache() -> WarmCache:
-    """The cache of this worker process."""
-    return _CACHE[-1]
+    """The cache of this worker process (the worker state's; a simulated worker's inside
+    :func:`installed`)."""
+    return _caches()[-1]
 
 
 @contextmanager
 def installed(cache: WarmCache) -> Iterator[WarmCache]:
     """Makes ``cache`` this process's cache while the block runs (a simulated worker's)."""
-    _CACHE.append(cache)
+    caches = _caches()
+    caches.append(cache)
     try:
         yield cache
     finally:
-        _CACHE.remove(cache)
+        caches.remove(cache)
+
+
+def _caches() -> list[WarmCache]:
+    """The worker state's stack of caches, the process's own at its bottom."""
+    state = worker_state()
+    with state.lock:  # two threads of a Dask worker may be the first to ask
+        if not state.warm_caches:
+            state.warm_caches.append(WarmCache())
+    return state.warm_caches

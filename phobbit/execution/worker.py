@@ -27,17 +27,15 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from phobbit.core import reducer
 from phobbit.core.objective import Objective, unknown_metric
 from phobbit.core.records import STOPPED_EARLY, EpochRow, Segment, SegmentResult, Status
-from phobbit.errors import FatalError, InputError, StorageError
+from phobbit.errors import FatalError, InputError, StaleDriverError, StorageError
 from phobbit.execution import warm
 from phobbit.execution.streams import guard_worker_stdout
 from phobbit.execution.trainable import Losses, Trainable, note_of, objective_of
-from phobbit.storage import fence
-from phobbit.storage.fence import StaleDriverError
+from phobbit.execution.worker_state import worker_state
 from phobbit.storage.repository import Repository, this_host
 
 HIDDEN = "-1"  # the CUDA_VISIBLE_DEVICES of a CPU worker: no GPU at all
@@ -47,8 +45,6 @@ MAX_ERROR_CHARS = 500
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 STALE_EXIT = 75  # the exit code of a pool worker whose driver is gone or was replaced
 
-# The worker's one piece of global state, set once by ``pin``: its slot.
-_PINNED: dict[str, Any] = {}
 log = logging.getLogger(__name__)
 
 
@@ -94,8 +90,10 @@ def pin(
             every worker stay off the driver's display; None leaves it as it is.
 
     It never raises: an exception in an initializer breaks the whole pool. A
-    worker that found no slot records why, and ``train_segment`` reports it.
+    worker that found no slot records why in its state (``worker_state``), and
+    ``train_segment`` reports it.
     """
+    state = worker_state()
     try:
         if driver_pid is not None:
             # Compared with the pid the driver passed, not with getppid() read now: a
@@ -107,7 +105,7 @@ def pin(
             # The driver's standard output, inherited: a reader that left (`| head`) must
             # not fail the trials that print (model.summary(), verbose=1).
             guard_worker_stdout()
-            _PINNED["driver"] = driver_pid
+            state.driver = driver_pid
         os.environ.update(thread_environment(threads))
         os.environ.update(env or {})
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -126,17 +124,17 @@ def pin(
                     continue
                 # The lock lives as long as this process: a dead worker frees its slot.
                 os.environ["CUDA_VISIBLE_DEVICES"] = device
-                _PINNED.update(slot=index, device=device, fd=fd)
+                state.slot, state.device, state.slot_fd = index, device, fd
                 log.info("worker %d pinned to slot %d (device %s)", os.getpid(), index, device)
                 return
             if time.monotonic() > deadline:
-                _PINNED["error"] = f"no free slot among {len(slots)} after {SLOT_WAIT_S:.0f} s"
-                log.warning("worker %d not pinned: %s", os.getpid(), _PINNED["error"])
+                state.pin_error = f"no free slot among {len(slots)} after {SLOT_WAIT_S:.0f} s"
+                log.warning("worker %d not pinned: %s", os.getpid(), state.pin_error)
                 return
             time.sleep(0.05)
     except BaseException as exc:  # noqa: BLE001 - must never break the pool
-        _PINNED["error"] = f"{type(exc).__name__}: {exc}"
-        log.warning("worker %d not pinned: %s", os.getpid(), _PINNED["error"])
+        state.pin_error = f"{type(exc).__name__}: {exc}"
+        log.warning("worker %d not pinned: %s", os.getpid(), state.pin_error)
 
 
 def _redirect_stderr(path: str) -> None:
@@ -172,7 +170,7 @@ def _watch_parent(parent: int) -> None:
 
 def pinned_device() -> str:
     """The device this worker is pinned to (a GPU id, ``-1`` for the CPU), or ``''``."""
-    return _PINNED.get("device", "")
+    return worker_state().device
 
 
 class WorkerNotPinnedError(RuntimeError):
@@ -293,16 +291,17 @@ def train_segment(
         StaleDriverError: when the driver was replaced, in a process that is not a
             pool worker of its own (a pool worker exits instead: nobody waits for it).
     """
-    if "error" in _PINNED:
-        raise WorkerNotPinnedError(_PINNED["error"])
+    state = worker_state()
+    if state.pin_error is not None:
+        raise WorkerNotPinnedError(state.pin_error)
     store = Repository(Path(repository))
     warm.process_cache().serve(fence_token)
     try:
-        with fence.segment(store, fence_token):
+        with state.fences.segment(store, fence_token):
             result, epochs = _train(trainable, segment)
             store.append(result, fence=fence_token, epochs=epochs)
     except StaleDriverError:
-        if "driver" in _PINNED:
+        if state.driver is not None:
             # A worker of a driver that is gone or was replaced: what it trained must
             # not be written, and nobody waits for its result.
             log.warning("segment %s refused its write: the driver was replaced", segment.key)

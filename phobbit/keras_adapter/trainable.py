@@ -44,6 +44,7 @@ from phobbit.core.objective import VAL_LOSS, Objective, unknown_metric
 from phobbit.errors import InputError
 from phobbit.execution import warm
 from phobbit.execution.trainable import Losses, checkpoint_written, hparams_unit
+from phobbit.execution.worker_state import worker_state
 from phobbit.keras_adapter.backends import use_backend
 from phobbit.storage import fence
 from phobbit.storage.checkpoints import (
@@ -56,9 +57,6 @@ from phobbit.storage.checkpoints import (
     plan_resume,
     progress_record,
 )
-
-# Per worker process: datasets loaded once and reused by every trial it runs.
-_DATA_CACHE: dict[str, Any] = {}
 
 Arrays = tuple[tuple[Any, Any], tuple[Any, Any]]
 DEFAULT_BATCH = 32  # fit's own default
@@ -527,17 +525,18 @@ class KerasTrainable:
 
     def _arrays(self) -> Arrays:
         key = self.data_path or f"{self.load_dataset!r}"
-        if key not in _DATA_CACHE:
+        datasets = worker_state().datasets  # loaded once per worker, reused by every trial
+        if key not in datasets:
             if self.data_path is not None:
                 import joblib
 
-                _DATA_CACHE[key] = joblib.load(self.data_path, mmap_mode="r")
+                datasets[key] = joblib.load(self.data_path, mmap_mode="r")
             else:
                 assert self.load_dataset is not None
                 data = self.load_dataset()
                 check_dataset(data)
-                _DATA_CACHE[key] = data
-        return _DATA_CACHE[key]
+                datasets[key] = data
+        return datasets[key]
 
     def _source(self) -> Arrays | None:
         """The arrays to train on, loaded (and checked) once per worker; None with generators."""

@@ -4,6 +4,6 @@ TensorBoard logs (``tensorboard``) and plots (``plot``).
 
 Reporters implement the scheduler's ``Reporter`` protocol. This layer imports
 ``phobbit.core``, ``phobbit.storage`` and ``phobbit.execution``, and the optional
-``tensorboard`` and ``matplotlib`` packages only where they are used; never Keras
-or the CLI.
+``tensorboard`` and ``matplotlib`` packages only where they are used; never Keras,
+the Keras adapter's worker-side modules, the API or the CLI.
 """

@@ -18,13 +18,20 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 from phobbit.core.records import Segment
 from phobbit.core.space import MAX_NESTING
 from phobbit.errors import RepositoryError
-from phobbit.storage.framing import float_text, float_value, framed, nesting, unframed
+from phobbit.storage.framing import (
+    float_text,
+    float_value,
+    framed,
+    is_header,
+    nesting,
+    read_framed,
+    unframed,
+)
 from phobbit.storage.repository import DECISIONS, Repository
 
 COLUMNS = ("iteration", "run", "id", "rung", "start_epoch", "epochs", "prior_best", "hparams")
@@ -95,37 +102,29 @@ class DecisionLog:
         Raises:
             RepositoryError: when the file cannot be read or is not a decisions file.
         """
-        return list(self._iter())
+        return list(read_framed(self.path, self._decode, self._check_header))
 
-    def _iter(self) -> Iterator[Segment]:
-        try:
-            handle = open(self.path, "rb")
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise RepositoryError(f"cannot read {self.path}: {exc.strerror}") from None
-        with handle:
-            first = handle.readline()
-            torn = not first.endswith(b"\n") and HEADER.encode().startswith(first)
-            if first and first != HEADER.encode() and not torn:  # torn: a full disk cut it
-                raise RepositoryError(
-                    f"{self.path} is not a phobbit decisions file; restore it or use another "
-                    "repository folder"
-                )
-            for line in handle:
-                fields = decode_decision(line)
-                if fields is None:
-                    continue
-                yield Segment(
-                    iteration=fields["iteration"],
-                    s=fields["run"],
-                    id=fields["id"],
-                    rung=fields["rung"],
-                    hparams=fields["hparams"],
-                    start_epoch=fields["start_epoch"],
-                    epochs=fields["epochs"],
-                    checkpoint=self.repository.checkpoint_stem(
-                        fields["iteration"], fields["run"], fields["id"]
-                    ),
-                    prior_best=fields["prior_best"],
-                )
+    def _check_header(self, first: bytes) -> None:
+        if not is_header(first, HEADER):  # a torn header: a full disk cut it
+            raise RepositoryError(
+                f"{self.path} is not a phobbit decisions file; restore it or use another "
+                "repository folder"
+            )
+
+    def _decode(self, line: bytes) -> Segment | None:
+        fields = decode_decision(line)
+        if fields is None:
+            return None
+        return Segment(
+            iteration=fields["iteration"],
+            s=fields["run"],
+            id=fields["id"],
+            rung=fields["rung"],
+            hparams=fields["hparams"],
+            start_epoch=fields["start_epoch"],
+            epochs=fields["epochs"],
+            checkpoint=self.repository.checkpoint_stem(
+                fields["iteration"], fields["run"], fields["id"]
+            ),
+            prior_best=fields["prior_best"],
+        )

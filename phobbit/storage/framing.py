@@ -3,18 +3,24 @@
 Each line is its fields as CSV, a comma, and the CRC32 of everything before it: a
 line torn by a kill in the middle of a write fails its check and is skipped, never
 parsed as data. ``results.csv``, ``epochs.csv`` and ``decisions.csv`` are written
-with ``framed`` and read with ``unframed``.
+with ``framed``, and read with ``read_framed``, which hands each line to the
+file's own decoder (built on ``unframed``) and skips the lines it refuses.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 import threading
 import zlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, BinaryIO, TypeVar
+
+from phobbit.errors import RepositoryError
+
+T = TypeVar("T")
 
 
 def float_text(value: float | None) -> str:
@@ -49,6 +55,66 @@ def unframed(line: str | bytes) -> list[str] | None:
         return next(csv.reader([text]))
     except (UnicodeDecodeError, csv.Error, StopIteration):
         return None
+
+
+def is_header(first: bytes, header: str, *older: str) -> bool:
+    """Whether ``first``, a file's first line, is its ``header`` (or an ``older`` one), or a
+    header still being written or cut short (a kill, a full disk): none of them holds rows."""
+    whole = header.encode()
+    if first == whole or first in (h.encode() for h in older):
+        return True
+    return not first.endswith(b"\n") and whole.startswith(first)
+
+
+def open_framed(path: str | os.PathLike, remedy: str = "") -> BinaryIO | None:
+    """``path`` opened for reading bytes; None when it does not exist (yet).
+
+    Raises:
+        RepositoryError: ``cannot read <path>: <why>``, then ``; <remedy>`` if given.
+    """
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        tail = f"; {remedy}" if remedy else ""
+        raise RepositoryError(f"cannot read {path}: {exc.strerror}{tail}") from None
+
+
+def read_framed(
+    path: str | os.PathLike,
+    decode: Callable[[bytes], T | None],
+    check_header: Callable[[bytes], None] | None = None,
+    remedy: str = "",
+) -> Iterator[T]:
+    """What ``decode`` reads from every line of a CRC-framed file, in the order written.
+
+    Lines ``decode`` refuses (None: torn, corrupt, hostile or a header) are skipped. A
+    file that does not exist yields nothing.
+
+    Args:
+        path: the file.
+        decode: one line's value, or None to skip it.
+        check_header: given the first line (``b""`` for an empty file), raises when the
+            file is not what it should be; None reads the first line as any other.
+        remedy: what to do, said after the message when the file cannot be opened.
+
+    Raises:
+        RepositoryError: when the file cannot be opened or read, or ``check_header``'s.
+    """
+    handle = open_framed(path, remedy)
+    if handle is None:
+        return
+    with handle:
+        try:
+            if check_header is not None:
+                check_header(handle.readline())
+            for line in handle:
+                value = decode(line)
+                if value is not None:
+                    yield value
+        except OSError as exc:
+            raise RepositoryError(f"cannot read {path}: {exc.strerror}") from None
 
 
 _FIELD_LIMIT = threading.Lock()

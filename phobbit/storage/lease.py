@@ -6,8 +6,8 @@ file lock the kernel releases when its holder dies) and writes ``driver.json``
 the current token may change the repository, so no process of a dead or replaced
 driver writes a row or replaces a checkpoint.
 
-``DriverLease`` is a part of ``phobbit.storage.repository.Repository``, which provides the
-folder (``path``) and the results lock (``_locked``) the lease writes under.
+A ``phobbit.storage.repository.Repository`` owns one ``DriverLease``, made with
+its folder and its results lock, under which the lease writes ``driver.json``.
 """
 
 from __future__ import annotations
@@ -18,15 +18,14 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
 
-from phobbit.errors import FatalError, RepositoryError, StorageError
-from phobbit.storage.fence import StaleDriverError
+from phobbit.errors import FatalError, RepositoryError, StaleDriverError, StorageError
 
 DRIVER_FILE = "driver.json"
 DRIVER_LOCK = ".driver.lock"
@@ -37,13 +36,25 @@ HEARTBEAT_S = 10.0
 DRIVER_FRESH_S = 60.0
 
 
+ResultsLock = Callable[[type[FatalError]], AbstractContextManager[None]]
+"""The repository's results lock: held in the block, raising the given error on a timeout."""
+
+
 class DriverLease:
-    """The driver lease's methods of a repository (see the module's docstring)."""
+    """The driver's lease on a repository folder (see the module's docstring).
 
-    path: Path
+    Args:
+        path: the repository folder.
+        locked: the repository's results lock, under which the token changes
+            and fenced writes check it.
+    """
 
-    def _locked(self, error: type[FatalError]) -> AbstractContextManager[None]:
-        raise NotImplementedError  # the repository's results lock
+    def __init__(self, path: Path, locked: ResultsLock) -> None:
+        self.path = path
+        self._locked = locked
+
+    def __repr__(self) -> str:
+        return f"DriverLease({str(self.path)!r})"
 
     @contextmanager
     def driver_lock(self) -> Iterator[str]:
@@ -182,7 +193,7 @@ class DriverLease:
         def beat() -> None:
             while not stop.wait(HEARTBEAT_S):
                 try:
-                    if self._driver_token() != token:
+                    if self.token() != token:
                         return  # replaced: the file is another driver's now
                     os.utime(self.path / DRIVER_FILE)
                 except OSError:
@@ -196,7 +207,9 @@ class DriverLease:
             stop.set()
             thread.join()
 
-    def _driver_token(self) -> str | None:
+    def token(self) -> str | None:
+        """The fencing token ``driver.json`` holds now; None when there is none or it is
+        unreadable."""
         try:
             return json.loads((self.path / DRIVER_FILE).read_bytes()).get("token")
         except (OSError, ValueError, AttributeError):
@@ -204,7 +217,7 @@ class DriverLease:
 
     def holds(self, token: str) -> bool:
         """Whether ``token`` is still the fencing token of this repository's driver."""
-        return self._driver_token() == token
+        return self.token() == token
 
     @contextmanager
     def fenced(self, token: str) -> Iterator[None]:
@@ -218,7 +231,7 @@ class DriverLease:
             StorageError: when the lock cannot be had within ``LOCK_TIMEOUT_S``.
         """
         with self._locked(StorageError):
-            if self._driver_token() != token:
+            if self.token() != token:
                 raise StaleDriverError(
                     f"repository {self.path} has been taken over by another driver"
                 )

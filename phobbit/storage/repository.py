@@ -15,26 +15,26 @@ import json
 import os
 import shutil
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from filelock import FileLock, Timeout
 
 from phobbit.core.objective import VAL_LOSS, Objective
 from phobbit.core.records import EpochRow, RunSettings, SegmentKey, SegmentResult, config_name
 from phobbit.core.space import MAX_NESTING
-from phobbit.errors import FatalError, InputError, RepositoryError, StorageError
+from phobbit.errors import FatalError, InputError, RepositoryError, StaleDriverError, StorageError
 from phobbit.storage import checkpoints
-from phobbit.storage.fence import StaleDriverError
 from phobbit.storage.framing import float_text as _float_text
 from phobbit.storage.framing import float_value as _float_value
 from phobbit.storage.framing import framed as _framed
+from phobbit.storage.framing import is_header, open_framed, read_framed
 from phobbit.storage.framing import nesting as _nesting
 from phobbit.storage.framing import unframed as _unframed
 
-# The driver's lease moved to phobbit.storage.lease; its names stay importable from here.
+# The lease's names that the folder's readers and writers use, importable from here.
 from phobbit.storage.lease import (  # noqa: F401 - re-exported
     DRIVER_FILE,
     DRIVER_FRESH_S,
@@ -82,6 +82,7 @@ RUN_FILE = "run.json"
 RESULTS_LOCK = ".results.lock"
 MODELS = "models"
 LOCK_TIMEOUT_S = 60.0
+UNREADABLE_RESULTS = "move it away or use another repository folder"
 
 
 def encode_row(result: SegmentResult) -> str:
@@ -168,11 +169,12 @@ def decode_row(line: str | bytes) -> SegmentResult | None:
         return None
 
 
-class Repository(DriverLease):
+class Repository:
     """A run's folder; every method is safe to call from many processes at once.
 
-    The driver's lease (``driver_lock``, ``holds``, ``fenced``, ``driver_record``)
-    is in ``phobbit.storage.lease``.
+    It owns the driver's lease (``lease``, a ``phobbit.storage.lease.DriverLease``
+    that writes under this repository's results lock); ``driver_lock``, ``holds``,
+    ``fenced`` and ``driver_record`` are the lease's.
 
     Args:
         path: the folder; created (with parents) by :meth:`create`.
@@ -185,9 +187,37 @@ class Repository(DriverLease):
         self.run_path = self.path / RUN_FILE
         self.models = self.path / MODELS
         self._lock = FileLock(str(self.path / ".results.lock"), timeout=LOCK_TIMEOUT_S)
+        self.lease = DriverLease(self.path, self._locked)
 
     def __repr__(self) -> str:
         return f"Repository({str(self.path)!r})"
+
+    # -- the driver's lease -----------------------------------------------------------
+
+    def driver_lock(self) -> AbstractContextManager[str]:
+        """The driver lock, yielding this driver's fencing token (``DriverLease.driver_lock``).
+
+        Raises:
+            RepositoryError: naming the driver (pid, host) that holds the folder now.
+        """
+        return self.lease.driver_lock()
+
+    def driver_record(self) -> dict[str, Any] | None:
+        """What ``driver.json`` says of the last driver (pid, host, started, token), or None."""
+        return self.lease.driver_record()
+
+    def holds(self, token: str) -> bool:
+        """Whether ``token`` is still the fencing token of this repository's driver."""
+        return self.lease.holds(token)
+
+    def fenced(self, token: str) -> AbstractContextManager[None]:
+        """Holds the results lock while ``token`` is this repository's driver's token.
+
+        Raises:
+            StaleDriverError: when another driver has taken over.
+            StorageError: when the lock cannot be had within ``LOCK_TIMEOUT_S``.
+        """
+        return self.lease.fenced(token)
 
     # -- run.json -----------------------------------------------------------------
 
@@ -249,7 +279,7 @@ class Repository(DriverLease):
 
         It reads the first line only, so it is cheap enough to call before every run.
         """
-        handle = self._open_results()
+        handle = open_framed(self.results_path, remedy=UNREADABLE_RESULTS)
         if handle is None:
             return
         with handle:
@@ -381,7 +411,7 @@ class Repository(DriverLease):
         path = writes[0][0]
         try:
             with self._locked(StorageError):
-                if fence is not None and self._driver_token() != fence:
+                if fence is not None and self.lease.token() != fence:
                     raise StaleDriverError(
                         f"repository {self.path} has been taken over by another driver"
                     )
@@ -414,36 +444,11 @@ class Repository(DriverLease):
         Raises:
             RepositoryError: when ``epochs.csv`` cannot be read.
         """
-        try:
-            handle = open(self.epochs_path, "rb")
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise RepositoryError(f"cannot read {self.epochs_path}: {exc.strerror}") from None
-        with handle:
-            try:
-                for line in handle:
-                    row = decode_epoch(line)
-                    if row is not None:
-                        yield row
-            except OSError as exc:
-                raise RepositoryError(f"cannot read {self.epochs_path}: {exc.strerror}") from None
+        return read_framed(self.epochs_path, decode_epoch)
 
     def epochs(self) -> dict[tuple[int, int, int, int], EpochRow]:
         """The last intact row of every epoch, by (iteration, s, id, epoch)."""
         return {row.key: row for row in self.iter_epochs()}
-
-    def _open_results(self) -> BinaryIO | None:
-        """``results.csv`` opened for reading bytes; None when there is none yet."""
-        try:
-            return open(self.results_path, "rb")
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise RepositoryError(
-                f"cannot read {self.results_path}: {exc.strerror}; "
-                "move it away or use another repository folder"
-            ) from None
 
     def iter_results(self) -> Iterator[SegmentResult]:
         """Every intact row, in the order written; torn or corrupt lines are skipped.
@@ -451,19 +456,12 @@ class Repository(DriverLease):
         Raises:
             RepositoryError: when ``results.csv`` cannot be read or is not a results file.
         """
-        handle = self._open_results()
-        if handle is None:
-            return
-        with handle:
-            try:
-                lines = iter(handle)
-                _check_header(self.results_path, next(lines, b""))
-                for line in lines:
-                    result = decode_row(line)
-                    if result is not None:
-                        yield result
-            except OSError as exc:
-                raise RepositoryError(f"cannot read {self.results_path}: {exc.strerror}") from None
+        return read_framed(
+            self.results_path,
+            decode_row,
+            lambda first: _check_header(self.results_path, first),
+            remedy=UNREADABLE_RESULTS,
+        )
 
     def results(self) -> dict[SegmentKey, SegmentResult]:
         """The first intact final row of every segment, by (iteration, s, id, rung).
@@ -579,11 +577,9 @@ def _append_framed(path: Path, data: bytes, header: str) -> tuple[int, bytes]:
 
 def _check_header(path: Path, first: bytes) -> None:
     """Raises ``RepositoryError`` unless ``first`` is the results header, whole or torn."""
-    header = HEADER.encode()
-    if first in (LEGACY_HEADER.encode(), NOTE_HEADER.encode()):
-        return  # begun by a version without the note or objective column; its rows read
-    if first == header or (not first.endswith(b"\n") and header.startswith(first)):
-        return  # a header still being written, or torn by a kill, holds no rows yet
+    # The older headers: begun by a version without the note or objective column.
+    if is_header(first, HEADER, LEGACY_HEADER, NOTE_HEADER):
+        return
     raise RepositoryError(
         f"{path} is not a phobbit results file (its first line is not the results header); "
         "move it away or use another repository folder"
