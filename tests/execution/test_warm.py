@@ -291,7 +291,7 @@ def test_a_bad_warm_cache_on_the_command_line_is_one_line_and_exit_2(tmp_path: P
         + ["--warm-cache", "lots"],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
     assert done.returncode == 2
     assert "--warm-cache: must be a number of bytes >= 0" in done.stderr
