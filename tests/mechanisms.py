@@ -65,6 +65,9 @@ _DASK_NAMES = frozenset({"DaskExecutor"})
 _DASK_MODULES = frozenset(
     {"dask", "distributed", "phobbit.execution.dask", "phobbit.dask_executor"}
 )
+_KNOWN: dict[tuple[str, str], frozenset[str]] = {}
+"""The mechanisms of each module-level definition read so far (what it names included)."""
+
 _CLI_CALLEES = frozenset({"main", "phobbit"})
 _SCRIPT_MAIN = "<script>.main"
 
@@ -78,13 +81,14 @@ def of(item: pytest.Item) -> set[str]:
     module = sys.modules.get(function.__module__)
     if module is None:
         return found
-    reader = _Reader(found)
+    reader = _Reader(frozenset())
     owner = getattr(item, "cls", None)
     reader.read_name(module, owner.__name__ if owner is not None else function.__name__)
     fixtureinfo = getattr(item, "_fixtureinfo", None)
     for definitions in getattr(fixtureinfo, "name2fixturedefs", {}).values():
         for definition in definitions:
             reader.read_function(getattr(definition, "func", None))
+    found |= reader.found
     for marker in item.iter_markers():
         if marker.name in MECHANISMS:  # a mark set by hand counts as well
             found.add(marker.name)
@@ -92,11 +96,16 @@ def of(item: pytest.Item) -> set[str]:
 
 
 class _Reader:
-    """Walks code and what it names, adding the mechanisms it finds to ``found``."""
+    """Walks code and what it names, adding the mechanisms it finds to ``found``.
 
-    def __init__(self, found: set[str]) -> None:
-        self.found = found
-        self.seen: set[tuple[str, str]] = set()
+    ``reading``: the definitions being read further up (a name among them is a cycle:
+    ``cut`` says that what was found is not all, so it is not remembered).
+    """
+
+    def __init__(self, reading: frozenset[tuple[str, str]]) -> None:
+        self.found: set[str] = set()
+        self.reading = reading
+        self.cut = False
 
     def read_function(self, function: Any) -> None:
         """Reads a fixture's function, if it is defined under ``tests/``."""
@@ -114,11 +123,19 @@ class _Reader:
             self.read_nodes(module, ast.parse(source).body)
 
     def read_name(self, module: ModuleType, name: str) -> None:
-        """Reads the module-level definitions of ``name`` in ``module``, once."""
-        if (module.__name__, name) in self.seen:
-            return
-        self.seen.add((module.__name__, name))
-        self.read_nodes(module, _definitions(module).get(name, []))
+        """Reads the module-level definitions of ``name`` in ``module`` (once a session)."""
+        key = (module.__name__, name)
+        if key in _KNOWN:
+            self.found |= _KNOWN[key]
+        elif key in self.reading:
+            self.cut = True
+        elif name in _definitions(module):
+            reader = _Reader(self.reading | {key})
+            reader.read_nodes(module, _definitions(module)[name])
+            if not reader.cut:
+                _KNOWN[key] = frozenset(reader.found)
+            self.found |= reader.found
+            self.cut |= reader.cut
 
     def read_nodes(self, module: ModuleType, nodes: list[ast.AST]) -> None:
         imported = _imports(module)
