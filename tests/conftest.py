@@ -116,21 +116,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     How it knows (``mechanisms.of``): it reads the source of the test, of the fixtures
     it requests from ``tests/``, and of every module-level function, class or value
-    (and shared helper function) these name, transitively, and looks there for the names
-    that start each mechanism: ``LocalExecutor``, or ``ParallelHyperband``/``Hyperband``
+    (and shared helper function) these name, transitively, and looks there for what
+    starts each mechanism: ``LocalExecutor``, ``ParallelHyperband``/``Hyperband``
     called without ``executor=``, ``helpers.tuner(real=True)``, an in-process ``train``
-    command (``pool``); ``subprocess``, ``multiprocessing``, ``ProcessPoolExecutor``,
-    ``os.fork`` (``subprocess``); imports of ``keras``/``tensorflow``/``jax``,
-    ``KerasTrainable``, TensorBoard's reader (``keras``); imports of ``dask``/
-    ``distributed``/``phobbit.execution.dask``, ``DaskExecutor`` (``dask``); a
-    benchmark script's ``main`` (``benchmark``). Reading code rather than hand marks
-    keeps a new test in the right lane; where a name is missing, the test still errs
-    towards slow, and a test left fast that starts a process or imports Keras fails as
-    it runs (``pytest_runtest_teardown`` below), so no mechanism hides in the fast lane.
+    command (``pool``); ``subprocess.run``/``Popen``/``check_output``...,
+    ``multiprocessing``, ``ProcessPoolExecutor``, ``os.fork`` (``subprocess``); imports
+    of ``keras``/``tensorflow``/``jax``, ``KerasTrainable``, TensorBoard's reader
+    (``keras``); imports of ``dask``/``distributed``/``phobbit.execution.dask``,
+    ``DaskExecutor`` (``dask``); a benchmark script's ``main`` (``benchmark``).
+    Reading the code rather than marking by hand puts a new test in its lane by itself.
+    The reading errs towards slow (code that names a mechanism it never reaches costs
+    the fast lane a test); what it misses is caught as the test runs: a test left fast
+    that starts a process or imports Keras errors (``pytest_runtest_teardown``).
     """
     for item in items:
         found = mechanisms.of(item)
-        for name in found:
+        for name in found - {m.name for m in item.iter_markers()}:
             item.add_marker(name)
         if found:
             item.add_marker("slow")

@@ -12,7 +12,8 @@ the shared helper modules (``helpers``, ``gates``, ``synthetic`` ...). In that c
   ``cli.main([...])`` or ``test_cli``'s ``phobbit(...)``, whose first word is ``train``
   or is not written out; a wrapper that forwards its own ``*args`` leaves the decision
   to its callers).
-- ``subprocess``: processes a test starts itself. ``subprocess``, ``multiprocessing``,
+- ``subprocess``: processes a test starts itself. ``subprocess.run``, ``Popen``,
+  ``call``, ``check_call`` or ``check_output`` called, ``multiprocessing`` imported,
   ``ProcessPoolExecutor`` or ``os.fork`` named.
 - ``keras``: ``keras``, ``tensorflow`` or ``jax`` imported, or ``KerasTrainable`` or
   ``event_accumulator`` (TensorBoard's reader, which imports TensorFlow) named.
@@ -56,9 +57,8 @@ HELPER_MODULES = frozenset(
 
 _POOL_NAMES = frozenset({"LocalExecutor"})
 _TUNERS = frozenset({"ParallelHyperband", "Hyperband"})
-_SUBPROCESS_NAMES = frozenset(
-    {"subprocess", "multiprocessing", "ProcessPoolExecutor", "Popen", "fork"}
-)
+_SUBPROCESS_NAMES = frozenset({"multiprocessing", "ProcessPoolExecutor", "Popen", "fork"})
+_SUBPROCESS_CALLS = frozenset({"run", "call", "check_call", "check_output"})
 _KERAS_NAMES = frozenset({"KerasTrainable", "event_accumulator"})
 _KERAS_MODULES = frozenset({"keras", "tensorflow", "jax"})
 _DASK_NAMES = frozenset({"DaskExecutor"})
@@ -185,7 +185,7 @@ class _Reader:
             self.found.add("keras")
         if top in _DASK_MODULES or module in _DASK_MODULES:
             self.found.add("dask")
-        if top in ("subprocess", "multiprocessing"):
+        if top == "multiprocessing":
             self.found.add("subprocess")
 
     def named(self, name: str) -> None:
@@ -200,6 +200,14 @@ class _Reader:
 
     def called(self, call: ast.Call, varargs: frozenset) -> None:
         callee = _callee(call)
+        function = call.func
+        if (
+            isinstance(function, ast.Attribute)
+            and function.attr in _SUBPROCESS_CALLS
+            and isinstance(function.value, ast.Name)
+            and function.value.id == "subprocess"
+        ):
+            self.found.add("subprocess")
         keywords = {k.arg: k.value for k in call.keywords}
         if callee in _TUNERS and "executor" not in keywords:
             self.found.add("pool")
