@@ -1,12 +1,22 @@
-"""Shared fixtures: a temporary repository and synthetic trainables without TensorFlow."""
+"""Shared fixtures, the tests' markers by mechanism, and a per-session temporary folder.
+
+The markers (``pool``, ``subprocess``, ``keras``, ``dask``, ``benchmark``, each with
+``slow``) are set by ``pytest_collection_modifyitems`` from what a test's code names,
+never by hand; the fast lane is ``python -m pytest -m "not slow"``.
+"""
 
 from __future__ import annotations
 
 import json
+import multiprocessing.process
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
+import mechanisms
 import pytest
 from hypothesis import settings
 
@@ -99,3 +109,87 @@ def model_files_forgotten():
     for name in set(sys.modules) - modules:
         if name.startswith("_phobbit_model_"):
             del sys.modules[name]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Marks each test with the slow mechanisms its code uses, and then with ``slow``.
+
+    How it knows (``mechanisms.of``): it reads the source of the test, of the fixtures
+    it requests from ``tests/``, and of every module-level function, class or value
+    (and shared helper function) these name, transitively, and looks there for what
+    starts each mechanism: ``LocalExecutor``, ``ParallelHyperband``/``Hyperband``
+    called without ``executor=``, ``helpers.tuner(real=True)``, an in-process ``train``
+    command (``pool``); ``subprocess.run``/``Popen``/``check_output``...,
+    ``multiprocessing``, ``ProcessPoolExecutor``, ``os.fork`` (``subprocess``); imports
+    of ``keras``/``tensorflow``/``jax``, ``KerasTrainable``, TensorBoard's reader
+    (``keras``); imports of ``dask``/``distributed``/``phobbit.execution.dask``,
+    ``DaskExecutor`` (``dask``); a benchmark script's ``main`` (``benchmark``).
+    Reading the code rather than marking by hand puts a new test in its lane by itself.
+    The reading errs towards slow (code that names a mechanism it never reaches costs
+    the fast lane a test); what it misses is caught as the test runs: a test left fast
+    that starts a process or imports Keras errors (``pytest_runtest_teardown``).
+    """
+    for item in items:
+        found = mechanisms.of(item)
+        for name in found - {m.name for m in item.iter_markers()}:
+            item.add_marker(name)
+        if found:
+            item.add_marker("slow")
+
+
+class _Started:
+    """What a test of the fast lane started: processes, and modules it must not import."""
+
+    def __init__(self) -> None:
+        self.kinds: set[str] = set()
+        self.modules = {name for name in mechanisms.HEAVY_MODULES if name in sys.modules}
+        self.undo: list[tuple[type, str, object]] = []
+        for kind, owner, name in (
+            ("a subprocess", subprocess.Popen, "__init__"),
+            ("a process", multiprocessing.process.BaseProcess, "start"),
+        ):
+            self.undo.append((owner, name, getattr(owner, name)))
+            setattr(owner, name, self.recorded(kind, getattr(owner, name)))
+
+    def recorded(self, kind: str, original: Any) -> Any:
+        def start(*args: Any, **kwargs: Any) -> Any:
+            self.kinds.add(kind)
+            return original(*args, **kwargs)
+
+        return start
+
+    def end(self) -> list[str]:
+        """Undoes the patches; what was started or imported meanwhile."""
+        for owner, name, original in self.undo:
+            setattr(owner, name, original)
+        now = {name for name in mechanisms.HEAVY_MODULES if name in sys.modules}
+        return sorted(self.kinds) + [f"imported {name}" for name in sorted(now - self.modules)]
+
+
+_STARTED = pytest.StashKey[_Started]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Any:
+    """Watches a test the collection hook left unmarked (fast), fixtures included."""
+    if item.get_closest_marker("slow") is None:
+        item.stash[_STARTED] = _Started()
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """Fails a test of the fast lane that started a process or imported Keras, TensorFlow
+    or JAX: the collection hook missed a mechanism (teach ``mechanisms`` its name).
+
+    What it started still ran; the test errors after it, naming what it started.
+    """
+    result = yield
+    started = item.stash.get(_STARTED, None)
+    if started is not None and (what := started.end()):
+        pytest.fail(
+            f"{item.nodeid} is in the fast lane but {', '.join(what)}: "
+            "teach tests/mechanisms.py the name that does it",
+            pytrace=False,
+        )
+    return result

@@ -27,6 +27,7 @@ from gates import GatedTrainable
 from synthetic import x_curve  # the curve shared with the core tests; workers import it too
 
 from phobbit import Hyperparameter, ParallelHyperband
+from phobbit.execution.simulated import SimulatedExecutor
 from phobbit.storage import fence
 from phobbit.testing import SyntheticTrainable
 
@@ -255,10 +256,17 @@ def paused_pid(barrier: Path, timeout: float = 120.0) -> int:
     return int(found[0].name.split("-")[1])
 
 
-def tuner(repo: Path | str, records: Path | str | None = None, **kwargs: Any) -> ParallelHyperband:
+def tuner(
+    repo: Path | str, records: Path | str | None = None, real: bool = False, **kwargs: Any
+) -> ParallelHyperband:
     """A ParallelHyperband over ``space()`` with a synthetic trainable.
 
-    ``gate_dir`` and ``hold_after`` hold segments at a gate (``gates.GatedTrainable``).
+    What it decides (promotions, tables, budgets, refusals) does not depend on where
+    segments train, so by default they train on a ``SimulatedExecutor`` in this process,
+    with ``n_jobs`` (default 1) virtual workers. ``real`` trains them in a process pool
+    instead, as a user's run does: for what only processes show (pinning, crashes,
+    kills, concurrent drivers, resuming across processes). ``gate_dir`` and
+    ``hold_after`` hold segments at a gate (``gates.GatedTrainable``).
     """
     trainable_kwargs = {
         k: kwargs.pop(k) for k in ("curve", "epoch_seconds", "jitter") if k in kwargs
@@ -273,6 +281,10 @@ def tuner(repo: Path | str, records: Path | str | None = None, **kwargs: Any) ->
         **gate,
     )
     kwargs.setdefault("verbose", 0)
+    if not real and "executor" not in kwargs:
+        if "gpus" in kwargs:
+            raise TypeError("gpus pin worker processes: pass real=True")
+        kwargs["executor"] = SimulatedExecutor(kwargs.pop("n_jobs", None) or 1)
     return ParallelHyperband(None, space(), repo, trainable=trainable, **kwargs)
 
 
@@ -323,7 +335,7 @@ def main(argv: list[str]) -> None:
             steps_per_epoch=STEPS,
             **pause,
         )
-    tuner(repo, records, **settings).run(**run)
+    tuner(repo, records, real=True, **settings).run(**run)
 
 
 if __name__ == "__main__":

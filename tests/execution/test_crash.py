@@ -75,7 +75,9 @@ def second_driver_is_refused_at_once(repo: Path, driver: subprocess.Popen) -> No
     wait_for(lambda: json.loads((repo / "driver.json").read_text())["pid"] == driver.pid)
     running = rf"in use by a running phobbit \(pid {driver.pid} on {socket.gethostname()}\)"
     with pytest.raises(RepositoryError, match=running):
-        tuner(repo, **{k: v for k, v in SETTINGS.items() if k not in ("R", "eta")}).run(27, 3)
+        tuner(repo, real=True, **{k: v for k, v in SETTINGS.items() if k not in ("R", "eta")}).run(
+            27, 3
+        )
     # Refused while the first still runs: it did not wait for it (no stopwatch needed).
     assert driver.poll() is None, driver.stderr.read().decode()
 
@@ -174,7 +176,9 @@ def test_driver_killed_at_random_moments_resumes_to_the_table_of_an_uninterrupte
     finally:
         kill_tree(orphans)
     resumed = results_frame(Repository(repo).iter_results())
-    reference = tuner(tmp_path / "reference", n_jobs=2, seed=SETTINGS["seed"]).run(R=27, eta=3)
+    reference = tuner(tmp_path / "reference", real=True, n_jobs=2, seed=SETTINGS["seed"]).run(
+        R=27, eta=3
+    )
     pd.testing.assert_frame_equal(resumed[COLUMNS].sort_index(), reference[COLUMNS].sort_index())
     assert (resumed["Val Loss"] > 0).all(), "the torn row was parsed"
 
@@ -209,7 +213,7 @@ def test_driver_killed_at_random_moments_resumes_to_the_table_of_an_uninterrupte
     # run() on the same repository now trains nothing and returns the same table.
     shutil.rmtree(records)
     records.mkdir()
-    again = tuner(repo, records, n_jobs=2, seed=SETTINGS["seed"]).run(R=27, eta=3)
+    again = tuner(repo, records, real=True, n_jobs=2, seed=SETTINGS["seed"]).run(R=27, eta=3)
     assert records_of(records) == []
     pd.testing.assert_frame_equal(again[COLUMNS].sort_index(), reference[COLUMNS].sort_index())
 
@@ -314,7 +318,7 @@ def test_keras_segment_killed_mid_way_resumes_from_its_last_epoch_with_optimizer
 
 
 def test_repository_copied_to_another_folder_reads_and_resumes_there(tmp_path: Path) -> None:
-    original = tuner(tmp_path / "here", n_jobs=2).run(R=9, eta=3)
+    original = tuner(tmp_path / "here", real=True, n_jobs=2).run(R=9, eta=3)
     shutil.copytree(tmp_path / "here", tmp_path / "there")
     shutil.rmtree(tmp_path / "here")
     there = Repository(tmp_path / "there")
@@ -322,14 +326,14 @@ def test_repository_copied_to_another_folder_reads_and_resumes_there(tmp_path: P
     pd.testing.assert_frame_equal(read, original)
     records = tmp_path / "records"
     records.mkdir()
-    again = tuner(tmp_path / "there", records, n_jobs=2).run(R=9, eta=3)
+    again = tuner(tmp_path / "there", records, real=True, n_jobs=2).run(R=9, eta=3)
     assert records_of(records) == [] and not (tmp_path / "here").exists()
     pd.testing.assert_frame_equal(again, original)
 
 
 def test_orphan_rows_of_a_segment_written_twice_are_read_once(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    tuner(repo, n_jobs=1).run(R=3, eta=3)
+    tuner(repo, real=True, n_jobs=1).run(R=3, eta=3)
     repository = Repository(repo)
     rows = list(repository.iter_results())
     for row in rows[:2]:  # what an orphaned worker finishing a resumed segment would add
@@ -338,7 +342,7 @@ def test_orphan_rows_of_a_segment_written_twice_are_read_once(tmp_path: Path) ->
     assert repository.results() == {row.key: row for row in rows}
     records = tmp_path / "records"
     records.mkdir()
-    tuner(repo, records, n_jobs=1).run(R=3, eta=3)
+    tuner(repo, records, real=True, n_jobs=1).run(R=3, eta=3)
     assert records_of(records) == []
 
 
@@ -369,8 +373,10 @@ def test_ctrl_c_stops_driver_and_workers_at_once_and_a_rerun_resumes(tmp_path: P
         kill_tree([p.pid for p in workers] + [driver.pid])
     rows = Repository(repo).results()
     assert 4 <= len(rows) < 22 and all(row.ok for row in rows.values())
-    resumed = tuner(repo, n_jobs=2, seed=SETTINGS["seed"]).run(R=9, eta=3)
-    reference = tuner(tmp_path / "reference", n_jobs=2, seed=SETTINGS["seed"]).run(R=9, eta=3)
+    resumed = tuner(repo, real=True, n_jobs=2, seed=SETTINGS["seed"]).run(R=9, eta=3)
+    reference = tuner(tmp_path / "reference", real=True, n_jobs=2, seed=SETTINGS["seed"]).run(
+        R=9, eta=3
+    )
     pd.testing.assert_frame_equal(resumed[COLUMNS].sort_index(), reference[COLUMNS].sort_index())
 
 
@@ -404,7 +410,9 @@ def test_keras_saves_skip_epochs_where_saving_costs_more_than_its_budget(
 def test_a_bad_checkpoint_due_for_promotion_is_retrained_to_the_uninterrupted_table(
     tmp_path: Path, how: str
 ) -> None:
-    reference = tuner(tmp_path / "ref", curve=overfitting_curve, n_jobs=2).run(R=9, eta=3)
+    reference = tuner(tmp_path / "ref", real=True, curve=overfitting_curve, n_jobs=2).run(
+        R=9, eta=3
+    )
     promoted = reference[(reference["Run"] == 2) & (reference["Rung"] >= 1)]
     victim = f"0-2-{promoted['ID'].iloc[0]}"
     # The run stops (a full disk) just as the victim starts its second rung ...
@@ -419,7 +427,7 @@ def test_a_bad_checkpoint_due_for_promotion_is_retrained_to_the_uninterrupted_ta
         victim_rung_epochs=3,
     )
     with pytest.raises(StorageError, match="no space left"):
-        tuner(repo, trainable=stopper, n_jobs=2).run(R=9, eta=3)
+        tuner(repo, real=True, trainable=stopper, n_jobs=2).run(R=9, eta=3)
     checkpoint = repo / "models" / f"{victim}.json"
     assert json.loads(checkpoint.read_text())["epoch"] == 1
     # ... and its checkpoint is lost or spoilt before the run resumes.
@@ -429,7 +437,11 @@ def test_a_bad_checkpoint_due_for_promotion_is_retrained_to_the_uninterrupted_ta
         checkpoint.write_bytes(b"" if how == "empty" else os.urandom(300))
     lines = io.StringIO()
     resumed = tuner(
-        repo, curve=overfitting_curve, n_jobs=2, reporter=PlainReporter(lines, verbose=1)
+        repo,
+        real=True,
+        curve=overfitting_curve,
+        n_jobs=2,
+        reporter=PlainReporter(lines, verbose=1),
     ).run(R=9, eta=3)
     pd.testing.assert_frame_equal(resumed[COLUMNS].sort_index(), reference[COLUMNS].sort_index())
     rows = [r for r in Repository(repo).iter_results() if r.note]
@@ -451,7 +463,9 @@ def legacy_row(row: SegmentResult) -> str:
 
 def test_a_failed_row_an_unreadable_checkpoint_caused_is_not_final(tmp_path: Path) -> None:
     """A repository of an older version: its trial failed on a checkpoint, since deleted."""
-    reference = tuner(tmp_path / "ref", curve=overfitting_curve, n_jobs=2).run(R=9, eta=3)
+    reference = tuner(tmp_path / "ref", real=True, curve=overfitting_curve, n_jobs=2).run(
+        R=9, eta=3
+    )
     rows = list(Repository(tmp_path / "ref").iter_results())
     victim = next(r for r in rows if r.s == 1 and r.rung == 1)  # bracket 1's last rung
     repo = tmp_path / "repo"
@@ -471,7 +485,7 @@ def test_a_failed_row_an_unreadable_checkpoint_caused_is_not_final(tmp_path: Pat
     assert not Repository(repo).results().get(victim.key)  # read, but not final
     records = tmp_path / "records"
     records.mkdir()
-    resumed = tuner(repo, records, curve=overfitting_curve, n_jobs=2).run(R=9, eta=3)
+    resumed = tuner(repo, records, real=True, curve=overfitting_curve, n_jobs=2).run(R=9, eta=3)
     pd.testing.assert_frame_equal(resumed[COLUMNS].sort_index(), reference[COLUMNS].sort_index())
     trained = records_of(records)
     assert [(Path(r["checkpoint"]).name, r["initial_epoch"]) for r in trained] == [

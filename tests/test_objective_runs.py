@@ -1,8 +1,10 @@
-"""The objective (any logged metric, minimised or maximised) and EarlyStopping, without Keras.
+"""Runs that rank by an objective other than the val loss, and EarlyStopping, without Keras.
 
 Runs use ``SyntheticTrainable`` with a made-up accuracy whose best configuration
 is not the val loss's, so a ranking by the wrong metric shows. The reference is
 a serial Hyperband that ranks by the same objective (``phobbit.testing.reference``).
+What is decided runs on the simulated executor; one run of each kind goes through a
+real process pool, where the metrics and stop callbacks cross to worker processes.
 """
 
 from __future__ import annotations
@@ -13,15 +15,14 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from synthetic import x_curve
 
 import phobbit
 from phobbit import Hyperparameter, InputError, ParallelHyperband, RepositoryError
-from phobbit.core.objective import VAL_LOSS, Objective, infer_direction
+from phobbit.core.objective import VAL_LOSS, Objective
 from phobbit.core.records import STOPPED_EARLY, Tuning
 from phobbit.core.space import Space
+from phobbit.execution.simulated import SimulatedExecutor
 from phobbit.execution.worker import train_segment
 from phobbit.storage.repository import Repository
 from phobbit.storage.results import results_frame
@@ -54,11 +55,14 @@ def stops_the_best(hparams: dict[str, Any], epoch: int) -> bool:
     return abs(hparams["x"] - 0.3) < 0.15 and epoch >= 2
 
 
-def tuner(repo: Path, n_jobs: int, **options: Any) -> ParallelHyperband:
+def tuner(repo: Path, n_jobs: int, real: bool = False, **options: Any) -> ParallelHyperband:
+    """A tuner on ``n_jobs`` workers: simulated ones in this process, or with ``real`` a
+    process pool (the metrics and stop callbacks then travel to worker processes)."""
     extra = {k: options.pop(k) for k in ("metrics", "stops") if k in options}
     trainable = SyntheticTrainable(curve=x_curve, metrics=accuracy, **extra)
+    workers = {"n_jobs": n_jobs} if real else {"executor": SimulatedExecutor(n_jobs)}
     return ParallelHyperband(
-        None, SPACE, repo, trainable=trainable, n_jobs=n_jobs, verbose=0, **options
+        None, SPACE, repo, trainable=trainable, verbose=0, **workers, **options
     )
 
 
@@ -82,11 +86,11 @@ def serial_table(folder: Path, objective: Objective, **extra: Any) -> pd.DataFra
 COLUMNS = ["Hparams", "ID", "Run", "Val Loss", "Val Accuracy", "Epochs", "Rung", "Status"]
 
 
-@pytest.mark.parametrize("n_jobs", [1, 3])
+@pytest.mark.parametrize(("n_jobs", "real"), [(1, False), (3, False), (3, True)])
 def test_a_maximised_objective_ranks_the_run_as_a_serial_run_ranks_it(
-    tmp_path: Path, n_jobs: int
+    tmp_path: Path, n_jobs: int, real: bool
 ) -> None:
-    table = tuner(tmp_path / "repo", n_jobs, objective="val_accuracy").run(R=R, eta=ETA)
+    table = tuner(tmp_path / "repo", n_jobs, real, objective="val_accuracy").run(R=R, eta=ETA)
     reference = serial_table(tmp_path / "serial", Objective("val_accuracy", "max"))
     pd.testing.assert_frame_equal(table[COLUMNS], reference[COLUMNS])
     by_loss = serial_table(tmp_path / "by_loss", VAL_LOSS)
@@ -150,12 +154,12 @@ def test_an_objective_no_epoch_logs_stops_the_run_naming_it_and_what_is_logged(
     assert not repo.exists()  # a new folder is left as it was
 
 
-@pytest.mark.parametrize("stops", [stops_when_far, stops_the_best])
+@pytest.mark.parametrize(("stops", "real"), [(stops_when_far, True), (stops_the_best, False)])
 def test_early_stopping_ends_a_configuration_where_it_stopped_and_gives_its_place_away(
-    tmp_path: Path, stops: Any
+    tmp_path: Path, stops: Any, real: bool
 ) -> None:
     repo = tmp_path / "repo"
-    table = tuner(repo, 3, stops=stops).run(R=R, eta=ETA)
+    table = tuner(repo, 3, real, stops=stops).run(R=R, eta=ETA)
     reference = serial_table(tmp_path / "serial", VAL_LOSS, stops=stops)
     columns = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status"]
     pd.testing.assert_frame_equal(table[columns], reference[columns])
@@ -203,58 +207,3 @@ def test_a_stopped_segment_run_again_after_its_row_was_lost_trains_nothing(
     again = trainable.train({"x": 0.9}, stem, 0, 9)
     assert first == again and len(first) == 2 and again.stopped_early
     assert phobbit.storage.checkpoints.read_progress(stem + ".json").epoch == 2
-
-
-@pytest.mark.parametrize(
-    ("name", "direction"),
-    [
-        ("val_loss", "min"),
-        ("loss", "min"),
-        ("val_accuracy", "max"),
-        ("accuracy", "max"),
-        ("val_acc", "max"),
-        ("val_auc", "max"),
-        ("val_auc_1", "max"),
-        ("val_precision", "max"),
-        ("recall", "max"),
-        ("val_sparse_categorical_accuracy", "max"),
-        ("val_mean_absolute_error", "min"),
-        ("mse", "min"),
-        ("val_categorical_crossentropy", "min"),
-        ("val_false_negatives", "min"),
-        ("val_true_positives", "max"),
-        ("val_my_thing", None),
-    ],
-)
-def test_directions_are_inferred_as_keras_tuner_infers_them(name: str, direction: str) -> None:
-    assert infer_direction(name) == direction
-
-
-def test_objective_arguments_are_checked() -> None:
-    assert Objective.of("val_accuracy") == Objective("val_accuracy", "max")
-    assert Objective.of(("val_my_thing", "max")) == Objective("val_my_thing", "max")
-    assert Objective.of("val_my_thing", "min").direction == "min"
-    with pytest.raises(InputError, match="cannot tell whether objective 'val_my_thing'"):
-        Objective.of("val_my_thing")
-    with pytest.raises(InputError, match="give one"):
-        Objective.of(("val_accuracy", "max"), "min")
-    with pytest.raises(InputError, match="must be 'min' or 'max'"):
-        Objective.of("val_accuracy", "up")
-    with pytest.raises(InputError, match="'val_loss' is the loss Keras minimises"):
-        Objective.of("val_loss", "max")  # it would list a second Val Loss column
-    with pytest.raises(InputError, match="metric name"):
-        ParallelHyperband(None, SPACE, "unused", trainable=SyntheticTrainable(), objective=3)
-
-
-values = st.floats(min_value=-3, max_value=3, allow_nan=False) | st.just(math.nan)
-
-
-@given(st.lists(values, max_size=12), st.sampled_from(["min", "max"]))
-def test_the_best_epoch_is_the_latest_of_the_best_finite_values(
-    found: list[float], direction: str
-) -> None:
-    objective = Objective("m", direction)
-    history = [{"m": v, "val_loss": 0.0} for v in found]
-    finite = [(v if direction == "min" else -v, e) for e, v in enumerate(found, 1) if v == v]
-    expected = None if not finite else max(e for v, e in finite if v == min(finite)[0])
-    assert objective.best_epoch(history) == expected

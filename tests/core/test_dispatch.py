@@ -220,7 +220,7 @@ def test_pop_prefers_a_warm_configuration_of_the_rung_it_takes_and_no_other() ->
 
 # -- the W=16 bound and the offline search of benchmarks/simulation.py -------------------------
 
-SIMULATION = Path(__file__).resolve().parent.parent / "benchmarks" / "simulation.py"
+SIMULATION = Path(__file__).resolve().parents[2] / "benchmarks" / "simulation.py"
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from phobbit import ParallelHyperband, brackets
 
 pytestmark = pytest.mark.keras
 BATCH = 64
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

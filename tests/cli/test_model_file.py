@@ -22,7 +22,7 @@ from phobbit.cli.model_file import (
 )
 from phobbit.errors import InputError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HPARAMS = "from phobbit import Hyperparameter\nH = [Hyperparameter('x', 'uniform', (0, 1))]\n"
 
 

@@ -135,11 +135,13 @@ def resumed_tuner(repo: Path, barrier: Path):
     trainable = PausingTrainable(
         curve=x_curve, steps_per_epoch=STEPS, victim=VICTIM, barrier_dir=str(barrier)
     )
-    return tuner(repo, trainable=trainable, n_jobs=2, seed=SETTINGS["seed"])
+    return tuner(repo, real=True, trainable=trainable, n_jobs=2, seed=SETTINGS["seed"])
 
 
 def reference(tmp_path: Path) -> pd.DataFrame:
-    return tuner(tmp_path / "reference", n_jobs=2, seed=SETTINGS["seed"]).run(R=9, eta=3)
+    return tuner(tmp_path / "reference", real=True, n_jobs=2, seed=SETTINGS["seed"]).run(
+        R=9, eta=3
+    )
 
 
 def test_commit_outside_a_segment_is_a_plain_replace(tmp_path: Path) -> None:
@@ -336,7 +338,7 @@ def test_a_driver_that_ended_does_not_block_the_next_while_its_process_lives_on(
     tmp_path: Path,
 ) -> None:
     repo = tmp_path / "repo"
-    tuner(repo, n_jobs=1).run(R=3, eta=3)  # this process ran a driver, and lives on
+    tuner(repo, real=True, n_jobs=1).run(R=3, eta=3)  # this process ran a driver, and lives on
     record = Repository(repo).driver_record()
     assert record["pid"] == os.getpid() and record["ended"] and record["token"] is None
     taking_over = subprocess.run(
@@ -390,7 +392,7 @@ def test_a_results_lock_held_by_a_stopped_process_stops_a_new_driver_with_a_mess
         holder.send_signal(signal.SIGSTOP)
         monkeypatch.setattr("phobbit.storage.repository.LOCK_TIMEOUT_S", 1.0)
         with pytest.raises(RepositoryError, match=r"could not lock .* within 1 s: .*fuser -v"):
-            tuner(repo, n_jobs=1).run(R=3, eta=3)
+            tuner(repo, real=True, n_jobs=1).run(R=3, eta=3)
         assert not (repo / "results.csv").exists()
     finally:
         holder.kill()

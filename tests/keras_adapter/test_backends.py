@@ -21,7 +21,7 @@ from phobbit.execution.executor import LocalExecutor
 from phobbit.keras_adapter.backends import check_backend, use_backend
 from phobbit.testing import SyntheticTrainable
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 SYNTHETIC = TESTS / "models" / "synthetic.py"
 HAS_JAX = importlib.util.find_spec("jax") is not None
 

@@ -30,8 +30,8 @@ from phobbit.execution.executor import visible_gpu_count
 from phobbit.execution.streams import GuardedStdout
 from phobbit.storage.repository import Repository, encode_row
 
-ROOT = Path(__file__).resolve().parents[1]
-MODELS = Path(__file__).parent / "models"
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = ROOT / "tests" / "models"
 SYNTHETIC = MODELS / "synthetic.py"
 SEGMENTS_R9 = 9 + 3 + 1 + 5 + 1 + 3  # the segments of brackets(9, 3)
 

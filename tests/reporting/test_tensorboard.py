@@ -23,7 +23,7 @@ from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
 from tensorboard.plugins.hparams import api_pb2, metadata  # noqa: E402
 from tensorboard.util import tensor_util  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SEGMENTS_R9 = 9 + 3 + 1 + 5 + 1 + 3  # the segments of brackets(9, 3)
 SPACE = [
     Hyperparameter("x", "uniform", (0.0, 1.0)),

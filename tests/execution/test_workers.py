@@ -58,7 +58,9 @@ def test_worker_that_always_dies_is_retried_max_retries_times_then_failed_alone(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     trainable = dying(tmp_path, victim="0-2-1", how="exit")
-    results = tuner(tmp_path / "repo", trainable=trainable, gpus=[0, 1], verbose=1).run(9, 3)
+    results = tuner(tmp_path / "repo", real=True, trainable=trainable, gpus=[0, 1], verbose=1).run(
+        9, 3
+    )
     out = capsys.readouterr().out
     # Charged: only the victim, once per retry. A death with two trials in flight charges
     # nobody (which one died is not known), so the victim may run once more than that.
@@ -77,7 +79,7 @@ def test_worker_that_always_dies_is_retried_max_retries_times_then_failed_alone(
     assert others["Status"].eq("ok").all(), "no innocent trial was charged"
     # Every other trial is what a run whose victim failed in user code gives.
     failing = dying(tmp_path / "ref", victim="0-2-1", how="raise")
-    reference = tuner(tmp_path / "ref" / "repo", trainable=failing, n_jobs=1).run(9, 3)
+    reference = tuner(tmp_path / "ref" / "repo", real=True, trainable=failing, n_jobs=1).run(9, 3)
     pd.testing.assert_frame_equal(
         others[COLUMNS].sort_index(), reference.drop(index="2-1")[COLUMNS].sort_index()
     )
@@ -89,9 +91,9 @@ def test_worker_killed_mid_segment_is_retried_from_its_last_epoch_and_loses_noth
 ) -> None:
     # Bracket 0 trains 3 configurations 9 epochs each: the victim dies after 4 of them.
     trainable = dying(tmp_path, victim="0-0-1", how=how, deaths=1, after_epochs=4)
-    results = tuner(tmp_path / "repo", trainable=trainable, n_jobs=2).run(9, 3)
+    results = tuner(tmp_path / "repo", real=True, trainable=trainable, n_jobs=2).run(9, 3)
     assert deaths(tmp_path) == 1
-    reference = tuner(tmp_path / "ref", n_jobs=1).run(9, 3)
+    reference = tuner(tmp_path / "ref", real=True, n_jobs=1).run(9, 3)
     pd.testing.assert_frame_equal(results[COLUMNS].sort_index(), reference[COLUMNS].sort_index())
     for index, row in results.iterrows():
         run, config_id = index.split("-")
@@ -107,7 +109,9 @@ def test_worker_killed_mid_segment_is_retried_from_its_last_epoch_and_loses_noth
 def test_user_code_failures_say_why_rank_last_reach_the_console_and_the_run_finishes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    results = tuner(tmp_path / "repo", curve=bad_curve, n_jobs=2, verbose=1, seed=1).run(9, 3)
+    results = tuner(
+        tmp_path / "repo", real=True, curve=bad_curve, n_jobs=2, verbose=1, seed=1
+    ).run(9, 3)
     failed = results[results["Status"] == "failed"]
     errors = set(failed["Error"])
     assert any(e.startswith("ValueError: user code broke on x=") for e in errors)
@@ -124,7 +128,7 @@ def test_user_code_failures_say_why_rank_last_reach_the_console_and_the_run_fini
 
 
 def test_user_code_that_calls_sys_exit_fails_its_trial_not_the_worker(tmp_path: Path) -> None:
-    results = tuner(tmp_path / "repo", curve=exiting_curve, n_jobs=1).run(9, 3)
+    results = tuner(tmp_path / "repo", real=True, curve=exiting_curve, n_jobs=1).run(9, 3)
     failed = results[results["Status"] == "failed"]
     assert len(failed) > 0 and set(failed["Error"]) == {"SystemExit: 3"}
 
@@ -192,10 +196,10 @@ def test_a_full_disk_stops_the_run_without_failing_the_trial_and_a_rerun_resumes
     repo = tmp_path / "repo"
     full = dying(tmp_path, victim="0-1-2", how="disk-full")
     with pytest.raises(StorageError, match=r"no space left .* run the same command again"):
-        tuner(repo, trainable=full, n_jobs=2).run(9, 3)
+        tuner(repo, real=True, trainable=full, n_jobs=2).run(9, 3)
     assert all(row.ok for row in Repository(repo).iter_results()), "no trial was failed"
-    results = tuner(repo, n_jobs=2).run(9, 3)
-    reference = tuner(tmp_path / "ref", n_jobs=2).run(9, 3)
+    results = tuner(repo, real=True, n_jobs=2).run(9, 3)
+    reference = tuner(tmp_path / "ref", real=True, n_jobs=2).run(9, 3)
     pd.testing.assert_frame_equal(results[COLUMNS].sort_index(), reference[COLUMNS].sort_index())
 
 
@@ -239,7 +243,9 @@ def test_a_worker_killed_while_idle_breaks_no_trial_and_the_pool_is_rebuilt(
 def test_keyboard_interrupt_or_another_base_exception_in_user_code_fails_its_trial_only(
     tmp_path: Path,
 ) -> None:
-    results = tuner(tmp_path / "repo", curve=interrupting_curve, n_jobs=2, seed=1).run(9, 3)
+    results = tuner(tmp_path / "repo", real=True, curve=interrupting_curve, n_jobs=2, seed=1).run(
+        9, 3
+    )
     failed = results[results["Status"] == "failed"]
     errors = set(failed["Error"])
     assert any(e.startswith("KeyboardInterrupt: user code stopped on x=") for e in errors)
@@ -261,7 +267,13 @@ def test_a_hung_segment_is_killed_at_its_timeout_retried_then_failed_and_the_run
     )
     repo = tmp_path / "repo"
     results = tuner(
-        repo, trainable=hanging, n_jobs=2, max_retries=1, segment_timeout=TIMEOUT_S, verbose=1
+        repo,
+        real=True,
+        trainable=hanging,
+        n_jobs=2,
+        max_retries=1,
+        segment_timeout=TIMEOUT_S,
+        verbose=1,
     ).run(9, 3)
     assert len(list(tally.iterdir())) == 2  # max_retries + 1 attempts
     victim = results.loc["1-2"]
@@ -274,14 +286,14 @@ def test_a_hung_segment_is_killed_at_its_timeout_retried_then_failed_and_the_run
     others = results.drop(index="1-2")
     assert others["Status"].eq("ok").all()
     failing = dying(tmp_path / "ref", victim="0-1-2", how="raise")
-    reference = tuner(tmp_path / "ref" / "repo", trainable=failing, n_jobs=1).run(9, 3)
+    reference = tuner(tmp_path / "ref" / "repo", real=True, trainable=failing, n_jobs=1).run(9, 3)
     pd.testing.assert_frame_equal(
         others[COLUMNS].sort_index(), reference.drop(index="1-2")[COLUMNS].sort_index()
     )
     # The failed row is final: running again trains nothing, and does not hang.
     records = tmp_path / "records"
     records.mkdir()
-    again = tuner(repo, records, n_jobs=2, segment_timeout=TIMEOUT_S).run(9, 3)
+    again = tuner(repo, records, real=True, n_jobs=2, segment_timeout=TIMEOUT_S).run(9, 3)
     assert list(records.iterdir()) == []
     pd.testing.assert_frame_equal(again, results)
 
@@ -289,4 +301,4 @@ def test_a_hung_segment_is_killed_at_its_timeout_retried_then_failed_and_the_run
 @pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf"), "10", True])
 def test_a_segment_timeout_that_is_not_a_positive_number_is_refused(value: object) -> None:
     with pytest.raises(InputError, match="segment_timeout must be"):
-        tuner("unused", segment_timeout=value)
+        tuner("unused", real=True, segment_timeout=value)

@@ -16,7 +16,7 @@ from phobbit import RepositoryError, open_repository
 from phobbit.core.records import SegmentResult
 from phobbit.storage.repository import Repository
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def row(config_id: int, rung: int = 0, epochs: int = 1, loss: float | None = 0.5, **changes):

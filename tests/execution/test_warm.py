@@ -226,7 +226,7 @@ def test_two_workers_with_models_warm_give_the_serial_table_and_hits_are_recorde
         records[name] = tmp_path / f"records-{name}"
         records[name].mkdir()
         jobs = 1 if name == "serial" else 2
-        run = tuner(tmp_path / name, records[name], n_jobs=jobs, warm_cache=size)
+        run = tuner(tmp_path / name, records[name], real=True, n_jobs=jobs, warm_cache=size)
         tables[name] = run.run(R=9, eta=3)[COLUMNS].sort_index()
         continued = [r for r in read(records[name]) if r["initial_epoch"] > 0]
         assert run.continued == len(continued) > 0
@@ -293,7 +293,7 @@ def test_a_bad_warm_cache_on_the_command_line_is_one_line_and_exit_2(tmp_path: P
         + ["--warm-cache", "lots"],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
     assert done.returncode == 2
     assert "--warm-cache: must be a number of bytes >= 0" in done.stderr
