@@ -20,7 +20,8 @@ from phobbit.cli.model_file import ModelFileRef, load_model_file
 from phobbit.core.records import RunSettings
 from phobbit.core.space import Space
 from phobbit.execution.trainable import SyntheticTrainable
-from phobbit.keras_adapter.trainable import check_dataset, fit_arguments
+from phobbit.keras_adapter.data import check_dataset
+from phobbit.keras_adapter.trainable import fit_arguments
 from phobbit.storage.repository import Repository
 
 SPACE = [

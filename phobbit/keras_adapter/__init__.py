@@ -1,8 +1,12 @@
-"""Keras on the worker side: the trainable that builds, fits, checkpoints and seeds a
-Keras model (``trainable``), and the choice of Keras backend (``backends``).
+"""Keras: what trains (``fit``: ``KerasFit``, checked on the driver), its data (``data``:
+checks, staging, the per-epoch pipeline), the choice of backend (``backends``), and,
+worker side, the trainable that builds, fits and checkpoints a model (``trainable``)
+with its checkpoints (``saving``) and per-epoch seeds (``seeding``).
 
 The only layer that imports Keras or TensorFlow, and only inside workers (or when
-a user asks for a model in their own process). It imports ``phobbit.core``,
-``phobbit.storage`` and ``phobbit.execution``'s ``Trainable`` interface. Named so
-that it does not shadow the ``keras`` package.
+a user asks for a model in their own process): ``fit``, ``data`` and ``backends``
+import neither at module level, and they are all the driver imports of this
+package. It imports ``phobbit.core``, ``phobbit.storage`` and ``phobbit.execution``'s
+``Trainable`` interface and worker state. Named so that it does not shadow the
+``keras`` package.
 """
