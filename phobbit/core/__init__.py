@@ -4,8 +4,9 @@ Here live the value objects (``records``), the search space and its seeded sampl
 (``space``, ``samplers``), the objective (``objective``), the budget (``budget``),
 the bracket math (``schedule``), the reducer (``reducer``), the bracket state
 machines of synchronous Hyperband and ASHA (``hyperband``, ``asha``), the order in
-which free workers take segments (``dispatch``) and the two put together
-(``plan``). Nothing here does I/O, starts a process, reads a clock or imports a
+which free workers take segments (``dispatch``), the two put together
+(``plan``), and the search that picks algorithm and sampler and makes the plan
+(``search``). Nothing here does I/O, starts a process, reads a clock or imports a
 training framework; it imports only ``phobbit.errors`` and itself, so every
 decision can be tested exhaustively and replayed exactly.
 """
