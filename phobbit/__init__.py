@@ -23,16 +23,29 @@ logging.getLogger("phobbit").addHandler(logging.NullHandler())
 # `import phobbit.core.schedule` and `phobbit brackets` load neither pandas, joblib nor rich.
 _EXPORTS = {
     "Bracket": "phobbit.core.schedule",
+    "Budget": "phobbit.core.budget",
+    "CheckpointError": "phobbit.errors",
+    "DaskExecutor": "phobbit.execution.dask",
+    "Executor": "phobbit.execution.executor",
     "FatalError": "phobbit.errors",
     "FencedOutError": "phobbit.errors",
     "Hyperparameter": "phobbit.core.space",
     "InputError": "phobbit.errors",
+    "KerasFit": "phobbit.keras_adapter.fit",
+    "LocalExecutor": "phobbit.execution.executor",
+    "Losses": "phobbit.execution.trainable",
     "ParallelHyperband": "phobbit.api",
     "PhobbitError": "phobbit.errors",
     "RepositoryError": "phobbit.errors",
     "RepositoryView": "phobbit.storage.view",
+    "Resources": "phobbit.execution.resources",
     "Rung": "phobbit.core.schedule",
+    "RunSettings": "phobbit.core.records",
+    "Search": "phobbit.core.search",
+    "SimulatedExecutor": "phobbit.execution.simulated",
     "StorageError": "phobbit.errors",
+    "SyntheticTrainable": "phobbit.testing.synthetic",
+    "Trainable": "phobbit.execution.trainable",
     "brackets": "phobbit.core.schedule",
     "open_repository": "phobbit.storage.view",
 }
@@ -40,16 +53,29 @@ _SUBMODULES = {"algorithms"}
 
 __all__ = [
     "Bracket",
+    "Budget",
+    "CheckpointError",
+    "DaskExecutor",
+    "Executor",
     "FatalError",
     "FencedOutError",
     "Hyperparameter",
     "InputError",
+    "KerasFit",
+    "LocalExecutor",
+    "Losses",
     "ParallelHyperband",
     "PhobbitError",
     "RepositoryError",
     "RepositoryView",
+    "Resources",
+    "RunSettings",
     "Rung",
+    "Search",
+    "SimulatedExecutor",
     "StorageError",
+    "SyntheticTrainable",
+    "Trainable",
     "algorithms",
     "brackets",
     "open_repository",
@@ -58,9 +84,13 @@ __all__ = [
 if TYPE_CHECKING:
     from phobbit import algorithms
     from phobbit.api import ParallelHyperband
+    from phobbit.core.budget import Budget
+    from phobbit.core.records import RunSettings
     from phobbit.core.schedule import Bracket, Rung, brackets
+    from phobbit.core.search import Search
     from phobbit.core.space import Hyperparameter
     from phobbit.errors import (
+        CheckpointError,
         FatalError,
         FencedOutError,
         InputError,
@@ -68,6 +98,13 @@ if TYPE_CHECKING:
         RepositoryError,
         StorageError,
     )
+    from phobbit.execution.dask import DaskExecutor
+    from phobbit.execution.executor import Executor, LocalExecutor
+    from phobbit.execution.resources import Resources
+    from phobbit.execution.simulated import SimulatedExecutor
+    from phobbit.execution.trainable import Losses, Trainable
+    from phobbit.keras_adapter.fit import KerasFit
+    from phobbit.testing.synthetic import SyntheticTrainable
     from phobbit.storage.view import RepositoryView, open_repository
 
 

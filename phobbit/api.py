@@ -1,37 +1,48 @@
-"""The library API: ``ParallelHyperband(...).run(R, eta)``."""
+"""The library API: ``ParallelHyperband(...).run(R, eta)``.
+
+The tuner receives what it configures as objects, Optuna-style: the search
+(``phobbit.core.search.Search``), the resources
+(``phobbit.execution.resources.Resources`` or an ``Executor``), what trains
+(``phobbit.keras_adapter.fit.KerasFit`` or any ``Trainable``) and the budget
+(``phobbit.core.budget.Budget``). The flat keywords of earlier versions
+(``gpus=``, ``callbacks=``, ``algorithm=`` ...) are still taken: ``_FLAT`` says
+which object and field each one fills.
+
+The driver imports no Keras: of the Keras adapter, only ``fit`` (what trains),
+``data`` (the dataset's check and staging) and ``backends``; workers build the
+Keras trainable from the ``KerasTraining`` the run sends them.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import logging
-import math
-import numbers
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from phobbit.core.asha import AsynchronousHyperband, asha_budget_epochs
 from phobbit.core.budget import Budget, parse_duration
-from phobbit.core.dispatch import FifoPolicy, LatestStartPolicy
-from phobbit.core.hyperband import StateMachine, SynchronousHyperband
 from phobbit.core.objective import Objective
-from phobbit.core.plan import Plan
-from phobbit.core.records import ALGORITHMS, RunSettings, Tuning
-from phobbit.core.samplers import check_sampler, make_sampler
+from phobbit.core.records import RunSettings, Tuning
+from phobbit.core.search import Search
 from phobbit.core.space import Hyperparameter, Space
+from phobbit.core.units import check_int
 from phobbit.errors import InputError
-from phobbit.execution.executor import Executor, LocalExecutor, parse_gpus
+from phobbit.execution.executor import Executor, LocalExecutor
+from phobbit.execution.resources import Resources
 from phobbit.execution.scheduler import Reporter, Scheduler
 from phobbit.execution.trainable import Trainable
 from phobbit.execution.warm import parse_bytes
 from phobbit.keras_adapter.backends import check_backend, worker_environment
-from phobbit.keras_adapter.trainable import KerasTrainable, check_dataset, staged_dataset
+from phobbit.keras_adapter.data import staged_dataset
+from phobbit.keras_adapter.fit import KerasFit, KerasTraining
 from phobbit.reporting.plain import PlainReporter
 from phobbit.storage.decisions import DecisionLog
 from phobbit.storage.repository import Repository
@@ -39,12 +50,92 @@ from phobbit.storage.results import results_frame
 
 log = logging.getLogger("phobbit")
 
+# The flat keywords ParallelHyperband takes beside its objects: each fills this field of
+# the object given by this parameter (a keyword and its object together are refused).
+_FLAT: dict[str, tuple[str, str]] = {
+    **{
+        name: ("trainable", name)
+        for name in (
+            "generator_function",
+            "train_gen_args",
+            "valid_gen_args",
+            "steps_per_epoch",
+            "validation_steps",
+            "batch_size",
+            "callbacks",
+            "fit_kwargs",
+            "fit_hparams",
+            "warm_cache",
+            "backend",
+        )
+    },
+    **{
+        name: ("resources", name)
+        for name in (
+            "gpus",
+            "jobs_per_gpu",
+            "n_jobs",
+            "executor",
+            "worker_log",
+            "max_retries",
+            "segment_timeout",
+        )
+    },
+    "algorithm": ("search", "algorithm"),
+    "sampler": ("search", "sampler"),
+    "time_limit": ("budget", "time_limit"),
+    "max_epochs": ("budget", "max_epochs"),
+}
+_HOLDER = {
+    "trainable": "KerasFit",
+    "resources": "Resources",
+    "search": "Search",
+    "budget": "Budget",
+}
+# The KerasFit fields that ParallelHyperband takes positionally.
+_POSITIONAL_FIT = ("model_function", "dataset")
 
-def _positive_int(name: str, value: Any, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise InputError(f"{name} must be an integer >= 1, got {value!r}")
+
+def _grouped(owner: str, flat: dict[str, Any], parameters: Sequence[str]) -> dict[str, dict]:
+    """The flat keywords by the parameter whose object they fill.
+
+    Raises:
+        TypeError: for a keyword that is no parameter and no flat keyword, in one line
+            that names the nearest one and the object that takes it.
+    """
+    grouped: dict[str, dict[str, Any]] = {holder: {} for holder in _HOLDER}
+    for name, value in flat.items():
+        if name not in _FLAT:
+            message = f"{owner} got an unexpected keyword {name!r}"
+            near = difflib.get_close_matches(name, [*parameters, *_FLAT], n=1)
+            if near:
+                holder = _FLAT.get(near[0], (None,))[0]
+                where = f" ({_HOLDER[holder]}.{near[0]})" if holder else ""
+                message += f"; did you mean {near[0]!r}{where}?"
+            raise TypeError(message)
+        holder, field = _FLAT[name]
+        grouped[holder][field] = value
+    return grouped
+
+
+def _refuse_both(holder: str, fields: Sequence[str]) -> None:
+    """Refuses fields given as keywords beside the object ``holder`` that holds them."""
+    if fields:
+        names = ", ".join(fields)
+        raise InputError(
+            f"{names} {'is a field' if len(fields) == 1 else 'are fields'} of "
+            f"{_HOLDER[holder]}: give {'it' if len(fields) == 1 else 'them'} in {holder}= "
+            f"or as keywords, not both"
+        )
+
+
+def _budget(value: Any) -> Budget:
+    """``value`` (a ``Budget``, None for none) with its ``time_limit`` read as a duration."""
+    if value is None:
+        return Budget()
+    if not isinstance(value, Budget):
+        raise InputError(f"budget must be a phobbit Budget, got {type(value).__name__}")
+    return Budget(parse_duration(value.time_limit, "time_limit"), value.max_epochs)
 
 
 def _with_objective(trainable: Trainable, objective: Objective) -> Trainable:
@@ -77,74 +168,6 @@ def _with_warm_bytes(trainable: Trainable, warm_bytes: int | None) -> Trainable:
     return dataclasses.replace(trainable, warm_bytes=warm_bytes)  # type: ignore[type-var]
 
 
-# What phobbit passes to fit itself: a fit_kwargs entry may not set it.
-_FIT_OWN = {
-    "x": "the dataset",
-    "y": "the dataset",
-    "validation_data": "the dataset",
-    "epochs": "the schedule (R, eta)",
-    "initial_epoch": "the schedule (R, eta)",
-    "verbose": "phobbit",
-    "callbacks": "callbacks=",
-    "batch_size": "batch_size= or a batch_size hyperparameter",
-    "steps_per_epoch": "steps_per_epoch= (with generators) or the dataset",
-    "validation_steps": "validation_steps= (with generators) or the dataset",
-    "validation_split": "the dataset (phobbit validates on its validation data)",
-    "validation_freq": "phobbit (every epoch is validated: Hyperband ranks by it)",
-}
-
-
-def _fit_kwargs(fit_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
-    if fit_kwargs is None:
-        return {}
-    if not isinstance(fit_kwargs, Mapping):
-        raise InputError(f"fit_kwargs must be a dict, got {type(fit_kwargs).__name__}")
-    for name in fit_kwargs:
-        if name in _FIT_OWN:
-            raise InputError(f"fit_kwargs may not set {name!r}: it is set by {_FIT_OWN[name]}")
-    return dict(fit_kwargs)
-
-
-def _callbacks(callbacks: Any) -> Any:
-    """``callbacks`` checked: None, a function of the hparams, or a list of callbacks."""
-    if callbacks is None or callable(callbacks):
-        return callbacks
-    if not isinstance(callbacks, (list, tuple)):
-        raise InputError(
-            f"callbacks must be a list of Keras callbacks or a function of the hparams "
-            f"returning one, got {type(callbacks).__name__}"
-        )
-    for callback in callbacks:
-        if not callable(getattr(callback, "set_model", None)):
-            raise InputError(f"callbacks holds {callback!r}, which is no Keras callback")
-    return list(callbacks)
-
-
-def _fit_hparams(names: Sequence[str], space: Space) -> tuple[str, ...]:
-    if isinstance(names, str):
-        names = [names]
-    known = {hp.name for hp in space.hparams}
-    for name in names:
-        if name not in known:
-            raise InputError(
-                f"fit_hparams names {name!r}, which is no hyperparameter (known: "
-                f"{', '.join(sorted(known))})"
-            )
-        if name in _FIT_OWN and name != "batch_size":
-            raise InputError(f"fit_hparams may not name {name!r}: it is set by {_FIT_OWN[name]}")
-    return tuple(names)
-
-
-def _timeout(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-        raise InputError(f"segment_timeout must be a number of seconds > 0, got {value!r}")
-    if not math.isfinite(value):
-        raise InputError(f"segment_timeout must be finite, got {value!r}; give None for none")
-    return float(value)
-
-
 def _tensorboard_wanted(value: Any) -> bool:
     """Whether to write TensorBoard logs: ``tensorboard=`` None (if installed), True or False."""
     from phobbit.reporting import tensorboard
@@ -164,113 +187,86 @@ WORKER_LOG = "workers.log"
 class ParallelHyperband:
     """Hyperband over a pool of GPU-pinned worker processes.
 
+    It takes what it configures as objects: what trains (``trainable``), the
+    search (``search``), where it runs (``resources``) and when it stops
+    (``budget``). Every flat keyword of earlier versions is still taken and fills
+    its object's field (``gpus=[0, 1]`` is ``resources=Resources(gpus=[0, 1])``,
+    ``callbacks=...`` a field of the ``KerasFit`` made from ``model_function``
+    and ``dataset``, ``algorithm="asha"`` of ``Search``, ``time_limit="8h"`` of
+    ``Budget``); a keyword beside the object that holds it is refused.
+
     Args:
         model_function: ``hparams -> compiled keras.Model``; ``hparams`` is a dict
-            keyed by the hyperparameters' names.
+            keyed by the hyperparameters' names. None when ``trainable`` is given.
         hparam_ranges: a list of ``phobbit.Hyperparameter``.
         repo_dir: the repository folder: ``results.csv``, ``run.json``, ``models/``.
             Running again on the same folder resumes the run.
         dataset: ``((x_train, y_train), (x_val, y_val))``, or a function returning
-            it that each worker calls once (so large data is never pickled).
-        generator_function: Hobbit's generator form instead of ``dataset``: called
-            with ``train_gen_args`` and ``valid_gen_args`` (a tuple of positional or a
-            dict of keyword arguments) for the training and validation generators.
-        steps_per_epoch, validation_steps: batches per epoch, required with generators.
-        gpus: GPU ids (``[0, 1, 2, 3]`` or ``"0,1,2,3"``): one worker pinned to each by
-            ``CUDA_VISIBLE_DEVICES``. None runs ``n_jobs`` workers on the CPU.
-        jobs_per_gpu: trials run at once on one GPU (default 1).
-        n_jobs: CPU workers when there are no GPUs (default: the number of cores).
-        seed: the same seed gives the same configurations and promotions, whatever
-            the number of workers.
-        batch_size: passed to ``fit`` with arrays (Keras' default, 32, when None).
-        verbose: 0 silent, 1 prints the schedule, the best so far and failures, 2
-            every segment too.
-        trainable: instead of a Keras model function, any object with the
-            ``phobbit.execution.trainable.Trainable`` interface (for non-Keras or synthetic work).
-        max_retries: how often a trial whose worker died or that timed out is retried
-            (default 2).
-        reporter: a progress reporter instead of the plain lines of ``verbose``.
-        segment_timeout: seconds one segment may run, counted from when it is handed
-            to a free worker (so a worker's start-up and its first TensorFlow import
-            count); past it, its worker is killed and the trial is charged like a
-            worker death: retried up to ``max_retries`` times, then failed with
-            ``timed out after ...``. None (the default) waits for ever; give several
-            times the longest segment you expect (the top rung trains R epochs).
-        executor: where segments run instead of a local process pool, e.g. a
-            ``phobbit.execution.dask.DaskExecutor`` past one machine (``gpus``,
-            ``jobs_per_gpu`` and ``n_jobs`` then go to it, not here). It is yours:
-            ``run`` leaves it running (and kills only what it had in flight when it
-            stops on an error); shut it down when done. The local pool made when
-            none is given is shut down at the end of every ``run``.
-        keep_best: how many of the best configurations keep the file of their best
-            epoch when it is not their last (default 10). The others' are deleted
-            as soon as they fall out of the best and are not training, so disk holds
-            at most ``keep_best`` of them plus those of configurations in flight;
-            ``phobbit best`` names no checkpoint for a configuration without one.
+            it that each worker calls once (so large data is never pickled); see
+            ``KerasFit`` for the other forms.
+        trainable: what trains: a ``phobbit.KerasFit`` (a model function, its data
+            and the options of Keras' ``fit``: ``generator_function``,
+            ``train_gen_args``, ``valid_gen_args``, ``steps_per_epoch``,
+            ``validation_steps``, ``batch_size``, ``callbacks``, ``fit_kwargs``,
+            ``fit_hparams``, ``warm_cache``, ``backend``), or any object with the
+            ``phobbit.Trainable`` interface (for non-Keras or synthetic work; of the
+            Keras options, ``warm_cache`` and ``backend`` still apply to it). None
+            (the default): a ``KerasFit`` of ``model_function``, ``dataset`` and
+            those keywords.
+        search: a ``phobbit.Search`` (``algorithm``: ``"hyperband"`` or ``"asha"``;
+            ``sampler``: ``"random"`` or ``"tpe"``), or the name of an algorithm.
+            None (the default): random Hyperband, or the ``algorithm=`` and
+            ``sampler=`` keywords.
+        resources: ``phobbit.Resources`` (``gpus``, ``jobs_per_gpu``, ``n_jobs``,
+            ``executor``, ``worker_log``, ``max_retries``, ``segment_timeout``), or
+            an ``Executor`` such as a ``DaskExecutor`` (yours: ``run`` leaves it
+            running). None (the default): a local pool of one worker per core, or
+            those keywords.
+        budget: a ``phobbit.Budget`` (``time_limit``: seconds, or text such as
+            ``"8h"``, on the executor's clock from the start of each ``run``;
+            ``max_epochs``: epochs the whole run may train). Once one is spent no
+            segment is dispatched; those in flight finish. None (the default): no
+            limit, or the ``time_limit=`` and ``max_epochs=`` keywords. ``run`` says
+            which stopped it in ``stopped_by``; budgets (and ``iterations``) are not
+            settings a resume must match.
         objective: the logged metric that ranks configurations: ``"val_loss"`` (the
             default), ``"val_accuracy"``, any compiled metric with its ``val_``
             prefix, or a ``(name, direction)`` pair / ``keras_tuner.Objective``.
             A run keeps its objective: resuming with another is refused.
         direction: ``"min"`` or ``"max"``; by default inferred from the name as
             Keras Tuner does (accuracy, AUC, precision, recall ... are maximised).
-        callbacks: Keras callbacks for ``fit``: a list, or a function of the
-            hparams returning one (called in the worker for every segment). A
-            callback that stops training (``EarlyStopping``) ends that
-            configuration: its row says "stopped early", it is ranked by its
-            objective and never promoted (its place goes to the next best).
-        fit_kwargs: more keyword arguments for ``fit`` (``class_weight``,
-            ``sample_weight`` ...); not those phobbit sets itself.
-        fit_hparams: names of hyperparameters passed to ``fit`` too; one named
-            ``batch_size`` always is (with arrays, or a function returning them).
-        algorithm: ``"hyperband"`` (the default: exact, synchronous Hyperband) or
-            ``"asha"`` (asynchronous successive halving over Hyperband's brackets,
-            ``phobbit.core.asha``: no idle worker, but its promotions depend on the order
-            of results). ASHA has no natural end: it stops at ``max_epochs`` or
-            ``time_limit``, and by default after the epochs ``iterations`` Hyperband
-            iterations would train.
-        sampler: ``"random"`` (the default: configuration (iteration, s, id) is a
-            function of the seed alone) or ``"tpe"`` (BOHB-style model-based
-            sampling through Optuna, ``phobbit.core.samplers``; needs ``phobbit[tpe]``).
-            A run with ASHA or TPE records its decisions in ``decisions.csv``
-            before they train, so a resume repeats them exactly.
-        time_limit: stop dispatching after this long on the executor's clock,
-            counted from the start of each ``run``: seconds, or text such as
-            ``"8h"`` (s, m, h, d). Segments in flight finish. None: no limit.
-        max_epochs: stop dispatching once the run (all its invocations) has trained
-            or has in flight this many epochs. None: no limit.
-            ``run`` says which budget stopped it in ``stopped_by``; running again
-            with a larger budget goes on from there (budgets, and ``iterations``,
-            are not settings a resume must match).
+        seed: the same seed gives the same configurations and promotions, whatever
+            the number of workers (default 0).
+        keep_best: how many of the best configurations keep the file of their best
+            epoch when it is not their last (default 10). The others' are deleted
+            as soon as they fall out of the best and are not training, so disk holds
+            at most ``keep_best`` of them plus those of configurations in flight;
+            ``phobbit best`` names no checkpoint for a configuration without one.
         tensorboard: write TensorBoard logs under ``repo_dir/tensorboard`` (epoch
             scalars and the HParams dashboard; ``phobbit.reporting.tensorboard``), after
             finished segments (at most every 30 s) and at the end of the run. None
             (the default) writes them when the ``tensorboard`` package is installed;
             True requires it; False never writes them.
-        backend: the Keras backend the workers run, ``"tensorflow"``, ``"jax"`` or
-            ``"torch"`` (``KERAS_BACKEND`` is set in each worker before Keras is
-            imported); None keeps Keras' default (``KERAS_BACKEND`` or TensorFlow).
-        worker_log: send the workers' standard error (TensorFlow's start-up lines,
-            warnings) to a file instead of this process's stderr (the default), and
-            append it to ``repo_dir/workers.log`` when the run ends (not when bad
-            input stopped it); False leaves it on this process's stderr. Only for
-            the local pool phobbit makes.
-        warm_cache: bytes of trained models each worker keeps in memory, so that a
-            promoted configuration goes on from memory on the worker that trained
-            it instead of rebuilding and loading its checkpoint (``phobbit.execution.warm``):
-            an integer or text such as ``"1GB"`` or ``"512MB"``; 0 keeps none.
-            None (the default) keeps 1 GiB with Keras (a trainable's own setting
-            otherwise). On a GPU the models held keep their GPU memory. The
-            checkpoint stays the source of truth: results are bit-identical either
-            way. After ``run``, ``warm_starts`` of ``continued`` segments started warm.
+        reporter: a progress reporter instead of the plain lines of ``verbose``.
+        verbose: 0 silent, 1 (the default) prints the schedule, the best so far and
+            failures, 2 every segment too.
+        **flat: the flat keywords of earlier versions, each a field of one of the
+            objects above (``_FLAT``).
 
     Raises:
         InputError: (a ``ValueError``) for bad input, before anything is written.
+        TypeError: for a keyword it does not take, naming the nearest one.
 
     Example:
-        >>> tuner = ParallelHyperband(my_model, my_hparam_ranges, "repo", dataset=data,
-        ...                           gpus=[0, 1, 2, 3])
-        >>> results = tuner.run(R=20, eta=3)
-        >>> results.head()
+        >>> tuner = ParallelHyperband(
+        ...     None, my_hparam_ranges, "repo",
+        ...     trainable=KerasFit(my_model, dataset=data, callbacks=my_callbacks),
+        ...     search=Search("asha"),
+        ...     resources=Resources(gpus=[0, 1, 2, 3]),
+        ...     budget=Budget(time_limit=8 * 3600),
+        ... )
+        >>> results = tuner.run(R=27, eta=3)
+        >>> ParallelHyperband(my_model, my_hparam_ranges, "repo", data, gpus=[0, 1])  # flat
     """
 
     def __init__(
@@ -279,148 +275,95 @@ class ParallelHyperband:
         hparam_ranges: Sequence[Hyperparameter],
         repo_dir: str | os.PathLike,
         dataset: Any = None,
-        generator_function: Callable[..., Any] | None = None,
-        train_gen_args: Any = None,
-        valid_gen_args: Any = None,
-        steps_per_epoch: int | None = None,
-        validation_steps: int | None = None,
-        gpus: str | Sequence[int] | None = None,
-        jobs_per_gpu: int = 1,
-        n_jobs: int | None = None,
-        seed: int = 0,
-        batch_size: int | None = None,
-        verbose: int = 1,
         *,
-        trainable: Trainable | None = None,
-        max_retries: int = 2,
-        reporter: Reporter | None = None,
-        executor: Executor | None = None,
-        keep_best: int = 10,
-        segment_timeout: float | None = None,
+        trainable: KerasFit | Trainable | None = None,
+        search: Search | str | None = None,
+        resources: Resources | Executor | None = None,
+        budget: Budget | None = None,
         objective: Any = "val_loss",
         direction: str | None = None,
-        callbacks: Any = None,
-        fit_kwargs: Mapping[str, Any] | None = None,
-        fit_hparams: Sequence[str] = (),
-        algorithm: str = "hyperband",
-        sampler: str = "random",
-        time_limit: float | str | None = None,
-        max_epochs: int | None = None,
+        seed: int = 0,
+        keep_best: int = 10,
         tensorboard: bool | None = None,
-        backend: str | None = None,
-        worker_log: bool = True,
-        warm_cache: int | str | None = None,
+        reporter: Reporter | None = None,
+        verbose: int = 1,
+        **flat: Any,
     ) -> None:
+        parameters = [*_POSITIONAL_FIT, "hparam_ranges", "repo_dir", *_HOLDER]
+        parameters += ["objective", "direction", "seed", "keep_best", "tensorboard"]
+        given = _grouped(type(self).__name__, flat, [*parameters, "reporter", "verbose"])
         self.space = Space(hparam_ranges)
         self.objective = Objective.of(objective, direction)
-        if algorithm not in ALGORITHMS:
-            raise InputError(
-                f"algorithm must be one of {', '.join(map(repr, ALGORITHMS))}, got {algorithm!r}"
-            )
-        self.algorithm, self.sampler = algorithm, check_sampler(sampler)
-        self.time_limit = parse_duration(time_limit, "time_limit")
-        Budget(max_epochs=max_epochs)  # checks it
-        self.max_epochs = max_epochs
+        if search is not None:
+            _refuse_both("search", list(given["search"]))
+        self.search = Search(**given["search"]) if given["search"] else Search.of(search)
+        if budget is not None:
+            _refuse_both("budget", list(given["budget"]))
+            self._given_budget = _budget(budget)
+        else:
+            limits = given["budget"]
+            time_limit = parse_duration(limits.get("time_limit"), "time_limit")
+            self._given_budget = Budget(time_limit, limits.get("max_epochs"))
         self.stopped_by: str | None = None
         self._budget = Budget()
-        warm_bytes = None if warm_cache is None else parse_bytes(warm_cache, "warm_cache")
         self.warm_starts = self.continued = 0
         if repo_dir is None or str(repo_dir) == "":
             raise InputError("repo_dir is required: the folder where results and models go")
         self.repository = Repository(repo_dir)
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-            raise InputError(f"seed must be an integer >= 0, got {seed!r}")
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise InputError(f"max_retries must be an integer >= 0, got {max_retries!r}")
-        _positive_int("batch_size", batch_size)
-        if isinstance(keep_best, bool) or not isinstance(keep_best, int) or keep_best < 0:
-            raise InputError(f"keep_best must be an integer >= 0, got {keep_best!r}")
-        self.seed, self.max_retries, self.verbose = int(seed), max_retries, verbose
-        self.keep_best = keep_best
-        self.worker_log = bool(worker_log)
+        self.seed = check_int("seed", seed)
+        self.keep_best = check_int("keep_best", keep_best)
+        self.verbose = verbose
         self.tensorboard = _tensorboard_wanted(tensorboard)
         self.reporter = reporter
-        if executor is not None and (gpus is not None or n_jobs is not None):
-            raise InputError("give gpus/n_jobs to the executor, not beside it")
+        if resources is not None:
+            _refuse_both("resources", list(given["resources"]))
+        self.resources = (
+            Resources(**given["resources"]) if given["resources"] else Resources.of(resources)
+        )
+        self.fit: KerasFit | None = None
+        self.trainable: Trainable | None = None
+        backend = self._what_trains(model_function, dataset, trainable, given["trainable"])
         # The executor it makes is its own to shut down after each run; one it is given
         # stays up for its owner (several runs may share a Dask client's workers).
-        self._owns_executor = executor is None
-        self.backend = check_backend(backend)
-        self.executor = executor or LocalExecutor(
-            parse_gpus(gpus),
-            jobs_per_gpu,
-            n_jobs,
-            env=worker_environment(self.backend),
-        )
-        self.segment_timeout = _timeout(segment_timeout)
-        if self.segment_timeout is not None and not self.executor.supports_timeout:
+        self._owns_executor = self.resources.executor is None
+        self.executor = self.resources.make_executor(worker_environment(backend))
+
+    def _what_trains(
+        self, model_function: Any, dataset: Any, trainable: Any, fields: dict[str, Any]
+    ) -> str | None:
+        """Sets ``fit`` (Keras) or ``trainable`` (any other); returns the workers' backend."""
+        if trainable is None or isinstance(trainable, KerasFit):
+            if trainable is None:
+                fit = KerasFit(model_function, dataset=dataset, **fields)
+            else:
+                positional = {"model_function": model_function, "dataset": dataset}
+                _refuse_both(
+                    "trainable", [n for n, v in positional.items() if v is not None] + list(fields)
+                )
+                fit = trainable
+            fit.check_space(self.space)
+            self.fit = fit
+            self._keras_kwargs = fit.options(self.objective)
+            return fit.backend
+        if model_function is not None:
+            raise InputError("give model_function or trainable, not both")
+        if not isinstance(trainable, Trainable):
+            raise InputError(f"trainable {trainable!r} has no train() method")
+        if (
+            fields.get("callbacks") is not None
+            or fields.get("fit_kwargs")
+            or (fields.get("fit_hparams"))
+        ):
             raise InputError(
-                f"segment_timeout cannot be used with {type(self.executor).__name__}: it "
-                "cannot kill one worker (Dask workers must run under a nanny, as "
-                "`dask worker` starts them, not LocalCluster(processes=False))"
+                "callbacks, fit_kwargs and fit_hparams go to Keras' fit; a trainable "
+                "trains itself: give them to it"
             )
-        self._dataset = None
-        if trainable is not None:
-            if model_function is not None:
-                raise InputError("give model_function or trainable, not both")
-            if not isinstance(trainable, Trainable):
-                raise InputError(f"trainable {trainable!r} has no train() method")
-            if callbacks is not None or fit_kwargs or fit_hparams:
-                raise InputError(
-                    "callbacks, fit_kwargs and fit_hparams go to Keras' fit; a trainable "
-                    "trains itself: give them to it"
-                )
-            self.trainable: Trainable | None = _with_warm_bytes(
-                _with_objective(trainable, self.objective), warm_bytes
-            )
-            return
-        if not callable(model_function):
-            raise InputError(f"model_function must be a function, got {model_function!r}")
-        self.trainable = None
-        kwargs: dict[str, Any] = {
-            "model_function": model_function,
-            "batch_size": batch_size,
-            "verbose": 0,
-            "objective": self.objective,
-            "callbacks": _callbacks(callbacks),
-            "fit_kwargs": _fit_kwargs(fit_kwargs),
-            "fit_hparams": _fit_hparams(fit_hparams, self.space),
-        }
-        if warm_bytes is not None:
-            kwargs["warm_bytes"] = warm_bytes
-        if self.backend is not None:
-            kwargs["backend"] = self.backend
-        if generator_function is not None:
-            if dataset is not None:
-                raise InputError("give dataset or generator_function, not both")
-            if not callable(generator_function):
-                raise InputError(
-                    f"generator_function must be a function, got {generator_function!r}"
-                )
-            _positive_int("steps_per_epoch", steps_per_epoch, allow_none=False)
-            _positive_int("validation_steps", validation_steps, allow_none=False)
-            kwargs.update(
-                generator_function=generator_function,
-                train_gen_args=train_gen_args,
-                valid_gen_args=valid_gen_args,
-                steps_per_epoch=steps_per_epoch,
-                validation_steps=validation_steps,
-            )
-        elif callable(dataset):
-            kwargs["load_dataset"] = dataset
-        elif dataset is not None:
-            if check_dataset(dataset) != "arrays":
-                raise InputError(
-                    "dataset of tf.data datasets or PyDatasets must come from a function "
-                    "that returns them (each worker calls it): dataset=make_datasets"
-                )
-            self._dataset = dataset
-        else:
-            raise InputError(
-                "no data: give dataset=((x_train, y_train), (x_val, y_val)), a function "
-                "returning it, or generator_function with steps_per_epoch and validation_steps"
-            )
-        self._keras_kwargs = kwargs
+        # Of Keras' options, these two reach any trainable; the data forms are its own.
+        warm_cache = fields.get("warm_cache")
+        warm_bytes = None if warm_cache is None else parse_bytes(warm_cache, "warm_cache")
+        backend = check_backend(fields.get("backend"))
+        self.trainable = _with_warm_bytes(_with_objective(trainable, self.objective), warm_bytes)
+        return backend
 
     def run(self, R: int = 20, eta: int = 3, iterations: int = 1) -> pd.DataFrame:
         """Runs Hyperband and returns the results table.
@@ -439,8 +382,16 @@ class ParallelHyperband:
         Raises:
             InputError: for bad R, eta or iterations, or a repository of another run.
         """
+        search = self.search
         settings = RunSettings.of(
-            self.space, R, eta, self.seed, iterations, self.objective, self.algorithm, self.sampler
+            self.space,
+            R,
+            eta,
+            self.seed,
+            iterations,
+            self.objective,
+            search.algorithm,
+            search.sampler,
         )
         R, eta, iterations = settings.R, settings.eta, settings.iterations
         self.repository.check_settings(settings)
@@ -455,12 +406,19 @@ class ParallelHyperband:
             # Bad input a worker finds (a dataset function's result) leaves a new folder as it was.
             stack.enter_context(self.repository.undone_on_bad_input(made))
             self.repository.create(settings)
-            plan, budget = self._plan(settings)
+            plan, budget = search.plan(
+                Tuning(settings, self.repository.checkpoint_stem),
+                DecisionLog(self.repository).read(),
+                self.repository.results().values(),
+                self.executor.capacity,
+                self._given_budget,
+            )
             self._budget = budget
             trainable = self.trainable
             if trainable is None:
-                kwargs = dict(self._keras_kwargs)
-                if self._dataset is not None:
+                assert self.fit is not None
+                options = dict(self._keras_kwargs)
+                if self.fit.staged:
                     # Workers on other hosts cannot read this one's /tmp: stage beside the repo.
                     shared = self.executor.stages_data_in_repository
                     folder = stack.enter_context(
@@ -469,12 +427,12 @@ class ParallelHyperband:
                             dir=self.repository.path if shared else None,
                         )
                     )
-                    kwargs["data_path"] = stack.enter_context(
-                        staged_dataset(self._dataset, folder)
+                    options["data_path"] = stack.enter_context(
+                        staged_dataset(self.fit.dataset, folder)
                     )
-                trainable = KerasTrainable(**kwargs)
+                trainable = KerasTraining(options)
             if self._owns_executor:
-                if self.worker_log:
+                if self.resources.worker_log:
                     self._log_workers(stack)
                 # Closed first on the way out: before the staged data and the driver lock go.
                 stack.push(self._shut_down)
@@ -483,9 +441,9 @@ class ParallelHyperband:
                 plan,
                 self.repository,
                 self.executor,
-                self.max_retries,
+                self.resources.max_retries,
                 reporter,
-                segment_timeout=self.segment_timeout,
+                segment_timeout=self.resources.segment_timeout,
                 fence=fence,
                 keep_best=self.keep_best,
                 budget=budget,
@@ -502,7 +460,7 @@ class ParallelHyperband:
             write_quietly(self.repository.path)
         frame = self.results()
         frame.attrs.update(
-            algorithm=self.algorithm, sampler=self.sampler, stopped_by=self.stopped_by
+            algorithm=search.algorithm, sampler=search.sampler, stopped_by=self.stopped_by
         )
         return frame
 
@@ -517,31 +475,6 @@ class ParallelHyperband:
         if self.stopped_by is None:
             return "not run yet"
         return self._budget.describe(self.stopped_by)
-
-    def _plan(self, settings: RunSettings) -> tuple[Plan, Budget]:
-        """The plan of this run (rebuilt from the repository's records on a resume), and
-        its budget."""
-        R, eta, iterations = settings.R, settings.eta, settings.iterations
-        sampler = make_sampler(self.sampler, self.space, self.seed)
-        stem = self.repository.checkpoint_stem
-        decisions = DecisionLog(self.repository).read()
-        workers = self.executor.capacity
-        if self.algorithm == "asha":
-            machine: StateMachine = AsynchronousHyperband(Tuning(settings, stem), sampler)
-            machine.replay(decisions, self.repository.results().values())
-            epochs = self.max_epochs
-            if epochs is None and self.time_limit is None:
-                epochs = asha_budget_epochs(R, eta, iterations)
-                budget = Budget(None, epochs, epochs_name="iterations")
-            else:
-                budget = Budget(self.time_limit, epochs)
-            return Plan.of(machine, FifoPolicy(), workers), budget
-        recorded = {(d.iteration, d.s, d.id): d.hparams for d in decisions if d.rung == 0}
-        machine = SynchronousHyperband(
-            Tuning(settings, stem), sampler=sampler if sampler.lazy else None, recorded=recorded
-        )
-        policy = LatestStartPolicy(machine.schedule, iterations, workers)
-        return Plan.of(machine, policy, workers), Budget(self.time_limit, self.max_epochs)
 
     def _log_workers(self, stack: ExitStack) -> None:
         """Sends the workers' stderr to a file appended to ``repo_dir/workers.log`` at the end.
@@ -600,10 +533,9 @@ class ParallelHyperband:
             RepositoryError: when no configuration succeeded, ``trial`` is not in the
                 table, or no file holds that epoch any more (``keep_best``).
         """
+        from phobbit.keras_adapter.saving import load_model
         from phobbit.storage.view import open_repository
 
         # A copy a live run cannot replace or delete between finding it and loading it.
         with open_repository(self.repository.path).scoring_copy(trial) as (_, path):
-            import keras
-
-            return keras.saving.load_model(path, safe_mode=True)
+            return load_model(path)

@@ -274,3 +274,139 @@ def test_results_rank_by_the_repositorys_objective_whatever_the_tuners(hparams, 
     assert "Val Accuracy" in frame.columns
     assert list(frame.index) != list(frame.sort_values("Val Loss").index)  # not by val loss
     assert tune(hparams, repo.parent / "empty").results().empty  # no run yet: its own
+
+
+def test_the_objects_and_the_flat_keywords_make_the_same_run(hparams, tmp_path: Path) -> None:
+    from phobbit import Budget, Resources, Search
+    from phobbit.execution.simulated import SimulatedExecutor
+
+    trainable = SyntheticTrainable(curve=x_curve, steps_per_epoch=STEPS)
+    flat = ParallelHyperband(
+        None,
+        hparams,
+        tmp_path / "flat",
+        trainable=trainable,
+        executor=SimulatedExecutor(3),
+        max_retries=1,
+        algorithm="asha",
+        sampler="random",
+        max_epochs=60,
+        verbose=0,
+    )
+    grouped = ParallelHyperband(
+        None,
+        hparams,
+        tmp_path / "grouped",
+        trainable=trainable,
+        resources=Resources(executor=SimulatedExecutor(3), max_retries=1),
+        search=Search("asha"),
+        budget=Budget(max_epochs=60),
+        verbose=0,
+    )
+    assert (flat.search, flat.resources.max_retries) == (grouped.search, 1)
+    columns = ["Hparams", "ID", "Run", "Val Loss", "Epochs", "Rung", "Status"]
+    first, second = flat.run(R=9, eta=3), grouped.run(R=9, eta=3)
+    pd.testing.assert_frame_equal(first[columns], second[columns])
+    assert flat.stopped_by == grouped.stopped_by == "max_epochs"
+    assert flat.budget == grouped.budget == Budget(max_epochs=60)
+    assert ParallelHyperband(None, hparams, tmp_path / "e", trainable=trainable, search="asha")
+
+
+def test_a_keras_fit_equals_its_flat_keywords(hparams, repo: Path, monkeypatch) -> None:
+    from phobbit import KerasFit, Resources
+
+    def callbacks(hparams: dict) -> list:
+        return []
+
+    data = (([[0.0]] * 4, [0] * 4), ([[0.0]] * 2, [0] * 2))
+    flat = ParallelHyperband(
+        print, hparams, repo, data, batch_size=8, callbacks=callbacks, fit_hparams="lr", n_jobs=2
+    )
+    fit = KerasFit(print, dataset=data, batch_size=8, callbacks=callbacks, fit_hparams=["lr"])
+    grouped = ParallelHyperband(None, hparams, repo, trainable=fit, resources=Resources(n_jobs=2))
+    assert flat.fit == grouped.fit == fit and fit.staged and fit.fit_hparams == ("lr",)
+    assert flat._keras_kwargs == grouped._keras_kwargs
+    assert flat.resources == grouped.resources == Resources(n_jobs=2)
+    monkeypatch.setattr("phobbit.execution.executor.visible_gpu_count", lambda: 2)
+    assert Resources(gpus="0, 1") == Resources(gpus=[0, 1]) and Resources(gpus=1).gpus == (1,)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"gpu": [0]}, TypeError, r"unexpected keyword 'gpu'; did you mean 'gpus' \(Resources"),
+        ({"algoritm": "asha"}, TypeError, r"did you mean 'algorithm' \(Search.algorithm\)\?"),
+        ({"sed": 1}, TypeError, r"unexpected keyword 'sed'; did you mean 'seed'\?$"),
+        ({"zzz": 1}, TypeError, r"^ParallelHyperband got an unexpected keyword 'zzz'$"),
+        ({"search": "asha", "sampler": "tpe"}, InputError, "sampler is a field of Search"),
+        ({"budget": "8h"}, InputError, "budget must be a phobbit Budget, got str"),
+        ({"resources": 4}, InputError, "resources must be Resources or an Executor, got int"),
+        ({"search": 3}, InputError, "search must be a Search or an algorithm's name"),
+        ({"search": "tpe"}, InputError, "algorithm must be one of 'hyperband', 'asha'"),
+        ({"max_retries": -1}, InputError, "max_retries must be an integer >= 0"),
+        ({"segment_timeout": "eight hours"}, InputError, "segment_timeout must be a duration"),
+    ],
+)
+def test_a_keyword_it_does_not_take_is_refused_in_one_line(
+    hparams, repo, kwargs, error, message
+) -> None:
+    with pytest.raises(error, match=message) as refused:
+        tune(hparams, repo, **kwargs)
+    assert "\n" not in str(refused.value)
+    assert not repo.exists()
+
+
+def test_a_flat_keyword_beside_the_object_that_holds_it_is_refused(hparams, repo) -> None:
+    from phobbit import Budget, KerasFit, Resources
+    from phobbit.execution.simulated import SimulatedExecutor
+
+    data = (([[0.0]] * 4, [0] * 4), ([[0.0]] * 2, [0] * 2))
+    cases = [
+        ({"resources": Resources(), "gpus": [0]}, "gpus is a field of Resources"),
+        ({"resources": SimulatedExecutor(2), "executor": None}, "executor is a field of Resou"),
+        ({"budget": Budget(), "time_limit": "8h"}, "time_limit is a field of Budget"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(InputError, match=message):
+            tune(hparams, repo, **kwargs)
+    fit = KerasFit(print, dataset=data)
+    with pytest.raises(InputError, match="model_function, batch_size are fields of KerasFit"):
+        ParallelHyperband(print, hparams, repo, trainable=fit, batch_size=4)
+    with pytest.raises(InputError, match="dataset is a field of KerasFit"):
+        ParallelHyperband(None, hparams, repo, data, trainable=fit)
+    with pytest.raises(InputError, match="give gpus/n_jobs to the executor, not beside it"):
+        Resources(n_jobs=2, executor=SimulatedExecutor(2))
+    assert not repo.exists()
+
+
+def test_the_driver_imports_no_worker_side_keras_code(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+from phobbit import Hyperparameter, KerasFit, ParallelHyperband
+hp = [Hyperparameter("x", "uniform", (0, 1))]
+data = (([[0.0]] * 4, [0] * 4), ([[0.0]] * 2, [0] * 2))
+ParallelHyperband(print, hp, {str(tmp_path / "a")!r}, data, callbacks=[], n_jobs=1)
+ParallelHyperband(None, hp, {str(tmp_path / "b")!r}, trainable=KerasFit(print, dataset=data))
+worker_side = ("keras", "tensorflow", "phobbit.keras_adapter.trainable",
+               "phobbit.keras_adapter.saving", "phobbit.keras_adapter.seeding")
+print(sorted(m for m in sys.modules if m.startswith(worker_side)))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_every_public_name_imports() -> None:
+    import phobbit
+
+    assert set(phobbit.__all__) == set(phobbit._EXPORTS) | phobbit._SUBMODULES
+    for name in phobbit.__all__:
+        assert getattr(phobbit, name) is not None, name
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for name in ("DaskExecutor", "Trainable", "Losses", "Executor", "LocalExecutor"):
+        assert name in readme and name in phobbit.__all__, name
+    for name in ("SimulatedExecutor", "Search", "Resources", "KerasFit", "Budget"):
+        assert name in phobbit.__all__, name

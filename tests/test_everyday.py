@@ -19,7 +19,8 @@ from phobbit.cli.commands import main
 from phobbit.cli.model_file import ModelFileRef, load_model_file
 from phobbit.core.records import RunSettings
 from phobbit.core.space import Space
-from phobbit.keras_adapter.trainable import check_dataset, fit_arguments
+from phobbit.keras_adapter.data import check_dataset
+from phobbit.keras_adapter.trainable import fit_arguments
 from phobbit.storage.repository import Repository
 from phobbit.testing import SyntheticTrainable
 

@@ -43,15 +43,10 @@ DRIVER_SAFE_KERAS = {
     "phobbit.keras_adapter.fit",
     "phobbit.keras_adapter.data",
     "phobbit.keras_adapter.backends",
+    "phobbit.keras_adapter.saving",
 }
-# Known violations, (importing file, imported module), each to be removed; empty this list.
-ALLOWED = {
-    # The "api" branch imports the dataset checks from keras_adapter.data instead.
-    ("phobbit/api.py", "phobbit.keras_adapter.trainable"),
-    # ParallelHyperband.best_model loads a model in the caller's process, lazily; the
-    # load belongs in keras_adapter (e.g. a driver-safe saving.load_model).
-    ("phobbit/api.py", "keras"),
-}
+# Known violations, (importing file, imported module), each to be removed: none.
+ALLOWED: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)

@@ -417,7 +417,11 @@ def _train(args: argparse.Namespace, console: Console, stdout: GuardedStdout) ->
     from phobbit.api import ParallelHyperband
     from phobbit.cli.model_file import load_model_file
     from phobbit.cli.terminal import LineReporter, LiveReporter
+    from phobbit.core.budget import Budget
     from phobbit.core.records import Status
+    from phobbit.core.search import Search
+    from phobbit.execution.resources import Resources
+    from phobbit.keras_adapter.fit import KerasFit
     from phobbit.reporting.progress import slot_labels
     from phobbit.storage.repository import Repository
 
@@ -428,26 +432,39 @@ def _train(args: argparse.Namespace, console: Console, stdout: GuardedStdout) ->
     previous = list(repository.iter_results()) if repository.path.is_dir() else []
     live = args.progress == "live" or (args.progress == "auto" and console.is_terminal)
     _check_gpus(args.gpus)
+    options = _objective_options(model.options, args.objective, args.direction)
+    ranking = {n: options.pop(n) for n in ("objective", "direction") if n in options}
+    workers = {"backend": args.backend, "warm_cache": args.warm_cache}
+    # A model file's trainable trains itself; the backend and the warm cache reach it too.
+    trains: dict[str, Any] = (
+        {"trainable": model.trainable, **workers}
+        if model.model_function is None
+        else {
+            "trainable": KerasFit(
+                model.model_function,
+                batch_size=args.batch_size,
+                **workers,
+                **model.data,
+                **options,
+            )
+        }
+    )
     tuner = ParallelHyperband(
-        model.model_function,
+        None,
         model.hparam_ranges,
         args.repo,
-        gpus=args.gpus,
-        jobs_per_gpu=args.jobs_per_gpu,
-        n_jobs=args.jobs,
+        search=Search(args.algorithm, args.sampler),
+        resources=Resources(
+            gpus=args.gpus,
+            jobs_per_gpu=args.jobs_per_gpu,
+            n_jobs=args.jobs,
+            worker_log=not args.verbose,
+            segment_timeout=args.segment_timeout,
+        ),
+        budget=Budget(args.time_limit, args.max_epochs),
         seed=args.seed,
-        batch_size=args.batch_size,
-        trainable=model.trainable,
-        segment_timeout=args.segment_timeout,
-        algorithm=args.algorithm,
-        sampler=args.sampler,
-        time_limit=args.time_limit,
-        max_epochs=args.max_epochs,
-        backend=args.backend,
-        worker_log=not args.verbose,
-        warm_cache=args.warm_cache,
-        **model.data,
-        **_objective_options(model.options, args.objective, args.direction),
+        **trains,
+        **ranking,
     )
     slots = ", ".join(slot_labels(tuner.executor.slots))
     title = (

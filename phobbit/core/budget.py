@@ -39,7 +39,8 @@ class Budget:
     """What stops a run early (see the module's docstring).
 
     Attributes:
-        time_limit: seconds of the executor's clock this invocation may take; None: none.
+        time_limit: how long this invocation may take on the executor's clock: seconds,
+            or a duration's text such as ``"8h"`` (``phobbit.core.units``); None: none.
         max_epochs: epochs the whole run may train; None: none.
         epochs_name: which budget ``max_epochs`` stands for in messages:
             ``"max_epochs"``, or ``"iterations"`` for ASHA's default.
@@ -50,6 +51,7 @@ class Budget:
     epochs_name: str = "max_epochs"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "time_limit", parse_duration(self.time_limit, "time_limit"))
         check_int("max_epochs", self.max_epochs, minimum=1, allow_none=True)
 
     @property

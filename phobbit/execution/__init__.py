@@ -3,7 +3,8 @@
 The scheduler (``scheduler``) drives a ``phobbit.core.plan.Plan`` over an
 ``Executor`` (``executor``): the local pool of GPU-pinned processes
 (``executor.LocalExecutor``), a Dask cluster (``dask``) or a virtual clock for
-tests and benchmarks (``simulated``). A worker (``worker``) trains one segment of
+tests and benchmarks (``simulated``), chosen by ``resources.Resources`` with the
+run's retries and segment timeout. A worker (``worker``) trains one segment of
 a ``Trainable`` (``trainable``), keeps models warm between segments (``warm``) and
 guards its standard output (``streams``); what a worker process holds between
 segments (its slot, warm models, fences, datasets) is one object

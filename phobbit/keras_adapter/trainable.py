@@ -1,238 +1,71 @@
-"""The Keras adapter: the one module that imports Keras, and only inside worker processes.
+"""The Keras trainable, worker side: builds or restores a configuration's model, fits it and
+checkpoints it. Keras and TensorFlow are imported inside its methods, in the worker.
 
 A configuration is built by the user's model function (a compiled model), or
 rebuilt by it and restored from its checkpoint: weights *and* optimizer state,
-so a promoted configuration trains only the epochs it is missing. Restoring
-never deserializes anything from the checkpoint but arrays (a plain
-``load_weights`` on the model the user's function rebuilt, after the optimizer
-is built): no code, no layer config, no lambda is ever loaded from a
-repository. The checkpoint is a full ``.keras`` model a user can load later
-with ``keras.saving.load_model(path, safe_mode=True)``.
+so a promoted configuration trains only the epochs it is missing
+(``phobbit.keras_adapter.saving``). The checkpoint is a full ``.keras`` model a
+user can load later with ``keras.saving.load_model(path, safe_mode=True)``.
 
 The checkpoint is saved after every epoch (every few epochs when saving would
-cost more than a tenth of the training time), and holds one more member,
-``phobbit.json``, with the epoch it holds and the val losses of every epoch so
-far: model and progress live in one file replaced atomically, so they can never
-disagree after a kill. When the best epoch is not the last, a best-epoch file
-``<stem>.best.keras`` (same format) holds it (see ``phobbit.storage.checkpoints``).
+cost more than a tenth of the training time). When the best epoch is not the
+last, a best-epoch file ``<stem>.best.keras`` (same format) holds it (see
+``phobbit.storage.checkpoints``).
 
 Training is a function of the configuration and the epoch alone, so a segment
 resumed at any epoch, or retrained from scratch, trains bit-identically on the
-CPU to one never interrupted: every epoch reseeds Python, NumPy, TensorFlow and
-every ``SeedGenerator`` of the model (dropout's state is not in the saved
-weights) from (configuration, epoch), and arrays are fed in an order drawn from
-(configuration, epoch) by a stateless shuffle, instead of ``fit``'s own
+CPU to one never interrupted: every epoch is reseeded from (configuration,
+epoch) (``phobbit.keras_adapter.seeding``), and arrays are fed in an order drawn
+from (configuration, epoch) by a stateless shuffle
+(``phobbit.keras_adapter.data.epoch_dataset``), instead of ``fit``'s own
 shuffle, which draws from a stream that a resumed ``fit`` starts afresh.
+
+The driver never imports this module: it sends a ``phobbit.keras_adapter.fit``
+``KerasTraining``, which builds a ``KerasTrainable`` in the worker.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
-import os
 import time
-import types
-import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from phobbit.core.objective import VAL_LOSS, Objective, unknown_metric
 from phobbit.errors import InputError
 from phobbit.execution import warm
-from phobbit.execution.trainable import Losses, checkpoint_written, hparams_unit
+from phobbit.execution.trainable import Losses, checkpoint_written
 from phobbit.execution.worker_state import worker_state
 from phobbit.keras_adapter.backends import use_backend
-from phobbit.storage import fence
+from phobbit.keras_adapter.data import (
+    DEFAULT_BATCH,
+    Arrays,
+    as_tuples,
+    call_with,
+    check_dataset,
+    epoch_dataset,
+    is_batch_source,
+)
+from phobbit.keras_adapter.saving import (
+    draws_stateful_randomness,
+    ends_as_saved,
+    restore,
+    save_checkpoint,
+    state_bytes,
+)
+from phobbit.keras_adapter.seeding import config_key, epoch_seeds, seeder
 from phobbit.storage.checkpoints import (
-    PROGRESS_MEMBER,
     BestEpoch,
     best_path,
     describe,
     inspect,
     keep_checkpoint_as_best,
     plan_resume,
-    progress_record,
 )
 
-Arrays = tuple[tuple[Any, Any], tuple[Any, Any]]
-DEFAULT_BATCH = 32  # fit's own default
-
-
-def is_batch_source(data: Any) -> bool:
-    """Whether ``data`` yields batches itself (a ``tf.data.Dataset``, a Keras ``PyDataset``,
-    a generator) rather than being arrays; told without importing TensorFlow."""
-    # element_spec: what every tf.data.Dataset has.
-    if isinstance(data, types.GeneratorType) or hasattr(data, "element_spec"):
-        return True
-    return any(
-        cls.__name__ in ("PyDataset", "Sequence") and cls.__module__.startswith("keras")
-        for cls in type(data).__mro__
-    )
-
-
-def _leaves(data: Any) -> list[Any]:
-    """The arrays of one side of a dataset: one array, or the arrays of a multi-input
-    dict or tuple/list of arrays (a list of plain numbers is one array)."""
-    if isinstance(data, Mapping):
-        return [leaf for value in data.values() for leaf in _leaves(value)]
-    if isinstance(data, (list, tuple)) and data and all(hasattr(v, "shape") for v in data):
-        return list(data)
-    return [data]
-
-
-def check_dataset(dataset: Any) -> str:
-    """Checks a dataset; returns ``"arrays"`` or ``"batches"`` (a source of batches).
-
-    A dataset is ``((x_train, y_train), (x_val, y_val))`` (inputs may be a dict or
-    tuple of arrays, for a model with several inputs), or ``(train, validation)``
-    where ``train`` yields batches itself (a ``tf.data.Dataset``, a Keras
-    ``PyDataset``) and ``validation`` does too or is ``(x_val, y_val)``.
-
-    Raises:
-        InputError: naming what is wrong.
-    """
-    shape = (
-        "dataset must be ((x_train, y_train), (x_val, y_val)) as in Hobbit, or "
-        "(train, validation) tf.data datasets or keras PyDatasets"
-    )
-    if is_batch_source(dataset):
-        raise InputError(f"{shape}; got one {type(dataset).__name__}")
-    try:
-        train, validation = dataset
-    except (TypeError, ValueError):
-        raise InputError(f"{shape}; got {type(dataset).__name__}") from None
-    if is_batch_source(train):
-        if not is_batch_source(validation):
-            _check_arrays(validation, "validation", shape)
-        return "batches"
-    if is_batch_source(validation):
-        raise InputError(f"{shape}; got arrays for training and batches for validation")
-    trained = _check_arrays(train, "training", shape)
-    validated = _check_arrays(validation, "validation", shape)
-    if trained[0] == 0 or validated[0] == 0:
-        raise InputError("dataset has no training or no validation samples")
-    (x_train, y_train), (x_val, y_val) = train, validation
-    for name, train_side, val_side in (("inputs", x_train, x_val), ("labels", y_train, y_val)):
-        train_leaves, val_leaves = _leaves(train_side), _leaves(val_side)
-        if len(train_leaves) != len(val_leaves):
-            raise InputError(
-                f"dataset has {len(train_leaves)} training {name} arrays but "
-                f"{len(val_leaves)} validation ones; they must match"
-            )
-        for train_leaf, val_leaf in zip(train_leaves, val_leaves):
-            train_shape, val_shape = _sample_shape(train_leaf), _sample_shape(val_leaf)
-            if train_shape is not None and val_shape is not None and train_shape != val_shape:
-                raise InputError(
-                    f"dataset has training {name} of shape {train_shape} per sample but "
-                    f"validation {name} of shape {val_shape}; they must match"
-                )
-    return "arrays"
-
-
-def _check_arrays(pair: Any, side: str, shape: str) -> tuple[int, int]:
-    """(samples, labels) of ``(x, y)``, checked to match; InputError otherwise."""
-    try:
-        x, y = pair
-        counts = [len(leaf) for leaf in _leaves(x)], [len(leaf) for leaf in _leaves(y)]
-    except (TypeError, ValueError):
-        raise InputError(f"{shape}; the {side} part is a {type(pair).__name__}") from None
-    for what, found in zip(("inputs", "labels"), counts):
-        if len(set(found)) > 1:
-            raise InputError(
-                f"dataset has {side} {what} arrays of different lengths {found}; they must match"
-            )
-    if counts[0][0] != counts[1][0]:
-        raise InputError(
-            f"dataset has {counts[0][0]} {side} inputs for {counts[1][0]} labels; they must match"
-        )
-    return counts[0][0], counts[1][0]
-
-
-def _sample_shape(array: Any) -> tuple[int, ...] | None:
-    """The shape of one sample of an array-like, None when it has no ``shape``."""
-    shape = getattr(array, "shape", None)
-    return tuple(shape[1:]) if shape is not None and len(shape) > 0 else None
-
-
-def save_checkpoint(
-    model: Any,
-    path: str,
-    val_losses: Sequence[float],
-    logs: Sequence[dict[str, float]] | None = None,
-    stopped: bool = False,
-) -> None:
-    """Saves ``model`` and its progress as the one ``.keras`` file ``path``, atomically.
-
-    Args:
-        logs: every epoch's logs (``checkpoints.progress_record``).
-        stopped: a callback ended training at this epoch.
-
-    Raises:
-        CheckpointError: when the file cannot be written (not for a full disk).
-    """
-    record = progress_record(val_losses, logs, stopped)
-
-    def write() -> None:
-        temp = f"{path[: -len('.keras')]}.tmp{os.getpid()}.keras"  # Keras wants .keras
-        model.save(temp)
-        with zipfile.ZipFile(temp, "a") as archive:
-            archive.writestr(PROGRESS_MEMBER, json.dumps(record))
-        fence.commit(temp, path)
-
-    checkpoint_written(path, write)
-
-
 SAVE_BUDGET = 0.1  # per-epoch checkpoints may cost at most this share of training time
-
-
-def config_key(hparams: dict[str, Any]) -> int:
-    """A 31-bit number that depends on the configuration alone: the root of its seeds."""
-    return int(hparams_unit(hparams) * 2**31)
-
-
-def epoch_seeds(key: int, epoch: int | None, count: int) -> list[int]:
-    """``count`` 31-bit seeds of configuration ``key`` for ``epoch`` (None: building it)."""
-    import numpy as np
-
-    entropy = [key, 0, 0] if epoch is None else [key, 1, epoch]
-    return [int(v) >> 1 for v in np.random.SeedSequence(entropy).generate_state(count)]
-
-
-def _seeder(key: int) -> Any:
-    """A Keras callback that seeds every epoch from (configuration, epoch).
-
-    Keras layers draw their randomness (dropout, noise, augmentation) from their
-    own ``SeedGenerator``, whose state variables are not saved with the weights
-    and which ``set_random_seed`` does not reach once they exist: they are set
-    directly. Python's and NumPy's global generators are seeded too, for user
-    code. TensorFlow's global seed is not set per epoch (``tf.random.set_seed``
-    clears TensorFlow's caches: +70 ms per epoch on the tutorial MLP), so
-    stateful ``tf.random`` ops in user code are not reseeded.
-    """
-    import random
-
-    import keras
-    import numpy as np
-
-    class EpochSeeder(keras.callbacks.Callback):
-        states: list[Any] = []
-
-        def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-            weights = {id(v) for v in self.model.weights}
-            self.states = [v for v in self.model.variables if id(v) not in weights]
-
-        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            seeds = epoch_seeds(key, epoch, 1 + len(self.states))
-            random.seed(seeds[0])
-            np.random.seed(seeds[0])
-            for state, seed in zip(self.states, seeds[1:], strict=True):
-                state.assign(np.array([seed, 0], dtype=state.dtype))
-
-    return EpochSeeder()
 
 
 def _saver(checkpoint: str, best: str, keeper: BestEpoch, epochs: int, every_epoch: bool) -> Any:
@@ -326,55 +159,6 @@ def _numbers(logs: Mapping[str, Any]) -> dict[str, float]:
     return found
 
 
-def epoch_dataset(
-    inputs: Any, batch_size: int, first: int, last: int, key: int, shuffle: bool = True
-) -> Any:
-    """A ``tf.data`` pipeline of the batches of epochs ``first .. last - 1``, in order.
-
-    Epoch ``e`` takes the samples in an order drawn from (``key``, ``e``) alone
-    (a stateless shuffle), so a segment that resumes at epoch ``e`` sees the
-    batches an uninterrupted one sees. Give ``fit`` ``steps_per_epoch =
-    ceil(n / batch_size)``: Keras then reads on across epochs without a reset.
-
-    Args:
-        inputs: ``(x, y)`` or ``(x, y, sample_weight)``; each an array or a
-            tuple or dict of arrays with the same number of samples.
-    """
-    import tensorflow as tf
-
-    count = len(tf.nest.flatten(inputs)[0])
-    full, rest = divmod(count, batch_size)
-
-    # Plain tensor code (its branches are on Python values): autograph's conversion of
-    # these functions, redone for every segment, would be pure cost.
-    @tf.autograph.experimental.do_not_convert
-    def batches(epoch: Any) -> Any:
-        order = tf.range(count, dtype=tf.int64)
-        if shuffle:
-            seed = tf.stack([tf.constant(key, tf.int64), epoch])
-            order = tf.random.experimental.stateless_shuffle(order, seed=seed)
-        # Whole batches as one reshape, the last partial one apart (as Keras' own adapter).
-        dataset = tf.data.Dataset.from_tensor_slices(
-            tf.reshape(order[: full * batch_size], [full, batch_size])
-        )
-        if rest:
-            dataset = dataset.concatenate(tf.data.Dataset.from_tensors(order[full * batch_size :]))
-        return dataset
-
-    @tf.autograph.experimental.do_not_convert
-    def gather(indices: Any, data: Any) -> Any:
-        return tf.nest.map_structure(lambda array: tf.gather(array, indices), data)
-
-    indices = tf.data.Dataset.range(first, last).flat_map(batches)
-    data = tf.data.Dataset.from_tensors(inputs).repeat()
-    dataset = tf.data.Dataset.zip((indices, data)).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
-    options = tf.data.Options()
-    options.deterministic = True
-    # As Keras' adapter: no graph rewrites, which would serialize the arrays in the graph.
-    options.experimental_optimization.apply_default_optimizations = False
-    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
-
-
 def build_compiled_state(model: Any, batch_spec: Any) -> None:
     """Creates the variables of ``model``'s optimizer, compiled metrics and loss before ``fit``.
 
@@ -403,33 +187,6 @@ def build_compiled_state(model: Any, batch_spec: Any) -> None:
         return
 
 
-def _as_tuples(data: Any) -> Any:
-    """Lists of arrays as tuples (tf.data would stack a list into one tensor), leaves as arrays."""
-    import numpy as np
-
-    if isinstance(data, (list, tuple)):
-        return tuple(_as_tuples(item) for item in data)
-    if isinstance(data, Mapping):
-        return {name: _as_tuples(item) for name, item in data.items()}
-    return np.asarray(data)
-
-
-@contextmanager
-def staged_dataset(dataset: Arrays, folder: str) -> Iterator[str]:
-    """Writes the arrays once to ``folder`` for workers to memory-map; yields the path.
-
-    Workers then read the file once each instead of receiving the arrays with every trial.
-    """
-    import joblib
-
-    path = os.path.join(folder, "dataset.joblib")
-    joblib.dump(dataset, path)
-    try:
-        yield path
-    finally:
-        Path(path).unlink(missing_ok=True)
-
-
 def fit_arguments(hparams: Mapping[str, Any], names: Sequence[str] = ()) -> dict[str, Any]:
     """The hyperparameters that go to ``fit``: ``batch_size`` when there is one, and ``names``.
 
@@ -446,16 +203,6 @@ def fit_arguments(hparams: Mapping[str, Any], names: Sequence[str] = ()) -> dict
             raise ValueError(f"hyperparameter batch_size must be an integer >= 1, got {value!r}")
         chosen["batch_size"] = int(value)
     return chosen
-
-
-def _call(function: Callable, args: Any) -> Any:
-    if args is None:
-        return function()
-    if isinstance(args, Mapping):
-        return function(**args)
-    if isinstance(args, (list, tuple)):
-        return function(*args)
-    return function(args)
 
 
 @dataclass(frozen=True)
@@ -525,7 +272,7 @@ class KerasTrainable:
 
     def _arrays(self) -> Arrays:
         key = self.data_path or f"{self.load_dataset!r}"
-        datasets = worker_state().datasets  # loaded once per worker, reused by every trial
+        datasets = worker_state().datasets  # loaded once per worker, reused by every segment
         if key not in datasets:
             if self.data_path is not None:
                 import joblib
@@ -564,15 +311,15 @@ class KerasTrainable:
             }
         if arrays is None:
             return {
-                "x": _call(self.generator_function, self.train_gen_args),
-                "validation_data": _call(self.generator_function, self.valid_gen_args),
+                "x": call_with(self.generator_function, self.train_gen_args),
+                "validation_data": call_with(self.generator_function, self.valid_gen_args),
                 "steps_per_epoch": self.steps_per_epoch,
                 "validation_steps": self.validation_steps,
             }
         (x, y), validation = arrays
         batch = batch_size or self.batch_size or DEFAULT_BATCH
         weights = fit_kwargs.pop("sample_weight", None)
-        inputs = _as_tuples((x, y) if weights is None else (x, y, weights))
+        inputs = as_tuples((x, y) if weights is None else (x, y, weights))
         shuffle = bool(fit_kwargs.pop("shuffle", True))
         import tensorflow as tf
 
@@ -635,9 +382,7 @@ class KerasTrainable:
             if resume.source is None:
                 break
             try:
-                # load_weights restores the optimizer's variables only once it is built.
-                model.optimizer.build(model.trainable_variables)
-                model.load_weights(resume.source)
+                restore(model, resume.source)
                 break
             except Exception as exc:  # noqa: BLE001 - weights that do not load: a bad file
                 index = 0 if resume.from_checkpoint else 1
@@ -664,7 +409,7 @@ class KerasTrainable:
             epochs=epochs,
             initial_epoch=resume.start,
             verbose=self.verbose,
-            callbacks=[_seeder(key), *callbacks, saver],
+            callbacks=[seeder(key), *callbacks, saver],
             **data,
             **fit_kwargs,
         )
@@ -675,9 +420,9 @@ class KerasTrainable:
                 f"fit ended after epoch {len(keeper.val_losses)} of {epochs} without a "
                 "callback stopping it (did the data run out? give steps_per_epoch)"
             )
-        kept_as_saved = not saver.stopped and _ends_as_saved(callbacks)
-        if kept_as_saved and not _draws_stateful_randomness(model):
-            cache.put(checkpoint, hparams, model, _state_bytes(model), epochs, path)
+        kept_as_saved = not saver.stopped and ends_as_saved(callbacks)
+        if kept_as_saved and not draws_stateful_randomness(model):
+            cache.put(checkpoint, hparams, model, state_bytes(model), epochs, path)
         return Losses(
             keeper.val_losses[initial_epoch:epochs],
             resume.note,
@@ -694,103 +439,3 @@ class KerasTrainable:
         if not isinstance(made, (list, tuple)):
             made = [made]
         return list(made)
-
-
-def _state_bytes(model: Any) -> int:
-    """Bytes of a model's weights and optimizer variables."""
-    import numpy as np
-
-    variables = list(model.weights) + list(getattr(model.optimizer, "variables", []))
-    return sum(
-        int(np.prod(v.shape)) * np.dtype(getattr(v.dtype, "name", v.dtype)).itemsize
-        for v in variables
-    )
-
-
-def _ends_as_saved(callbacks: Sequence[Any]) -> bool:
-    """Whether the model after ``fit`` is what its last save wrote: no user callback may
-    change it at the end of training (``EarlyStopping(restore_best_weights=True)`` does).
-
-    A callback of the user's own that acts at the end of training is taken to change
-    the model (it would then differ from its checkpoint): it is not kept warm.
-    """
-    import keras
-
-    harmless = (
-        keras.callbacks.TensorBoard,
-        keras.callbacks.CSVLogger,
-        keras.callbacks.ProgbarLogger,
-        keras.callbacks.History,
-    )
-    for callback in callbacks:
-        if isinstance(callback, keras.callbacks.EarlyStopping):
-            if callback.restore_best_weights:
-                return False
-        elif isinstance(callback, harmless):
-            continue
-        elif type(callback).on_train_end is not keras.callbacks.Callback.on_train_end:
-            return False
-    return True
-
-
-def _draws_stateful_randomness(model: Any) -> bool:
-    """Whether ``model``'s traced train or test step holds a stateful random op.
-
-    Such an op (``tf.random.uniform`` in a user's layer, a ``tf.random.Generator``)
-    keeps its own state in the traced function: a model continued warm would go on
-    with that sequence where one rebuilt from its checkpoint starts it afresh from
-    the seed, and the results would depend on which worker trained the segment.
-    Keras' own layers draw statelessly from their ``SeedGenerator`` (reseeded every
-    epoch) and pass. True also when the traced functions cannot be inspected: then
-    the model is not kept, which costs time, never exactness.
-    """
-    known = getattr(model, "_phobbit_stateful_random", None)
-    if known is not None:
-        return known
-    try:
-        ops: set[str] = set()
-        for step in (model.train_function, model.test_function):
-            for function in _traced_functions(step):
-                for concrete in function._list_all_concrete_functions():
-                    graph = concrete.graph.as_graph_def()
-                    ops.update(node.op for node in graph.node)
-                    for nested in graph.library.function:
-                        ops.update(node.op for node in nested.node_def)
-        found = any(
-            not op.startswith("Stateless")
-            and ("Random" in op or op.startswith(_DRAWING_PREFIXES) or op in _DRAWING_OPS)
-            for op in ops
-        )
-    except Exception:  # noqa: BLE001 - a Keras or TensorFlow that hides its traced functions
-        found = True
-    try:
-        model._phobbit_stateful_random = found
-    except AttributeError:
-        pass
-    return found
-
-
-_DRAWING_OPS = frozenset({"TruncatedNormal", "Multinomial", "ParameterizedTruncatedNormal"})
-# tf.random.Generator's ops (not StatefulPartitionedCall, a call of a traced function).
-_DRAWING_PREFIXES = ("StatefulUniform", "StatefulStandardNormal", "StatefulTruncatedNormal", "Rng")
-
-
-def _traced_functions(step: Any) -> list[Any]:
-    """The ``tf.function``s a Keras step function (a plain function) closes over."""
-    found, todo, seen = [], [step], set()
-    while todo:
-        item = todo.pop()
-        if id(item) in seen:
-            continue
-        seen.add(id(item))
-        if hasattr(item, "_list_all_concrete_functions"):
-            found.append(item)
-            continue
-        for cell in getattr(item, "__closure__", None) or ():
-            try:
-                todo.append(cell.cell_contents)
-            except ValueError:  # an empty cell
-                continue
-    if not found:
-        raise LookupError("no traced function found")
-    return found

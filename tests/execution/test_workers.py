@@ -24,11 +24,13 @@ from helpers import (
     x_curve,
 )
 
+from phobbit.core.budget import Budget
 from phobbit.core.plan import Plan
 from phobbit.core.records import Segment, Tuning
 from phobbit.core.space import Space
 from phobbit.errors import InputError, StorageError
 from phobbit.execution.executor import LocalExecutor
+from phobbit.execution.resources import Resources
 from phobbit.execution.scheduler import Scheduler
 from phobbit.execution.worker import train_segment
 from phobbit.storage.repository import Repository
@@ -298,7 +300,17 @@ def test_a_hung_segment_is_killed_at_its_timeout_retried_then_failed_and_the_run
     pd.testing.assert_frame_equal(again, results)
 
 
-@pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf"), "10", True])
-def test_a_segment_timeout_that_is_not_a_positive_number_is_refused(value: object) -> None:
+@pytest.mark.parametrize("value", [0, -1.0, float("nan"), float("inf"), "10 minutes", "0s", True])
+def test_a_segment_timeout_that_is_not_a_positive_duration_is_refused(value: object) -> None:
     with pytest.raises(InputError, match="segment_timeout must be"):
         tuner("unused", real=True, segment_timeout=value)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [(90, 90.0), ("90", 90.0), ("8h", 28800.0), ("1h30m", 5400.0)]
+)
+def test_segment_timeout_reads_the_duration_grammar_of_time_limit(
+    value: object, seconds: float
+) -> None:
+    assert Resources(segment_timeout=value).segment_timeout == seconds
+    assert Budget(time_limit=value).time_limit == seconds

@@ -67,7 +67,8 @@ def test_large_arrays_travel_once_per_worker_not_once_per_trial(tmp_path: Path) 
     import numpy as np
 
     from phobbit.core.records import Segment
-    from phobbit.keras_adapter.trainable import KerasTrainable, staged_dataset
+    from phobbit.keras_adapter.data import staged_dataset
+    from phobbit.keras_adapter.trainable import KerasTrainable
 
     big = np.zeros((20_000, 100), dtype="float32")  # 8 MB
     dataset = ((big, np.zeros(20_000)), (big[:100], np.zeros(100)))
