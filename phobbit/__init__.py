@@ -104,8 +104,8 @@ if TYPE_CHECKING:
     from phobbit.execution.simulated import SimulatedExecutor
     from phobbit.execution.trainable import Losses, Trainable
     from phobbit.keras_adapter.fit import KerasFit
-    from phobbit.testing.synthetic import SyntheticTrainable
     from phobbit.storage.view import RepositoryView, open_repository
+    from phobbit.testing.synthetic import SyntheticTrainable
 
 
 def __getattr__(name: str) -> Any:
