@@ -767,7 +767,7 @@ def test_keyboard_interrupt_raised_in_user_code_fails_trials_and_the_run_finishe
     ],
 )
 def test_segment_timeout_and_time_limit_take_the_same_durations(text: str, seconds: float) -> None:
-    from phobbit.cli.commands import _parser
+    from phobbit.cli.parser import build_parser as _parser
 
     for option in ("--segment-timeout", "--time-limit"):
         args = _parser().parse_args(["train", "model.py", option, text])
