@@ -1,4 +1,4 @@
-"""The worker side: pinning a process to one GPU, and running one segment of a trial.
+"""The worker side: pinning a process to one GPU, and running one segment of a configuration.
 
 Everything here runs in a worker process. ``pin`` is the pool's initializer: it
 takes a free *slot* (a GPU id, or the CPU) by an OS file lock that the process
