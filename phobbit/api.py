@@ -365,13 +365,24 @@ class ParallelHyperband:
         self.trainable = _with_warm_bytes(_with_objective(trainable, self.objective), warm_bytes)
         return backend
 
-    def run(self, R: int = 20, eta: int = 3, iterations: int = 1) -> pd.DataFrame:
+    def run(
+        self, R: int = 20, eta: int = 3, iterations: int = 1, retry_failed: bool = False
+    ) -> pd.DataFrame:
         """Runs Hyperband and returns the results table.
 
         Args:
             R: the most epochs a configuration is trained.
             eta: the cut factor: each rung keeps the best 1/eta.
             iterations: how many Hyperband iterations (each with its own configurations).
+            retry_failed: train again, in this run, every segment of the repository that
+                failed (after a fix to the data or the code), from its configuration's
+                last good checkpoint. Its new row supersedes the failed one, which stays
+                in ``results.csv``; Hyperband's reducer decides the rung again with it,
+                so the promotions are those of a run in which it never failed (see the
+                README, "…user code fails"). False (the default): a failed segment is
+                final, as it was. An argument of ``run``, not of the tuner: it says
+                what this invocation does, not how the run is set up, and a resume
+                need not repeat it.
 
         Returns:
             One row per configuration, best objective first: index ``"<run>-<id>"``,
@@ -394,6 +405,8 @@ class ParallelHyperband:
             search.sampler,
         )
         R, eta, iterations = settings.R, settings.eta, settings.iterations
+        if not isinstance(retry_failed, bool):
+            raise InputError(f"retry_failed must be True or False, got {retry_failed!r}")
         self.repository.check_settings(settings)
         reporter = self.reporter or PlainReporter(verbose=self.verbose)
         if self.tensorboard:
@@ -409,7 +422,8 @@ class ParallelHyperband:
             plan, budget = search.plan(
                 Tuning(settings, self.repository.checkpoint_stem),
                 DecisionLog(self.repository).read(),
-                self.repository.results().values(),
+                # Those to retry are left out: ASHA's replay then hands them out again.
+                [r for r in self.repository.results().values() if r.ok or not retry_failed],
                 self.executor.capacity,
                 self._given_budget,
             )
@@ -447,6 +461,7 @@ class ParallelHyperband:
                 fence=fence,
                 keep_best=self.keep_best,
                 budget=budget,
+                retry_failed=retry_failed,
             )
             try:
                 scheduler.drive()

@@ -149,7 +149,11 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 
 def _error(message: str) -> None:
-    print(f"phobbit: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    from phobbit.execution.worker import printable
+
+    # A message may quote user code or Keras (an error row, an exception): no escape of
+    # theirs may recolour or rewrite the user's terminal.
+    print(f"phobbit: error: {' '.join(printable(message).split())}", file=sys.stderr, flush=True)
 
 
 # -- train -----------------------------------------------------------------------
@@ -174,6 +178,8 @@ def _train(args: argparse.Namespace, console: Console, stdout: GuardedStdout) ->
     model = load_model_file(args.model_file, args.model_fn, args.hparams, args.dataset)
     repository = Repository(args.repo)
     previous = list(repository.iter_results()) if repository.path.is_dir() else []
+    if args.retry_failed:  # trained again: not done yet for the progress display
+        previous = [row for row in previous if row.ok]
     live = args.progress == "live" or (args.progress == "auto" and console.is_terminal)
     _check_gpus(args.gpus)
     options = _objective_options(model.options, args.objective, args.direction)
@@ -225,7 +231,9 @@ def _train(args: argparse.Namespace, console: Console, stdout: GuardedStdout) ->
         verbose = 2 if args.verbose else 1
         tuner.reporter = LineReporter(stdout, verbose, title, previous, slots, budget)
     with _logging_to_stderr(args.verbose):
-        frame = tuner.run(R=args.R, eta=args.eta, iterations=args.iterations)
+        frame = tuner.run(
+            R=args.R, eta=args.eta, iterations=args.iterations, retry_failed=args.retry_failed
+        )
     console.print(best_table(frame, args.top, [hp.name for hp in tuner.space.hparams]))
     if tuner.stopped_by not in (None, "iterations") or args.algorithm == "asha":
         console.print(
@@ -238,7 +246,10 @@ def _train(args: argparse.Namespace, console: Console, stdout: GuardedStdout) ->
     ok = frame[frame["Status"] == Status.OK]
     if ok.empty:
         first = frame["Error"].iloc[0] if not frame.empty else "no results"
-        raise CliError(f"every trial failed; the first says: {first}")
+        raise CliError(
+            f"every trial failed; the first says: {first}. Fix the data or the code, then run "
+            "the same command with --retry-failed to train the failed ones again"
+        )
     model_path = _checkpoint(repository, ok.iloc[0], tuner.objective)
     if model_path is not None:
         console.print(f"Best model: {model_path}", soft_wrap=True)

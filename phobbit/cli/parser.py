@@ -177,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
         "1h30m (s, m, h, d); it is retried, then failed 'timed out' (default: none, wait for "
         "ever)",
     )
+    run.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="train the failed configurations of the repository again (after a fix to the "
+        "data or the code), from their last good checkpoint; the good ones are kept",
+    )
     show = train.add_argument_group("output")
     show.add_argument(
         "--progress",

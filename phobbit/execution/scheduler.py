@@ -75,8 +75,13 @@ from phobbit.core.records import ConfigKey, Segment, SegmentKey, SegmentResult, 
 from phobbit.core.units import check_int, format_duration
 from phobbit.errors import FatalError, FencedOutError, StaleDriverError
 from phobbit.execution.executor import Executor
-from phobbit.execution.trainable import Trainable
-from phobbit.execution.worker import WorkerNotPinnedError, one_line, train_segment
+from phobbit.execution.trainable import ChecksInput, Trainable
+from phobbit.execution.worker import (
+    WorkerNotPinnedError,
+    check_input,
+    one_line,
+    train_segment,
+)
 from phobbit.storage.checkpoints import BestConfigurations
 from phobbit.storage.decisions import DecisionLog
 from phobbit.storage.repository import Repository, this_host
@@ -174,6 +179,9 @@ class Scheduler:
             only to a free worker.
         prefer_warm: hand a free worker the configurations it holds warm when the
             schedule allows (see the module's docstring); False ignores them.
+        retry_failed: train again the segments whose row in the repository says they
+            failed (the user fixed the data or the code); their new rows supersede the
+            failed ones, and the plan decides with them. False: a failed row is final.
 
     Attributes:
         stopped_by: after ``drive``, what ended the run: ``"iterations"`` (the plan
@@ -198,6 +206,7 @@ class Scheduler:
         budget: Budget | None = None,
         queue_ahead: int = 1,
         prefer_warm: bool = True,
+        retry_failed: bool = False,
     ) -> None:
         check_int("queue_ahead", queue_ahead, minimum=0)
         self.trainable = trainable
@@ -234,10 +243,18 @@ class Scheduler:
         self._holds: dict[tuple[str, int], set[ConfigKey]] = {}  # per worker, what it holds
         self._config_of: dict[str, ConfigKey] = {}  # absolute checkpoint stem -> configuration
         self._free: list[tuple[str, int]] = []  # workers known free, no segment sent to them yet
+        self.retry_failed = retry_failed
+        # The failed rows being retried: read back while their segment trains again (a
+        # worker died), such a row is no result of this attempt.
+        self._stale: dict[SegmentKey, SegmentResult] = {}
+        self._checked_input = False
 
     def drive(self) -> None:
         """Runs until every bracket has finished; Ctrl-C kills what is in flight and re-raises."""
         done_before = self.repository.results()
+        if self.retry_failed:
+            self._stale = {key: row for key, row in done_before.items() if not row.ok}
+            done_before = {key: row for key, row in done_before.items() if row.ok}
         self._counted = set(done_before)
         self._epochs = sum(r.epochs - r.start_epoch for r in done_before.values())
         self._began = self.executor.clock()
@@ -314,11 +331,48 @@ class Scheduler:
             if segment.key not in self._counted:
                 self._counted.add(segment.key)
                 self._epochs += segment.epochs - segment.start_epoch
+            if not self._checked_input:
+                self._check_input(segment)
             if worker is not None:
                 self._free.remove(worker)
             self._submit(segment, worker if prefer else None)
         for segment in held_back:
             self.plan.give_back(segment)
+
+    def _check_input(self, segment: Segment) -> None:
+        """Runs the trainable's input check (``ChecksInput``) on ``segment``'s configuration
+        in a worker, once, before the first segment of this ``drive`` is handed out.
+
+        The first configuration the plan trains is checked against the first batch
+        of the data: a mismatch stops the run as bad input (``InputError``, raised
+        here) before any segment trains. It runs in the pool's own workers, so it
+        costs no import of its own; anything else that goes wrong with it (its worker
+        died, it hung past ``segment_timeout``, the check itself broke) leaves it to
+        training to find, as without the check.
+        """
+        self._checked_input = True
+        if not isinstance(self.trainable, ChecksInput):
+            return
+        try:
+            future = self.executor.submit(check_input, self.trainable, dict(segment.hparams))
+        except BrokenProcessPool:
+            self.executor.restart()  # a worker died while idle: as in ``_submit``
+            self._free.clear()
+            return
+        done, _ = self.executor.wait([future], self.segment_timeout)
+        if not done:
+            self.executor.kill([future])
+            self.executor.wait([future], return_when=ALL_COMPLETED)
+            log.warning("the input check ran past segment_timeout; training goes on without it")
+            return
+        error = future.exception()
+        if isinstance(error, FatalError):
+            raise error  # bad input (a mismatch, a dataset function's result), a full disk
+        if isinstance(error, BrokenProcessPool):
+            self.executor.restart()
+            self._free.clear()
+        if error is not None:
+            log.warning("the input check did not run (%s); training goes on", one_line(error))
 
     def _worth_queueing(self) -> bool:
         """Whether to queue a segment ahead now: only while ready work is plentiful.
@@ -551,6 +605,8 @@ class Scheduler:
     def _record_if_done(self, done: dict[SegmentKey, SegmentResult], segment: Segment) -> bool:
         """Records a lost segment whose worker wrote its row before the pool broke."""
         row = done.get(segment.key)
+        if row is not None and row == self._stale.get(segment.key):
+            row = None  # the failed row this run retries, not one of this attempt
         if row is not None:
             self._record(row)
         return row is not None

@@ -124,6 +124,30 @@ class Trainable(Protocol):
         ...
 
 
+@runtime_checkable
+class ChecksInput(Protocol):
+    """A trainable that can check, cheaply, that the data fits the model before a run.
+
+    Optional: the scheduler asks a trainable that has ``preflight`` to check the
+    first configuration it would train, once per run, in a worker
+    (``phobbit.execution.worker.check_input``); a trainable without it trains
+    unchecked. The Keras trainable builds the model and evaluates it on one batch
+    of the training data and one of the validation data.
+    """
+
+    def preflight(self, hparams: dict[str, Any]) -> None:
+        """Checks ``hparams``' model against the data, without training or writing.
+
+        It must leave every result as it would be without it: no checkpoint, no
+        row, no draw from a generator that training reads.
+
+        Raises:
+            InputError: when the data does not fit the model (the run stops, exit 2).
+                Anything else it raises is logged and the run goes on unchecked.
+        """
+        ...
+
+
 def checkpoint_written(path: str | os.PathLike, write: Callable[[], None]) -> None:
     """Runs ``write`` (which writes checkpoint ``path``), turning I/O errors into a stop.
 

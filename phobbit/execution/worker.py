@@ -23,10 +23,12 @@ import fcntl
 import logging
 import math
 import os
+import re
 import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from phobbit.core import reducer
 from phobbit.core.objective import Objective, unknown_metric
@@ -34,7 +36,7 @@ from phobbit.core.records import STOPPED_EARLY, EpochRow, Segment, SegmentResult
 from phobbit.errors import FatalError, InputError, StaleDriverError, StorageError
 from phobbit.execution import warm
 from phobbit.execution.streams import guard_worker_stdout
-from phobbit.execution.trainable import Losses, Trainable, note_of, objective_of
+from phobbit.execution.trainable import ChecksInput, Losses, Trainable, note_of, objective_of
 from phobbit.execution.worker_state import worker_state
 from phobbit.storage.repository import Repository, this_host
 
@@ -177,9 +179,33 @@ class WorkerNotPinnedError(RuntimeError):
     """The worker found no free slot; the segment goes back to the scheduler."""
 
 
+# ANSI escape sequences: CSI (ESC [ ... final byte), OSC (ESC ] ... BEL or ESC \\), and the
+# other escapes (ESC, intermediate bytes, a final byte); the 8-bit forms of CSI and OSC too.
+_ESCAPES = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"  # CSI: colours, cursor moves
+    r"|(?:\x1b\]|\x9d).*?(?:\x07|\x1b\\|\x9c|$)"  # OSC: titles, hyperlinks
+    r"|\x1b[ -/]*[0-~]?",  # any other escape (ESC c, ESC ( B, ESC 7), or a lone ESC
+    re.DOTALL,
+)
+# Control characters that are left once the escapes are gone, whitespace aside (a tab or a
+# newline becomes a space when the line is joined): C0, DEL and C1.
+_CONTROLS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` without terminal escapes (ANSI CSI and OSC sequences) or control characters.
+
+    Keras and TensorFlow colour their messages (``\\x1b[1m`` ... ``\\x1b[0m``); written
+    raw into a row or onto a terminal, such a sequence reformats the display, and in a
+    CSV or a log it is noise. Whitespace is kept for the caller to join.
+    """
+    return _CONTROLS.sub("", _ESCAPES.sub("", text))
+
+
 def one_line(exc: BaseException, limit: int = MAX_ERROR_CHARS) -> str:
-    """An exception as one line of at most ``limit`` characters: its type and message."""
-    text = " ".join(str(exc).split())
+    """An exception as one line of at most ``limit`` characters: its type and message,
+    without terminal escapes or control characters (``printable``)."""
+    text = " ".join(printable(str(exc)).split())
     line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
@@ -308,6 +334,19 @@ def train_segment(
             os._exit(STALE_EXIT)
         raise
     return result
+
+
+def check_input(trainable: ChecksInput, hparams: dict[str, Any]) -> None:
+    """Runs ``trainable``'s input check (``ChecksInput.preflight``) in this worker.
+
+    Raises:
+        WorkerNotPinnedError: when the worker found no free slot.
+        InputError: when the data does not fit the model: the run stops as bad input.
+    """
+    state = worker_state()
+    if state.pin_error is not None:
+        raise WorkerNotPinnedError(state.pin_error)
+    trainable.preflight(dict(hparams))
 
 
 def _train(trainable: Trainable, segment: Segment) -> tuple[SegmentResult, list[EpochRow]]:

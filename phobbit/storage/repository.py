@@ -451,17 +451,25 @@ class Repository:
         return {row.key: row for row in self.iter_epochs()}
 
     def iter_results(self) -> Iterator[SegmentResult]:
-        """Every intact row, in the order written; torn or corrupt lines are skipped.
+        """Every intact row, in the order written; torn or corrupt lines are skipped, and
+        so is a failed row that a later row of the same segment supersedes.
+
+        A failed segment is trained again only when asked (``run(retry_failed=True)``);
+        its failed row stays in the file (appends only) and the new row is its result.
 
         Raises:
             RepositoryError: when ``results.csv`` cannot be read or is not a results file.
         """
-        return read_framed(
-            self.results_path,
-            decode_row,
-            lambda first: _check_header(self.results_path, first),
-            remedy=UNREADABLE_RESULTS,
+        rows = list(
+            read_framed(
+                self.results_path,
+                decode_row,
+                lambda first: _check_header(self.results_path, first),
+                remedy=UNREADABLE_RESULTS,
+            )
         )
+        last = {row.key: index for index, row in enumerate(rows)}
+        yield from (row for index, row in enumerate(rows) if row.ok or last[row.key] == index)
 
     def results(self) -> dict[SegmentKey, SegmentResult]:
         """The first intact final row of every segment, by (iteration, s, id, rung).

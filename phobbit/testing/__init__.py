@@ -18,12 +18,14 @@ from phobbit.testing.reference import (
 )
 from phobbit.testing.synthetic import (
     WARM_STATE_BYTES,
+    InputCheckedTrainable,
     SyntheticTrainable,
     default_curve,
 )
 
 __all__ = [
     "WARM_STATE_BYTES",
+    "InputCheckedTrainable",
     "SerialRun",
     "SerialRung",
     "SyntheticTrainable",

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from phobbit.core.objective import VAL_LOSS, Objective
+from phobbit.errors import InputError
 from phobbit.execution import warm
 from phobbit.execution.trainable import (
     Losses,
@@ -92,6 +93,12 @@ class SyntheticTrainable:
             0 (the default) keeps none: every segment reads its checkpoint. A
             segment that goes on from memory says so in its ``record_dir``
             record (``"warm": true``).
+        fails: ``fails(hparams, epoch) -> bool``: True raises ``RuntimeError`` at the
+            start of that epoch, as failing user code does (a module-level function);
+            the epochs before it are checkpointed as usual.
+        fail_flag: a file whose existence ``fails`` needs: delete it between two
+            runs and the same configurations train, as after a user's fix. ``""``
+            (the default): ``fails`` alone decides.
     """
 
     curve: Callable[[dict[str, Any], int], float] = default_curve
@@ -104,6 +111,14 @@ class SyntheticTrainable:
     objective: Objective = VAL_LOSS
     stops: Callable[[dict[str, Any], int], bool] | None = None
     warm_bytes: int = 0
+    fails: Callable[[dict[str, Any], int], bool] | None = None
+    fail_flag: str = ""
+
+    def _fails(self, hparams: dict[str, Any], epoch: int) -> bool:
+        """Whether ``epoch`` of ``hparams`` fails now (``fails``, while ``fail_flag`` exists)."""
+        if self.fails is None or not self.fails(hparams, epoch):
+            return False
+        return not self.fail_flag or os.path.exists(self.fail_flag)
 
     def logs(self, hparams: dict[str, Any], epoch: int) -> Logs:
         """The logs of ``epoch`` of ``hparams``: loss, val_loss and ``metrics``' values."""
@@ -162,6 +177,8 @@ class SyntheticTrainable:
             if self.epoch_seconds > 0:
                 deadline += self.epoch_time(hparams, epoch)
                 time.sleep(max(0.0, deadline - began))
+            if self._fails(hparams, epoch):
+                raise RuntimeError(f"synthetic failure at epoch {epoch}")
             iterations += self.steps_per_epoch
             training += time.perf_counter() - began
             # Epochs shorter than a save (benchmarks' zero-time epochs) are saved together:
@@ -233,6 +250,29 @@ class SyntheticTrainable:
         text = json.dumps({**state, **progress_record(keeper.val_losses, keeper.logs)})
         checkpoint_written(path, lambda: atomic_write_text(path, text, fence.commit))
         keeper.saved_checkpoint()
+
+
+@dataclass(frozen=True)
+class InputCheckedTrainable(SyntheticTrainable):
+    """A synthetic trainable with an input check (``ChecksInput``), as the Keras one has.
+
+    Args:
+        input_error: what its ``preflight`` raises as bad input (``InputError``), as a
+            dataset whose feature count does not fit the model makes Keras' do;
+            ``""`` passes.
+    """
+
+    input_error: str = ""
+
+    def preflight(self, hparams: dict[str, Any]) -> None:
+        """Passes, or raises ``InputError(input_error)``; with ``record_dir``, leaves a
+        ``preflight-<pid>.json`` record of the process that ran it."""
+        if self.record_dir is not None:
+            record = {"pid": os.getpid(), "hparams": hparams}
+            name = f"preflight-{os.getpid()}-{time.monotonic_ns()}.json"
+            atomic_write_text(Path(self.record_dir) / name, json.dumps(record))
+        if self.input_error:
+            raise InputError(self.input_error)
 
 
 def _iterations(path: str) -> int:
