@@ -234,3 +234,9 @@ class KerasTraining:
         from phobbit.keras_adapter.trainable import KerasTrainable
 
         return KerasTrainable(**self.options).train(hparams, checkpoint, initial_epoch, epochs)
+
+    def preflight(self, hparams: dict[str, Any]) -> None:
+        """Checks the data against the model in the worker (``ChecksInput``)."""
+        from phobbit.keras_adapter.trainable import KerasTrainable
+
+        KerasTrainable(**self.options).preflight(hparams)

@@ -37,6 +37,7 @@ from phobbit.core.objective import VAL_LOSS, Objective, unknown_metric
 from phobbit.errors import InputError
 from phobbit.execution import warm
 from phobbit.execution.trainable import Losses, checkpoint_written
+from phobbit.execution.worker import one_line
 from phobbit.execution.worker_state import worker_state
 from phobbit.keras_adapter.backends import use_backend
 from phobbit.keras_adapter.data import (
@@ -185,6 +186,34 @@ def build_compiled_state(model: Any, batch_spec: Any) -> None:
             symbolic_build(data_batch=batch_spec)
     except Exception:  # noqa: BLE001 - a model it cannot build symbolically: fit builds it
         return
+
+
+def _head(data: Any, size: int) -> Any:
+    """The first ``size`` samples of an array, or of each array of a dict or tuple of them."""
+    import numpy as np
+
+    if isinstance(data, Mapping):
+        return {name: _head(value, size) for name, value in data.items()}
+    if isinstance(data, (list, tuple)) and data and all(hasattr(v, "shape") for v in data):
+        return tuple(_head(value, size) for value in data)
+    return np.asarray(data[:size])
+
+
+def _shapes(data: Any) -> str:
+    """The shapes of an array, or of each array of a dict or tuple of them: ``(1797, 64)``."""
+    if isinstance(data, Mapping):
+        return "{" + ", ".join(f"{k!r}: {_shapes(v)}" for k, v in data.items()) + "}"
+    if isinstance(data, (list, tuple)) and data and all(hasattr(v, "shape") for v in data):
+        return "(" + ", ".join(_shapes(value) for value in data) + ")"
+    shape = getattr(data, "shape", None)
+    return str(tuple(shape)) if shape is not None else f"{type(data).__name__} of {len(data)}"
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says memory ran out (no mismatch of data and model)."""
+    return isinstance(exc, MemoryError) or any(
+        word in type(exc).__name__ for word in ("ResourceExhausted", "OutOfMemory")
+    )
 
 
 def fit_arguments(hparams: Mapping[str, Any], names: Sequence[str] = ()) -> dict[str, Any]:
@@ -344,6 +373,42 @@ class KerasTrainable:
         if getattr(model, "optimizer", None) is None:
             raise TypeError("model function returned a model that is not compiled; call compile()")
         return model
+
+    def preflight(self, hparams: dict[str, Any]) -> None:
+        """Evaluates ``hparams``' model on the first batch of the training arrays and of
+        the validation arrays (``test_on_batch``: no weight changes, nothing saved), so a
+        dataset that does not fit the model stops the run before any training.
+
+        Only arrays are checked: a source of batches (a generator, ``tf.data``, a
+        ``PyDataset``) would be read from, and training reads it too. A model function
+        that raises is left to training as well: it fails that configuration alone.
+        Nothing here changes a result: training reseeds before it builds a model.
+
+        Raises:
+            InputError: when the model refuses a batch, in one line naming the model
+                function, the arrays' shapes and Keras' message.
+        """
+        use_backend(self.backend)
+        arrays = self._source()  # a bad dataset function stops the run here already
+        if arrays is None or is_batch_source(arrays[0]) or is_batch_source(arrays[1]):
+            return
+        try:
+            model = self.build(hparams)
+        except Exception:  # noqa: BLE001 - user code: its configuration fails when it trains
+            return
+        size = self.batch_size or DEFAULT_BATCH
+        name = getattr(self.model_function, "__qualname__", repr(self.model_function))
+        for side, (x, y, *_) in zip(("training", "validation"), arrays):
+            try:
+                model.test_on_batch(_head(x, size), _head(y, size))
+            except Exception as exc:  # noqa: BLE001 - the model refused the data
+                if _out_of_memory(exc):
+                    return  # no mismatch: training decides for that configuration
+                raise InputError(
+                    f"the {side} data does not fit the model of {name}: inputs "
+                    f"{_shapes(x)}, labels {_shapes(y)} ({one_line(exc)}); fix the dataset "
+                    "or the model function"
+                ) from None
 
     def train(
         self, hparams: dict[str, Any], checkpoint: str, initial_epoch: int, epochs: int
