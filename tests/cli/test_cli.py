@@ -424,6 +424,43 @@ def test_run_where_every_trial_fails_exits_1(tmp_path: Path) -> None:
     assert "every trial failed" in result.stderr and "data went missing" in result.stderr
 
 
+def test_every_trial_failed_names_retry_failed_which_retrains_them_after_a_fix(
+    tmp_path: Path,
+) -> None:
+    """The failed rows are final until --retry-failed; Keras' escapes never reach stderr."""
+    flag = tmp_path / "broken"
+    flag.touch()
+    model = tmp_path / "flaky.py"
+    model.write_text(
+        "import os\n"
+        "from phobbit import Hyperparameter\n"
+        "hparam_ranges = [Hyperparameter('x', 'uniform', (0, 1))]\n"
+        "class Flaky:\n"
+        "    def train(self, hparams, checkpoint, initial_epoch, epochs):\n"
+        f"        if os.path.exists({str(flag)!r}):\n"
+        "            raise ValueError('\\x1b[1mexpected axis -1 to have value 784\\x1b[0m')\n"
+        "        return [1.0 + hparams['x'] / e for e in range(initial_epoch + 1, epochs + 1)]\n"
+        "trainable = Flaky()\n"
+    )
+    command = ["train", model, "--jobs", 1, "--R", 3, "--repo", tmp_path / "repo"]
+    failed = phobbit(*command)
+    assert failed.returncode == 1
+    line = failed.stderr.splitlines()[-1]
+    assert "every trial failed; the first says: ValueError: expected axis -1" in line
+    assert "run the same command with --retry-failed" in line
+    assert "\x1b" not in failed.stderr + failed.stdout
+    results = (tmp_path / "repo" / "results.csv").read_bytes()
+    flag.unlink()  # the fix
+    again = phobbit(*command)
+    assert again.returncode == 1 and "every trial failed" in again.stderr
+    assert (tmp_path / "repo" / "results.csv").read_bytes() == results  # final: none trained
+    retried = phobbit(*command, "--retry-failed")
+    assert retried.returncode == 0, retried.stderr
+    assert (tmp_path / "repo" / "results.csv").read_bytes().startswith(results)  # kept
+    best = phobbit("best", tmp_path / "repo", "--json")
+    assert {row["status"] for row in json.loads(best.stdout)} == {"ok"}
+
+
 # -- brackets, status, best ----------------------------------------------------------------
 
 
