@@ -28,8 +28,9 @@ HOSTILE = [
 def test_the_line_of_a_failed_segment_has_no_escapes() -> None:
     line = one_line(ValueError(KERAS))
     assert line == (
-        'ValueError: Exception encountered when calling Sequential.call(). Input 0 of layer "dense" '
-        "is incompatible with the layer: expected axis -1 of input shape to have value 784, but "
+        "ValueError: Exception encountered when calling Sequential.call(). "
+        'Input 0 of layer "dense" is incompatible with the layer: '
+        "expected axis -1 of input shape to have value 784, but "
         "received input with shape (None, 20) Arguments received"
     )
 

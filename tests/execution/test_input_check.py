@@ -15,6 +15,7 @@ from phobbit.execution.simulated import SimulatedExecutor
 from phobbit.storage.repository import Repository
 from phobbit.testing import InputCheckedTrainable, SyntheticTrainable
 
+DRIVER = "driver.json"
 MISMATCH = "the training data does not fit the model of my_model: inputs (1797, 20)"
 
 
@@ -34,10 +35,11 @@ def test_a_mismatch_stops_a_new_run_before_training_and_leaves_no_folder(
 def test_a_mismatch_leaves_a_resumed_repository_as_it_was(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     tuner(repo, trainable=SyntheticTrainable(curve=x_curve), max_epochs=10).run(R=9, eta=3)
+
     # driver.json names the last driver, whatever it did (as for any bad input on a resume).
-    files = lambda: {
-        p: p.read_bytes() for p in repo.rglob("*") if p.is_file() and p.name != "driver.json"
-    }  # noqa: E731
+    def files() -> dict[Path, bytes]:
+        return {p: p.read_bytes() for p in repo.rglob("*") if p.is_file() and p.name != DRIVER}
+
     before = files()
     trainable = InputCheckedTrainable(curve=x_curve, input_error=MISMATCH)
     with pytest.raises(InputError):

@@ -111,9 +111,7 @@ def test_retried_failures_promote_exactly_as_a_run_in_which_they_never_failed(
         assert results[key].val_loss == pytest.approx(row.val_loss, abs=0, rel=1e-12)
 
 
-def test_without_the_option_failed_rows_stay_final_after_a_fix(
-    tmp_path: Path, flag: Path
-) -> None:
+def test_without_the_option_failed_rows_stay_final_after_a_fix(tmp_path: Path, flag: Path) -> None:
     repository = Repository(tmp_path / "repo")
     first, _ = drive(repository, flag)
     before = every_row(repository)
