@@ -53,6 +53,16 @@ some worker: its holder takes it when it comes back. In simulation
 a queue and the makespan of queueing. ``warm_starts`` and ``continued`` count
 the hits.
 
+Before the first segment of a ``drive`` is handed out, a trainable that can
+check its input (``ChecksInput``: the Keras one) checks the configuration of that
+segment against the first batch of the data, in a worker of the same pool: a
+mismatch stops the run as bad input before anything trains. With
+``retry_failed``, the segments whose rows say they failed are trained again
+(their new rows supersede the failed ones when rows are read): the plan replays
+without their failures, so it promotes exactly as a run in which they never
+failed, and a configuration promoted only because of a failure is not handed
+out again.
+
 Every segment carries the driver's fencing token (``phobbit.storage.fence``): should
 another driver take the repository over, this driver's workers are refused
 their next write and end, and this driver stops with ``FencedOutError``.
