@@ -173,11 +173,22 @@ class CheckpointFile:
 
 
 def inspect(path: str | os.PathLike) -> CheckpointFile:
-    """Reads what the checkpoint file at ``path`` holds, never raising for a bad file."""
+    """Reads what the checkpoint file at ``path`` holds, never raising for a bad file.
+
+    A file that records a non-finite val loss holds a diverged model, whose segment
+    failed: no good file to go on from (a retry after a fix, ``retry_failed``, would
+    otherwise fail again on the recorded loss). Going on from the latest good file
+    gives the same failure where nothing was fixed.
+    """
     try:
-        return CheckpointFile(os.fspath(path), read_progress(path))
+        progress = read_progress(path)
     except UnreadableCheckpointError as exc:
         return CheckpointFile(os.fspath(path), None, f"is unreadable ({exc})")
+    for epoch, value in enumerate(progress.val_losses if progress else (), start=1):
+        if not math.isfinite(value):
+            problem = f"holds a diverged model (val loss {value} at epoch {epoch})"
+            return CheckpointFile(os.fspath(path), None, problem)
+    return CheckpointFile(os.fspath(path), progress)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ fails them, the user "fixes the code" (the flag is deleted) and runs again.
 
 from __future__ import annotations
 
+import math
+import os
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -177,3 +179,40 @@ def test_retry_failed_must_be_a_bool(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="retry_failed must be True or False, got 'yes'"):
         tuner(tmp_path / "repo").run(R=R, eta=ETA, retry_failed="yes")
     assert not (tmp_path / "repo").exists()
+
+
+def diverging_curve(hparams: dict[str, Any], epoch: int) -> float:
+    """``x_curve``, but NaN at epoch 5 near the best while ``PHOBBIT_TEST_NAN_FLAG`` exists:
+    the diverged epoch is checkpointed before the segment fails."""
+    flag = os.environ.get("PHOBBIT_TEST_NAN_FLAG", "")
+    if 0.29 < hparams["x"] < 0.4 and epoch == 5 and flag and os.path.exists(flag):
+        return math.nan
+    return x_curve(hparams, epoch)
+
+
+def test_a_retry_does_not_go_on_from_a_diverged_checkpoint(
+    tmp_path: Path, flag: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint that records a NaN loss is no good checkpoint: the retry goes on from the
+    best-epoch file or from scratch, and ends where a run that never diverged ends."""
+    monkeypatch.setenv("PHOBBIT_TEST_NAN_FLAG", str(flag))
+    repository = Repository(tmp_path / "repo")
+
+    def once(retry_failed: bool) -> Plan:
+        repository.create(settings())
+        plan = Plan(Tuning(settings(), repository.checkpoint_stem), 2)
+        trainable = SyntheticTrainable(curve=diverging_curve)
+        executor = SimulatedExecutor(2)
+        Scheduler(trainable, plan, repository, executor, retry_failed=retry_failed).drive()
+        return plan
+
+    once(False)
+    failed = [r for r in repository.results().values() if not r.ok]
+    assert failed and all("diverged" in r.error for r in failed)
+    flag.unlink()
+    again = once(True)
+    assert promoted(again) == serial_promotions()
+    serial = serial_hyperband(Tuning(settings()), lambda s: synthetic_result(s, x_curve))
+    results = repository.results()
+    for key, row in serial.results.items():
+        assert results[key].ok and results[key].val_loss == row.val_loss
