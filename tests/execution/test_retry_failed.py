@@ -111,6 +111,18 @@ def test_retried_failures_promote_exactly_as_a_run_in_which_they_never_failed(
     serial = serial_hyperband(Tuning(settings()), lambda s: synthetic_result(s, x_curve))
     for key, row in serial.results.items():
         assert results[key].val_loss == pytest.approx(row.val_loss, abs=0, rel=1e-12)
+    # Configurations promoted only because another had failed: their rows stay, they train
+    # no further (the retry trained only segments of the new promotions).
+    now = promoted(again)
+
+    def made(key: tuple[int, int, int, int]) -> bool:
+        iteration, s, config_id, rung = key
+        return rung == 0 or config_id in now[(iteration, s, rung - 1)]
+
+    displaced = [r.key for r in rows if r.ok and not made(r.key)]
+    assert displaced == [(0, 2, 3, 1), (0, 2, 2, 2), (1, 1, 4, 1)]
+    assert all(results[key].ok for key in displaced)
+    assert all(made(entry.key) for entry in executor.trace)
 
 
 def test_without_the_option_failed_rows_stay_final_after_a_fix(tmp_path: Path, flag: Path) -> None:
