@@ -223,10 +223,28 @@ def test_a_repository_begun_by_the_previous_version_resumes_from_its_checkpoints
         record = json.loads(path.read_text())
         record.pop("identity", None)
         path.write_text(json.dumps(record))
+    # best, export and best_model name its files as before.
+    assert open_repository(repo).best(1)[0].checkpoint is not None
     table, noted, _ = resume(repo)
     same_table(table, uninterrupted)
     assert noted == []
     assert "run_id" not in json.loads((repo / "run.json").read_text())  # left as it was
+    assert open_repository(repo).scoring_file().is_file()
+
+
+def test_a_repository_reached_another_way_is_the_same_run(tmp_path: Path) -> None:
+    """Identity names no path: a run begun through a symlink and resumed through the
+    folder itself (or copied elsewhere) owns its checkpoints."""
+    uninterrupted = reference(tmp_path / "ref")
+    victim = promoted(uninterrupted)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    stop_as_it_starts(tmp_path / "link" / "repo", f"0-2-{victim}", 3)
+    shutil.copytree(tmp_path / "real" / "repo", tmp_path / "copy")
+    for repo in (tmp_path / "real" / "repo", tmp_path / "copy"):
+        table, noted, _ = resume(repo)
+        same_table(table, uninterrupted)
+        assert noted == []
 
 
 def test_best_and_export_refuse_a_best_epoch_file_of_another_run(tmp_path: Path) -> None:
