@@ -117,7 +117,8 @@ class Identity:
             raise ValueError(f"its identity names no configuration: {config!r}")
         if not isinstance(hparams, str) or not (run is None or isinstance(run, str)):
             raise ValueError("its identity is malformed")
-        return cls(None if config is None else tuple(config), hparams, run)  # type: ignore[arg-type]
+        key = None if config is None else (config[0], config[1], config[2])
+        return cls(key, hparams, run)
 
     def refuses(self, found: Identity | None) -> str:
         """Why a file that records ``found`` is not this identity's, or ``''``.
