@@ -418,7 +418,7 @@ class ParallelHyperband:
             fence = stack.enter_context(self.repository.driver_lock())
             # Bad input a worker finds (a dataset function's result) leaves a new folder as it was.
             stack.enter_context(self.repository.undone_on_bad_input(made))
-            self.repository.create(settings)
+            settings = self.repository.create(settings)  # with the run's id
             plan, budget = search.plan(
                 Tuning(settings, self.repository.checkpoint_stem),
                 DecisionLog(self.repository).read(),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -322,7 +323,9 @@ def test_readers_of_an_unreadable_results_csv_get_a_repository_error(
 
 def test_run_json_is_plain_data(finished: Path) -> None:
     settings = json.loads((finished / "run.json").read_text())
-    assert set(settings) == {"R", "eta", "seed", "iterations", "space_fingerprint", "space"}
+    names = {"R", "eta", "seed", "iterations", "space_fingerprint", "space", "run_id"}
+    assert set(settings) == names
+    assert re.fullmatch("[0-9a-f]{32}", settings["run_id"])  # names the run, once
 
 
 def test_nothing_read_from_a_repository_is_evaluated_or_unpickled() -> None:

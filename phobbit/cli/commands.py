@@ -375,6 +375,7 @@ def _checkpoint(repository: Any, row: Any, objective: Any = None) -> Any:
         int(row["ID"]),
         float(row["Val Loss"]),
         *(() if value is None else (objective, value)),
+        hparams=row["Hparams"],
     )
 
 

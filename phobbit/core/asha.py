@@ -169,6 +169,7 @@ class AsynchronousHyperband(StateMachine):
             epochs=rungs[rung].epochs,
             checkpoint=self.checkpoint_of(0, s, config_id),
             prior_best=prior_best,
+            run_id=self.tuning.settings.run_id,
         )
 
     def _take(self, state: _Bracket, segment: Segment) -> None:

@@ -234,6 +234,7 @@ class SynchronousHyperband(StateMachine):
             epochs=rungs[rung].epochs,
             checkpoint=self.checkpoint_of(state.iteration, state.bracket.s, config_id),
             prior_best=prior_best,
+            run_id=self.tuning.settings.run_id,
         )
 
     def prepare(self, segment: Segment) -> Segment:

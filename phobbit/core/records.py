@@ -166,6 +166,10 @@ class Segment:
         checkpoint: the path stem of the configuration's checkpoint.
         prior_best: the best score (``Objective.row_score``: its lowest val loss
             by default) of the configuration's earlier rungs.
+        run_id: the tuning run's id (``RunSettings.run_id``), which the
+            checkpoint's files must record (``phobbit.storage.checkpoints.Identity``);
+            None for a run whose ``run.json`` names none. Not compared: every
+            segment of a run carries the same.
     """
 
     iteration: int
@@ -177,6 +181,7 @@ class Segment:
     epochs: int
     checkpoint: str
     prior_best: float | None = None
+    run_id: str | None = field(default=None, compare=False)
 
     @property
     def key(self) -> SegmentKey:
@@ -202,6 +207,7 @@ class Segment:
         )
 
 
+_RUN_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 ALGORITHMS = ("hyperband", "asha")
 SAMPLERS = ("random", "tpe")
 _OPTIONAL = {
@@ -258,6 +264,13 @@ class RunSettings:
         algorithm: ``"hyperband"`` or ``"asha"``.
         sampler: ``"random"`` or ``"tpe"``. ``run.json`` holds these two only when
             they are not the defaults, so files of earlier versions read as before.
+        run_id: what names this tuning run apart from every other, even one of the
+            same settings in another folder or begun again in the same one: a
+            random hex string ``Repository.create`` writes once; every checkpoint
+            records it. None for a run begun by a phobbit that wrote none (its
+            ``run.json`` is kept as it is, and its checkpoints are checked by
+            configuration and hyperparameters alone). Not compared: it names a
+            run, it is no setting (the settings a caller gives have none yet).
 
     Raises:
         InputError: (a ``ValueError``) naming the field that is wrong, including a
@@ -279,9 +292,16 @@ class RunSettings:
     direction: str = "min"
     algorithm: str = "hyperband"
     sampler: str = "random"
+    run_id: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         validate(self.R, self.eta)
+        if self.run_id is not None and not (
+            isinstance(self.run_id, str) and _RUN_ID.fullmatch(self.run_id)
+        ):
+            raise InputError(
+                f"run_id must be 1 to 64 letters, digits, '-' or '_', got {self.run_id!r}"
+            )
         Objective(self.objective, self.direction)  # raises for a bad name or direction
         for name, known in (("algorithm", ALGORITHMS), ("sampler", SAMPLERS)):
             if getattr(self, name) not in known:
@@ -353,7 +373,8 @@ class RunSettings:
 
         The objective (with its direction), the algorithm and the sampler are written
         only when they are not the defaults, so that the run.json of such a run is
-        what older versions wrote and read.
+        what older versions wrote and read; the run id when there is one (an older
+        version refuses such a run.json, naming the key it does not know).
         """
         data: dict[str, Any] = {
             "R": self.R,
@@ -370,6 +391,8 @@ class RunSettings:
         }
         if not self.goal.is_val_loss:
             data.update(objective=self.objective, direction=self.direction)
+        if self.run_id is not None:
+            data["run_id"] = self.run_id
         return data
 
     @classmethod
@@ -392,7 +415,7 @@ class RunSettings:
         if not isinstance(data, dict):
             raise RepositoryError(f"{source} does not hold a phobbit run; {remedy}")
         # Written before objectives existed: its objective was the lowest val loss.
-        missing = [n for n in names if n not in data and n not in _OPTIONAL]
+        missing = [n for n in names if n not in data and n not in _OPTIONAL and n != "run_id"]
         if missing:
             raise RepositoryError(f"{source} lacks {', '.join(missing)}; {remedy}")
         unknown = sorted(str(k) for k in data if k not in names)

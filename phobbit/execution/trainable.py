@@ -9,19 +9,21 @@ benchmarks; the Keras one is ``phobbit.keras_adapter.trainable``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from phobbit.core.objective import VAL_LOSS, Objective
+from phobbit.core.records import Segment
 from phobbit.errors import CheckpointError
-from phobbit.storage.checkpoints import (
-    Logs,
-)
+from phobbit.storage.checkpoints import Identity, Logs
 
 
 class Losses(list):
@@ -92,9 +94,16 @@ class Trainable(Protocol):
       goes on from ``e`` and returns the recorded losses of epochs
       ``initial_epoch + 1 .. e`` followed by the new ones; no epoch is trained
       twice.
-    - A checkpoint that is missing, unreadable or behind ``initial_epoch`` is
-      never a failure of the configuration: the trainable goes on from the latest good
-      file (the best-epoch file) or from scratch, and returns ``Losses`` whose
+    - Every file it writes records whose it is, :func:`checkpoint_identity` of
+      its checkpoint (the configuration, a fingerprint of its hyperparameters,
+      the tuning run), and it reads every file expecting that identity
+      (``phobbit.storage.checkpoints.inspect``): a valid file of another
+      configuration, of other hyperparameters or of another run (copied over,
+      or left by a run begun again in the same folder) is taken as unreadable.
+    - A checkpoint that is missing, unreadable, another's or behind
+      ``initial_epoch`` is never a failure of the configuration: the trainable
+      goes on from the latest good file (the best-epoch file, when it is the
+      configuration's) or from scratch, and returns ``Losses`` whose
       ``note`` says so. Training is a function of the configuration and the
       epoch alone (seeded per epoch, data order per epoch), so the retrained
       epochs reproduce the lost ones and the segment's result is that of an
@@ -146,6 +155,45 @@ class ChecksInput(Protocol):
                 Anything else it raises is logged and the run goes on unchecked.
         """
         ...
+
+
+_TRAINING: ContextVar[tuple[str, Identity] | None] = ContextVar("phobbit_training", default=None)
+_CONFIG_NAME = re.compile(r"(\d+)-(\d+)-(\d+)")  # core.records.config_name
+
+
+@contextlib.contextmanager
+def training(segment: Segment) -> Iterator[None]:
+    """While the worker trains ``segment``, :func:`checkpoint_identity` of its checkpoint
+    is the segment's: its configuration, hyperparameters and run.
+
+    A context of the call, not an argument of ``Trainable.train``: every trainable
+    (wrappers of users' and tests' included) keeps its signature, and reads the
+    identity where it reads and writes files.
+    """
+    identity = Identity.of(
+        (segment.iteration, segment.s, segment.id), segment.hparams, segment.run_id
+    )
+    token = _TRAINING.set((os.path.abspath(segment.checkpoint), identity))
+    try:
+        yield
+    finally:
+        _TRAINING.reset(token)
+
+
+def checkpoint_identity(checkpoint: str, hparams: Mapping[str, Any]) -> Identity:
+    """Whose the files of checkpoint stem ``checkpoint`` are, for a trainable training it.
+
+    In a worker training a segment (:func:`training`), the segment's identity.
+    Called outside one (a test, a tool), the configuration its stem names (None
+    when it names none), ``hparams`` and no run: such files are checked by
+    configuration and hyperparameters alone.
+    """
+    held = _TRAINING.get()
+    if held is not None and held[0] == os.path.abspath(checkpoint):
+        return held[1]
+    named = _CONFIG_NAME.fullmatch(Path(checkpoint).name)
+    config = None if named is None else (int(named[1]), int(named[2]), int(named[3]))
+    return Identity.of(config, hparams, None)
 
 
 def checkpoint_written(path: str | os.PathLike, write: Callable[[], None]) -> None:

@@ -36,7 +36,14 @@ from phobbit.core.records import STOPPED_EARLY, EpochRow, Segment, SegmentResult
 from phobbit.errors import FatalError, InputError, StaleDriverError, StorageError
 from phobbit.execution import warm
 from phobbit.execution.streams import guard_worker_stdout
-from phobbit.execution.trainable import ChecksInput, Losses, Trainable, note_of, objective_of
+from phobbit.execution.trainable import (
+    ChecksInput,
+    Losses,
+    Trainable,
+    note_of,
+    objective_of,
+    training,
+)
 from phobbit.execution.worker_state import worker_state
 from phobbit.storage.repository import Repository, this_host
 
@@ -360,9 +367,10 @@ def _train(trainable: Trainable, segment: Segment) -> tuple[SegmentResult, list[
     history = None
     stopped = started_warm = False
     try:
-        returned = trainable.train(
-            dict(segment.hparams), segment.checkpoint, segment.start_epoch, segment.epochs
-        )
+        with training(segment):  # the identity its checkpoint's files carry
+            returned = trainable.train(
+                dict(segment.hparams), segment.checkpoint, segment.start_epoch, segment.epochs
+            )
         losses, note = [float(v) for v in returned], note_of(returned)
         stopped = isinstance(returned, Losses) and returned.stopped_early
         started_warm = isinstance(returned, Losses) and returned.warm

@@ -2,8 +2,9 @@
 still in a worker's memory is what its checkpoint holds (so it may be kept warm).
 
 The checkpoint is a full ``.keras`` model with one more member, ``phobbit.json``
-(the epoch it holds and every epoch's logs so far): model and progress live in
-one file replaced atomically, so they never disagree after a kill. Restoring
+(the epoch it holds, every epoch's logs so far, and whose it is: configuration,
+hyperparameters, run): model and progress live in one file replaced
+atomically, so they never disagree after a kill. Restoring
 loads arrays only (``load_weights`` on the model the user's function rebuilt,
 after its optimizer is built, so the optimizer's state comes back too): no code
 or layer config is ever deserialized from a repository. Keras is imported
@@ -20,7 +21,7 @@ from typing import Any
 
 from phobbit.execution.trainable import checkpoint_written
 from phobbit.storage import fence
-from phobbit.storage.checkpoints import PROGRESS_MEMBER, progress_record
+from phobbit.storage.checkpoints import PROGRESS_MEMBER, Identity, progress_record
 
 
 def save_checkpoint(
@@ -29,17 +30,20 @@ def save_checkpoint(
     val_losses: Sequence[float],
     logs: Sequence[dict[str, float]] | None = None,
     stopped: bool = False,
+    identity: Identity | None = None,
 ) -> None:
     """Saves ``model`` and its progress as the one ``.keras`` file ``path``, atomically.
 
     Args:
         logs: every epoch's logs (``checkpoints.progress_record``).
         stopped: a callback ended training at this epoch.
+        identity: whose the file is (``execution.trainable.checkpoint_identity``),
+            recorded with the progress and checked by whoever reads it.
 
     Raises:
         CheckpointError: when the file cannot be written (not for a full disk).
     """
-    record = progress_record(val_losses, logs, stopped)
+    record = progress_record(val_losses, logs, stopped, identity)
 
     def write() -> None:
         temp = f"{path[: -len('.keras')]}.tmp{os.getpid()}.keras"  # Keras wants .keras

@@ -5,7 +5,9 @@ A configuration is built by the user's model function (a compiled model), or
 rebuilt by it and restored from its checkpoint: weights *and* optimizer state,
 so a promoted configuration trains only the epochs it is missing
 (``phobbit.keras_adapter.saving``). The checkpoint is a full ``.keras`` model a
-user can load later with ``keras.saving.load_model(path, safe_mode=True)``.
+user can load later with ``keras.saving.load_model(path, safe_mode=True)``; it
+records whose it is, and one that is another configuration's or another run's
+is retrained as an unreadable one is (``phobbit.execution.trainable.Trainable``).
 
 The checkpoint is saved after every epoch (every few epochs when saving would
 cost more than a tenth of the training time). When the best epoch is not the
@@ -36,7 +38,7 @@ from typing import Any
 from phobbit.core.objective import VAL_LOSS, Objective, unknown_metric
 from phobbit.errors import InputError
 from phobbit.execution import warm
-from phobbit.execution.trainable import Losses, checkpoint_written
+from phobbit.execution.trainable import Losses, checkpoint_identity, checkpoint_written
 from phobbit.execution.worker import one_line
 from phobbit.execution.worker_state import worker_state
 from phobbit.keras_adapter.backends import use_backend
@@ -59,6 +61,7 @@ from phobbit.keras_adapter.saving import (
 from phobbit.keras_adapter.seeding import config_key, epoch_seeds, seeder
 from phobbit.storage.checkpoints import (
     BestEpoch,
+    Identity,
     best_path,
     describe,
     inspect,
@@ -69,7 +72,14 @@ from phobbit.storage.checkpoints import (
 SAVE_BUDGET = 0.1  # per-epoch checkpoints may cost at most this share of training time
 
 
-def _saver(checkpoint: str, best: str, keeper: BestEpoch, epochs: int, every_epoch: bool) -> Any:
+def _saver(
+    checkpoint: str,
+    best: str,
+    keeper: BestEpoch,
+    epochs: int,
+    every_epoch: bool,
+    identity: Identity | None = None,
+) -> Any:
     """A Keras callback that records each epoch's logs and saves at epoch ends, always at
     the last, and at the epoch where a callback stopped training (``EarlyStopping``).
 
@@ -79,7 +89,8 @@ def _saver(checkpoint: str, best: str, keeper: BestEpoch, epochs: int, every_epo
     save replaces a checkpoint that holds the best epoch, or when the best epoch
     was never saved, it writes the best-epoch file (``BestEpoch``). It runs after
     the user's callbacks at an epoch's end, so it sees a stop they asked for and
-    saves the learning rate ``ReduceLROnPlateau`` set.
+    saves the learning rate ``ReduceLROnPlateau`` set. Every file it writes records
+    ``identity``.
 
     Raises:
         InputError: at the first epoch's end, when the objective is not logged.
@@ -126,7 +137,9 @@ def _saver(checkpoint: str, best: str, keeper: BestEpoch, epochs: int, every_epo
                 self._save_snapshot()
             if keep is not None:
                 keeper.kept_best()
-            save_checkpoint(self.model, checkpoint, keeper.val_losses, keeper.logs, self.stopped)
+            save_checkpoint(
+                self.model, checkpoint, keeper.val_losses, keeper.logs, self.stopped, identity
+            )
             keeper.saved_checkpoint()
             if keeper.snapshot is None:
                 self.snapshot = None
@@ -141,7 +154,8 @@ def _saver(checkpoint: str, best: str, keeper: BestEpoch, epochs: int, every_epo
                     variable.assign(value)
                 assert keeper.logs is not None
                 kept = keeper.best
-                save_checkpoint(self.model, best, keeper.val_losses[:kept], keeper.logs[:kept])
+                losses, logs = keeper.val_losses[:kept], keeper.logs[:kept]
+                save_checkpoint(self.model, best, losses, logs, identity=identity)
             finally:
                 for variable, value in zip(variables, current, strict=True):
                     variable.assign(value)
@@ -416,7 +430,8 @@ class KerasTrainable:
         use_backend(self.backend)  # first: nothing may import Keras before KERAS_BACKEND is set
         arrays = self._source()  # a bad dataset stops the run before training
         path, best = checkpoint + ".keras", best_path(checkpoint, ".keras")
-        found = [inspect(path), inspect(best)]
+        identity = checkpoint_identity(checkpoint, hparams)
+        found = [inspect(path, identity), inspect(best, identity)]
         key = config_key(hparams)
         import keras
 
@@ -467,7 +482,7 @@ class KerasTrainable:
         data = self._fit_data(arrays, fit_kwargs, resume.start, epochs, key, batch)
         if not started_warm and arrays is not None and not is_batch_source(arrays[0]):
             build_compiled_state(model, data["x"].element_spec)  # one trace, not two
-        saver = _saver(path, best, keeper, epochs, self.checkpoint_every_epoch)
+        saver = _saver(path, best, keeper, epochs, self.checkpoint_every_epoch, identity)
         # The epoch is seeded before anything of the user's runs at its start, and saved
         # after all of it at its end (a stop asked for, a learning rate changed, is seen).
         fitted = model.fit(

@@ -14,13 +14,18 @@ it (a ``phobbit.json`` member of a ``.keras`` zip; keys of a ``.json`` file),
 so a reader verifies what a file holds instead of guessing from its name:
 :func:`find_scoring` names the file whose epoch scored a given Val Loss, and
 :func:`plan_resume` picks what to resume from when a file is missing or
-unreadable. Nothing here imports Keras.
+unreadable. Each file also records whose it is (an :class:`Identity`: the
+configuration, a fingerprint of its hyperparameters, the tuning run), and a
+reader that expects another's takes it as unreadable: a valid checkpoint copied
+over another configuration's, or left by another run, is retrained, never
+trained on. Nothing here imports Keras.
 """
 
 from __future__ import annotations
 
 import bisect
 import errno
+import hashlib
 import json
 import math
 import os
@@ -32,10 +37,12 @@ from pathlib import Path
 from typing import Any
 
 from phobbit.core.objective import VAL_LOSS, Objective
+from phobbit.core.records import ConfigKey
 from phobbit.storage import fence
 
-# In a .keras zip: {"epoch": e, "val_losses": [...], "metrics": [{...}, ...]}; "metrics"
-# (every epoch's logs) came later, and files without it still read.
+# In a .keras zip: {"epoch": e, "val_losses": [...], "metrics": [{...}, ...], "identity":
+# {...}}; "metrics" (every epoch's logs) and "identity" came later, and files without
+# them still read.
 PROGRESS_MEMBER = "phobbit.json"
 BEST = ".best"
 SUFFIXES = (".keras", ".json")
@@ -43,6 +50,94 @@ SUFFIXES = (".keras", ".json")
 
 class UnreadableCheckpointError(RuntimeError):
     """A checkpoint file exists but does not hold a progress record phobbit wrote."""
+
+
+class ForeignCheckpointError(UnreadableCheckpointError):
+    """A checkpoint file phobbit wrote, but for another configuration, hparams or run."""
+
+
+def hparams_fingerprint(hparams: Mapping[str, Any]) -> str:
+    """A short hash of a configuration's hyperparameters, the same in every process.
+
+    Hyperparameters reach a worker as the results rows record them (JSON), so the
+    fingerprint is that of their JSON, keys sorted.
+    """
+    text = json.dumps(dict(hparams), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _config_text(config: ConfigKey | None) -> str:
+    return "none" if config is None else "-".join(map(str, config))
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Whose a checkpoint file is: what it records, and what a reader expects of it.
+
+    Attributes:
+        config: (iteration, s, id) of the configuration; None for a file trained
+            outside a run under a stem that names none (a test, a tool).
+        hparams: :func:`hparams_fingerprint` of its hyperparameters; None in what a
+            reader expects when it does not know them (any pass).
+        run: the tuning run's id (``run.json``'s ``run_id``); None for a run begun
+            by a phobbit that wrote no run id (its files are then checked by
+            configuration and hyperparameters alone).
+    """
+
+    config: ConfigKey | None
+    hparams: str | None
+    run: str | None = None
+
+    @classmethod
+    def of(cls, config: ConfigKey | None, hparams: Mapping[str, Any], run: str | None) -> Identity:
+        """The identity of configuration ``config`` with ``hparams`` in run ``run``."""
+        key = None if config is None else (int(config[0]), int(config[1]), int(config[2]))
+        return cls(key, hparams_fingerprint(hparams), run)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape a progress record holds."""
+        config = None if self.config is None else list(self.config)
+        return {"config": config, "hparams": self.hparams, "run": self.run}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Identity:
+        """The inverse of :meth:`to_dict`.
+
+        Raises:
+            ValueError: for anything :meth:`to_dict` does not write.
+        """
+        if not isinstance(data, dict):
+            raise ValueError("its identity is no object")
+        config, hparams, run = data["config"], data["hparams"], data["run"]
+        if config is not None and not (
+            isinstance(config, list)
+            and len(config) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in config)
+        ):
+            raise ValueError(f"its identity names no configuration: {config!r}")
+        if not isinstance(hparams, str) or not (run is None or isinstance(run, str)):
+            raise ValueError("its identity is malformed")
+        key = None if config is None else (config[0], config[1], config[2])
+        return cls(key, hparams, run)
+
+    def refuses(self, found: Identity | None) -> str:
+        """Why a file that records ``found`` is not this identity's, or ``''``.
+
+        A file without an identity (written before phobbit recorded them) is taken
+        as its path says only in a run that has no run id either: a run with one
+        wrote an identity into every file, so such a file came from elsewhere.
+        """
+        if found is None:
+            if self.run is None:
+                return ""
+            return "it records no identity, as every file of this run does"
+        if found.run != self.run:
+            return "it belongs to another tuning run"
+        if found.config != self.config:
+            return f"it holds configuration {_config_text(found.config)}"
+        if self.hparams is not None and found.hparams != self.hparams:
+            return "it holds other hyperparameters"
+        return ""
 
 
 Logs = dict[str, float]
@@ -92,14 +187,20 @@ def best_path(stem: str | os.PathLike, suffix: str) -> str:
 
 
 def progress_record(
-    val_losses: Sequence[float], metrics: Sequence[Logs] | None = None, stopped: bool = False
+    val_losses: Sequence[float],
+    metrics: Sequence[Logs] | None = None,
+    stopped: bool = False,
+    identity: Identity | None = None,
 ) -> dict:
     """The progress record of a file that holds epoch ``len(val_losses)``, with each
-    epoch's logs when given; ``stopped`` when a callback ended training there."""
+    epoch's logs when given; ``stopped`` when a callback ended training there;
+    ``identity``, whose the file is (every file a trainable writes carries one)."""
     record: dict[str, Any] = {
         "epoch": len(val_losses),
         "val_losses": [float(v) for v in val_losses],
     }
+    if identity is not None:
+        record["identity"] = identity.to_dict()
     if stopped:
         record["stopped"] = True
     if metrics is not None:
@@ -109,12 +210,18 @@ def progress_record(
     return record
 
 
-def read_progress(path: str | os.PathLike) -> Progress | None:
+def read_progress(path: str | os.PathLike, identity: Identity | None = None) -> Progress | None:
     """The progress a checkpoint file records; None when there is no such file.
+
+    Args:
+        identity: whose the file must be; None checks nothing (a reader that
+            knows no run, such as a test).
 
     Raises:
         UnreadableCheckpointError: for a file that is empty, truncated, not a
             zip or JSON, or whose record is missing or inconsistent.
+        ForeignCheckpointError: for a file whose identity is not ``identity``
+            (:meth:`Identity.refuses`).
     """
     path = os.fspath(path)
     try:
@@ -130,6 +237,7 @@ def read_progress(path: str | os.PathLike) -> Progress | None:
             {str(k): float(v) for k, v in logs.items()} for logs in record.get("metrics", [])
         )
         stopped = record.get("stopped", False) is True
+        found = Identity.from_dict(record["identity"]) if "identity" in record else None
     except FileNotFoundError:
         return None
     except (OSError, zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError) as exc:
@@ -142,6 +250,9 @@ def read_progress(path: str | os.PathLike) -> Progress | None:
         raise UnreadableCheckpointError(
             f"it records {len(metrics)} epochs' logs for epoch {epoch}"
         )
+    why = "" if identity is None else identity.refuses(found)
+    if why:
+        raise ForeignCheckpointError(why)
     return Progress(epoch, losses, metrics, stopped)
 
 
@@ -172,16 +283,23 @@ class CheckpointFile:
         return CheckpointFile(self.path, None, f"is unreadable ({why})")
 
 
-def inspect(path: str | os.PathLike) -> CheckpointFile:
+FOREIGN = "is not its configuration's"
+"""How a ``CheckpointFile.problem`` begins for a file of another configuration or run."""
+
+
+def inspect(path: str | os.PathLike, identity: Identity | None = None) -> CheckpointFile:
     """Reads what the checkpoint file at ``path`` holds, never raising for a bad file.
 
+    A file whose identity is not ``identity`` is unusable as an unreadable one is.
     A file that records a non-finite val loss holds a diverged model, whose segment
     failed: no good file to go on from (a retry after a fix, ``retry_failed``, would
     otherwise fail again on the recorded loss). Going on from the latest good file
     gives the same failure where nothing was fixed.
     """
     try:
-        progress = read_progress(path)
+        progress = read_progress(path, identity)
+    except ForeignCheckpointError as exc:
+        return CheckpointFile(os.fspath(path), None, f"{FOREIGN} ({exc})")
     except UnreadableCheckpointError as exc:
         return CheckpointFile(os.fspath(path), None, f"is unreadable ({exc})")
     for epoch, value in enumerate(progress.val_losses if progress else (), start=1):
@@ -403,30 +521,46 @@ def export_checkpoint(source: str | os.PathLike, destination: str | os.PathLike)
         temp.unlink(missing_ok=True)
 
 
+def candidates(stem: str | os.PathLike) -> list[str]:
+    """The files a checkpoint stem may name: checkpoint and best-epoch file, each format."""
+    return [
+        path
+        for suffix in SUFFIXES
+        for path in (f"{os.fspath(stem)}{suffix}", best_path(stem, suffix))
+    ]
+
+
 def find_scoring(
     stem: str | os.PathLike,
     value: float,
     objective: Objective = VAL_LOSS,
     val_loss: float | None = None,
+    identity: Identity | None = None,
 ) -> Path | None:
     """The file of checkpoint stem ``stem`` that holds the epoch that scored ``value``.
 
     It reads what each candidate (the checkpoint and the best-epoch file, in
     either format) records and returns the one whose epoch's ``objective`` is
-    exactly ``value`` (and whose val loss is ``val_loss``, when given); None
-    when no file holds that epoch (its best-epoch file was pruned, or the
-    checkpoint is gone).
+    exactly ``value`` (and whose val loss is ``val_loss``, when given, and whose
+    identity is ``identity``, when given); None when no file holds that epoch
+    (its best-epoch file was pruned, or the checkpoint is gone or another's).
     """
     if value is None or not math.isfinite(value):
         return None
-    for suffix in SUFFIXES:
-        for path in (f"{os.fspath(stem)}{suffix}", best_path(stem, suffix)):
-            found = inspect(path)
-            if found.progress is None or found.progress.value(objective) != value:
-                continue
-            if val_loss is None or found.progress.val_loss == val_loss:
-                return Path(path)
+    for path in candidates(stem):
+        found = inspect(path, identity)
+        if found.progress is None or found.progress.value(objective) != value:
+            continue
+        if val_loss is None or found.progress.val_loss == val_loss:
+            return Path(path)
     return None
+
+
+def unusable(stem: str | os.PathLike, identity: Identity | None = None) -> list[CheckpointFile]:
+    """The files of checkpoint stem ``stem`` that exist but cannot be used: unreadable,
+    or not ``identity``'s; what a reader says when :func:`find_scoring` names none."""
+    found = (inspect(path, identity) for path in candidates(stem))
+    return [f for f in found if f.problem]
 
 
 def prune_best(

@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import asdict
@@ -286,20 +287,31 @@ class Repository:
             first = handle.readline()
         _check_header(self.results_path, first)
 
-    def create(self, settings: RunSettings) -> None:
+    def create(self, settings: RunSettings) -> RunSettings:
         """Makes the folder and writes ``run.json`` (write to temp, then replace).
 
         A run resumed with more ``iterations`` rewrites it; one resumed with fewer
         keeps the larger count, so ``status`` still counts every iteration begun.
+        A new run gets its run id here, once (``RunSettings.run_id``); a resumed
+        one keeps its own, and one begun by a phobbit that wrote none stays without.
+
+        Returns:
+            The settings as ``run.json`` records them, run id included: what the
+            run's segments carry.
         """
         self.models.mkdir(parents=True, exist_ok=True)
         existing = self.read_settings()
+        if existing is None:
+            settings = dataclasses.replace(settings, run_id=settings.run_id or uuid.uuid4().hex)
+        else:
+            settings = dataclasses.replace(settings, run_id=existing.run_id)
         if existing is not None and existing.iterations > settings.iterations:
             settings = dataclasses.replace(settings, iterations=existing.iterations)
         if existing != settings:
             temp = self.run_path.with_name(f".{RUN_FILE}.{os.getpid()}.tmp")
             temp.write_text(json.dumps(settings.to_dict(), indent=2, sort_keys=True) + "\n")
             os.replace(temp, self.run_path)
+        return settings
 
     def fresh(self) -> list[Path] | None:
         """The paths a run would make here, when the folder holds no run yet; else None.
@@ -499,18 +511,39 @@ class Repository:
         val_loss: float,
         objective: Objective = VAL_LOSS,
         value: float | None = None,
+        hparams: dict[str, Any] | None = None,
     ) -> Path | None:
         """The file that holds the epoch of a configuration that scored ``val_loss``.
 
         Loading it gives a model that evaluates to ``val_loss`` on the validation
         data (and to ``value`` of ``objective``, when the run has another
         objective). None when no file holds that epoch any more (see
-        :meth:`prune_best_checkpoints`); it never names another epoch's file.
+        :meth:`prune_best_checkpoints`); it never names another epoch's file, nor
+        one another configuration or run wrote (checked against ``hparams`` too,
+        when given: see :meth:`checkpoint_identity`).
         """
         stem = self.checkpoint(iteration, s, config_id)
+        identity = self.checkpoint_identity(iteration, s, config_id, hparams)
         if objective.is_val_loss or value is None:
-            return checkpoints.find_scoring(stem, val_loss)
-        return checkpoints.find_scoring(stem, value, objective, val_loss)
+            return checkpoints.find_scoring(stem, val_loss, identity=identity)
+        return checkpoints.find_scoring(stem, value, objective, val_loss, identity)
+
+    def checkpoint_identity(
+        self, iteration: int, s: int, config_id: int, hparams: dict[str, Any] | None = None
+    ) -> checkpoints.Identity | None:
+        """Whose the files of a configuration's checkpoint must be (``checkpoints.Identity``).
+
+        Without ``hparams``, any hyperparameters pass (the configuration and the run
+        are still checked). None (nothing checked) for a folder without a run.
+        """
+        settings = self.read_settings()
+        if settings is None:
+            return None
+        return checkpoints.Identity(
+            (iteration, s, config_id),
+            None if hparams is None else checkpoints.hparams_fingerprint(hparams),
+            settings.run_id,
+        )
 
     def drop_best_checkpoint(
         self, iteration: int, s: int, config_id: int, fence: str | None = None

@@ -276,7 +276,13 @@ class RepositoryView:
         checkpoint = None
         if row["Status"] == Status.OK and loss is not None and value is not None:
             checkpoint = self.repository.scoring_checkpoint(
-                int(row["Iteration"]), int(row["Run"]), int(row["ID"]), loss, goal, value
+                int(row["Iteration"]),
+                int(row["Run"]),
+                int(row["ID"]),
+                loss,
+                goal,
+                value,
+                hparams=row["Hparams"],
             )
         return BestConfig(
             trial=str(trial),
@@ -342,12 +348,16 @@ class RepositoryView:
                 shutil.copyfile(source, copy)  # one open: a later replace is another file
             except FileNotFoundError:
                 continue  # replaced or pruned between finding and opening it: look again
-            # The copy alone in a folder of its own: found there only if it holds the epoch.
+            # The copy alone in a folder of its own: found there only if it holds the epoch
+            # and is the configuration's.
             stem = folder / config_name(best.iteration, best.s, best.id)
+            identity = self._identity(best)
             if goal.is_val_loss or best.objective is None:
-                found = checkpoints.find_scoring(stem, best.val_loss)
+                found = checkpoints.find_scoring(stem, best.val_loss, identity=identity)
             else:
-                found = checkpoints.find_scoring(stem, best.objective, goal, best.val_loss)
+                found = checkpoints.find_scoring(
+                    stem, best.objective, goal, best.val_loss, identity
+                )
             if found == copy:
                 return source, copy
             copy.unlink()
@@ -374,11 +384,24 @@ class RepositoryView:
         if best.status != Status.OK:
             raise RepositoryError(f"trial {trial} failed ({best.error}); it has no model")
         if best.checkpoint is None:
+            stem = self.repository.checkpoint(best.iteration, best.s, best.id)
+            for bad in checkpoints.unusable(stem, self._identity(best)):
+                if bad.problem.startswith(checkpoints.FOREIGN):
+                    raise RepositoryError(
+                        f"the best epoch of trial {trial} has no file of its own: "
+                        f"{Path(bad.path).name} {bad.problem}, so it is not used"
+                    )
             raise RepositoryError(
                 f"no file holds the best epoch of trial {trial} any more (only the best "
                 "keep_best configurations keep theirs)"
             )
         return best
+
+    def _identity(self, best: BestConfig) -> checkpoints.Identity:
+        """Whose the files of ``best``'s checkpoint must be."""
+        return checkpoints.Identity.of(
+            (best.iteration, best.s, best.id), best.hparams, self.settings.run_id
+        )
 
     def driver(self) -> DriverState:
         """Whether a driver runs in the repository now, and who it is or was.

@@ -78,6 +78,7 @@ def serial_rungs(tuning: Tuning) -> Iterator[SerialRung]:
                         epochs=rung.epochs,
                         checkpoint=checkpoint_of(iteration, bracket.s, i),
                         prior_best=best[i],
+                        run_id=tuning.settings.run_id,
                     )
                     for i in alive
                 ]

@@ -30,12 +30,14 @@ from phobbit.execution import warm
 from phobbit.execution.trainable import (
     Losses,
     atomic_write_text,
+    checkpoint_identity,
     checkpoint_written,
     hparams_unit,
 )
 from phobbit.storage import fence
 from phobbit.storage.checkpoints import (
     BestEpoch,
+    Identity,
     Logs,
     best_path,
     inspect,
@@ -64,9 +66,10 @@ class SyntheticTrainable:
     and an optimizer-like iteration count, saved after every epoch, so tests can
     prove that a resumed configuration continues from its checkpoint and trains
     only missing epochs. It keeps the contract of ``Trainable`` in full: a
-    best-epoch file (``<stem>.best.json``) when its curve rises again, and a
-    missing or unreadable checkpoint retrained from the best-epoch file or from
-    scratch, with a note. Its curve is deterministic, as Keras training is per
+    best-epoch file (``<stem>.best.json``) when its curve rises again, every file
+    recording whose it is (``checkpoint_identity``), and a missing, unreadable or
+    foreign checkpoint retrained from the best-epoch file or from scratch, with a
+    note. Its curve is deterministic, as Keras training is per
     epoch, so retrained epochs give the losses they gave before.
 
     Args:
@@ -148,7 +151,9 @@ class SyntheticTrainable:
     ) -> Losses:
         start = time.time()
         path, best = Path(checkpoint + ".json"), Path(best_path(checkpoint, ".json"))
-        resume = plan_resume(inspect(path), inspect(best), initial_epoch, epochs)
+        identity = checkpoint_identity(checkpoint, hparams)
+        found = inspect(path, identity), inspect(best, identity)
+        resume = plan_resume(*found, initial_epoch, epochs)
         done = resume.start
         cache = warm.process_cache()
         cache.resize(self.warm_bytes)
@@ -190,7 +195,8 @@ class SyntheticTrainable:
             state = {"iterations": iterations}
             logs = self.logs(hparams, epoch)
             if keeper.ended(logs["val_loss"], save, logs):
-                snapshot = {**state, **progress_record(keeper.val_losses, keeper.logs)}
+                record = progress_record(keeper.val_losses, keeper.logs, identity=identity)
+                snapshot = {**state, **record}
             if save:
                 began = time.perf_counter()
                 self._save(
@@ -199,6 +205,7 @@ class SyntheticTrainable:
                     keeper,
                     {**state, **({"stopped": True} if stopped else {})},
                     snapshot,
+                    identity,
                 )
                 training, saving = 0.0, time.perf_counter() - began
             if stopped:
@@ -236,7 +243,12 @@ class SyntheticTrainable:
 
     @staticmethod
     def _save(
-        path: Path, best: Path, keeper: BestEpoch, state: dict[str, Any], snapshot: dict
+        path: Path,
+        best: Path,
+        keeper: BestEpoch,
+        state: dict[str, Any],
+        snapshot: dict,
+        identity: Identity,
     ) -> None:
         """Saves the checkpoint, after keeping the best epoch when the save supersedes it."""
         keep = keeper.keep_from()
@@ -247,7 +259,8 @@ class SyntheticTrainable:
             checkpoint_written(best, lambda: atomic_write_text(best, text, fence.commit))
         if keep is not None:
             keeper.kept_best()
-        text = json.dumps({**state, **progress_record(keeper.val_losses, keeper.logs)})
+        record = progress_record(keeper.val_losses, keeper.logs, identity=identity)
+        text = json.dumps({**state, **record})
         checkpoint_written(path, lambda: atomic_write_text(path, text, fence.commit))
         keeper.saved_checkpoint()
 

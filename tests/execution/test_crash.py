@@ -33,6 +33,7 @@ from synthetic import overfitting_curve
 from phobbit import RepositoryError, StorageError
 from phobbit.core.records import SegmentResult
 from phobbit.reporting.plain import PlainReporter
+from phobbit.storage.checkpoints import hparams_fingerprint
 from phobbit.storage.repository import LEGACY_HEADER, Repository, encode_row
 from phobbit.storage.results import results_frame
 from phobbit.testing import SyntheticTrainable
@@ -233,6 +234,8 @@ def test_an_interrupted_segment_resumes_from_its_last_epoch_checkpoint(tmp_path:
         "iterations": 9 * STEPS,
         "val_losses": whole,
         "metrics": [trainable.logs(hparams, epoch) for epoch in range(1, 10)],
+        # Whose it is: trained outside a run, under a stem that names no configuration.
+        "identity": {"config": None, "hparams": hparams_fingerprint(hparams), "run": None},
     }
     # A segment that finished but whose row was lost trains nothing when run again,
     # nor one that its checkpoint has gone past: its losses are recorded there.

@@ -17,7 +17,7 @@ from phobbit.errors import CheckpointError
 from phobbit.execution.trainable import Losses
 from phobbit.execution.worker import train_segment
 from phobbit.storage import fence
-from phobbit.storage.checkpoints import best_path, find_scoring, read_progress
+from phobbit.storage.checkpoints import best_path, find_scoring, hparams_fingerprint, read_progress
 from phobbit.storage.repository import Repository
 from phobbit.testing import SyntheticTrainable
 
@@ -50,6 +50,8 @@ def test_the_best_epoch_is_kept_in_a_file_that_holds_it_when_it_is_not_the_last(
         "iterations": 3 * STEPS,
         "val_losses": losses[:3],
         "metrics": [TRAINABLE.logs(HPARAMS, epoch) for epoch in (1, 2, 3)],
+        # Whose it is: the configuration its stem names (trained outside a run: no run id).
+        "identity": {"config": [0, 2, 3], "hparams": hparams_fingerprint(HPARAMS), "run": None},
     }
     assert find_scoring(stem, min(losses)) == Path(best_path(stem, ".json"))
     assert read_progress(stem + ".json").epoch == 6  # the checkpoint goes on from the last

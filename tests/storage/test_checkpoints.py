@@ -12,14 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from phobbit.storage.checkpoints import (
+    FOREIGN,
     BestConfigurations,
     BestEpoch,
     CheckpointFile,
+    ForeignCheckpointError,
+    Identity,
     Progress,
     UnreadableCheckpointError,
     best_epoch,
     best_path,
     find_scoring,
+    hparams_fingerprint,
     inspect,
     plan_resume,
     progress_record,
@@ -167,6 +171,87 @@ def test_the_scoring_file_is_found_by_what_it_holds(tmp_path: Path) -> None:
     assert find_scoring(stem, math.nan) is None
     Path(best_path(stem, ".json")).write_bytes(b"\x00garbage")
     assert find_scoring(stem, 0.3) is None  # never a file that holds another epoch
+
+
+HPARAMS = {"x": 0.25, "act": "relu"}
+OURS = Identity.of((0, 2, 3), HPARAMS, "run-a")
+
+
+@pytest.mark.parametrize(
+    ("theirs", "why"),
+    [
+        (Identity.of((0, 2, 4), HPARAMS, "run-a"), "it holds configuration 0-2-4"),
+        (Identity.of((0, 2, 3), {**HPARAMS, "x": 0.5}, "run-a"), "it holds other hyperparameters"),
+        (Identity.of((0, 2, 3), HPARAMS, "run-b"), "it belongs to another tuning run"),
+        (Identity.of((0, 2, 3), HPARAMS, None), "it belongs to another tuning run"),
+        (None, "it records no identity, as every file of this run does"),
+    ],
+)
+def test_a_file_of_another_configuration_or_run_is_foreign(
+    tmp_path: Path, theirs: Identity | None, why: str
+) -> None:
+    path = tmp_path / "0-2-3.json"
+    path.write_text(json.dumps(progress_record(LOSSES[:2], identity=theirs)))
+    with pytest.raises(ForeignCheckpointError, match=why):
+        read_progress(path, OURS)
+    assert inspect(path, OURS) == CheckpointFile(str(path), None, f"{FOREIGN} ({why})")
+    # What checks nothing reads it as before: a test, a tool.
+    assert read_progress(path) == Progress(2, tuple(LOSSES[:2]))
+    # Foreign is unusable as unreadable is: the segment goes on from the best-epoch file.
+    resume = plan_resume(inspect(path, OURS), file("m/0-2-3.best.json", LOSSES[:1]), 2, 5)
+    assert (resume.start, resume.source) == (1, "m/0-2-3.best.json")
+    assert resume.note == f"checkpoint 0-2-3.json {FOREIGN} ({why}); retrained from epoch 1 " + (
+        "(0-2-3.best.json)"
+    )
+
+
+def test_a_file_of_its_own_reads_and_a_legacy_run_takes_files_without_identity(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "0-2-3.json"
+    path.write_text(json.dumps(progress_record(LOSSES[:2], identity=OURS)))
+    assert read_progress(path, OURS) == Progress(2, tuple(LOSSES[:2]))
+    # A reader that does not know the hparams (``Repository.scoring_checkpoint``) checks the rest.
+    assert read_progress(path, Identity((0, 2, 3), None, "run-a")) is not None
+    with pytest.raises(ForeignCheckpointError):
+        read_progress(path, Identity((0, 2, 4), None, "run-a"))
+    # A run begun before run ids: its old files (no identity) are taken as their path says,
+    # its new ones checked by configuration and hparams.
+    legacy = Identity.of((0, 2, 3), HPARAMS, None)
+    write(path, LOSSES[:2])
+    assert read_progress(path, legacy) == Progress(2, tuple(LOSSES[:2]))
+    path.write_text(json.dumps(progress_record(LOSSES[:2], identity=legacy)))
+    assert read_progress(path, legacy) is not None
+    with pytest.raises(ForeignCheckpointError, match="other hyperparameters"):
+        read_progress(path, Identity.of((0, 2, 3), {"x": 0.9}, None))
+
+
+@pytest.mark.parametrize(
+    "identity",
+    [[], {"config": [0, 2], "hparams": "ab", "run": None}, {"config": None, "hparams": 3}],
+)
+def test_a_malformed_identity_is_unreadable_not_foreign(tmp_path: Path, identity) -> None:
+    path = write(tmp_path / "0-2-3.json", LOSSES[:2], identity=identity)
+    with pytest.raises(UnreadableCheckpointError) as raised:
+        read_progress(path, OURS)
+    assert not isinstance(raised.value, ForeignCheckpointError)
+    assert inspect(path).problem.startswith("is unreadable (")
+
+
+def test_the_hparams_fingerprint_is_that_of_their_json() -> None:
+    """What a results row reads back (JSON) fingerprints as what the sampler drew."""
+    drawn = {"x": 0.1 + 0.2, "units": 8, "act": "tanh", "lr": 1e-3}
+    assert hparams_fingerprint(json.loads(json.dumps(drawn))) == hparams_fingerprint(drawn)
+    assert hparams_fingerprint(dict(reversed(drawn.items()))) == hparams_fingerprint(drawn)
+    assert hparams_fingerprint({**drawn, "units": 8.0}) != hparams_fingerprint(drawn)
+
+
+def test_the_scoring_file_is_one_of_the_configuration(tmp_path: Path) -> None:
+    stem = tmp_path / "0-2-3"
+    Path(f"{stem}.json").write_text(json.dumps(progress_record(LOSSES, identity=OURS)))
+    assert find_scoring(stem, 0.6, identity=OURS) == Path(f"{stem}.json")
+    other = Identity.of((0, 2, 3), HPARAMS, "run-b")
+    assert find_scoring(stem, 0.6, identity=other) is None
 
 
 def test_prune_keeps_the_best_epoch_files_of_the_configurations_kept(tmp_path: Path) -> None:

@@ -141,6 +141,38 @@ def test_iterations_are_a_budget_a_resume_may_raise(repo: Path) -> None:
     assert repository.read_settings() == run_settings(9, iterations=3)
 
 
+def test_a_run_gets_its_id_once_and_keeps_it_and_a_legacy_run_stays_without(
+    repo: Path, tmp_path: Path
+) -> None:
+    repository = Repository(repo)
+    recorded = repository.create(run_settings(9, iterations=2))
+    assert recorded.run_id is not None and recorded.run_id == repository.read_settings().run_id
+    # Resumed, with more iterations (run.json rewritten) or as it was: the same run.
+    assert repository.create(run_settings(9, iterations=3)).run_id == recorded.run_id
+    assert repository.create(run_settings(9)).run_id == recorded.run_id
+    assert repository.read_settings().run_id == recorded.run_id
+    # Another folder of the same settings is another run.
+    assert Repository(tmp_path / "other").create(run_settings(9)).run_id != recorded.run_id
+    # A run.json of a phobbit before run ids: read, resumed and rewritten without one.
+    legacy = Repository(tmp_path / "legacy")
+    legacy.create(run_settings(9))
+    data = json.loads(legacy.run_path.read_text())
+    del data["run_id"]
+    legacy.run_path.write_text(json.dumps(data))
+    assert legacy.create(run_settings(9, iterations=2)).run_id is None
+    assert "run_id" not in json.loads(legacy.run_path.read_text())
+
+
+@pytest.mark.parametrize("run_id", ["", "../x", "a" * 65, 7, ["a"]])
+def test_a_run_json_with_a_bad_run_id_is_refused_in_one_line(repo: Path, run_id) -> None:
+    repository = Repository(repo)
+    repository.create(run_settings(9))
+    data = json.loads(repository.run_path.read_text())
+    repository.run_path.write_text(json.dumps({**data, "run_id": run_id}))
+    with pytest.raises(RepositoryError, match=r"run.json is not valid: run_id must be 1 to 64"):
+        repository.read_settings()
+
+
 def test_results_without_run_json_are_not_taken_for_a_run(repo: Path) -> None:
     repo.mkdir()
     (repo / "results.csv").write_text("something else\n")
