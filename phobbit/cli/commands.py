@@ -236,6 +236,10 @@ def _train(args: argparse.Namespace, console: Console, stdout: GuardedStdout) ->
     console.print(f"Repository: {args.repo}", soft_wrap=True)
     console.print(_tensorboard_line(tuner, args.repo), soft_wrap=True)
     ok = frame[frame["Status"] == Status.OK]
+    if frame.empty and tuner.stopped_by not in (None, "iterations"):
+        # The budget ran out before any segment finished: nothing failed, and the
+        # "Stopped:" line above says what happened and how to go on.
+        return 0
     if ok.empty:
         first = frame["Error"].iloc[0] if not frame.empty else "no results"
         raise CliError(f"every trial failed; the first says: {first}")

@@ -409,6 +409,45 @@ def test_unknown_option_is_a_usage_error() -> None:
     assert "invalid int value: 'many'" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        ([], "phobbit"),
+        (["bogus"], "phobbit"),
+        (["--nope"], "phobbit"),
+        (["train"], "phobbit train"),
+        (["train", "m.py", "--jobs", "0"], "phobbit train"),
+        (["train", "m.py", "--R", "many"], "phobbit train"),
+        (["train", "m.py", "--nope"], "phobbit train"),
+        (["train", "m.py", "--progress", "loud"], "phobbit train"),
+        (["brackets", "--eta", "x"], "phobbit brackets"),
+        (["status"], "phobbit status"),
+        (["status", "a", "b"], "phobbit status"),
+        (["best", "d", "--top", "0"], "phobbit best"),
+        (["export", "d"], "phobbit export"),
+        (["plot", "d"], "phobbit plot"),
+        (["plot", "d", "-o", "x.png", "--kind", "pie"], "phobbit plot"),
+        (["tensorboard"], "phobbit tensorboard"),
+    ],
+)
+def test_every_commands_usage_error_is_one_line_naming_its_help(
+    args: list[str], command: str
+) -> None:
+    line = assert_one_line_error(phobbit(*args))
+    assert "usage:" not in line
+    assert line.endswith(f"; try '{command} --help'"), line
+
+
+def test_a_usage_error_is_one_line_in_a_real_process_too(tmp_path: Path) -> None:
+    result = phobbit_process("train", SYNTHETIC, "--repo", tmp_path / "repo", "--jobs", "zero")
+    line = assert_one_line_error(result)
+    assert line == (
+        "phobbit: error: argument --jobs: must be an integer >= 1, got 'zero'; "
+        "try 'phobbit train --help'"
+    )
+    assert not (tmp_path / "repo").exists()
+
+
 def test_run_where_every_trial_fails_exits_1(tmp_path: Path) -> None:
     model = tmp_path / "failing.py"
     model.write_text(
@@ -778,17 +817,36 @@ def test_segment_timeout_and_time_limit_take_the_same_durations(text: str, secon
 
 
 @pytest.mark.parametrize(
-    "text", ["0", "-5m", "367d", "soon", "99999999999999999999", "0.0000001s"]
+    "text", ["0", "-5m", "367d", "soon", "99999999999999999999", "0.0000001s", "nan", "1e400"]
 )
-def test_segment_timeout_that_is_no_duration_is_a_usage_error(tmp_path: Path, text: str) -> None:
+@pytest.mark.parametrize("option", ["--segment-timeout", "--time-limit"])
+def test_a_duration_out_of_bounds_is_one_line_and_writes_nothing(
+    tmp_path: Path, text: str, option: str
+) -> None:
     repo = tmp_path / "repo"
-    result = phobbit("train", SYNTHETIC, "--repo", repo, f"--segment-timeout={text}")
-    assert result.returncode == 2
-    assert (
-        "argument --segment-timeout: must be a duration > 0 such as 90s, 15m, 2h, 1d or 1h30m"
-        in result.stderr
-    )
-    assert "Traceback" not in result.stderr and not repo.exists()
+    result = phobbit("train", SYNTHETIC, "--repo", repo, f"{option}={text}")
+    line = assert_one_line_error(result)
+    assert f"argument {option}: must be a duration > 0 such as 90s, 15m, 2h, 1d or 1h30m" in line
+    assert "from 0.001s to 366d" in line
+    # Not even run.json, driver.json or models/: the repository folder is never made.
+    assert not repo.exists()
+
+
+def test_a_time_limit_spent_before_any_segment_finished_is_no_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from phobbit.core.budget import Budget
+
+    # The limit is spent before the first dispatch, whatever this machine's speed.
+    monkeypatch.setattr(Budget, "spent", lambda self, elapsed, epochs: "time_limit")
+    repo = tmp_path / "repo"
+    result = phobbit(
+        "train", SYNTHETIC, "--repo", repo, "--jobs", 1, "--time-limit", "0.001s",
+        "--progress", "plain",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "every trial failed" not in result.stderr and result.stderr == ""
+    assert "Stopped: time_limit (0.001s) spent; run again with a larger" in result.stdout
 
 
 def test_verbose_train_shows_the_library_log_on_stderr_for_that_run_only(tmp_path: Path) -> None:
