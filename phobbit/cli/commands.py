@@ -166,7 +166,7 @@ def _train(args: argparse.Namespace, console: Console, stdout: GuardedStdout) ->
     from phobbit.core.search import Search
     from phobbit.execution.resources import Resources
     from phobbit.keras_adapter.fit import KerasFit
-    from phobbit.reporting.progress import slot_labels
+    from phobbit.reporting.progress import slot_summary
     from phobbit.storage.repository import Repository
 
     if args.jobs is not None and args.gpus:
@@ -176,6 +176,7 @@ def _train(args: argparse.Namespace, console: Console, stdout: GuardedStdout) ->
     previous = list(repository.iter_results()) if repository.path.is_dir() else []
     live = args.progress == "live" or (args.progress == "auto" and console.is_terminal)
     _check_gpus(args.gpus)
+    _check_workers(args.gpus, args.jobs_per_gpu, args.jobs)
     options = _objective_options(model.options, args.objective, args.direction)
     ranking = {n: options.pop(n) for n in ("objective", "direction") if n in options}
     workers = {"backend": args.backend, "warm_cache": args.warm_cache}
@@ -210,7 +211,7 @@ def _train(args: argparse.Namespace, console: Console, stdout: GuardedStdout) ->
         **trains,
         **ranking,
     )
-    slots = ", ".join(slot_labels(tuner.executor.slots))
+    slots = slot_summary(tuner.executor.slots)
     title = (
         f"phobbit train {args.model_file}: R={args.R} eta={args.eta} seed={args.seed}"
         f"{f', {args.iterations} iterations' if args.iterations > 1 else ''}, "
@@ -313,6 +314,21 @@ def _check_gpus(gpus: str | None) -> None:
             "the workers would train on the CPU; use --jobs N for CPU workers, or put "
             "nvidia-smi on PATH"
         )
+
+
+def _check_workers(gpus: str | None, jobs_per_gpu: int, jobs: int | None) -> None:
+    """Refuses more workers than this machine can run, in the options' words."""
+    from phobbit.execution.executor import check_worker_count, parse_gpus
+
+    try:
+        check_worker_count(parse_gpus(gpus), jobs_per_gpu, jobs)
+    except InputError as exc:
+        words = {"n_jobs": "--jobs", "jobs_per_gpu": "--jobs-per-gpu"}
+        raise InputError(
+            re.sub(r"\b(n_jobs|jobs_per_gpu)\b", lambda m: words[m[1]], str(exc)).replace(
+                "None: one per core", "default: one per core"
+            )
+        ) from None
 
 
 def _tensorboard(repo: str) -> int:

@@ -359,6 +359,12 @@ BROKEN = "x = 1\nraise RuntimeError('no data here')\n"
         ("synthetic", ["--gpus", "0,,1"], "--gpus '0,,1' is malformed"),
         ("synthetic", ["--gpus", "0,1", "--jobs", 2], "with --gpus use --jobs-per-gpu"),
         ("synthetic", ["--gpus", "0,5"], "GPU id 5 does not exist: this machine has 2 GPU(s)"),
+        ("synthetic", ["--jobs", 100_000], "--jobs 100,000 makes 100,000 workers, more than"),
+        (
+            "synthetic",
+            ["--gpus", "0,1", "--jobs-per-gpu", 100_000],
+            "2 GPU(s) x --jobs-per-gpu 100,000 makes 200,000 workers",
+        ),
     ],
     ids=[
         "missing-file",
@@ -370,6 +376,8 @@ BROKEN = "x = 1\nraise RuntimeError('no data here')\n"
         "malformed-gpus",
         "jobs-with-gpus",
         "no-such-gpu",
+        "jobs-beyond-the-cores",
+        "jobs-per-gpu-beyond-the-cores",
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(
