@@ -23,6 +23,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from phobbit.core.objective import VAL_LOSS, Objective
+from phobbit.core.provenance import Provenance
 from phobbit.core.records import EpochRow, RunSettings, SegmentKey, SegmentResult, config_name
 from phobbit.core.space import MAX_NESTING
 from phobbit.errors import FatalError, InputError, RepositoryError, StaleDriverError, StorageError
@@ -45,6 +46,7 @@ from phobbit.storage.lease import (  # noqa: F401 - re-exported
     process_start,
     this_host,
 )
+from phobbit.storage.sifting import possible
 
 COLUMNS = (
     "iteration",
@@ -188,6 +190,10 @@ class Repository:
         self.models = self.path / MODELS
         self._lock = FileLock(str(self.path / ".results.lock"), timeout=LOCK_TIMEOUT_S)
         self.lease = DriverLease(self.path, self._locked)
+        # What rows the run in this folder can have written, set by whoever read its
+        # settings (the tuner, the read-only view); None reads every intact row.
+        self.provenance: Provenance | None = None
+        self._warned: dict[str, int] = {}  # skipped rows logged, by file (sifting.possible)
 
     def __repr__(self) -> str:
         return f"Repository({str(self.path)!r})"
@@ -441,10 +447,15 @@ class Repository:
         A segment trained again (after a kill, or a retry) writes its epochs
         again; readers keep the last row of each epoch (``EpochRow.key``).
 
+        Rows the run cannot have written (``provenance``) are skipped with a warning.
+
         Raises:
             RepositoryError: when ``epochs.csv`` cannot be read.
         """
-        return read_framed(self.epochs_path, decode_epoch)
+        rows = read_framed(self.epochs_path, decode_epoch)
+        if self.provenance is None:
+            return rows
+        return possible(rows, self.provenance.epoch, self.epochs_path, self._warned)
 
     def epochs(self) -> dict[tuple[int, int, int, int], EpochRow]:
         """The last intact row of every epoch, by (iteration, s, id, epoch)."""
@@ -453,15 +464,21 @@ class Repository:
     def iter_results(self) -> Iterator[SegmentResult]:
         """Every intact row, in the order written; torn or corrupt lines are skipped.
 
+        Rows the run cannot have written (``provenance``: a key that fits no bracket,
+        epochs no rung trains, hparams outside the space) are skipped with a warning.
+
         Raises:
             RepositoryError: when ``results.csv`` cannot be read or is not a results file.
         """
-        return read_framed(
+        rows = read_framed(
             self.results_path,
             decode_row,
             lambda first: _check_header(self.results_path, first),
             remedy=UNREADABLE_RESULTS,
         )
+        if self.provenance is None:
+            return rows
+        return possible(rows, self.provenance.result, self.results_path, self._warned)
 
     def results(self) -> dict[SegmentKey, SegmentResult]:
         """The first intact final row of every segment, by (iteration, s, id, rung).

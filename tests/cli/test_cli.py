@@ -699,6 +699,37 @@ def test_a_hostile_row_with_a_correct_crc_is_skipped_by_every_command(tmp_path: 
     assert keys(repo) == [r.key for r in rows]
 
 
+def test_rows_no_schedule_makes_are_skipped_by_every_command_with_one_warning_a_file(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("matplotlib")
+    from helpers import forge_rows, tuner
+
+    repo = tmp_path / "repo"
+    honest = tuner(repo, n_jobs=2, tensorboard=False).run(R=9, eta=3)
+    results, epochs = forge_rows(repo)
+    skipped = {
+        "results.csv": f"phobbit: warning: {repo / 'results.csv'}: skipped {results} row(s) "
+        "that this run cannot have written (the first: rung 999 is not one of bracket 2's "
+        "(0 to 2)); they were edited, or are another run's",
+        "epochs.csv": f"phobbit: warning: {repo / 'epochs.csv'}: skipped {epochs} row(s) "
+        "that this run cannot have written (the first: epoch "
+        f"{10**30} is not one of rung 0's (1 to 1)); they were edited, or are another run's",
+    }
+    commands = {
+        ("status", repo): ["results.csv"],
+        ("best", repo, "--json"): ["results.csv"],
+        ("plot", repo, "-o", tmp_path / "run.png"): ["results.csv", "epochs.csv"],
+        ("tensorboard", repo): ["results.csv", "epochs.csv"],
+    }
+    for command, files in commands.items():
+        done = phobbit(*command)
+        assert done.returncode == 0, done.stderr
+        assert sorted(done.stderr.splitlines()) == sorted(skipped[f] for f in files)
+    best = json.loads(phobbit("best", repo, "--json", "--top", 1).stdout)
+    assert best[0]["trial"] == honest.index[0] and best[0]["val_loss"] > 0
+
+
 @pytest.mark.parametrize(
     ("hparams", "message"),
     [
