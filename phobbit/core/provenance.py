@@ -86,7 +86,9 @@ class Provenance:
             return f"bracket {s} is not one of R's (0 to {max(self.schedule)})"
         if self.asha and iteration != 0:
             return f"iteration {iteration} is not ASHA's (0)"
-        if iteration < 0 or (self.iterations is not None and iteration >= self.iterations):
+        if iteration < 0:
+            return f"iteration {iteration} is negative"
+        if self.iterations is not None and iteration >= self.iterations:
             return f"iteration {iteration} is not one of the run's {self.iterations}"
         if config_id < 0 or (not self.asha and config_id >= bracket.n):
             return f"id {config_id} is not one of bracket {s}'s (0 to {bracket.n - 1})"

@@ -109,7 +109,7 @@ def honest() -> SegmentResult:
         ({"id": 9}, "id 9 is not one of bracket 2's (0 to 8)"),
         ({"s": 7}, "bracket 7 is not one of R's (0 to 2)"),
         ({"iteration": 1}, "iteration 1 is not one of the run's 1"),
-        ({"iteration": -1}, "iteration -1 is not one of the run's 1"),
+        ({"iteration": -1}, "iteration -1 is negative"),
         ({"epochs": 10**12}, "it ends at epoch 1000000000000, where rung 1 trains to 3"),
         ({"epochs": 2}, "it ends at epoch 2, where rung 1 trains to 3"),
         ({"start_epoch": 0}, "it starts at epoch 0, where rung 1 starts at 1"),

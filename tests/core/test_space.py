@@ -227,6 +227,7 @@ def test_any_accepted_hyperparameter_samples_serialises_and_round_trips(
         ("0.2", "u='0.2' is not a finite number"),
         (10**400, "is not a finite number"),
     ],
+    ids=["above", "nan", "bool", "text", "10**400"],
 )
 def test_a_value_outside_a_bounded_hyperparameter_is_refused(value: object, why: str) -> None:
     space = Space([Hyperparameter("u", "uniform", (0.1, 0.5))])

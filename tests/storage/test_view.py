@@ -263,3 +263,17 @@ def test_rows_no_schedule_of_the_run_makes_are_skipped_by_every_reader_with_one_
     again = tuner(repo, n_jobs=2)
     pd.testing.assert_frame_equal(again.run(R=9, eta=3), honest)
     assert len(list(Repository(repo).iter_results())) == 22 + results
+
+
+def test_a_resume_with_fewer_iterations_still_reads_the_rows_of_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from helpers import tuner
+
+    repo = tmp_path / "repo"
+    both = tuner(repo, n_jobs=2).run(R=3, eta=3, iterations=2)
+    with caplog.at_level("WARNING", logger="phobbit.skipped"):
+        again = tuner(repo, n_jobs=2).run(R=3, eta=3, iterations=1)
+        pd.testing.assert_frame_equal(open_repository(repo).results(), both)
+    pd.testing.assert_frame_equal(again, both)
+    assert set(both["Iteration"]) == {0, 1} and not caplog.records
