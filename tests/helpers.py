@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import json
 import math
@@ -336,6 +337,35 @@ def main(argv: list[str]) -> None:
             **pause,
         )
     tuner(repo, records, real=True, **settings).run(**run)
+
+
+def forge_rows(repo: Path) -> tuple[int, int]:
+    """Appends CRC-valid rows that no schedule of the run in ``repo`` (R=9, eta=3, one
+    iteration, ``space()``) can have written, each scoring better than any honest one: a
+    rung past its bracket's last, a negative id, 10**12 epochs, hparams outside the
+    space; and epochs numbered 10**30 and past the rung's last. Returns how many results
+    and epochs rows it appended."""
+    from phobbit.storage.repository import Repository, encode_epoch, encode_row
+
+    repository = Repository(repo)
+    first = next(iter(repository.iter_results()))
+    assert (first.s, first.rung, first.epochs) == (2, 0, 1), first  # bracket 2: 9 x 1 epoch
+    forged = [
+        dataclasses.replace(first, rung=999),
+        dataclasses.replace(first, id=-5),
+        dataclasses.replace(first, epochs=10**12),
+        dataclasses.replace(first, hparams={**first.hparams, "x": 5.0}),
+    ]
+    forged = [
+        dataclasses.replace(r, val_loss=-1.0 - n, objective=-1.0 - n) for n, r in enumerate(forged)
+    ]
+    epoch = next(iter(repository.iter_epochs()))
+    epochs = [dataclasses.replace(epoch, epoch=10**30), dataclasses.replace(epoch, epoch=2)]
+    with open(repository.results_path, "a") as handle:
+        handle.writelines(encode_row(row) for row in forged)
+    with open(repository.epochs_path, "a") as handle:
+        handle.writelines(encode_epoch(row) for row in epochs)
+    return len(forged), len(epochs)
 
 
 if __name__ == "__main__":

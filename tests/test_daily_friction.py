@@ -92,15 +92,21 @@ def test_best_piped_into_head_exits_quietly(tmp_path: Path) -> None:
     repo = Repository(tmp_path / "repo")
     from conftest import run_settings
 
-    repo.create(run_settings())
-    for i in range(3000):  # far more than a pipe's buffer holds
-        repo.append(
-            SegmentResult(0, 2, i, 0, 0, 1, 0.5, 0.5, "ok", "", {"x": i / 3000, "pad": "y" * 40})
-        )
+    from phobbit.core.schedule import brackets
+
+    # 20 iterations of R=81: 2,860 configurations, far more than a pipe's buffer holds;
+    # rows the run can have written (a view skips the others).
+    repo.create(run_settings(R=81, iterations=20))
+    for i in range(20):
+        for b in brackets(81, 3):
+            for n in range(b.n):
+                epochs = b.rungs[0].epochs
+                row = SegmentResult(i, b.s, n, 0, 0, epochs, 0.5, 0.5, "ok", "", {"x": n / b.n})
+                repo.append(row)
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
     for extra in ([], ["--json"]):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "phobbit", "best", str(repo.path), "--top", "3000", *extra],
+            [sys.executable, "-m", "phobbit", "best", str(repo.path), "--top", "2860", *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=ROOT,

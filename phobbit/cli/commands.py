@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
+    from phobbit.core.records import SegmentResult
+    from phobbit.storage.repository import Repository
+
 # rich, pandas and the library's engine are imported where a command needs them, so
 # that `phobbit brackets` starts without them.
 
@@ -49,6 +52,12 @@ class CliError(PhobbitError):
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one command and returns its exit code (the ``phobbit`` console script)."""
     args = build_parser().parse_args(argv)
+    with _skipped_rows_on_stderr():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Runs the command ``args`` names; a user's mistake ends as one line, exit code 2."""
     try:
         if args.command == "brackets":
             validate(args.R, args.eta)
@@ -111,6 +120,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+@contextlib.contextmanager
+def _skipped_rows_on_stderr() -> Iterator[None]:
+    """Rows of the repository's files that the run cannot have written are skipped with a
+    warning (``phobbit.storage.sifting``): every command says so on stderr, one line a file."""
+    import logging
+
+    from phobbit.storage.sifting import SKIPPED_LOGGER
+
+    logger = logging.getLogger(SKIPPED_LOGGER)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("phobbit: warning: %(message)s"))
+    said: set[str] = set()
+
+    def once(record: logging.LogRecord) -> bool:
+        # A command reads a file through several readers (the run, its table, TensorBoard).
+        message = record.getMessage()
+        new = message not in said
+        said.add(message)
+        return new
+
+    handler.addFilter(once)
+    # Not again through the library's log, which -v puts on stderr as well.
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 def _console(stdout: GuardedStdout | None = None) -> Console:
     from rich.console import Console
 
@@ -170,18 +210,19 @@ def _train(args: argparse.Namespace, console: Console, stdout: GuardedStdout) ->
     from phobbit.core.search import Search
     from phobbit.execution.resources import Resources
     from phobbit.keras_adapter.fit import KerasFit
-    from phobbit.reporting.progress import slot_labels
+    from phobbit.reporting.progress import slot_summary
     from phobbit.storage.repository import Repository
 
     if args.jobs is not None and args.gpus:
         raise InputError("--jobs sets CPU workers; with --gpus use --jobs-per-gpu")
     model = load_model_file(args.model_file, args.model_fn, args.hparams, args.dataset)
     repository = Repository(args.repo)
-    previous = list(repository.iter_results()) if repository.path.is_dir() else []
+    previous = list(_possible_results(repository)) if repository.path.is_dir() else []
     if args.retry_failed:  # trained again: not done yet for the progress display
         previous = [row for row in previous if row.ok]
     live = args.progress == "live" or (args.progress == "auto" and console.is_terminal)
     _check_gpus(args.gpus)
+    _check_workers(args.gpus, args.jobs_per_gpu, args.jobs)
     options = _objective_options(model.options, args.objective, args.direction)
     ranking = {n: options.pop(n) for n in ("objective", "direction") if n in options}
     workers = {"backend": args.backend, "warm_cache": args.warm_cache}
@@ -216,7 +257,7 @@ def _train(args: argparse.Namespace, console: Console, stdout: GuardedStdout) ->
         **trains,
         **ranking,
     )
-    slots = ", ".join(slot_labels(tuner.executor.slots))
+    slots = slot_summary(tuner.executor.slots)
     title = (
         f"phobbit train {args.model_file}: R={args.R} eta={args.eta} seed={args.seed}"
         f"{f', {args.iterations} iterations' if args.iterations > 1 else ''}, "
@@ -244,6 +285,10 @@ def _train(args: argparse.Namespace, console: Console, stdout: GuardedStdout) ->
     console.print(f"Repository: {args.repo}", soft_wrap=True)
     console.print(_tensorboard_line(tuner, args.repo), soft_wrap=True)
     ok = frame[frame["Status"] == Status.OK]
+    if frame.empty and tuner.stopped_by not in (None, "iterations"):
+        # The budget ran out before any segment finished: nothing failed, and the
+        # "Stopped:" line above says what happened and how to go on.
+        return 0
     if ok.empty:
         first = frame["Error"].iloc[0] if not frame.empty else "no results"
         raise CliError(
@@ -320,6 +365,31 @@ def _check_gpus(gpus: str | None) -> None:
             "the workers would train on the CPU; use --jobs N for CPU workers, or put "
             "nvidia-smi on PATH"
         )
+
+
+def _possible_results(repository: Repository) -> Iterator[SegmentResult]:
+    """The rows of a run to resume that its settings allow (``phobbit.core.provenance``)."""
+    from phobbit.core.provenance import Provenance
+
+    settings = repository.read_settings()
+    if settings is not None:
+        repository.provenance = Provenance.of(settings)
+    return repository.iter_results()
+
+
+def _check_workers(gpus: str | None, jobs_per_gpu: int, jobs: int | None) -> None:
+    """Refuses more workers than this machine can run, in the options' words."""
+    from phobbit.execution.executor import check_worker_count, parse_gpus
+
+    try:
+        check_worker_count(parse_gpus(gpus), jobs_per_gpu, jobs)
+    except InputError as exc:
+        words = {"n_jobs": "--jobs", "jobs_per_gpu": "--jobs-per-gpu"}
+        raise InputError(
+            re.sub(r"\b(n_jobs|jobs_per_gpu)\b", lambda m: words[m[1]], str(exc)).replace(
+                "None: one per core", "default: one per core"
+            )
+        ) from None
 
 
 def _tensorboard(repo: str) -> int:

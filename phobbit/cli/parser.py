@@ -8,7 +8,8 @@ Parsing only: what a command does is ``phobbit.cli.commands``'.
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from phobbit import __version__
 from phobbit.core.units import check_int, parse_bytes, parse_duration
@@ -54,9 +55,39 @@ def _bytes(text: str) -> int:
         raise _refused(exc) from None
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose refusals are one line on stderr and exit code 2.
+
+    argparse prints the whole usage block (ten lines for ``train``) before its
+    error; phobbit promises one line for every mistake, with where to read more.
+    ``add_subparsers`` builds the commands' parsers with this class too.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Prints ``phobbit: error: MESSAGE; try 'PROG --help'`` and exits 2."""
+        self._refuse(message, self.prog)
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        """Parses ``args``; an unknown option is refused naming its command's ``--help``."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            # argparse refuses these in the top parser, whose --help does not list the
+            # command's options; point at the command's own.
+            command = getattr(parsed, "command", None)
+            prog = f"{self.prog} {command}" if command else self.prog
+            self._refuse(f"unrecognized arguments: {' '.join(extras)}", prog)
+        return parsed
+
+    def _refuse(self, message: str, prog: str) -> NoReturn:
+        text = " ".join(message.split())
+        self.exit(2, f"phobbit: error: {text}; try '{prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command, its options, their defaults and help."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="phobbit",
         description="Parallel Hyperband for Keras models, one worker pinned to each GPU.",
     )

@@ -188,7 +188,9 @@ class AsynchronousHyperband(StateMachine):
 
         Raises:
             RepositoryError: when a record names no segment this run could have made
-                (another run's file, or a hand edit).
+                (another run's file, or a hand edit): a key that fits no bracket,
+                hyperparameters outside the space, a promotion of a configuration
+                never drawn.
         """
         if self._started or self._decided:
             raise RuntimeError("replay() must come before start() and any decision")
@@ -204,8 +206,19 @@ class AsynchronousHyperband(StateMachine):
                     f"eta={self.eta}) cannot have made; restore it or use another repository"
                 )
             if record.rung == 0:
+                why = self.tuning.space.refuses(record.hparams)
+                if why is not None:
+                    raise RepositoryError(
+                        f"decisions.csv records configuration {record.key[:3]} outside the "
+                        f"search space ({why}); restore it or use another repository"
+                    )
                 state.hparams[record.id] = record.hparams
                 self.sampler.replayed((0, record.s, record.id))
+            elif record.id not in state.hparams:
+                raise RepositoryError(
+                    f"decisions.csv promotes configuration {record.key[:3]}, which it never "
+                    "drew; restore it or use another repository"
+                )
             else:
                 state.promote(record.rung - 1, record.id)
             seen.add(record.key)

@@ -19,6 +19,7 @@ from phobbit.core.budget import Budget
 from phobbit.core.dispatch import FifoPolicy, LatestStartPolicy
 from phobbit.core.hyperband import StateMachine, SynchronousHyperband
 from phobbit.core.plan import Plan
+from phobbit.core.provenance import check_decisions
 from phobbit.core.records import ALGORITHMS, Segment, SegmentResult, Tuning
 from phobbit.core.samplers import check_sampler, make_sampler
 from phobbit.errors import InputError
@@ -98,7 +99,13 @@ class Search:
         Returns:
             The plan, and the budget: ``budget`` itself, except for ASHA with none,
             whose default is the epochs of ``iterations`` Hyperband iterations.
+
+        Raises:
+            RepositoryError: when a decision is none this run can have made (a key that
+                fits no bracket, hyperparameters outside the space): see
+                ``phobbit.core.provenance.check_decisions``.
         """
+        check_decisions(decisions, tuning, asha=self.algorithm == "asha")
         sampler = make_sampler(self.sampler, tuning.space, tuning.seed)
         if self.algorithm == "asha":
             machine: StateMachine = AsynchronousHyperband(tuning, sampler)

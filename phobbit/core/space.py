@@ -100,6 +100,20 @@ def _finite(value: Any) -> bool:
         return False
 
 
+def _canonical(value: Any) -> str | None:
+    """``value`` as canonical JSON text, or None when it is no JSON value."""
+    try:
+        return json.dumps(value, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return None
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a hostile value may be huge."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 @dataclass(frozen=True)
 class Hyperparameter:
     """One hyperparameter: a name, a distribution and the distribution's arguments.
@@ -215,6 +229,38 @@ class Hyperparameter:
             return float(rng.normal(args[0], args[1]))
         return _thaw(args[int(rng.integers(len(args)))])
 
+    def refuses(self, value: Any) -> str | None:
+        """Why ``value`` (as a row reads it back, JSON-shaped) cannot have been drawn from
+        this hyperparameter, or None when it can.
+
+        Types, bounds and options are checked: a ``uniform`` or ``log-uniform`` value is a
+        finite number within [lo, hi] (up to float rounding), a ``randint`` value an
+        integer within [lo, hi], a ``normal`` value a finite number, a ``choice`` value
+        one of the options exactly as JSON writes it (``1`` is not ``true`` nor ``1.0``).
+        """
+        dist, args = self.distribution, self.distr_args
+        if dist == "choice":
+            written = _canonical(value)
+            if written is not None and any(written == _canonical(_thaw(a)) for a in args):
+                return None
+            return f"{self.name}={_short(value)} is none of its options"
+        if dist == "randint":
+            if not isinstance(value, int) or isinstance(value, bool):
+                return f"{self.name}={_short(value)} is not an integer"
+            if not args[0] <= value <= args[1]:
+                return f"{self.name}={value} is outside [{args[0]}, {args[1]}]"
+            return None
+        if not _is_number(value) or not _finite(value):
+            return f"{self.name}={_short(value)} is not a finite number"
+        if dist == "normal":
+            return None
+        lo, hi = float(args[0]), float(args[1])
+        # exp(log(hi)) may come back an ulp above hi; no honest draw is further out.
+        slack = 1e-9 * max(abs(lo), abs(hi))
+        if not lo - slack <= float(value) <= hi + slack:
+            return f"{self.name}={value!r} is outside [{args[0]!r}, {args[1]!r}]"
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of this hyperparameter."""
         return {
@@ -275,6 +321,30 @@ class Space:
         """The configuration ``(iteration, s, config_id)`` of the run seeded by ``seed``."""
         rng = np.random.default_rng([seed, iteration, s, config_id])
         return {hp.name: hp.sample(rng) for hp in self.hparams}
+
+    def refuses(self, hparams: Any) -> str | None:
+        """Why ``hparams`` (a configuration read back from a file) cannot be one of this
+        space's, or None when it can: it must hold exactly the space's names, each value
+        one ``Hyperparameter.refuses`` allows.
+
+        Example:
+            >>> Space([Hyperparameter("x", "uniform", (0, 1))]).refuses({"x": 5.0})
+            'x=5.0 is outside [0, 1]'
+        """
+        if not isinstance(hparams, dict):
+            return f"{_short(hparams)} is not a configuration"
+        names = [hp.name for hp in self.hparams]
+        missing = [n for n in names if n not in hparams]
+        if missing:
+            return f"it lacks {', '.join(missing)}"
+        unknown = sorted(str(k) for k in hparams if k not in names)
+        if unknown:
+            return f"the space has no {', '.join(unknown)}"
+        for hp in self.hparams:
+            why = hp.refuses(hparams[hp.name])
+            if why is not None:
+                return why
+        return None
 
     def to_list(self) -> list[dict[str, Any]]:
         """The JSON shape of the space."""

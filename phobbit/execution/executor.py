@@ -102,6 +102,47 @@ def parse_gpus(gpus: str | int | Sequence[int] | None) -> list[int] | None:
     return ids
 
 
+# A local pool runs at most this many workers per core. One per core is the default and
+# what CPU training can use; a few more hide a worker's data loading or start-up, and GPU
+# workers mostly wait on their GPU. Past it, each extra worker is one more process with
+# its own Keras (hundreds of MB) sharing the same cores, and an absurd count (--jobs
+# 100000) would spawn for minutes and train nothing.
+WORKERS_PER_CORE = 4
+
+
+def most_local_workers() -> int:
+    """The most workers a local pool runs on this machine: ``WORKERS_PER_CORE`` per core."""
+    return WORKERS_PER_CORE * (os.cpu_count() or 1)
+
+
+def check_worker_count(gpus: Sequence[int] | None, jobs_per_gpu: int, n_jobs: int | None) -> None:
+    """Refuses a local pool of more workers than this machine can run.
+
+    The workers are ``len(gpus) * jobs_per_gpu`` with GPUs, else ``n_jobs`` (None:
+    one per core, always allowed).
+
+    Raises:
+        InputError: naming the count asked for, the cores (``os.cpu_count()``) and
+            the most that may be asked for.
+    """
+    cores, most = os.cpu_count() or 1, most_local_workers()
+    if gpus:
+        workers = len(gpus) * jobs_per_gpu
+        asked = f"{len(gpus)} GPU(s) x jobs_per_gpu {jobs_per_gpu:,}"
+        fix = f"jobs_per_gpu {max(1, most // len(gpus)):,} or fewer"
+    else:
+        workers = cores if n_jobs is None else n_jobs
+        asked = f"n_jobs {workers:,}"
+        fix = f"n_jobs {most:,} or fewer (None: one per core)"
+    if workers > most:
+        raise InputError(
+            f"{asked} makes {workers:,} workers, more than this machine can run: it has "
+            f"{cores} core(s) (os.cpu_count()) and a local pool runs at most "
+            f"{WORKERS_PER_CORE} workers per core ({most:,}), each a process with its own "
+            f"Keras; give {fix}"
+        )
+
+
 def visible_gpu_count() -> int | None:
     """How many NVIDIA GPUs this machine has, without touching CUDA; None if it cannot tell."""
     if shutil.which("nvidia-smi") is None:
@@ -244,6 +285,8 @@ class LocalExecutor(Executor):
         jobs_per_gpu: trials run at once on one GPU (TensorFlow's memory growth is
             turned on when it is above 1).
         n_jobs: CPU workers when there are no GPUs (default: the number of cores).
+            The workers, ``n_jobs`` or GPUs x ``jobs_per_gpu``, are at most
+            ``WORKERS_PER_CORE`` (4) per core of this machine.
         worker_memory_limit: bytes a worker's memory may grow past its size after
             its first segment before it is replaced by a fresh process (loky's
             memory-leak guard); None (the default) never replaces a worker for its
@@ -276,6 +319,7 @@ class LocalExecutor(Executor):
         check_int("worker_memory_limit", worker_memory_limit, minimum=1, allow_none=True)
         check_int("jobs_per_gpu", jobs_per_gpu, minimum=1)
         check_int("n_jobs", n_jobs, minimum=1, allow_none=True)
+        check_worker_count(gpus, jobs_per_gpu, n_jobs)
         cores = os.cpu_count() or 1
         if gpus:
             self.slots = [str(g) for g in gpus for _ in range(jobs_per_gpu)]

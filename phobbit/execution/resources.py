@@ -18,7 +18,12 @@ from typing import Any
 
 from phobbit.core.units import check_int, parse_duration
 from phobbit.errors import InputError
-from phobbit.execution.executor import Executor, LocalExecutor, parse_gpus
+from phobbit.execution.executor import (
+    Executor,
+    LocalExecutor,
+    check_worker_count,
+    parse_gpus,
+)
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,8 @@ class Resources:
         jobs_per_gpu: trials run at once on one GPU (default 1; TensorFlow's memory
             growth is turned on above 1).
         n_jobs: CPU workers when there are no GPUs; None (the default): one per core.
+            A local pool runs at most 4 workers per core of this machine (``n_jobs``,
+            or GPUs x ``jobs_per_gpu``); more is refused, naming ``os.cpu_count()``.
         executor: where segments run instead of a local pool, e.g. a
             ``DaskExecutor`` past one machine (``gpus``, ``jobs_per_gpu`` and
             ``n_jobs`` then go to it, not here). It stays yours: a run leaves it
@@ -52,8 +59,8 @@ class Resources:
 
     Raises:
         InputError: (a ``ValueError``) naming the field that is wrong, an executor
-            given beside ``gpus`` or ``n_jobs``, or a ``segment_timeout`` for an
-            executor that cannot kill one worker.
+            given beside ``gpus`` or ``n_jobs``, more workers than this machine can
+            run, or a ``segment_timeout`` for an executor that cannot kill one worker.
     """
 
     gpus: str | int | Sequence[int] | None = None
@@ -79,6 +86,10 @@ class Resources:
         check_int("jobs_per_gpu", self.jobs_per_gpu, minimum=1)
         if self.n_jobs is not None:
             check_int("n_jobs", self.n_jobs, minimum=1)
+        if self.executor is None:
+            # Before the pool is made (and before anything is written): --jobs 100000
+            # would spawn processes for minutes and train nothing.
+            check_worker_count(self.gpus, self.jobs_per_gpu, self.n_jobs)
         object.__setattr__(self, "worker_log", bool(self.worker_log))
         object.__setattr__(
             self, "segment_timeout", parse_duration(self.segment_timeout, "segment_timeout")

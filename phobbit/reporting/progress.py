@@ -65,6 +65,17 @@ def slot_labels(slots: Sequence[str]) -> list[str]:
     return labels
 
 
+def slot_summary(slots: Sequence[str], shown: int = 8) -> str:
+    """The slots' labels for one line: all of up to ``shown``, else the first few and the last.
+
+    ``CPU 0, CPU 1, CPU 2, ..., CPU 127``: a long pool is not a line of a thousand names.
+    """
+    labels = slot_labels(slots)
+    if len(labels) <= shown:
+        return ", ".join(labels)
+    return ", ".join([*labels[: shown - 2], "...", labels[-1]])
+
+
 @dataclass(frozen=True)
 class Running:
     """A segment in flight and the device it is thought to run on."""

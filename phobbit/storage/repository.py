@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import asdict
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from phobbit.core.objective import VAL_LOSS, Objective
+from phobbit.core.provenance import Provenance
 from phobbit.core.records import EpochRow, RunSettings, SegmentKey, SegmentResult, config_name
 from phobbit.core.space import MAX_NESTING
 from phobbit.errors import FatalError, InputError, RepositoryError, StaleDriverError, StorageError
@@ -46,6 +47,7 @@ from phobbit.storage.lease import (  # noqa: F401 - re-exported
     process_start,
     this_host,
 )
+from phobbit.storage.sifting import possible
 
 COLUMNS = (
     "iteration",
@@ -189,6 +191,10 @@ class Repository:
         self.models = self.path / MODELS
         self._lock = FileLock(str(self.path / ".results.lock"), timeout=LOCK_TIMEOUT_S)
         self.lease = DriverLease(self.path, self._locked)
+        # What rows the run in this folder can have written, set by whoever read its
+        # settings (the tuner, the read-only view); None reads every intact row.
+        self.provenance: Provenance | None = None
+        self._warned: dict[str, int] = {}  # skipped rows logged, by file (sifting.possible)
 
     def __repr__(self) -> str:
         return f"Repository({str(self.path)!r})"
@@ -453,10 +459,15 @@ class Repository:
         A segment trained again (after a kill, or a retry) writes its epochs
         again; readers keep the last row of each epoch (``EpochRow.key``).
 
+        Rows the run cannot have written (``provenance``) are skipped with a warning.
+
         Raises:
             RepositoryError: when ``epochs.csv`` cannot be read.
         """
-        return read_framed(self.epochs_path, decode_epoch)
+        rows = read_framed(self.epochs_path, decode_epoch)
+        if self.provenance is None:
+            return rows
+        return possible(rows, self.provenance.epoch, self.epochs_path, self._warned)
 
     def epochs(self) -> dict[tuple[int, int, int, int], EpochRow]:
         """The last intact row of every epoch, by (iteration, s, id, epoch)."""
@@ -469,19 +480,23 @@ class Repository:
         A failed segment is trained again only when asked (``run(retry_failed=True)``);
         its failed row stays in the file (appends only) and the new row is its result.
 
+        Rows the run cannot have written (``provenance``: a key that fits no bracket,
+        epochs no rung trains, hparams outside the space) are skipped with a warning.
+
         Raises:
             RepositoryError: when ``results.csv`` cannot be read or is not a results file.
         """
-        rows = list(
-            read_framed(
-                self.results_path,
-                decode_row,
-                lambda first: _check_header(self.results_path, first),
-                remedy=UNREADABLE_RESULTS,
-            )
+        rows: Iterable[SegmentResult] = read_framed(
+            self.results_path,
+            decode_row,
+            lambda first: _check_header(self.results_path, first),
+            remedy=UNREADABLE_RESULTS,
         )
-        last = {row.key: index for index, row in enumerate(rows)}
-        yield from (row for index, row in enumerate(rows) if row.ok or last[row.key] == index)
+        if self.provenance is not None:
+            rows = possible(rows, self.provenance.result, self.results_path, self._warned)
+        kept = list(rows)
+        last = {row.key: index for index, row in enumerate(kept)}
+        yield from (row for index, row in enumerate(kept) if row.ok or last[row.key] == index)
 
     def results(self) -> dict[SegmentKey, SegmentResult]:
         """The first intact final row of every segment, by (iteration, s, id, rung).

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from phobbit.core.provenance import Provenance
 from phobbit.core.records import RunSettings, Segment, SegmentResult, Status, config_name
 from phobbit.core.schedule import Bracket, brackets
 from phobbit.errors import RepositoryError
@@ -209,6 +210,8 @@ class RepositoryView:
     """
 
     def __init__(self, repository: Repository, settings: RunSettings) -> None:
+        # Rows this run cannot have written are no data: every reader skips them.
+        repository.provenance = Provenance.of(settings)
         self.repository = repository
         self.path = repository.path
         self.settings = settings

@@ -359,6 +359,12 @@ BROKEN = "x = 1\nraise RuntimeError('no data here')\n"
         ("synthetic", ["--gpus", "0,,1"], "--gpus '0,,1' is malformed"),
         ("synthetic", ["--gpus", "0,1", "--jobs", 2], "with --gpus use --jobs-per-gpu"),
         ("synthetic", ["--gpus", "0,5"], "GPU id 5 does not exist: this machine has 2 GPU(s)"),
+        ("synthetic", ["--jobs", 100_000], "--jobs 100,000 makes 100,000 workers, more than"),
+        (
+            "synthetic",
+            ["--gpus", "0,1", "--jobs-per-gpu", 100_000],
+            "2 GPU(s) x --jobs-per-gpu 100,000 makes 200,000 workers",
+        ),
     ],
     ids=[
         "missing-file",
@@ -370,6 +376,8 @@ BROKEN = "x = 1\nraise RuntimeError('no data here')\n"
         "malformed-gpus",
         "jobs-with-gpus",
         "no-such-gpu",
+        "jobs-beyond-the-cores",
+        "jobs-per-gpu-beyond-the-cores",
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(
@@ -407,6 +415,45 @@ def test_unknown_option_is_a_usage_error() -> None:
     result = phobbit("train", SYNTHETIC, "--R", "many")
     assert result.returncode == 2
     assert "invalid int value: 'many'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        ([], "phobbit"),
+        (["bogus"], "phobbit"),
+        (["--nope"], "phobbit"),
+        (["train"], "phobbit train"),
+        (["train", "m.py", "--jobs", "0"], "phobbit train"),
+        (["train", "m.py", "--R", "many"], "phobbit train"),
+        (["train", "m.py", "--nope"], "phobbit train"),
+        (["train", "m.py", "--progress", "loud"], "phobbit train"),
+        (["brackets", "--eta", "x"], "phobbit brackets"),
+        (["status"], "phobbit status"),
+        (["status", "a", "b"], "phobbit status"),
+        (["best", "d", "--top", "0"], "phobbit best"),
+        (["export", "d"], "phobbit export"),
+        (["plot", "d"], "phobbit plot"),
+        (["plot", "d", "-o", "x.png", "--kind", "pie"], "phobbit plot"),
+        (["tensorboard"], "phobbit tensorboard"),
+    ],
+)
+def test_every_commands_usage_error_is_one_line_naming_its_help(
+    args: list[str], command: str
+) -> None:
+    line = assert_one_line_error(phobbit(*args))
+    assert "usage:" not in line
+    assert line.endswith(f"; try '{command} --help'"), line
+
+
+def test_a_usage_error_is_one_line_in_a_real_process_too(tmp_path: Path) -> None:
+    result = phobbit_process("train", SYNTHETIC, "--repo", tmp_path / "repo", "--jobs", "zero")
+    line = assert_one_line_error(result)
+    assert line == (
+        "phobbit: error: argument --jobs: must be an integer >= 1, got 'zero'; "
+        "try 'phobbit train --help'"
+    )
+    assert not (tmp_path / "repo").exists()
 
 
 def test_run_where_every_trial_fails_exits_1(tmp_path: Path) -> None:
@@ -689,6 +736,37 @@ def test_a_hostile_row_with_a_correct_crc_is_skipped_by_every_command(tmp_path: 
     assert keys(repo) == [r.key for r in rows]
 
 
+def test_rows_no_schedule_makes_are_skipped_by_every_command_with_one_warning_a_file(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("matplotlib")
+    from helpers import forge_rows, tuner
+
+    repo = tmp_path / "repo"
+    honest = tuner(repo, n_jobs=2, tensorboard=False).run(R=9, eta=3)
+    results, epochs = forge_rows(repo)
+    skipped = {
+        "results.csv": f"phobbit: warning: {repo / 'results.csv'}: skipped {results} row(s) "
+        "that this run cannot have written (the first: rung 999 is not one of bracket 2's "
+        "(0 to 2)); they were edited, or are another run's",
+        "epochs.csv": f"phobbit: warning: {repo / 'epochs.csv'}: skipped {epochs} row(s) "
+        "that this run cannot have written (the first: epoch "
+        f"{10**30} is not one of rung 0's (1 to 1)); they were edited, or are another run's",
+    }
+    commands = {
+        ("status", repo): ["results.csv"],
+        ("best", repo, "--json"): ["results.csv"],
+        ("plot", repo, "-o", tmp_path / "run.png"): ["results.csv", "epochs.csv"],
+        ("tensorboard", repo): ["results.csv", "epochs.csv"],
+    }
+    for command, files in commands.items():
+        done = phobbit(*command)
+        assert done.returncode == 0, done.stderr
+        assert sorted(done.stderr.splitlines()) == sorted(skipped[f] for f in files)
+    best = json.loads(phobbit("best", repo, "--json", "--top", 1).stdout)
+    assert best[0]["trial"] == honest.index[0] and best[0]["val_loss"] > 0
+
+
 @pytest.mark.parametrize(
     ("hparams", "message"),
     [
@@ -815,17 +893,36 @@ def test_segment_timeout_and_time_limit_take_the_same_durations(text: str, secon
 
 
 @pytest.mark.parametrize(
-    "text", ["0", "-5m", "367d", "soon", "99999999999999999999", "0.0000001s"]
+    "text", ["0", "-5m", "367d", "soon", "99999999999999999999", "0.0000001s", "nan", "1e400"]
 )
-def test_segment_timeout_that_is_no_duration_is_a_usage_error(tmp_path: Path, text: str) -> None:
+@pytest.mark.parametrize("option", ["--segment-timeout", "--time-limit"])
+def test_a_duration_out_of_bounds_is_one_line_and_writes_nothing(
+    tmp_path: Path, text: str, option: str
+) -> None:
     repo = tmp_path / "repo"
-    result = phobbit("train", SYNTHETIC, "--repo", repo, f"--segment-timeout={text}")
-    assert result.returncode == 2
-    assert (
-        "argument --segment-timeout: must be a duration > 0 such as 90s, 15m, 2h, 1d or 1h30m"
-        in result.stderr
-    )
-    assert "Traceback" not in result.stderr and not repo.exists()
+    result = phobbit("train", SYNTHETIC, "--repo", repo, f"{option}={text}")
+    line = assert_one_line_error(result)
+    assert f"argument {option}: must be a duration > 0 such as 90s, 15m, 2h, 1d or 1h30m" in line
+    assert "from 0.001s to 366d" in line
+    # Not even run.json, driver.json or models/: the repository folder is never made.
+    assert not repo.exists()
+
+
+def test_a_time_limit_spent_before_any_segment_finished_is_no_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from phobbit.core.budget import Budget
+
+    # The limit is spent before the first dispatch, whatever this machine's speed.
+    monkeypatch.setattr(Budget, "spent", lambda self, elapsed, epochs: "time_limit")
+    repo = tmp_path / "repo"
+    result = phobbit(
+        "train", SYNTHETIC, "--repo", repo, "--jobs", 1, "--time-limit", "0.001s",
+        "--progress", "plain",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "every trial failed" not in result.stderr and result.stderr == ""
+    assert "Stopped: time_limit (0.001s) spent; run again with a larger" in result.stdout
 
 
 def test_verbose_train_shows_the_library_log_on_stderr_for_that_run_only(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ trainable on the simulated executor."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -243,6 +244,39 @@ def test_decisions_of_another_run_are_refused(tmp_path: Path) -> None:
     log.write_text("something else\n")
     with pytest.raises(RepositoryError, match="not a phobbit decisions file"):
         tuner(repo, SimulatedExecutor(2), algorithm="asha", max_epochs=40).run(R=9, eta=3)
+
+
+@pytest.mark.parametrize(("algorithm", "sampler"), [("asha", "random"), ("hyperband", "tpe")])
+def test_a_forged_decision_outside_the_space_stops_the_resume_before_it_trains(
+    tmp_path: Path, algorithm: str, sampler: str
+) -> None:
+    """A decision with hparams outside the space is refused, not skipped or drawn afresh:
+    what the run decided later follows from it, so either would resume into another run."""
+    repo = tmp_path / "repo"
+    options = dict(algorithm=algorithm, sampler=sampler)
+    tuner(repo, SimulatedExecutor(2), max_epochs=20, **options).run(R=9, eta=3)
+    log = DecisionLog(Repository(repo))
+    decided = log.read()
+    drawn = {d.key for d in decided}
+    # The first configuration not drawn yet, as the next decision would draw it.
+    bracket, config_id = next(
+        (b, i) for b in brackets(9, 3) for i in range(b.n) if (0, b.s, i, 0) not in drawn
+    )
+    first = decided[0]
+    forged = dataclasses.replace(
+        first,
+        s=bracket.s,
+        id=config_id,
+        epochs=bracket.rungs[0].epochs,
+        hparams={**first.hparams, "x": 5.0},
+    )
+    log.append(forged)  # CRC-valid: a hand edit, or a script
+    written = (repo / "results.csv").read_bytes()
+    with pytest.raises(RepositoryError) as refused:
+        tuner(repo, SimulatedExecutor(2), max_epochs=60, **options).run(R=9, eta=3)
+    assert f"decisions.csv records segment {forged.key}" in str(refused.value)
+    assert "outside the search space: x=5.0 is outside [0.0, 1.0]" in str(refused.value)
+    assert (repo / "results.csv").read_bytes() == written  # nothing trained
 
 
 # -- settings -----------------------------------------------------------------------------------

@@ -208,9 +208,52 @@ def test_any_accepted_hyperparameter_samples_serialises_and_round_trips(
     for config_id in range(3):
         value = space.sample(seed, 0, 0, config_id)[hp.name]
         assert json.loads(json.dumps(value, allow_nan=False)) == value
+        # As a row reads it back, every draw is one the space contains.
+        assert space.refuses(json.loads(json.dumps({hp.name: value}))) is None
         if hp.distribution != "choice":
             assert type(value) is (int if hp.distribution == "randint" else float)
             assert math.isfinite(value)
         if hp.distribution in ("uniform", "randint"):
             lo, hi = hp.distr_args
             assert lo <= value <= hi
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (5.0, "u=5.0 is outside [0.1, 0.5]"),
+        (float("nan"), "u=nan is not a finite number"),
+        (True, "u=True is not a finite number"),
+        ("0.2", "u='0.2' is not a finite number"),
+        (10**400, "is not a finite number"),
+    ],
+    ids=["above", "nan", "bool", "text", "10**400"],
+)
+def test_a_value_outside_a_bounded_hyperparameter_is_refused(value: object, why: str) -> None:
+    space = Space([Hyperparameter("u", "uniform", (0.1, 0.5))])
+    assert space.refuses({"u": 0.3}) is None and space.refuses({"u": 0.5}) is None
+    assert why in space.refuses({"u": value})
+
+
+def test_the_space_refuses_what_none_of_its_configurations_holds() -> None:
+    space = Space(
+        [
+            Hyperparameter("n", "randint", (2, 4)),
+            Hyperparameter("lr", "log-uniform", (1e-4, 1e-1)),
+            Hyperparameter("g", "normal", (0.0, 1.0)),
+            Hyperparameter("c", "choice", [(1, "a", [1, 2], {"k": 0.5})]),
+        ]
+    )
+    good = {"n": 3, "lr": 0.01, "g": -40.0, "c": [1, 2]}
+    assert space.refuses(good) is None and space.refuses({**good, "c": {"k": 0.5}}) is None
+    assert space.refuses({**good, "n": 5}) == "n=5 is outside [2, 4]"
+    assert space.refuses({**good, "n": 3.0}) == "n=3.0 is not an integer"
+    assert space.refuses({**good, "lr": 1.0}) == "lr=1.0 is outside [0.0001, 0.1]"
+    assert space.refuses({**good, "g": "x"}) == "g='x' is not a finite number"
+    # Exactly as JSON writes the options: true is not 1, nor 1.0; a list not its tuple's twin.
+    for value in (True, 1.0, "b", [2, 1], {"k": 1}):
+        assert space.refuses({**good, "c": value}).startswith("c=")
+    assert space.refuses({**good, "extra": 1}) == "the space has no extra"
+    assert space.refuses({"n": 3}) == "it lacks lr, g, c"
+    assert space.refuses([1]) == "[1] is not a configuration"
+    assert len(space.refuses({**good, "c": "z" * 10_000})) < 100  # a hostile value, cut short

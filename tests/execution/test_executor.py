@@ -131,6 +131,35 @@ def test_gpu_ids_beyond_what_the_machine_has_are_refused(monkeypatch) -> None:
         parse_gpus("0,2")
 
 
+@pytest.mark.parametrize(("cores", "most"), [(1, 4), (2, 8), (128, 512)])
+def test_more_than_four_workers_per_core_are_refused_naming_the_cores(
+    monkeypatch: pytest.MonkeyPatch, cores: int, most: int
+) -> None:
+    from phobbit.execution.resources import Resources
+
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert Resources(n_jobs=most).n_jobs == most and Resources().n_jobs is None
+    with pytest.raises(InputError) as refused:
+        Resources(n_jobs=most + 1)
+    message = str(refused.value)
+    assert f"n_jobs {most + 1:,} makes {most + 1:,} workers" in message
+    assert f"it has {cores} core(s) (os.cpu_count())" in message
+    assert f"give n_jobs {most:,} or fewer" in message
+    # With GPUs the workers are GPUs x jobs_per_gpu.
+    Resources(gpus=[0], jobs_per_gpu=most)
+    with pytest.raises(InputError, match=rf"2 GPU\(s\) x jobs_per_gpu {most:,} makes"):
+        Resources(gpus=[0, 1], jobs_per_gpu=most)
+    with pytest.raises(InputError, match="n_jobs 100,000 makes 100,000 workers"):
+        Resources(n_jobs=100_000)
+
+
+def test_a_pool_made_directly_is_bounded_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    with pytest.raises(InputError, match="more than this machine can run"):
+        LocalExecutor(n_jobs=9)
+    assert len(LocalExecutor(n_jobs=8).slots) == 8  # nothing starts before a submit
+
+
 def test_library_logger_is_silent_by_default_and_logs_pool_restarts(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

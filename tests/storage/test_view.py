@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import run_settings
 
@@ -232,3 +233,47 @@ def test_the_scoring_copy_holds_the_listed_epoch_whatever_a_live_run_does_in_bet
         progress = checkpoints.read_progress(copy)
         assert progress is not None and progress.val_loss == best.val_loss
         assert progress.epoch == best.epochs
+
+
+def test_rows_no_schedule_of_the_run_makes_are_skipped_by_every_reader_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from helpers import forge_rows, tuner
+
+    repo = tmp_path / "repo"
+    honest = tuner(repo, n_jobs=2).run(R=9, eta=3)
+    curves = open_repository(repo).curves()
+    results, epochs = forge_rows(repo)
+    assert len(list(Repository(repo).iter_results())) == 22 + results  # the raw reader
+    run = open_repository(repo)
+    with caplog.at_level("WARNING", logger="phobbit.skipped"):
+        pd.testing.assert_frame_equal(run.results(), honest)
+        assert run.best(1)[0].trial == honest.index[0] and run.best(1)[0].val_loss > 0
+        status = run.status()
+        pd.testing.assert_frame_equal(run.curves(), curves)
+        run.results()  # read again: no second warning
+    assert (status.segments_done, status.epochs_done) == (22, 69)
+    assert status.best is not None and status.best.val_loss == honest["Val Loss"].iloc[0]
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith(f"{repo / 'results.csv'}: skipped {results} row(s) that")
+    assert "(the first: rung 999 is not one of bracket 2's (0 to 2))" in warnings[0]
+    assert warnings[1].startswith(f"{repo / 'epochs.csv'}: skipped {epochs} row(s) that")
+    # A resume trains nothing again, counts none of them, and gives the honest table.
+    again = tuner(repo, n_jobs=2)
+    pd.testing.assert_frame_equal(again.run(R=9, eta=3), honest)
+    assert len(list(Repository(repo).iter_results())) == 22 + results
+
+
+def test_a_resume_with_fewer_iterations_still_reads_the_rows_of_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from helpers import tuner
+
+    repo = tmp_path / "repo"
+    both = tuner(repo, n_jobs=2).run(R=3, eta=3, iterations=2)
+    with caplog.at_level("WARNING", logger="phobbit.skipped"):
+        again = tuner(repo, n_jobs=2).run(R=3, eta=3, iterations=1)
+        pd.testing.assert_frame_equal(open_repository(repo).results(), both)
+    pd.testing.assert_frame_equal(again, both)
+    assert set(both["Iteration"]) == {0, 1} and not caplog.records
