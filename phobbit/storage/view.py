@@ -374,11 +374,29 @@ class RepositoryView:
         if best.status != Status.OK:
             raise RepositoryError(f"trial {trial} failed ({best.error}); it has no model")
         if best.checkpoint is None:
+            unreadable = self._unreadable_files(best)
+            if unreadable:
+                raise RepositoryError(
+                    f"no readable file holds the best epoch of trial {trial}: "
+                    f"{'; '.join(unreadable)}; export another trial (see `phobbit best`)"
+                )
             raise RepositoryError(
                 f"no file holds the best epoch of trial {trial} any more (only the best "
                 "keep_best configurations keep theirs)"
             )
         return best
+
+    def _unreadable_files(self, best: BestConfig) -> list[str]:
+        """The files of ``best``'s configuration that exist but cannot be read, each as
+        ``<path> is unreadable (<why>)``: why no file scores its listed epoch, when not
+        because its best-epoch file was pruned."""
+        stem = self.repository.checkpoint(best.iteration, best.s, best.id)
+        found = [
+            checkpoints.inspect(path)
+            for suffix in checkpoints.SUFFIXES
+            for path in (f"{stem}{suffix}", checkpoints.best_path(stem, suffix))
+        ]
+        return [f"{f.path} {f.problem}" for f in found if f.problem]
 
     def driver(self) -> DriverState:
         """Whether a driver runs in the repository now, and who it is or was.
