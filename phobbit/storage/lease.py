@@ -153,8 +153,11 @@ class DriverLease:
         """
         try:
             raw = files.read_whole(self.path / DRIVER_FILE)
+        except OSError:
+            return None
+        try:
             record = None if raw is None else json.loads(raw)
-        except (OSError, ValueError):
+        except ValueError:
             return None
         return record if isinstance(record, dict) else None
 
