@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,20 +30,28 @@ SEGMENTS_R9 = 22  # the segments of brackets(9, 3)
 
 
 @contextlib.contextmanager
-def no_hang(seconds: float = 120) -> Iterator[None]:
-    """Fails the block if it blocks for good (a FIFO opened without a writer), instead of
-    hanging the suite: a guard against a regression, never what a test measures."""
+def no_hang(*fifos: Path, seconds: float = 120) -> Iterator[None]:
+    """Guards the suite against a reader that waits for good on one of ``fifos``: after
+    ``seconds`` it opens them for writing and closes them, so a blocked reader reads an
+    empty file and the test fails on what it asserts. A guard, never what a test measures:
+    a reader that does not block never meets it."""
+    stop = threading.Event()
 
-    def stop(*_: object) -> None:
-        raise TimeoutError(f"blocked for {seconds} s: a file was opened that never answers")
+    def unblock() -> None:
+        if stop.wait(seconds):
+            return
+        while not stop.wait(0.1):
+            for fifo in fifos:
+                with contextlib.suppress(OSError):  # ENXIO: nobody waits on it now
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
 
-    previous = signal.signal(signal.SIGALRM, stop)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    guard = threading.Thread(target=unblock, daemon=True)
+    guard.start()
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        stop.set()
+        guard.join()
 
 
 @pytest.fixture
@@ -108,9 +116,9 @@ def test_a_link_to_dev_zero_is_refused_not_read_until_memory_runs_out(
 ) -> None:
     (done / name).unlink()
     (done / name).symlink_to("/dev/zero")
-    with no_hang(), pytest.raises(RepositoryError, match=f"{name} is a link to /dev/zero"):
+    with pytest.raises(RepositoryError, match=f"{name} is a link to /dev/zero"):
         READERS[name](done)
-    with no_hang(), pytest.raises(RepositoryError, match=f"{name} is a link to /dev/zero"):
+    with pytest.raises(RepositoryError, match=f"{name} is a link to /dev/zero"):
         tuner(done).run(R=9, eta=3)
 
 
@@ -156,9 +164,9 @@ def test_a_fifo_in_a_files_place_is_refused_at_once_by_status_best_and_run(
     (done / name).unlink(missing_ok=True)
     os.mkfifo(done / name)
     refused = rf"{name} is a FIFO \(named pipe\), not a regular file"
-    with no_hang(), pytest.raises(RepositoryError, match=refused):
+    with no_hang(done / name), pytest.raises(RepositoryError, match=refused):
         tuner(done).run(R=9, eta=3)
-    with no_hang():
+    with no_hang(done / name):
         if name in ("run.json", "results.csv", "driver.json"):
             with pytest.raises(RepositoryError, match=refused):
                 open_repository(done).status()
@@ -173,7 +181,7 @@ def test_a_fifo_in_a_files_place_is_refused_at_once_by_status_best_and_run(
 def test_a_checkpoint_that_is_a_fifo_is_unreadable_not_waited_for(tmp_path: Path) -> None:
     fifo = tmp_path / "0-2-3.keras"
     os.mkfifo(fifo)
-    with no_hang():
+    with no_hang(fifo):
         found = checkpoints.inspect(fifo)
     assert found.progress is None and "FIFO" in found.problem
 
