@@ -38,7 +38,7 @@ MAX_WHOLE_BYTES = 64 * 2**20
 MAX_LINE_BYTES = 64 * 2**20
 
 _REMEDY = "move it away, or use another repository folder"
-_OPEN = os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+_OPEN = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def inside(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
@@ -111,17 +111,18 @@ def read_whole(
     return data
 
 
-def replace(path: str | os.PathLike, data: bytes) -> None:
+def replace(path: str | os.PathLike, data: bytes, root: str | os.PathLike | None = None) -> None:
     """Replaces ``path`` with a file holding ``data``: written to a temporary file, then
-    ``os.replace``; a link at ``path`` is replaced, never written through.
+    ``os.replace``. A link inside ``root`` is kept and its target replaced.
 
     The temporary file is made new (``O_EXCL``, no link followed), so a link planted
     under its name cannot lead the write out of the folder.
 
     Raises:
+        RepositoryError: when ``path`` is a link out of ``root`` (see :func:`inside`).
         OSError: when it cannot be written (permissions, a full disk).
     """
-    path = Path(path)
+    path = inside(path, root)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with contextlib.suppress(FileNotFoundError):
         temp.unlink()  # one a killed writer left, or a planted link: the link itself goes

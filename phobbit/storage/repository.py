@@ -285,12 +285,18 @@ class Repository:
 
         Raises:
             RepositoryError: for a link out of the folder, a file that is no regular
-                file (a FIFO, a device, a folder), or a lock file that is a link.
+                file (a FIFO, a device, a folder), a lock file that is a link, or a
+                ``models`` that is no folder.
         """
         for name in (RUN_FILE, RESULTS, EPOCHS, DECISIONS, DRIVER_FILE, WORKERS_LOG):
             files.check(self.path / name, self.path)
         for name in (RESULTS_LOCK, DRIVER_LOCK, TENSORBOARD_LOCK):
             files.check_lock(self.path / name)
+        if os.path.lexists(self.models) and not self.models.is_dir():
+            raise RepositoryError(
+                f"{self.models} is not a folder; phobbit keeps the checkpoints there: move "
+                "it away, or use another repository folder"
+            )
 
     def check_results(self) -> None:
         """Raises ``RepositoryError`` unless ``results.csv`` is absent or a readable results file.

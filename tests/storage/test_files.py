@@ -178,6 +178,14 @@ def test_a_fifo_in_a_files_place_is_refused_at_once_by_status_best_and_run(
                 open_repository(done).curves()
 
 
+def test_a_models_entry_that_is_no_folder_is_refused_before_a_run_writes(done: Path) -> None:
+    shutil.rmtree(done / "models")
+    (done / "models").write_text("not checkpoints\n")
+    with pytest.raises(RepositoryError, match=r"models is not a folder; .* move it away"):
+        tuner(done).run(R=9, eta=3, iterations=2)
+    assert len(list(Repository(done).iter_results())) == SEGMENTS_R9
+
+
 def test_a_checkpoint_that_is_a_fifo_is_unreadable_not_waited_for(tmp_path: Path) -> None:
     fifo = tmp_path / "0-2-3.keras"
     os.mkfifo(fifo)
@@ -217,7 +225,9 @@ def test_links_inside_the_repository_pointing_inside_it_keep_working(done: Path)
     status = open_repository(done).status()
     assert status.segments_done == status.segments_total == 2 * SEGMENTS_R9
     assert open_repository(done).best(1)[0].checkpoint is not None
-    assert (done / "results.csv").is_symlink()
+    # run.json, rewritten for the second iteration, is so where the link points; the links stay.
+    assert all((done / name).is_symlink() for name in ("results.csv", "run.json", "epochs.csv"))
+    assert open_repository(kept).settings.iterations == 2
 
 
 def test_a_dangling_link_inside_the_repository_is_made_where_it_points(done: Path) -> None:
