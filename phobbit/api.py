@@ -35,7 +35,7 @@ from phobbit.core.records import RunSettings, Tuning
 from phobbit.core.search import Search
 from phobbit.core.space import Hyperparameter, Space
 from phobbit.core.units import check_int
-from phobbit.errors import InputError
+from phobbit.errors import InputError, RepositoryError
 from phobbit.execution.executor import Executor, LocalExecutor
 from phobbit.execution.resources import Resources
 from phobbit.execution.scheduler import Reporter, Scheduler
@@ -45,8 +45,9 @@ from phobbit.keras_adapter.backends import check_backend, worker_environment
 from phobbit.keras_adapter.data import staged_dataset
 from phobbit.keras_adapter.fit import KerasFit, KerasTraining
 from phobbit.reporting.plain import PlainReporter
+from phobbit.storage import files
 from phobbit.storage.decisions import DecisionLog
-from phobbit.storage.repository import Repository
+from phobbit.storage.repository import WORKERS_LOG, Repository
 from phobbit.storage.results import results_frame
 
 log = logging.getLogger("phobbit")
@@ -182,7 +183,7 @@ def _tensorboard_wanted(value: Any) -> bool:
     return value
 
 
-WORKER_LOG = "workers.log"
+WORKER_LOG = WORKERS_LOG  # the name Repository.check_files checks
 
 
 class ParallelHyperband:
@@ -507,9 +508,12 @@ class ParallelHyperband:
         def keep(kind: type | None, *_: object) -> None:
             self.executor.stderr_path = None
             if (kind is None or not issubclass(kind, InputError)) and temporary.is_file():
-                with contextlib.suppress(OSError):  # a log is no reason to fail a run
-                    with open(self.repository.path / WORKER_LOG, "ab") as log:
-                        log.write(temporary.read_bytes())
+                # A log is no reason to fail a run; one made a link out or a FIFO since the
+                # run checked it (``Repository.check_files``) is not written through.
+                with contextlib.suppress(OSError, RepositoryError):
+                    fd = files.open_append(self.repository.path / WORKER_LOG)
+                    with os.fdopen(fd, "ab") as out:
+                        out.write(temporary.read_bytes())
 
         stack.push(keep)
 

@@ -262,7 +262,7 @@ EXISTING_REPOSITORY = {
     "results.csv a folder": (
         _results_a_folder,
         lambda r: tuner(r, seed=3).run(3, 3),
-        r"cannot read .*results.csv: Is a directory; move it away",
+        r"results.csv is a folder, not a regular file; .*: move it away",
     ),
     "results.csv of garbage": (
         _results_garbage,

@@ -516,6 +516,15 @@ def _export(repo: str, path: str, trial: str | None) -> int:
     if not path.endswith(".keras"):
         raise InputError(f"PATH must end with .keras (Keras' format), got {path!r}")
     run = open_repository(repo)
+    # Resolved both: a path through a link (or a repository reached through one) is the
+    # same place. Written there, an export would replace the run's own files (its
+    # checkpoint, stripped of what phobbit records in it) or stand among them.
+    folder, target = os.path.realpath(run.path), os.path.realpath(path)
+    if os.path.commonpath([folder, target]) == folder:
+        raise InputError(
+            f"PATH {path} is inside the repository {repo}; an export there would replace "
+            "or stand among the run's own files: write it outside the repository folder"
+        )
     # A copy a live run cannot replace or delete between finding it and exporting it.
     with run.scoring_copy(trial) as (source, copy):
         if not str(source).endswith(".keras"):

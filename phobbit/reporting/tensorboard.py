@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from phobbit.core.records import SegmentResult, config_name
 from phobbit.core.space import Hyperparameter
-from phobbit.errors import InputError
+from phobbit.errors import InputError, RepositoryError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -421,11 +421,31 @@ def write_repository(
 
     require()
     run = open_repository(path)
+    check_folder(run.path)
     goal = run.settings.goal
     objective, mode = objective or goal.name, mode or goal.direction
     found = sessions(run.repository.iter_results(), run.curves(), objective, mode)
     with FileLock(str(run.path / ".tensorboard.lock"), timeout=60):
         return write_logs(run.path / FOLDER, run.settings.space.hparams, found, objective)
+
+
+def check_folder(repository: str | os.PathLike) -> None:
+    """Checks that ``repository/tensorboard`` can hold the logs: absent, or a folder inside
+    the repository; and that its lock file is a plain file.
+
+    Raises:
+        RepositoryError: naming what is in the way and what to do.
+    """
+    from phobbit.storage import files
+
+    folder = Path(repository) / FOLDER
+    files.inside(folder, repository)  # a link out would send the logs out of the repository
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise RepositoryError(
+            f"{folder} is a file, not a folder; phobbit writes the TensorBoard logs there: "
+            "move that file away, then run again"
+        )
+    files.check_lock(Path(repository) / ".tensorboard.lock")
 
 
 def write_quietly(path: str | os.PathLike) -> bool:
@@ -500,17 +520,18 @@ class RunLogs:
     def _read_epochs(self) -> None:
         """Reads the lines ``epochs.csv`` gained since the last read (whole lines only:
         a writer may be in the middle of one)."""
+        from phobbit.storage import files
         from phobbit.storage.repository import Repository, decode_epoch
 
         path = Repository(self.path).epochs_path
-        try:
-            with open(path, "rb") as handle:
-                if os.fstat(handle.fileno()).st_size < self._offset:
-                    self._offset = 0  # replaced by a shorter file: read it again
-                handle.seek(self._offset)
-                data = handle.read()
-        except FileNotFoundError:
+        handle = files.open_read(path)  # as every repository file: never a FIFO or a link out
+        if handle is None:
             return
+        with handle:
+            if os.fstat(handle.fileno()).st_size < self._offset:
+                self._offset = 0  # replaced by a shorter file: read it again
+            handle.seek(self._offset)
+            data = handle.read()
         end = data.rfind(b"\n") + 1
         for line in io.BytesIO(data[:end]):  # lines as iterating the file gives them
             row = decode_epoch(line)

@@ -38,7 +38,8 @@ from typing import Any
 
 from phobbit.core.objective import VAL_LOSS, Objective
 from phobbit.core.records import ConfigKey
-from phobbit.storage import fence
+from phobbit.errors import RepositoryError
+from phobbit.storage import fence, files
 
 # In a .keras zip: {"epoch": e, "val_losses": [...], "metrics": [{...}, ...], "identity":
 # {...}}; "metrics" (every epoch's logs) and "identity" came later, and files without
@@ -225,12 +226,16 @@ def read_progress(path: str | os.PathLike, identity: Identity | None = None) -> 
     """
     path = os.fspath(path)
     try:
-        if path.endswith(".keras"):
-            with zipfile.ZipFile(path) as archive:
-                record = json.loads(archive.read(PROGRESS_MEMBER))
-        else:
-            with open(path, "rb") as handle:
-                record = json.loads(handle.read())
+        # Through ``files``: a FIFO or a device is unreadable, never read until it ends.
+        handle = files.open_read(path)
+        if handle is None:
+            return None
+        with handle:
+            if path.endswith(".keras"):
+                with zipfile.ZipFile(handle) as archive:
+                    record = json.loads(archive.read(PROGRESS_MEMBER))
+            else:
+                record = json.loads(handle.read(files.MAX_WHOLE_BYTES))
         epoch = record["epoch"]
         losses = tuple(float(v) for v in record["val_losses"])
         metrics = tuple(
@@ -240,6 +245,8 @@ def read_progress(path: str | os.PathLike, identity: Identity | None = None) -> 
         found = Identity.from_dict(record["identity"]) if "identity" in record else None
     except FileNotFoundError:
         return None
+    except RepositoryError as exc:
+        raise UnreadableCheckpointError(str(exc)) from None
     except (OSError, zipfile.BadZipFile, KeyError, ValueError, TypeError, AttributeError) as exc:
         raise UnreadableCheckpointError(describe(exc)) from None
     if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch != len(losses):

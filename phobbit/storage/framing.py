@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, BinaryIO, TypeVar
 
 from phobbit.errors import RepositoryError
+from phobbit.storage import files
 
 T = TypeVar("T")
 
@@ -69,13 +70,15 @@ def is_header(first: bytes, header: str, *older: str) -> bool:
 def open_framed(path: str | os.PathLike, remedy: str = "") -> BinaryIO | None:
     """``path`` opened for reading bytes; None when it does not exist (yet).
 
+    It is opened as every file of the repository is (``phobbit.storage.files``): a
+    link out of its folder, a FIFO or a device is refused, never read.
+
     Raises:
-        RepositoryError: ``cannot read <path>: <why>``, then ``; <remedy>`` if given.
+        RepositoryError: ``cannot read <path>: <why>``, then ``; <remedy>`` if given;
+            or ``files``' refusal.
     """
     try:
-        return open(path, "rb")
-    except FileNotFoundError:
-        return None
+        return files.open_read(path)
     except OSError as exc:
         tail = f"; {remedy}" if remedy else ""
         raise RepositoryError(f"cannot read {path}: {exc.strerror}{tail}") from None
@@ -108,13 +111,27 @@ def read_framed(
     with handle:
         try:
             if check_header is not None:
-                check_header(handle.readline())
-            for line in handle:
+                check_header(handle.readline(files.MAX_LINE_BYTES))
+            for line in bounded_lines(handle):
                 value = decode(line)
                 if value is not None:
                     yield value
         except OSError as exc:
             raise RepositoryError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def bounded_lines(handle: BinaryIO, limit: int = files.MAX_LINE_BYTES) -> Iterator[bytes]:
+    """The lines of ``handle``, each read up to ``limit`` bytes; a longer one is skipped.
+
+    No line phobbit writes comes near ``limit``; a file without newlines (random
+    bytes, a copy of a disk image) would otherwise be read whole into memory.
+    """
+    while line := handle.readline(limit + 1):
+        if len(line) <= limit:
+            yield line
+            continue
+        while line and not line.endswith(b"\n"):  # the rest of the long line
+            line = handle.readline(limit + 1)
 
 
 _FIELD_LIMIT = threading.Lock()

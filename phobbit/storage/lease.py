@@ -26,6 +26,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from phobbit.errors import FatalError, RepositoryError, StaleDriverError, StorageError
+from phobbit.storage import files
 
 DRIVER_FILE = "driver.json"
 DRIVER_LOCK = ".driver.lock"
@@ -76,8 +77,9 @@ class DriverLease:
             RepositoryError: naming the driver (pid, host) that holds the folder now.
         """
         self.path.mkdir(parents=True, exist_ok=True)
+        files.check_lock(self.path / DRIVER_LOCK)
         # Not 0: a reader such as `phobbit status` may test the lock for an instant.
-        lock = FileLock(str(self.path / ".driver.lock"), timeout=DRIVER_LOCK_WAIT_S)
+        lock = FileLock(str(self.path / DRIVER_LOCK), timeout=DRIVER_LOCK_WAIT_S)
         try:
             lock.acquire()
         except Timeout:
@@ -104,7 +106,6 @@ class DriverLease:
         the old token under it has finished its write before the token changes.
         """
         owner = self.path / DRIVER_FILE
-        temp = owner.with_name(f".driver.{os.getpid()}.tmp")
         record = {
             "pid": os.getpid(),
             "host": this_host(),
@@ -114,8 +115,7 @@ class DriverLease:
         }
         with self._locked(RepositoryError):
             try:
-                temp.write_text(json.dumps(record))
-                os.replace(temp, owner)
+                files.replace(owner, json.dumps(record).encode())
             except OSError as exc:
                 raise StorageError(
                     f"cannot write {owner}: {exc.strerror}; fix the repository folder "
@@ -132,23 +132,32 @@ class DriverLease:
         owner = self.path / DRIVER_FILE
         if not owner.exists():
             return  # removed with what a run stopped by bad input made: make nothing again
-        temp = owner.with_name(f".driver.{os.getpid()}.tmp")
         lock = FileLock(str(self.path / ".results.lock"), timeout=DRIVER_LOCK_WAIT_S)
         try:
             with lock:
                 record = self.driver_record()
                 if record is None or record.get("token") != token:
                     return
-                temp.write_text(json.dumps({**record, "token": None, "ended": time.time()}))
-                os.replace(temp, owner)
-        except (OSError, Timeout):
+                ended = {**record, "token": None, "ended": time.time()}
+                files.replace(owner, json.dumps(ended).encode())
+        except (OSError, Timeout, RepositoryError):
             pass  # the pid check still tells once this process is gone
 
     def driver_record(self) -> dict[str, Any] | None:
-        """What ``driver.json`` says of the last driver (pid, host, started, token), or None."""
+        """What ``driver.json`` says of the last driver (pid, host, started, token), or None
+        when there is none or it is no JSON object.
+
+        Raises:
+            RepositoryError: when ``driver.json`` is a link out of the folder, a FIFO or
+                a device, or holds more than ``files.MAX_WHOLE_BYTES`` (``files.read_whole``).
+        """
         try:
-            record = json.loads((self.path / DRIVER_FILE).read_text())
-        except (OSError, ValueError):
+            raw = files.read_whole(self.path / DRIVER_FILE)
+        except OSError:
+            return None
+        try:
+            record = None if raw is None else json.loads(raw)
+        except ValueError:
             return None
         return record if isinstance(record, dict) else None
 
@@ -211,9 +220,9 @@ class DriverLease:
         """The fencing token ``driver.json`` holds now; None when there is none or it is
         unreadable."""
         try:
-            return json.loads((self.path / DRIVER_FILE).read_bytes()).get("token")
-        except (OSError, ValueError, AttributeError):
-            return None
+            return json.loads(files.read_whole(self.path / DRIVER_FILE) or b"").get("token")
+        except (OSError, ValueError, AttributeError, RepositoryError):
+            return None  # no driver.json phobbit can read holds no token: nothing writes
 
     def holds(self, token: str) -> bool:
         """Whether ``token`` is still the fencing token of this repository's driver."""
@@ -247,11 +256,11 @@ class DriverLease:
         name = "another process"
         for _ in range(10):
             try:
-                who = json.loads((self.path / DRIVER_FILE).read_text())
+                who = self.driver_record() or {}
                 name = f"pid {who['pid']} on {who['host']}"
                 if who["host"] != this_host() or _alive(int(who["pid"])):
                     break
-            except (OSError, ValueError, KeyError, TypeError):
+            except (OSError, ValueError, KeyError, TypeError, RepositoryError):
                 pass
             time.sleep(0.05)
         return name

@@ -28,7 +28,7 @@ from phobbit.core.provenance import Provenance
 from phobbit.core.records import EpochRow, RunSettings, SegmentKey, SegmentResult, config_name
 from phobbit.core.space import MAX_NESTING
 from phobbit.errors import FatalError, InputError, RepositoryError, StaleDriverError, StorageError
-from phobbit.storage import checkpoints
+from phobbit.storage import checkpoints, files
 from phobbit.storage.framing import float_text as _float_text
 from phobbit.storage.framing import float_value as _float_value
 from phobbit.storage.framing import framed as _framed
@@ -83,6 +83,8 @@ DECISIONS = "decisions.csv"  # ASHA's and TPE's decisions (phobbit.storage.decis
 RESULTS = "results.csv"
 RUN_FILE = "run.json"
 RESULTS_LOCK = ".results.lock"
+TENSORBOARD_LOCK = ".tensorboard.lock"  # phobbit.reporting.tensorboard's
+WORKERS_LOG = "workers.log"  # the workers' stderr (``ParallelHyperband``)
 MODELS = "models"
 LOCK_TIMEOUT_S = 60.0
 UNREADABLE_RESULTS = "move it away or use another repository folder"
@@ -189,7 +191,7 @@ class Repository:
         self.epochs_path = self.path / EPOCHS
         self.run_path = self.path / RUN_FILE
         self.models = self.path / MODELS
-        self._lock = FileLock(str(self.path / ".results.lock"), timeout=LOCK_TIMEOUT_S)
+        self._lock = FileLock(str(self.path / RESULTS_LOCK), timeout=LOCK_TIMEOUT_S)
         self.lease = DriverLease(self.path, self._locked)
         # What rows the run in this folder can have written, set by whoever read its
         # settings (the tuner, the read-only view); None reads every intact row.
@@ -237,9 +239,10 @@ class Repository:
                 that does not parse or does not match its fingerprint.
         """
         try:
-            text = self.run_path.read_text()
-        except FileNotFoundError:
-            return None
+            raw = files.read_whole(self.run_path)
+            if raw is None:
+                return None
+            text = raw.decode()
         except (OSError, UnicodeDecodeError) as exc:
             why = getattr(exc, "strerror", None) or "it is not text"
             raise RepositoryError(f"cannot read {self.run_path}: {why}") from None
@@ -259,11 +262,13 @@ class Repository:
 
         Raises:
             RepositoryError: when the folder holds another run or files phobbit
-                cannot read; the message says what is wrong and what to do.
-                Nothing is written.
+                cannot read, or whose files phobbit refuses to open
+                (:meth:`check_files`); the message says what is wrong and what to
+                do. Nothing is written.
         """
         if self.path.exists() and not self.path.is_dir():
             raise RepositoryError(f"repository {self.path} is a file, not a folder")
+        self.check_files()
         existing = self.read_settings()
         if existing is None:
             if self.results_path.exists():
@@ -280,6 +285,25 @@ class Repository:
             )
         self.check_results()
         return True
+
+    def check_files(self) -> None:
+        """Refuses, before a run writes anything, every file of this folder that phobbit
+        would refuse to open half-way (``phobbit.storage.files``).
+
+        Raises:
+            RepositoryError: for a link out of the folder, a file that is no regular
+                file (a FIFO, a device, a folder), a lock file that is a link, or a
+                ``models`` that is no folder.
+        """
+        for name in (RUN_FILE, RESULTS, EPOCHS, DECISIONS, DRIVER_FILE, WORKERS_LOG):
+            files.check(self.path / name, self.path)
+        for name in (RESULTS_LOCK, DRIVER_LOCK, TENSORBOARD_LOCK):
+            files.check_lock(self.path / name)
+        if os.path.lexists(self.models) and not self.models.is_dir():
+            raise RepositoryError(
+                f"{self.models} is not a folder; phobbit keeps the checkpoints there: move "
+                "it away, or use another repository folder"
+            )
 
     def check_results(self) -> None:
         """Raises ``RepositoryError`` unless ``results.csv`` is absent or a readable results file.
@@ -314,9 +338,8 @@ class Repository:
         if existing is not None and existing.iterations > settings.iterations:
             settings = dataclasses.replace(settings, iterations=existing.iterations)
         if existing != settings:
-            temp = self.run_path.with_name(f".{RUN_FILE}.{os.getpid()}.tmp")
-            temp.write_text(json.dumps(settings.to_dict(), indent=2, sort_keys=True) + "\n")
-            os.replace(temp, self.run_path)
+            text = json.dumps(settings.to_dict(), indent=2, sort_keys=True) + "\n"
+            files.replace(self.run_path, text.encode())
         return settings
 
     def fresh(self) -> list[Path] | None:
@@ -368,7 +391,12 @@ class Repository:
 
     @contextmanager
     def _locked(self, error: type[FatalError]) -> Iterator[None]:
-        """The results lock; ``error`` when another process holds it for ``LOCK_TIMEOUT_S``."""
+        """The results lock; ``error`` when another process holds it for ``LOCK_TIMEOUT_S``,
+        or when its file is a link or no plain file (``files.check_lock``)."""
+        try:
+            files.check_lock(self.path / RESULTS_LOCK)
+        except RepositoryError as exc:
+            raise error(str(exc)) from None
         try:
             self._lock.acquire()
         except Timeout:
@@ -442,6 +470,10 @@ class Repository:
                             f"wrote only {written} of {len(data)} bytes to {path}; "
                             "is the disk full? Free some space, then run again to resume"
                         )
+        except RepositoryError as exc:
+            # A file made a link or a FIFO after the run checked them all: the run
+            # stops (its rows are safe) and resumes once the folder is fixed.
+            raise StorageError(f"{exc}; then run the same command again to resume") from None
         except OSError as exc:
             hint = (
                 "free some disk space"
@@ -618,7 +650,7 @@ def _append_framed(path: Path, data: bytes, header: str) -> tuple[int, bytes]:
     completed; a torn line left by a kill stays on its own line. Called under the
     results lock.
     """
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = files.open_append(path)  # never through a link out, never a FIFO
     try:
         size = os.fstat(fd).st_size
         whole = header.encode()

@@ -388,12 +388,19 @@ class RepositoryView:
             raise RepositoryError(f"trial {trial} failed ({best.error}); it has no model")
         if best.checkpoint is None:
             stem = self.repository.checkpoint(best.iteration, best.s, best.id)
-            for bad in checkpoints.unusable(stem, self._identity(best)):
-                if bad.problem.startswith(checkpoints.FOREIGN):
+            bad = checkpoints.unusable(stem, self._identity(best))
+            for file in bad:
+                if file.problem.startswith(checkpoints.FOREIGN):
                     raise RepositoryError(
                         f"the best epoch of trial {trial} has no file of its own: "
-                        f"{Path(bad.path).name} {bad.problem}, so it is not used"
+                        f"{Path(file.path).name} {file.problem}, so it is not used"
                     )
+            if bad:
+                raise RepositoryError(
+                    f"no readable file holds the best epoch of trial {trial}: "
+                    f"{'; '.join(f'{f.path} {f.problem}' for f in bad)}; export another "
+                    "trial (see `phobbit best`)"
+                )
             raise RepositoryError(
                 f"no file holds the best epoch of trial {trial} any more (only the best "
                 "keep_best configurations keep theirs)"
