@@ -960,3 +960,34 @@ def test_a_live_display_on_a_terminal_that_closed_neither_raises_nor_stops(
     live.stop()
     err = capsys.readouterr().err
     assert err.count("standard output failed (Input/output error); the run goes on") == 1, err
+
+
+def test_the_command_line_runs_asha_with_tpe_to_a_budget_and_goes_on(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    args = ("train", SYNTHETIC, "--jobs", 2, "--R", 9, "--repo", repo, "--progress", "plain")
+    args += ("--algorithm", "asha", "--sampler", "tpe")
+    first = phobbit(*args, "--max-epochs", 20)
+    assert first.returncode == 0, first.stderr
+    assert "asha, tpe sampling" in first.stdout
+    assert "Stopped: max_epochs budget (20 epochs) spent" in first.stdout
+    trained = _epochs_trained(repo)
+    assert 20 <= trained < 20 + 9
+    again = phobbit(*args, "--time-limit", "1h", "--max-epochs", 40)
+    assert again.returncode == 0, again.stderr
+    assert 40 <= _epochs_trained(repo) < 40 + 9
+    assert len({r.key for r in _rows(repo)}) == len(_rows(repo))
+    status = phobbit("status", repo)
+    assert "asha, tpe sampling" in status.stdout
+    assert "Algorithm: asha, tpe sampling" in phobbit("best", repo).stdout
+    refused = phobbit("train", SYNTHETIC, "--jobs", 1, "--R", 9, "--repo", repo)
+    assert refused.returncode != 0 and "algorithm='asha' there" in refused.stderr
+    bad = phobbit(*args, "--time-limit", "soon")
+    assert bad.returncode != 0 and "must be a duration > 0" in bad.stderr
+
+
+def _rows(repo: Path) -> list:
+    return list(Repository(repo).iter_results())
+
+
+def _epochs_trained(repo: Path) -> int:
+    return sum(row.epochs - row.start_epoch for row in _rows(repo))

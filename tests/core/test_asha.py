@@ -538,31 +538,6 @@ def test_plain_progress_of_asha_is_measured_against_its_budget(tmp_path: Path) -
 # -- the command line, on a local process pool ---------------------------------------------
 
 
-def test_the_command_line_runs_asha_with_tpe_to_a_budget_and_goes_on(tmp_path: Path) -> None:
-    from test_cli import SYNTHETIC, phobbit
-
-    repo = tmp_path / "repo"
-    args = ("train", SYNTHETIC, "--jobs", 2, "--R", 9, "--repo", repo, "--progress", "plain")
-    args += ("--algorithm", "asha", "--sampler", "tpe")
-    first = phobbit(*args, "--max-epochs", 20)
-    assert first.returncode == 0, first.stderr
-    assert "asha, tpe sampling" in first.stdout
-    assert "Stopped: max_epochs budget (20 epochs) spent" in first.stdout
-    trained = epochs_of(rows(repo))
-    assert 20 <= trained < 20 + 9
-    again = phobbit(*args, "--time-limit", "1h", "--max-epochs", 40)
-    assert again.returncode == 0, again.stderr
-    assert 40 <= epochs_of(rows(repo)) < 40 + 9
-    assert len({r.key for r in rows(repo)}) == len(rows(repo))
-    status = phobbit("status", repo)
-    assert "asha, tpe sampling" in status.stdout
-    assert "Algorithm: asha, tpe sampling" in phobbit("best", repo).stdout
-    refused = phobbit("train", SYNTHETIC, "--jobs", 1, "--R", 9, "--repo", repo)
-    assert refused.returncode != 0 and "algorithm='asha' there" in refused.stderr
-    bad = phobbit(*args, "--time-limit", "soon")
-    assert bad.returncode != 0 and "must be a duration > 0" in bad.stderr
-
-
 def test_asha_is_a_function_of_the_seed_and_the_order_of_results(tmp_path: Path) -> None:
     for name in ("a", "b"):
         tuner(tmp_path / name, SimulatedExecutor(3), algorithm="asha", sampler="tpe").run(9, 3)
