@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -486,7 +487,8 @@ def check_shared(client: Any, repository: str | Path, files: Sequence[str | Path
         expected |= {str(Path(f).resolve()): _digest(str(Path(f).resolve())) for f in files}
         wrong = {w: paths for w, paths in client.run(_missing_or_other, expected).items() if paths}
     finally:
-        os.unlink(probe)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(probe)
     if wrong:
         worker, paths = sorted(wrong.items())[0]
         what = f"the repository's folder {anchor}" if paths[0] == probe else f"the file {paths[0]}"
