@@ -30,7 +30,7 @@ distributed = pytest.importorskip("distributed")
 
 from phobbit.cli.commands import main  # noqa: E402 - after the skip without Dask
 from phobbit.errors import InputError  # noqa: E402
-from phobbit.execution.dask import PinPlugin, check_shared  # noqa: E402
+from phobbit.execution.dask import PinPlugin, check_shared, cluster_gpus  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SYNTHETIC = ROOT / "tests" / "models" / "synthetic.py"
@@ -334,3 +334,25 @@ def test_workers_that_do_not_share_the_repository_or_the_model_file_are_refused(
     model.write_text("x = 1\n")
     check_shared(_OtherDisk(lambda: None), tmp_path / "repo", [model])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.py"], "the probe is removed"
+
+
+class _Hosts:
+    """A client whose workers report (host, GPU count) as given."""
+
+    def __init__(self, found: dict[str, tuple[str, int]]) -> None:
+        self.found = found
+
+    def run(self, fn, *args):
+        return dict(self.found)
+
+
+def test_workers_are_pinned_to_the_gpus_their_hosts_share_and_unlike_hosts_are_refused() -> None:
+    two = {"tcp://a:1": ("a", 2), "tcp://a:2": ("a", 2), "tcp://b:1": ("b", 2)}
+    assert cluster_gpus(_Hosts(two)) == [0, 1]
+    assert cluster_gpus(_Hosts({"tcp://a:1": ("a", 0)})) is None  # CPU workers, GPUs hidden
+    with pytest.raises(InputError, match=r"different numbers of GPUs \(a: 2, b: 1\)"):
+        cluster_gpus(_Hosts({"tcp://a:1": ("a", 2), "tcp://b:1": ("b", 1)}))
+    crowded = {f"tcp://a:{i}": ("a", 1) for i in range(3)}
+    with pytest.raises(InputError, match="host a runs 3 workers but has 2 GPU slots"):
+        cluster_gpus(_Hosts(crowded), jobs_per_gpu=2)
+    assert cluster_gpus(_Hosts(crowded), jobs_per_gpu=3) == [0]
