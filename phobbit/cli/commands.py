@@ -78,8 +78,8 @@ def _run(args: argparse.Namespace) -> int:
                 notice="the run goes on without printing (Ctrl-C stops it, and the same "
                 "command resumes)",
             )
-            with _terminate_as_interrupt():
-                return _train(args, _console(stdout), stdout)
+            with _terminate_as_interrupt(), _dask_executor(args) as executor:
+                return _train(args, _console(stdout), stdout, executor)
         if args.command == "status":
             return _status(args.repo, _console())
         if args.command == "export":
@@ -199,7 +199,9 @@ def _error(message: str) -> None:
 # -- train -----------------------------------------------------------------------
 
 
-def _train(args: argparse.Namespace, console: Console, stdout: GuardedStdout) -> int:
+def _train(
+    args: argparse.Namespace, console: Console, stdout: GuardedStdout, executor: Any = None
+) -> int:
     # The model file and the API are imported here so that `brackets`, `status` and
     # `best` start fast; the API itself never imports TensorFlow.
     from phobbit.api import ParallelHyperband
@@ -249,6 +251,7 @@ def _train(args: argparse.Namespace, console: Console, stdout: GuardedStdout) ->
             gpus=args.gpus,
             jobs_per_gpu=args.jobs_per_gpu,
             n_jobs=args.jobs,
+            executor=executor,  # a DaskExecutor with --dask, else None: a local pool
             worker_log=not args.verbose,
             segment_timeout=args.segment_timeout,
         ),
@@ -299,6 +302,55 @@ def _train(args: argparse.Namespace, console: Console, stdout: GuardedStdout) ->
     if model_path is not None:
         console.print(f"Best model: {model_path}", soft_wrap=True)
     return 0
+
+
+@contextlib.contextmanager
+def _dask_executor(args: argparse.Namespace) -> Iterator[Any]:
+    """With ``--dask`` or ``--dask-scheduler-file``, a ``DaskExecutor`` on that cluster.
+
+    Yields None without either. The client it connects is closed at the end and the
+    executor shut down (its pinning plugin and lease folders removed); the cluster
+    itself is left running, as it is the user's.
+    """
+    address, scheduler_file = args.dask, args.dask_scheduler_file
+    if address is None and scheduler_file is None:
+        yield None
+        return
+    option = "--dask" if address is not None else "--dask-scheduler-file"
+    if args.gpus is not None:
+        raise InputError(
+            f"--gpus sets a local pool's GPUs; with {option} each Dask worker is pinned to a "
+            "GPU of its own host (all those nvidia-smi lists there): drop --gpus"
+        )
+    if args.jobs is not None:
+        raise InputError(
+            f"--jobs sets a local pool's CPU workers; with {option} the cluster's workers "
+            "train, one segment each: start as many as you want (dask worker --nworkers N "
+            "--nthreads 1) and drop --jobs"
+        )
+    try:
+        from phobbit.execution.dask import DaskExecutor, check_shared, cluster_gpus, connect
+    except ImportError as exc:
+        raise InputError(
+            f"{option} needs Dask, which is not installed ({exc}); install the extra: "
+            "pip install 'phobbit[dask]'"
+        ) from None
+    client = connect(address, scheduler_file)
+    executor = None
+    try:
+        model_file = [args.model_file] if os.path.isfile(args.model_file) else []
+        check_shared(client, args.repo, model_file)
+        executor = DaskExecutor(client, cluster_gpus(client, args.jobs_per_gpu), args.jobs_per_gpu)
+        yield executor
+    except BaseException:
+        if executor is not None:
+            executor.shutdown(kill=True)
+            executor = None
+        raise
+    finally:
+        if executor is not None:
+            executor.shutdown()
+        client.close()
 
 
 def _objective_options(

@@ -132,6 +132,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="CPU workers when there are no GPUs (default: the number of cores)",
     )
+    cluster = where.add_mutually_exclusive_group()
+    cluster.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="train on the Dask cluster of this scheduler, e.g. tcp://host:8786, instead of "
+        "a local pool (needs phobbit[dask]; the repository and the model file on a file "
+        "system every worker shares; workers pinned to the GPUs of their host)",
+    )
+    cluster.add_argument(
+        "--dask-scheduler-file",
+        metavar="FILE",
+        help="as --dask, with the scheduler's address read from the file that "
+        "`dask scheduler --scheduler-file FILE` wrote",
+    )
     run = train.add_argument_group("the run")
     _add_schedule_options(run)
     run.add_argument(

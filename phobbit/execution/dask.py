@@ -34,9 +34,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import uuid
@@ -46,6 +49,7 @@ from concurrent.futures import CancelledError, Future, InvalidStateError
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from distributed import WorkerPlugin, get_worker
@@ -57,6 +61,9 @@ from phobbit.execution.worker import HIDDEN, pin
 from phobbit.storage.repository import this_host
 
 log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 10.0
+"""How long ``connect`` tries to reach a scheduler before it gives up."""
 
 
 class WorkerLostError(BrokenProcessPool):
@@ -388,3 +395,154 @@ def _settle(result: Future, value: Any = None, error: BaseException | None = Non
             result.set_result(value)
     except InvalidStateError:
         pass  # its event and its end both came, or ``kill`` ended it
+
+
+# -- the command line's way onto a cluster -------------------------------------------
+
+
+def connect(
+    address: str | None = None,
+    scheduler_file: str | None = None,
+    timeout: float = CONNECT_TIMEOUT_S,
+) -> Any:
+    """A ``distributed.Client`` of the scheduler at ``address`` or in ``scheduler_file``.
+
+    Args:
+        address: the scheduler's address, e.g. ``tcp://host:8786``.
+        scheduler_file: the file ``dask scheduler --scheduler-file`` wrote.
+        timeout: seconds to reach the scheduler before giving up.
+
+    Raises:
+        InputError: naming the scheduler, when the file is missing or unreadable or
+            the scheduler does not answer within ``timeout``.
+    """
+    from distributed import Client
+
+    if scheduler_file is not None:
+        # Dask would wait the whole timeout for a file that may never appear.
+        if not os.path.isfile(scheduler_file):
+            raise InputError(
+                f"Dask scheduler file {scheduler_file} does not exist; start the scheduler "
+                "with `dask scheduler --scheduler-file FILE` on a path this machine sees"
+            )
+        where = f"scheduler file {scheduler_file}"
+        options: dict[str, Any] = {"scheduler_file": scheduler_file}
+    else:
+        where = f"the Dask scheduler at {address}"
+        options = {"address": address}
+    try:
+        return Client(**options, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError, ValueError, KeyError) as exc:  # unreachable, malformed
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(
+            f"cannot reach {where} within {timeout:g}s ({text}); start it (dask scheduler) "
+            "or check the address"
+        ) from None
+
+
+def _missing_or_other(expected: dict[str, str | None]) -> list[str]:
+    """Run on a Dask worker: the paths of ``expected`` it does not see as the driver does.
+
+    ``expected`` maps a path to the SHA-256 of its content, or None for a path that
+    need only exist.
+    """
+    wrong = []
+    for path, digest in expected.items():
+        try:
+            if digest is not None:
+                wrong += [path] if _digest(path) != digest else []
+            elif not os.path.exists(path):
+                wrong.append(path)
+        except OSError:
+            wrong.append(path)
+    return wrong
+
+
+def _digest(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def check_shared(client: Any, repository: str | Path, files: Sequence[str | Path] = ()) -> None:
+    """Refuses a cluster whose workers do not share the repository's file system.
+
+    The workers write the repository and import ``files`` (a model file) by their
+    paths, so each worker must see, at the same path, the same content: a file
+    written here for the check (next to the repository, removed at once) and
+    ``files`` byte for byte. A folder of the same name on another disk fails it.
+
+    Raises:
+        InputError: naming a worker and the first path it does not see.
+    """
+    target = Path(repository).absolute()
+    anchor = target
+    while not anchor.is_dir() and anchor != anchor.parent:
+        anchor = anchor.parent
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".phobbit-dask-probe-", dir=anchor)
+    except OSError as exc:
+        raise InputError(f"cannot write in {anchor} for repository {target}: {exc}") from None
+    os.close(fd)
+    try:
+        expected: dict[str, str | None] = {probe: None}
+        expected |= {str(Path(f).resolve()): _digest(str(Path(f).resolve())) for f in files}
+        wrong = {w: paths for w, paths in client.run(_missing_or_other, expected).items() if paths}
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(probe)
+    if wrong:
+        worker, paths = sorted(wrong.items())[0]
+        what = f"the repository's folder {anchor}" if paths[0] == probe else f"the file {paths[0]}"
+        raise InputError(
+            f"Dask worker {worker} does not see {what} as this machine does ({len(wrong)} of "
+            f"{len(client.nthreads())} workers); the repository and the model file must sit "
+            "on a file system every worker shares, at the same path"
+        )
+
+
+def _gpu_count() -> tuple[str, int]:
+    """Run on a Dask worker: its host, and how many NVIDIA GPUs ``nvidia-smi -L`` lists there."""
+    try:
+        listed = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return this_host(), 0
+    return this_host(), sum(1 for line in listed.splitlines() if line.startswith("GPU "))
+
+
+def cluster_gpus(client: Any, jobs_per_gpu: int = 1) -> list[int] | None:
+    """The GPU ids to pin the workers of ``client``'s cluster to: those every host shows.
+
+    ``DaskExecutor`` gives every host the same ids, so the hosts must show as
+    many GPUs each; None when none shows one (the workers then run on the CPU).
+
+    Raises:
+        InputError: when hosts show different numbers of GPUs, or a host runs more
+            workers than it has GPU slots (GPUs x ``jobs_per_gpu``).
+    """
+    found = client.run(_gpu_count)
+    per_host: dict[str, int] = {}
+    workers: dict[str, int] = {}
+    for host, count in found.values():
+        per_host[host] = count
+        workers[host] = workers.get(host, 0) + 1
+    counts = sorted(set(per_host.values()))
+    if len(counts) > 1:
+        shown = ", ".join(f"{h}: {n}" for h, n in sorted(per_host.items()))
+        raise InputError(
+            f"the Dask workers' hosts show different numbers of GPUs ({shown}); phobbit pins "
+            "every host's workers to the same GPU ids: use hosts alike, or the library's "
+            "DaskExecutor(client, gpus=[...]) with the ids they share"
+        )
+    if not counts or counts[0] == 0:
+        return None
+    slots = counts[0] * jobs_per_gpu
+    crowded = {h: n for h, n in workers.items() if n > slots}
+    if crowded:
+        host, n = sorted(crowded.items())[0]
+        raise InputError(
+            f"Dask host {host} runs {n} workers but has {slots} GPU slots ({counts[0]} GPUs x "
+            f"{jobs_per_gpu} jobs per GPU); start at most {slots} there "
+            f"(dask worker --nworkers {slots} --nthreads 1) or run more jobs per GPU"
+        )
+    return list(range(counts[0]))
