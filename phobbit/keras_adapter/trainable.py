@@ -28,6 +28,7 @@ The driver never imports this module: it sends a ``phobbit.keras_adapter.fit``
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import time
@@ -200,6 +201,53 @@ def build_compiled_state(model: Any, batch_spec: Any) -> None:
             symbolic_build(data_batch=batch_spec)
     except Exception:  # noqa: BLE001 - a model it cannot build symbolically: fit builds it
         return
+
+
+def replica_strategy() -> Any:
+    """The ``tf.distribute.MirroredStrategy`` this worker builds its models under, or None.
+
+    A worker pinned to several GPUs (``gpus_per_trial``) trains each model on all of
+    them: one replica per GPU it sees, each batch split between them. Where it sees
+    no GPU, several logical CPU devices (``tf.config.set_logical_device_configuration``,
+    which only a deliberate split makes) count the same way. One device: None, and the
+    model is built as without phobbit. Decided once per worker, on first use, after
+    ``CUDA_VISIBLE_DEVICES`` was pinned: every model of the worker uses the same one.
+
+    Raises:
+        InputError: when the worker is pinned to several GPUs and Keras runs another
+            backend than TensorFlow (``MirroredStrategy`` is TensorFlow's).
+    """
+    state = worker_state()
+    with state.lock:
+        if not state.strategy:
+            state.strategy.append(_make_strategy(state.device))
+    return state.strategy[0]
+
+
+def _make_strategy(device: str) -> Any:
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        if "," in device:  # a GPU group: the pinning gave this worker several GPUs
+            raise InputError(
+                f"gpus_per_trial > 1 trains each trial on its GPUs {device} with "
+                f"tf.distribute.MirroredStrategy, which needs the TensorFlow backend, not "
+                f"{backend!r}; use backend 'tensorflow', or gpus_per_trial 1"
+            )
+        return None
+    import tensorflow as tf
+
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    if len(devices) < 2:
+        return None
+    return tf.distribute.MirroredStrategy([d.name for d in devices])
+
+
+def _scope() -> Any:
+    """The scope models are built, compiled and restored in: the worker's strategy's."""
+    strategy = replica_strategy()
+    return contextlib.nullcontext() if strategy is None else strategy.scope()
 
 
 def _head(data: Any, size: int) -> Any:
@@ -379,7 +427,9 @@ class KerasTrainable:
         """The compiled model of ``hparams``, checked to be one."""
         import keras
 
-        model = self.model_function(dict(hparams))
+        # Under the worker's strategy: variables made here are mirrored on its devices.
+        with _scope():
+            model = self.model_function(dict(hparams))
         if not isinstance(model, keras.Model):
             raise TypeError(
                 f"model function returned {type(model).__name__}, not a compiled keras.Model"
@@ -462,7 +512,8 @@ class KerasTrainable:
             if resume.source is None:
                 break
             try:
-                restore(model, resume.source)
+                with _scope():  # the optimizer's variables are made here
+                    restore(model, resume.source)
                 break
             except Exception as exc:  # noqa: BLE001 - weights that do not load: a bad file
                 index = 0 if resume.from_checkpoint else 1
