@@ -1,10 +1,11 @@
 """Past one machine: the same scheduler drives a Dask cluster (``dask.distributed``).
 
-Each Dask worker (one thread each) is pinned to one GPU slot of its host the
-way local workers are: a worker plugin runs ``worker.pin`` when the worker
-starts, before any task imports TensorFlow, and a restarted worker leases the
-slot its predecessor freed. The repository (and the staged dataset) must then
-sit on a file system that every host shares.
+Each Dask worker (one thread each) is pinned to one GPU slot of its host (one
+GPU, or a disjoint group of ``gpus_per_trial`` of them) the way local workers
+are: a worker plugin runs ``worker.pin`` when the worker starts, before any task
+imports TensorFlow, and a restarted worker leases the slot its predecessor freed.
+The repository (and the staged dataset) must then sit on a file system that
+every host shares.
 
 A Dask worker runs a task in a thread, which nothing can stop; a segment past
 its ``segment_timeout`` is stopped by cancelling its task and restarting its
@@ -52,7 +53,7 @@ from distributed import WorkerPlugin, get_worker
 from distributed.protocol import deserialize_bytes, serialize_bytes
 
 from phobbit.errors import InputError
-from phobbit.execution.executor import Executor
+from phobbit.execution.executor import Executor, gpu_groups
 from phobbit.execution.worker import HIDDEN, pin
 from phobbit.storage.repository import this_host
 
@@ -130,17 +131,25 @@ class DaskExecutor(Executor):
     Args:
         client: a connected ``dask.distributed.Client``; start its workers with
             one thread each (``--nthreads 1``), as many per host as GPU slots.
-        gpus: the GPU ids of every host; each gets ``jobs_per_gpu`` slots. None
-            runs on the CPU with GPUs hidden.
-        jobs_per_gpu: segments trained at once on one GPU.
+        gpus: the GPU ids of every host; each group of ``gpus_per_trial`` of them
+            gets ``jobs_per_gpu`` slots. None runs on the CPU with GPUs hidden.
+        jobs_per_gpu: segments trained at once on one GPU (or one group).
+        gpus_per_trial: GPUs each worker is pinned to, a disjoint group of
+            consecutive ids of ``gpus`` on its host, as for the local pool
+            (``executor.gpu_groups``); its models train under ``MirroredStrategy``.
     """
 
     stages_data_in_repository = True  # workers on other hosts cannot read this host's /tmp
     fifo_queue = True  # held here while every worker is busy; the first to free takes the oldest
 
     def __init__(
-        self, client: Any, gpus: Sequence[int] | None = None, jobs_per_gpu: int = 1
+        self,
+        client: Any,
+        gpus: Sequence[int] | None = None,
+        jobs_per_gpu: int = 1,
+        gpus_per_trial: int = 1,
     ) -> None:
+        groups = gpu_groups(gpus, gpus_per_trial)  # refused before the cluster is asked
         threads = client.nthreads()
         if not threads:
             raise InputError("the Dask cluster has no workers; start some, then run again")
@@ -151,7 +160,7 @@ class DaskExecutor(Executor):
             )
         self.client = client
         self._capacity = len(threads)
-        slots = [str(g) for g in gpus for _ in range(jobs_per_gpu)] if gpus else []
+        slots = [group for group in groups for _ in range(jobs_per_gpu)]
         self.slots = slots or [HIDDEN] * self._capacity
         self._plugin = PinPlugin(self.slots, uuid.uuid4().hex[:12], 1, jobs_per_gpu > 1)
         self._topic = f"phobbit-results-{self._plugin.token}"

@@ -26,7 +26,8 @@ class WorkerState:
 
     Attributes:
         slot: the index of the slot ``pin`` leased, or None.
-        device: the device of that slot (a GPU id, ``-1`` for the CPU), or ``''``.
+        device: the device of that slot (a GPU id, a group ``0,1``, ``-1`` for the CPU),
+            or ``''``.
         slot_fd: the open file whose lock holds the slot for as long as the process lives.
         pin_error: why the process found no slot; its segments go back to the scheduler.
         driver: the pid of the driver that started this pool worker, or None (a

@@ -453,6 +453,7 @@ class KerasTrainable:
                 function, the arrays' shapes and Keras' message.
         """
         use_backend(self.backend)
+        replica_strategy()  # a backend that cannot train on the worker's GPUs stops it here
         arrays = self._source()  # a bad dataset function stops the run here already
         if arrays is None or is_batch_source(arrays[0]) or is_batch_source(arrays[1]):
             return
