@@ -204,3 +204,37 @@ def test_a_replacement_worker_takes_the_pair_its_killed_predecessor_freed(
     finally:
         second.kill()
         second.wait()
+
+
+# -- Dask ---------------------------------------------------------------------------------
+
+
+def test_dask_workers_are_pinned_to_disjoint_pairs_too(hparams, tmp_path: Path) -> None:
+    distributed = pytest.importorskip("distributed")
+    from phobbit.execution.dask import DaskExecutor
+
+    with pytest.raises(InputError, match="3 GPUs leave 1 over"):
+        DaskExecutor(object(), gpus=[0, 1, 2], gpus_per_trial=2)  # before asking the cluster
+    records_dir, gate = tmp_path / "rec", tmp_path / "gate"
+    records_dir.mkdir()
+    gate.mkdir()
+    trainable = GatedTrainable(
+        curve=x_curve, record_dir=str(records_dir), gate_dir=str(gate), barrier=2
+    )
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        executor = DaskExecutor(client, gpus=[0, 1, 2, 3], gpus_per_trial=2)
+        assert executor.slots == ["0,1", "2,3"]
+        ParallelHyperband(
+            None, hparams, tmp_path / "repo", trainable=trainable, executor=executor, verbose=0
+        ).run(R=9, eta=3)
+    records = read_records(records_dir)
+    by_pair: dict[str, set[int]] = defaultdict(set)
+    for record in records:
+        by_pair[record["cuda_visible_devices"]].add(record["pid"])
+    assert set(by_pair) == PAIRS and all(len(p) == 1 for p in by_pair.values())
+    assert_never_overlapping(records)

@@ -9,9 +9,12 @@ initialises, so each segment trains in a fresh process (``replica_probe.py``).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 PROBE = Path(__file__).resolve().parent.parent / "replica_probe.py"
 
@@ -44,3 +47,35 @@ def test_two_devices_train_under_mirrored_strategy_deterministically_and_resume_
 def test_one_device_builds_no_strategy(tmp_path: Path) -> None:
     alone = segment(tmp_path, 1, "alone", 0, 1)
     assert alone["replicas"] == 1 and alone["built_under"] == [1]
+
+
+REFUSER = (
+    "from keras_models import DROPOUT, mlp, small_digits\n"
+    "from phobbit.errors import InputError\n"
+    "from phobbit.execution.worker_state import worker_state\n"
+    "from phobbit.keras_adapter.trainable import KerasTrainable\n"
+    "worker_state().device = '0,1'\n"  # what pin leaves in a worker of gpus_per_trial 2
+    "trainable = KerasTrainable(mlp, load_dataset=small_digits, backend='jax')\n"
+    "try:\n"
+    "    trainable.preflight(DROPOUT)\n"
+    "except InputError as exc:\n"
+    "    print(exc)\n"
+)
+
+
+def test_a_worker_pinned_to_two_gpus_refuses_a_backend_other_than_tensorflow() -> None:
+    pytest.importorskip("jax")
+    tests = str(PROBE.parent)
+    done = subprocess.run(
+        [sys.executable, "-c", REFUSER],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([tests, *sys.path])},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == (
+        "gpus_per_trial > 1 trains each trial on its GPUs 0,1 with "
+        "tf.distribute.MirroredStrategy, which needs the TensorFlow backend, not 'jax'; "
+        "use backend 'tensorflow', or gpus_per_trial 1"
+    )
