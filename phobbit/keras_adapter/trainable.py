@@ -207,11 +207,12 @@ def replica_strategy() -> Any:
     """The ``tf.distribute.MirroredStrategy`` this worker builds its models under, or None.
 
     A worker pinned to several GPUs (``gpus_per_trial``) trains each model on all of
-    them: one replica per GPU it sees, each batch split between them. Where it sees
-    no GPU, several logical CPU devices (``tf.config.set_logical_device_configuration``,
-    which only a deliberate split makes) count the same way. One device: None, and the
-    model is built as without phobbit. Decided once per worker, on first use, after
-    ``CUDA_VISIBLE_DEVICES`` was pinned: every model of the worker uses the same one.
+    them: one replica per GPU it sees, each batch split between them. A CPU split into
+    several logical devices (``tf.config.set_logical_device_configuration``, which only
+    a deliberate split makes: the tests stand them in for GPUs) counts the same way.
+    Otherwise None, and the model is built as without phobbit. Decided once per worker,
+    on first use, after ``CUDA_VISIBLE_DEVICES`` was pinned: every model of the worker
+    uses the same one.
 
     Raises:
         InputError: when the worker is pinned to several GPUs and Keras runs another
@@ -238,10 +239,16 @@ def _make_strategy(device: str) -> Any:
         return None
     import tensorflow as tf
 
-    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-    if len(devices) < 2:
+    # Asked without initialising TensorFlow's runtime (listing logical devices would):
+    # a one-device worker's model function may still configure it (memory growth).
+    if "," in device:
+        gpus = tf.config.list_physical_devices("GPU")
+        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else None
+    cpus = tf.config.list_physical_devices("CPU")
+    split = tf.config.get_logical_device_configuration(cpus[0]) if cpus else None
+    if not split or len(split) < 2:
         return None
-    return tf.distribute.MirroredStrategy([d.name for d in devices])
+    return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(len(split))])
 
 
 def _scope() -> Any:
