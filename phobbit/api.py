@@ -76,6 +76,7 @@ _FLAT: dict[str, tuple[str, str]] = {
         for name in (
             "gpus",
             "jobs_per_gpu",
+            "gpus_per_trial",
             "n_jobs",
             "executor",
             "worker_log",
@@ -219,8 +220,8 @@ class ParallelHyperband:
             ``sampler``: ``"random"`` or ``"tpe"``), or the name of an algorithm.
             None (the default): random Hyperband, or the ``algorithm=`` and
             ``sampler=`` keywords.
-        resources: ``phobbit.Resources`` (``gpus``, ``jobs_per_gpu``, ``n_jobs``,
-            ``executor``, ``worker_log``, ``max_retries``, ``segment_timeout``), or
+        resources: ``phobbit.Resources`` (``gpus``, ``jobs_per_gpu``, ``gpus_per_trial``,
+            ``n_jobs``, ``executor``, ``worker_log``, ``max_retries``, ``segment_timeout``), or
             an ``Executor`` such as a ``DaskExecutor`` (yours: ``run`` leaves it
             running). None (the default): a local pool of one worker per core, or
             those keywords.

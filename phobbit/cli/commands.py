@@ -223,8 +223,10 @@ def _train(
     if args.retry_failed:  # trained again: not done yet for the progress display
         previous = [row for row in previous if row.ok]
     live = args.progress == "live" or (args.progress == "auto" and console.is_terminal)
-    _check_gpus(args.gpus)
-    _check_workers(args.gpus, args.jobs_per_gpu, args.jobs)
+    # A DaskExecutor (--dask) holds --gpus-per-trial already: it grouped its hosts' GPUs.
+    per_trial = args.gpus_per_trial if executor is None else 1
+    _check_gpus(args.gpus, per_trial, args.backend)
+    _check_workers(args.gpus, args.jobs_per_gpu, args.jobs, per_trial)
     options = _objective_options(model.options, args.objective, args.direction)
     ranking = {n: options.pop(n) for n in ("objective", "direction") if n in options}
     workers = {"backend": args.backend, "warm_cache": args.warm_cache}
@@ -250,6 +252,7 @@ def _train(
         resources=Resources(
             gpus=args.gpus,
             jobs_per_gpu=args.jobs_per_gpu,
+            gpus_per_trial=per_trial,
             n_jobs=args.jobs,
             executor=executor,  # a DaskExecutor with --dask, else None: a local pool
             worker_log=not args.verbose,
@@ -340,7 +343,14 @@ def _dask_executor(args: argparse.Namespace) -> Iterator[Any]:
     try:
         model_file = [args.model_file] if os.path.isfile(args.model_file) else []
         check_shared(client, args.repo, model_file)
-        executor = DaskExecutor(client, cluster_gpus(client, args.jobs_per_gpu), args.jobs_per_gpu)
+        per_trial = args.gpus_per_trial
+        gpus = cluster_gpus(client, args.jobs_per_gpu, per_trial)
+        if gpus is None and per_trial > 1:
+            raise InputError(
+                f"--gpus-per-trial {per_trial}: the Dask workers' hosts show no GPU "
+                "(nvidia-smi); drop --gpus-per-trial"
+            )
+        executor = DaskExecutor(client, gpus, args.jobs_per_gpu, gpus_per_trial=per_trial)
         yield executor
     except BaseException:
         if executor is not None:
@@ -394,23 +404,38 @@ def _logging_to_stderr(verbose: bool) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _check_gpus(gpus: str | None) -> None:
-    """Refuses a bad ``--gpus`` in the CLI's words: the library names its arguments.
+def _check_gpus(gpus: str | None, gpus_per_trial: int = 1, backend: str | None = None) -> None:
+    """Refuses a bad ``--gpus`` or ``--gpus-per-trial`` in the CLI's words: the library
+    names its arguments.
 
     ``--gpus`` on a machine that shows no NVIDIA GPU (no ``nvidia-smi``) is refused
-    too: its workers would train on the CPU while the display said "GPU 0".
+    too: its workers would train on the CPU while the display said "GPU 0". So is
+    ``--gpus-per-trial`` above 1 with a backend other than TensorFlow, whose
+    ``MirroredStrategy`` trains one model on several GPUs.
     """
     import shutil
 
-    from phobbit.execution.executor import parse_gpus
+    from phobbit.execution.executor import gpu_groups, parse_gpus
 
+    words = {
+        "gpus": "--gpus",
+        "jobs_per_gpu": "--jobs-per-gpu",
+        "gpus_per_trial": "--gpus-per-trial",
+    }
     try:
         ids = parse_gpus(gpus)
+        gpu_groups(ids, gpus_per_trial)
     except InputError as exc:
-        words = {"gpus": "--gpus", "jobs_per_gpu": "--jobs-per-gpu"}
         raise InputError(
-            re.sub(r"\b(gpus|jobs_per_gpu)\b", lambda m: words[m[1]], str(exc))
+            re.sub(r"\b(gpus_per_trial|gpus|jobs_per_gpu)\b", lambda m: words[m[1]], str(exc))
         ) from None
+    running = backend or os.environ.get("KERAS_BACKEND") or "tensorflow"
+    if gpus_per_trial > 1 and running != "tensorflow":
+        raise InputError(
+            f"--gpus-per-trial {gpus_per_trial} trains each trial on several GPUs with "
+            f"TensorFlow's MirroredStrategy, not with the {running!r} backend; use "
+            "--backend tensorflow, or --gpus-per-trial 1"
+        )
     if ids and shutil.which("nvidia-smi") is None:
         raise InputError(
             f"--gpus {gpus}: this machine shows no NVIDIA GPU (nvidia-smi is not on PATH), so "
@@ -429,12 +454,14 @@ def _possible_results(repository: Repository) -> Iterator[SegmentResult]:
     return repository.iter_results()
 
 
-def _check_workers(gpus: str | None, jobs_per_gpu: int, jobs: int | None) -> None:
+def _check_workers(
+    gpus: str | None, jobs_per_gpu: int, jobs: int | None, gpus_per_trial: int = 1
+) -> None:
     """Refuses more workers than this machine can run, in the options' words."""
     from phobbit.execution.executor import check_worker_count, parse_gpus
 
     try:
-        check_worker_count(parse_gpus(gpus), jobs_per_gpu, jobs)
+        check_worker_count(parse_gpus(gpus), jobs_per_gpu, jobs, gpus_per_trial)
     except InputError as exc:
         words = {"n_jobs": "--jobs", "jobs_per_gpu": "--jobs-per-gpu"}
         raise InputError(

@@ -127,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="trials at once on one GPU (default 1)",
     )
     where.add_argument(
+        "--gpus-per-trial",
+        type=_count,
+        default=1,
+        metavar="G",
+        help="GPUs each trial trains on, under MirroredStrategy (default 1): --gpus 0,1,2,3 "
+        "--gpus-per-trial 2 pins workers to 0,1 and 2,3",
+    )
+    where.add_argument(
         "--jobs",
         type=_count,
         metavar="N",

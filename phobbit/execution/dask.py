@@ -1,10 +1,11 @@
 """Past one machine: the same scheduler drives a Dask cluster (``dask.distributed``).
 
-Each Dask worker (one thread each) is pinned to one GPU slot of its host the
-way local workers are: a worker plugin runs ``worker.pin`` when the worker
-starts, before any task imports TensorFlow, and a restarted worker leases the
-slot its predecessor freed. The repository (and the staged dataset) must then
-sit on a file system that every host shares.
+Each Dask worker (one thread each) is pinned to one GPU slot of its host (one
+GPU, or a disjoint group of ``gpus_per_trial`` of them) the way local workers
+are: a worker plugin runs ``worker.pin`` when the worker starts, before any task
+imports TensorFlow, and a restarted worker leases the slot its predecessor freed.
+The repository (and the staged dataset) must then sit on a file system that
+every host shares.
 
 A Dask worker runs a task in a thread, which nothing can stop; a segment past
 its ``segment_timeout`` is stopped by cancelling its task and restarting its
@@ -56,7 +57,7 @@ from distributed import WorkerPlugin, get_worker
 from distributed.protocol import deserialize_bytes, serialize_bytes
 
 from phobbit.errors import InputError
-from phobbit.execution.executor import Executor
+from phobbit.execution.executor import Executor, gpu_groups
 from phobbit.execution.worker import HIDDEN, pin
 from phobbit.storage.repository import this_host
 
@@ -137,17 +138,25 @@ class DaskExecutor(Executor):
     Args:
         client: a connected ``dask.distributed.Client``; start its workers with
             one thread each (``--nthreads 1``), as many per host as GPU slots.
-        gpus: the GPU ids of every host; each gets ``jobs_per_gpu`` slots. None
-            runs on the CPU with GPUs hidden.
-        jobs_per_gpu: segments trained at once on one GPU.
+        gpus: the GPU ids of every host; each group of ``gpus_per_trial`` of them
+            gets ``jobs_per_gpu`` slots. None runs on the CPU with GPUs hidden.
+        jobs_per_gpu: segments trained at once on one GPU (or one group).
+        gpus_per_trial: GPUs each worker is pinned to, a disjoint group of
+            consecutive ids of ``gpus`` on its host, as for the local pool
+            (``executor.gpu_groups``); its models train under ``MirroredStrategy``.
     """
 
     stages_data_in_repository = True  # workers on other hosts cannot read this host's /tmp
     fifo_queue = True  # held here while every worker is busy; the first to free takes the oldest
 
     def __init__(
-        self, client: Any, gpus: Sequence[int] | None = None, jobs_per_gpu: int = 1
+        self,
+        client: Any,
+        gpus: Sequence[int] | None = None,
+        jobs_per_gpu: int = 1,
+        gpus_per_trial: int = 1,
     ) -> None:
+        groups = gpu_groups(gpus, gpus_per_trial)  # refused before the cluster is asked
         threads = client.nthreads()
         if not threads:
             raise InputError("the Dask cluster has no workers; start some, then run again")
@@ -158,7 +167,7 @@ class DaskExecutor(Executor):
             )
         self.client = client
         self._capacity = len(threads)
-        slots = [str(g) for g in gpus for _ in range(jobs_per_gpu)] if gpus else []
+        slots = [group for group in groups for _ in range(jobs_per_gpu)]
         self.slots = slots or [HIDDEN] * self._capacity
         self._plugin = PinPlugin(self.slots, uuid.uuid4().hex[:12], 1, jobs_per_gpu > 1)
         self._topic = f"phobbit-results-{self._plugin.token}"
@@ -510,7 +519,7 @@ def _gpu_count() -> tuple[str, int]:
     return this_host(), sum(1 for line in listed.splitlines() if line.startswith("GPU "))
 
 
-def cluster_gpus(client: Any, jobs_per_gpu: int = 1) -> list[int] | None:
+def cluster_gpus(client: Any, jobs_per_gpu: int = 1, gpus_per_trial: int = 1) -> list[int] | None:
     """The GPU ids to pin the workers of ``client``'s cluster to: those every host shows.
 
     ``DaskExecutor`` gives every host the same ids, so the hosts must show as
@@ -518,7 +527,8 @@ def cluster_gpus(client: Any, jobs_per_gpu: int = 1) -> list[int] | None:
 
     Raises:
         InputError: when hosts show different numbers of GPUs, or a host runs more
-            workers than it has GPU slots (GPUs x ``jobs_per_gpu``).
+            workers than it has GPU slots (GPU groups of ``gpus_per_trial`` x
+            ``jobs_per_gpu``).
     """
     found = client.run(_gpu_count)
     per_host: dict[str, int] = {}
@@ -536,12 +546,17 @@ def cluster_gpus(client: Any, jobs_per_gpu: int = 1) -> list[int] | None:
         )
     if not counts or counts[0] == 0:
         return None
-    slots = counts[0] * jobs_per_gpu
+    slots = counts[0] // gpus_per_trial * jobs_per_gpu
     crowded = {h: n for h, n in workers.items() if n > slots}
     if crowded:
         host, n = sorted(crowded.items())[0]
+        groups = (
+            f"{counts[0]} GPUs in groups of {gpus_per_trial}"
+            if gpus_per_trial > 1
+            else (f"{counts[0]} GPUs")
+        )
         raise InputError(
-            f"Dask host {host} runs {n} workers but has {slots} GPU slots ({counts[0]} GPUs x "
+            f"Dask host {host} runs {n} workers but has {slots} GPU slots ({groups} x "
             f"{jobs_per_gpu} jobs per GPU); start at most {slots} there "
             f"(dask worker --nworkers {slots} --nthreads 1) or run more jobs per GPU"
         )

@@ -12,7 +12,8 @@ does), so callers ask, they do not probe with ``getattr``:
 - ``stages_data_in_repository``: workers may run on other hosts, so data they
   read must be staged on the repository's shared file system, not in /tmp.
 
-``slots`` lists the device of each worker slot (a GPU id, or ``worker.HIDDEN``);
+``slots`` lists the device of each worker slot (a GPU id, a group of them such
+as ``0,1``, or ``worker.HIDDEN``);
 ``capacity`` is how many segments run at once; ``workers_replaced`` counts the
 worker processes the executor replaced on its own while its pool stayed up
 (loky's memory-leak guard), each of which imports TensorFlow again.
@@ -24,11 +25,11 @@ it creates itself, not one it was given.
 
 ``LocalExecutor`` wraps joblib's loky process pool: workers are reused across
 trials (TensorFlow is imported once per worker), never time out while the
-reducer thinks, and each one is pinned to one GPU by the initializer
-``worker.pin``. A worker that dies breaks the pool; ``restart`` builds a new
-one and the scheduler resubmits what was in flight. ``DaskExecutor``
-(``phobbit.execution.dask``) runs past one machine, ``SimulatedExecutor``
-(``phobbit.execution.simulated``) on a virtual clock.
+reducer thinks, and each one is pinned to one GPU, or to one disjoint group of
+``gpus_per_trial`` GPUs, by the initializer ``worker.pin``. A worker that
+dies breaks the pool; ``restart`` builds a new one and the scheduler resubmits
+what was in flight. ``DaskExecutor`` (``phobbit.execution.dask``) runs past one
+machine, ``SimulatedExecutor`` (``phobbit.execution.simulated``) on a virtual clock.
 """
 
 from __future__ import annotations
@@ -102,6 +103,40 @@ def parse_gpus(gpus: str | int | Sequence[int] | None) -> list[int] | None:
     return ids
 
 
+def gpu_groups(gpus: Sequence[int] | None, gpus_per_trial: int = 1) -> list[str]:
+    """The devices of the workers' GPU groups: ``[0, 1, 2, 3]`` by 2 is ``["0,1", "2,3"]``.
+
+    Each group is what one worker's ``CUDA_VISIBLE_DEVICES`` holds: consecutive ids
+    of ``gpus`` in their order, no id in two groups. None or empty gives no group.
+
+    Raises:
+        InputError: for a ``gpus_per_trial`` below 1, above 1 without GPUs, or one that
+            does not divide the GPUs into disjoint groups, naming the GPUs left over.
+    """
+    check_int("gpus_per_trial", gpus_per_trial, minimum=1)
+    if not gpus:
+        if gpus_per_trial > 1:
+            raise InputError(
+                f"gpus_per_trial {gpus_per_trial} needs gpus: give {gpus_per_trial} GPU ids "
+                "per worker (gpus 0,1,2,3 makes two workers of two), or gpus_per_trial 1"
+            )
+        return []
+    ids = list(gpus)
+    left = len(ids) % gpus_per_trial
+    if left:
+        fits = [n for n in range(1, len(ids) + 1) if len(ids) % n == 0]
+        raise InputError(
+            f"gpus {','.join(map(str, ids))} do not split into disjoint groups of "
+            f"gpus_per_trial {gpus_per_trial}: {len(ids)} GPUs leave {left} over, and no "
+            f"GPU may serve two trials; give a multiple of {gpus_per_trial} GPU ids, or "
+            f"gpus_per_trial {' or '.join(map(str, fits))}"
+        )
+    return [
+        ",".join(str(i) for i in ids[start : start + gpus_per_trial])
+        for start in range(0, len(ids), gpus_per_trial)
+    ]
+
+
 # A local pool runs at most this many workers per core. One per core is the default and
 # what CPU training can use; a few more hide a worker's data loading or start-up, and GPU
 # workers mostly wait on their GPU. Past it, each extra worker is one more process with
@@ -115,11 +150,13 @@ def most_local_workers() -> int:
     return WORKERS_PER_CORE * (os.cpu_count() or 1)
 
 
-def check_worker_count(gpus: Sequence[int] | None, jobs_per_gpu: int, n_jobs: int | None) -> None:
+def check_worker_count(
+    gpus: Sequence[int] | None, jobs_per_gpu: int, n_jobs: int | None, gpus_per_trial: int = 1
+) -> None:
     """Refuses a local pool of more workers than this machine can run.
 
-    The workers are ``len(gpus) * jobs_per_gpu`` with GPUs, else ``n_jobs`` (None:
-    one per core, always allowed).
+    The workers are ``len(gpus) // gpus_per_trial * jobs_per_gpu`` with GPUs, else
+    ``n_jobs`` (None: one per core, always allowed).
 
     Raises:
         InputError: naming the count asked for, the cores (``os.cpu_count()``) and
@@ -127,9 +164,12 @@ def check_worker_count(gpus: Sequence[int] | None, jobs_per_gpu: int, n_jobs: in
     """
     cores, most = os.cpu_count() or 1, most_local_workers()
     if gpus:
-        workers = len(gpus) * jobs_per_gpu
+        groups = max(1, len(gpus) // gpus_per_trial)
+        workers = groups * jobs_per_gpu
         asked = f"{len(gpus)} GPU(s) x jobs_per_gpu {jobs_per_gpu:,}"
-        fix = f"jobs_per_gpu {max(1, most // len(gpus)):,} or fewer"
+        if gpus_per_trial > 1:
+            asked = f"{groups} GPU group(s) of {gpus_per_trial} x jobs_per_gpu {jobs_per_gpu:,}"
+        fix = f"jobs_per_gpu {max(1, most // groups):,} or fewer"
     else:
         workers = cores if n_jobs is None else n_jobs
         asked = f"n_jobs {workers:,}"
@@ -176,7 +216,7 @@ class Executor(ABC):
     could wait behind a long segment on a busy worker (as Dask itself places it)."""
 
     slots: list[str]
-    """The device of each worker slot: a GPU id, or ``worker.HIDDEN`` for the CPU."""
+    """The device of each worker slot: a GPU id, a group (``0,1``), or ``worker.HIDDEN``."""
     workers_replaced: int = 0
     """Worker processes replaced by the executor itself, not after a crash or a kill."""
 
@@ -281,9 +321,10 @@ class LocalExecutor(Executor):
     """A loky process pool on this machine with one worker per slot.
 
     Args:
-        gpus: GPU ids; each gets ``jobs_per_gpu`` worker slots. None runs on the CPU.
-        jobs_per_gpu: trials run at once on one GPU (TensorFlow's memory growth is
-            turned on when it is above 1).
+        gpus: GPU ids; each group of ``gpus_per_trial`` of them gets ``jobs_per_gpu``
+            worker slots. None runs on the CPU.
+        jobs_per_gpu: trials run at once on one GPU, or one group of them (TensorFlow's
+            memory growth is turned on when it is above 1).
         n_jobs: CPU workers when there are no GPUs (default: the number of cores).
             The workers, ``n_jobs`` or GPUs x ``jobs_per_gpu``, are at most
             ``WORKERS_PER_CORE`` (4) per core of this machine.
@@ -295,11 +336,16 @@ class LocalExecutor(Executor):
             imports Keras (``{"KERAS_BACKEND": "jax"}``).
         stderr_path: a file the workers' standard error goes to (TensorFlow's
             start-up lines, warnings); None leaves it on the driver's.
+        gpus_per_trial: GPUs each worker is pinned to, a disjoint group of consecutive
+            ids of ``gpus`` (``gpu_groups``); its models train on all of them
+            (``tf.distribute.MirroredStrategy``). ``gpus`` must split into such groups.
 
     Example:
         >>> executor = LocalExecutor(gpus=[0, 1])   # two workers, one per GPU
         >>> executor.slots
         ['0', '1']
+        >>> LocalExecutor(gpus=[0, 1, 2, 3], gpus_per_trial=2).slots
+        ['0,1', '2,3']
     """
 
     supports_timeout = True  # ``kill`` can end a hung segment (with the whole pool)
@@ -315,14 +361,16 @@ class LocalExecutor(Executor):
         worker_memory_limit: int | None = None,
         env: Mapping[str, str] | None = None,
         stderr_path: str | None = None,
+        gpus_per_trial: int = 1,
     ) -> None:
         check_int("worker_memory_limit", worker_memory_limit, minimum=1, allow_none=True)
         check_int("jobs_per_gpu", jobs_per_gpu, minimum=1)
         check_int("n_jobs", n_jobs, minimum=1, allow_none=True)
-        check_worker_count(gpus, jobs_per_gpu, n_jobs)
+        groups = gpu_groups(gpus, gpus_per_trial)
+        check_worker_count(gpus, jobs_per_gpu, n_jobs, gpus_per_trial)
         cores = os.cpu_count() or 1
-        if gpus:
-            self.slots = [str(g) for g in gpus for _ in range(jobs_per_gpu)]
+        if groups:
+            self.slots = [group for group in groups for _ in range(jobs_per_gpu)]
         else:
             self.slots = [HIDDEN] * (n_jobs or cores)
         self.threads = max(1, cores // len(self.slots))

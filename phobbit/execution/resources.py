@@ -1,12 +1,13 @@
 """Where a run's segments run and how it treats its workers: ``Resources``.
 
 Either a local pool that phobbit makes for each run (``gpus``, ``jobs_per_gpu``,
-``n_jobs``, ``worker_log``) or an executor of yours (``executor``, e.g. a
+``gpus_per_trial``, ``n_jobs``, ``worker_log``) or an executor of yours (``executor``, e.g. a
 ``DaskExecutor``); with either, how long one segment may take and how often a
 segment whose worker died is tried again.
 
 Example:
     >>> Resources(gpus=[0, 1], jobs_per_gpu=2, segment_timeout=3600)
+    >>> Resources(gpus="0,1,2,3", gpus_per_trial=2)   # two workers, on GPUs 0,1 and 2,3
     >>> Resources.of(DaskExecutor(client)) == Resources(executor=...)
 """
 
@@ -22,6 +23,7 @@ from phobbit.execution.executor import (
     Executor,
     LocalExecutor,
     check_worker_count,
+    gpu_groups,
     parse_gpus,
 )
 
@@ -34,8 +36,14 @@ class Resources:
         gpus: GPU ids (``[0, 1, 2, 3]``, ``"0,1,2,3"`` or one int; stored as a
             tuple): one worker pinned to each by ``CUDA_VISIBLE_DEVICES``. None (the
             default) runs ``n_jobs`` workers on the CPU.
-        jobs_per_gpu: trials run at once on one GPU (default 1; TensorFlow's memory
-            growth is turned on above 1).
+        jobs_per_gpu: trials run at once on one GPU, or on one group of
+            ``gpus_per_trial`` GPUs (default 1; TensorFlow's memory growth is turned
+            on above 1).
+        gpus_per_trial: GPUs each trial trains on (default 1). Each worker is pinned
+            to a disjoint group of that many consecutive ids of ``gpus``
+            (``[0, 1, 2, 3]`` by 2: ``CUDA_VISIBLE_DEVICES=0,1`` and ``2,3``) and
+            trains its models under ``tf.distribute.MirroredStrategy`` (the
+            TensorFlow backend only). ``gpus`` must split into such groups.
         n_jobs: CPU workers when there are no GPUs; None (the default): one per core.
             A local pool runs at most 4 workers per core of this machine (``n_jobs``,
             or GPUs x ``jobs_per_gpu``); more is refused, naming ``os.cpu_count()``.
@@ -65,6 +73,7 @@ class Resources:
 
     gpus: str | int | Sequence[int] | None = None
     jobs_per_gpu: int = 1
+    gpus_per_trial: int = 1
     n_jobs: int | None = None
     executor: Executor | None = None
     worker_log: bool = True
@@ -76,6 +85,11 @@ class Resources:
         if self.executor is not None:
             if self.gpus is not None or self.n_jobs is not None:
                 raise InputError("give gpus/n_jobs to the executor, not beside it")
+            if self.gpus_per_trial != 1:
+                raise InputError(
+                    "give gpus_per_trial to the executor (DaskExecutor(client, gpus=..., "
+                    "gpus_per_trial=...)), not beside it"
+                )
             if not isinstance(self.executor, Executor):
                 raise InputError(
                     f"executor must be a phobbit Executor (LocalExecutor, DaskExecutor, "
@@ -84,12 +98,13 @@ class Resources:
         ids = parse_gpus(self.gpus)
         object.__setattr__(self, "gpus", None if ids is None else tuple(ids))
         check_int("jobs_per_gpu", self.jobs_per_gpu, minimum=1)
+        gpu_groups(self.gpus, self.gpus_per_trial)  # before anything: 0,1,2 by 2 is refused
         if self.n_jobs is not None:
             check_int("n_jobs", self.n_jobs, minimum=1)
         if self.executor is None:
             # Before the pool is made (and before anything is written): --jobs 100000
             # would spawn processes for minutes and train nothing.
-            check_worker_count(self.gpus, self.jobs_per_gpu, self.n_jobs)
+            check_worker_count(self.gpus, self.jobs_per_gpu, self.n_jobs, self.gpus_per_trial)
         object.__setattr__(self, "worker_log", bool(self.worker_log))
         object.__setattr__(
             self, "segment_timeout", parse_duration(self.segment_timeout, "segment_timeout")
@@ -126,4 +141,6 @@ class Resources:
         if self.executor is not None:
             return self.executor
         gpus = None if self.gpus is None else list(self.gpus)
-        return LocalExecutor(gpus, self.jobs_per_gpu, self.n_jobs, env=env)
+        return LocalExecutor(
+            gpus, self.jobs_per_gpu, self.n_jobs, env=env, gpus_per_trial=self.gpus_per_trial
+        )

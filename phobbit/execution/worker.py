@@ -1,7 +1,8 @@
-"""The worker side: pinning a process to one GPU, and running one segment of a configuration.
+"""The worker side: pinning a process to its GPUs, and running one segment of a configuration.
 
 Everything here runs in a worker process. ``pin`` is the pool's initializer: it
-takes a free *slot* (a GPU id, or the CPU) by an OS file lock that the process
+takes a free *slot* (a GPU id, a disjoint group of them such as ``0,1`` when
+trials take several GPUs, or the CPU) by an OS file lock that the process
 holds until it dies, so a replacement worker finds the slot of the one it
 replaces free, and sets ``CUDA_VISIBLE_DEVICES`` before anything imports
 TensorFlow. ``train_segment`` trains one segment and appends its row to the
@@ -83,7 +84,8 @@ def pin(
     """Pool initializer: lease a free slot and pin this process to its device.
 
     Args:
-        slots: one device per worker slot: a GPU id, or ``HIDDEN`` for a CPU worker.
+        slots: one device per worker slot: a GPU id, a group of them (``"0,1"``,
+            which ``CUDA_VISIBLE_DEVICES`` takes as it is), or ``HIDDEN`` for a CPU worker.
         lease_dir: a folder of this pool's lease files.
         threads: CPU threads this worker may use.
         allow_growth: let TensorFlow grow GPU memory (several jobs share a GPU).
@@ -178,7 +180,8 @@ def _watch_parent(parent: int) -> None:
 
 
 def pinned_device() -> str:
-    """The device this worker is pinned to (a GPU id, ``-1`` for the CPU), or ``''``."""
+    """The device this worker is pinned to (a GPU id, a group ``0,1``, ``-1`` for the CPU),
+    or ``''``."""
     return worker_state().device
 
 

@@ -5,7 +5,8 @@ up once, on first use, and reached with :func:`worker_state`. Each part's module
 says what the part means: ``phobbit.execution.worker`` pins the process
 (``slot``, ``device``, ``pin_error``, ``driver``), ``phobbit.execution.warm``
 keeps models warm (``warm_caches``), ``phobbit.storage.fence`` fences its writes
-(``fences``) and the Keras trainable keeps the datasets it loaded (``datasets``).
+(``fences``) and the Keras trainable keeps the datasets it loaded (``datasets``) and
+the strategy its models are built under (``strategy``).
 
 This module imports nothing of execution, so that every part's module may use it.
 """
@@ -25,7 +26,8 @@ class WorkerState:
 
     Attributes:
         slot: the index of the slot ``pin`` leased, or None.
-        device: the device of that slot (a GPU id, ``-1`` for the CPU), or ``''``.
+        device: the device of that slot (a GPU id, a group ``0,1``, ``-1`` for the CPU),
+            or ``''``.
         slot_fd: the open file whose lock holds the slot for as long as the process lives.
         pin_error: why the process found no slot; its segments go back to the scheduler.
         driver: the pid of the driver that started this pool worker, or None (a
@@ -34,6 +36,9 @@ class WorkerState:
             serves (a simulated executor pushes each virtual worker's own).
         fences: the fences of the segments running in this process.
         datasets: datasets loaded once and reused by every trial, by source.
+        strategy: the Keras trainable's ``[tf.distribute.Strategy or None]`` once decided
+            (None inside: one device); empty until then. Made once: every model of the
+            worker is built under the same one.
         lock: guards the parts made on first use (two threads of a Dask worker).
     """
 
@@ -45,6 +50,7 @@ class WorkerState:
     warm_caches: list[Any] = field(default_factory=list)
     fences: fence.Fences = field(default_factory=fence.Fences)
     datasets: dict[str, Any] = field(default_factory=dict)
+    strategy: list[Any] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 

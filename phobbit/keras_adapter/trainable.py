@@ -28,6 +28,7 @@ The driver never imports this module: it sends a ``phobbit.keras_adapter.fit``
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import time
@@ -200,6 +201,60 @@ def build_compiled_state(model: Any, batch_spec: Any) -> None:
             symbolic_build(data_batch=batch_spec)
     except Exception:  # noqa: BLE001 - a model it cannot build symbolically: fit builds it
         return
+
+
+def replica_strategy() -> Any:
+    """The ``tf.distribute.MirroredStrategy`` this worker builds its models under, or None.
+
+    A worker pinned to several GPUs (``gpus_per_trial``) trains each model on all of
+    them: one replica per GPU it sees, each batch split between them. A CPU split into
+    several logical devices (``tf.config.set_logical_device_configuration``, which only
+    a deliberate split makes: the tests stand them in for GPUs) counts the same way.
+    Otherwise None, and the model is built as without phobbit. Decided once per worker,
+    on first use, after ``CUDA_VISIBLE_DEVICES`` was pinned: every model of the worker
+    uses the same one.
+
+    Raises:
+        InputError: when the worker is pinned to several GPUs and Keras runs another
+            backend than TensorFlow (``MirroredStrategy`` is TensorFlow's).
+    """
+    state = worker_state()
+    with state.lock:
+        if not state.strategy:
+            state.strategy.append(_make_strategy(state.device))
+    return state.strategy[0]
+
+
+def _make_strategy(device: str) -> Any:
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        if "," in device:  # a GPU group: the pinning gave this worker several GPUs
+            raise InputError(
+                f"gpus_per_trial > 1 trains each trial on its GPUs {device} with "
+                f"tf.distribute.MirroredStrategy, which needs the TensorFlow backend, not "
+                f"{backend!r}; use backend 'tensorflow', or gpus_per_trial 1"
+            )
+        return None
+    import tensorflow as tf
+
+    # Asked without initialising TensorFlow's runtime (listing logical devices would):
+    # a one-device worker's model function may still configure it (memory growth).
+    if "," in device:
+        gpus = tf.config.list_physical_devices("GPU")
+        return tf.distribute.MirroredStrategy() if len(gpus) > 1 else None
+    cpus = tf.config.list_physical_devices("CPU")
+    split = tf.config.get_logical_device_configuration(cpus[0]) if cpus else None
+    if not split or len(split) < 2:
+        return None
+    return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(len(split))])
+
+
+def _scope() -> Any:
+    """The scope models are built, compiled and restored in: the worker's strategy's."""
+    strategy = replica_strategy()
+    return contextlib.nullcontext() if strategy is None else strategy.scope()
 
 
 def _head(data: Any, size: int) -> Any:
@@ -379,7 +434,9 @@ class KerasTrainable:
         """The compiled model of ``hparams``, checked to be one."""
         import keras
 
-        model = self.model_function(dict(hparams))
+        # Under the worker's strategy: variables made here are mirrored on its devices.
+        with _scope():
+            model = self.model_function(dict(hparams))
         if not isinstance(model, keras.Model):
             raise TypeError(
                 f"model function returned {type(model).__name__}, not a compiled keras.Model"
@@ -403,6 +460,7 @@ class KerasTrainable:
                 function, the arrays' shapes and Keras' message.
         """
         use_backend(self.backend)
+        replica_strategy()  # a backend that cannot train on the worker's GPUs stops it here
         arrays = self._source()  # a bad dataset function stops the run here already
         if arrays is None or is_batch_source(arrays[0]) or is_batch_source(arrays[1]):
             return
@@ -462,7 +520,8 @@ class KerasTrainable:
             if resume.source is None:
                 break
             try:
-                restore(model, resume.source)
+                with _scope():  # the optimizer's variables are made here
+                    restore(model, resume.source)
                 break
             except Exception as exc:  # noqa: BLE001 - weights that do not load: a bad file
                 index = 0 if resume.from_checkpoint else 1

@@ -42,9 +42,11 @@ CPU_PREFIX = "cpu#"  # a CPU worker's device in a display: cpu#0, cpu#1, ...
 
 
 def device_label(gpu: str) -> str:
-    """How a worker's device reads in a display: ``GPU 0``, ``CPU 1``, ``CPU`` or ``GPU ?``.
+    """How a worker's device reads in a display: ``GPU 0``, ``GPU 0,1``, ``CPU 1``, ``CPU``
+    or ``GPU ?``.
 
-    ``gpu`` is a GPU id, ``-1`` (a CPU worker), or ``cpu#N`` (CPU worker number N).
+    ``gpu`` is a GPU id, a group of them (``0,1``: a worker of ``gpus_per_trial`` 2),
+    ``-1`` (a CPU worker), or ``cpu#N`` (CPU worker number N).
     """
     if gpu == UNKNOWN:
         return "GPU ?"
@@ -69,11 +71,13 @@ def slot_summary(slots: Sequence[str], shown: int = 8) -> str:
     """The slots' labels for one line: all of up to ``shown``, else the first few and the last.
 
     ``CPU 0, CPU 1, CPU 2, ..., CPU 127``: a long pool is not a line of a thousand names.
+    GPU groups are set apart by semicolons: ``GPU 0,1; GPU 2,3``.
     """
     labels = slot_labels(slots)
+    apart = "; " if any("," in label for label in labels) else ", "
     if len(labels) <= shown:
-        return ", ".join(labels)
-    return ", ".join([*labels[: shown - 2], "...", labels[-1]])
+        return apart.join(labels)
+    return apart.join([*labels[: shown - 2], "...", labels[-1]])
 
 
 @dataclass(frozen=True)

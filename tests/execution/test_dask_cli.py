@@ -356,3 +356,11 @@ def test_workers_are_pinned_to_the_gpus_their_hosts_share_and_unlike_hosts_are_r
     with pytest.raises(InputError, match="host a runs 3 workers but has 2 GPU slots"):
         cluster_gpus(_Hosts(crowded), jobs_per_gpu=2)
     assert cluster_gpus(_Hosts(crowded), jobs_per_gpu=3) == [0]
+
+
+def test_gpus_per_trial_counts_a_hosts_slots_by_group() -> None:
+    four = {f"tcp://a:{i}": ("a", 4) for i in range(2)}  # 2 workers, 4 GPUs: 2 pairs
+    assert cluster_gpus(_Hosts(four), gpus_per_trial=2) == [0, 1, 2, 3]
+    three = {f"tcp://a:{i}": ("a", 4) for i in range(3)}
+    with pytest.raises(InputError, match=r"3 workers but has 2 GPU slots \(4 GPUs in groups of 2"):
+        cluster_gpus(_Hosts(three), gpus_per_trial=2)
