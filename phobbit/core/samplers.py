@@ -19,12 +19,13 @@ fed the observations in order.
 
 How phobbit's distributions map onto Optuna's: ``uniform`` and ``log-uniform``
 to a float range (log for the second), ``randint`` to an integer range,
-``log-randint`` to a log integer range, ``choice`` to a categorical over the options' indices (options may be lists or
-dicts, which Optuna cannot hold), and ``normal`` to a float in (0, 1) read
-through the normal's inverse CDF: uniform in that coordinate is the normal
-prior exactly, so random draws keep the prior and the density model works on a
-bounded range (values beyond 1e-9 of either tail are clipped); ``reverse-log-uniform``
-likewise through the uniform it is drawn from. A conditional hyperparameter is
+``log-randint`` to a log integer range, ``choice`` to a categorical over the
+options' indices (options may be lists or dicts, which Optuna cannot hold), and
+``normal`` to a float in (0, 1) read through the normal's inverse CDF: uniform
+in that coordinate is the normal prior exactly, so random draws keep the prior
+and the density model works on a bounded range (values beyond 1e-9 of either
+tail are clipped); ``reverse-log-uniform`` likewise through the uniform it is
+drawn from. A conditional hyperparameter is
 given to Optuna only in the trials where it is active.
 
 Example:
