@@ -81,7 +81,8 @@ class Spec:
             return None
         lo, hi = c["min_value"], c["max_value"]
         if sampling == "linear":
-            count = int((hi - lo) // step + 1)
+            # Not Keras Tuner's (hi - lo) // step: (0.3 - 0.0) // 0.1 is 2.0 and drops 0.3.
+            count = int(math.floor((hi - lo) / step + 1e-9)) + 1
             values = [lo + i * step for i in range(count)]
         else:
             count = int(math.log(hi / lo, step) + 1e-8) + 1
