@@ -275,9 +275,9 @@ class Hyperband:
             if not isinstance(validation_data, (list, tuple)) or len(validation_data) != 2:
                 raise InputError("validation_data must be (x_val, y_val)")
             train, validation = (x, y), tuple(validation_data)
-        if self.overwrite and self.project_dir.is_dir():
-            shutil.rmtree(self.project_dir)
         self.specs = self._discover((train[0], train[1], validation))
+        if self.overwrite and self.project_dir.is_dir():
+            shutil.rmtree(self.project_dir)  # as Keras Tuner does; only once the space is found
         from phobbit.keras_adapter.hypermodel import HyperModelFunction
 
         resources = {"gpus": self.gpus, "n_jobs": self.n_jobs, "max_retries": self.max_retries}
