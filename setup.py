@@ -32,6 +32,8 @@ setup(
             "tensorboard>=2.16",
             "matplotlib>=3.7",
             "jax>=0.4.30",
+            # tests/test_keras_tuner.py runs Keras Tuner's examples against the real package.
+            "keras-tuner>=1.4",
         ],
         "examples": ["scikit-learn>=1.3"],
         "tensorboard": ["tensorboard>=2.16"],
@@ -62,6 +64,7 @@ setup(
             "tensorboard>=2.16",
             "matplotlib>=3.7",
             "jax>=0.4.30",
+            "keras-tuner>=1.4",
             "ruff>=0.5",
         ],
     },

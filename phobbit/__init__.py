@@ -49,7 +49,7 @@ _EXPORTS = {
     "brackets": "phobbit.core.schedule",
     "open_repository": "phobbit.storage.view",
 }
-_SUBMODULES = {"algorithms"}
+_SUBMODULES = {"algorithms", "keras_tuner"}
 
 __all__ = [
     "Bracket",
@@ -77,6 +77,7 @@ __all__ = [
     "SyntheticTrainable",
     "Trainable",
     "algorithms",
+    "keras_tuner",
     "brackets",
     "open_repository",
 ]

@@ -18,6 +18,10 @@ Names looked up, first found wins (``--model-fn``, ``--hparams`` and
   ``train_gen_args``, ``valid_gen_args``, ``steps_per_epoch``, ``validation_steps``;
 * instead of a model function and data, ``trainable``: any object with the
   ``phobbit.execution.trainable.Trainable`` interface (for non-Keras work);
+* instead of a model function and a list, Keras Tuner's ``build_model(hp)`` or a
+  ``hypermodel`` (a ``phobbit.keras_tuner.HyperModel``, or its class): its space is
+  discovered by running it in a process that sees no GPU
+  (``phobbit.keras_adapter.hypermodel``);
 * optional, as ``ParallelHyperband``'s arguments of the same names: ``objective``
   and ``direction``; for Keras' ``fit``, ``callbacks`` (a list, or a function of
   the hparams that returns one: called in each worker, so Keras is imported
@@ -54,6 +58,7 @@ GENERATOR_NAMES = (
     "validation_steps",
 )
 TRAINABLE_NAME = "trainable"
+HYPERMODEL_NAMES = ("build_model", "hypermodel")
 OPTION_NAMES = ("objective", "direction", "callbacks", "fit_kwargs", "fit_hparams")
 
 
@@ -141,6 +146,30 @@ class ModelFileRef:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.resolve()(*args, **kwargs)
+
+
+@dataclass(frozen=True)
+class ModelFileHyperModel:
+    """A picklable reference to a model file's ``build_model(hp)`` or ``hypermodel``, with
+    Keras Tuner's ``build`` and ``fit``: it is imported in the process that calls it."""
+
+    ref: ModelFileRef
+
+    def _target(self) -> Any:
+        target = self.ref.resolve()
+        return target() if isinstance(target, type) else target
+
+    def build(self, hp: Any) -> Any:
+        """The model of ``hp``, built by the file's hypermodel."""
+        target = self._target()
+        return target.build(hp) if hasattr(target, "build") else target(hp)
+
+    def fit(self, hp: Any, model: Any, *args: Any, **kwargs: Any) -> Any:
+        """The file's hypermodel's ``fit``, or ``model.fit``."""
+        target = self._target()
+        if callable(getattr(target, "fit", None)):
+            return target.fit(hp, model, *args, **kwargs)
+        return model.fit(*args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -249,12 +278,51 @@ def load_model_file(
     module = load_module(path)
     resolved = Path(path).resolve()
     hp_name = _named(module, resolved, hparams, HPARAM_NAMES, "--hparams")
+    keras_tuner = next((n for n in HYPERMODEL_NAMES if hasattr(module, n)), None)
+    if hp_name is None and model_fn is None and keras_tuner is not None:
+        return _hypermodel_file(module, resolved, keras_tuner, dataset)
     if hp_name is None:
         raise InputError(
             f"model file {path} defines no hyperparameters: looked for "
-            f"{', '.join(HPARAM_NAMES)}; name yours with --hparams"
+            f"{', '.join(HPARAM_NAMES)} (or Keras Tuner's {', '.join(HYPERMODEL_NAMES)}); "
+            "name yours with --hparams"
         )
     hparam_ranges = getattr(module, hp_name)
+    return _with_function(module, resolved, path, hparam_ranges, model_fn, dataset)
+
+
+def _hypermodel_file(
+    module: ModuleType, resolved: Path, name: str, dataset: str | None
+) -> ModelFile:
+    """A model file of Keras Tuner's form: its space discovered, its build the model function."""
+    from phobbit.core.define_by_run import HyperParameters
+    from phobbit.keras_adapter.hypermodel import HyperModelFunction, discover_in_subprocess
+
+    data = _data(module, resolved, dataset)
+    hypermodel = ModelFileHyperModel(ModelFileRef(str(resolved), name))
+    arrays = data.get("dataset")
+    probe = None
+    if isinstance(arrays, (list, tuple)) and len(arrays) == 2:
+        (x, y), validation = arrays
+        probe = (x, y, validation)
+    specs, _ = discover_in_subprocess(hypermodel, probe)
+    return ModelFile(
+        resolved,
+        list(HyperParameters.from_specs(specs).to_space().hparams),
+        model_function=HyperModelFunction(hypermodel, specs),  # type: ignore[arg-type]
+        data=data,
+        options=_options(module, resolved),
+    )
+
+
+def _with_function(
+    module: ModuleType,
+    resolved: Path,
+    path: str | Path,
+    hparam_ranges: Any,
+    model_fn: str | None,
+    dataset: str | None,
+) -> ModelFile:
     fn_name = _named(module, resolved, model_fn, MODEL_FUNCTION_NAMES, "--model-fn")
     if fn_name is None and hasattr(module, TRAINABLE_NAME):
         trainable = getattr(module, TRAINABLE_NAME)

@@ -19,11 +19,14 @@ fed the observations in order.
 
 How phobbit's distributions map onto Optuna's: ``uniform`` and ``log-uniform``
 to a float range (log for the second), ``randint`` to an integer range,
-``choice`` to a categorical over the options' indices (options may be lists or
-dicts, which Optuna cannot hold), and ``normal`` to a float in (0, 1) read
-through the normal's inverse CDF: uniform in that coordinate is the normal
-prior exactly, so random draws keep the prior and the density model works on a
-bounded range (values beyond 1e-9 of either tail are clipped).
+``log-randint`` to a log integer range, ``choice`` to a categorical over the
+options' indices (options may be lists or dicts, which Optuna cannot hold), and
+``normal`` to a float in (0, 1) read through the normal's inverse CDF: uniform
+in that coordinate is the normal prior exactly, so random draws keep the prior
+and the density model works on a bounded range (values beyond 1e-9 of either
+tail are clipped); ``reverse-log-uniform`` likewise through the uniform it is
+drawn from. A conditional hyperparameter is
+given to Optuna only in the trials where it is active.
 
 Example:
     >>> sampler = make_sampler("tpe", space, seed=0)
@@ -177,7 +180,7 @@ class TPESampler(RandomSampler):
         study.add_trials(
             [
                 optuna.trial.create_trial(
-                    params=self._to_optuna(hparams), distributions=dists, value=loss
+                    params=self._to_optuna(hparams), distributions=self._dists(hparams), value=loss
                 )
                 for hparams, loss in seen[added:]
             ]
@@ -188,7 +191,7 @@ class TPESampler(RandomSampler):
             [
                 optuna.trial.create_trial(
                     params=self._to_optuna(hparams),
-                    distributions=dists,
+                    distributions=self._dists(hparams),
                     state=optuna.trial.TrialState.RUNNING,
                 )
                 for hparams in self._pending.values()
@@ -203,10 +206,21 @@ class TPESampler(RandomSampler):
         trial = study.ask(dists)
         for liar in range(first, trial.number + 1):
             study.tell(liar, state=optuna.trial.TrialState.FAIL)
-        return {hp.name: _from_optuna(hp, trial.params[hp.name]) for hp in self.space.hparams}
+        # Optuna proposes every hyperparameter; a conditional one is kept only when active.
+        picked = {hp.name: _from_optuna(hp, trial.params[hp.name]) for hp in self.space.hparams}
+        return self.space.prune(picked)
+
+    def _dists(self, hparams: dict[str, Any]) -> dict[str, Any]:
+        """The distributions of the hyperparameters ``hparams`` holds (an inactive
+        conditional one is absent: Optuna's TPE models each from the trials that hold it)."""
+        return {n: d for n, d in self._distributions.items() if n in hparams}
 
     def _to_optuna(self, hparams: dict[str, Any]) -> dict[str, Any]:
-        return {hp.name: _to_optuna(hp, hparams[hp.name]) for hp in self.space.hparams}
+        return {
+            hp.name: _to_optuna(hp, hparams[hp.name])
+            for hp in self.space.hparams
+            if hp.name in hparams
+        }
 
 
 def make_sampler(name: str, space: Space, seed: int = 0) -> RandomSampler:
@@ -224,7 +238,9 @@ def _distribution(optuna: Any, hp: Hyperparameter) -> Any:
         return d.FloatDistribution(float(args[0]), float(args[1]), log=True)
     if dist == "randint":
         return d.IntDistribution(int(args[0]), int(args[1]))
-    if dist == "normal":
+    if dist == "log-randint":
+        return d.IntDistribution(int(args[0]), int(args[1]), log=True)
+    if dist in ("normal", "reverse-log-uniform"):
         return d.FloatDistribution(_TAIL, 1 - _TAIL)
     return d.CategoricalDistribution(list(range(len(args))))
 
@@ -238,8 +254,12 @@ def _to_optuna(hp: Hyperparameter, value: Any) -> Any:
     if dist == "choice":
         thawed = [_json_shape(a) for a in args]
         return thawed.index(_json_shape(value)) if _json_shape(value) in thawed else 0
-    if dist == "randint":
+    if dist in ("randint", "log-randint"):
         return int(value)
+    if dist == "reverse-log-uniform":  # the uniform coordinate it is drawn from
+        lo, hi = float(args[0]), float(args[1])
+        u = 1 - math.log(max(hi + lo - float(value), lo) / lo) / math.log(hi / lo)
+        return min(max(u, _TAIL), 1 - _TAIL)
     lo, hi = float(args[0]), float(args[1])
     return min(max(float(value), lo), hi)
 
@@ -251,8 +271,11 @@ def _from_optuna(hp: Hyperparameter, value: Any) -> Any:
         return float(args[0] + args[1] * _STD_NORMAL.inv_cdf(float(value)))
     if dist == "choice":
         return _json_shape(args[int(value)])
-    if dist == "randint":
+    if dist in ("randint", "log-randint"):
         return int(value)
+    if dist == "reverse-log-uniform":
+        lo, hi = float(args[0]), float(args[1])
+        return min(max(hi + lo - lo * (hi / lo) ** (1 - float(value)), lo), hi)
     return float(value)
 
 

@@ -19,7 +19,18 @@ import numpy as np
 
 from phobbit.errors import InputError
 
-DISTRIBUTIONS = ("uniform", "log-uniform", "choice", "randint", "normal")
+DISTRIBUTIONS = (
+    "uniform",
+    "log-uniform",
+    "choice",
+    "randint",
+    "normal",
+    "log-randint",
+    "reverse-log-uniform",
+)
+"""The last two are Keras Tuner's ``hp.Int(sampling="log")`` and ``hp.Float(sampling=
+"reverse_log")`` (``phobbit.core.define_by_run``): an integer uniform in log space over
+[lo, hi + 1), and a float whose distance to hi + lo is log-uniform (dense near hi)."""
 MAX_NESTING = 16
 """How deeply a choice option may nest lists and dicts; rows of deeper hparams are not read."""
 INT64 = (-(2**63), 2**63 - 1)  # randint draws with numpy, in int64
@@ -138,6 +149,10 @@ class Hyperparameter:
     name: str
     distribution: str
     distr_args: tuple
+    conditions: tuple = ()
+    """Keras Tuner's conditional hyperparameters: ``((parent, (values...)), ...)``; the
+    hyperparameter is active (drawn into a configuration) only while every parent is active
+    and holds one of its values. Empty (the default) for an unconditional one."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -161,7 +176,37 @@ class Hyperparameter:
         else:
             args = tuple(_number(v) for v in args)
         object.__setattr__(self, "distr_args", args)
+        object.__setattr__(self, "conditions", self._checked_conditions())
         self._validate()
+
+    def _checked_conditions(self) -> tuple:
+        conditions = self.conditions
+        if not isinstance(conditions, (list, tuple)) or not all(
+            isinstance(c, (list, tuple)) and len(c) == 2 and isinstance(c[0], str) and c[0]
+            for c in conditions
+        ):
+            raise InputError(
+                f"conditions of hyperparameter {self.name!r} must be (parent name, values) "
+                f"pairs, got {_short(conditions)}"
+            )
+        checked = []
+        for parent, values in conditions:
+            if not isinstance(values, (list, tuple)) or not values:
+                raise InputError(
+                    f"hyperparameter {self.name!r} is conditional on {parent!r} with no "
+                    "parent values; give at least one"
+                )
+            checked.append((str(parent), tuple(_plain(v, self.name) for v in values)))
+        return tuple(checked)
+
+    def active(self, values: dict[str, Any]) -> bool:
+        """Whether this hyperparameter is active given the values drawn before it
+        (``values`` holds only active ones): every condition's parent has one of its values."""
+        return all(
+            parent in values
+            and _canonical(values[parent]) in {_canonical(_thaw(v)) for v in options}
+            for parent, options in self.conditions
+        )
 
     def _validate(self) -> None:
         name, dist, args = self.name, self.distribution, self.distr_args
@@ -198,19 +243,19 @@ class Hyperparameter:
             raise InputError(
                 f"{dist} hyperparameter {name!r} needs lo < hi, got lo={a!r}, hi={b!r}"
             )
-        if dist == "log-uniform" and a <= 0:
-            raise InputError(f"log-uniform hyperparameter {name!r} needs lo > 0, got lo={a!r}")
-        if dist == "randint":
+        if dist in ("log-uniform", "log-randint", "reverse-log-uniform") and a <= 0:
+            raise InputError(f"{dist} hyperparameter {name!r} needs lo > 0, got lo={a!r}")
+        if dist in ("randint", "log-randint"):
             if not all(float(v).is_integer() for v in args):
                 raise InputError(
-                    f"randint hyperparameter {name!r} needs integer bounds, got {args!r}"
+                    f"{dist} hyperparameter {name!r} needs integer bounds, got {args!r}"
                 )
             if not all(INT64[0] <= int(v) <= INT64[1] for v in args):
                 raise InputError(
-                    f"randint hyperparameter {name!r} needs bounds within "
+                    f"{dist} hyperparameter {name!r} needs bounds within "
                     f"[-2**63, 2**63 - 1] (numpy draws int64), got lo={a!r}, hi={b!r}"
                 )
-        if dist == "uniform" and not _finite(float(b) - float(a)):
+        if dist in ("uniform", "reverse-log-uniform") and not _finite(float(b) - float(a)):
             raise InputError(
                 f"uniform hyperparameter {name!r} needs hi - lo to be a finite float, "
                 f"got lo={a!r}, hi={b!r}"
@@ -227,6 +272,13 @@ class Hyperparameter:
             return int(rng.integers(int(args[0]), int(args[1]), endpoint=True))
         if dist == "normal":
             return float(rng.normal(args[0], args[1]))
+        if dist == "log-randint":
+            lo, hi = int(args[0]), int(args[1])
+            drawn = math.exp(rng.uniform(math.log(lo), math.log(hi + 1)))
+            return min(max(int(drawn), lo), hi)  # exp(log(x)) may land an ulp outside
+        if dist == "reverse-log-uniform":
+            lo, hi = float(args[0]), float(args[1])
+            return min(max(hi + lo - lo * (hi / lo) ** (1 - rng.uniform()), lo), hi)
         return _thaw(args[int(rng.integers(len(args)))])
 
     def refuses(self, value: Any) -> str | None:
@@ -244,7 +296,7 @@ class Hyperparameter:
             if written is not None and any(written == _canonical(_thaw(a)) for a in args):
                 return None
             return f"{self.name}={_short(value)} is none of its options"
-        if dist == "randint":
+        if dist in ("randint", "log-randint"):
             if not isinstance(value, int) or isinstance(value, bool):
                 return f"{self.name}={_short(value)} is not an integer"
             if not args[0] <= value <= args[1]:
@@ -262,12 +314,16 @@ class Hyperparameter:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON shape of this hyperparameter."""
-        return {
+        """The JSON shape of this hyperparameter (``conditions`` only when it has some, so
+        an unconditional space keeps the fingerprint it always had)."""
+        data = {
             "name": self.name,
             "distribution": self.distribution,
             "distr_args": _thaw(self.distr_args),
         }
+        if self.conditions:
+            data["conditions"] = [[p, _thaw(v)] for p, v in self.conditions]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Hyperparameter:
@@ -276,7 +332,8 @@ class Hyperparameter:
         if data["distribution"] == "choice" and isinstance(args, (list, tuple)):
             # In Hobbit's form, so that a single option that is itself a list stays one.
             args = [tuple(args)]
-        return cls(data["name"], data["distribution"], args)
+        conditions = tuple((p, tuple(v)) for p, v in data.get("conditions", ()))
+        return cls(data["name"], data["distribution"], args, conditions)
 
 
 class Space:
@@ -303,6 +360,12 @@ class Space:
                 raise InputError(
                     f"hyperparameter {hp.name!r} is listed twice; names must be unique"
                 )
+            for parent, _ in hp.conditions:
+                if parent not in seen:
+                    raise InputError(
+                        f"hyperparameter {hp.name!r} is conditional on {parent!r}, which is "
+                        "not listed before it; list a parent before its children"
+                    )
             seen.add(hp.name)
 
     def __len__(self) -> int:
@@ -320,7 +383,22 @@ class Space:
     def sample(self, seed: int, iteration: int, s: int, config_id: int) -> dict[str, Any]:
         """The configuration ``(iteration, s, config_id)`` of the run seeded by ``seed``."""
         rng = np.random.default_rng([seed, iteration, s, config_id])
-        return {hp.name: hp.sample(rng) for hp in self.hparams}
+        # Every hyperparameter draws, active or not, so that a condition never shifts the
+        # draws of the hyperparameters after it.
+        return self.prune({hp.name: hp.sample(rng) for hp in self.hparams})
+
+    @property
+    def conditional(self) -> bool:
+        """Whether some hyperparameter is conditional (a configuration may lack it)."""
+        return any(hp.conditions for hp in self.hparams)
+
+    def prune(self, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` without the hyperparameters that are inactive given them, in order."""
+        kept: dict[str, Any] = {}
+        for hp in self.hparams:
+            if hp.name in values and hp.active(kept):
+                kept[hp.name] = values[hp.name]
+        return kept
 
     def refuses(self, hparams: Any) -> str | None:
         """Why ``hparams`` (a configuration read back from a file) cannot be one of this
@@ -334,17 +412,30 @@ class Space:
         if not isinstance(hparams, dict):
             return f"{_short(hparams)} is not a configuration"
         names = [hp.name for hp in self.hparams]
-        missing = [n for n in names if n not in hparams]
+        kept: dict[str, Any] = {}
+        for hp in self.hparams:  # an inactive hyperparameter is absent, an active one present
+            if hp.active(kept):
+                if hp.name in hparams:
+                    kept[hp.name] = hparams[hp.name]
+            elif hp.name in hparams:
+                return f"{hp.name} is given, but its conditions {hp.conditions} do not hold"
+        missing = [n for n in names if n not in hparams and self._active_in(n, hparams)]
         if missing:
             return f"it lacks {', '.join(missing)}"
         unknown = sorted(str(k) for k in hparams if k not in names)
         if unknown:
             return f"the space has no {', '.join(unknown)}"
         for hp in self.hparams:
+            if hp.name not in hparams:
+                continue
             why = hp.refuses(hparams[hp.name])
             if why is not None:
                 return why
         return None
+
+    def _active_in(self, name: str, hparams: dict[str, Any]) -> bool:
+        hp = next(h for h in self.hparams if h.name == name)
+        return hp.active(self.prune(hparams))
 
     def to_list(self) -> list[dict[str, Any]]:
         """The JSON shape of the space."""
