@@ -1,6 +1,7 @@
 """The repository folder: everything a tuning run keeps on disk, and how it is read back.
 
-CRC-framed rows and their one reader (``framing``), the driver's lease and the
+CRC-framed rows and their one reader (``framing``), the one way a repository file is
+opened: inside the folder, regular, bounded (``files``), the driver's lease and the
 fencing token that keeps a dead driver's processes from writing (``lease``,
 ``fence``), ``results.csv`` and ``run.json`` (``repository``), checkpoints and
 their best-epoch copies (``checkpoints``), the decisions ASHA and TPE record
