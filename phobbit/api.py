@@ -30,7 +30,6 @@ import pandas as pd
 
 from phobbit.core.budget import Budget, parse_duration
 from phobbit.core.objective import Objective
-from phobbit.core.provenance import Provenance
 from phobbit.core.records import RunSettings, Tuning
 from phobbit.core.search import Search
 from phobbit.core.space import Hyperparameter, Space
@@ -422,7 +421,7 @@ class ParallelHyperband:
             # Bad input a worker finds (a dataset function's result) leaves a new folder as it was.
             stack.enter_context(self.repository.undone_on_bad_input(made))
             settings = self.repository.create(settings)  # with the run's id
-            self._sift_rows()
+            self.repository.sift()
             plan, budget = search.plan(
                 Tuning(settings, self.repository.checkpoint_stem),
                 DecisionLog(self.repository).read(),
@@ -534,20 +533,9 @@ class ParallelHyperband:
         Raises:
             RepositoryError: when ``run.json`` or ``results.csv`` cannot be read.
         """
-        settings = self._sift_rows()
+        settings = self.repository.sift()
         goal = self.objective if settings is None else settings.goal
         return results_frame(self.repository.iter_results(), goal)
-
-    def _sift_rows(self) -> RunSettings | None:
-        """Has the repository skip rows its run cannot have written; returns its settings.
-
-        The bounds are ``run.json``'s, whose iterations are the most any invocation
-        asked for: a resume with fewer still reads the others' rows.
-        """
-        settings = self.repository.read_settings()
-        if settings is not None:
-            self.repository.provenance = Provenance.of(settings)
-        return settings
 
     def best_hparams(self, n: int = 1) -> list[dict[str, Any]]:
         """The hyperparameters of the ``n`` best configurations so far, best first."""

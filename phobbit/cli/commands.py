@@ -36,8 +36,6 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
 
-    from phobbit.core.records import SegmentResult
-    from phobbit.storage.repository import Repository
 
 # rich, pandas and the library's engine are imported where a command needs them, so
 # that `phobbit brackets` starts without them.
@@ -219,7 +217,11 @@ def _train(
         raise InputError("--jobs sets CPU workers; with --gpus use --jobs-per-gpu")
     model = load_model_file(args.model_file, args.model_fn, args.hparams, args.dataset)
     repository = Repository(args.repo)
-    previous = list(_possible_results(repository)) if repository.path.is_dir() else []
+    if repository.path.is_dir():
+        repository.sift()  # rows the run cannot have written are not progress
+        previous = list(repository.iter_results())
+    else:
+        previous = []
     if args.retry_failed:  # trained again: not done yet for the progress display
         previous = [row for row in previous if row.ok]
     live = args.progress == "live" or (args.progress == "auto" and console.is_terminal)
@@ -442,16 +444,6 @@ def _check_gpus(gpus: str | None, gpus_per_trial: int = 1, backend: str | None =
             "the workers would train on the CPU; use --jobs N for CPU workers, or put "
             "nvidia-smi on PATH"
         )
-
-
-def _possible_results(repository: Repository) -> Iterator[SegmentResult]:
-    """The rows of a run to resume that its settings allow (``phobbit.core.provenance``)."""
-    from phobbit.core.provenance import Provenance
-
-    settings = repository.read_settings()
-    if settings is not None:
-        repository.provenance = Provenance.of(settings)
-    return repository.iter_results()
 
 
 def _check_workers(

@@ -193,8 +193,8 @@ class Repository:
         self.models = self.path / MODELS
         self._lock = FileLock(str(self.path / RESULTS_LOCK), timeout=LOCK_TIMEOUT_S)
         self.lease = DriverLease(self.path, self._locked)
-        # What rows the run in this folder can have written, set by whoever read its
-        # settings (the tuner, the read-only view); None reads every intact row.
+        # What rows the run in this folder can have written, set from run.json by sift()
+        # (the tuner, the CLI) or by the read-only view; None reads every intact row.
         self.provenance: Provenance | None = None
         self._warned: dict[str, int] = {}  # skipped rows logged, by file (sifting.possible)
 
@@ -253,6 +253,18 @@ class Repository:
                 f"{self.run_path} is not valid JSON; restore it or use another repository"
             ) from None
         return RunSettings.from_dict(data, self.run_path)
+
+    def sift(self) -> RunSettings | None:
+        """Has every reader skip the rows the run in ``run.json`` cannot have written
+        (``provenance``); returns those settings, None for a folder with no run yet.
+
+        The bounds are ``run.json``'s, whose iterations are the most any invocation
+        asked for: a resume with fewer still reads the others' rows.
+        """
+        settings = self.read_settings()
+        if settings is not None:
+            self.provenance = Provenance.of(settings)
+        return settings
 
     def check_settings(self, settings: RunSettings) -> bool:
         """Checks that this folder is new or holds a run with the same settings.
