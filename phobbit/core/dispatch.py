@@ -20,6 +20,12 @@ With several iterations the backward schedule places the last iteration first,
 so read forwards the iterations finish in turn (the first one's answers come
 after about 1/K of the run on up to 8 workers) while later ones fill the idle
 workers of earlier ones.
+
+``AnytimePolicy``, the default since issue 21, is latest start with the deepest
+brackets of the first iteration given a deadline before the end
+(``anytime_release``), chosen only where forward runs on exact and jittered
+epochs show no longer makespan: their full-fidelity answers then come early
+(on one worker, as early as in Keras Tuner's bracket-by-bracket order).
 """
 
 from __future__ import annotations

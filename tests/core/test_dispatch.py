@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_plan import SPACE
 
-from phobbit.core.dispatch import AnytimePolicy, LatestStartPolicy, anytime_release
+from phobbit.core.dispatch import AnytimePolicy, LatestStartPolicy
 from phobbit.core.hyperband import SynchronousHyperband
 from phobbit.core.plan import Plan
 from phobbit.core.records import Segment, SegmentResult, Status, Tuning
