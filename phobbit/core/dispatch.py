@@ -20,15 +20,23 @@ With several iterations the backward schedule places the last iteration first,
 so read forwards the iterations finish in turn (the first one's answers come
 after about 1/K of the run on up to 8 workers) while later ones fill the idle
 workers of earlier ones.
+
+``AnytimePolicy``, the default since issue 21, is latest start with the deepest
+brackets of the first iteration given a deadline before the end
+(``anytime_release``), chosen only where forward runs on exact and jittered
+epochs show no longer makespan: their full-fidelity answers then come early
+(on one worker, as early as in Keras Tuner's bracket-by-bracket order).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import random
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
+from functools import lru_cache
 
 from phobbit.core.records import ConfigKey, RungKey, Segment, SegmentKey
 from phobbit.core.schedule import Bracket
@@ -79,7 +87,11 @@ class DispatchPolicy(ABC):
 
 
 def latest_starts(
-    schedule: list[Bracket], iterations: int, workers: int, iterations_first: bool = True
+    schedule: list[Bracket],
+    iterations: int,
+    workers: int,
+    iterations_first: bool = True,
+    release: Mapping[tuple[int, int], int] | None = None,
 ) -> dict[RungKey, list[int]]:
     """When each segment of each rung must start at the latest, in epochs from the start.
 
@@ -99,18 +111,24 @@ def latest_starts(
             phobbit up to issue 12 (kept for comparison): the iterations then
             finish together, each one's answers near the end of the run. With
             one iteration both orders are the same.
+        release: (iteration, s) -> when, in reversed epochs, the bracket's last
+            rung becomes ready; 0 for those not named. Read forwards, the
+            bracket must then finish that long before the end of the run: its
+            full-fidelity answer comes early while the others fill the end
+            (``anytime_release``).
 
     Returns:
         (iteration, s, rung) -> the rung's latest start times, earliest first:
         the k-th segment of the rung to start should start by the k-th.
     """
     workers = max(1, workers)
+    delays = release or {}
     by_s = {b.s: b for b in schedule}
     tiebreak = itertools.count()
     ready: list[tuple] = []
     waiting: dict[RungKey, int] = {}
 
-    def release(key: RungKey) -> None:
+    def make_ready(key: RungKey) -> None:
         bracket = by_s[key[1]]
         rung = bracket.rungs[key[2]]
         waiting[key] = rung.n
@@ -124,22 +142,227 @@ def latest_starts(
         for _ in range(rung.n):
             heapq.heappush(ready, (*rank, next(tiebreak), key))
 
+    pending: list[tuple[int, int, RungKey]] = []
     for iteration in range(iterations):
         for bracket in schedule:
-            release((iteration, bracket.s, len(bracket.rungs) - 1))
+            last = (iteration, bracket.s, len(bracket.rungs) - 1)
+            delay = delays.get((iteration, bracket.s), 0)
+            if delay > 0:
+                heapq.heappush(pending, (delay, next(tiebreak), last))
+            else:
+                make_ready(last)
     clock, running = 0, []
     finished: dict[RungKey, list[int]] = {}
-    while ready or running:
+    while ready or running or pending:
         while ready and len(running) < workers:
             key = heapq.heappop(ready)[-1]
             epochs = by_s[key[1]].segment_epochs(key[2])
             heapq.heappush(running, (clock + epochs, next(tiebreak), key))
+        if pending and (not running or pending[0][0] <= running[0][0]):
+            clock, _, key = heapq.heappop(pending)
+            make_ready(key)
+            continue
         clock, _, key = heapq.heappop(running)
         finished.setdefault(key, []).append(clock)
         waiting[key] -= 1
         if waiting[key] == 0 and key[2] > 0:
-            release((key[0], key[1], key[2] - 1))
+            make_ready((key[0], key[1], key[2] - 1))
     return {key: sorted(clock - t for t in ends) for key, ends in finished.items()}
+
+
+def _next_latest_start(latest: Mapping[RungKey, list[int]], group: RungKey, started: int) -> int:
+    """When the next segment of rung ``group`` should start at the latest, ``started`` begun."""
+    starts = latest.get(group)
+    if not starts:
+        return 0
+    return starts[min(started, len(starts) - 1)]
+
+
+def _dispatch_rank(
+    latest: Mapping[RungKey, list[int]], bracket: Bracket, group: RungKey, started: int
+) -> tuple:
+    """A rung's place in the latest-start order, lowest first (``LatestStartPolicy.priority``)."""
+    iteration, s, rung = group
+    epochs = bracket.segment_epochs(rung)
+    return (_next_latest_start(latest, group, started), -epochs, iteration, -s, rung)
+
+
+def nominal_run(
+    schedule: list[Bracket],
+    iterations: int,
+    workers: int,
+    latest: Mapping[RungKey, list[int]],
+    jitter: random.Random | None = None,
+) -> tuple[float, list[tuple[float, RungKey]]]:
+    """The latest-start order of ``latest`` run forwards on segments as long as their epochs.
+
+    A rung becomes ready once the one before it has finished (no early
+    promotion), as ``latest_starts`` assumes; it is the shape of a run, which
+    ``anytime_release`` compares candidate orders on.
+
+    Args:
+        jitter: when given, the k-th segment of each rung to start lasts its
+            epochs times a factor in [0.7, 1.3] drawn from it (the same draws for
+            every order run with a generator of the same seed).
+
+    Returns:
+        The makespan in epochs, and (end, (iteration, s, rung)) of every
+        full-fidelity segment, in the order they ended.
+    """
+    workers = max(1, workers)
+    by_s = {b.s: b for b in schedule}
+    # Rungs with ready segments, by rank; a rung's rank changes only when one of its
+    # segments starts, so it is pushed again then, never searched for.
+    queue: list[tuple[tuple, RungKey]] = []
+    ready: Counter[RungKey] = Counter()
+    waiting: Counter[RungKey] = Counter()
+    started: Counter[RungKey] = Counter()
+
+    def make_ready(group: RungKey, n: int) -> None:
+        ready[group] = waiting[group] = n
+        heapq.heappush(queue, (_dispatch_rank(latest, by_s[group[1]], group, 0), group))
+
+    for iteration in range(iterations):
+        for bracket in schedule:
+            make_ready((iteration, bracket.s, 0), bracket.n)
+    # Drawn in a fixed order (rung by rung, segment by segment), not in the order
+    # segments start, so that two orders see the same duration for the same segment.
+    factors: dict[tuple[RungKey, int], float] = {}
+    if jitter is not None:
+        for iteration in range(iterations):
+            for bracket in schedule:
+                for rung in bracket.rungs:
+                    for k in range(1, rung.n + 1):
+                        factors[((iteration, bracket.s, rung.index), k)] = jitter.uniform(0.7, 1.3)
+    clock: float = 0
+    tiebreak = itertools.count()
+    running: list[tuple[float, int, RungKey]] = []
+    answers: list[tuple[float, RungKey]] = []
+    while queue or running:
+        while queue and len(running) < workers:
+            group = heapq.heappop(queue)[1]
+            ready[group] -= 1
+            started[group] += 1
+            if ready[group]:
+                rank = _dispatch_rank(latest, by_s[group[1]], group, started[group])
+                heapq.heappush(queue, (rank, group))
+            length: float = by_s[group[1]].segment_epochs(group[2])
+            if jitter is not None:
+                length *= factors[(group, started[group])]
+            heapq.heappush(running, (clock + length, next(tiebreak), group))
+        clock, _, group = heapq.heappop(running)
+        waiting[group] -= 1
+        bracket = by_s[group[1]]
+        if group[2] == len(bracket.rungs) - 1:
+            answers.append((clock, group))
+        elif not waiting[group]:
+            make_ready((group[0], group[1], group[2] + 1), bracket.rungs[group[2] + 1].n)
+    return clock, answers
+
+
+def answer_score(
+    schedule: list[Bracket], answers: list[tuple[int, RungKey]], horizon: float
+) -> float:
+    """How long a run waits for good full-fidelity answers: lower is sooner.
+
+    A bracket's last rung keeps the best of its ``n`` configurations, so each of
+    its full-fidelity results stands for ``n / n_last`` configurations screened;
+    with N screened by time t, 1 / (N + 1) is the expected rank of the best of N
+    uniform draws. The score is its mean over [0, horizon]: 1 for a run with no
+    answer before the horizon, near 0 for one whose answers all come at once.
+    """
+    by_s = {b.s: b for b in schedule}
+    area, screened, last = 0.0, 0.0, 0.0
+    for end, (_, s, _) in sorted(answers):
+        if end >= horizon:
+            break
+        area += (end - last) / (screened + 1)
+        bracket = by_s[s]
+        screened += bracket.n / bracket.rungs[-1].n
+        last = end
+    area += (horizon - last) / (screened + 1)
+    return area / horizon if horizon > 0 else 1.0
+
+
+# Fractions of the run by which the deepest brackets must finish, tried by anytime_release.
+_RELEASE_FRACTIONS = tuple(i / 10 for i in range(1, 10))
+# Seeds of the segment lengths (epochs +-30%) a candidate order must keep the makespan on.
+_JITTER_DRAWS = (1, 2, 3, 4)
+
+
+def anytime_release(
+    schedule: list[Bracket],
+    iterations: int,
+    workers: int,
+    iterations_first: bool = True,
+    tolerance: float = 0.005,
+) -> dict[tuple[int, int], int]:
+    """The ``release`` of ``latest_starts`` that brings full-fidelity answers earliest
+    at no cost in makespan.
+
+    Candidates give the k deepest brackets of the first iteration (Keras Tuner's
+    order: the deepest screens the most configurations) a deadline, a fraction f
+    of the run before its end, the same for all k or shrinking linearly from
+    the deepest; each is run forwards on segments as long as their epochs
+    (``nominal_run``). Of those whose makespan stays within ``tolerance`` of
+    plain latest start's and whose first full-fidelity result comes no later,
+    the one of lowest ``answer_score`` wins; none at all when none beats plain
+    latest start. A function of the schedule, iterations and workers alone
+    (cached), so every worker count always gets the same order.
+
+    Returns:
+        (iteration, s) -> release, in reversed epochs; empty for plain latest start.
+    """
+    found = _anytime_release(
+        tuple(schedule), iterations, max(1, workers), iterations_first, tolerance
+    )
+    return dict(found)
+
+
+@lru_cache(maxsize=64)
+def _anytime_release(
+    schedule: tuple[Bracket, ...],
+    iterations: int,
+    workers: int,
+    iterations_first: bool,
+    tolerance: float,
+) -> tuple[tuple[tuple[int, int], int], ...]:
+    brackets = list(schedule)
+
+    def run(latest: Mapping[RungKey, list[int]], draw: int | None) -> tuple:
+        jitter = None if draw is None else random.Random(draw)
+        return nominal_run(brackets, iterations, workers, latest, jitter)
+
+    plain = latest_starts(brackets, iterations, workers, iterations_first)
+    makespan, answers = run(plain, None)
+    jittered = [run(plain, draw)[0] for draw in _JITTER_DRAWS]
+    first = min(end for end, _ in answers)
+    best_score, best = answer_score(brackets, answers, makespan), ()
+    deepest = sorted((b.s for b in brackets), reverse=True)
+    for k in range(1, len(deepest) + 1):
+        for fraction in _RELEASE_FRACTIONS:
+            for shrinking in (False, True):
+                release = tuple(
+                    ((0, s), round(makespan * fraction * ((k - i) / k if shrinking else 1)))
+                    for i, s in enumerate(deepest[:k])
+                )
+                latest = latest_starts(
+                    brackets, iterations, workers, iterations_first, dict(release)
+                )
+                length, tried = run(latest, None)
+                if length > makespan or min(e for e, _ in tried) > first:
+                    continue
+                score = answer_score(brackets, tried, makespan)
+                if score >= best_score - 1e-9:
+                    continue
+                # Exact epochs line segments up as no real run does: the order must keep
+                # the makespan on segments that vary too.
+                if all(
+                    run(latest, draw)[0] <= span * (1 + tolerance)
+                    for draw, span in zip(_JITTER_DRAWS, jittered)
+                ):
+                    best_score, best = score, release
+    return best
 
 
 def _rung_of(key: SegmentKey) -> RungKey:
@@ -154,6 +377,7 @@ class LatestStartPolicy(DispatchPolicy):
         iterations: how many iterations run at once.
         workers: how many segments run at once; it shapes the order only.
         iterations_first: see ``latest_starts`` (False: the order before issue 12).
+        release: see ``latest_starts``: brackets that must finish early; none by default.
     """
 
     def __init__(
@@ -162,9 +386,12 @@ class LatestStartPolicy(DispatchPolicy):
         iterations: int,
         workers: int,
         iterations_first: bool = True,
+        release: Mapping[tuple[int, int], int] | None = None,
     ) -> None:
         self._by_s = {b.s: b for b in schedule}
-        self._latest = latest_starts(schedule, iterations, max(1, workers), iterations_first)
+        self._latest = latest_starts(
+            schedule, iterations, max(1, workers), iterations_first, release
+        )
         self._ready: dict[SegmentKey, Segment] = {}
         # Per rung: the IDs ready to start (a heap, lowest first, from which IDs
         # no longer ready are dropped lazily), how many, and how many segments
@@ -192,18 +419,9 @@ class LatestStartPolicy(DispatchPolicy):
         if self._ready_count[group]:
             heapq.heappush(self._queue, (self._rank(group), self._version[group], group))
 
-    def _latest_start(self, group: RungKey) -> int:
-        """When the next segment of rung ``group`` to start should start at the latest."""
-        starts = self._latest.get(group)
-        if not starts:
-            return 0
-        return starts[min(self._started[group], len(starts) - 1)]
-
     def _rank(self, group: RungKey) -> tuple:
         """A rung's place in the dispatch order, lowest first: see ``priority``."""
-        iteration, s, rung = group
-        epochs = self._by_s[s].segment_epochs(rung)
-        return (self._latest_start(group), -epochs, iteration, -s, rung)
+        return _dispatch_rank(self._latest, self._by_s[group[1]], group, self._started[group])
 
     def priority(self, segment: Segment) -> tuple:
         """Higher runs first: the earliest latest start (see ``latest_starts``), then the
@@ -260,6 +478,29 @@ class LatestStartPolicy(DispatchPolicy):
 
     def __len__(self) -> int:
         return len(self._ready)
+
+
+class AnytimePolicy(LatestStartPolicy):
+    """Latest start with the deepest brackets due early: phobbit's default order.
+
+    Plain latest start leaves every full-fidelity segment for the end of an
+    iteration. This one gives the deepest brackets of the first iteration a
+    deadline before the end (``anytime_release``) and orders everything by the
+    latest starts that follow, so their answers come early while the other
+    brackets fill the idle workers, at no cost in makespan on segments as long
+    as their epochs. Only the order changes: the configurations and promotions
+    are those of a serial run.
+
+    Args:
+        schedule: the brackets of one iteration.
+        iterations: how many iterations run at once.
+        workers: how many segments run at once; it shapes the order only.
+    """
+
+    def __init__(self, schedule: list[Bracket], iterations: int, workers: int) -> None:
+        release = anytime_release(schedule, iterations, workers)
+        super().__init__(schedule, iterations, workers, release=release)
+        self.release = release  # what was chosen, for benchmarks and tests
 
 
 class FifoPolicy(DispatchPolicy):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator
 
-from phobbit.core.dispatch import DispatchPolicy, LatestStartPolicy
+from phobbit.core.dispatch import AnytimePolicy, DispatchPolicy
 from phobbit.core.hyperband import StateMachine, SynchronousHyperband
 from phobbit.core.objective import Objective
 from phobbit.core.records import ConfigKey, RungKey, Segment, SegmentKey, SegmentResult, Tuning
@@ -22,14 +22,15 @@ PolicyOf = Callable[[SynchronousHyperband], DispatchPolicy]
 
 
 class Plan:
-    """Every bracket of ``iterations`` Hyperband iterations, handed out latest start first.
+    """Every bracket of ``iterations`` Hyperband iterations, handed out latest start first
+    (the deepest brackets due early where that costs no makespan).
 
     Args:
         tuning: the space, R, eta, seed, iterations and objective of the run, and
             the checkpoint stem each segment carries (``SynchronousHyperband``).
         workers: how many segments run at once; it shapes the dispatch order only.
         policy: builds the dispatch policy from the state machine; by default
-            ``LatestStartPolicy``.
+            ``AnytimePolicy`` (latest start, the deepest brackets due early).
 
     Example:
         >>> plan = Plan(Tuning.of(space, R=9, eta=3, seed=0), workers=4)
@@ -47,7 +48,7 @@ class Plan:
         workers = max(1, workers)
         self._join(
             machine,
-            LatestStartPolicy(machine.schedule, tuning.iterations, workers)
+            AnytimePolicy(machine.schedule, tuning.iterations, workers)
             if policy is None
             else policy(machine),
             workers,

@@ -16,7 +16,7 @@ from typing import Any
 
 from phobbit.core.asha import AsynchronousHyperband, asha_budget_epochs
 from phobbit.core.budget import Budget
-from phobbit.core.dispatch import FifoPolicy, LatestStartPolicy
+from phobbit.core.dispatch import AnytimePolicy, FifoPolicy
 from phobbit.core.hyperband import StateMachine, SynchronousHyperband
 from phobbit.core.plan import Plan
 from phobbit.core.provenance import check_decisions
@@ -118,5 +118,5 @@ class Search:
         machine = SynchronousHyperband(
             tuning, sampler=sampler if sampler.lazy else None, recorded=recorded
         )
-        policy = LatestStartPolicy(machine.schedule, tuning.iterations, workers)
+        policy = AnytimePolicy(machine.schedule, tuning.iterations, workers)
         return Plan.of(machine, policy, workers), budget

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_plan import SPACE
 
-from phobbit.core.dispatch import LatestStartPolicy
+from phobbit.core.dispatch import AnytimePolicy, LatestStartPolicy
 from phobbit.core.hyperband import SynchronousHyperband
 from phobbit.core.plan import Plan
 from phobbit.core.records import Segment, SegmentResult, Status, Tuning
@@ -144,7 +144,7 @@ def test_iterations_first_finishes_each_iteration_before_the_next_one_answers(
 
 def test_a_plan_of_its_parts_hands_out_what_the_plan_does() -> None:
     machine = SynchronousHyperband(Tuning.of(SPACE, R=27, eta=3, iterations=2))
-    policy = LatestStartPolicy(machine.schedule, machine.iterations, 4)
+    policy = AnytimePolicy(machine.schedule, machine.iterations, 4)  # the default since issue 21
     parts = Plan.of(machine, policy, workers=4)
     whole = Plan(Tuning.of(SPACE, R=27, eta=3, iterations=2), workers=4)
     assert dispatch_order(parts, 4) == dispatch_order(whole, 4)

@@ -1,0 +1,117 @@
+"""The anytime order (issue 21 item 1): full-fidelity answers sooner, the same makespan and
+promotions. Virtual clocks only: segments last their epochs +-30%, drawn per segment."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+
+import pytest
+from test_plan import SPACE
+
+from phobbit.core.dispatch import (
+    AnytimePolicy,
+    LatestStartPolicy,
+    anytime_release,
+    latest_starts,
+    nominal_run,
+)
+from phobbit.core.hyperband import SynchronousHyperband
+from phobbit.core.plan import Plan
+from phobbit.core.records import Segment, Tuning
+from phobbit.core.schedule import brackets
+from phobbit.testing import serial_hyperband, synthetic_result
+
+
+def _curve(hparams: dict, epoch: int) -> float:
+    return (hparams["x"] - 0.3) ** 2 + 1.0 / epoch
+
+
+def _run(plan: Plan, workers: int, R: int) -> tuple[float, float, dict]:
+    """``plan`` on a virtual clock: its makespan, its first R-epoch result, its rows."""
+    clock, tick, first = 0.0, itertools.count(), float("inf")
+    running: list[tuple[float, int, Segment]] = []
+    rows = {}
+    while not plan.done:
+        while len(running) < workers and (segment := plan.next_segment()) is not None:
+            factor = random.Random(repr(segment.key)).uniform(0.7, 1.3)
+            length = (segment.epochs - segment.start_epoch) * factor
+            heapq.heappush(running, (clock + length, next(tick), segment))
+        clock, _, segment = heapq.heappop(running)
+        result = synthetic_result(segment, _curve)
+        rows[result.key] = result
+        plan.record(result)
+        if segment.epochs == R:
+            first = min(first, clock)
+    return clock, first, rows
+
+
+def _both(R: int, workers: int) -> tuple[tuple, tuple]:
+    """The default plan's run and plain latest start's, on the same draws and durations."""
+    default = Plan(Tuning.of(SPACE, R=R, eta=3), workers=workers)
+    machine = SynchronousHyperband(Tuning.of(SPACE, R=R, eta=3))
+    latest = Plan.of(machine, LatestStartPolicy(machine.schedule, 1, workers), workers)
+    return _run(default, workers, R), _run(latest, workers, R)
+
+
+GRID = [(R, w) for R in (27, 81) for w in (1, 2, 3, 4, 8, 16)]
+
+
+@pytest.mark.parametrize(("R", "workers"), GRID)
+def test_the_default_order_keeps_latest_starts_makespan_within_1pct(R: int, workers: int) -> None:
+    (makespan, _, _), (before, _, _) = _both(R, workers)
+    assert makespan <= 1.01 * before
+
+
+@pytest.mark.parametrize(("R", "workers"), GRID)
+def test_the_default_orders_first_full_fidelity_result_comes_no_later(
+    R: int, workers: int
+) -> None:
+    (_, first, _), (_, before, _) = _both(R, workers)
+    assert first <= before
+
+
+@pytest.mark.parametrize("R", [27, 81])
+def test_on_one_worker_the_deepest_bracket_answers_first_not_last(R: int) -> None:
+    """One worker: every order takes as long, so the deepest bracket's answer (the best of
+    the most configurations) comes as early as in Keras Tuner's order: after its own epochs,
+    where latest start left it for the very end."""
+    (makespan, first, _), (before_span, before, _) = _both(R, 1)
+    deepest = brackets(R, 3)[0].total_epochs()
+    assert makespan == pytest.approx(before_span)
+    assert first < before
+    epochs_to_first = first / makespan * sum(b.total_epochs() for b in brackets(R, 3))
+    assert epochs_to_first == pytest.approx(deepest, rel=0.3)
+
+
+@pytest.mark.parametrize(("R", "workers"), [(27, 1), (81, 1), (81, 3), (27, 4)])
+def test_the_default_order_trains_and_promotes_what_a_serial_run_does(
+    R: int, workers: int
+) -> None:
+    tuning = Tuning.of(SPACE, R=R, eta=3)
+    serial = serial_hyperband(tuning, lambda s: synthetic_result(s, _curve))
+    plan = Plan(tuning, workers=workers)
+    _, _, rows = _run(plan, workers, R)
+    assert {k: sorted(v) for k, v in plan.promotions().items() if v} == serial.promotions
+    assert {k: r.val_loss for k, r in rows.items()} == {
+        k: r.val_loss for k, r in serial.results.items()
+    }
+
+
+def test_anytime_release_is_none_where_nothing_beats_latest_start_and_is_cached() -> None:
+    schedule = brackets(27, 3)
+    assert anytime_release(schedule, 1, 1)  # one worker: every order is as long
+    assert anytime_release(schedule, 1, 1) == anytime_release(list(schedule), 1, 1)
+    policy = AnytimePolicy(schedule, 1, 1)
+    assert policy.release == anytime_release(schedule, 1, 1)
+
+
+def test_a_release_delays_the_brackets_end_backwards_so_it_finishes_early_forwards() -> None:
+    schedule = brackets(27, 3)
+    plain = nominal_run(schedule, 1, 1, latest_starts(schedule, 1, 1))
+    early = nominal_run(schedule, 1, 1, latest_starts(schedule, 1, 1, release={(0, 3): 276}))
+    assert plain[0] == early[0] == sum(b.total_epochs() for b in schedule)
+    end_of = {key[1]: end for end, key in early[1]}
+    assert end_of[3] == brackets(27, 3)[0].total_epochs()  # bracket 3 first, alone
+    assert max(end for end, key in plain[1] if key[1] == 3) == plain[0]  # last, before
