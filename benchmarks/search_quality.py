@@ -91,6 +91,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from phobbit import Hyperparameter, ParallelHyperband  # noqa: E402
+from phobbit import api as phobbit_api  # noqa: E402
 from phobbit.core.schedule import brackets  # noqa: E402
 from phobbit.core.space import Space  # noqa: E402
 from phobbit.execution.simulated import SimulatedExecutor  # noqa: E402
@@ -325,7 +326,9 @@ PHOBBIT_METHODS = {
 
 def phobbit_accepts(options: dict[str, Any]) -> str:
     """'' when this checkout's ``ParallelHyperband`` takes ``options``, else why not."""
-    parameters = inspect.signature(ParallelHyperband.__init__).parameters
+    parameters = set(inspect.signature(ParallelHyperband.__init__).parameters)
+    # Flat keywords (sampler=, algorithm=, max_epochs=) fill the objects the API takes.
+    parameters |= set(getattr(phobbit_api, "_FLAT", {}))
     missing = [name for name in options if name not in parameters]
     if missing:
         return f"ParallelHyperband of this checkout takes no {', '.join(missing)}"
@@ -586,6 +589,128 @@ def run_cell(job: tuple[str, int, int, str, int, int]) -> tuple[tuple, dict[str,
     record = trace.compact()
     record["cpu_s"] = round(time.process_time() - began, 2)
     return job, record
+
+
+# -- the sign test: Hyperband+TPE against random Hyperband, seed by seed --------------------------
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """The two-sided p of the sign test: ``wins`` of ``wins + losses`` paired seeds (ties
+    dropped), under the null that each method is as likely to win a seed."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(0, min(wins, losses) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def final_regret(problem: Problem, record: dict[str, Any]) -> float:
+    """A kept run's final answer minus the optimum (inf: it found no answer)."""
+    value = record["points"][-1][2] if record.get("points") else None
+    return math.inf if value is None else value - problem.optimum
+
+
+def sign_test_rows(
+    args: argparse.Namespace, runs: dict[str, dict[str, Any]]
+) -> list[tuple[str, int, int, int, int, int, float, float, float]]:
+    """(problem, iterations, W, wins, losses, ties, p, median regret of TPE, of random):
+    Hyperband+TPE against random Hyperband on the same seeds, from the runs kept."""
+    rows = []
+    for name in args.problems:
+        R = min(args.R, 27) if name == "keras-mlp" else args.R
+        problem = make_problem(name, R, args.eta)
+        for iterations in args.sign_iterations:
+            for workers in args.workers:
+                pairs = []
+                for seed in range(args.seeds):
+                    job = (name, R, args.eta, "{}", workers, seed, iterations)
+                    tpe = runs.get(key_of(job).replace("{}", "hyperband+tpe"))
+                    rnd = runs.get(key_of(job).replace("{}", "hyperband"))
+                    if tpe and rnd and "points" in tpe and "points" in rnd:
+                        pairs.append((final_regret(problem, tpe), final_regret(problem, rnd)))
+                if not pairs:
+                    continue
+                wins = sum(t < r for t, r in pairs)
+                losses = sum(t > r for t, r in pairs)
+                ties = len(pairs) - wins - losses
+                median_tpe = float(np.median([t for t, _ in pairs]))
+                median_rnd = float(np.median([r for _, r in pairs]))
+                p = sign_test_p(wins, losses)
+                rows.append(
+                    (name, iterations, workers, wins, losses, ties, p, median_tpe, median_rnd)
+                )
+    return rows
+
+
+def sign_test_table(args: argparse.Namespace, runs: dict[str, dict[str, Any]]) -> str:
+    """The sign-test table in Markdown, with the verdict of issue 21's target per row."""
+    lines = [
+        f"Hyperband+TPE vs random Hyperband, final regret per paired seed (R={args.R}, "
+        f"eta={args.eta}, {args.seeds} seeds; keras-mlp at R<=27):",
+        "",
+        "| problem | iterations | W | TPE better | worse | tied | sign test p "
+        "| median regret TPE | random | target met |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, iterations, workers, wins, losses, ties, p, med_t, med_r in sign_test_rows(
+        args, runs
+    ):
+        met = wins > losses and p < 0.05 and med_t <= med_r
+        lines.append(
+            f"| {name} | {iterations} | {workers} | {wins} | {losses} | {ties} | {p:.2g} "
+            f"| {fmt(med_t, 4)} | {fmt(med_r, 4)} | {'yes' if met else 'no'} |"
+        )
+    return "\n".join(lines)
+
+
+def sign_test_jobs(args: argparse.Namespace, runs: dict[str, dict[str, Any]]) -> list[tuple]:
+    """The (problem, R, eta, method, W, seed, iterations) runs the sign test needs, not kept."""
+    jobs = []
+    for name in args.problems:
+        R = min(args.R, 27) if name == "keras-mlp" else args.R
+        for iterations in args.sign_iterations:
+            for method in ("hyperband", "hyperband+tpe"):
+                for workers in args.workers:
+                    for seed in range(args.seeds):
+                        job = (name, R, args.eta, method, workers, seed, iterations)
+                        if key_of(job) not in runs:
+                            jobs.append(job)
+    return jobs
+
+
+def add_sign_test_options(parser: argparse.ArgumentParser) -> None:
+    """``--sign-test`` and ``--sign-iterations``: issue 21's paired comparison of TPE."""
+    parser.add_argument(
+        "--sign-test",
+        action="store_true",
+        help="only Hyperband+TPE against random Hyperband: a sign test of final regret per "
+        "paired seed (e.g. --R 9 --workers 4 --seeds 20)",
+    )
+    parser.add_argument(
+        "--sign-iterations", default="1,2", help="Hyperband iterations of the sign test"
+    )
+
+
+def main_sign_test(args: argparse.Namespace) -> int:
+    """Runs the sign test's missing runs (kept with the others) and prints its table."""
+    args.sign_iterations = [int(i) for i in args.sign_iterations.split(",") if i]
+    args.keras_seeds = args.seeds  # one seed count for every problem here
+    runs = load_runs(args.runs)
+    jobs = sign_test_jobs(args, runs)
+    began = time.time()
+    with ExitStack() as stack:
+        if args.jobs > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(args.jobs))
+            done = pool.map(run_cell, jobs, chunksize=1)
+        else:
+            done = map(run_cell, jobs)
+        for job, record in done:
+            runs[key_of(job)] = record
+    save_runs(args.runs, runs)
+    print(f"{len(jobs)} runs in {time.time() - began:.0f} s")
+    print(sign_test_table(args, runs))
+    print(f"Runs kept in {args.runs}. {machine()} at the end.")
+    return 0
 
 
 # -- storing, summarising, plotting ---------------------------------------------------------------
@@ -949,6 +1074,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="a smoke run: 3 seeds, W=1,4, 2 iterations"
     )
+    add_sign_test_options(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.keras_seeds, args.workers, args.iterations = 3, 3, "1,4", 2
@@ -975,6 +1101,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     print(f"Search quality: {machine()} at the start.", flush=True)
+    if args.sign_test:
+        return main_sign_test(args)
     runs = load_runs(args.runs)
     if args.fresh:  # forget the runs of the problems and methods selected, keep the others
         runs = {

@@ -213,7 +213,7 @@ class AsynchronousHyperband(StateMachine):
                         f"search space ({why}); restore it or use another repository"
                     )
                 state.hparams[record.id] = record.hparams
-                self.sampler.replayed((0, record.s, record.id))
+                self.sampler.replayed((0, record.s, record.id), record.hparams)
             elif record.id not in state.hparams:
                 raise RepositoryError(
                     f"decisions.csv promotes configuration {record.key[:3]}, which it never "

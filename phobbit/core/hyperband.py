@@ -244,7 +244,7 @@ class SynchronousHyperband(StateMachine):
         key = (segment.iteration, segment.s, segment.id)
         if key in self._recorded:
             hparams = self._recorded[key]
-            self.sampler.replayed(key)
+            self.sampler.replayed(key, hparams)  # in flight until its result
             drawn = False
         else:
             hparams, drawn = self.sampler.draw(key), True

@@ -7,15 +7,20 @@ happened in the run.
 ``TPESampler`` is BOHB-style model-based sampling (Falkner et al., ICML 2018):
 it fits a tree-structured Parzen estimator (Optuna's ``TPESampler``,
 multivariate, with a constant liar for configurations in flight) on the
-results of the largest budget (epochs) that has enough observations, and
-keeps a fraction of random draws (BOHB's 1/3, drawn exactly as the random
-sampler would draw that configuration). Its draws depend on the results seen
-so far, so a run that samples with it records every configuration it draws
-before it trains (``decisions.csv``); a resumed run reuses those.
+results of the largest budget (epochs) that has enough observations (the
+number of hyperparameters + 1, BOHB's rule; results of earlier iterations
+count), and keeps a share of random draws (drawn exactly as the random sampler
+would draw that configuration): BOHB's 1/3 while results are few, falling to
+0.1 as they grow. Its draws depend on the results seen so far, so a run that
+samples with it records every configuration it draws before it trains
+(``decisions.csv``); a resumed run reuses those, and holds the ones that have
+no result yet as in flight (liars), as the run that drew them did.
 
-A draw is deterministic given the seed, the number of draws before it and the
-order in which results were observed: Optuna is seeded from (seed, draw) and
-fed the observations in order.
+A draw is a function of the seed, its configuration's key, the results
+observed and the configurations in flight, never of the order in which it
+learnt them: Optuna is seeded from (seed, key), and each model draw builds a
+study of its own from the results and the liars in key order, so the study
+holds #results + #in flight trials, however many draws came before.
 
 How phobbit's distributions map onto Optuna's: ``uniform`` and ``log-uniform``
 to a float range (log for the second), ``randint`` to an integer range,
@@ -48,7 +53,11 @@ from phobbit.core.space import Hyperparameter, Space
 from phobbit.errors import InputError
 
 RANDOM_FRACTION = 1 / 3
-"""The share of a TPE sampler's draws that are random (BOHB's default)."""
+"""The largest share of a TPE sampler's draws that are random (BOHB's default)."""
+EI_CANDIDATES = 64
+"""Candidates a TPE model draw scores by expected improvement."""
+MIN_RANDOM_FRACTION = 0.1
+"""The share of a TPE sampler's draws that stay random once results abound."""
 _TAIL = 1e-9
 _STD_NORMAL = NormalDist()
 
@@ -94,8 +103,9 @@ class RandomSampler:
     ) -> None:
         """A result of configuration ``key`` after ``epochs`` epochs (None: it failed); ignored."""
 
-    def replayed(self, key: ConfigKey) -> None:
-        """Configuration ``key`` was drawn before this resume (its record is reused); ignored."""
+    def replayed(self, key: ConfigKey, hparams: dict[str, Any] | None = None) -> None:
+        """Configuration ``key`` (``hparams``) was drawn before this resume (its record is
+        reused); ignored."""
 
 
 class TPESampler(RandomSampler):
@@ -104,9 +114,16 @@ class TPESampler(RandomSampler):
     Args:
         space: the search space.
         seed: the run's seed.
-        random_fraction: the share of draws that are random.
-        min_points: observations a budget needs before a model is fit on it;
-            by default the number of hyperparameters + 2 (BOHB: dimensions + 1).
+        random_fraction: the largest share of draws that are random (BOHB's 1/3); it
+            falls as results come in, to ``min_random_fraction``.
+        min_points: results a model needs; by default the number of hyperparameters
+            + 1 (BOHB's rule).
+        min_random_fraction: the share of random draws once results abound.
+
+    Attributes:
+        study_size: trials in the study of the last model draw: the results it was fit
+            on, the configurations in flight (its liars) and the draw itself (0 before
+            the first model draw).
     """
 
     lazy = True
@@ -118,19 +135,25 @@ class TPESampler(RandomSampler):
         seed: int = 0,
         random_fraction: float = RANDOM_FRACTION,
         min_points: int | None = None,
+        min_random_fraction: float = MIN_RANDOM_FRACTION,
     ) -> None:
         super().__init__(space, seed)
         self._optuna = _optuna()
         self.random_fraction = random_fraction
-        self.min_points = min_points if min_points is not None else len(space) + 2
-        self.draws = 0  # draws made or replayed so far: seeds the next one
+        self.min_random_fraction = min(min_random_fraction, random_fraction)
+        self.min_points = min_points if min_points is not None else len(space) + 1
+        self.draws = 0  # draws made or replayed so far
+        self.study_size = 0
         self._observed: dict[int, dict[ConfigKey, tuple[dict[str, Any], float]]] = {}
         self._pending: dict[ConfigKey, dict[str, Any]] = {}  # drawn, no result yet
-        self._studies: dict[int, tuple[Any, int]] = {}  # budget -> (study, results in it)
         self._distributions = {hp.name: _distribution(self._optuna, hp) for hp in space.hparams}
 
-    def replayed(self, key: ConfigKey) -> None:
+    def replayed(self, key: ConfigKey, hparams: dict[str, Any] | None = None) -> None:
+        """Configuration ``key`` was drawn before this resume: in flight (a liar) until
+        its result is observed, as it was in the run that drew it."""
         self.draws += 1
+        if hparams is not None:
+            self._pending[key] = hparams
 
     def observe(
         self, key: ConfigKey, hparams: dict[str, Any], epochs: int, loss: float | None
@@ -143,71 +166,92 @@ class TPESampler(RandomSampler):
         self._observed.setdefault(epochs, {})[key] = (hparams, float(loss))
 
     def draw(self, key: ConfigKey) -> dict[str, Any]:
-        """A new configuration for ``key``: random with probability ``random_fraction``
-        (or while no budget has ``min_points`` observations), else the model's pick."""
-        number = self.draws
+        """A new configuration for ``key``: random while the results are fewer than
+        ``min_points`` and with a share that falls as they grow, else the model's pick.
+
+        A function of (seed, key, the results observed, the configurations in flight),
+        none of them taken in the order it learnt them, so a resumed run that has
+        observed the same results draws what the uninterrupted one did.
+        """
         self.draws += 1
-        coin = np.random.default_rng([self.seed, number, 0x7E5]).random()
-        budget = self._model_budget()
-        if budget is None or coin < self.random_fraction:
+        points = self._model_points()
+        coin = np.random.default_rng([self.seed, *key, 0x7E5]).random()
+        if not points or coin < self._random_share(len(points)):
             hparams = self.space.sample(self.seed, *key)
         else:
-            hparams = self._ask(budget, number)
+            hparams = self._ask(key, points)
         self._pending[key] = hparams
         return hparams
 
+    def _random_share(self, points: int) -> float:
+        """The share of random draws when the model has ``points`` results: BOHB's 1/3
+        while they are few, falling as min_points / points once they pass 3 x min_points
+        (a sharper model then earns more of the draws), never below the floor."""
+        share = self.min_points / max(points, 1)
+        return min(self.random_fraction, max(self.min_random_fraction, share))
+
     def _model_budget(self) -> int | None:
-        """The largest budget with at least ``min_points`` observations; None if none."""
+        """The largest budget with at least ``min_points`` results (BOHB's rule); None
+        if none has them yet."""
         enough = [e for e, seen in self._observed.items() if len(seen) >= self.min_points]
         return max(enough) if enough else None
 
-    def _ask(self, budget: int, number: int) -> dict[str, Any]:
+    def _model_points(self) -> list[tuple[ConfigKey, dict[str, Any], float]]:
+        """What the model is fit on, ordered by configuration: the results of the largest
+        budget with enough of them (BOHB's rule: a lower fidelity while the top one has too
+        few), of every iteration so far. Empty while no budget has ``min_points``."""
+        budget = self._model_budget()
+        if budget is None:
+            return []
+        seen = self._observed[budget]
+        return [(k, *seen[k]) for k in sorted(seen)]
+
+    def _ask(
+        self, key: ConfigKey, points: list[tuple[ConfigKey, dict[str, Any], float]]
+    ) -> dict[str, Any]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # multivariate TPE is "experimental"
-            return self._ask_optuna(budget, number)
+            return self._ask_optuna(key, points)
 
-    def _ask_optuna(self, budget: int, number: int) -> dict[str, Any]:
-        """The model's pick: one study per budget holds that budget's results (added as
-        they come, in order); the configurations in flight join it as running trials
-        (the constant liar) for this one ask, and leave it as failed ones after."""
+    def _ask_optuna(
+        self, key: ConfigKey, points: list[tuple[ConfigKey, dict[str, Any], float]]
+    ) -> dict[str, Any]:
+        """The model's pick from a study of its own: ``points`` as complete trials and the
+        configurations in flight as running ones (the constant liar), so its size is
+        bounded by the results and the workers, never by the draws made so far."""
         optuna = self._optuna
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study, added = self._studies.get(budget, (None, 0))
-        if study is None:
-            study = optuna.create_study(direction="minimize")
-        seen = list(self._observed[budget].values())
-        dists = self._distributions
-        study.add_trials(
-            [
-                optuna.trial.create_trial(
-                    params=self._to_optuna(hparams), distributions=self._dists(hparams), value=loss
-                )
-                for hparams, loss in seen[added:]
-            ]
-        )
-        self._studies[budget] = (study, len(seen))
-        first = len(study.get_trials(deepcopy=False))
-        study.add_trials(
-            [
-                optuna.trial.create_trial(
-                    params=self._to_optuna(hparams),
-                    distributions=self._dists(hparams),
-                    state=optuna.trial.TrialState.RUNNING,
-                )
-                for hparams in self._pending.values()
-            ]
-        )
-        study.sampler = optuna.samplers.TPESampler(
-            seed=int(np.random.default_rng([self.seed, number, 0x0B0]).integers(2**31)),
+        trial = optuna.trial
+        sampler = optuna.samplers.TPESampler(
+            seed=int(np.random.default_rng([self.seed, *key, 0x0B0]).integers(2**31)),
             multivariate=True,
             constant_liar=True,
             n_startup_trials=0,
+            # More candidates than Optuna's 24: with few results the model's best guess is
+            # worth a closer look (paired seeds at R=9 lost fewer to random Hyperband).
+            n_ei_candidates=EI_CANDIDATES,
         )
-        trial = study.ask(dists)
-        for liar in range(first, trial.number + 1):
-            study.tell(liar, state=optuna.trial.TrialState.FAIL)
+        study = optuna.create_study(direction="minimize", sampler=sampler)
+        study.add_trials(
+            [
+                trial.create_trial(
+                    params=self._to_optuna(hparams), distributions=self._dists(hparams), value=v
+                )
+                for _, hparams, v in points
+            ]
+            + [
+                trial.create_trial(
+                    params=self._to_optuna(self._pending[k]),
+                    distributions=self._dists(self._pending[k]),
+                    state=trial.TrialState.RUNNING,
+                )
+                for k in sorted(self._pending)
+            ]
+        )
+        asked = study.ask(self._distributions)
+        self.study_size = len(study.get_trials(deepcopy=False))
         # Optuna proposes every hyperparameter; a conditional one is kept only when active.
-        picked = {hp.name: _from_optuna(hp, trial.params[hp.name]) for hp in self.space.hparams}
+        picked = {hp.name: _from_optuna(hp, asked.params[hp.name]) for hp in self.space.hparams}
         return self.space.prune(picked)
 
     def _dists(self, hparams: dict[str, Any]) -> dict[str, Any]:

@@ -447,7 +447,7 @@ def distances(sampler: RandomSampler, draws: int = 80) -> list[float]:
 
 def test_tpe_draws_concentrate_near_the_optimum_and_differ_from_random() -> None:
     tpe, rnd = distances(TPESampler(TOY, seed=3)), distances(RandomSampler(TOY, seed=3))
-    assert tpe[:4] == rnd[:4]  # before any model: the random draws themselves
+    assert tpe[:3] == rnd[:3]  # before any model (dimensions + 1 results): random draws
     assert tpe != rnd
     # The last 40 draws: random ones lie about 0.4 from the optimum; TPE's far closer.
     assert statistics.median(tpe[40:]) < 0.5 * statistics.median(rnd[40:])
