@@ -564,7 +564,7 @@ def _best(args: argparse.Namespace, console: Console) -> int:
 
     run = open_repository(args.repo)
     if args.json:
-        print(json.dumps([b.to_dict(run.path) for b in run.best(args.top)], indent=2))
+        print(json.dumps([b.to_dict() for b in run.best(args.top)], indent=2))
         return 0
     frame = run.results()
     if frame.empty:

@@ -167,8 +167,11 @@ class BestConfig:
 
     Attributes:
         trial: the table's index, ``"<run>-<id>"`` (``"<iteration>:<run>-<id>"``).
-        checkpoint: the file that evaluates to ``val_loss`` and ``objective`` (see
-            ``Repository.scoring_checkpoint``); None when failed or none holds it.
+        gpu: the GPU id(s) of the worker that trained its last segment (``"0"``,
+            ``"0,1"``); None for a CPU worker.
+        checkpoint: the absolute path of the file that evaluates to ``val_loss`` and
+            ``objective`` (see ``Repository.scoring_checkpoint``); None when failed or
+            none holds it.
         objective: the run's objective at that epoch (``val_loss`` by default),
             named by ``objective_name``.
     """
@@ -183,19 +186,20 @@ class BestConfig:
     status: str
     error: str
     hparams: dict[str, Any]
-    gpu: str
+    gpu: str | None
     train_time_s: float
     checkpoint: Path | None
     objective: float | None = None
     objective_name: str = "val_loss"
 
     def to_dict(self, root: str | os.PathLike | None = None) -> dict[str, Any]:
-        """Plain JSON-ready data; ``checkpoint`` relative to ``root`` when given."""
+        """Plain JSON-ready data, what ``phobbit best --json`` prints: ``checkpoint``
+        absolute (relative to ``root`` only when given), ``gpu`` null for a CPU worker."""
         data = dataclasses.asdict(self)
         data["run"] = data.pop("s")  # the key Hobbit's table and `best --json` use
         path = self.checkpoint
         if path is not None and root is not None:
-            path = path.relative_to(root)
+            path = path.relative_to(Path(root).absolute())
         data["checkpoint"] = None if path is None else str(path)
         return data
 
@@ -298,9 +302,10 @@ class RepositoryView:
             status=row["Status"],
             error=row["Error"],
             hparams=row["Hparams"],
-            gpu=row["GPU"],
+            gpu=cpu_as_none(row["GPU"]),
             train_time_s=round(float(row["Train Time"]), 3),
-            checkpoint=checkpoint,
+            # Absolute: the same file whatever the directory of the caller or the script.
+            checkpoint=None if checkpoint is None else checkpoint.absolute(),
             objective=value,
             objective_name=goal.name,
         )
@@ -513,6 +518,12 @@ def metric_order(names: Sequence[str]) -> list[str]:
     for base in bases:
         ordered += [n for n in (base, f"val_{base}") if n in names]
     return ordered
+
+
+def cpu_as_none(gpu: str) -> str | None:
+    """A row's ``gpu`` for scripts: the GPU id(s), or None for a CPU worker (stored as
+    ``"-1"``, or empty for a simulated or in-process one)."""
+    return None if gpu in ("-1", "") else gpu
 
 
 def _number(value: Any) -> float | None:
