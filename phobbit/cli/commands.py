@@ -283,7 +283,7 @@ def _train(
         frame = tuner.run(
             R=args.R, eta=args.eta, iterations=args.iterations, retry_failed=args.retry_failed
         )
-    console.print(best_table(frame, args.top, [hp.name for hp in tuner.space.hparams]))
+    _final_table(console, frame, args, tuner)
     if tuner.stopped_by not in (None, "iterations") or args.algorithm == "asha":
         console.print(
             f"Stopped: {tuner.stop_reason()}; run again with a larger --max-epochs, "
@@ -307,6 +307,21 @@ def _train(
     if model_path is not None:
         console.print(f"Best model: {model_path}", soft_wrap=True)
     return 0
+
+
+def _final_table(console: Console, frame: Any, args: argparse.Namespace, tuner: Any) -> None:
+    """The table at the end of ``train``; ``--columns`` the run never recorded are named on
+    stderr (known only now, after training, so they stop nothing)."""
+    from phobbit.storage.view import open_repository
+
+    metrics = {}
+    if not frame.empty:
+        metrics = open_repository(args.repo).scoring_metrics(frame.head(args.top))
+    _, unknown = metric_columns(tuner.objective, metrics, args.columns)
+    if unknown:
+        print(f"phobbit: warning: {unknown_columns_message(unknown, metrics)}", file=sys.stderr)
+    order = [hp.name for hp in tuner.space.hparams]
+    console.print(best_table(frame, args.top, order, tuner.objective, metrics, args.columns))
 
 
 @contextlib.contextmanager
@@ -520,37 +535,101 @@ def _checkpoint(repository: Any, row: Any, objective: Any = None) -> Any:
     )
 
 
-def best_table(frame: Any, top: int, order: Sequence[str] = ()) -> Table:
-    """The ``top`` best configurations of a results table, as a rich table.
+def metric_label(name: str) -> str:
+    """A logged metric's name as a table's column: ``Val Accuracy`` for ``val_accuracy``."""
+    return " ".join(part.capitalize() for part in name.split("_"))
+
+
+def metric_columns(
+    objective: Any, metrics: dict[str, dict[str, float]], chosen: Sequence[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """The metrics a table shows after the objective, and those of ``chosen`` never recorded.
+
+    By default every validation metric the configurations' scoring epochs logged
+    (``val_loss`` first), the objective left out as it has a column of its own.
+
+    Args:
+        objective: the run's ``Objective``.
+        metrics: by trial, what its scoring epoch logged (``RepositoryView.scoring_metrics``).
+        chosen: the names ``--columns`` gave, or None.
+    """
+    from phobbit.storage.view import metric_order
+
+    recorded: list[str] = []
+    for logged in metrics.values():
+        recorded.extend(n for n in logged if n not in recorded)
+    recorded = metric_order(recorded)
+    if chosen is None:
+        shown = [n for n in recorded if n.startswith("val_")] or ["val_loss"]
+        return [n for n in shown if n != objective.name], []
+    unknown = [n for n in chosen if n not in recorded and n != objective.name]
+    return [n for n in chosen if n not in unknown and n != objective.name], unknown
+
+
+def unknown_columns_message(unknown: Sequence[str], metrics: dict[str, dict[str, float]]) -> str:
+    """One line naming the ``--columns`` the run never recorded, and those it did."""
+    recorded = sorted({n for logged in metrics.values() for n in logged})
+    return (
+        f"--columns {','.join(unknown)}: the run records no such metric; it records "
+        f"{', '.join(recorded) or 'none in epochs.csv'}"
+    )
+
+
+def best_table(
+    frame: Any,
+    top: int,
+    order: Sequence[str] = (),
+    objective: Any = None,
+    metrics: dict[str, dict[str, float]] | None = None,
+    columns: Sequence[str] | None = None,
+) -> Table:
+    """The ``top`` best configurations of a results table, as a rich table: the objective
+    first, its direction in its header (``Val Loss (min)``), then the metrics of each
+    configuration's scoring epoch.
 
     Args:
         frame: the results table (``results_frame``), best first.
         top: how many rows.
         order: hyperparameter names in the search space's order (else as stored).
+        objective: the run's ``Objective`` (default the val loss).
+        metrics: by trial, what its scoring epoch logged; None or empty shows the
+            val loss alone beside the objective.
+        columns: the metrics to show (``--columns``); None: ``metric_columns``' default.
     """
     from rich import box
     from rich.table import Table
     from rich.text import Text
 
+    from phobbit.core.objective import VAL_LOSS
     from phobbit.core.records import Status  # lazy: `phobbit brackets` stays light
     from phobbit.reporting.plain import format_hparams
 
+    objective = objective or VAL_LOSS
+    metrics = metrics or {}
     table = Table(
         title=f"Best {min(top, len(frame))} of {len(frame)} configurations",
         title_justify="left",
         box=box.SIMPLE_HEAD,
     )
-    from phobbit.storage.results import COLUMNS
-
     failed = bool((frame["Status"] != Status.OK).any())
-    scores = ["Val Loss"] + [c for c in frame.columns if c not in COLUMNS]  # the objective's
-    columns = ("Trial", *scores, "Epochs", "Hparams") + (("Status",) if failed else ())
-    for column in columns:
-        table.add_column(column, justify="right" if column in (*scores, "Epochs") else "left")
+    shown, _ = metric_columns(objective, metrics, columns)
+    listed = "Val Loss" if objective.is_val_loss else objective.label  # the frame's column
+    heads = [f"{objective.label} ({objective.direction})", *map(metric_label, shown)]
+    for column in ("Trial", *heads, "Epochs", "Hparams") + (("Status",) if failed else ()):
+        table.add_column(
+            column, justify="left" if column in ("Trial", "Hparams", "Status") else "right"
+        )
+
+    def value(trial: str, row: Any, name: str) -> float:
+        logged = metrics.get(trial, {})
+        if name in logged:
+            return logged[name]
+        return row["Val Loss"] if name == "val_loss" else math.nan  # an older repository
+
     for trial, row in frame.head(top).iterrows():
-        values = ["-" if math.isnan(row[c]) else f"{row[c]:.4g}" for c in scores]
-        hparams = format_hparams(_in_order(row["Hparams"], order))
-        cells = [str(trial), *values, str(row["Epochs"]), hparams]
+        values = [row[listed], *(value(str(trial), row, n) for n in shown)]
+        cells = [str(trial), *("-" if math.isnan(v) else f"{v:.4g}" for v in values)]
+        cells += [str(row["Epochs"]), format_hparams(_in_order(row["Hparams"], order))]
         if failed:
             cells.append(
                 Status.OK.value if row["Status"] == Status.OK else f"failed: {row['Error']}"
@@ -570,10 +649,15 @@ def _best(args: argparse.Namespace, console: Console) -> int:
     if frame.empty:
         console.print(f"{args.repo} has no results yet", soft_wrap=True)
         return 0
+    goal = run.settings.goal
+    metrics = run.scoring_metrics(frame.head(args.top))
+    _, unknown = metric_columns(goal, metrics, args.columns)
+    if unknown:
+        raise InputError(unknown_columns_message(unknown, metrics))
     how = _algorithm_words(run.settings.algorithm, run.settings.sampler)
     if how:
         console.print(f"Algorithm: {how.rstrip(', ')}", soft_wrap=True)
-    console.print(best_table(frame, args.top, run.hparam_names))
+    console.print(best_table(frame, args.top, run.hparam_names, goal, metrics, args.columns))
     model_path = _checkpoint(run.repository, frame.iloc[0], run.settings.goal)
     if model_path is not None:
         console.print(f"Best model: {model_path}", soft_wrap=True)
@@ -642,5 +726,8 @@ def _status(path: str, console: Console) -> int:
             line += f", left ~{format_duration(status.seconds_left)}"
     console.print(line, soft_wrap=True)
     goal, several = settings.goal, settings.iterations > 1
-    console.print(f"Best {goal.label} {best_line(status.best, goal, several)}", soft_wrap=True)
+    console.print(
+        f"Best {goal.label} ({goal.direction}) {best_line(status.best, goal, several)}",
+        soft_wrap=True,
+    )
     return 0

@@ -121,7 +121,7 @@ def render(tracker: ProgressTracker, title: str = "") -> RenderableType:
         parts.append(Text(slow_line(item.segment, now - item.since, tracker.several), style="red"))
     parts.append(
         Text.assemble(
-            (f"Best {tracker.objective.label} ", "bold"),
+            (f"Best {tracker.objective.label} ({tracker.objective.direction}) ", "bold"),
             best_line(tracker.best, tracker.objective, tracker.several),
         )
     )

@@ -173,7 +173,11 @@ class BestConfig:
             ``objective`` (see ``Repository.scoring_checkpoint``); None when failed or
             none holds it.
         objective: the run's objective at that epoch (``val_loss`` by default),
-            named by ``objective_name``.
+            named by ``objective_name``, ``"min"``imised or ``"max"``imised as
+            ``direction`` says.
+        metrics: every metric that epoch logged (``loss``, ``val_loss``, each
+            compiled metric and its ``val_`` twin), from ``epochs.csv``; empty when
+            it holds none for the configuration (a failed one, an older repository).
     """
 
     trial: str
@@ -191,6 +195,8 @@ class BestConfig:
     checkpoint: Path | None
     objective: float | None = None
     objective_name: str = "val_loss"
+    direction: str = "min"
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_dict(self, root: str | os.PathLike | None = None) -> dict[str, Any]:
         """Plain JSON-ready data, what ``phobbit best --json`` prints: ``checkpoint``
@@ -272,8 +278,46 @@ class RepositoryView:
         return frame.sort_values(["Iteration", "Run", "ID", "Epoch"], ignore_index=True)
 
     def best(self, n: int = 5) -> list[BestConfig]:
-        """The ``n`` best configurations, each with the checkpoint that scores its Val Loss."""
-        return [self._best_config(trial, row) for trial, row in self.results().head(n).iterrows()]
+        """The ``n`` best configurations, each with the checkpoint that scores its Val Loss
+        and the metrics of that epoch."""
+        frame = self.results().head(n)
+        metrics = self.scoring_metrics(frame)
+        return [
+            dataclasses.replace(self._best_config(trial, row), metrics=metrics.get(str(trial), {}))
+            for trial, row in frame.iterrows()
+        ]
+
+    def scoring_metrics(self, frame: pd.DataFrame) -> dict[str, dict[str, float]]:
+        """What the scoring epoch of each configuration of ``frame`` (a results table)
+        logged, by trial: the latest of its epochs, up to the rung it reached, whose
+        objective is the one the table lists. Failed configurations have none.
+
+        Raises:
+            RepositoryError: when ``epochs.csv`` cannot be read.
+        """
+        goal = self.settings.goal
+        wanted: dict[tuple[int, int, int], tuple[str, int, float]] = {}
+        for trial, row in frame.iterrows():
+            listed = row["Val Loss"] if goal.is_val_loss else row[goal.label]
+            if row["Status"] == Status.OK and not math.isnan(listed):
+                config = (int(row["Iteration"]), int(row["Run"]), int(row["ID"]))
+                wanted[config] = (str(trial), int(row["Epochs"]), float(listed))
+        if not wanted:
+            return {}
+        scoring: dict[str, tuple[int, dict[str, float]]] = {}
+        for epoch in self.repository.epochs().values():
+            found = wanted.get((epoch.iteration, epoch.s, epoch.id))
+            if found is None or epoch.epoch > found[1]:
+                continue
+            value = goal.value(epoch.metrics)
+            if math.isclose(value, found[2], rel_tol=1e-9, abs_tol=1e-12):
+                held = scoring.get(found[0])
+                if held is None or epoch.epoch > held[0]:  # ties go to the latest epoch
+                    scoring[found[0]] = (epoch.epoch, epoch.metrics)
+        return {
+            trial: {name: metrics[name] for name in metric_order(list(metrics))}
+            for trial, (_, metrics) in scoring.items()
+        }
 
     def _best_config(self, trial: Any, row: Any) -> BestConfig:
         loss = None if math.isnan(row["Val Loss"]) else float(row["Val Loss"])
@@ -308,6 +352,7 @@ class RepositoryView:
             checkpoint=None if checkpoint is None else checkpoint.absolute(),
             objective=value,
             objective_name=goal.name,
+            direction=goal.direction,
         )
 
     def scoring_file(self, trial: str | None = None) -> Path:

@@ -57,3 +57,72 @@ def test_best_json_and_the_api_name_one_absolute_checkpoint_and_no_gpu_for_a_cpu
         assert record["checkpoint"] == str(best.checkpoint)
         assert Path(record["checkpoint"]).is_file()
         assert record["gpu"] is None and best.gpu is None  # a CPU worker: no GPU, not "-1"
+
+
+def accuracy(hparams: dict, epoch: int) -> dict[str, float]:
+    """An accuracy best near x = 0.7 (the val loss is best near 0.3), rising with epochs."""
+    value = round(1.0 - abs(hparams["x"] - 0.7) - 0.5 / epoch, 6)
+    return {"accuracy": value + 0.01, "val_accuracy": value}
+
+
+@pytest.fixture
+def by_accuracy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A finished R=9 run ranked by val_accuracy, recording loss, accuracy and their val_."""
+    from synthetic import x_curve
+
+    from phobbit.testing import SyntheticTrainable
+
+    trainable = SyntheticTrainable(curve=x_curve, metrics=accuracy)
+    tuner(tmp_path / "repo", n_jobs=2, trainable=trainable, objective="val_accuracy").run(
+        R=9, eta=3
+    )
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "repo"
+
+
+def header_of(table: str) -> list[str]:
+    """The column names of a printed table (the line above its rule), split on 2+ spaces."""
+    lines = table.splitlines()
+    rule = next(i for i, line in enumerate(lines) if line.strip().startswith("─"))
+    return [name for name in lines[rule - 1].strip().split("  ") if name.strip()]
+
+
+def test_best_shows_the_objective_first_with_its_direction_then_the_recorded_metrics(
+    by_accuracy: Path,
+) -> None:
+    code, out, err = cli("best", "repo", "--top", 3)
+    assert code == 0, err
+    heads = [h.strip() for h in header_of(out)]
+    assert heads[:3] == ["Trial", "Val Accuracy (max)", "Val Loss"], heads
+    assert "Accuracy" not in heads  # by default the validation metrics only
+
+    code, out, err = cli("best", "repo", "--top", 3, "--columns", "accuracy,loss")
+    assert code == 0, err
+    heads = [h.strip() for h in header_of(out)]
+    assert heads[:4] == ["Trial", "Val Accuracy (max)", "Accuracy", "Loss"], heads
+
+    code, out, err = cli("status", "repo")
+    assert code == 0, err
+    assert "Best Val Accuracy (max) " in out
+
+
+def test_best_json_carries_every_metric_of_the_scoring_epoch_and_the_direction(
+    by_accuracy: Path,
+) -> None:
+    code, out, err = cli("best", "repo", "--top", 5, "--json")
+    assert code == 0, err
+    for record in json.loads(out):
+        assert record["objective_name"] == "val_accuracy" and record["direction"] == "max"
+        metrics = record["metrics"]
+        assert set(metrics) == {"loss", "val_loss", "accuracy", "val_accuracy"}
+        assert metrics["val_accuracy"] == record["objective"]
+        assert metrics["val_loss"] == record["val_loss"]
+
+
+def test_best_columns_naming_a_metric_the_run_never_recorded_is_one_line_exit_2(
+    by_accuracy: Path,
+) -> None:
+    code, out, err = cli("best", "repo", "--columns", "val_auc")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1
+    assert "--columns val_auc: the run records no such metric; it records accuracy" in err

@@ -84,7 +84,7 @@ def test_tracker_counts_epochs_and_infers_the_gpu_of_new_segments(space: Space) 
     assert "Segments done per bracket and rung" in shown
     assert "GPU 1" in shown and "GPU ?" in shown
     assert f"{trained}/69 epochs" in shown and "1/22 segments" in shown
-    assert "Best Val Loss 0.5" in shown
+    assert "Best Val Loss (min) 0.5" in shown
 
     clock.now += 4  # the worker that came back trains its next segment in 4 s
     plan.record(result_of(third, gpu="1", loss=0.6))
