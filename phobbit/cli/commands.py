@@ -47,11 +47,68 @@ class CliError(PhobbitError):
     """The run finished but produced nothing usable (every trial failed)."""
 
 
+class OutputError(PhobbitError):
+    """Standard output cannot be written (``> /dev/full``, a full disk under ``> file``)."""
+
+
+class _OutputErrors:
+    """Standard output whose write errors, other than a reader who left (a broken pipe,
+    which ``_run`` ends quietly), are one ``OutputError`` line, not a traceback.
+
+    ``train`` writes through a ``GuardedStdout`` instead: its run goes on without printing.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def _failed(self, exc: OSError) -> OutputError:
+        return OutputError(f"cannot write to standard output: {exc.strerror or exc}")
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)  # isatty, fileno, encoding: rich asks
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one command and returns its exit code (the ``phobbit`` console script)."""
     args = build_parser().parse_args(argv)
-    with _skipped_rows_on_stderr():
-        return _run(args)
+    stdout = sys.stdout
+    if args.command != "train" and stdout is not None:
+        sys.stdout = _OutputErrors(stdout)
+    try:
+        with _skipped_rows_on_stderr():
+            code = _run(args)
+            if isinstance(sys.stdout, _OutputErrors):
+                try:
+                    sys.stdout.flush()  # what is still buffered fails here, not at exit
+                except OutputError as exc:
+                    _error(str(exc))
+                    code = exc.exit_code
+                except BrokenPipeError:
+                    pass
+        return code
+    finally:
+        if isinstance(sys.stdout, _OutputErrors):
+            failed = sys.stdout
+            sys.stdout = stdout
+            if failed is not stdout:
+                with contextlib.suppress(OSError, ValueError):
+                    stdout.flush()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -100,6 +157,8 @@ def _run(args: argparse.Namespace) -> int:
             _error("interrupted")
         return INTERRUPTED
     except PhobbitError as exc:
+        if isinstance(exc, OutputError):
+            stdout_to_devnull()  # nothing is left to flush at exit
         _error(str(exc))
         return exc.exit_code
     except BrokenPipeError as exc:
@@ -163,7 +222,34 @@ def _console(stdout: GuardedStdout | None = None) -> Console:
             self.quiet = True
             raise BrokenPipeError
 
-    return QuietOnBrokenPipe(file=stdout, width=wide, highlight=False, markup=False, emoji=False)
+    stream: Any = stdout if stdout is not None else sys.stdout
+    if not stream.isatty():  # a file or a pipe: rich pads every line to its table's width
+        stream = _TrimmedLines(stream)
+    return QuietOnBrokenPipe(file=stream, width=wide, highlight=False, markup=False, emoji=False)
+
+
+class _TrimmedLines:
+    """A stream that drops the spaces before each line's end (rich pads tables' lines to
+    their width): a file or a pipe gets no line that ends in spaces."""
+
+    _TRAILING = re.compile(r" +((?:\x1b\[[0-9;]*m)*)\n")
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self._pending = ""  # spaces that end a write: trailing only if a newline follows
+
+    def write(self, text: str) -> int:
+        body = self._TRAILING.sub(r"\1\n", self._pending + text)
+        kept = body.rstrip(" ")
+        self._pending = body[len(kept) :]
+        self.stream.write(kept)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)  # isatty, fileno, encoding: rich asks
 
 
 @contextlib.contextmanager
@@ -269,8 +355,9 @@ def _train(
     title = (
         f"phobbit train {args.model_file}: R={args.R} eta={args.eta} seed={args.seed}"
         f"{f', {args.iterations} iterations' if args.iterations > 1 else ''}, "
-        f"{_algorithm_words(args.algorithm, args.sampler)}"
-        f"{tuner.executor.capacity} workers ({slots}), repository {args.repo}"
+        f"{args.algorithm}, {args.sampler} sampling, {_budget_words(tuner.budget)}; "
+        f"{_backend_name(args.backend)} on {tuner.executor.capacity} workers ({slots}); "
+        f"repository {args.repo}"
     )
     slots = tuner.executor.slots
     budget = lambda: tuner.budget  # noqa: E731 - known once the run starts (ASHA's default)
@@ -391,6 +478,35 @@ def _objective_options(
     if direction is not None:
         chosen["direction"] = direction
     return chosen
+
+
+BACKENDS = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "torch"}
+
+
+def _backend_name(backend: str | None) -> str:
+    """The Keras backend the workers train with, as its makers write it: ``TensorFlow``."""
+    name = backend or os.environ.get("KERAS_BACKEND") or "tensorflow"
+    return BACKENDS.get(name, name)
+
+
+def _budget_words(budget: Any) -> str:
+    """A ``Budget`` for a header: ``time limit 10m, at most 500 epochs``, or ``no budget``."""
+    from phobbit.core.units import format_duration
+
+    words = []
+    if budget.time_limit is not None:
+        words.append(f"time limit {format_duration(budget.time_limit)}")
+    if budget.max_epochs is not None:
+        words.append(f"at most {budget.max_epochs:,} epochs")
+    return ", ".join(words) or "no time or epoch limit"
+
+
+def _devices_words(devices: Sequence[str | None]) -> str:
+    """Where a repository's segments trained (``RunStatus.devices``): ``GPU 0, GPU 1``,
+    ``CPU workers``."""
+    words = [f"GPU {gpu}" for gpu in devices if gpu is not None]
+    words += ["CPU workers"] if None in devices else []
+    return ", ".join(words) or "nothing trained yet"
 
 
 def _algorithm_words(algorithm: str, sampler: str) -> str:
@@ -702,10 +818,11 @@ def _status(path: str, console: Console) -> int:
     run = open_repository(path)
     status = run.status()
     settings = status.settings
-    how = _algorithm_words(settings.algorithm, settings.sampler)
+    trained_on = _devices_words(status.devices)
     console.print(
         f"Repository {run.path}: R={settings.R} eta={settings.eta} seed={settings.seed}, "
-        f"{settings.iterations} iteration(s); {how}driver {status.driver.describe()}",
+        f"{settings.iterations} iteration(s), {settings.algorithm}, {settings.sampler} "
+        f"sampling; trained on {trained_on}; driver {status.driver.describe()}",
         soft_wrap=True,
     )
     console.print(rung_table(status.rungs))

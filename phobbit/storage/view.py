@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -144,6 +144,8 @@ class RunStatus:
         best: the best finished segment by Val Loss, its hparams in the search
             space's order; None before any succeeded.
         checked_at: when this was read (``time.time()``).
+        devices: the GPU ids (``"0"``, ``"0,1"``) its workers trained on, None for
+            CPU workers, sorted (None last); rows the driver wrote name none.
     """
 
     settings: RunSettings
@@ -159,6 +161,7 @@ class RunStatus:
     seconds_left: float | None
     best: SegmentResult | None
     checked_at: float
+    devices: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -545,6 +548,7 @@ class RepositoryView:
             seconds_left=left,
             best=best,
             checked_at=now,
+            devices=_devices(rows.values()),
         )
 
 
@@ -563,6 +567,12 @@ def metric_order(names: Sequence[str]) -> list[str]:
     for base in bases:
         ordered += [n for n in (base, f"val_{base}") if n in names]
     return ordered
+
+
+def _devices(rows: Iterable[SegmentResult]) -> tuple[str | None, ...]:
+    """The devices ``rows`` trained on, GPU ids sorted, then None for CPU workers."""
+    found = {cpu_as_none(row.gpu) for row in rows if row.pid}  # pid 0: the driver wrote it
+    return (*sorted(d for d in found if d is not None), *([None] if None in found else []))
 
 
 def cpu_as_none(gpu: str) -> str | None:

@@ -126,3 +126,72 @@ def test_best_columns_naming_a_metric_the_run_never_recorded_is_one_line_exit_2(
     assert code == 2 and out == ""
     assert err.count("\n") == 1
     assert "--columns val_auc: the run records no such metric; it records accuracy" in err
+
+
+def test_status_header_says_the_algorithm_the_sampler_and_where_it_trained(trained: Path) -> None:
+    code, out, err = cli("status", "repo")
+    assert code == 0, err
+    header = out.splitlines()[0]
+    assert "hyperband, random sampling" in header
+    assert "trained on CPU workers" in header
+
+
+def test_train_header_words_name_the_backend_and_the_budget() -> None:
+    from phobbit.cli.commands import _backend_name, _budget_words
+    from phobbit.core.budget import Budget
+
+    assert _backend_name("jax") == "JAX" and _backend_name("tensorflow") == "TensorFlow"
+    assert _budget_words(Budget()) == "no time or epoch limit"
+    assert _budget_words(Budget("10m", 500)) == "time limit 10m, at most 500 epochs"
+
+
+def test_no_line_that_best_or_status_print_ends_in_spaces(trained: Path) -> None:
+    for command in (("best", "repo"), ("status", "repo"), ("best", "repo", "--columns", "loss")):
+        code, out, err = cli(*command)
+        assert code == 0, err
+        assert out and not [line for line in out.splitlines() if line != line.rstrip()], out
+
+
+class FullDisk(io.StringIO):
+    """Standard output as ``> /dev/full`` has it: every write fails with ENOSPC."""
+
+    def write(self, text: str) -> int:
+        raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize(
+    "command", [("best", "repo"), ("best", "repo", "--json"), ("status", "repo"), ("brackets",)]
+)
+def test_a_full_standard_output_is_one_line_not_a_traceback(
+    trained: Path, command: tuple[str, ...]
+) -> None:
+    from phobbit.cli.commands import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stdout(FullDisk()), contextlib.redirect_stderr(err):
+        code = main(list(command))
+    assert code == 1
+    assert err.getvalue() == (
+        "phobbit: error: cannot write to standard output: No space left on device\n"
+    )
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_plain_lines_on_a_narrow_terminal_break_the_title_between_words(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from phobbit.cli.terminal import fit_to_terminal
+
+    monkeypatch.setenv("COLUMNS", "60")
+    title = (
+        "phobbit train examples/mnist_mlp.py: R=9 eta=3 seed=0, hyperband, random sampling, "
+        "no time or epoch limit; TensorFlow on 2 workers (CPU 0, CPU 1); repository phobbit_repo"
+    )
+    lines = fit_to_terminal(title, Terminal())
+    assert len(lines) > 1 and all(len(line) <= 60 for line in lines)
+    assert " ".join(lines) == title  # broken only where a space was
+    assert fit_to_terminal(title, io.StringIO()) == [title]  # a file or a pipe: one line
