@@ -47,11 +47,68 @@ class CliError(PhobbitError):
     """The run finished but produced nothing usable (every trial failed)."""
 
 
+class OutputError(PhobbitError):
+    """Standard output cannot be written (``> /dev/full``, a full disk under ``> file``)."""
+
+
+class _OutputErrors:
+    """Standard output whose write errors, other than a reader who left (a broken pipe,
+    which ``_run`` ends quietly), are one ``OutputError`` line, not a traceback.
+
+    ``train`` writes through a ``GuardedStdout`` instead: its run goes on without printing.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def _failed(self, exc: OSError) -> OutputError:
+        return OutputError(f"cannot write to standard output: {exc.strerror or exc}")
+
+    def write(self, text: str) -> int:
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)  # isatty, fileno, encoding: rich asks
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one command and returns its exit code (the ``phobbit`` console script)."""
     args = build_parser().parse_args(argv)
-    with _skipped_rows_on_stderr():
-        return _run(args)
+    stdout = sys.stdout
+    if args.command != "train" and stdout is not None:
+        sys.stdout = _OutputErrors(stdout)
+    try:
+        with _skipped_rows_on_stderr():
+            code = _run(args)
+            if isinstance(sys.stdout, _OutputErrors):
+                try:
+                    sys.stdout.flush()  # what is still buffered fails here, not at exit
+                except OutputError as exc:
+                    _error(str(exc))
+                    code = exc.exit_code
+                except BrokenPipeError:
+                    pass
+        return code
+    finally:
+        if isinstance(sys.stdout, _OutputErrors):
+            failed = sys.stdout
+            sys.stdout = stdout
+            if failed is not stdout:
+                with contextlib.suppress(OSError, ValueError):
+                    stdout.flush()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -100,6 +157,8 @@ def _run(args: argparse.Namespace) -> int:
             _error("interrupted")
         return INTERRUPTED
     except PhobbitError as exc:
+        if isinstance(exc, OutputError):
+            stdout_to_devnull()  # nothing is left to flush at exit
         _error(str(exc))
         return exc.exit_code
     except BrokenPipeError as exc:
@@ -163,7 +222,34 @@ def _console(stdout: GuardedStdout | None = None) -> Console:
             self.quiet = True
             raise BrokenPipeError
 
-    return QuietOnBrokenPipe(file=stdout, width=wide, highlight=False, markup=False, emoji=False)
+    stream: Any = stdout if stdout is not None else sys.stdout
+    if not stream.isatty():  # a file or a pipe: rich pads every line to its table's width
+        stream = _TrimmedLines(stream)
+    return QuietOnBrokenPipe(file=stream, width=wide, highlight=False, markup=False, emoji=False)
+
+
+class _TrimmedLines:
+    """A stream that drops the spaces before each line's end (rich pads tables' lines to
+    their width): a file or a pipe gets no line that ends in spaces."""
+
+    _TRAILING = re.compile(r" +((?:\x1b\[[0-9;]*m)*)\n")
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self._pending = ""  # spaces that end a write: trailing only if a newline follows
+
+    def write(self, text: str) -> int:
+        body = self._TRAILING.sub(r"\1\n", self._pending + text)
+        kept = body.rstrip(" ")
+        self._pending = body[len(kept) :]
+        self.stream.write(kept)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)  # isatty, fileno, encoding: rich asks
 
 
 @contextlib.contextmanager
@@ -269,8 +355,9 @@ def _train(
     title = (
         f"phobbit train {args.model_file}: R={args.R} eta={args.eta} seed={args.seed}"
         f"{f', {args.iterations} iterations' if args.iterations > 1 else ''}, "
-        f"{_algorithm_words(args.algorithm, args.sampler)}"
-        f"{tuner.executor.capacity} workers ({slots}), repository {args.repo}"
+        f"{args.algorithm}, {args.sampler} sampling, {_budget_words(tuner.budget)}; "
+        f"{_backend_name(args.backend)} on {tuner.executor.capacity} workers ({slots}); "
+        f"repository {args.repo}"
     )
     slots = tuner.executor.slots
     budget = lambda: tuner.budget  # noqa: E731 - known once the run starts (ASHA's default)
@@ -283,7 +370,7 @@ def _train(
         frame = tuner.run(
             R=args.R, eta=args.eta, iterations=args.iterations, retry_failed=args.retry_failed
         )
-    console.print(best_table(frame, args.top, [hp.name for hp in tuner.space.hparams]))
+    _final_table(console, frame, args, tuner)
     if tuner.stopped_by not in (None, "iterations") or args.algorithm == "asha":
         console.print(
             f"Stopped: {tuner.stop_reason()}; run again with a larger --max-epochs, "
@@ -307,6 +394,21 @@ def _train(
     if model_path is not None:
         console.print(f"Best model: {model_path}", soft_wrap=True)
     return 0
+
+
+def _final_table(console: Console, frame: Any, args: argparse.Namespace, tuner: Any) -> None:
+    """The table at the end of ``train``; ``--columns`` the run never recorded are named on
+    stderr (known only now, after training, so they stop nothing)."""
+    from phobbit.storage.view import open_repository
+
+    metrics = {}
+    if not frame.empty:
+        metrics = open_repository(args.repo).scoring_metrics(frame.head(args.top))
+    _, unknown = metric_columns(tuner.objective, metrics, args.columns)
+    if unknown:
+        print(f"phobbit: warning: {unknown_columns_message(unknown, metrics)}", file=sys.stderr)
+    order = [hp.name for hp in tuner.space.hparams]
+    console.print(best_table(frame, args.top, order, tuner.objective, metrics, args.columns))
 
 
 @contextlib.contextmanager
@@ -376,6 +478,35 @@ def _objective_options(
     if direction is not None:
         chosen["direction"] = direction
     return chosen
+
+
+BACKENDS = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "torch"}
+
+
+def _backend_name(backend: str | None) -> str:
+    """The Keras backend the workers train with, as its makers write it: ``TensorFlow``."""
+    name = backend or os.environ.get("KERAS_BACKEND") or "tensorflow"
+    return BACKENDS.get(name, name)
+
+
+def _budget_words(budget: Any) -> str:
+    """A ``Budget`` for a header: ``time limit 10m, at most 500 epochs``, or ``no budget``."""
+    from phobbit.core.units import format_duration
+
+    words = []
+    if budget.time_limit is not None:
+        words.append(f"time limit {format_duration(budget.time_limit)}")
+    if budget.max_epochs is not None:
+        words.append(f"at most {budget.max_epochs:,} epochs")
+    return ", ".join(words) or "no time or epoch limit"
+
+
+def _devices_words(devices: Sequence[str | None]) -> str:
+    """Where a repository's segments trained (``RunStatus.devices``): ``GPU 0, GPU 1``,
+    ``CPU workers``."""
+    words = [f"GPU {gpu}" for gpu in devices if gpu is not None]
+    words += ["CPU workers"] if None in devices else []
+    return ", ".join(words) or "nothing trained yet"
 
 
 def _algorithm_words(algorithm: str, sampler: str) -> str:
@@ -520,37 +651,101 @@ def _checkpoint(repository: Any, row: Any, objective: Any = None) -> Any:
     )
 
 
-def best_table(frame: Any, top: int, order: Sequence[str] = ()) -> Table:
-    """The ``top`` best configurations of a results table, as a rich table.
+def metric_label(name: str) -> str:
+    """A logged metric's name as a table's column: ``Val Accuracy`` for ``val_accuracy``."""
+    return " ".join(part.capitalize() for part in name.split("_"))
+
+
+def metric_columns(
+    objective: Any, metrics: dict[str, dict[str, float]], chosen: Sequence[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """The metrics a table shows after the objective, and those of ``chosen`` never recorded.
+
+    By default every validation metric the configurations' scoring epochs logged
+    (``val_loss`` first), the objective left out as it has a column of its own.
+
+    Args:
+        objective: the run's ``Objective``.
+        metrics: by trial, what its scoring epoch logged (``RepositoryView.scoring_metrics``).
+        chosen: the names ``--columns`` gave, or None.
+    """
+    from phobbit.storage.view import metric_order
+
+    recorded: list[str] = []
+    for logged in metrics.values():
+        recorded.extend(n for n in logged if n not in recorded)
+    recorded = metric_order(recorded)
+    if chosen is None:
+        shown = [n for n in recorded if n.startswith("val_")] or ["val_loss"]
+        return [n for n in shown if n != objective.name], []
+    unknown = [n for n in chosen if n not in recorded and n != objective.name]
+    return [n for n in chosen if n not in unknown and n != objective.name], unknown
+
+
+def unknown_columns_message(unknown: Sequence[str], metrics: dict[str, dict[str, float]]) -> str:
+    """One line naming the ``--columns`` the run never recorded, and those it did."""
+    recorded = sorted({n for logged in metrics.values() for n in logged})
+    return (
+        f"--columns {','.join(unknown)}: the run records no such metric; it records "
+        f"{', '.join(recorded) or 'none in epochs.csv'}"
+    )
+
+
+def best_table(
+    frame: Any,
+    top: int,
+    order: Sequence[str] = (),
+    objective: Any = None,
+    metrics: dict[str, dict[str, float]] | None = None,
+    columns: Sequence[str] | None = None,
+) -> Table:
+    """The ``top`` best configurations of a results table, as a rich table: the objective
+    first, its direction in its header (``Val Loss (min)``), then the metrics of each
+    configuration's scoring epoch.
 
     Args:
         frame: the results table (``results_frame``), best first.
         top: how many rows.
         order: hyperparameter names in the search space's order (else as stored).
+        objective: the run's ``Objective`` (default the val loss).
+        metrics: by trial, what its scoring epoch logged; None or empty shows the
+            val loss alone beside the objective.
+        columns: the metrics to show (``--columns``); None: ``metric_columns``' default.
     """
     from rich import box
     from rich.table import Table
     from rich.text import Text
 
+    from phobbit.core.objective import VAL_LOSS
     from phobbit.core.records import Status  # lazy: `phobbit brackets` stays light
     from phobbit.reporting.plain import format_hparams
 
+    objective = objective or VAL_LOSS
+    metrics = metrics or {}
     table = Table(
         title=f"Best {min(top, len(frame))} of {len(frame)} configurations",
         title_justify="left",
         box=box.SIMPLE_HEAD,
     )
-    from phobbit.storage.results import COLUMNS
-
     failed = bool((frame["Status"] != Status.OK).any())
-    scores = ["Val Loss"] + [c for c in frame.columns if c not in COLUMNS]  # the objective's
-    columns = ("Trial", *scores, "Epochs", "Hparams") + (("Status",) if failed else ())
-    for column in columns:
-        table.add_column(column, justify="right" if column in (*scores, "Epochs") else "left")
+    shown, _ = metric_columns(objective, metrics, columns)
+    listed = "Val Loss" if objective.is_val_loss else objective.label  # the frame's column
+    heads = [f"{objective.label} ({objective.direction})", *map(metric_label, shown)]
+    for column in ("Trial", *heads, "Epochs", "Hparams") + (("Status",) if failed else ()):
+        table.add_column(
+            column, justify="left" if column in ("Trial", "Hparams", "Status") else "right"
+        )
+
+    def value(trial: str, row: Any, name: str) -> float:
+        logged = metrics.get(trial, {})
+        if name in logged:
+            return logged[name]
+        return row["Val Loss"] if name == "val_loss" else math.nan  # an older repository
+
     for trial, row in frame.head(top).iterrows():
-        values = ["-" if math.isnan(row[c]) else f"{row[c]:.4g}" for c in scores]
-        hparams = format_hparams(_in_order(row["Hparams"], order))
-        cells = [str(trial), *values, str(row["Epochs"]), hparams]
+        values = [row[listed], *(value(str(trial), row, n) for n in shown)]
+        cells = [str(trial), *("-" if math.isnan(v) else f"{v:.4g}" for v in values)]
+        cells += [str(row["Epochs"]), format_hparams(_in_order(row["Hparams"], order))]
         if failed:
             cells.append(
                 Status.OK.value if row["Status"] == Status.OK else f"failed: {row['Error']}"
@@ -564,16 +759,21 @@ def _best(args: argparse.Namespace, console: Console) -> int:
 
     run = open_repository(args.repo)
     if args.json:
-        print(json.dumps([b.to_dict(run.path) for b in run.best(args.top)], indent=2))
+        print(json.dumps([b.to_dict() for b in run.best(args.top)], indent=2))
         return 0
     frame = run.results()
     if frame.empty:
         console.print(f"{args.repo} has no results yet", soft_wrap=True)
         return 0
+    goal = run.settings.goal
+    metrics = run.scoring_metrics(frame.head(args.top))
+    _, unknown = metric_columns(goal, metrics, args.columns)
+    if unknown:
+        raise InputError(unknown_columns_message(unknown, metrics))
     how = _algorithm_words(run.settings.algorithm, run.settings.sampler)
     if how:
         console.print(f"Algorithm: {how.rstrip(', ')}", soft_wrap=True)
-    console.print(best_table(frame, args.top, run.hparam_names))
+    console.print(best_table(frame, args.top, run.hparam_names, goal, metrics, args.columns))
     model_path = _checkpoint(run.repository, frame.iloc[0], run.settings.goal)
     if model_path is not None:
         console.print(f"Best model: {model_path}", soft_wrap=True)
@@ -618,10 +818,11 @@ def _status(path: str, console: Console) -> int:
     run = open_repository(path)
     status = run.status()
     settings = status.settings
-    how = _algorithm_words(settings.algorithm, settings.sampler)
+    trained_on = _devices_words(status.devices)
     console.print(
         f"Repository {run.path}: R={settings.R} eta={settings.eta} seed={settings.seed}, "
-        f"{settings.iterations} iteration(s); {how}driver {status.driver.describe()}",
+        f"{settings.iterations} iteration(s), {settings.algorithm}, {settings.sampler} "
+        f"sampling; trained on {trained_on}; driver {status.driver.describe()}",
         soft_wrap=True,
     )
     console.print(rung_table(status.rungs))
@@ -642,5 +843,8 @@ def _status(path: str, console: Console) -> int:
             line += f", left ~{format_duration(status.seconds_left)}"
     console.print(line, soft_wrap=True)
     goal, several = settings.goal, settings.iterations > 1
-    console.print(f"Best {goal.label} {best_line(status.best, goal, several)}", soft_wrap=True)
+    console.print(
+        f"Best {goal.label} ({goal.direction}) {best_line(status.best, goal, several)}",
+        soft_wrap=True,
+    )
     return 0

@@ -85,6 +85,12 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"phobbit: error: {text}; try '{prog} --help'\n")
 
 
+COLUMNS_HELP = (
+    "metrics shown after the objective, as logged and comma-separated (val_accuracy,loss); "
+    "default: the validation metrics the run records"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command, its options, their defaults and help."""
     parser = OneLineParser(
@@ -257,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="best configurations shown at the end (default 5)",
     )
+    show.add_argument("--columns", type=_metric_names, metavar="NAMES", help=COLUMNS_HELP)
 
     schedule = commands.add_parser(
         "brackets",
@@ -285,7 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     best.add_argument("repo", metavar="DIR", help="the repository folder")
     best.add_argument("--top", type=_count, default=5, metavar="K", help="how many (default 5)")
-    best.add_argument("--json", action="store_true", help="print JSON for scripts")
+    best.add_argument(
+        "--json", action="store_true", help="print JSON for scripts (every metric recorded)"
+    )
+    best.add_argument("--columns", type=_metric_names, metavar="NAMES", help=COLUMNS_HELP)
 
     export = commands.add_parser(
         "export",
@@ -322,6 +332,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     board.add_argument("repo", metavar="DIR", help="the repository folder")
     return parser
+
+
+def _metric_names(text: str) -> list[str]:
+    """``--columns``: metric names, comma-separated; at least one."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(
+            f"must name metrics, comma-separated (val_accuracy,loss), got {text!r}"
+        )
+    return names
 
 
 def _add_schedule_options(group: Any) -> None:

@@ -13,6 +13,8 @@ is left.
 from __future__ import annotations
 
 import math
+import shutil
+import textwrap
 import threading
 from collections.abc import Callable, Sequence
 from typing import TextIO
@@ -47,6 +49,18 @@ from phobbit.reporting.progress import (
 from phobbit.storage.view import RungProgress
 
 BUDGET_STEP = 0.05  # plain lines of an endless plan (ASHA): one per 5% of its budget
+
+
+def fit_to_terminal(text: str, stream: TextIO) -> list[str]:
+    """``text`` as lines no wider than the terminal ``stream`` is, broken between words (a
+    terminal would break it mid-word); off a terminal, one line. Nothing for no text."""
+    if not text:
+        return []
+    isatty = getattr(stream, "isatty", None)
+    if isatty is None or not isatty():
+        return [text]
+    width = shutil.get_terminal_size().columns
+    return textwrap.wrap(text, width, break_on_hyphens=False) or [text]
 
 
 def best_line(
@@ -121,7 +135,7 @@ def render(tracker: ProgressTracker, title: str = "") -> RenderableType:
         parts.append(Text(slow_line(item.segment, now - item.since, tracker.several), style="red"))
     parts.append(
         Text.assemble(
-            (f"Best {tracker.objective.label} ", "bold"),
+            (f"Best {tracker.objective.label} ({tracker.objective.direction}) ", "bold"),
             best_line(tracker.best, tracker.objective, tracker.several),
         )
     )
@@ -268,8 +282,8 @@ class LineReporter(PlainReporter):
         self._steps = 0  # steps of the budget already announced (an endless plan)
 
     def started(self, plan: Plan, resumed: int) -> None:
-        if self.title:
-            self._say(self.title)
+        for line in fit_to_terminal(self.title, self.stream):
+            self._say(line)
         super().started(plan, resumed)
         self.tracker.started(plan, resumed)
         self.best = self.tracker.best

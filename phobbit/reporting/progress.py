@@ -80,6 +80,51 @@ def slot_summary(slots: Sequence[str], shown: int = 8) -> str:
     return apart.join([*labels[: shown - 2], "...", labels[-1]])
 
 
+class SegmentCost:
+    """Seconds a segment takes, ``per_segment + per_epoch * epochs``, learnt from segments
+    measured on their workers; pure.
+
+    Only steady segments teach it: the first segment a fresh worker process trains
+    carries its start-up (the framework's import, the first traces) and is left out.
+    What every segment pays once (building or restoring its model, the first epoch's
+    trace) is ``per_segment``, fitted by least squares beside ``per_epoch`` once
+    segments of different lengths have finished; until then it is folded into
+    ``per_epoch``, which errs long.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._epochs = self._seconds = self._squares = self._products = 0.0
+
+    def learn(self, epochs: int, seconds: float) -> None:
+        """Learns one steady segment that trained ``epochs`` epochs in ``seconds``."""
+        if epochs <= 0 or seconds < 0:
+            return
+        self.count += 1
+        self._epochs += epochs
+        self._seconds += seconds
+        self._squares += epochs * epochs
+        self._products += epochs * seconds
+
+    def fit(self) -> tuple[float, float] | None:
+        """``(per_segment, per_epoch)`` seconds; None before any steady segment."""
+        if not self.count or self._seconds <= 0:
+            return None
+        n, e, s = self.count, self._epochs, self._seconds
+        spread = n * self._squares - e * e
+        if spread > 1e-9 * n * self._squares:  # segments of several lengths
+            per_epoch = (n * self._products - e * s) / spread
+            per_segment = (s - per_epoch * e) / n
+            if per_epoch > 0 and per_segment >= 0:
+                return per_segment, per_epoch
+        return 0.0, s / e
+
+    def seconds(self, epochs: int) -> float:
+        """Seconds a segment of ``epochs`` epochs takes; 0 before any was learnt."""
+        fitted = self.fit()
+        return 0.0 if fitted is None else fitted[0] + fitted[1] * epochs
+
+
 @dataclass(frozen=True)
 class Running:
     """A segment in flight and the device it is thought to run on."""
@@ -147,6 +192,11 @@ class ProgressTracker:
         self._cpus = sum(1 for slot in slots if slot in (HIDDEN, ""))
         self._cpu_of_pid: dict[int, str] = {}
         self.several = False  # several iterations: lines name the iteration too
+        # What is left is estimated from segment times measured per worker; a segment
+        # handed to a worker that has not reported yet (a fresh process) teaches nothing.
+        self.cost = SegmentCost()
+        self._workers = len(slots)
+        self._fresh: set[tuple[int, int, int, int]] = set()
 
     def started(self, plan: Plan, resumed: int) -> None:
         self.plan, self.resumed, self.started_at = plan, resumed, self.clock()
@@ -160,8 +210,14 @@ class ProgressTracker:
         self._rebuild()
 
     def dispatched(self, segment: Segment) -> None:
-        gpu = self._idle.pop(0) if self._idle else self._unknown_device()
+        if self._idle:
+            gpu = self._idle.pop(0)
+            self._fresh.discard(segment.key)
+        else:  # no worker has come back since the pool started: a fresh process takes it
+            gpu = self._unknown_device()
+            self._fresh.add(segment.key)
         self.running[segment.key] = Running(segment, gpu, self.clock())
+        self._workers = max(self._workers, len(self.running))
         if self.plan is not None and (
             self.plan.machine.endless or self.plan.recorded != self._seen
         ):
@@ -180,6 +236,12 @@ class ProgressTracker:
 
     def finished(self, result: SegmentResult) -> None:
         running = self.running.pop(result.key, None)
+        fresh = result.key in self._fresh
+        self._fresh.discard(result.key)
+        if running is not None and result.pid and not fresh:
+            self.cost.learn(
+                result.epochs - running.segment.start_epoch, self.clock() - running.since
+            )
         if result.pid:  # a row the driver wrote for a dead worker frees no known slot
             gpu = result.gpu
             if gpu in (HIDDEN, "") and self._cpus:
@@ -274,6 +336,7 @@ class ProgressTracker:
 
     def retrying(self, segment: Segment) -> None:
         self.running.pop(segment.key, None)
+        self._fresh.discard(segment.key)
         self.retries += 1
         self._idle.clear()  # the pool is rebuilt: which worker is free is unknown again
         self._cpu_of_pid.clear()  # ...and its workers are new processes
@@ -293,13 +356,14 @@ class ProgressTracker:
         return self.clock() - self.started_at
 
     def left(self) -> float | None:
-        """Estimated seconds left, from the epochs trained in this session; for an endless
-        plan, until its budget is spent."""
+        """Estimated seconds left; for an endless plan, until its budget is spent.
+
+        A planned run's is ``planned_left``: the segments still to train at the
+        times measured on the workers, none before a steady segment has finished.
+        """
         budget = self.budget
         if budget is None:
-            return estimate_left(
-                self.epochs_done, self.epochs_total, self.epochs_now, self.elapsed()
-            )
+            return self.planned_left()
         lefts = []
         if budget.max_epochs is not None:
             lefts.append(
@@ -309,6 +373,38 @@ class ProgressTracker:
             lefts.append(max(0.0, budget.time_limit - self.elapsed()))
         known = [left for left in lefts if left is not None]
         return min(known) if known else None
+
+    def planned_left(self) -> float | None:
+        """Seconds left for the planned segments not yet finished, at ``cost``'s times.
+
+        The work left (what the running ones still need, and every unstarted
+        segment) is shared by the workers; the estimate is never shorter than the
+        longest chain of rungs a bracket still has to train one after another.
+        None until a steady segment has taught ``cost``.
+        """
+        if self.cost.fit() is None:
+            return None
+        now = self.clock()
+        still: dict[tuple[int, int, int], list[float]] = {}  # per rung, of running segments
+        for item in self.running.values():
+            segment = item.segment
+            seconds = self.cost.seconds(segment.epochs - segment.start_epoch)
+            still.setdefault(segment.rung_key, []).append(max(0.0, seconds - (now - item.since)))
+        work = sum(sum(left) for left in still.values())
+        chains: Counter[tuple[int, int]] = Counter()
+        for rung in self.rungs:
+            key = (rung.iteration, rung.s, rung.rung)
+            unstarted = max(0, rung.n - rung.done - len(still.get(key, ())))
+            seconds = self.cost.seconds(rung.segment_epochs)
+            work += unstarted * seconds
+            # A bracket's rungs train one after another: its chain is the rest of the rung
+            # in progress, then one segment of each later rung.
+            if unstarted:
+                chains[key[:2]] += seconds
+            elif key in still:
+                chains[key[:2]] += max(still[key])
+        chain = max(chains.values(), default=0.0)
+        return max(work / max(self._workers, 1), min(chain, work))
 
     def fraction(self) -> float:
         """How far the run is, from 0 to 1: its planned epochs, or an endless plan's budget

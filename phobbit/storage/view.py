@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -144,6 +144,8 @@ class RunStatus:
         best: the best finished segment by Val Loss, its hparams in the search
             space's order; None before any succeeded.
         checked_at: when this was read (``time.time()``).
+        devices: the GPU ids (``"0"``, ``"0,1"``) its workers trained on, None for
+            CPU workers, sorted (None last); rows the driver wrote name none.
     """
 
     settings: RunSettings
@@ -159,6 +161,7 @@ class RunStatus:
     seconds_left: float | None
     best: SegmentResult | None
     checked_at: float
+    devices: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -167,10 +170,17 @@ class BestConfig:
 
     Attributes:
         trial: the table's index, ``"<run>-<id>"`` (``"<iteration>:<run>-<id>"``).
-        checkpoint: the file that evaluates to ``val_loss`` and ``objective`` (see
-            ``Repository.scoring_checkpoint``); None when failed or none holds it.
+        gpu: the GPU id(s) of the worker that trained its last segment (``"0"``,
+            ``"0,1"``); None for a CPU worker.
+        checkpoint: the absolute path of the file that evaluates to ``val_loss`` and
+            ``objective`` (see ``Repository.scoring_checkpoint``); None when failed or
+            none holds it.
         objective: the run's objective at that epoch (``val_loss`` by default),
-            named by ``objective_name``.
+            named by ``objective_name``, ``"min"``imised or ``"max"``imised as
+            ``direction`` says.
+        metrics: every metric that epoch logged (``loss``, ``val_loss``, each
+            compiled metric and its ``val_`` twin), from ``epochs.csv``; empty when
+            it holds none for the configuration (a failed one, an older repository).
     """
 
     trial: str
@@ -183,19 +193,22 @@ class BestConfig:
     status: str
     error: str
     hparams: dict[str, Any]
-    gpu: str
+    gpu: str | None
     train_time_s: float
     checkpoint: Path | None
     objective: float | None = None
     objective_name: str = "val_loss"
+    direction: str = "min"
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_dict(self, root: str | os.PathLike | None = None) -> dict[str, Any]:
-        """Plain JSON-ready data; ``checkpoint`` relative to ``root`` when given."""
+        """Plain JSON-ready data, what ``phobbit best --json`` prints: ``checkpoint``
+        absolute (relative to ``root`` only when given), ``gpu`` null for a CPU worker."""
         data = dataclasses.asdict(self)
         data["run"] = data.pop("s")  # the key Hobbit's table and `best --json` use
         path = self.checkpoint
         if path is not None and root is not None:
-            path = path.relative_to(root)
+            path = path.relative_to(Path(root).absolute())
         data["checkpoint"] = None if path is None else str(path)
         return data
 
@@ -268,8 +281,46 @@ class RepositoryView:
         return frame.sort_values(["Iteration", "Run", "ID", "Epoch"], ignore_index=True)
 
     def best(self, n: int = 5) -> list[BestConfig]:
-        """The ``n`` best configurations, each with the checkpoint that scores its Val Loss."""
-        return [self._best_config(trial, row) for trial, row in self.results().head(n).iterrows()]
+        """The ``n`` best configurations, each with the checkpoint that scores its Val Loss
+        and the metrics of that epoch."""
+        frame = self.results().head(n)
+        metrics = self.scoring_metrics(frame)
+        return [
+            dataclasses.replace(self._best_config(trial, row), metrics=metrics.get(str(trial), {}))
+            for trial, row in frame.iterrows()
+        ]
+
+    def scoring_metrics(self, frame: pd.DataFrame) -> dict[str, dict[str, float]]:
+        """What the scoring epoch of each configuration of ``frame`` (a results table)
+        logged, by trial: the latest of its epochs, up to the rung it reached, whose
+        objective is the one the table lists. Failed configurations have none.
+
+        Raises:
+            RepositoryError: when ``epochs.csv`` cannot be read.
+        """
+        goal = self.settings.goal
+        wanted: dict[tuple[int, int, int], tuple[str, int, float]] = {}
+        for trial, row in frame.iterrows():
+            listed = row["Val Loss"] if goal.is_val_loss else row[goal.label]
+            if row["Status"] == Status.OK and not math.isnan(listed):
+                config = (int(row["Iteration"]), int(row["Run"]), int(row["ID"]))
+                wanted[config] = (str(trial), int(row["Epochs"]), float(listed))
+        if not wanted:
+            return {}
+        scoring: dict[str, tuple[int, dict[str, float]]] = {}
+        for epoch in self.repository.epochs().values():
+            found = wanted.get((epoch.iteration, epoch.s, epoch.id))
+            if found is None or epoch.epoch > found[1]:
+                continue
+            value = goal.value(epoch.metrics)
+            if math.isclose(value, found[2], rel_tol=1e-9, abs_tol=1e-12):
+                held = scoring.get(found[0])
+                if held is None or epoch.epoch > held[0]:  # ties go to the latest epoch
+                    scoring[found[0]] = (epoch.epoch, epoch.metrics)
+        return {
+            trial: {name: metrics[name] for name in metric_order(list(metrics))}
+            for trial, (_, metrics) in scoring.items()
+        }
 
     def _best_config(self, trial: Any, row: Any) -> BestConfig:
         loss = None if math.isnan(row["Val Loss"]) else float(row["Val Loss"])
@@ -298,11 +349,13 @@ class RepositoryView:
             status=row["Status"],
             error=row["Error"],
             hparams=row["Hparams"],
-            gpu=row["GPU"],
+            gpu=cpu_as_none(row["GPU"]),
             train_time_s=round(float(row["Train Time"]), 3),
-            checkpoint=checkpoint,
+            # Absolute: the same file whatever the directory of the caller or the script.
+            checkpoint=None if checkpoint is None else checkpoint.absolute(),
             objective=value,
             objective_name=goal.name,
+            direction=goal.direction,
         )
 
     def scoring_file(self, trial: str | None = None) -> Path:
@@ -495,6 +548,7 @@ class RepositoryView:
             seconds_left=left,
             best=best,
             checked_at=now,
+            devices=_devices(rows.values()),
         )
 
 
@@ -513,6 +567,18 @@ def metric_order(names: Sequence[str]) -> list[str]:
     for base in bases:
         ordered += [n for n in (base, f"val_{base}") if n in names]
     return ordered
+
+
+def _devices(rows: Iterable[SegmentResult]) -> tuple[str | None, ...]:
+    """The devices ``rows`` trained on, GPU ids sorted, then None for CPU workers."""
+    found = {cpu_as_none(row.gpu) for row in rows if row.pid}  # pid 0: the driver wrote it
+    return (*sorted(d for d in found if d is not None), *([None] if None in found else []))
+
+
+def cpu_as_none(gpu: str) -> str | None:
+    """A row's ``gpu`` for scripts: the GPU id(s), or None for a CPU worker (stored as
+    ``"-1"``, or empty for a simulated or in-process one)."""
+    return None if gpu in ("-1", "") else gpu
 
 
 def _number(value: Any) -> float | None:

@@ -76,14 +76,22 @@ def test_tracker_counts_epochs_and_infers_the_gpu_of_new_segments(space: Space) 
     assert tracker.running[third.key].gpu == "1"  # the worker that just reported is the free one
     trained = first.epochs - first.start_epoch
     assert tracker.epochs_done == trained and tracker.epochs_now == trained
-    assert tracker.left() == (69 - trained) * 10 / trained
+    # A fresh worker's first segment carries its start-up: it gives no time per epoch.
+    assert tracker.left() is None
     assert tracker.best is not None and tracker.best.val_loss == 0.5
 
     shown = text_of(render(tracker, title="phobbit train"))
     assert "Segments done per bracket and rung" in shown
     assert "GPU 1" in shown and "GPU ?" in shown
     assert f"{trained}/69 epochs" in shown and "1/22 segments" in shown
-    assert "Best Val Loss 0.5" in shown
+    assert "Best Val Loss (min) 0.5" in shown
+
+    clock.now += 4  # the worker that came back trains its next segment in 4 s
+    plan.record(result_of(third, gpu="1", loss=0.6))
+    tracker.finished(result_of(third, gpu="1", loss=0.6))
+    assert tracker.cost.fit() == (0.0, 4 / (third.epochs - third.start_epoch))
+    left = tracker.left()
+    assert left is not None and left > 0
 
 
 def test_tracker_knows_the_device_when_every_slot_is_the_cpu(space: Space) -> None:
