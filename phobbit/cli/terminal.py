@@ -84,9 +84,11 @@ def rung_table(rungs: Sequence[RungProgress]) -> Table:
     """Segments done per bracket (a row) and rung (a column), as ``done/n xEPOCHSep``."""
     depth = max((r.rung for r in rungs), default=-1) + 1
     several = len({r.iteration for r in rungs}) > 1
+    title = "Segments done per bracket and rung"
     grid = Table(
-        title="Segments done per bracket and rung",
+        title=title,
         title_justify="left",
+        min_width=len(title),  # a table of one rung is narrower: its title must not wrap
         box=None,
         padding=(0, 2),
         show_edge=False,

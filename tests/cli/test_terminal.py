@@ -331,3 +331,14 @@ def test_more_iterations_on_a_resumed_run_count_the_rows_already_there_from_the_
     # counters knew them from the start: each new result adds one to all already there.
     assert counts == list(range(len(previous) + 1, 2 * len(previous) + 1))
     assert "iteration 0 run" not in out.getvalue()  # its rungs were announced by that run
+
+
+def test_a_one_rung_table_keeps_its_title_on_one_line() -> None:
+    from phobbit.cli.terminal import rung_table
+    from phobbit.storage.view import RungProgress
+
+    # R=3, eta=3: run 0 has a single rung, so the table is narrower than its title, which
+    # rich would otherwise wrap mid-sentence ("...per bracket and" / "rung").
+    rungs = [RungProgress(0, 0, 0, done=2, n=2, epochs=3, segment_epochs=3)]
+    lines = text_of(rung_table(rungs)).splitlines()
+    assert lines[0].strip() == "Segments done per bracket and rung"
