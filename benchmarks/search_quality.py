@@ -91,6 +91,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from phobbit import Hyperparameter, ParallelHyperband  # noqa: E402
+from phobbit import api  # noqa: E402
 from phobbit.core.schedule import brackets  # noqa: E402
 from phobbit.core.space import Space  # noqa: E402
 from phobbit.execution.simulated import SimulatedExecutor  # noqa: E402
@@ -325,7 +326,10 @@ PHOBBIT_METHODS = {
 
 def phobbit_accepts(options: dict[str, Any]) -> str:
     """'' when this checkout's ``ParallelHyperband`` takes ``options``, else why not."""
-    parameters = inspect.signature(ParallelHyperband.__init__).parameters
+    parameters = set(inspect.signature(ParallelHyperband.__init__).parameters)
+    # Flat keywords (``algorithm``, ``max_epochs``) fill the grouped objects (``Search``,
+    # ``Budget``) through ``**flat`` where this checkout groups them.
+    parameters |= set(getattr(api, "_FLAT", ()))
     missing = [name for name in options if name not in parameters]
     if missing:
         return f"ParallelHyperband of this checkout takes no {', '.join(missing)}"
