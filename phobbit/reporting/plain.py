@@ -203,7 +203,7 @@ class PlainReporter:
         self.clock = clock
         self._budget_of = budget
         self._endless: tuple[Plan, Budget] | None = None  # an endless plan and its budget
-        self._steps = 0  # steps of its budget already announced
+        self._asha_step = 0  # steps of its budget already announced
         self.best: SegmentResult | None = None
         self.objective = VAL_LOSS  # the plan's, once started
         self._started = 0.0
@@ -241,7 +241,7 @@ class PlainReporter:
             self._say(asha_schedule(plan, budget))
             if budget is not None and budget.limited:
                 self._endless = (plan, budget)
-                self._steps = self._budget_steps()
+                self._asha_step = self._asha_steps()
         else:
             self._say(format_schedule(plan.schedule, iterations_of(plan)))
         if resumed:
@@ -281,7 +281,7 @@ class PlainReporter:
         self._warm += result.started_warm
         elapsed = time.monotonic() - self._started
         at = where(result, self.several)
-        self._budget_progress(elapsed)
+        self._asha_progress(elapsed)
         if result.retrained:
             self._retrained += 1
             self._say(f"[{elapsed:7.1f}s] {retrain_line(result, self.several)}")
@@ -303,7 +303,7 @@ class PlainReporter:
                 level=2,
             )
 
-    def _budget_steps(self) -> int:
+    def _asha_steps(self) -> int:
         """How many whole ``BUDGET_STEP``s of an endless plan's budget are spent."""
         if self._endless is None:
             return 0
@@ -311,12 +311,12 @@ class PlainReporter:
         spent = budget_fraction(budget, epochs_done(plan), time.monotonic() - self._started)
         return math.floor(spent / BUDGET_STEP + 1e-9)
 
-    def _budget_progress(self, elapsed: float) -> None:
+    def _asha_progress(self, elapsed: float) -> None:
         """An endless plan's progress line, once per ``BUDGET_STEP`` of its budget."""
-        steps = self._budget_steps()
-        if self._endless is None or steps <= self._steps:
+        steps = self._asha_steps()
+        if self._endless is None or steps <= self._asha_step:
             return
-        self._steps = steps
+        self._asha_step = steps
         plan, budget = self._endless
         epochs = f"{epochs_done(plan):,}"
         if budget.max_epochs is not None:

@@ -612,6 +612,9 @@ def test_plain_progress_of_asha_is_measured_against_its_budget(tmp_path: Path) -
     asha.reporter = reporter = LineReporter(out, budget=lambda: asha.budget)
     asha.run(9, 3)
     trained = epochs_of(rows(tmp_path / "repo"))
+    # Its header: the rungs and the budget, not Hyperband's schedule and epoch total.
+    assert "Run 2: rungs of 1, 3, 9 epochs" in out.getvalue()
+    assert "Budget: 60 epochs" in out.getvalue() and "Total:" not in out.getvalue()
     lines = [m for m in re.finditer(r"(\d+)/60 epochs, (\d+)% of the budget", out.getvalue())]
     # A line per 5% of the budget (several per line when a long segment lands), as
     # Hyperband's per rung; the epochs are the run's, of the budget's 60.
