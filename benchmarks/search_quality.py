@@ -1072,6 +1072,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--report", action="store_true", help="only report the runs kept")
     parser.add_argument(
+        "--asha-busy",
+        action="store_true",
+        help="only ASHA's busy fraction and final regret, the end of the budget fitted or not",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="a smoke run: 3 seeds, W=1,4, 2 iterations"
     )
     add_sign_test_options(parser)
@@ -1098,8 +1103,50 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def asha_busy(problems: Sequence[str], workers: Sequence[int], seeds: int, iterations: int) -> str:
+    """ASHA's busy fraction and final regret with and without fitting the end of the budget
+    (``AsynchronousHyperband.horizon``), side by side on the same seeds: a Markdown table.
+
+    "drain" is ASHA as it was before (no horizon: any segment may start until the
+    epochs are committed, and the long ones run on while other workers idle); "fit"
+    is today's. Median [min, max] over ``seeds``.
+    """
+    from phobbit.core.asha import AsynchronousHyperband
+
+    fit = AsynchronousHyperband.horizon
+    lines = [
+        "| problem | W | ASHA | busy | final regret | makespan (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in problems:
+        problem = make_problem(name)
+        for w in workers:
+            for label, horizon in (("drain", lambda self: None), ("fit", fit)):
+                AsynchronousHyperband.horizon = horizon  # type: ignore[method-assign]
+                try:
+                    traces = [run_phobbit(problem, "asha", w, s, iterations) for s in range(seeds)]
+                finally:
+                    AsynchronousHyperband.horizon = fit  # type: ignore[method-assign]
+                busy = [t.compact()["busy"] for t in traces]
+                regret = [t.points[-1][2] - problem.optimum for t in traces]
+                spans = [t.makespan for t in traces]
+                cells = [
+                    f"{np.median(v):.3g} [{min(v):.3g}, {max(v):.3g}]" for v in (busy, regret)
+                ]
+                lines.append(
+                    f"| {name} | {w} | {label} | {' | '.join(cells)} | {np.median(spans):.1f} |"
+                )
+                print(lines[-1], file=sys.stderr, flush=True)
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
+    if args.asha_busy:
+        print(f"ASHA's busy fraction: {machine()} at the start.", flush=True)
+        print(asha_busy(args.problems, args.workers, args.seeds, args.iterations_of("branin")))
+        print(f"{machine()} at the end.")
+        return 0
     print(f"Search quality: {machine()} at the start.", flush=True)
     if args.sign_test:
         return main_sign_test(args)

@@ -410,7 +410,7 @@ class ParallelHyperband:
         if not isinstance(retry_failed, bool):
             raise InputError(f"retry_failed must be True or False, got {retry_failed!r}")
         self.repository.check_settings(settings)
-        reporter = self.reporter or PlainReporter(verbose=self.verbose)
+        reporter = self.reporter or PlainReporter(verbose=self.verbose, budget=lambda: self.budget)
         if self.tensorboard:
             from phobbit.reporting.tensorboard import LoggingReporter
 

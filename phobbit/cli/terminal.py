@@ -32,6 +32,7 @@ from phobbit.core.records import Segment, SegmentResult
 from phobbit.core.schedule import format_schedule
 from phobbit.reporting.plain import (
     PlainReporter,
+    asha_schedule,
     format_hparams,
     iterations_of,
     replaced_line,
@@ -169,6 +170,7 @@ class LiveReporter:
     ) -> None:
         self.console = console
         self.title = title
+        self.budget = budget  # ASHA's header names it
         self.tracker = ProgressTracker(slots, budget=budget)
         self.tracker.seed_best(previous)
         self.tracker.seed_done(previous)
@@ -183,9 +185,12 @@ class LiveReporter:
     def started(self, plan: Plan, resumed: int) -> None:
         if plan.describe():
             self.console.print(f"Algorithm: {plan.describe()}", highlight=False, soft_wrap=True)
-        self.console.print(
-            format_schedule(plan.schedule, iterations_of(plan)), highlight=False, soft_wrap=True
+        schedule = (
+            asha_schedule(plan, self.budget() if self.budget is not None else None)
+            if plan.machine.endless
+            else format_schedule(plan.schedule, iterations_of(plan))
         )
+        self.console.print(schedule, highlight=False, soft_wrap=True)
         if resumed:
             self.console.print(
                 f"Resuming: {resumed} segments are already in the repository",
@@ -273,7 +278,7 @@ class LineReporter(PlainReporter):
         slots: Sequence[str] = (),
         budget: Callable[[], Budget] | None = None,
     ) -> None:
-        super().__init__(stream, verbose)
+        super().__init__(stream, verbose, budget=budget)  # ASHA's header names its budget
         self.title = title
         self.tracker = ProgressTracker(slots, budget=budget)
         self.tracker.seed_best(previous)
@@ -292,6 +297,9 @@ class LineReporter(PlainReporter):
         self._rebuilds = -1
         self._silence_done()
         self._steps = self._budget_steps()  # a resume's earlier part was announced by it
+
+    def _asha_progress(self, elapsed: float) -> None:
+        """None of the library's budget lines: this reporter's own say more (``finished``)."""
 
     def _budget_steps(self) -> int:
         """How many whole steps (``BUDGET_STEP``) of an endless plan's budget are spent."""

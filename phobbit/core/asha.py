@@ -58,6 +58,9 @@ class _Bracket:
     finished: list[dict[int, float | None]] = field(default_factory=list)
     promoted: list[list[int]] = field(default_factory=list)
     epochs: int = 0  # epochs of every segment decided in this bracket
+    # The next new configuration's ID: past the highest seen, not len(hparams), since a
+    # decision row lost in the middle (corrupt) leaves a gap whose ID may name a checkpoint.
+    next_id: int = 0
     eta: int = 3
 
     def __post_init__(self) -> None:
@@ -69,13 +72,18 @@ class _Bracket:
         self.ranking: list[list[tuple[int, float, int]]] = [[] for _ in range(depth)]
         self.unpromoted: list[list[tuple[int, float, int]]] = [[] for _ in range(depth)]
 
-    def promotable(self) -> tuple[int, int] | None:
+    def promotable(self, longest: float | None = None) -> tuple[int, int] | None:
         """(rung, id) of the configuration to promote now, highest rung first; None if none.
 
         Results rank as Hyperband's reducer ranks them (``reducer.rank_key``: by Val
         Loss, then ID; failed ones last, never promoted).
+
+        Args:
+            longest: only promotions that train at most this many epochs (None: any).
         """
         for rung in reversed(range(len(self.bracket.rungs) - 1)):
+            if longest is not None and self.step(rung + 1) > longest:
+                continue
             waiting = self.unpromoted[rung]  # the best result not promoted yet, first
             while waiting and waiting[0][2] in self.promoted_set[rung]:
                 heapq.heappop(waiting)
@@ -85,6 +93,11 @@ class _Bracket:
             if bisect.bisect_left(self.ranking[rung], waiting[0]) < top:
                 return rung, waiting[0][2]
         return None
+
+    def step(self, rung: int) -> int:
+        """Epochs a segment that ends at ``rung`` trains."""
+        rungs = self.bracket.rungs
+        return rungs[rung].epochs - (rungs[rung - 1].epochs if rung > 0 else 0)
 
     def promote(self, rung: int, config_id: int) -> None:
         self.promoted[rung].append(config_id)
@@ -109,6 +122,10 @@ class AsynchronousHyperband(StateMachine):
         sampler: where new configurations come from; by default ``RandomSampler``.
         brackets_s: which brackets run (their s); by default every bracket of (R, eta).
             ``[s_max]`` alone is plain ASHA with one bracket.
+        budget_epochs: the epochs the run may train in all (the budget's ``max_epochs``);
+            near its end, only segments that end with the others start (see ``decide``).
+            None: no epoch budget, every decision as above.
+        workers: how many segments run at once; it shapes the end of the budget only.
     """
 
     endless = True
@@ -119,6 +136,8 @@ class AsynchronousHyperband(StateMachine):
         tuning: Tuning,
         sampler: RandomSampler | None = None,
         brackets_s: Iterable[int] | None = None,
+        budget_epochs: int | None = None,
+        workers: int = 1,
     ) -> None:
         R, eta, seed = tuning.R, tuning.eta, tuning.seed
         self.tuning = tuning
@@ -132,28 +151,67 @@ class AsynchronousHyperband(StateMachine):
         self._brackets = {b.s: _Bracket(b, eta=eta) for b in self.schedule if b.s in chosen}
         if not self._brackets:
             raise ValueError(f"no bracket of R={R}, eta={eta} has s in {sorted(chosen)}")
+        self.budget_epochs, self.workers = budget_epochs, max(1, workers)
         self._decided: list[Segment] = []  # every decision, in order
+        self._open: dict[SegmentKey, int] = {}  # decided, no result yet: the epochs they train
         self._new: list[Segment] = []  # decisions not yet taken by take_decisions
         self._started = False
 
     # -- deciding -------------------------------------------------------------------
 
     def decide(self) -> Segment:
-        """What a free worker trains next: a promotion, else a new configuration."""
-        state = min(self._brackets.values(), key=lambda b: (b.epochs, -b.bracket.s))
-        found = state.promotable()
+        """What a free worker trains next: a promotion, else a new configuration.
+
+        Near the end of an epoch budget (``budget_epochs``, with several workers) a
+        segment longer than what is left per worker (``horizon``) would run on while
+        the others, the budget spent, stand idle. Then the decision goes to work that
+        ends within it: a promotion that fits (the bracket with the fewest epochs
+        first, the highest rung that fits in it), else a new configuration whose first
+        rung fits, else the shortest first rung of any bracket.
+        """
+        state, found = self._choose()
         if found is not None:
             rung, config_id = found
             state.promote(rung, config_id)
             segment = self._segment(state, config_id, rung + 1, state.finished[rung][config_id])
         else:
-            config_id = len(state.hparams)
+            config_id = state.next_id
             key = (0, state.bracket.s, config_id)
             state.hparams[config_id] = self.sampler.draw(key)
+            state.next_id += 1
             segment = self._segment(state, config_id, 0, None)
         self._take(state, segment)
         self._new.append(segment)
         return segment
+
+    def _choose(self) -> tuple[_Bracket, tuple[int, int] | None]:
+        """The bracket that decides and the (rung, id) it promotes; None: a new one."""
+        order = sorted(self._brackets.values(), key=lambda b: (b.epochs, -b.bracket.s))
+        first = order[0]
+        found = first.promotable()
+        horizon = self.horizon()
+        if horizon is None or first.step(0 if found is None else found[0] + 1) <= horizon:
+            return first, found
+        for state in order:
+            found = state.promotable(horizon)
+            if found is not None:
+                return state, found
+        fresh = [state for state in order if state.step(0) <= horizon]
+        return (fresh[0] if fresh else min(order, key=lambda b: b.step(0))), None
+
+    def horizon(self) -> float | None:
+        """Epochs a segment may train and still end about when the run's last others do;
+        None: no limit (no epoch budget, or one worker, whom no one waits for).
+
+        With every worker busy, the epochs still to train (the budget's rest and about
+        half of what is in flight) end together after their share per worker; a
+        segment that starts now must fit in that share, or the others idle while it
+        runs on.
+        """
+        if self.budget_epochs is None or self.workers < 2:
+            return None
+        left = max(0, self.budget_epochs - self.epochs_decided())
+        return (left + sum(self._open.values()) / 2) / self.workers
 
     def _segment(
         self, state: _Bracket, config_id: int, rung: int, prior_best: float | None
@@ -176,6 +234,7 @@ class AsynchronousHyperband(StateMachine):
         state.members[segment.rung].add(segment.id)
         state.epochs += segment.epochs - segment.start_epoch
         self._decided.append(segment)
+        self._open[segment.key] = segment.epochs - segment.start_epoch
 
     def take_decisions(self) -> list[Segment]:
         new, self._new = self._new, []
@@ -213,6 +272,7 @@ class AsynchronousHyperband(StateMachine):
                         f"search space ({why}); restore it or use another repository"
                     )
                 state.hparams[record.id] = record.hparams
+                state.next_id = max(state.next_id, record.id + 1)
                 self.sampler.replayed((0, record.s, record.id), record.hparams)
             elif record.id not in state.hparams:
                 raise RepositoryError(
@@ -260,6 +320,7 @@ class AsynchronousHyperband(StateMachine):
         finished = state.finished[result.rung]
         if result.id in finished:
             return []
+        self._open.pop(result.key, None)
         score = self.objective.row_score(result)  # lower is better; None when failed
         # Stopped early by a callback: ranked like a failed result, so never promoted.
         state.finish(result.rung, result.id, None if result.stopped_early else score)

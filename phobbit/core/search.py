@@ -108,11 +108,13 @@ class Search:
         check_decisions(decisions, tuning, asha=self.algorithm == "asha")
         sampler = make_sampler(self.sampler, tuning.space, tuning.seed)
         if self.algorithm == "asha":
-            machine: StateMachine = AsynchronousHyperband(tuning, sampler)
-            machine.replay(decisions, results)
             if budget.max_epochs is None and budget.time_limit is None:
                 epochs = asha_budget_epochs(tuning.R, tuning.eta, tuning.iterations)
                 budget = Budget(None, epochs, epochs_name="iterations")
+            machine: StateMachine = AsynchronousHyperband(
+                tuning, sampler, budget_epochs=budget.max_epochs, workers=workers
+            )
+            machine.replay(decisions, results)
             return Plan.of(machine, FifoPolicy(), workers), budget
         recorded = {(d.iteration, d.s, d.id): d.hparams for d in decisions if d.rung == 0}
         machine = SynchronousHyperband(

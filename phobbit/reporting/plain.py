@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import TextIO
 
+from phobbit.core.budget import Budget
 from phobbit.core.objective import VAL_LOSS
 from phobbit.core.plan import Plan
 from phobbit.core.records import Segment, SegmentResult
 from phobbit.core.schedule import format_schedule
+from phobbit.core.units import format_duration
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,51 @@ def replaced_line(count: int) -> str:
         f"a worker process was replaced ({count} so far): it imports TensorFlow again; "
         "loky's memory-leak guard does so only with a worker_memory_limit"
     )
+
+
+BUDGET_STEP = 0.05  # progress lines of an endless plan (ASHA): one per 5% of its budget
+
+
+def asha_schedule(plan: Plan, budget: Budget | None) -> str:
+    """An endless plan's (ASHA's) header: each bracket's rungs and the budget that stops it.
+
+    Hyperband's schedule would give counts and an epoch total that ASHA never has: its
+    rungs hold whatever it decides, until the budget is spent.
+    """
+    lines = [
+        f"Run {b.s}: rungs of {', '.join(str(r.epochs) for r in b.rungs)} epochs"
+        for b in plan.schedule
+    ]
+    return "\n".join([*lines, f"Budget: {budget_words(budget)}"])
+
+
+def budget_words(budget: Budget | None) -> str:
+    """``60 epochs``, ``time limit 8h``, ``60 epochs or time limit 8h``; ``none`` for none."""
+    parts = []
+    if budget is not None and budget.max_epochs is not None:
+        parts.append(f"{budget.max_epochs:,} epochs")
+    if budget is not None and budget.time_limit is not None:
+        parts.append(f"time limit {format_duration(budget.time_limit)}")
+    return " or ".join(parts) or "none"
+
+
+def epochs_done(plan: Plan) -> int:
+    """Epochs the plan's finished segments trained, the whole run (resumed rows too)."""
+    rungs = {(b.s, k): r.epochs for b in plan.schedule for k, r in enumerate(b.rungs)}
+    return sum(
+        done * (rungs[(s, rung)] - (rungs[(s, rung - 1)] if rung else 0))
+        for _, s, rung, done, _ in plan.progress()
+    )
+
+
+def budget_fraction(budget: Budget, epochs: int, elapsed: float) -> float:
+    """How much of ``budget`` is spent, 0 to 1: the part nearest to spent, of epochs and time."""
+    parts = [0.0]
+    if budget.max_epochs is not None:
+        parts.append(epochs / budget.max_epochs)
+    if budget.time_limit is not None:
+        parts.append(elapsed / budget.time_limit)
+    return min(1.0, max(parts))
 
 
 SLOW_FACTOR = 5.0  # a segment is slow past this many times its peers' time per epoch...
@@ -138,6 +186,9 @@ class PlainReporter:
         verbose: 0 prints nothing, 1 the schedule, failures, retries, slow
             segments and each new best, 2 every segment too.
         clock: the time source (``time.monotonic``); tests pass their own.
+        budget: the run's budget, asked for once it started (``lambda: tuner.budget``):
+            an endless plan (ASHA) prints it in its header and a progress line each
+            time another ``BUDGET_STEP`` of it is spent. None: no such lines.
     """
 
     def __init__(
@@ -145,10 +196,14 @@ class PlainReporter:
         stream: TextIO | None = None,
         verbose: int = 1,
         clock: Callable[[], float] = time.monotonic,
+        budget: Callable[[], Budget] | None = None,
     ) -> None:
         self.stream = stream or sys.stdout
         self.verbose = verbose
         self.clock = clock
+        self._budget_of = budget
+        self._endless: tuple[Plan, Budget] | None = None  # an endless plan and its budget
+        self._asha_step = 0  # steps of its budget already announced
         self.best: SegmentResult | None = None
         self.objective = VAL_LOSS  # the plan's, once started
         self._started = 0.0
@@ -181,7 +236,14 @@ class PlainReporter:
         self.objective = plan.objective
         if plan.describe():
             self._say(f"Algorithm: {plan.describe()}, over the brackets")
-        self._say(format_schedule(plan.schedule, iterations_of(plan)))
+        if plan.machine.endless:
+            budget = self._budget_of() if self._budget_of is not None else None
+            self._say(asha_schedule(plan, budget))
+            if budget is not None and budget.limited:
+                self._endless = (plan, budget)
+                self._asha_step = self._asha_steps()
+        else:
+            self._say(format_schedule(plan.schedule, iterations_of(plan)))
         if resumed:
             self._say(f"Resuming: {resumed} segments are already in the repository")
         if self.verbose >= 1:
@@ -219,6 +281,7 @@ class PlainReporter:
         self._warm += result.started_warm
         elapsed = time.monotonic() - self._started
         at = where(result, self.several)
+        self._asha_progress(elapsed)
         if result.retrained:
             self._retrained += 1
             self._say(f"[{elapsed:7.1f}s] {retrain_line(result, self.several)}")
@@ -239,6 +302,28 @@ class PlainReporter:
                 f"after {result.epochs} epochs{stopped} on {device}",
                 level=2,
             )
+
+    def _asha_steps(self) -> int:
+        """How many whole ``BUDGET_STEP``s of an endless plan's budget are spent."""
+        if self._endless is None:
+            return 0
+        plan, budget = self._endless
+        spent = budget_fraction(budget, epochs_done(plan), time.monotonic() - self._started)
+        return math.floor(spent / BUDGET_STEP + 1e-9)
+
+    def _asha_progress(self, elapsed: float) -> None:
+        """An endless plan's progress line, once per ``BUDGET_STEP`` of its budget."""
+        steps = self._asha_steps()
+        if self._endless is None or steps <= self._asha_step:
+            return
+        self._asha_step = steps
+        plan, budget = self._endless
+        epochs = f"{epochs_done(plan):,}"
+        if budget.max_epochs is not None:
+            epochs += f"/{budget.max_epochs:,}"
+        self._say(
+            f"[{elapsed:7.1f}s] {epochs} epochs, {100 * steps * BUDGET_STEP:.0f}% of the budget"
+        )
 
     def retrying(self, segment: Segment, cause: str, attempt: int) -> None:
         with self._lock:

@@ -122,6 +122,95 @@ def test_a_second_result_and_a_stranger_are_handled_like_hyperbands() -> None:
     assert not machine.done
 
 
+# -- the end of the budget: no drain ----------------------------------------------------
+
+
+def fed(machine: AsynchronousHyperband, losses: list[float]) -> list[Segment]:
+    """Decides one segment per loss and feeds each its loss back, in order."""
+    made = [machine.decide() for _ in losses]
+    for segment, loss in zip(made, losses, strict=True):
+        machine.on_result(segment.result(val_loss=loss, last_val_loss=loss, status="ok", error=""))
+    return made
+
+
+@pytest.mark.parametrize(("budget", "expected"), [(None, (0, 1)), (7, (0, 1)), (6, (3, 0))])
+def test_near_the_end_of_the_budget_asha_starts_only_what_ends_with_the_others(
+    budget: int | None, expected: tuple[int, int]
+) -> None:
+    """One bracket (R=9, eta=3: 1, 3, 9 epochs), 2 workers. After three 1-epoch results,
+    configuration 0 is promotable to rung 1 (2 more epochs). With budget 7, 4 epochs are
+    left: 2 per worker, so the promotion fits; with budget 6, 1.5 per worker, a 2-epoch
+    segment would run on while the other worker idles, and a new 1-epoch one starts."""
+    machine = AsynchronousHyperband(
+        Tuning.of(Space(space()), R=9, eta=3), brackets_s=[2], budget_epochs=budget, workers=2
+    )
+    fed(machine, [0.1, 0.2, 0.3])
+    decision = machine.decide()
+    assert (decision.id, decision.rung) == expected
+    assert machine.horizon() is None if budget is None else machine.horizon() is not None
+
+
+def test_near_the_end_asha_takes_a_promotion_that_fits_from_another_bracket() -> None:
+    """R=9, eta=3, every bracket, 2 workers. The bracket with the fewest epochs would start
+    a 9-epoch configuration (s=0) that does not fit; bracket s=2 has a promotion of 2 epochs
+    that does, and takes the decision."""
+    machine = AsynchronousHyperband(Tuning.of(Space(space()), R=9, eta=3), workers=2)
+    fed(machine, [0.1, 0.2])  # s=2 at 1 epoch, s=1 at 3 epochs
+    fed(machine, [0.5])  # s=0: 9 epochs
+    fed(machine, [0.3])  # s=2's second: 2 results, nothing promotable yet
+    fed(machine, [0.4])  # s=2's third: 0 is now promotable to rung 1
+    before = machine.epochs_decided()
+    assert [b.epochs for b in machine._brackets.values()] == [3, 3, 9]
+    machine.budget_epochs = before + 5  # 2.5 epochs per worker left
+    decision = machine.decide()
+    assert (decision.s, decision.id, decision.rung) == (2, 0, 1)
+    machine.budget_epochs = machine.epochs_decided() + 1  # nothing but 1 epoch fits
+    decision = machine.decide()
+    assert (decision.s, decision.rung, decision.epochs) == (2, 0, 1)
+
+
+@pytest.mark.parametrize("workers", [16, 64])
+def test_asha_keeps_its_workers_busy_to_the_end_of_the_budget(tmp_path, workers) -> None:
+    """Issue 21: once the epochs were committed, long promotions and fresh full-R segments
+    ran on while the other workers idled (0.90 busy at W=16, 0.68 at W=64 over a whole run).
+    On the simulated clock every epoch takes 1 s: busy = epochs' seconds / (W x makespan)."""
+    executor = SimulatedExecutor(workers)
+    run = tuner(tmp_path / "repo", executor, algorithm="asha")
+    run.run(R=9, eta=3, iterations=8)  # before: 0.86 busy at W=16, 0.62 at W=64
+    busy = sum(e.end - e.start for e in executor.trace) / (workers * executor.makespan())
+    assert busy >= (0.97 if workers == 16 else 0.90)
+    assert run.stopped_by == "iterations"
+
+
+def test_asha_numbers_new_configurations_past_the_highest_id_when_a_middle_row_is_lost(
+    tmp_path: Path,
+) -> None:
+    """Issue 22: ASHA numbered a new configuration ``len(hparams)``; with the decision (and
+    result) of configuration 1 of bracket 2 unreadable, a resume drew a second configuration
+    under an ID already in use, with other hyperparameters and the same checkpoint."""
+    repo = tmp_path / "repo"
+    tuner(repo, SimulatedExecutor(1), algorithm="asha", max_epochs=30).run(R=9, eta=3)
+    drawn = {d.key[:3]: d.hparams for d in DecisionLog(Repository(repo)).read() if d.rung == 0}
+    assert (0, 2, 1) in drawn and (0, 2, 5) in drawn
+    assert not any(
+        d.key[:3] == (0, 2, 1) and d.rung > 0 for d in DecisionLog(Repository(repo)).read()
+    )
+    for name in ("decisions.csv", "results.csv"):
+        path = repo / name
+        lines = path.read_text().splitlines(keepends=True)
+        # A flipped character: the row's CRC no longer matches, so it reads as corrupt.
+        lines = [("X" + line[1:]) if line.startswith("0,2,1,") else line for line in lines]
+        path.write_text("".join(lines))
+    assert (0, 2, 1) not in {d.key[:3] for d in DecisionLog(Repository(repo)).read()}
+    tuner(repo, SimulatedExecutor(1), algorithm="asha", max_epochs=60).run(R=9, eta=3)
+    firsts = [d for d in DecisionLog(Repository(repo)).read() if d.rung == 0]
+    assert len({d.key for d in firsts}) == len(firsts)  # no ID drawn twice
+    for d in firsts:
+        assert drawn.get(d.key[:3], d.hparams) == d.hparams  # none drawn anew under an old ID
+    later = [d.id for d in firsts if d.s == 2 and d.key[:3] not in drawn]
+    assert later and min(later) == 6
+
+
 # -- decisions are recorded before they train -------------------------------------------------
 
 
@@ -523,6 +612,9 @@ def test_plain_progress_of_asha_is_measured_against_its_budget(tmp_path: Path) -
     asha.reporter = reporter = LineReporter(out, budget=lambda: asha.budget)
     asha.run(9, 3)
     trained = epochs_of(rows(tmp_path / "repo"))
+    # Its header: the rungs and the budget, not Hyperband's schedule and epoch total.
+    assert "Run 2: rungs of 1, 3, 9 epochs" in out.getvalue()
+    assert "Budget: 60 epochs" in out.getvalue() and "Total:" not in out.getvalue()
     lines = [m for m in re.finditer(r"(\d+)/60 epochs, (\d+)% of the budget", out.getvalue())]
     # A line per 5% of the budget (several per line when a long segment lands), as
     # Hyperband's per rung; the epochs are the run's, of the budget's 60.
@@ -533,6 +625,26 @@ def test_plain_progress_of_asha_is_measured_against_its_budget(tmp_path: Path) -
     assert reporter.tracker.fraction() == 1.0 and reporter.tracker.left() == 0.0
     # Decided but unfinished segments are no part of the total: the budget is.
     assert reporter.tracker.summary().startswith(f"{trained}/60 epochs, 100% of the budget")
+
+
+def test_the_library_header_and_lines_of_asha_show_its_budget_and_rungs(tmp_path: Path) -> None:
+    """Issue 21/22: ASHA's header printed Hyperband's schedule and its total ("69 epochs"
+    for a 30-epoch budget) and the library's plain lines no progress at all."""
+    import io
+    import re
+
+    from phobbit.reporting.plain import PlainReporter
+
+    out = io.StringIO()
+    asha = tuner(tmp_path / "repo", SimulatedExecutor(2), algorithm="asha", max_epochs=30)
+    asha.reporter = PlainReporter(out, budget=lambda: asha.budget)
+    asha.run(9, 3)
+    text = out.getvalue()
+    assert "Run 2: rungs of 1, 3, 9 epochs\nRun 1: rungs of 3, 9 epochs\nRun 0: rungs of 9" in text
+    assert "Budget: 30 epochs" in text
+    assert "69" not in text and "Total:" not in text and "configurations" not in text
+    percents = [int(m[2]) for m in re.finditer(r"(\d+)/30 epochs, (\d+)% of the budget", text)]
+    assert len(percents) >= 5 and percents == sorted(percents) and percents[-1] == 100
 
 
 # -- the command line, on a local process pool ---------------------------------------------
