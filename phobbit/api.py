@@ -405,6 +405,7 @@ class ParallelHyperband:
             self.objective,
             search.algorithm,
             search.sampler,
+            self.executor.gpus_per_trial,
         )
         R, eta, iterations = settings.R, settings.eta, settings.iterations
         if not isinstance(retry_failed, bool):

@@ -225,6 +225,11 @@ class Executor(ABC):
         """How many segments run at once."""
         return len(self.slots)
 
+    @property
+    def gpus_per_trial(self) -> int:
+        """GPUs each segment trains on: the ids of one slot (``0,1`` is 2); 1 on the CPU."""
+        return len(self.slots[0].split(",")) if self.slots else 1
+
     @abstractmethod
     def submit(
         self, fn: Callable[..., Any], *args: Any, prefer: tuple[str, int] | None = None
