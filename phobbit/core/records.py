@@ -380,8 +380,8 @@ class RunSettings:
         """The JSON shape of the settings: what ``run.json`` holds.
 
         The objective (with its direction), the algorithm, the sampler and the GPUs per
-        trial are written only when they are not the defaults, so that the run.json of such a run is
-        what older versions wrote and read; the run id when there is one (an older
+        trial are written only when they are not the defaults, so that the run.json of
+        such a run is what older versions wrote and read; the run id when there is one (an older
         version refuses such a run.json, naming the key it does not know).
         """
         data: dict[str, Any] = {
