@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
+import functools
 import logging
 import os
 import tempfile
@@ -184,6 +185,23 @@ def _tensorboard_wanted(value: Any) -> bool:
 
 
 WORKER_LOG = WORKERS_LOG  # the name Repository.check_files checks
+
+KERAS_WORKER = ("phobbit.keras_adapter.trainable",)
+"""What a Keras run's workers import as they start (``Executor.start``): the worker-side
+trainable, hence Keras and its backend."""
+
+
+def keep_worker_log(temporary: Path, repo_dir: Path, kind: type | None, *_: object) -> bool:
+    """An exit callback: appends the workers' temporary stderr file to
+    ``repo_dir/workers.log``, unless the run stopped on bad input (then nothing is written)."""
+    if (kind is None or not issubclass(kind, InputError)) and temporary.is_file():
+        # A log is no reason to fail a run; one made a link out or a FIFO since the
+        # run checked it (``Repository.check_files``) is not written through.
+        with contextlib.suppress(OSError, RepositoryError):
+            fd = files.open_append(Path(repo_dir) / WORKER_LOG)
+            with os.fdopen(fd, "ab") as out:
+                out.write(temporary.read_bytes())
+    return False
 
 
 class ParallelHyperband:
@@ -405,73 +423,83 @@ class ParallelHyperband:
             self.objective,
             search.algorithm,
             search.sampler,
+            self.executor.gpus_per_trial,
         )
         R, eta, iterations = settings.R, settings.eta, settings.iterations
         if not isinstance(retry_failed, bool):
             raise InputError(f"retry_failed must be True or False, got {retry_failed!r}")
-        self.repository.check_settings(settings)
-        reporter = self.reporter or PlainReporter(verbose=self.verbose, budget=lambda: self.budget)
-        if self.tensorboard:
-            from phobbit.reporting.tensorboard import LoggingReporter
+        # The workers start now and import their framework while the driver checks the
+        # repository, stages the data and plans: that work overlaps their start-up instead
+        # of preceding it. Bad input from here on shuts them down before it is raised.
+        with ExitStack() as workers:
+            log = self._start_workers(workers)
+            self.repository.check_settings(settings)
+            reporter = self.reporter or PlainReporter(
+                verbose=self.verbose, budget=lambda: self.budget
+            )
+            if self.tensorboard:
+                from phobbit.reporting.tensorboard import LoggingReporter
 
-            reporter = LoggingReporter(reporter, self.repository.path)
-        made = self.repository.fresh()
-        with ExitStack() as stack:
-            fence = stack.enter_context(self.repository.driver_lock())
-            # Bad input a worker finds (a dataset function's result) leaves a new folder as it was.
-            stack.enter_context(self.repository.undone_on_bad_input(made))
-            settings = self.repository.create(settings)  # with the run's id
-            self.repository.sift()
-            plan, budget = search.plan(
-                Tuning(settings, self.repository.checkpoint_stem),
-                DecisionLog(self.repository).read(),
-                # Those to retry are left out: ASHA's replay then hands them out again.
-                [r for r in self.repository.results().values() if r.ok or not retry_failed],
-                self.executor.capacity,
-                self._given_budget,
-            )
-            self._budget = budget
-            trainable = self.trainable
-            if trainable is None:
-                assert self.fit is not None
-                options = dict(self._keras_kwargs)
-                if self.fit.staged:
-                    # Workers on other hosts cannot read this one's /tmp: stage beside the repo.
-                    shared = self.executor.stages_data_in_repository
-                    folder = stack.enter_context(
-                        tempfile.TemporaryDirectory(
-                            prefix=".staging-" if shared else "phobbit-",
-                            dir=self.repository.path if shared else None,
+                reporter = LoggingReporter(reporter, self.repository.path)
+            made = self.repository.fresh()
+            with ExitStack() as stack:
+                fence = stack.enter_context(self.repository.driver_lock())
+                # Bad input a worker finds (a dataset function's result) leaves a new folder
+                # as it was.
+                stack.enter_context(self.repository.undone_on_bad_input(made))
+                settings = self.repository.create(settings)  # with the run's id
+                self.repository.sift()
+                plan, budget = search.plan(
+                    Tuning(settings, self.repository.checkpoint_stem),
+                    DecisionLog(self.repository).read(),
+                    # Those to retry are left out: ASHA's replay then hands them out again.
+                    [r for r in self.repository.results().values() if r.ok or not retry_failed],
+                    self.executor.capacity,
+                    self._given_budget,
+                )
+                self._budget = budget
+                trainable = self.trainable
+                if trainable is None:
+                    assert self.fit is not None
+                    options = dict(self._keras_kwargs)
+                    if self.fit.staged:
+                        # Workers on other hosts cannot read this one's /tmp: stage beside
+                        # the repo.
+                        shared = self.executor.stages_data_in_repository
+                        folder = stack.enter_context(
+                            tempfile.TemporaryDirectory(
+                                prefix=".staging-" if shared else "phobbit-",
+                                dir=self.repository.path if shared else None,
+                            )
                         )
-                    )
-                    options["data_path"] = stack.enter_context(
-                        staged_dataset(self.fit.dataset, folder)
-                    )
-                trainable = KerasTraining(options)
-            if self._owns_executor:
-                if self.resources.worker_log:
-                    self._log_workers(stack)
-                # Closed first on the way out: before the staged data and the driver lock go.
-                stack.push(self._shut_down)
-            scheduler = Scheduler(
-                trainable,
-                plan,
-                self.repository,
-                self.executor,
-                self.resources.max_retries,
-                reporter,
-                segment_timeout=self.resources.segment_timeout,
-                fence=fence,
-                keep_best=self.keep_best,
-                budget=budget,
-                retry_failed=retry_failed,
-            )
-            try:
-                scheduler.drive()
-            finally:
-                self.warm_starts, self.continued = scheduler.warm_starts, scheduler.continued
-            self.stopped_by = scheduler.stopped_by
-            self.repository.prune_best_checkpoints(self.keep_best)
+                        options["data_path"] = stack.enter_context(
+                            staged_dataset(self.fit.dataset, folder)
+                        )
+                    trainable = KerasTraining(options)
+                if self._owns_executor:
+                    if log is not None:
+                        stack.push(log)  # the workers' log, appended under the driver lock
+                    # Closed first on the way out: before the staged data and the driver lock go.
+                    stack.push(self._shut_down)
+                scheduler = Scheduler(
+                    trainable,
+                    plan,
+                    self.repository,
+                    self.executor,
+                    self.resources.max_retries,
+                    reporter,
+                    segment_timeout=self.resources.segment_timeout,
+                    fence=fence,
+                    keep_best=self.keep_best,
+                    budget=budget,
+                    retry_failed=retry_failed,
+                )
+                try:
+                    scheduler.drive()
+                finally:
+                    self.warm_starts, self.continued = scheduler.warm_starts, scheduler.continued
+                self.stopped_by = scheduler.stopped_by
+                self.repository.prune_best_checkpoints(self.keep_best)
         if self.tensorboard:
             from phobbit.reporting.tensorboard import write_quietly
 
@@ -494,8 +522,27 @@ class ParallelHyperband:
             return "not run yet"
         return self._budget.describe(self.stopped_by)
 
-    def _log_workers(self, stack: ExitStack) -> None:
-        """Sends the workers' stderr to a file appended to ``repo_dir/workers.log`` at the end.
+    def _start_workers(self, stack: ExitStack) -> Callable[..., bool] | None:
+        """Starts the pool this tuner owns now, its workers importing Keras as they start.
+
+        Pushes onto ``stack`` the pool's shutdown (a kill when the run stops on an
+        error, bad input included: no worker is left running) and the temporary file
+        of the workers' stderr. Returns the exit callback that appends that file to
+        ``repo_dir/workers.log`` (None without one), for the caller to push where
+        the driver lock holds.
+        """
+        if not self._owns_executor:
+            return None  # an executor given stays as its owner set it up
+        log = self._log_workers(stack) if self.resources.worker_log else None
+        stack.push(self._shut_down)
+        # The worker-side trainable imports Keras and its backend; another trainable's
+        # workers only start.
+        self.executor.start(KERAS_WORKER if self.fit is not None else ())
+        return log
+
+    def _log_workers(self, stack: ExitStack) -> Callable[..., bool]:
+        """Sends the workers' stderr to a temporary file; returns the exit callback that
+        appends it to ``repo_dir/workers.log`` (``keep_worker_log``).
 
         The file is temporary until the workers are gone, so that a run stopped by
         bad input leaves the repository as it was.
@@ -504,18 +551,8 @@ class ParallelHyperband:
         temporary = Path(folder) / WORKER_LOG
         assert isinstance(self.executor, LocalExecutor)
         self.executor.stderr_path = str(temporary)
-
-        def keep(kind: type | None, *_: object) -> None:
-            self.executor.stderr_path = None
-            if (kind is None or not issubclass(kind, InputError)) and temporary.is_file():
-                # A log is no reason to fail a run; one made a link out or a FIFO since the
-                # run checked it (``Repository.check_files``) is not written through.
-                with contextlib.suppress(OSError, RepositoryError):
-                    fd = files.open_append(self.repository.path / WORKER_LOG)
-                    with os.fdopen(fd, "ab") as out:
-                        out.write(temporary.read_bytes())
-
-        stack.push(keep)
+        stack.callback(setattr, self.executor, "stderr_path", None)
+        return functools.partial(keep_worker_log, temporary, self.repository.path)
 
     def _shut_down(self, kind: type | None, *_: object) -> None:
         """Shuts down the executor this tuner made; ends its tasks at once on an error."""

@@ -21,16 +21,22 @@ Imports no Keras (the driver never does); ``get_best_models`` loads Keras in thi
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from phobbit.core.define_by_run import HyperParameters, Spec
 from phobbit.core.objective import Objective as _PhobbitObjective
 from phobbit.errors import InputError
+from phobbit.execution.resources import Resources
+from phobbit.keras_adapter.hypermodel import discover_in
 
 __all__ = ["HyperModel", "HyperParameters", "Hyperband", "Objective", "REFUSED"]
 
@@ -59,6 +65,11 @@ _SEARCH_REFUSED = {
     "validation_batch_size": "the batch size validates too",
     "initial_epoch": "the schedule sets it (max_epochs, factor)",
 }
+
+
+# ParallelHyperband's keywords that shape the local pool (``Resources``), which ``search``
+# starts before the space is known, to discover it in one of its workers.
+_POOL_FIELDS = ("jobs_per_gpu", "gpus_per_trial", "worker_log", "segment_timeout")
 
 
 class Objective:
@@ -213,7 +224,12 @@ class Hyperband:
     def _discover(self, data: Any = None) -> list[Spec]:
         from phobbit.keras_adapter.hypermodel import discover_in_subprocess
 
-        specs, complete = discover_in_subprocess(self.hypermodel, data)
+        return self._found(discover_in_subprocess(self.hypermodel, data))
+
+    @staticmethod
+    def _found(discovered: tuple[list[Spec], bool]) -> list[Spec]:
+        """The specs discovered, with a warning when build(hp) had paths left unrun."""
+        specs, complete = discovered
         if not complete:
             import logging
 
@@ -253,8 +269,6 @@ class Hyperband:
         Raises:
             InputError: for bad input, before any training.
         """
-        from phobbit.api import ParallelHyperband
-
         for name in fit_kwargs:
             if name in _SEARCH_REFUSED:
                 raise InputError(f"search({name}=) is not supported: {_SEARCH_REFUSED[name]}")
@@ -275,12 +289,88 @@ class Hyperband:
             if not isinstance(validation_data, (list, tuple)) or len(validation_data) != 2:
                 raise InputError("validation_data must be (x_val, y_val)")
             train, validation = (x, y), tuple(validation_data)
-        self.specs = self._discover((train[0], train[1], validation))
+        data = (train[0], train[1], validation)
+        options = dict(self.phobbit_options)
+        resources: dict[str, Any] = {"gpus": self.gpus, "n_jobs": self.n_jobs}
+        resources["max_retries"] = self.max_retries
+        resources = {k: v for k, v in resources.items() if v is not None}
+        if "executor" in options or "resources" in options:
+            # An executor of the user's: its workers are theirs; discover beside them.
+            self.specs = self._discover(data)
+            self._overwrite()
+            return self._run(
+                train,
+                validation,
+                callbacks,
+                batch_size,
+                fit_kwargs,
+                verbose,
+                {
+                    **resources,
+                    **options,
+                },
+            )
+        for name in _POOL_FIELDS:
+            if name in options:
+                resources[name] = options.pop(name)
+        pool = Resources(**resources)  # bad resources stop here, before any process
+        with ExitStack() as stack:
+            executor = self._start_pool(pool, options.get("backend"), stack)
+            # The space is found in a worker of the pool that will train (pinned, its
+            # Keras imported as it started), while the other workers import theirs.
+            self.specs = self._found(discover_in(executor, self.hypermodel, data))
+            self._overwrite()
+            given = dataclasses.replace(
+                pool, gpus=None, n_jobs=None, jobs_per_gpu=1, gpus_per_trial=1, executor=executor
+            )
+            return self._run(
+                train,
+                validation,
+                callbacks,
+                batch_size,
+                fit_kwargs,
+                verbose,
+                {
+                    "resources": given,
+                    **options,
+                },
+            )
+
+    def _start_pool(self, pool: Any, backend: Any, stack: ExitStack) -> Any:
+        """The local pool of ``pool`` (``Resources``), started with Keras preloaded; on
+        ``stack`` its shutdown (a kill on any error: no worker is left running) and its
+        workers' log, appended to the repository's ``workers.log`` unless on bad input."""
+        from phobbit.api import KERAS_WORKER, keep_worker_log
+        from phobbit.keras_adapter.backends import check_backend, worker_environment
+
+        executor = pool.make_executor(worker_environment(check_backend(backend)))
+        stack.push(lambda kind, *_: executor.shutdown(kill=kind is not None))
+        if pool.worker_log:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="phobbit-log-"))
+            temporary = Path(folder) / "workers.log"
+            executor.stderr_path = str(temporary)
+            stack.push(functools.partial(keep_worker_log, temporary, self.project_dir))
+        executor.start(KERAS_WORKER)
+        return executor
+
+    def _overwrite(self) -> None:
         if self.overwrite and self.project_dir.is_dir():
             shutil.rmtree(self.project_dir)  # as Keras Tuner does; only once the space is found
+
+    def _run(
+        self,
+        train: Any,
+        validation: Any,
+        callbacks: Sequence[Any] | None,
+        batch_size: int | None,
+        fit_kwargs: dict[str, Any],
+        verbose: int,
+        options: dict[str, Any],
+    ) -> Any:
+        from phobbit.api import ParallelHyperband
         from phobbit.keras_adapter.hypermodel import HyperModelFunction
 
-        resources = {"gpus": self.gpus, "n_jobs": self.n_jobs, "max_retries": self.max_retries}
+        assert self.specs is not None
         self.tuner = ParallelHyperband(
             HyperModelFunction(self.hypermodel, self.specs),
             HyperParameters.from_specs(self.specs).to_space().hparams,
@@ -292,8 +382,7 @@ class Hyperband:
             batch_size=batch_size,
             fit_kwargs=fit_kwargs or None,
             verbose=verbose,
-            **{k: v for k, v in resources.items() if v is not None},
-            **self.phobbit_options,
+            **options,
         )
         return self.tuner.run(
             R=self.max_epochs, eta=self.factor, iterations=self.hyperband_iterations

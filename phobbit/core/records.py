@@ -215,6 +215,7 @@ _OPTIONAL = {
     "direction": "min",
     "algorithm": "hyperband",
     "sampler": "random",
+    "gpus_per_trial": 1,
 }
 """Settings ``run.json`` holds only when they are not these defaults (so files of earlier
 versions, which lack them, read as before)."""
@@ -264,6 +265,9 @@ class RunSettings:
         algorithm: ``"hyperband"`` or ``"asha"``.
         sampler: ``"random"`` or ``"tpe"``. ``run.json`` holds these two only when
             they are not the defaults, so files of earlier versions read as before.
+        gpus_per_trial: GPUs each trial trains on (``MirroredStrategy`` past 1): a
+            model trained on 2 replicas is not the one trained on 1, so a resume must
+            match it. Written only when it is not 1; a ``run.json`` without it reads as 1.
         run_id: what names this tuning run apart from every other, even one of the
             same settings in another folder or begun again in the same one: a
             random hex string ``Repository.create`` writes once; every checkpoint
@@ -292,6 +296,7 @@ class RunSettings:
     direction: str = "min"
     algorithm: str = "hyperband"
     sampler: str = "random"
+    gpus_per_trial: int = 1
     run_id: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -311,6 +316,7 @@ class RunSettings:
                 )
         check_int("seed", self.seed, minimum=0)
         check_int("iterations", self.iterations, minimum=1)
+        check_int("gpus_per_trial", self.gpus_per_trial, minimum=1)
         if not isinstance(self.space, Space):
             raise InputError(f"space must be a phobbit Space, got {type(self.space).__name__}")
         if self.space_fingerprint != self.space.fingerprint():
@@ -338,6 +344,7 @@ class RunSettings:
         objective: Objective | None = None,
         algorithm: str = "hyperband",
         sampler: str = "random",
+        gpus_per_trial: int = 1,
     ) -> RunSettings:
         """The settings of a run of ``space``, with its fingerprint filled in."""
         goal = objective or Objective()
@@ -352,6 +359,7 @@ class RunSettings:
             direction=goal.direction,
             algorithm=algorithm,
             sampler=sampler,
+            gpus_per_trial=gpus_per_trial,
         )
 
     @property
@@ -371,9 +379,9 @@ class RunSettings:
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of the settings: what ``run.json`` holds.
 
-        The objective (with its direction), the algorithm and the sampler are written
-        only when they are not the defaults, so that the run.json of such a run is
-        what older versions wrote and read; the run id when there is one (an older
+        The objective (with its direction), the algorithm, the sampler and the GPUs per
+        trial are written only when they are not the defaults, so that the run.json of
+        such a run is what older versions wrote and read; the run id when there is one (an older
         version refuses such a run.json, naming the key it does not know).
         """
         data: dict[str, Any] = {

@@ -35,6 +35,7 @@ machine, ``SimulatedExecutor`` (``phobbit.execution.simulated``) on a virtual cl
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import re
@@ -225,6 +226,23 @@ class Executor(ABC):
         """How many segments run at once."""
         return len(self.slots)
 
+    @property
+    def gpus_per_trial(self) -> int:
+        """GPUs each segment trains on: the ids of one slot (``0,1`` is 2); 1 on the CPU."""
+        return len(self.slots[0].split(",")) if self.slots else 1
+
+    def start(self, preload: Sequence[str] = ()) -> None:
+        """Starts the workers now, ahead of the first ``submit``; a hint, by default ignored.
+
+        The driver calls it before it checks its input, so that the workers' start-up
+        and framework import overlap that check instead of following it.
+
+        Args:
+            preload: modules each worker imports as it starts (``("keras",)``), after its
+                pinning: an import that fails is left for the first task to meet.
+        """
+        return  # an executor whose workers are up already (Dask) or simulated: nothing to do
+
     @abstractmethod
     def submit(
         self, fn: Callable[..., Any], *args: Any, prefer: tuple[str, int] | None = None
@@ -301,8 +319,12 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _pin_with_memory_limit(memory_limit: int | None, *pin_args: Any) -> None:
-    """The pool's initializer: sets loky's memory-leak guard in this worker, then pins it.
+def _pin_with_memory_limit(
+    memory_limit: int | None, preload: Sequence[str], *pin_args: Any
+) -> None:
+    """The pool's initializer: sets loky's memory-leak guard in this worker, pins it, then
+    imports ``preload`` (the framework: 5-10 s of TensorFlow, now, in every worker at once,
+    not on each worker's first task, one after the other while the driver waits).
 
     After each task, a loky worker whose memory grew by more than
     ``_MAX_MEMORY_LEAK_SIZE`` (300 MB) since its first task exits, and a new
@@ -315,6 +337,13 @@ def _pin_with_memory_limit(memory_limit: int | None, *pin_args: Any) -> None:
 
     process_executor._MAX_MEMORY_LEAK_SIZE = sys.maxsize if memory_limit is None else memory_limit
     pin(*pin_args)
+    for module in preload:
+        # After pin: CUDA_VISIBLE_DEVICES and the thread caps are set before the import.
+        # Never raises (that would break the pool): the first task meets the error itself.
+        try:
+            importlib.import_module(module)
+        except BaseException as exc:  # noqa: BLE001
+            log.warning("worker %d could not import %s: %s", os.getpid(), module, exc)
 
 
 class LocalExecutor(Executor):
@@ -379,6 +408,7 @@ class LocalExecutor(Executor):
         self.workers_replaced = 0
         self.env, self.stderr_path = dict(env or {}), stderr_path
         self._lease_dir: str | None = None
+        self._preload: tuple[str, ...] = ()
         self._pool: ProcessPoolExecutor | None = None
         self._pids: set[int] = set()  # the worker processes of this pool seen so far
 
@@ -396,6 +426,7 @@ class LocalExecutor(Executor):
             # Workers end with their driver: a killed driver's orphans must not train on.
             initargs=(
                 self.worker_memory_limit,
+                self._preload,
                 self.slots,
                 self._lease_dir,
                 self.threads,
@@ -405,6 +436,16 @@ class LocalExecutor(Executor):
                 self.stderr_path,
             ),
         )
+
+    def start(self, preload: Sequence[str] = ()) -> None:
+        """Starts the pool's workers now, each importing ``preload`` once pinned.
+
+        loky spawns a pool's workers on its first task, so a no-op task starts them.
+        A pool that breaks later is replaced with the same ``preload``.
+        """
+        self._preload = tuple(preload)
+        if self._pool is None:
+            self.submit(os.getpid)
 
     def submit(
         self, fn: Callable[..., Any], *args: Any, prefer: tuple[str, int] | None = None

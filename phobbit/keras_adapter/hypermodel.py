@@ -2,9 +2,10 @@
 ``build(hp)``, its tunable ``fit(hp, model, ...)``, and the discovery of its space.
 
 Imports no Keras at module level (the driver makes a ``HyperModelFunction`` and sends
-it; only workers call it). ``discover_space`` runs in a process of its own with the
-GPUs hidden (``discover_in_subprocess``), so that the driver never touches a GPU even
-when the user's script imported Keras.
+it; only workers call it). ``discover_space`` runs in a worker of the run's pool
+(``discover_in``), or in a process of its own with the GPUs hidden
+(``discover_in_subprocess``), so that the driver never touches a GPU even when the
+user's script imported Keras.
 """
 
 from __future__ import annotations
@@ -134,19 +135,30 @@ def discover_in_subprocess(hypermodel: Any, data: Any = None) -> tuple[list[Spec
     """
     from joblib.externals.loky import ProcessPoolExecutor
 
-    probe = None if data is None else tuple(_head(part) for part in data)
     env = {"CUDA_VISIBLE_DEVICES": "-1", "TF_CPP_MIN_LOG_LEVEL": "3"}
     if "KERAS_BACKEND" in os.environ:
         env["KERAS_BACKEND"] = os.environ["KERAS_BACKEND"]
     with ProcessPoolExecutor(max_workers=1, env=env) as pool:
-        try:
-            found, complete = pool.submit(discover_space, hypermodel, probe).result()
-        except InputError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the user's build: say what it raised
-            text = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-            raise InputError(
-                f"build(hp) failed while phobbit discovered the search space ({text}); "
-                "fix the hypermodel"
-            ) from None
+        return discover_in(pool, hypermodel, data)
+
+
+def discover_in(executor: Any, hypermodel: Any, data: Any = None) -> tuple[list[Spec], bool]:
+    """``discover_space`` run by ``executor`` (anything with ``submit``): a worker of the
+    run's own pool, already started and pinned, its Keras imported, so that discovery
+    costs no process and no import of its own and the driver never touches a GPU.
+
+    Raises:
+        InputError: naming what ``build(hp)`` (or ``fit``) raised: nothing can be tuned.
+    """
+    probe = None if data is None else tuple(_head(part) for part in data)
+    try:
+        found, complete = executor.submit(discover_space, hypermodel, probe).result()
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's build: say what it raised
+        text = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        raise InputError(
+            f"build(hp) failed while phobbit discovered the search space ({text}); "
+            "fix the hypermodel"
+        ) from None
     return [Spec.from_dict(s) for s in found], complete

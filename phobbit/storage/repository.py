@@ -289,6 +289,15 @@ class Repository:
                     "it is not a phobbit repository, use another folder"
                 )
             return False
+        if existing.gpus_per_trial != settings.gpus_per_trial:
+            # Its own line: the remedy is to ask again for what was recorded.
+            raise RepositoryError(
+                f"repository {self.path} was tuned with gpus_per_trial "
+                f"{existing.gpus_per_trial} (run.json) and this run asks for "
+                f"{settings.gpus_per_trial}: a model trained on that many GPUs continues "
+                f"only on as many; resume with gpus_per_trial {existing.gpus_per_trial} "
+                "(--gpus-per-trial), or use another repository folder"
+            )
         differ = _differences(existing, settings)
         if differ:
             raise RepositoryError(

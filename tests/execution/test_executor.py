@@ -8,6 +8,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+import psutil
 import pytest
 from conftest import read_records
 from gates import GatedTrainable
@@ -15,6 +16,7 @@ from synthetic import x_curve
 
 from phobbit import InputError, ParallelHyperband
 from phobbit.execution.executor import LocalExecutor, parse_gpus
+from phobbit.execution.simulated import SimulatedExecutor
 from phobbit.execution.worker import HIDDEN
 
 
@@ -261,3 +263,89 @@ def test_a_worker_that_grows_is_kept_without_a_limit() -> None:
 def test_a_bad_worker_memory_limit_is_refused(limit) -> None:
     with pytest.raises(InputError, match="worker_memory_limit must be"):
         LocalExecutor(n_jobs=1, worker_memory_limit=limit)
+
+
+# -- starting the pool ahead of the input check (issue 21 item 4) --------------------------
+
+
+def _in_sys_modules(name: str) -> bool:
+    return name in sys.modules
+
+
+def test_start_spawns_the_workers_and_each_imports_preload_before_its_first_task() -> None:
+    # colorsys: a standard module nothing of a worker imports on its own.
+    with LocalExecutor(n_jobs=2) as executor:
+        executor.start(("colorsys", "no_such_module_phobbit"))  # a failed import: no harm
+        assert executor._pool is not None, "started without a task of the caller's"
+        futures = [executor.submit(_in_sys_modules, "colorsys") for _ in range(4)]
+        assert all(f.result() for f in futures)
+
+
+def test_a_run_starts_its_workers_before_it_checks_the_repository_and_bad_input_kills_them(
+    hparams, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from phobbit.storage.repository import Repository
+    from phobbit.testing import SyntheticTrainable
+
+    ParallelHyperband(
+        None,
+        hparams,
+        repo,
+        trainable=SyntheticTrainable(curve=x_curve),
+        verbose=0,
+        executor=SimulatedExecutor(2),
+    ).run(R=3, eta=3)
+    before = {
+        p: p.read_bytes() for p in repo.rglob("*") if p.is_file() and p.name != "driver.json"
+    }
+    seen: dict[str, object] = {}
+    check = Repository.check_settings
+
+    def observed(self, settings):
+        pids = tuner.executor._worker_pids()
+        seen.update(started=tuner.executor._pool is not None, pids=pids)
+        seen["alive"] = [psutil.pid_exists(pid) for pid in pids]
+        return check(self, settings)
+
+    monkeypatch.setattr(Repository, "check_settings", observed)
+    tuner = ParallelHyperband(
+        None, hparams, repo, trainable=SyntheticTrainable(curve=x_curve), verbose=0, n_jobs=2
+    )
+    with pytest.raises(InputError) as caught:
+        tuner.run(R=9, eta=3)  # the repository holds R=3: bad input
+    assert "\n" not in str(caught.value) and "R=3 there, 9 here" in str(caught.value)
+    assert seen["started"] and len(seen["pids"]) == 2 and all(seen["alive"]), (
+        "the workers were up while the driver still checked its input"
+    )
+    for pid in seen["pids"]:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", (
+            "no worker is left running after bad input"
+        )
+    assert tuner.executor._pool is None
+    after = {p: p.read_bytes() for p in repo.rglob("*") if p.is_file() and p.name != "driver.json"}
+    assert after == before, "nothing written"
+
+
+def test_a_keras_run_asks_its_workers_to_import_keras_as_they_start(
+    hparams, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import numpy as np
+
+    from phobbit.api import KERAS_WORKER
+
+    class Started(Exception):
+        pass
+
+    asked: list[tuple] = []
+
+    def start(self, preload=()):
+        asked.append(tuple(preload))
+        raise Started
+
+    monkeypatch.setattr(LocalExecutor, "start", start)
+    data = ((np.zeros((8, 3)), np.zeros(8)), (np.zeros((4, 3)), np.zeros(4)))
+    tuner = ParallelHyperband(lambda hp: None, hparams, repo, data, n_jobs=1, verbose=0)
+    with pytest.raises(Started):
+        tuner.run(R=9, eta=3)
+    assert asked == [KERAS_WORKER]
+    assert not repo.exists(), "started before anything is written"

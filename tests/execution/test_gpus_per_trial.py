@@ -9,6 +9,7 @@ is tested is what each worker process sees.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import read_records
 from gates import GatedTrainable
-from helpers import STEPS, DyingTrainable, x_curve
+from helpers import STEPS, DyingTrainable, tuner, x_curve
 
 from phobbit import InputError, ParallelHyperband, Resources
 from phobbit.execution.executor import gpu_groups, most_local_workers
@@ -238,3 +239,47 @@ def test_dask_workers_are_pinned_to_disjoint_pairs_too(hparams, tmp_path: Path) 
         by_pair[record["cuda_visible_devices"]].add(record["pid"])
     assert set(by_pair) == PAIRS and all(len(p) == 1 for p in by_pair.values())
     assert_never_overlapping(records)
+
+
+# -- gpus_per_trial in run.json (simulated: what is decided, not where it trains) ----------
+
+
+def _pairs(workers: int = 2) -> SimulatedExecutor:
+    """A simulated executor whose slots are GPU pairs, as ``gpus_per_trial=2`` makes them."""
+    executor = SimulatedExecutor(workers)
+    executor.slots = [f"{2 * i},{2 * i + 1}" for i in range(workers)]
+    return executor
+
+
+def test_gpus_per_trial_is_recorded_and_a_resume_with_another_is_refused_in_one_line(
+    tmp_path: Path,
+) -> None:
+    repo = tmp_path / "repo"
+    tuner(repo, executor=_pairs()).run(R=9, eta=3, iterations=1)
+    assert json.loads((repo / "run.json").read_text())["gpus_per_trial"] == 2
+
+    def files() -> dict[Path, bytes]:
+        return {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()}
+
+    before = files()
+    with pytest.raises(InputError) as caught:
+        tuner(repo, executor=SimulatedExecutor(2)).run(R=9, eta=3, iterations=2)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "gpus_per_trial 2 (run.json)" in message, "what was recorded"
+    assert "asks for 1" in message, "what was asked"
+    assert "resume with gpus_per_trial 2" in message, "how to proceed"
+    assert files() == before, "nothing written"
+    # Asked again with what was recorded, it resumes.
+    table = tuner(repo, executor=_pairs()).run(R=9, eta=3, iterations=2)
+    assert table["Iteration"].max() == 1
+
+
+def test_a_run_json_without_gpus_per_trial_reads_as_one(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    tuner(repo, executor=SimulatedExecutor(2)).run(R=9, eta=3)
+    recorded = json.loads((repo / "run.json").read_text())
+    assert "gpus_per_trial" not in recorded, "1 is not written: older files read the same"
+    assert Repository(repo).read_settings().gpus_per_trial == 1
+    with pytest.raises(InputError, match="was tuned with gpus_per_trial 1 .* asks for 2"):
+        tuner(repo, executor=_pairs()).run(R=9, eta=3)
