@@ -115,3 +115,15 @@ def test_a_release_delays_the_brackets_end_backwards_so_it_finishes_early_forwar
     end_of = {key[1]: end for end, key in early[1]}
     assert end_of[3] == brackets(27, 3)[0].total_epochs()  # bracket 3 first, alone
     assert max(end for end, key in plain[1] if key[1] == 3) == plain[0]  # last, before
+
+
+@pytest.mark.parametrize(("R", "workers"), [(27, 2), (81, 2), (81, 3)])
+def test_on_two_or_three_workers_the_deepest_bracket_answers_in_the_first_third(
+    R: int, workers: int
+) -> None:
+    """Where a deadline keeps the makespan (on the early-promotion model of ``nominal_run``),
+    the deepest bracket's answer comes in the first third of the run, as in Keras Tuner's
+    order; latest start left the first full-fidelity answer at 39-47% of it."""
+    (makespan, first, _), _ = _both(R, workers)
+    assert first <= makespan / 3
+    assert (0, brackets(R, 3)[0].s) in anytime_release(brackets(R, 3), 1, workers)
