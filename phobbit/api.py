@@ -466,6 +466,7 @@ class ParallelHyperband:
                 budget=budget,
                 retry_failed=retry_failed,
             )
+            self._budget = scheduler.budget  # with the time earlier invocations used
             try:
                 scheduler.drive()
             finally:

@@ -70,9 +70,11 @@ their next write and end, and this driver stops with ``FencedOutError``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
+import uuid
 from collections import Counter
 from collections.abc import Collection, Iterable
 from concurrent.futures import ALL_COMPLETED, Future
@@ -95,6 +97,11 @@ from phobbit.execution.worker import (
 from phobbit.storage.checkpoints import BestConfigurations
 from phobbit.storage.decisions import DecisionLog
 from phobbit.storage.repository import Repository, this_host
+from phobbit.storage.time_used import TimeLog
+
+TIME_LOG_EVERY_S = 30.0
+"""How often (on the executor's clock) a run records the training time it has used, so a
+driver killed outright loses at most that much of its time limit's accounting."""
 
 
 class Reporter(Protocol):
@@ -183,7 +190,9 @@ class Scheduler:
             configurations that are not among the best ``keep_best`` and not
             training now; None keeps them all.
         budget: stops dispatching once spent (``phobbit.core.budget``); an endless
-            plan (ASHA) needs one.
+            plan (ASHA) needs one. Its ``time_used`` is read from the repository
+            (``time_used.csv``): the time earlier invocations trained counts against
+            ``time_limit``, and this one's is recorded there as it goes.
         queue_ahead: segments kept queued in the pool beyond one per worker, so a
             worker that finishes starts the next at once; 0 hands a segment out
             only to a free worker.
@@ -236,14 +245,18 @@ class Scheduler:
         self._crashes: Counter[SegmentKey] = Counter()
         self._suspects: set[SegmentKey] = set()
         self._best = None if keep_best is None else BestConfigurations(keep_best)
-        self.budget = budget or Budget()
-        if plan.machine.endless and not self.budget.limited:
+        if plan.machine.endless and not (budget and budget.limited):
             raise ValueError(f"{type(plan.machine).__name__} never ends by itself: give a budget")
+        self._time_log = TimeLog(repository)
+        # The time limit is the run's, over all its invocations: what they used counts.
+        self.budget = dataclasses.replace(budget or Budget(), time_used=self._time_log.used())
+        self._invocation = uuid.uuid4().hex  # names this drive's lines in time_used.csv
+        self._time_logged = 0.0  # this drive's elapsed time when it last recorded it
         self.stopped_by: str | None = None
         self._decisions = DecisionLog(repository)
         self._epochs = 0  # epochs trained and in flight, the whole run: see phobbit.core.budget
         self._counted: set[SegmentKey] = set()
-        self._began = 0.0
+        self._began: float | None = None  # when the first segment was handed out
         self._replaced_before = 0
         self.workers_replaced = 0
         """Worker processes the executor replaced on its own during ``drive``."""
@@ -267,7 +280,7 @@ class Scheduler:
             done_before = {key: row for key, row in done_before.items() if row.ok}
         self._counted = set(done_before)
         self._epochs = sum(r.epochs - r.start_epoch for r in done_before.values())
-        self._began = self.executor.clock()
+        self._began = None
         self.reporter.started(self.plan, resumed=len(done_before))
         self._replaced_before = self.executor.workers_replaced
         self.workers_replaced = 0
@@ -287,6 +300,7 @@ class Scheduler:
         except BaseException:
             if self._in_flight:
                 self.executor.kill(list(self._in_flight))
+            self._log_time(quietly=True)
             raise
         finally:
             if self.workers_replaced:
@@ -296,12 +310,38 @@ class Scheduler:
                     self.workers_replaced,
                 )
             self.reporter.closed()
+        self._log_time()
         self.stopped_by = "iterations" if self.plan.done else self._spent()
         log.info("the run stopped: %s", self.budget.describe(self.stopped_by or "iterations"))
 
     def _spent(self) -> str | None:
         """The budget that is spent (no new segment may start); None while none is."""
-        return self.budget.spent(self.executor.clock() - self._began, self._epochs)
+        return self.budget.spent(self.elapsed(), self._epochs)
+
+    def elapsed(self) -> float:
+        """Seconds of training time this ``drive`` has used: on the executor's clock, from
+        when its first segment was handed out (starting workers is not counted)."""
+        return 0.0 if self._began is None else self.executor.clock() - self._began
+
+    def _log_time(self, quietly: bool = False) -> None:
+        """Records in the repository the training time this ``drive`` has used so far.
+
+        ``quietly``: on the way out of an error, a failure to write (a full disk, a
+        takeover) is logged, not raised over the error that stopped the run.
+        """
+        elapsed = self.elapsed()
+        if self._began is None or elapsed == self._time_logged:
+            return
+        try:
+            self._time_log.append(self._invocation, elapsed, fence=self.fence)
+        except (FatalError, StaleDriverError) as exc:
+            if not quietly:
+                if isinstance(exc, StaleDriverError):
+                    raise self._fenced_out() from None
+                raise
+            log.warning("could not record the time this run used: %s", one_line(exc))
+            return
+        self._time_logged = elapsed
 
     def _count_replaced(self) -> None:
         """Tells the reporter of worker processes the executor replaced on its own."""
@@ -449,6 +489,8 @@ class Scheduler:
             self.executor.restart()
             self._free.clear()
             future = self.executor.submit(*args)
+        if self._began is None:
+            self._began = self.executor.clock()  # the workers are up: the input check ran
         self._in_flight[future] = segment
         if len(self._in_flight) - len(self._queued) <= self.executor.capacity:
             self._start(future)
@@ -622,6 +664,8 @@ class Scheduler:
         return row is not None
 
     def _record(self, result: SegmentResult) -> None:
+        if self.elapsed() - self._time_logged >= TIME_LOG_EVERY_S:
+            self._log_time()
         self._note_warm(result)
         self._suspects.discard(result.key)
         self.plan.record(result)
