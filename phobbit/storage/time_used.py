@@ -20,9 +20,8 @@ from __future__ import annotations
 
 from phobbit.errors import RepositoryError
 from phobbit.storage.framing import framed, is_header, read_framed, unframed
-from phobbit.storage.repository import Repository
+from phobbit.storage.repository import TIME_USED, Repository
 
-TIME_USED = "time_used.csv"
 HEADER = "invocation,seconds,crc\n"
 
 
