@@ -99,6 +99,9 @@ from phobbit.storage.decisions import DecisionLog
 from phobbit.storage.repository import Repository, this_host
 from phobbit.storage.time_used import TimeLog
 
+BROKEN_POOL_WAIT_S = 60.0
+"""How long the driver waits for a broken pool to fail the rest of its segments (loky
+fails them all at once) before it ends them itself: it never waits for ever."""
 TIME_LOG_EVERY_S = 30.0
 """How often (on the executor's clock) a run records the training time it has used, so a
 driver killed outright loses at most that much of its time limit's accounting."""
@@ -271,6 +274,7 @@ class Scheduler:
         # worker died), such a row is no result of this attempt.
         self._stale: dict[SegmentKey, SegmentResult] = {}
         self._checked_input = False
+        self._pool_broke = False  # set by ``_outcomes`` when a result says the pool broke
 
     def drive(self) -> None:
         """Runs until every bracket has finished; Ctrl-C kills what is in flight and re-raises."""
@@ -572,15 +576,22 @@ class Scheduler:
                     self.reporter.retrying(segment, KILLED_FOR_OTHER, 0)
 
     def _collect(self, finished: Iterable[Future]) -> None:
+        self._pool_broke = False
         lost = self._outcomes(finished)
         if lost:
             # A worker of a driver that was replaced ends at its first write: say so.
             self._check_fence()
-            if not self.executor.can_kill_one:
+            # Only a broken pool fails every segment in flight; a worker that found no
+            # slot (WorkerNotPinnedError) is alive and free, and the others run on.
+            if self._pool_broke and not self.executor.can_kill_one:
                 # A broken pool fails every segment in flight: collect them all, then rebuild.
                 # Elsewhere (Dask) the others run on, and the freed workers take new work.
                 rest = dict(self._in_flight)
-                self.executor.wait(rest, return_when=ALL_COMPLETED)
+                _, hung = self.executor.wait(rest, BROKEN_POOL_WAIT_S, ALL_COMPLETED)
+                if hung:  # the pool failed them all at once before: end them, no waiting
+                    self.executor.kill(list(hung))
+                    self.executor.wait(hung, BROKEN_POOL_WAIT_S, ALL_COMPLETED)
+                rest = {f: s for f, s in rest.items() if f.done()}
                 lost += self._outcomes(rest)
                 # Kill the old workers before reading which rows they wrote: one still
                 # finishing could otherwise append its row after the read, and its segment
@@ -602,6 +613,7 @@ class Scheduler:
             try:
                 result = future.result()
             except BrokenProcessPool as exc:
+                self._pool_broke = True
                 if self.executor.can_kill_one and not queued:
                     self._freed()  # its worker alone died, and its place takes the queued one
                 lost.append((segment, _crash_cause(exc), not queued))
