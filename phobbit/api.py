@@ -307,6 +307,7 @@ class ParallelHyperband:
             time_limit = parse_duration(limits.get("time_limit"), "time_limit")
             self._given_budget = Budget(time_limit, limits.get("max_epochs"))
         self.stopped_by: str | None = None
+        self._left_for_resume = 0  # segments to retry that the last run left for the next
         self._budget = Budget()
         self.warm_starts = self.continued = 0
         if repo_dir is None or str(repo_dir) == "":
@@ -472,6 +473,7 @@ class ParallelHyperband:
             finally:
                 self.warm_starts, self.continued = scheduler.warm_starts, scheduler.continued
             self.stopped_by = scheduler.stopped_by
+            self._left_for_resume = len(scheduler.left_for_resume)
             self.repository.prune_best_checkpoints(self.keep_best)
         if self.tensorboard:
             from phobbit.reporting.tensorboard import write_quietly
@@ -493,7 +495,10 @@ class ParallelHyperband:
         """What ended the last ``run``, in words: ``max_epochs budget (500 epochs) spent``."""
         if self.stopped_by is None:
             return "not run yet"
-        return self._budget.describe(self.stopped_by)
+        reason = self._budget.describe(self.stopped_by)
+        if self._left_for_resume:
+            reason += f"; {self._left_for_resume} segment(s) to retry left for the next run"
+        return reason
 
     def _log_workers(self, stack: ExitStack) -> None:
         """Sends the workers' stderr to a file appended to ``repo_dir/workers.log`` at the end.

@@ -212,6 +212,10 @@ class Scheduler:
             worker held in memory.
         continued: segments of this ``drive`` that went on from an earlier rung's
             checkpoint (``start_epoch > 0``): the ones that could start warm.
+        left_for_resume: after a ``drive`` a budget stopped, the segments that went back
+            to the queue to be retried (their worker died, or was killed) and did not
+            run again before it was spent: the next invocation trains them. No
+            retry starts past a budget (a time limit is a promise not to start work).
     """
 
     def __init__(
@@ -275,6 +279,8 @@ class Scheduler:
         self._stale: dict[SegmentKey, SegmentResult] = {}
         self._checked_input = False
         self._pool_broke = False  # set by ``_outcomes`` when a result says the pool broke
+        self._requeued: set[SegmentKey] = set()  # given back to be retried, no row yet
+        self.left_for_resume: list[SegmentKey] = []
 
     def drive(self) -> None:
         """Runs until every bracket has finished; Ctrl-C kills what is in flight and re-raises."""
@@ -316,6 +322,14 @@ class Scheduler:
             self.reporter.closed()
         self._log_time()
         self.stopped_by = "iterations" if self.plan.done else self._spent()
+        self.left_for_resume = sorted(self._requeued) if self.stopped_by != "iterations" else []
+        if self.left_for_resume:
+            log.warning(
+                "%d segment(s) to retry are left for the next run (the budget was spent "
+                "before they ran again): %s",
+                len(self.left_for_resume),
+                ", ".join(map(str, self.left_for_resume)),
+            )
         log.info("the run stopped: %s", self.budget.describe(self.stopped_by or "iterations"))
 
     def _spent(self) -> str | None:
@@ -571,7 +585,7 @@ class Scheduler:
             elif isinstance(error, StaleDriverError):
                 raise self._fenced_out()
             elif not self._record_if_done(done, segment):
-                self.plan.give_back(segment)  # innocent, and known to be: no charge
+                self._give_back(segment)  # innocent, and known to be: no charge
                 if not queued:  # one that never left the queue was never reported running
                     self.reporter.retrying(segment, KILLED_FOR_OTHER, 0)
 
@@ -649,7 +663,7 @@ class Scheduler:
             if started:
                 ran.append((segment, cause))
             else:
-                self.plan.give_back(segment)
+                self._give_back(segment)
         if self.executor.can_kill_one:
             for segment, cause in ran:  # each lost task names the worker that died running it
                 self._crashed(segment, cause)
@@ -662,7 +676,7 @@ class Scheduler:
             if culprit is not None and segment.key == culprit.key:
                 self._crashed(segment, cause)
             else:
-                self.plan.give_back(segment)  # an innocent until proven otherwise: no charge
+                self._give_back(segment)  # an innocent until proven otherwise: no charge
                 log.info("requeued segment %s: %s", segment.key, UNKNOWN_CULPRIT)
                 self.reporter.retrying(segment, UNKNOWN_CULPRIT, 0)
 
@@ -675,7 +689,13 @@ class Scheduler:
             self._record(row)
         return row is not None
 
+    def _give_back(self, segment: Segment) -> None:
+        """Puts ``segment`` back in the queue to be tried again."""
+        self._requeued.add(segment.key)
+        self.plan.give_back(segment)
+
     def _record(self, result: SegmentResult) -> None:
+        self._requeued.discard(result.key)
         if self.elapsed() - self._time_logged >= TIME_LOG_EVERY_S:
             self._log_time()
         self._note_warm(result)
@@ -733,7 +753,7 @@ class Scheduler:
             self._record(self._failed(segment, error))
             return
         log.warning("retrying segment %s (retry %d): %s", segment.key, attempt, cause)
-        self.plan.give_back(segment)
+        self._give_back(segment)
         self.reporter.retrying(segment, cause, attempt)
 
     def _failed(self, segment: Segment, error: str) -> SegmentResult:

@@ -23,6 +23,7 @@ from joblib.externals.loky.process_executor import TerminatedWorkerError
 from synthetic import x_curve
 
 from phobbit import ParallelHyperband
+from phobbit.core.budget import Budget
 from phobbit.core.plan import Plan
 from phobbit.core.records import RunSettings, Segment, SegmentKey, Tuning
 from phobbit.core.space import Space
@@ -511,3 +512,21 @@ def test_a_worker_not_pinned_leaves_the_others_running_and_takes_new_work_at_onc
     assert long_one.outcome == "done"
     assert unpinned.end <= rerun.start < long_one.end, "it waited for the long segment"
     pd.testing.assert_frame_equal(run.table(), serial)
+
+
+def test_a_retry_requeued_after_the_budget_is_spent_is_said_left_for_the_next_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    victim, _ = handed_out_first(2, 2)
+    # Two one-epoch segments spend max_epochs=2; the victim's worker dies after that.
+    run = Run(
+        tmp_path,
+        workers=2,
+        fail={victim: [TerminatedWorkerError(OOM)]},
+        can_kill_one=True,
+        budget=Budget(max_epochs=2),
+    )()
+    assert run.scheduler.stopped_by == "max_epochs"
+    assert run.scheduler.left_for_resume == [victim]
+    assert "1 segment(s) to retry are left for the next run" in caplog.text
+    assert victim not in run.repository.results()
