@@ -40,6 +40,7 @@ from phobbit.execution.resources import Resources
 from phobbit.execution.scheduler import Reporter, Scheduler
 from phobbit.execution.trainable import Trainable
 from phobbit.execution.warm import parse_bytes
+from phobbit.execution.worker import HIDDEN, without_startup_noise
 from phobbit.keras_adapter.backends import check_backend, worker_environment
 from phobbit.keras_adapter.data import staged_dataset
 from phobbit.keras_adapter.fit import KerasFit, KerasTraining
@@ -501,7 +502,8 @@ class ParallelHyperband:
         return reason
 
     def _log_workers(self, stack: ExitStack) -> None:
-        """Sends the workers' stderr to a file appended to ``repo_dir/workers.log`` at the end.
+        """Sends the workers' stderr to a file appended to ``repo_dir/workers.log`` at the end,
+        without TensorFlow's start-up lines (``worker.without_startup_noise``).
 
         The file is temporary until the workers are gone, so that a run stopped by
         bad input leaves the repository as it was.
@@ -510,6 +512,7 @@ class ParallelHyperband:
         temporary = Path(folder) / WORKER_LOG
         assert isinstance(self.executor, LocalExecutor)
         self.executor.stderr_path = str(temporary)
+        hidden = all(slot == HIDDEN for slot in self.executor.slots)
 
         def keep(kind: type | None, *_: object) -> None:
             self.executor.stderr_path = None
@@ -519,7 +522,7 @@ class ParallelHyperband:
                 with contextlib.suppress(OSError, RepositoryError):
                     fd = files.open_append(self.repository.path / WORKER_LOG)
                     with os.fdopen(fd, "ab") as out:
-                        out.write(temporary.read_bytes())
+                        out.write(without_startup_noise(temporary.read_bytes(), hidden))
 
         stack.push(keep)
 
