@@ -41,6 +41,7 @@ from phobbit.execution.resources import Resources
 from phobbit.execution.scheduler import Reporter, Scheduler
 from phobbit.execution.trainable import Trainable
 from phobbit.execution.warm import parse_bytes
+from phobbit.execution.worker import HIDDEN, without_startup_noise
 from phobbit.keras_adapter.backends import check_backend, worker_environment
 from phobbit.keras_adapter.data import staged_dataset
 from phobbit.keras_adapter.fit import KerasFit, KerasTraining
@@ -191,16 +192,20 @@ KERAS_WORKER = ("phobbit.keras_adapter.trainable",)
 trainable, hence Keras and its backend."""
 
 
-def keep_worker_log(temporary: Path, repo_dir: Path, kind: type | None, *_: object) -> bool:
+def keep_worker_log(
+    temporary: Path, repo_dir: Path, hidden: bool, kind: type | None, *_: object
+) -> bool:
     """An exit callback: appends the workers' temporary stderr file to
-    ``repo_dir/workers.log``, unless the run stopped on bad input (then nothing is written)."""
+    ``repo_dir/workers.log`` without TensorFlow's start-up lines (``hidden``: every worker
+    has its GPUs hidden, so its no-CUDA lines are noise too; ``worker.without_startup_noise``),
+    unless the run stopped on bad input (then nothing is written)."""
     if (kind is None or not issubclass(kind, InputError)) and temporary.is_file():
         # A log is no reason to fail a run; one made a link out or a FIFO since the
         # run checked it (``Repository.check_files``) is not written through.
         with contextlib.suppress(OSError, RepositoryError):
             fd = files.open_append(Path(repo_dir) / WORKER_LOG)
             with os.fdopen(fd, "ab") as out:
-                out.write(temporary.read_bytes())
+                out.write(without_startup_noise(temporary.read_bytes(), hidden))
     return False
 
 
@@ -325,6 +330,7 @@ class ParallelHyperband:
             time_limit = parse_duration(limits.get("time_limit"), "time_limit")
             self._given_budget = Budget(time_limit, limits.get("max_epochs"))
         self.stopped_by: str | None = None
+        self._left_for_resume = 0  # segments to retry that the last run left for the next
         self._budget = Budget()
         self.warm_starts = self.continued = 0
         if repo_dir is None or str(repo_dir) == "":
@@ -494,11 +500,13 @@ class ParallelHyperband:
                     budget=budget,
                     retry_failed=retry_failed,
                 )
+                self._budget = scheduler.budget  # with the time earlier invocations used
                 try:
                     scheduler.drive()
                 finally:
                     self.warm_starts, self.continued = scheduler.warm_starts, scheduler.continued
                 self.stopped_by = scheduler.stopped_by
+                self._left_for_resume = len(scheduler.left_for_resume)
                 self.repository.prune_best_checkpoints(self.keep_best)
         if self.tensorboard:
             from phobbit.reporting.tensorboard import write_quietly
@@ -520,7 +528,10 @@ class ParallelHyperband:
         """What ended the last ``run``, in words: ``max_epochs budget (500 epochs) spent``."""
         if self.stopped_by is None:
             return "not run yet"
-        return self._budget.describe(self.stopped_by)
+        reason = self._budget.describe(self.stopped_by)
+        if self._left_for_resume:
+            reason += f"; {self._left_for_resume} segment(s) to retry left for the next run"
+        return reason
 
     def _start_workers(self, stack: ExitStack) -> Callable[..., bool] | None:
         """Starts the pool this tuner owns now, its workers importing Keras as they start.
@@ -552,7 +563,8 @@ class ParallelHyperband:
         assert isinstance(self.executor, LocalExecutor)
         self.executor.stderr_path = str(temporary)
         stack.callback(setattr, self.executor, "stderr_path", None)
-        return functools.partial(keep_worker_log, temporary, self.repository.path)
+        hidden = all(slot == HIDDEN for slot in self.executor.slots)
+        return functools.partial(keep_worker_log, temporary, self.repository.path, hidden)
 
     def _shut_down(self, kind: type | None, *_: object) -> None:
         """Shuts down the executor this tuner made; ends its tasks at once on an error."""

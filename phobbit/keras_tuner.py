@@ -341,6 +341,7 @@ class Hyperband:
         ``stack`` its shutdown (a kill on any error: no worker is left running) and its
         workers' log, appended to the repository's ``workers.log`` unless on bad input."""
         from phobbit.api import KERAS_WORKER, keep_worker_log
+        from phobbit.execution.worker import HIDDEN
         from phobbit.keras_adapter.backends import check_backend, worker_environment
 
         executor = pool.make_executor(worker_environment(check_backend(backend)))
@@ -349,7 +350,8 @@ class Hyperband:
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="phobbit-log-"))
             temporary = Path(folder) / "workers.log"
             executor.stderr_path = str(temporary)
-            stack.push(functools.partial(keep_worker_log, temporary, self.project_dir))
+            hidden = all(slot == HIDDEN for slot in executor.slots)
+            stack.push(functools.partial(keep_worker_log, temporary, self.project_dir, hidden))
         executor.start(KERAS_WORKER)
         return executor
 

@@ -408,5 +408,12 @@ def test_every_public_name_imports() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for name in ("DaskExecutor", "Trainable", "Losses", "Executor", "LocalExecutor"):
         assert name in readme and name in phobbit.__all__, name
-    for name in ("SimulatedExecutor", "Search", "Resources", "KerasFit", "Budget"):
+    for name in (
+        "SimulatedExecutor",
+        "Search",
+        "Resources",
+        "KerasFit",
+        "Budget",
+        "CheckpointError",
+    ):
         assert name in phobbit.__all__, name

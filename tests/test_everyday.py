@@ -133,6 +133,7 @@ def test_dataset_forms_are_told_apart_without_tensorflow(tmp_path: Path) -> None
     assert check_dataset((FakeTfDataset(), (X, Y))) == "batches"
     two = ({"a": X, "b": X}, Y), ({"a": X[:4], "b": X[:4]}, Y[:4])
     assert check_dataset(two) == "arrays"
+    assert check_dataset((([X, X], Y), ([X[:4], X[:4]], Y[:4]))) == "arrays"  # a list too
     with pytest.raises(InputError, match="got one FakeTfDataset"):
         check_dataset(FakeTfDataset())
     with pytest.raises(InputError, match="arrays for training and batches for validation"):

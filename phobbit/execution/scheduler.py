@@ -70,9 +70,11 @@ their next write and end, and this driver stops with ``FencedOutError``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
+import uuid
 from collections import Counter
 from collections.abc import Collection, Iterable
 from concurrent.futures import ALL_COMPLETED, Future
@@ -95,6 +97,14 @@ from phobbit.execution.worker import (
 from phobbit.storage.checkpoints import BestConfigurations
 from phobbit.storage.decisions import DecisionLog
 from phobbit.storage.repository import Repository, this_host
+from phobbit.storage.time_used import TimeLog
+
+BROKEN_POOL_WAIT_S = 60.0
+"""How long the driver waits for a broken pool to fail the rest of its segments (loky
+fails them all at once) before it ends them itself: it never waits for ever."""
+TIME_LOG_EVERY_S = 30.0
+"""How often (on the executor's clock) a run records the training time it has used, so a
+driver killed outright loses at most that much of its time limit's accounting."""
 
 
 class Reporter(Protocol):
@@ -183,7 +193,9 @@ class Scheduler:
             configurations that are not among the best ``keep_best`` and not
             training now; None keeps them all.
         budget: stops dispatching once spent (``phobbit.core.budget``); an endless
-            plan (ASHA) needs one.
+            plan (ASHA) needs one. Its ``time_used`` is read from the repository
+            (``time_used.csv``): the time earlier invocations trained counts against
+            ``time_limit``, and this one's is recorded there as it goes.
         queue_ahead: segments kept queued in the pool beyond one per worker, so a
             worker that finishes starts the next at once; 0 hands a segment out
             only to a free worker.
@@ -200,6 +212,10 @@ class Scheduler:
             worker held in memory.
         continued: segments of this ``drive`` that went on from an earlier rung's
             checkpoint (``start_epoch > 0``): the ones that could start warm.
+        left_for_resume: after a ``drive`` a budget stopped, the segments that went back
+            to the queue to be retried (their worker died, or was killed) and did not
+            run again before it was spent: the next invocation trains them. No
+            retry starts past a budget (a time limit is a promise not to start work).
     """
 
     def __init__(
@@ -236,14 +252,18 @@ class Scheduler:
         self._crashes: Counter[SegmentKey] = Counter()
         self._suspects: set[SegmentKey] = set()
         self._best = None if keep_best is None else BestConfigurations(keep_best)
-        self.budget = budget or Budget()
-        if plan.machine.endless and not self.budget.limited:
+        if plan.machine.endless and not (budget and budget.limited):
             raise ValueError(f"{type(plan.machine).__name__} never ends by itself: give a budget")
+        self._time_log = TimeLog(repository)
+        # The time limit is the run's, over all its invocations: what they used counts.
+        self.budget = dataclasses.replace(budget or Budget(), time_used=self._time_log.used())
+        self._invocation = uuid.uuid4().hex  # names this drive's lines in time_used.csv
+        self._time_logged = 0.0  # this drive's elapsed time when it last recorded it
         self.stopped_by: str | None = None
         self._decisions = DecisionLog(repository)
         self._epochs = 0  # epochs trained and in flight, the whole run: see phobbit.core.budget
         self._counted: set[SegmentKey] = set()
-        self._began = 0.0
+        self._began: float | None = None  # when the first segment was handed out
         self._replaced_before = 0
         self.workers_replaced = 0
         """Worker processes the executor replaced on its own during ``drive``."""
@@ -258,6 +278,9 @@ class Scheduler:
         # worker died), such a row is no result of this attempt.
         self._stale: dict[SegmentKey, SegmentResult] = {}
         self._checked_input = False
+        self._pool_broke = False  # set by ``_outcomes`` when a result says the pool broke
+        self._requeued: set[SegmentKey] = set()  # given back to be retried, no row yet
+        self.left_for_resume: list[SegmentKey] = []
 
     def drive(self) -> None:
         """Runs until every bracket has finished; Ctrl-C kills what is in flight and re-raises."""
@@ -267,7 +290,7 @@ class Scheduler:
             done_before = {key: row for key, row in done_before.items() if row.ok}
         self._counted = set(done_before)
         self._epochs = sum(r.epochs - r.start_epoch for r in done_before.values())
-        self._began = self.executor.clock()
+        self._began = None
         self.reporter.started(self.plan, resumed=len(done_before))
         self._replaced_before = self.executor.workers_replaced
         self.workers_replaced = 0
@@ -287,6 +310,7 @@ class Scheduler:
         except BaseException:
             if self._in_flight:
                 self.executor.kill(list(self._in_flight))
+            self._log_time(quietly=True)
             raise
         finally:
             if self.workers_replaced:
@@ -296,12 +320,46 @@ class Scheduler:
                     self.workers_replaced,
                 )
             self.reporter.closed()
+        self._log_time()
         self.stopped_by = "iterations" if self.plan.done else self._spent()
+        self.left_for_resume = sorted(self._requeued) if self.stopped_by != "iterations" else []
+        if self.left_for_resume:
+            log.warning(
+                "%d segment(s) to retry are left for the next run (the budget was spent "
+                "before they ran again): %s",
+                len(self.left_for_resume),
+                ", ".join(map(str, self.left_for_resume)),
+            )
         log.info("the run stopped: %s", self.budget.describe(self.stopped_by or "iterations"))
 
     def _spent(self) -> str | None:
         """The budget that is spent (no new segment may start); None while none is."""
-        return self.budget.spent(self.executor.clock() - self._began, self._epochs)
+        return self.budget.spent(self.elapsed(), self._epochs)
+
+    def elapsed(self) -> float:
+        """Seconds of training time this ``drive`` has used: on the executor's clock, from
+        when its first segment was handed out (starting workers is not counted)."""
+        return 0.0 if self._began is None else self.executor.clock() - self._began
+
+    def _log_time(self, quietly: bool = False) -> None:
+        """Records in the repository the training time this ``drive`` has used so far.
+
+        ``quietly``: on the way out of an error, a failure to write (a full disk, a
+        takeover) is logged, not raised over the error that stopped the run.
+        """
+        elapsed = self.elapsed()
+        if self._began is None or elapsed == self._time_logged:
+            return
+        try:
+            self._time_log.append(self._invocation, elapsed, fence=self.fence)
+        except (FatalError, StaleDriverError) as exc:
+            if not quietly:
+                if isinstance(exc, StaleDriverError):
+                    raise self._fenced_out() from None
+                raise
+            log.warning("could not record the time this run used: %s", one_line(exc))
+            return
+        self._time_logged = elapsed
 
     def _count_replaced(self) -> None:
         """Tells the reporter of worker processes the executor replaced on its own."""
@@ -449,6 +507,8 @@ class Scheduler:
             self.executor.restart()
             self._free.clear()
             future = self.executor.submit(*args)
+        if self._began is None:
+            self._began = self.executor.clock()  # the workers are up: the input check ran
         self._in_flight[future] = segment
         if len(self._in_flight) - len(self._queued) <= self.executor.capacity:
             self._start(future)
@@ -525,20 +585,27 @@ class Scheduler:
             elif isinstance(error, StaleDriverError):
                 raise self._fenced_out()
             elif not self._record_if_done(done, segment):
-                self.plan.give_back(segment)  # innocent, and known to be: no charge
+                self._give_back(segment)  # innocent, and known to be: no charge
                 if not queued:  # one that never left the queue was never reported running
                     self.reporter.retrying(segment, KILLED_FOR_OTHER, 0)
 
     def _collect(self, finished: Iterable[Future]) -> None:
+        self._pool_broke = False
         lost = self._outcomes(finished)
         if lost:
             # A worker of a driver that was replaced ends at its first write: say so.
             self._check_fence()
-            if not self.executor.can_kill_one:
+            # Only a broken pool fails every segment in flight; a worker that found no
+            # slot (WorkerNotPinnedError) is alive and free, and the others run on.
+            if self._pool_broke and not self.executor.can_kill_one:
                 # A broken pool fails every segment in flight: collect them all, then rebuild.
                 # Elsewhere (Dask) the others run on, and the freed workers take new work.
                 rest = dict(self._in_flight)
-                self.executor.wait(rest, return_when=ALL_COMPLETED)
+                _, hung = self.executor.wait(rest, BROKEN_POOL_WAIT_S, ALL_COMPLETED)
+                if hung:  # the pool failed them all at once before: end them, no waiting
+                    self.executor.kill(list(hung))
+                    self.executor.wait(hung, BROKEN_POOL_WAIT_S, ALL_COMPLETED)
+                rest = {f: s for f, s in rest.items() if f.done()}
                 lost += self._outcomes(rest)
                 # Kill the old workers before reading which rows they wrote: one still
                 # finishing could otherwise append its row after the read, and its segment
@@ -560,6 +627,7 @@ class Scheduler:
             try:
                 result = future.result()
             except BrokenProcessPool as exc:
+                self._pool_broke = True
                 if self.executor.can_kill_one and not queued:
                     self._freed()  # its worker alone died, and its place takes the queued one
                 lost.append((segment, _crash_cause(exc), not queued))
@@ -595,7 +663,7 @@ class Scheduler:
             if started:
                 ran.append((segment, cause))
             else:
-                self.plan.give_back(segment)
+                self._give_back(segment)
         if self.executor.can_kill_one:
             for segment, cause in ran:  # each lost task names the worker that died running it
                 self._crashed(segment, cause)
@@ -608,7 +676,7 @@ class Scheduler:
             if culprit is not None and segment.key == culprit.key:
                 self._crashed(segment, cause)
             else:
-                self.plan.give_back(segment)  # an innocent until proven otherwise: no charge
+                self._give_back(segment)  # an innocent until proven otherwise: no charge
                 log.info("requeued segment %s: %s", segment.key, UNKNOWN_CULPRIT)
                 self.reporter.retrying(segment, UNKNOWN_CULPRIT, 0)
 
@@ -621,7 +689,15 @@ class Scheduler:
             self._record(row)
         return row is not None
 
+    def _give_back(self, segment: Segment) -> None:
+        """Puts ``segment`` back in the queue to be tried again."""
+        self._requeued.add(segment.key)
+        self.plan.give_back(segment)
+
     def _record(self, result: SegmentResult) -> None:
+        self._requeued.discard(result.key)
+        if self.elapsed() - self._time_logged >= TIME_LOG_EVERY_S:
+            self._log_time()
         self._note_warm(result)
         self._suspects.discard(result.key)
         self.plan.record(result)
@@ -677,7 +753,7 @@ class Scheduler:
             self._record(self._failed(segment, error))
             return
         log.warning("retrying segment %s (retry %d): %s", segment.key, attempt, cause)
-        self.plan.give_back(segment)
+        self._give_back(segment)
         self.reporter.retrying(segment, cause, attempt)
 
     def _failed(self, segment: Segment, error: str) -> SegmentResult:

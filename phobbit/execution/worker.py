@@ -164,6 +164,47 @@ def _redirect_stderr(path: str) -> None:
     os.close(fd)
 
 
+# TensorFlow's start-up lines that say nothing about the user's run: absl writes them
+# before it reads any log level (TF_CPP_MIN_LOG_LEVEL cannot hide them), once per import.
+_ABSL_PREAMBLE = b"WARNING: All log messages before absl::InitializeLog() is called"
+# absl's prefix: severity, MMDD, a time (TensorFlow 2.21 writes 00:00:<epoch seconds>), the
+# thread, file:line].
+_ABSL_LINE = re.compile(rb"^[IWEF]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] (.*)$")
+_STARTUP_NOISE = (
+    b"oneDNN custom operations are on",
+    b"This TensorFlow binary is optimized to use available CPU instructions",
+    b"Unable to register cuDNN factory",
+    b"Unable to register cuFFT factory",
+    b"Unable to register cuBLAS factory",
+    b"computation placer already registered",
+    b"TF-TRT Warning: Could not find TensorRT",
+)
+# Expected where GPUs are hidden (CPU workers); on a GPU worker they are news and stay.
+_NO_GPU_NOISE = (
+    b"Could not find cuda drivers on your machine",
+    b"failed call to cuInit",
+)
+
+
+def without_startup_noise(log: bytes, gpus_hidden: bool) -> bytes:
+    """``log`` (the workers' standard error) without TensorFlow's start-up lines.
+
+    What the user's code printed or warned, tracebacks and every line not known
+    to be start-up noise stay, in order. ``gpus_hidden``: the workers ran on the
+    CPU with GPUs hidden, so "no CUDA driver" lines are expected there too.
+    """
+    noise = _STARTUP_NOISE + (_NO_GPU_NOISE if gpus_hidden else ())
+    kept = []
+    for line in log.splitlines(keepends=True):
+        if line.startswith(_ABSL_PREAMBLE):
+            continue
+        match = _ABSL_LINE.match(line.rstrip(b"\r\n"))
+        if match is not None and any(text in match.group(1) for text in noise):
+            continue
+        kept.append(line)
+    return b"".join(kept)
+
+
 def _watch_parent(parent: int) -> None:
     """Ends this worker once its parent (the driver, pid ``parent``) has died.
 

@@ -370,7 +370,7 @@ class ProgressTracker:
                 estimate_left(self.epochs_done, budget.max_epochs, self.epochs_now, self.elapsed())
             )
         if budget.time_limit is not None:
-            lefts.append(max(0.0, budget.time_limit - self.elapsed()))
+            lefts.append(max(0.0, budget.time_limit - budget.time_used - self.elapsed()))
         known = [left for left in lefts if left is not None]
         return min(known) if known else None
 
@@ -416,7 +416,7 @@ class ProgressTracker:
         if budget.max_epochs is not None:
             parts.append(self.epochs_done / budget.max_epochs)
         if budget.time_limit is not None:
-            parts.append(self.elapsed() / budget.time_limit)
+            parts.append((budget.time_used + self.elapsed()) / budget.time_limit)
         return min(1.0, max(parts))
 
     def summary(self) -> str:

@@ -80,6 +80,7 @@ EPOCH_COLUMNS = ("iteration", "run", "id", "rung", "epoch", "metrics")
 EPOCH_HEADER = ",".join(EPOCH_COLUMNS) + ",crc\n"
 EPOCHS = "epochs.csv"
 DECISIONS = "decisions.csv"  # ASHA's and TPE's decisions (phobbit.storage.decisions)
+TIME_USED = "time_used.csv"  # the training time each invocation used (storage.time_used)
 RESULTS = "results.csv"
 RUN_FILE = "run.json"
 RESULTS_LOCK = ".results.lock"
@@ -377,6 +378,7 @@ class Repository:
             self.path / DRIVER_LOCK,
             self.path / RESULTS_LOCK,
             self.path / DECISIONS,  # decided before a worker saw the bad input
+            self.path / TIME_USED,  # recorded as the run stopped on it
             self.epochs_path,
             self.models,
         ]

@@ -20,7 +20,7 @@ from synthetic import failing_curve, x_curve
 
 from phobbit import ParallelHyperband
 from phobbit.core.asha import AsynchronousHyperband, asha_budget_epochs
-from phobbit.core.budget import Budget, parse_duration
+from phobbit.core.budget import Budget, format_duration, parse_duration
 from phobbit.core.records import RunSettings, Segment, Status, Tuning, config_name
 from phobbit.core.samplers import RandomSampler, TPESampler
 from phobbit.core.schedule import brackets
@@ -480,10 +480,22 @@ def test_time_limit_stops_at_a_segment_boundary_on_the_simulated_clock(tmp_path)
     assert executor.makespan() >= 20  # it stopped when a worker came free past it
     assert len(rows(repo)) == len(executor.trace)  # those in flight finished
     before = rows(repo)
+    # The limit is the run's, over its invocations: the same limit again has nothing left.
+    again = SimulatedExecutor(2)
+    resumed = tuner(repo, again, algorithm="asha", time_limit="20s")
+    resumed.run(R=9, eta=3)
+    assert resumed.stopped_by == "time_limit" and not again.trace and rows(repo) == before
+    assert resumed.budget.time_used == executor.makespan()
+    # A larger one gives the run what it adds: here 20 s more.
     later = SimulatedExecutor(2)
-    tuner(repo, later, algorithm="asha", time_limit="20s").run(R=9, eta=3)
+    more = tuner(repo, later, algorithm="asha", time_limit="40s")
+    more.run(R=9, eta=3)
     assert rows(repo)[: len(before)] == before and len(rows(repo)) > len(before)
-    assert all(entry.start < 20 for entry in later.trace)
+    assert all(entry.start < 40 - executor.makespan() for entry in later.trace)
+    assert (
+        more.budget.time_text()
+        == f"time limit 40s, {format_duration(round(40 - executor.makespan()))} left"
+    )
 
 
 @pytest.mark.parametrize("algorithm", ["hyperband", "asha"])
@@ -777,3 +789,14 @@ def test_a_decision_with_a_long_choice_value_reads_back(tmp_path: Path) -> None:
     DecisionLog(repository).append(segment)
     read = DecisionLog(repository).read()
     assert [d.hparams for d in read] == [{"a": long}, {"a": long}]
+
+
+def test_a_time_limit_counts_the_time_earlier_invocations_used() -> None:
+    budget = Budget(time_limit="10m", time_used=180.0)
+    assert budget.spent(419.0, 0) is None and budget.spent(420.0, 0) == "time_limit"
+    assert budget.time_left(60.0) == 360.0
+    assert budget.time_text() == "time limit 10m, 7m left"
+    assert Budget(time_limit=60, time_used=90.0).time_text() == "time limit 1m, 0s left"
+    assert Budget(max_epochs=5).time_text() is None
+    with pytest.raises(ValueError, match="time_used must be seconds >= 0"):
+        Budget(time_used=-1.0)

@@ -23,6 +23,7 @@ from joblib.externals.loky.process_executor import TerminatedWorkerError
 from synthetic import x_curve
 
 from phobbit import ParallelHyperband
+from phobbit.core.budget import Budget
 from phobbit.core.plan import Plan
 from phobbit.core.records import RunSettings, Segment, SegmentKey, Tuning
 from phobbit.core.space import Space
@@ -34,7 +35,7 @@ from phobbit.execution.scheduler import (
     SilentReporter,
 )
 from phobbit.execution.simulated import Fault, SimulatedExecutor, TraceEntry
-from phobbit.execution.worker import train_segment
+from phobbit.execution.worker import WorkerNotPinnedError, train_segment
 from phobbit.reporting.plain import PlainReporter
 from phobbit.storage.repository import Repository
 from phobbit.storage.results import results_frame
@@ -492,3 +493,40 @@ def test_a_segment_lost_while_queued_is_neither_charged_nor_suspected(
 def test_queue_ahead_must_be_a_count(tmp_path: Path, ahead: object) -> None:
     with pytest.raises(ValueError, match="queue_ahead must be an integer >= 0"):
         Run(tmp_path, queue_ahead=ahead)
+
+
+def test_a_worker_not_pinned_leaves_the_others_running_and_takes_new_work_at_once(
+    tmp_path: Path, serial: pd.DataFrame
+) -> None:
+    # A loky pool (can_kill_one False) is not broken by an unpinned worker: the driver
+    # must not wait for everything in flight before it hands out the next segments.
+    victim, long = handed_out_first(2, 2)
+    run = Run(
+        tmp_path,
+        workers=2,
+        fail={victim: [WorkerNotPinnedError("no free slot among 2 after 30 s")]},
+        duration=lambda segment: 50.0 if segment.key == long else 1.0,
+    )()
+    [unpinned, rerun] = run.traced(victim)
+    [long_one] = run.traced(long)
+    assert long_one.outcome == "done"
+    assert unpinned.end <= rerun.start < long_one.end, "it waited for the long segment"
+    pd.testing.assert_frame_equal(run.table(), serial)
+
+
+def test_a_retry_requeued_after_the_budget_is_spent_is_said_left_for_the_next_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    victim, _ = handed_out_first(2, 2)
+    # Two one-epoch segments spend max_epochs=2; the victim's worker dies after that.
+    run = Run(
+        tmp_path,
+        workers=2,
+        fail={victim: [TerminatedWorkerError(OOM)]},
+        can_kill_one=True,
+        budget=Budget(max_epochs=2),
+    )()
+    assert run.scheduler.stopped_by == "max_epochs"
+    assert run.scheduler.left_for_resume == [victim]
+    assert "1 segment(s) to retry are left for the next run" in caplog.text
+    assert victim not in run.repository.results()
