@@ -299,6 +299,11 @@ def answer_score(
 _RELEASE_FRACTIONS = tuple(i / 10 for i in range(1, 10))
 # Seeds of the segment lengths (epochs +-30%) a candidate order must keep the makespan on.
 _JITTER_DRAWS = (1, 2, 3, 4, 5, 6)
+# The search runs each candidate forwards over every segment of the run: past this many
+# segments (R=243 has 611 in one iteration, R=729 about 1,800, R=81 x 5 iterations about
+# 1,000) it would cost the plan seconds, and the run keeps plain latest start (with several
+# iterations, ``iterations_first`` already brings the first iteration's answers forward).
+SEARCH_SEGMENTS = 1_000
 
 
 def anytime_release(
@@ -320,7 +325,8 @@ def anytime_release(
     ``tolerance`` of its mean and no draw beyond twice that, and whose first
     full-fidelity result comes no later,
     the one of lowest ``answer_score`` wins; none at all when none beats plain
-    latest start. A function of the schedule, iterations and workers alone
+    latest start, or when the run has more than ``SEARCH_SEGMENTS`` segments (the
+    search would cost the plan seconds). A function of the schedule, iterations and workers alone
     (cached), so every worker count always gets the same order.
 
     Returns:
@@ -341,6 +347,8 @@ def _anytime_release(
     tolerance: float,
 ) -> tuple[tuple[tuple[int, int], int], ...]:
     brackets = list(schedule)
+    if iterations * sum(r.n for b in brackets for r in b.rungs) > SEARCH_SEGMENTS:
+        return ()
 
     def run(latest: Mapping[RungKey, list[int]], draw: int | None) -> tuple:
         jitter = None if draw is None else random.Random(draw)

@@ -127,3 +127,16 @@ def test_on_two_or_three_workers_the_deepest_bracket_answers_in_the_first_third(
     (makespan, first, _), _ = _both(R, workers)
     assert first <= makespan / 3
     assert (0, brackets(R, 3)[0].s) in anytime_release(brackets(R, 3), 1, workers)
+
+
+def test_a_run_too_large_to_search_keeps_latest_start_and_plans_at_once() -> None:
+    from phobbit.core.dispatch import SEARCH_SEGMENTS
+
+    # R=81 on one worker gains a release in one iteration; ten iterations (2,060
+    # segments) would make every candidate's forward run cost the plan seconds.
+    schedule = brackets(81, 3)
+    segments = sum(r.n for b in schedule for r in b.rungs)
+    assert segments <= SEARCH_SEGMENTS < 10 * segments
+    assert anytime_release(schedule, 1, 1)
+    assert anytime_release(schedule, 10, 1) == {}
+    assert AnytimePolicy(schedule, 10, 1).release == {}
