@@ -35,6 +35,7 @@ from phobbit.core.schedule import Bracket, brackets
 from phobbit.errors import RepositoryError
 from phobbit.storage import checkpoints
 from phobbit.storage.decisions import DecisionLog
+from phobbit.storage.lease import driver_alive
 from phobbit.storage.repository import DRIVER_FILE, DRIVER_LOCK, Repository
 
 if TYPE_CHECKING:
@@ -133,7 +134,9 @@ class RunStatus:
     Attributes:
         settings: the run's settings (``run.json``).
         rungs: every rung of every bracket and iteration, segments done of planned.
-        epochs_done / epochs_total: epochs trained of the most the run trains.
+        epochs_done / epochs_total: epochs the rows say were trained (a segment stopped
+            early by a callback counts what it trained, a failed one none), of those
+            plus what the unfinished segments plan.
         segments_done / segments_total: finished segments of all planned.
         failed: finished segments that failed.
         first_start / last_end: the first segment's start and the last one's end
@@ -416,11 +419,13 @@ class RepositoryView:
     def driver(self) -> DriverState:
         """Whether a driver runs in the repository now, and who it is or was.
 
-        A live driver holds ``.driver.lock``; trying the lock without waiting
-        tells, and never blocks a driver for longer than the try.
+        Judged by the driver's lease as a new driver judges it (``lease.driver_alive``):
+        ``driver.json``'s pid, host, process start time and token, so a deleted
+        ``.driver.lock`` under a live driver still reads "running", and a dead
+        driver's leftover lock reads "not running". The lock is tried too (for an
+        instant, never blocking a driver longer), for a driver whose ``driver.json``
+        cannot be read.
         """
-        from filelock import FileLock, Timeout
-
         try:
             record = self.repository.driver_record() or {}
         except RecursionError:  # a driver.json nested absurdly deep
@@ -440,18 +445,30 @@ class RepositoryView:
             ended=_number(record.get("ended")),
             heartbeat=heartbeat,
         )
+        alive = driver_alive(record, heartbeat)
+        if alive:
+            return dataclasses.replace(state, running=True)
+        held = self._driver_lock_held()
+        if held is None and alive is None:
+            return dataclasses.replace(state, running=None)
+        return dataclasses.replace(state, running=bool(held))
+
+    def _driver_lock_held(self) -> bool | None:
+        """Whether a process holds ``.driver.lock`` now; None when that cannot be tried."""
+        from filelock import FileLock, Timeout
+
         lock_path = self.path / DRIVER_LOCK
         if not lock_path.exists():
-            return state
+            return False
         try:
             lock = FileLock(str(lock_path), timeout=0)
             lock.acquire()
         except Timeout:
-            return dataclasses.replace(state, running=True)
+            return True
         except OSError:
-            return dataclasses.replace(state, running=None)
+            return None
         lock.release()
-        return state
+        return False
 
     def status(self) -> RunStatus:
         """Where the run stands now: progress per rung, epochs, failures, driver, time left."""
@@ -462,8 +479,16 @@ class RepositoryView:
         rungs = schedule_progress(brackets(settings.R, settings.eta), settings.iterations, done)
         if settings.algorithm == "asha":  # its rungs hold what it has decided so far
             rungs = decided_progress(rungs, DecisionLog(self.repository).read())
-        epochs_done = sum(r.done * r.segment_epochs for r in rungs)
-        epochs_total = sum(r.n * r.segment_epochs for r in rungs)
+        # What the rows say was trained: a segment a callback stopped early trained fewer
+        # epochs than its rung plans, and a failed one is counted as training none (its
+        # row does not say how far it got).
+        epochs_done = sum(trained_epochs(r) for r in rows.values())
+        # The most the run trains: what the finished segments trained, and what the rest plan.
+        segment_epochs = {(r.iteration, r.s, r.rung): r.segment_epochs for r in rungs}
+        planned_done = sum(
+            segment_epochs.get((r.iteration, r.s, r.rung), 0) for r in rows.values()
+        )
+        epochs_total = sum(r.n * r.segment_epochs for r in rungs) - planned_done + epochs_done
         now = time.time()
         left = None
         if rows and driver.running and driver.started is not None:
@@ -496,6 +521,11 @@ class RepositoryView:
             best=best,
             checked_at=now,
         )
+
+
+def trained_epochs(row: SegmentResult) -> int:
+    """The epochs a row's segment trained: ``epochs - start_epoch``, none for a failed one."""
+    return max(0, row.epochs - row.start_epoch) if row.ok else 0
 
 
 def metric_order(names: Sequence[str]) -> list[str]:
