@@ -35,6 +35,7 @@ from phobbit.storage.framing import float_value as _float_value
 from phobbit.storage.framing import framed as _framed
 from phobbit.storage.framing import nesting as _nesting
 from phobbit.storage.framing import unframed as _unframed
+from phobbit.storage.index import ResultsIndex, read_index
 
 # The lease's names that the folder's readers and writers use, importable from here.
 from phobbit.storage.lease import (  # noqa: F401 - re-exported
@@ -543,6 +544,24 @@ class Repository:
         kept = list(rows)
         last = {row.key: index for index, row in enumerate(kept)}
         yield from (row for index, row in enumerate(kept) if row.ok or last[row.key] == index)
+
+    def index(self, save: bool = True) -> ResultsIndex:
+        """The column index of ``results.csv`` (``phobbit.storage.index``): the rows
+        ``iter_results`` reads, as numbers, kept up to date beside the file.
+
+        Args:
+            save: write the index back to the folder when it grew (best effort).
+
+        Raises:
+            RepositoryError: when ``results.csv`` cannot be read or is not a results file.
+        """
+        return read_index(
+            self.results_path,
+            self.provenance,
+            lambda first: _check_header(self.results_path, first),
+            self._warned,
+            save,
+        )
 
     def results(self) -> dict[SegmentKey, SegmentResult]:
         """The first intact final row of every segment, by (iteration, s, id, rung).

@@ -35,6 +35,7 @@ from phobbit.core.schedule import Bracket, brackets
 from phobbit.errors import RepositoryError
 from phobbit.storage import checkpoints
 from phobbit.storage.decisions import DecisionLog
+from phobbit.storage.index import ResultsIndex
 from phobbit.storage.lease import driver_alive
 from phobbit.storage.repository import DRIVER_FILE, DRIVER_LOCK, Repository
 
@@ -471,41 +472,41 @@ class RepositoryView:
         return False
 
     def status(self) -> RunStatus:
-        """Where the run stands now: progress per rung, epochs, failures, driver, time left."""
+        """Where the run stands now: progress per rung, epochs, failures, driver, time left.
+
+        Read from the column index of ``results.csv`` (``Repository.index``): only the
+        best row is decoded in full, so it stays quick on a run of 100,000 rows.
+        """
         settings = self.settings
-        rows = self.repository.results()
+        index = self.repository.index()
+        rows = index.segments()  # what Repository.results() holds, by index
         driver = self.driver()
-        done = Counter((i, s, rung) for i, s, _, rung in rows)
+        its, ss, rungs_of = index.iteration, index.s, index.rung
+        done = Counter((its[i], ss[i], rungs_of[i]) for i in rows)
         rungs = schedule_progress(brackets(settings.R, settings.eta), settings.iterations, done)
         if settings.algorithm == "asha":  # its rungs hold what it has decided so far
             rungs = decided_progress(rungs, DecisionLog(self.repository).read())
         # What the rows say was trained: a segment a callback stopped early trained fewer
         # epochs than its rung plans, and a failed one is counted as training none (its
         # row does not say how far it got).
-        epochs_done = sum(trained_epochs(r) for r in rows.values())
+        trained = [
+            max(0, index.epochs[i] - index.start_epoch[i]) if index.ok(i) else 0 for i in rows
+        ]
+        epochs_done = sum(trained)
         # The most the run trains: what the finished segments trained, and what the rest plan.
         segment_epochs = {(r.iteration, r.s, r.rung): r.segment_epochs for r in rungs}
-        planned_done = sum(
-            segment_epochs.get((r.iteration, r.s, r.rung), 0) for r in rows.values()
-        )
+        planned_done = sum(segment_epochs.get(key, 0) * n for key, n in done.items())
         epochs_total = sum(r.n * r.segment_epochs for r in rungs) - planned_done + epochs_done
         now = time.time()
         left = None
         if rows and driver.running and driver.started is not None:
-            trained = sum(
-                r.epochs - r.start_epoch for r in rows.values() if r.end >= driver.started
+            since = driver.started
+            # Every epoch of a row that ended since the driver started, as before.
+            recent = sum(
+                index.epochs[i] - index.start_epoch[i] for i in rows if index.end[i] >= since
             )
-            left = estimate_left(epochs_done, epochs_total, trained, now - driver.started)
-        goal = settings.goal
-        best = min(
-            (r for r in rows.values() if goal.row_score(r) is not None),
-            key=lambda r: goal.row_score(r),
-            default=None,
-        )
-        if best is not None:
-            order = self.hparam_names
-            ordered = {n: best.hparams[n] for n in order if n in best.hparams} | best.hparams
-            best = dataclasses.replace(best, hparams=ordered)
+            left = estimate_left(epochs_done, epochs_total, recent, now - since)
+        best = self._best_row(index, rows)
         return RunStatus(
             settings=settings,
             rungs=tuple(rungs),
@@ -513,14 +514,36 @@ class RepositoryView:
             epochs_total=epochs_total,
             segments_done=len(rows),
             segments_total=sum(r.n for r in rungs),
-            failed=sum(1 for row in rows.values() if not row.ok),
-            first_start=min((row.start for row in rows.values()), default=None),
-            last_end=max((row.end for row in rows.values()), default=None),
+            failed=sum(1 for i in rows if not index.ok(i)),
+            first_start=min((index.start[i] for i in rows), default=None),
+            last_end=max((index.end[i] for i in rows), default=None),
             driver=driver,
             seconds_left=left,
             best=best,
             checked_at=now,
         )
+
+    def _best_row(self, index: ResultsIndex, rows: Sequence[int]) -> SegmentResult | None:
+        """The best of ``rows`` by the run's objective (the first written of equals),
+        decoded, its hparams in the search space's order; None when none has a score."""
+        goal = self.settings.goal
+        by_val_loss = goal.name == "val_loss"
+        best, held = None, math.inf
+        for i in rows:
+            if not index.ok(i):
+                continue
+            value = index.objective[i]
+            if math.isnan(value) and by_val_loss:
+                value = index.val_loss[i]  # a row from before objectives: its val loss
+            score = goal.score(value)
+            if score is not None and score < held:
+                best, held = i, score
+        if best is None:
+            return None
+        row = index.rows([best])[0]
+        order = self.hparam_names
+        ordered = {n: row.hparams[n] for n in order if n in row.hparams} | row.hparams
+        return dataclasses.replace(row, hparams=ordered)
 
 
 def trained_epochs(row: SegmentResult) -> int:
