@@ -528,6 +528,29 @@ def best_table(frame: Any, top: int, order: Sequence[str] = ()) -> Table:
         top: how many rows.
         order: hyperparameter names in the search space's order (else as stored).
     """
+    from phobbit.core.records import Status  # lazy: `phobbit brackets` stays light
+    from phobbit.storage.results import COLUMNS
+
+    failed = bool((frame["Status"] != Status.OK).any())
+    scores = ["Val Loss"] + [c for c in frame.columns if c not in COLUMNS]  # the objective's
+    return _results_table(list(frame.head(top).iterrows()), len(frame), failed, scores, order)
+
+
+def ranking_table(ranking: Any, top: int, order: Sequence[str] = ()) -> Table:
+    """``best_table`` of a ``phobbit.storage.view.Ranking``: the same table, built from the
+    column index without pandas (``phobbit best``)."""
+    scores = ["Val Loss"] + ([ranking.label] if ranking.label else [])
+    return _results_table(ranking.top(top), len(ranking), ranking.failed, scores, order)
+
+
+def _results_table(
+    rows: Sequence[tuple[Any, Any]],
+    total: int,
+    failed: bool,
+    scores: Sequence[str],
+    order: Sequence[str],
+) -> Table:
+    """The table of ``rows`` ((trial, row with the results table's columns)) of ``total``."""
     from rich import box
     from rich.table import Table
     from rich.text import Text
@@ -536,18 +559,14 @@ def best_table(frame: Any, top: int, order: Sequence[str] = ()) -> Table:
     from phobbit.reporting.plain import format_hparams
 
     table = Table(
-        title=f"Best {min(top, len(frame))} of {len(frame)} configurations",
+        title=f"Best {min(len(rows), total)} of {total} configurations",
         title_justify="left",
         box=box.SIMPLE_HEAD,
     )
-    from phobbit.storage.results import COLUMNS
-
-    failed = bool((frame["Status"] != Status.OK).any())
-    scores = ["Val Loss"] + [c for c in frame.columns if c not in COLUMNS]  # the objective's
     columns = ("Trial", *scores, "Epochs", "Hparams") + (("Status",) if failed else ())
     for column in columns:
         table.add_column(column, justify="right" if column in (*scores, "Epochs") else "left")
-    for trial, row in frame.head(top).iterrows():
+    for trial, row in rows:
         values = ["-" if math.isnan(row[c]) else f"{row[c]:.4g}" for c in scores]
         hparams = format_hparams(_in_order(row["Hparams"], order))
         cells = [str(trial), *values, str(row["Epochs"]), hparams]
@@ -563,18 +582,20 @@ def _best(args: argparse.Namespace, console: Console) -> int:
     from phobbit.storage.view import open_repository
 
     run = open_repository(args.repo)
+    # From the column index, not the pandas table: quick on a run of 100,000 rows.
+    ranking = run.ranking()
     if args.json:
-        print(json.dumps([b.to_dict(run.path) for b in run.best(args.top)], indent=2))
+        best = run.best(args.top, ranking)
+        print(json.dumps([b.to_dict(run.path) for b in best], indent=2))
         return 0
-    frame = run.results()
-    if frame.empty:
+    if not len(ranking):
         console.print(f"{args.repo} has no results yet", soft_wrap=True)
         return 0
     how = _algorithm_words(run.settings.algorithm, run.settings.sampler)
     if how:
         console.print(f"Algorithm: {how.rstrip(', ')}", soft_wrap=True)
-    console.print(best_table(frame, args.top, run.hparam_names))
-    model_path = _checkpoint(run.repository, frame.iloc[0], run.settings.goal)
+    console.print(ranking_table(ranking, args.top, run.hparam_names))
+    model_path = run.best(1, ranking)[0].checkpoint
     if model_path is not None:
         console.print(f"Best model: {model_path}", soft_wrap=True)
     return 0
