@@ -631,6 +631,34 @@ def _export(repo: str, path: str, trial: str | None) -> int:
 
 # -- status ----------------------------------------------------------------------
 
+SHOWN_ITERATIONS = 3  # a run of more iterations shows its finished ones as one line
+
+
+def _fold_finished(rungs: Sequence[Any]) -> tuple[str, list[Any]]:
+    """The finished iterations said in words (``"0-480, 482"``), and the rungs left to show.
+
+    A run of hundreds of iterations would otherwise print (and lay out: seconds) a table
+    row per bracket of each; the last finished iteration stays in the table (the last two,
+    when all are finished).
+    """
+    iterations = sorted({r.iteration for r in rungs})
+    if len(iterations) <= SHOWN_ITERATIONS:
+        return "", list(rungs)
+    unfinished = {r.iteration for r in rungs if r.done < r.n}
+    # Two iterations at least stay in the table, so that its rows name their iteration.
+    complete = [i for i in iterations if i not in unfinished][: -max(1, 2 - len(unfinished))]
+    if not complete:
+        return "", list(rungs)
+    folded = set(complete)
+    spans: list[list[int]] = []
+    for i in complete:
+        if spans and spans[-1][1] == i - 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    words = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+    return words, [r for r in rungs if r.iteration not in folded]
+
 
 def _status(path: str, console: Console) -> int:
     from phobbit.cli.terminal import best_line, format_duration, rung_table
@@ -645,7 +673,10 @@ def _status(path: str, console: Console) -> int:
         f"{settings.iterations} iteration(s); {how}driver {status.driver.describe()}",
         soft_wrap=True,
     )
-    console.print(rung_table(status.rungs))
+    finished, shown = _fold_finished(status.rungs)
+    if finished:
+        console.print(f"Iterations {finished}: every segment done", soft_wrap=True)
+    console.print(rung_table(shown))
     done, total = status.epochs_done, status.epochs_total
     line = (
         f"{done}/{total} epochs ({100 * done / max(total, 1):.0f}%), "

@@ -45,7 +45,7 @@ MAX_INDEX_BYTES = 2**31  # about 24 million rows; a larger index is built anew o
 _INTS = ("iteration", "s", "id", "rung", "start_epoch", "epochs", "offset")
 _FLOATS = ("val_loss", "objective", "start", "end")
 _FLAGS = ("ok", "final")
-_OK, _FINAL = 1, 2
+OK, FINAL = 1, 2  # the bits of ``ResultsIndex.flags``
 
 
 @dataclass
@@ -94,7 +94,7 @@ class ResultsIndex:
         keys = self.keys()
         last = dict(zip(keys, range(len(keys))))  # a later row of a key overwrites
         flags = self.flags
-        return [i for i in range(len(keys)) if flags[i] & _OK or last[keys[i]] == i]
+        return [i for i in range(len(keys)) if flags[i] & OK or last[keys[i]] == i]
 
     def segments(self) -> list[int]:
         """The rows ``Repository.results`` holds, by index: the first kept final row of
@@ -102,17 +102,17 @@ class ResultsIndex:
         keys, flags = self.keys(), self.flags
         first: dict[SegmentKey, int] = {}
         for i in self.kept():
-            if flags[i] & _FINAL:
+            if flags[i] & FINAL:
                 first.setdefault(keys[i], i)
         return list(first.values())
 
     def ok(self, i: int) -> bool:
         """Whether row ``i`` trained without failing."""
-        return bool(self.flags[i] & _OK)
+        return bool(self.flags[i] & OK)
 
     def final(self, i: int) -> bool:
         """Whether row ``i`` is final (``SegmentResult.final``)."""
-        return bool(self.flags[i] & _FINAL)
+        return bool(self.flags[i] & FINAL)
 
     def value(self, column: str, i: int) -> float | None:
         """A float column's value of row ``i``, None where the row has none."""
@@ -151,7 +151,7 @@ class ResultsIndex:
         self.objective.append(math.nan if row.objective is None else row.objective)
         self.start.append(row.start)
         self.end.append(row.end)
-        self.flags.append((_OK if row.ok else 0) | (_FINAL if row.final else 0))
+        self.flags.append((OK if row.ok else 0) | (FINAL if row.final else 0))
 
     def _columns(self) -> Iterator[array]:
         for name in (*_INTS, *_FLOATS, "flags"):
