@@ -25,7 +25,7 @@ import os
 import sys
 import zlib
 from array import array
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,12 +59,14 @@ class ResultsIndex:
 
     Attributes:
         path: the results file.
+        decode: a line's row, or None (``repository.decode_row``).
         size: the bytes of the file indexed (up to the last whole line).
         skipped: rows the run cannot have written, left out; ``first`` says why the
             first was.
     """
 
     path: Path
+    decode: Callable[[bytes], SegmentResult | None]
     iteration: array = field(default_factory=lambda: array("q"))
     s: array = field(default_factory=lambda: array("q"))
     id: array = field(default_factory=lambda: array("q"))
@@ -125,8 +127,6 @@ class ResultsIndex:
         Raises:
             RepositoryError: when the file cannot be read again, or no longer holds them.
         """
-        from phobbit.storage.repository import decode_row
-
         found = []
         try:
             handle = files.open_read(self.path)
@@ -135,7 +135,7 @@ class ResultsIndex:
             with handle:
                 for i in indices:
                     handle.seek(self.offset[i])
-                    row = decode_row(handle.readline(files.MAX_LINE_BYTES))
+                    row = self.decode(handle.readline(files.MAX_LINE_BYTES))
                     if row is None:
                         raise RepositoryError(f"{self.path} changed while it was read; try again")
                     found.append(row)
@@ -161,8 +161,10 @@ class ResultsIndex:
 def read_index(
     path: Path,
     provenance: Provenance | None,
-    check_header: Any,
+    check_header: Callable[[bytes], None],
     warned: MutableMapping[str, int],
+    decode: Callable[[bytes], SegmentResult | None],
+    remedy: str = "",
     save: bool = True,
 ) -> ResultsIndex:
     """The index of results file ``path``: the saved one, extended by the rows appended
@@ -173,33 +175,32 @@ def read_index(
         provenance: what rows the run can have written; None indexes every intact row.
         check_header: raises ``RepositoryError`` for a first line that is no results header.
         warned: the repository's memory of skipped rows it logged (``sifting.possible``).
+        decode: a line's row, or None for a torn, corrupt or header line.
+        remedy: what to do when the file cannot be read, said after the message.
         save: write the index back when it grew (best effort).
 
     Raises:
         RepositoryError: when ``results.csv`` cannot be read or is not a results file.
     """
-    from phobbit.storage.repository import UNREADABLE_RESULTS, decode_row
-
     try:
         handle = files.open_read(path)
     except OSError as exc:
-        raise RepositoryError(
-            f"cannot read {path}: {exc.strerror}; {UNREADABLE_RESULTS}"
-        ) from None
+        tail = f"; {remedy}" if remedy else ""
+        raise RepositoryError(f"cannot read {path}: {exc.strerror}{tail}") from None
     if handle is None:
-        return ResultsIndex(path)
+        return ResultsIndex(path, decode)
     sift = _fingerprint(provenance)
     with handle:
         stat = os.fstat(handle.fileno())
-        index = _load(path, stat, sift, handle)
+        index = _load(path, decode, stat, sift, handle)
         grown = index is None
         if index is None:
-            index = ResultsIndex(path)
+            index = ResultsIndex(path, decode)
             check_header(handle.readline(files.MAX_LINE_BYTES))
             index.size = handle.tell()
         handle.seek(index.size)
         try:
-            grown = _extend(index, handle, provenance, decode_row) or grown
+            grown = _extend(index, handle, provenance) or grown
         except OSError as exc:
             raise RepositoryError(f"cannot read {path}: {exc.strerror}") from None
     warn_skipped(path, index.skipped, index.first, warned)
@@ -208,7 +209,7 @@ def read_index(
     return index
 
 
-def _extend(index: ResultsIndex, handle: Any, provenance: Provenance | None, decode: Any) -> bool:
+def _extend(index: ResultsIndex, handle: Any, provenance: Provenance | None) -> bool:
     """Indexes the whole lines from ``index.size`` on; returns whether it read any."""
     limit, grown = files.MAX_LINE_BYTES, False
     while line := handle.readline(limit + 1):
@@ -223,7 +224,7 @@ def _extend(index: ResultsIndex, handle: Any, provenance: Provenance | None, dec
             break  # a row being written (or torn at the end): read it next time
         offset = index.size
         index.size, grown = offset + len(line), True
-        row = decode(line)
+        row = index.decode(line)
         if row is None:
             continue
         reason = None if provenance is None else provenance.result(row)
@@ -252,7 +253,13 @@ def _prefix_crc(handle: Any, size: int) -> int:
     return crc
 
 
-def _load(path: Path, stat: os.stat_result, sift: str, handle: Any) -> ResultsIndex | None:
+def _load(
+    path: Path,
+    decode: Callable[[bytes], SegmentResult | None],
+    stat: os.stat_result,
+    sift: str,
+    handle: Any,
+) -> ResultsIndex | None:
     """The saved index of ``path``, if it still fits the file; None when it must be built."""
     try:
         raw = files.read_whole(path.with_name(INDEX), path.parent, MAX_INDEX_BYTES)

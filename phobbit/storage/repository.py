@@ -560,6 +560,8 @@ class Repository:
             self.provenance,
             lambda first: _check_header(self.results_path, first),
             self._warned,
+            decode_row,
+            UNREADABLE_RESULTS,
             save,
         )
 
