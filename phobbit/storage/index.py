@@ -281,7 +281,7 @@ def _load(
         if not 0 < size <= stat.st_size or rows < 0 or _prefix_crc(handle, size) != meta["crc"]:
             return None
         index = ResultsIndex(
-            path, size=size, skipped=int(meta["skipped"]), first=str(meta["first"])
+            path, decode, size=size, skipped=int(meta["skipped"]), first=str(meta["first"])
         )
         at = 0
         for column in index._columns():

@@ -15,7 +15,7 @@ from conftest import run_settings
 from phobbit import open_repository
 from phobbit.core.records import SegmentResult
 from phobbit.storage.index import INDEX
-from phobbit.storage.repository import LEGACY_HEADER, Repository, encode_row
+from phobbit.storage.repository import LEGACY_HEADER, Repository, decode_row, encode_row
 from phobbit.storage.view import RunStatus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,6 +137,28 @@ def test_the_index_is_extended_by_appended_rows_and_rebuilt_when_the_file_is_ano
     repo.results_path.write_text(old)
     repo.append(row(8, loss=0.8))
     assert [r.id for r in (repo.index().rows(list(range(7))))] == [0, 1, 2, 3, 4, 7, 8]
+
+
+def test_a_saved_index_is_read_back_and_only_the_rows_appended_since_are_decoded(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from phobbit.storage import repository as module
+
+    for new in every_kind_of_row()[:5]:
+        repo.append(new)
+    repo.index()
+    decoded: list[bytes] = []
+
+    def counting(line: bytes) -> SegmentResult | None:
+        decoded.append(line)
+        return decode_row(line)
+
+    monkeypatch.setattr(module, "decode_row", counting)
+    assert len(Repository(repo.path).index()) == 5 and decoded == []
+    repo.append(row(7, loss=0.9))
+    fresh = Repository(repo.path)
+    assert len(fresh.index()) == 6 and len(decoded) == 1
+    assert [r.id for r in fresh.index().rows([5])] == [7]
 
 
 def test_an_edited_results_file_or_a_damaged_index_is_read_anew(repo: Repository) -> None:
