@@ -6,8 +6,10 @@ What ``phobbit status`` and ``phobbit best`` print, for library users too::
     >>> run = phobbit.open_repository("phobbit_repo")
     >>> run.status().epochs_done, run.best(1)[0].checkpoint
 
-A view only reads, and is safe to use while a driver writes to the folder: it
-never takes the results lock, and tries the driver lock for an instant only.
+A view only reads the run, and is safe to use while a driver writes to the folder: it
+never takes the results lock, and tries the driver lock for an instant only. The one
+file it writes is derived, never data: the column index of ``results.csv``
+(``phobbit.storage.index``, replaced whole, skipped where the folder is not writable).
 It is apart from ``Repository``, whose methods are the writers' (appends under
 the lock, fencing, the driver lock), so that readers hold no write method and
 the repository module imports no pandas (the results table is built here, on
