@@ -712,6 +712,37 @@ def best_table(
             val loss alone beside the objective.
         columns: the metrics to show (``--columns``); None: ``metric_columns``' default.
     """
+    from phobbit.core.records import Status  # lazy: `phobbit brackets` stays light
+
+    failed = bool((frame["Status"] != Status.OK).any())
+    rows = list(frame.head(top).iterrows())
+    return _results_table(rows, len(frame), failed, order, objective, metrics, columns)
+
+
+def ranking_table(
+    ranking: Any,
+    top: int,
+    order: Sequence[str] = (),
+    objective: Any = None,
+    metrics: dict[str, dict[str, float]] | None = None,
+    columns: Sequence[str] | None = None,
+) -> Table:
+    """``best_table`` of a ``phobbit.storage.view.Ranking``: the same table, built from the
+    column index without pandas (``phobbit best``)."""
+    rows = ranking.top(top)
+    return _results_table(rows, len(ranking), ranking.failed, order, objective, metrics, columns)
+
+
+def _results_table(
+    rows: Sequence[tuple[Any, Any]],
+    total: int,
+    failed: bool,
+    order: Sequence[str],
+    objective: Any,
+    metrics: dict[str, dict[str, float]] | None,
+    columns: Sequence[str] | None,
+) -> Table:
+    """The table of ``rows`` ((trial, row with the results table's columns)) of ``total``."""
     from rich import box
     from rich.table import Table
     from rich.text import Text
@@ -723,13 +754,12 @@ def best_table(
     objective = objective or VAL_LOSS
     metrics = metrics or {}
     table = Table(
-        title=f"Best {min(top, len(frame))} of {len(frame)} configurations",
+        title=f"Best {min(len(rows), total)} of {total} configurations",
         title_justify="left",
         box=box.SIMPLE_HEAD,
     )
-    failed = bool((frame["Status"] != Status.OK).any())
     shown, _ = metric_columns(objective, metrics, columns)
-    listed = "Val Loss" if objective.is_val_loss else objective.label  # the frame's column
+    listed = "Val Loss" if objective.is_val_loss else objective.label  # the table's column
     heads = [f"{objective.label} ({objective.direction})", *map(metric_label, shown)]
     for column in ("Trial", *heads, "Epochs", "Hparams") + (("Status",) if failed else ()):
         table.add_column(
@@ -742,7 +772,7 @@ def best_table(
             return logged[name]
         return row["Val Loss"] if name == "val_loss" else math.nan  # an older repository
 
-    for trial, row in frame.head(top).iterrows():
+    for trial, row in rows:
         values = [row[listed], *(value(str(trial), row, n) for n in shown)]
         cells = [str(trial), *("-" if math.isnan(v) else f"{v:.4g}" for v in values)]
         cells += [str(row["Epochs"]), format_hparams(_in_order(row["Hparams"], order))]
@@ -758,23 +788,24 @@ def _best(args: argparse.Namespace, console: Console) -> int:
     from phobbit.storage.view import open_repository
 
     run = open_repository(args.repo)
+    # From the column index, not the pandas table: quick on a run of 100,000 rows.
+    ranking = run.ranking()
     if args.json:
-        print(json.dumps([b.to_dict() for b in run.best(args.top)], indent=2))
+        print(json.dumps([b.to_dict() for b in run.best(args.top, ranking)], indent=2))
         return 0
-    frame = run.results()
-    if frame.empty:
+    if not len(ranking):
         console.print(f"{args.repo} has no results yet", soft_wrap=True)
         return 0
     goal = run.settings.goal
-    metrics = run.scoring_metrics(frame.head(args.top))
+    metrics = run.scoring_metrics(ranking.top(args.top))
     _, unknown = metric_columns(goal, metrics, args.columns)
     if unknown:
         raise InputError(unknown_columns_message(unknown, metrics))
     how = _algorithm_words(run.settings.algorithm, run.settings.sampler)
     if how:
         console.print(f"Algorithm: {how.rstrip(', ')}", soft_wrap=True)
-    console.print(best_table(frame, args.top, run.hparam_names, goal, metrics, args.columns))
-    model_path = _checkpoint(run.repository, frame.iloc[0], run.settings.goal)
+    console.print(ranking_table(ranking, args.top, run.hparam_names, goal, metrics, args.columns))
+    model_path = run.best(1, ranking)[0].checkpoint
     if model_path is not None:
         console.print(f"Best model: {model_path}", soft_wrap=True)
     return 0
@@ -810,6 +841,34 @@ def _export(repo: str, path: str, trial: str | None) -> int:
 
 # -- status ----------------------------------------------------------------------
 
+SHOWN_ITERATIONS = 3  # a run of more iterations shows its finished ones as one line
+
+
+def _fold_finished(rungs: Sequence[Any]) -> tuple[str, list[Any]]:
+    """The finished iterations said in words (``"0-480, 482"``), and the rungs left to show.
+
+    A run of hundreds of iterations would otherwise print (and lay out: seconds) a table
+    row per bracket of each; the last finished iteration stays in the table (the last two,
+    when all are finished).
+    """
+    iterations = sorted({r.iteration for r in rungs})
+    if len(iterations) <= SHOWN_ITERATIONS:
+        return "", list(rungs)
+    unfinished = {r.iteration for r in rungs if r.done < r.n}
+    # Two iterations at least stay in the table, so that its rows name their iteration.
+    complete = [i for i in iterations if i not in unfinished][: -max(1, 2 - len(unfinished))]
+    if not complete:
+        return "", list(rungs)
+    folded = set(complete)
+    spans: list[list[int]] = []
+    for i in complete:
+        if spans and spans[-1][1] == i - 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    words = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+    return words, [r for r in rungs if r.iteration not in folded]
+
 
 def _status(path: str, console: Console) -> int:
     from phobbit.cli.terminal import best_line, format_duration, rung_table
@@ -825,7 +884,10 @@ def _status(path: str, console: Console) -> int:
         f"sampling; trained on {trained_on}; driver {status.driver.describe()}",
         soft_wrap=True,
     )
-    console.print(rung_table(status.rungs))
+    finished, shown = _fold_finished(status.rungs)
+    if finished:
+        console.print(f"Iterations {finished}: every segment done", soft_wrap=True)
+    console.print(rung_table(shown))
     done, total = status.epochs_done, status.epochs_total
     line = (
         f"{done}/{total} epochs ({100 * done / max(total, 1):.0f}%), "

@@ -13,11 +13,12 @@ import math
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from phobbit.errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DISTRIBUTIONS = (
     "uniform",
@@ -67,9 +68,10 @@ def _plain(value: Any, name: str, depth: int = 0) -> Any:
             dicts with non-string keys, other objects, nesting deeper than
             ``MAX_NESTING``.
     """
-    if isinstance(value, np.ndarray):
+    np = _numpy()
+    if np is not None and isinstance(value, np.ndarray):
         value = value.tolist()
-    elif isinstance(value, np.generic):
+    elif np is not None and isinstance(value, np.generic):
         value = value.item()  # np.int64 -> int, np.float32 -> float, np.str_ -> str
     if value is None or isinstance(value, (bool, int, str)):
         return value
@@ -96,7 +98,19 @@ def _plain(value: Any, name: str, depth: int = 0) -> Any:
 
 def _number(value: Any) -> Any:
     """A numpy scalar as the Python number it holds; anything else unchanged."""
+    np = _numpy()
+    if np is None:
+        return value
     return value.item() if isinstance(value, (np.integer, np.floating)) else value
+
+
+def _numpy() -> Any:
+    """numpy if something has imported it, else None: then no value can be a numpy one.
+
+    Read this way so that the readers of a repository (``phobbit status``, ``best``)
+    start without importing numpy, which only sampling needs.
+    """
+    return sys.modules.get("numpy")
 
 
 def _is_number(value: Any) -> bool:
@@ -382,6 +396,8 @@ class Space:
 
     def sample(self, seed: int, iteration: int, s: int, config_id: int) -> dict[str, Any]:
         """The configuration ``(iteration, s, config_id)`` of the run seeded by ``seed``."""
+        import numpy as np  # here: sampling is the one use of numpy (see _numpy)
+
         rng = np.random.default_rng([seed, iteration, s, config_id])
         # Every hyperparameter draws, active or not, so that a condition never shifts the
         # draws of the hyperparameters after it.

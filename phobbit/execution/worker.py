@@ -45,10 +45,9 @@ from phobbit.execution.trainable import (
     objective_of,
     training,
 )
-from phobbit.execution.worker_state import worker_state
+from phobbit.execution.worker_state import HIDDEN, worker_state  # noqa: F401 - HIDDEN re-exported
 from phobbit.storage.repository import Repository, this_host
 
-HIDDEN = "-1"  # the CUDA_VISIBLE_DEVICES of a CPU worker: no GPU at all
 SLOT_WAIT_S = 30.0
 PARENT_POLL_S = 0.05
 MAX_ERROR_CHARS = 500

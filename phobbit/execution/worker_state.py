@@ -19,6 +19,10 @@ from typing import Any
 
 from phobbit.storage import fence
 
+# Here, not in worker.py, so that the progress display (``phobbit status``) can name a CPU
+# worker without importing the worker's machinery.
+HIDDEN = "-1"  # the CUDA_VISIBLE_DEVICES of a CPU worker: no GPU at all
+
 
 @dataclass(eq=False)
 class WorkerState:

@@ -23,7 +23,7 @@ from phobbit.core.budget import Budget
 from phobbit.core.objective import VAL_LOSS, Objective
 from phobbit.core.plan import Plan
 from phobbit.core.records import Segment, SegmentResult
-from phobbit.execution.worker import HIDDEN
+from phobbit.execution.worker_state import HIDDEN
 from phobbit.reporting.plain import SlowWatch, iterations_of, warm_words
 from phobbit.storage.view import RungProgress, estimate_left, schedule_progress
 

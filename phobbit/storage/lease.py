@@ -266,6 +266,33 @@ class DriverLease:
         return name
 
 
+def driver_alive(record: dict[str, Any], touched: float | None) -> bool | None:
+    """Whether the driver ``driver.json`` names (``record``, touched at ``touched``) still runs.
+
+    The same judgement a new driver makes before it takes over a folder whose lock
+    was free (``DriverLease.driver_lock``), for readers such as ``phobbit status``:
+    a driver that recorded its end, or holds no token, has stopped; on this host, its
+    pid must be alive and (where the platform tells) have the recorded start time, so
+    a pid reused by another process is not taken for it; on another host, where no
+    pid can be checked, a heartbeat younger than ``DRIVER_FRESH_S`` says it runs.
+
+    Returns:
+        True or False; None when ``record`` names no driver (damaged, or none yet).
+    """
+    try:
+        pid, host = int(record["pid"]), str(record["host"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if record.get("ended") is not None or not record.get("token"):
+        return False
+    if host == this_host():
+        started, recorded = process_start(pid), record.get("process_start")
+        if started is not None and recorded is not None:
+            return started == recorded
+        return _alive(pid)
+    return touched is not None and time.time() - touched < DRIVER_FRESH_S
+
+
 def process_start(pid: int) -> float | None:
     """When process ``pid`` of this host started (a reused pid gives another value); None
     when it does not exist or this platform cannot tell."""

@@ -29,12 +29,13 @@ from phobbit.core.records import EpochRow, RunSettings, SegmentKey, SegmentResul
 from phobbit.core.space import MAX_NESTING
 from phobbit.errors import FatalError, InputError, RepositoryError, StaleDriverError, StorageError
 from phobbit.storage import checkpoints, files
+from phobbit.storage.framing import bounded_lines, is_header, open_framed, read_framed
 from phobbit.storage.framing import float_text as _float_text
 from phobbit.storage.framing import float_value as _float_value
 from phobbit.storage.framing import framed as _framed
-from phobbit.storage.framing import is_header, open_framed, read_framed
 from phobbit.storage.framing import nesting as _nesting
 from phobbit.storage.framing import unframed as _unframed
+from phobbit.storage.index import ResultsIndex, read_index
 
 # The lease's names that the folder's readers and writers use, importable from here.
 from phobbit.storage.lease import (  # noqa: F401 - re-exported
@@ -484,6 +485,8 @@ class Repository:
                     raise StaleDriverError(
                         f"repository {self.path} has been taken over by another driver"
                     )
+                if any(target == self.results_path for target, _, _ in writes):
+                    _migrate_header(self.results_path, self.path)
                 for path, data, header in writes:
                     written, data = _append_framed(path, data, header)
                     if written != len(data):
@@ -552,6 +555,26 @@ class Repository:
         kept = list(rows)
         last = {row.key: index for index, row in enumerate(kept)}
         yield from (row for index, row in enumerate(kept) if row.ok or last[row.key] == index)
+
+    def index(self, save: bool = True) -> ResultsIndex:
+        """The column index of ``results.csv`` (``phobbit.storage.index``): the rows
+        ``iter_results`` reads, as numbers, kept up to date beside the file.
+
+        Args:
+            save: write the index back to the folder when it grew (best effort).
+
+        Raises:
+            RepositoryError: when ``results.csv`` cannot be read or is not a results file.
+        """
+        return read_index(
+            self.results_path,
+            self.provenance,
+            lambda first: _check_header(self.results_path, first),
+            self._warned,
+            decode_row,
+            UNREADABLE_RESULTS,
+            save,
+        )
 
     def results(self) -> dict[SegmentKey, SegmentResult]:
         """The first intact final row of every segment, by (iteration, s, id, rung).
@@ -684,6 +707,42 @@ def _append_framed(path: Path, data: bytes, header: str) -> tuple[int, bytes]:
         return os.write(fd, data), data
     finally:
         os.close(fd)
+
+
+def _migrate_header(path: Path, root: Path) -> None:
+    """Gives a ``results.csv`` begun by an older phobbit today's header; under the results lock.
+
+    A file begun before the ``note`` or ``objective`` column keeps its shorter header
+    while a newer phobbit appends longer rows, which CSV readers such as
+    ``pandas.read_csv`` refuse. Its older rows get the missing columns empty (what they
+    decode to anyway: no note, no objective), each with its CRC made anew; every other
+    line, torn ones too, stays as it was. The file is replaced whole (written to a
+    temporary file, then ``os.replace``), so a reader sees the old file or the new one,
+    and only once: the next append finds today's header. A file that cannot be read or
+    written is left as it is: its rows still read.
+    """
+    try:
+        handle = files.open_read(path, root)
+    except (OSError, RepositoryError):
+        return  # the append that follows says what is wrong with it
+    if handle is None:
+        return
+    with handle:
+        first = handle.readline(files.MAX_LINE_BYTES)
+        if first == HEADER.encode() or first not in (
+            LEGACY_HEADER.encode(),
+            NOTE_HEADER.encode(),
+        ):
+            return
+        lines = [HEADER.encode()]
+        for line in bounded_lines(handle):
+            fields = _unframed(line)
+            if fields is not None and len(fields) in ROW_WIDTHS and len(fields) < len(COLUMNS):
+                fields += [""] * (len(COLUMNS) - len(fields))
+                line = _framed(fields).encode()
+            lines.append(line)
+    with suppress(OSError, RepositoryError):
+        files.replace(path, b"".join(lines), root)
 
 
 def _check_header(path: Path, first: bytes) -> None:

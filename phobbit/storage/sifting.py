@@ -41,6 +41,14 @@ def possible(
             continue
         skipped += 1
         first = first or (reason if len(reason) <= 200 else f"{reason[:197]}...")
+    warn_skipped(path, skipped, first, warned)
+
+
+def warn_skipped(
+    path: str | os.PathLike, skipped: int, first: str, warned: MutableMapping[str, int]
+) -> None:
+    """Logs ``skipped`` rows of ``path`` (``first`` the first one's reason) as one warning,
+    unless there are none or ``warned`` says the same count was logged before."""
     if skipped and warned.get(str(path)) != skipped:
         warned[str(path)] = skipped
         log.warning(

@@ -6,8 +6,10 @@ What ``phobbit status`` and ``phobbit best`` print, for library users too::
     >>> run = phobbit.open_repository("phobbit_repo")
     >>> run.status().epochs_done, run.best(1)[0].checkpoint
 
-A view only reads, and is safe to use while a driver writes to the folder: it
-never takes the results lock, and tries the driver lock for an instant only.
+A view only reads the run, and is safe to use while a driver writes to the folder: it
+never takes the results lock, and tries the driver lock for an instant only. The one
+file it writes is derived, never data: the column index of ``results.csv``
+(``phobbit.storage.index``, replaced whole, skipped where the folder is not writable).
 It is apart from ``Repository``, whose methods are the writers' (appends under
 the lock, fencing, the driver lock), so that readers hold no write method and
 the repository module imports no pandas (the results table is built here, on
@@ -29,17 +31,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from phobbit.core.objective import Objective
 from phobbit.core.provenance import Provenance
 from phobbit.core.records import RunSettings, Segment, SegmentResult, Status, config_name
 from phobbit.core.schedule import Bracket, brackets
 from phobbit.errors import RepositoryError
 from phobbit.storage import checkpoints
 from phobbit.storage.decisions import DecisionLog
+from phobbit.storage.index import FINAL, OK, ResultsIndex
+from phobbit.storage.lease import driver_alive
 from phobbit.storage.repository import DRIVER_FILE, DRIVER_LOCK, Repository
 
 if TYPE_CHECKING:
     import pandas as pd
 
+DEVICE_ROWS = 64  # status names the devices of the latest rows (``RunStatus.devices``)
 SCORING_TRIES = 5  # looks for a scoring file that a live run keeps replacing under the reader
 
 
@@ -133,7 +139,9 @@ class RunStatus:
     Attributes:
         settings: the run's settings (``run.json``).
         rungs: every rung of every bracket and iteration, segments done of planned.
-        epochs_done / epochs_total: epochs trained of the most the run trains.
+        epochs_done / epochs_total: epochs the rows say were trained (a segment stopped
+            early by a callback counts what it trained, a failed one none), of those
+            plus what the unfinished segments plan.
         segments_done / segments_total: finished segments of all planned.
         failed: finished segments that failed.
         first_start / last_end: the first segment's start and the last one's end
@@ -144,8 +152,9 @@ class RunStatus:
         best: the best finished segment by Val Loss, its hparams in the search
             space's order; None before any succeeded.
         checked_at: when this was read (``time.time()``).
-        devices: the GPU ids (``"0"``, ``"0,1"``) its workers trained on, None for
-            CPU workers, sorted (None last); rows the driver wrote name none.
+        devices: the GPU ids (``"0"``, ``"0,1"``) its workers trained on (in its latest
+            ``DEVICE_ROWS`` rows), None for CPU workers, sorted (None last); rows the
+            driver wrote name none.
     """
 
     settings: RunSettings
@@ -280,27 +289,45 @@ class RepositoryView:
             frame[column] = frame[column].astype("float64")
         return frame.sort_values(["Iteration", "Run", "ID", "Epoch"], ignore_index=True)
 
-    def best(self, n: int = 5) -> list[BestConfig]:
+    def best(self, n: int = 5, ranking: Ranking | None = None) -> list[BestConfig]:
         """The ``n`` best configurations, each with the checkpoint that scores its Val Loss
-        and the metrics of that epoch."""
-        frame = self.results().head(n)
-        metrics = self.scoring_metrics(frame)
+        and the metrics of that epoch.
+
+        The same configurations, in the same order and with the same values, as the first
+        ``n`` rows of :meth:`results`, read from the column index without pandas, so that
+        ``phobbit best`` is quick on a large run; ``ranking`` is one made already.
+        """
+        ranking = ranking or self.ranking()
+        rows = ranking.top(n)
+        metrics = self.scoring_metrics(rows)
         return [
             dataclasses.replace(self._best_config(trial, row), metrics=metrics.get(str(trial), {}))
-            for trial, row in frame.iterrows()
+            for trial, row in rows
         ]
 
-    def scoring_metrics(self, frame: pd.DataFrame) -> dict[str, dict[str, float]]:
-        """What the scoring epoch of each configuration of ``frame`` (a results table)
-        logged, by trial: the latest of its epochs, up to the rung it reached, whose
-        objective is the one the table lists. Failed configurations have none.
+    def ranking(self) -> Ranking:
+        """Every configuration of the results table, ranked, from the column index."""
+        return Ranking.of(self.repository.index(), self.settings.goal)
+
+    def scoring_metrics(
+        self, rows: pd.DataFrame | Iterable[tuple[Any, Mapping[str, Any]]]
+    ) -> dict[str, dict[str, float]]:
+        """What the scoring epoch of each configuration of ``rows`` logged, by trial: the
+        latest of its epochs, up to the rung it reached, whose objective is the one the
+        table lists. Failed configurations have none.
+
+        Args:
+            rows: a results table (``results_frame``) or (trial, row) pairs with its
+                columns (``Ranking.top``).
 
         Raises:
             RepositoryError: when ``epochs.csv`` cannot be read.
         """
         goal = self.settings.goal
+        # Duck-typed: ``phobbit best`` reads without importing pandas.
+        pairs = rows.iterrows() if hasattr(rows, "iterrows") else rows
         wanted: dict[tuple[int, int, int], tuple[str, int, float]] = {}
-        for trial, row in frame.iterrows():
+        for trial, row in pairs:
             listed = row["Val Loss"] if goal.is_val_loss else row[goal.label]
             if row["Status"] == Status.OK and not math.isnan(listed):
                 config = (int(row["Iteration"]), int(row["Run"]), int(row["ID"]))
@@ -469,11 +496,13 @@ class RepositoryView:
     def driver(self) -> DriverState:
         """Whether a driver runs in the repository now, and who it is or was.
 
-        A live driver holds ``.driver.lock``; trying the lock without waiting
-        tells, and never blocks a driver for longer than the try.
+        Judged by the driver's lease as a new driver judges it (``lease.driver_alive``):
+        ``driver.json``'s pid, host, process start time and token, so a deleted
+        ``.driver.lock`` under a live driver still reads "running", and a dead
+        driver's leftover lock reads "not running". The lock is tried too (for an
+        instant, never blocking a driver longer), for a driver whose ``driver.json``
+        cannot be read.
         """
-        from filelock import FileLock, Timeout
-
         try:
             record = self.repository.driver_record() or {}
         except RecursionError:  # a driver.json nested absurdly deep
@@ -493,47 +522,67 @@ class RepositoryView:
             ended=_number(record.get("ended")),
             heartbeat=heartbeat,
         )
+        alive = driver_alive(record, heartbeat)
+        if alive:
+            return dataclasses.replace(state, running=True)
+        held = self._driver_lock_held()
+        if held is None and alive is None:
+            return dataclasses.replace(state, running=None)
+        return dataclasses.replace(state, running=bool(held))
+
+    def _driver_lock_held(self) -> bool | None:
+        """Whether a process holds ``.driver.lock`` now; None when that cannot be tried."""
+        from filelock import FileLock, Timeout
+
         lock_path = self.path / DRIVER_LOCK
         if not lock_path.exists():
-            return state
+            return False
         try:
             lock = FileLock(str(lock_path), timeout=0)
             lock.acquire()
         except Timeout:
-            return dataclasses.replace(state, running=True)
+            return True
         except OSError:
-            return dataclasses.replace(state, running=None)
+            return None
         lock.release()
-        return state
+        return False
 
     def status(self) -> RunStatus:
-        """Where the run stands now: progress per rung, epochs, failures, driver, time left."""
+        """Where the run stands now: progress per rung, epochs, failures, driver, time left.
+
+        Read from the column index of ``results.csv`` (``Repository.index``): only the
+        best row is decoded in full, so it stays quick on a run of 100,000 rows.
+        """
         settings = self.settings
-        rows = self.repository.results()
+        index = self.repository.index()
+        rows = index.segments()  # what Repository.results() holds, by index
         driver = self.driver()
-        done = Counter((i, s, rung) for i, s, _, rung in rows)
+        its, ss, rungs_of = index.iteration, index.s, index.rung
+        done = Counter((its[i], ss[i], rungs_of[i]) for i in rows)
         rungs = schedule_progress(brackets(settings.R, settings.eta), settings.iterations, done)
         if settings.algorithm == "asha":  # its rungs hold what it has decided so far
             rungs = decided_progress(rungs, DecisionLog(self.repository).read())
-        epochs_done = sum(r.done * r.segment_epochs for r in rungs)
-        epochs_total = sum(r.n * r.segment_epochs for r in rungs)
+        # What the rows say was trained: a segment a callback stopped early trained fewer
+        # epochs than its rung plans, and a failed one is counted as training none (its
+        # row does not say how far it got).
+        trained = [
+            max(0, index.epochs[i] - index.start_epoch[i]) if index.ok(i) else 0 for i in rows
+        ]
+        epochs_done = sum(trained)
+        # The most the run trains: what the finished segments trained, and what the rest plan.
+        segment_epochs = {(r.iteration, r.s, r.rung): r.segment_epochs for r in rungs}
+        planned_done = sum(segment_epochs.get(key, 0) * n for key, n in done.items())
+        epochs_total = sum(r.n * r.segment_epochs for r in rungs) - planned_done + epochs_done
         now = time.time()
         left = None
         if rows and driver.running and driver.started is not None:
-            trained = sum(
-                r.epochs - r.start_epoch for r in rows.values() if r.end >= driver.started
+            since = driver.started
+            # Every epoch of a row that ended since the driver started, as before.
+            recent = sum(
+                index.epochs[i] - index.start_epoch[i] for i in rows if index.end[i] >= since
             )
-            left = estimate_left(epochs_done, epochs_total, trained, now - driver.started)
-        goal = settings.goal
-        best = min(
-            (r for r in rows.values() if goal.row_score(r) is not None),
-            key=lambda r: goal.row_score(r),
-            default=None,
-        )
-        if best is not None:
-            order = self.hparam_names
-            ordered = {n: best.hparams[n] for n in order if n in best.hparams} | best.hparams
-            best = dataclasses.replace(best, hparams=ordered)
+            left = estimate_left(epochs_done, epochs_total, recent, now - since)
+        best = self._best_row(index, rows)
         return RunStatus(
             settings=settings,
             rungs=tuple(rungs),
@@ -541,15 +590,152 @@ class RepositoryView:
             epochs_total=epochs_total,
             segments_done=len(rows),
             segments_total=sum(r.n for r in rungs),
-            failed=sum(1 for row in rows.values() if not row.ok),
-            first_start=min((row.start for row in rows.values()), default=None),
-            last_end=max((row.end for row in rows.values()), default=None),
+            failed=sum(1 for i in rows if not index.ok(i)),
+            first_start=min((index.start[i] for i in rows), default=None),
+            last_end=max((index.end[i] for i in rows), default=None),
             driver=driver,
             seconds_left=left,
             best=best,
             checked_at=now,
-            devices=_devices(rows.values()),
+            # Decoded from the latest rows only (a full decode would cost status its speed on
+            # a large run): every worker of the last invocation has written some of them.
+            devices=_devices(index.rows(list(rows[-DEVICE_ROWS:])) if rows else ()),
         )
+
+    def _best_row(self, index: ResultsIndex, rows: Sequence[int]) -> SegmentResult | None:
+        """The best of ``rows`` by the run's objective (the first written of equals),
+        decoded, its hparams in the search space's order; None when none has a score."""
+        goal = self.settings.goal
+        by_val_loss = goal.name == "val_loss"
+        best, held = None, math.inf
+        for i in rows:
+            if not index.ok(i):
+                continue
+            value = index.objective[i]
+            if math.isnan(value) and by_val_loss:
+                value = index.val_loss[i]  # a row from before objectives: its val loss
+            score = goal.score(value)
+            if score is not None and score < held:
+                best, held = i, score
+        if best is None:
+            return None
+        row = index.rows([best])[0]
+        order = self.hparam_names
+        ordered = {n: row.hparams[n] for n in order if n in row.hparams} | row.hparams
+        return dataclasses.replace(row, hparams=ordered)
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The configurations of the results table (``results_frame``), best first, as rows of
+    the column index: what ``phobbit best`` lists, without building the table.
+
+    Attributes:
+        index: the column index they were read from.
+        order: per configuration, best first, its latest row (the last rung it reached).
+        seconds / first_start: per configuration (iteration, s, id), its segments'
+            seconds added up and its first segment's start.
+        several: whether the run has several iterations (the trial names say which).
+        failed: whether any configuration failed.
+        label: the objective's column (``Objective.label``) in the rows of :meth:`top`;
+            empty for the val loss, whose column is ``Val Loss``.
+    """
+
+    index: ResultsIndex
+    order: tuple[int, ...]
+    seconds: Mapping[tuple[int, int, int], float]
+    first_start: Mapping[tuple[int, int, int], float]
+    several: bool
+    failed: bool
+    label: str
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    @classmethod
+    def of(cls, index: ResultsIndex, goal: Objective) -> Ranking:
+        """Ranks as ``results_frame`` does: ok first, then the objective (NaN last), then
+        iteration, bracket (higher s first) and ID."""
+        seconds: dict[tuple[int, int, int], float] = {}
+        first: dict[tuple[int, int, int], float] = {}
+        latest: dict[tuple[int, int, int], int] = {}
+        its, ss, ids, rungs = index.iteration, index.s, index.id, index.rung
+        starts, ends, flags = index.start, index.end, index.flags
+        # One pass over 100,000 rows: plain array reads, no calls, in results_frame's order.
+        for i in index.kept():
+            if not flags[i] & FINAL:
+                continue  # a failure outside user code: the segment is trained again
+            config = (its[i], ss[i], ids[i])
+            span = ends[i] - starts[i]
+            span = span if span > 0.0 else 0.0
+            if config in latest:
+                seconds[config] += span
+                if starts[i] < first[config]:
+                    first[config] = starts[i]
+                if rungs[i] > rungs[latest[config]]:
+                    latest[config] = i
+            else:
+                seconds[config], first[config], latest[config] = 0.0 + span, starts[i], i
+        column = index.val_loss if goal.is_val_loss else index.objective
+        sign = -1.0 if goal.maximize else 1.0
+        inf, by_val_loss = math.inf, goal.is_val_loss
+
+        def rank(i: int) -> tuple[bool, float, int, int, int]:
+            ok = flags[i] & OK
+            value = column[i] if ok or by_val_loss else math.nan
+            return (not ok, inf if value != value else sign * value, its[i], -ss[i], ids[i])
+
+        order = tuple(sorted(latest.values(), key=rank))
+        return cls(
+            index=index,
+            order=order,
+            seconds=seconds,
+            first_start=first,
+            several=len({config[0] for config in latest}) > 1,
+            failed=any(not flags[i] & OK for i in order),
+            label="" if goal.is_val_loss else goal.label,
+        )
+
+    def top(self, n: int) -> list[tuple[str, dict[str, Any]]]:
+        """The ``n`` best as (trial, row) pairs, the row with the results table's columns
+        that ``RepositoryView.best`` reads; decoded from the file."""
+        chosen = list(self.order[: max(n, 0)])
+        found = []
+        for row in self.index.rows(chosen):
+            trial = f"{row.s}-{row.id}"
+            found.append(
+                (
+                    f"{row.iteration}:{trial}" if self.several else trial,
+                    {
+                        "Hparams": row.hparams,
+                        "ID": row.id,
+                        "Run": row.s,
+                        "Val Loss": math.nan if row.val_loss is None else row.val_loss,
+                        "Epochs": row.epochs,
+                        "Rung": row.rung,
+                        "Status": row.status.value,
+                        "Error": row.error,
+                        "Iteration": row.iteration,
+                        "GPU": row.gpu,
+                        "Train Time": self.seconds[(row.iteration, row.s, row.id)],
+                    }
+                    | (
+                        {
+                            self.label: math.nan
+                            if row.objective is None or not row.ok
+                            else row.objective
+                        }
+                        if self.label
+                        else {}
+                    ),
+                )
+            )
+        return found
+
+
+def trained_epochs(row: SegmentResult) -> int:
+    """The epochs a row's segment trained: ``epochs - start_epoch``, none for a failed one."""
+    return max(0, row.epochs - row.start_epoch) if row.ok else 0
 
 
 def metric_order(names: Sequence[str]) -> list[str]:

@@ -18,6 +18,7 @@ from phobbit.storage.repository import (
     COLUMNS,
     HEADER,
     LEGACY_HEADER,
+    NOTE_HEADER,
     Repository,
     decode_row,
     encode_row,
@@ -244,3 +245,31 @@ def test_results_csv_keeps_hobbits_run_column_for_the_brackets_s(tmp_path: Path)
     assert list(frame.columns[:3]) == ["iteration", "run", "id"]
     assert (frame.loc[0, "run"], frame.loc[0, "id"]) == (3, 4)
     assert [r.s for r in repository.iter_results()] == [3]
+
+
+def _older(line: str, missing: int) -> str:
+    """``line`` as a phobbit from before the last ``missing`` columns wrote it."""
+    body = line.rpartition(",")[0]
+    for _ in range(missing):
+        body = body[: body.rindex(",")]
+    body += ","
+    return f"{body}{zlib.crc32(body.encode()):08x}\n"
+
+
+@pytest.mark.parametrize("header, missing", [(LEGACY_HEADER, 2), (NOTE_HEADER, 1)])
+def test_a_results_file_begun_by_an_older_version_gets_todays_header_and_reads_in_pandas(
+    repo: Path, header: str, missing: int
+) -> None:
+    import pandas as pd
+
+    repository = Repository(repo)
+    repository.create(run_settings(9))
+    repository.results_path.write_text(header + _older(encode_row(row(6)), missing))
+    stopped = row(7, note="stopped early by a callback after epoch 1 of 1")
+    repository.append(stopped)  # under the lock, the header is brought up to date first
+    text = repository.results_path.read_text()
+    assert text.startswith(HEADER) and text.count(HEADER) == 1
+    assert list(repository.iter_results()) == [row(6), stopped]
+    frame = pd.read_csv(repository.results_path)
+    assert list(frame.columns) == [*COLUMNS, "crc"] and list(frame["id"]) == [6, 7]
+    assert frame["note"].isna().tolist() == [True, False]

@@ -65,7 +65,8 @@ def test_status_counts_segments_epochs_and_failures_per_rung(repo: Repository) -
     assert run.settings == run_settings(R=9, eta=3, seed=4)
     status = run.status()
     assert (status.segments_done, status.segments_total) == (3, 22)
-    assert (status.epochs_done, status.epochs_total) == (3, 69)
+    # The failed segment trained nothing its row tells: 2 epochs done of 68 (69 planned).
+    assert (status.epochs_done, status.epochs_total) == (2, 68)
     assert status.failed == 1
     assert (status.first_start, status.last_end) == (100.0, 202.0)
     first = next(r for r in status.rungs if (r.s, r.rung) == (2, 0))
@@ -277,3 +278,56 @@ def test_a_resume_with_fewer_iterations_still_reads_the_rows_of_the_others(
         pd.testing.assert_frame_equal(open_repository(repo).results(), both)
     pd.testing.assert_frame_equal(again, both)
     assert set(both["Iteration"]) == {0, 1} and not caplog.records
+
+
+# -- issue 22 item 3: status counts what happened ------------------------------------
+
+
+def test_status_counts_the_epochs_trained_not_those_planned(repo: Repository) -> None:
+    # R=9, eta=3, bracket 2: rung 0 trains 1 epoch, rung 1 trains 3 (epochs 1 to 3).
+    repo.append(row(0, loss=0.3))
+    repo.append(
+        row(
+            0,
+            rung=1,
+            start_epoch=1,
+            epochs=2,
+            loss=0.2,
+            note="stopped early by a callback after epoch 2 of 3",
+        )
+    )
+    repo.append(
+        row(1, rung=1, start_epoch=1, epochs=3, loss=None)
+    )  # failed: trained nothing known
+    status = open_repository(repo.path).status()
+    assert status.epochs_done == 1 + 1  # not 1 + 2 + 2 planned
+    assert status.epochs_total == 69 - (1 + 2 + 2) + status.epochs_done
+    assert status.segments_done == 3 and status.failed == 1
+
+
+def test_status_tells_a_live_driver_whose_lock_file_was_deleted(repo: Repository) -> None:
+    with repo.driver_lock():
+        (repo.path / ".driver.lock").unlink()
+        driver = open_repository(repo.path).driver()
+        assert driver.running is True and driver.describe().startswith("running (pid ")
+
+
+def test_a_dead_drivers_lock_and_driver_json_read_as_not_running(repo: Repository) -> None:
+    code = (
+        "import os, sys\n"
+        "from phobbit.storage.repository import Repository\n"
+        "lock = Repository(sys.argv[1]).driver_lock()\n"
+        "lock.__enter__()\n"
+        "os._exit(0)  # killed: driver.json never says it ended\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(repo.path)], check=True, env=_env())
+    assert (repo.path / ".driver.lock").exists()
+    record = json.loads((repo.path / "driver.json").read_text())
+    assert record["token"] and record.get("ended") is None
+    assert open_repository(repo.path).driver().running is False
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ, PYTHONPATH=str(ROOT))
