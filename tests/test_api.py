@@ -417,3 +417,16 @@ def test_every_public_name_imports() -> None:
         "CheckpointError",
     ):
         assert name in phobbit.__all__, name
+
+
+def test_a_finished_run_leaves_the_column_index_up_to_date(hparams, repo) -> None:
+    from phobbit.execution.simulated import SimulatedExecutor
+    from phobbit.storage.index import INDEX
+    from phobbit.storage.view import open_repository
+
+    frame = tune(hparams, repo, executor=SimulatedExecutor(2)).run(R=9, eta=3)
+    # The first `phobbit status` after the run reads this index instead of building it.
+    saved = (repo / INDEX).stat().st_mtime_ns
+    status = open_repository(repo).status()
+    assert status.segments_done == status.segments_total and len(frame) == 17
+    assert (repo / INDEX).stat().st_mtime_ns == saved, "nothing was left to add"
