@@ -294,22 +294,14 @@ class Hyperband:
         resources: dict[str, Any] = {"gpus": self.gpus, "n_jobs": self.n_jobs}
         resources["max_retries"] = self.max_retries
         resources = {k: v for k, v in resources.items() if v is not None}
+        run = functools.partial(
+            self._run, train, validation, callbacks, batch_size, fit_kwargs, verbose
+        )
         if "executor" in options or "resources" in options:
             # An executor of the user's: its workers are theirs; discover beside them.
             self.specs = self._discover(data)
             self._overwrite()
-            return self._run(
-                train,
-                validation,
-                callbacks,
-                batch_size,
-                fit_kwargs,
-                verbose,
-                {
-                    **resources,
-                    **options,
-                },
-            )
+            return run({**resources, **options})
         for name in _POOL_FIELDS:
             if name in options:
                 resources[name] = options.pop(name)
@@ -323,18 +315,7 @@ class Hyperband:
             given = dataclasses.replace(
                 pool, gpus=None, n_jobs=None, jobs_per_gpu=1, gpus_per_trial=1, executor=executor
             )
-            return self._run(
-                train,
-                validation,
-                callbacks,
-                batch_size,
-                fit_kwargs,
-                verbose,
-                {
-                    "resources": given,
-                    **options,
-                },
-            )
+            return run({"resources": given, **options})
 
     def _start_pool(self, pool: Any, backend: Any, stack: ExitStack) -> Any:
         """The local pool of ``pool`` (``Resources``), started with Keras preloaded; on
