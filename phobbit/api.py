@@ -42,7 +42,7 @@ from phobbit.execution.scheduler import Reporter, Scheduler
 from phobbit.execution.trainable import Trainable
 from phobbit.execution.warm import parse_bytes
 from phobbit.execution.worker import HIDDEN, without_startup_noise
-from phobbit.keras_adapter.backends import check_backend, worker_environment
+from phobbit.keras_adapter.backends import backend_name, check_backend, worker_environment
 from phobbit.keras_adapter.data import staged_dataset
 from phobbit.keras_adapter.fit import KerasFit, KerasTraining
 from phobbit.reporting.plain import PlainReporter
@@ -349,6 +349,7 @@ class ParallelHyperband:
         self.fit: KerasFit | None = None
         self.trainable: Trainable | None = None
         backend = self._what_trains(model_function, dataset, trainable, given["trainable"])
+        self._backend = backend_name(backend)
         # The executor it makes is its own to shut down after each run; one it is given
         # stays up for its owner (several runs may share a Dask client's workers).
         self._owns_executor = self.resources.executor is None
@@ -501,6 +502,9 @@ class ParallelHyperband:
                     retry_failed=retry_failed,
                 )
                 self._budget = scheduler.budget  # with the time earlier invocations used
+                # What this driver runs with, for `phobbit status` (ASHA's progress is its
+                # budget's, which no other file holds).
+                self.repository.lease.describe(fence, self._about(scheduler.budget))
                 try:
                     scheduler.drive()
                 finally:
@@ -522,6 +526,19 @@ class ParallelHyperband:
             algorithm=search.algorithm, sampler=search.sampler, stopped_by=self.stopped_by
         )
         return frame
+
+    def _about(self, budget: Budget) -> dict[str, Any]:
+        """What ``driver.json`` records of this run (``DriverLease.describe``): plain data."""
+        return {
+            "budget": {
+                "max_epochs": budget.max_epochs,
+                "epochs_name": budget.epochs_name,
+                "time_limit": budget.time_limit,
+            },
+            "backend": self._backend,
+            "workers": self.executor.capacity,
+            "devices": list(self.executor.slots),
+        }
 
     @property
     def budget(self) -> Budget:

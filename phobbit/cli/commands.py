@@ -352,13 +352,18 @@ def _train(
         **ranking,
     )
     slots = slot_summary(tuner.executor.slots)
-    title = (
-        f"phobbit train {args.model_file}: R={args.R} eta={args.eta} seed={args.seed}"
-        f"{f', {args.iterations} iterations' if args.iterations > 1 else ''}, "
-        f"{args.algorithm}, {args.sampler} sampling, {_budget_words(tuner.budget)}; "
-        f"{_backend_name(args.backend)} on {tuner.executor.capacity} workers ({slots}); "
-        f"repository {args.repo}"
-    )
+
+    def title() -> str:
+        # Made as the run starts: its budget (ASHA's default, the time earlier invocations
+        # used) is known only then.
+        return (
+            f"phobbit train {args.model_file}: R={args.R} eta={args.eta} seed={args.seed}"
+            f"{f', {args.iterations} iterations' if args.iterations > 1 else ''}, "
+            f"{args.algorithm}, {args.sampler} sampling, {_budget_words(tuner.budget)}; "
+            f"{_backend_name(args.backend)} on {tuner.executor.capacity} workers ({slots}); "
+            f"repository {args.repo}"
+        )
+
     slots = tuner.executor.slots
     budget = lambda: tuner.budget  # noqa: E731 - known once the run starts (ASHA's default)
     if live:
@@ -490,12 +495,11 @@ def _backend_name(backend: str | None) -> str:
 
 
 def _budget_words(budget: Any) -> str:
-    """A ``Budget`` for a header: ``time limit 10m, at most 500 epochs``, or ``no budget``."""
-    from phobbit.core.units import format_duration
-
+    """A ``Budget`` for a header: ``time limit 10m, 7m left, at most 500 epochs`` (what is
+    left after the time earlier invocations used), or ``no time or epoch limit``."""
     words = []
     if budget.time_limit is not None:
-        words.append(f"time limit {format_duration(budget.time_limit)}")
+        words.append(budget.time_text())
     if budget.max_epochs is not None:
         words.append(f"at most {budget.max_epochs:,} epochs")
     return ", ".join(words) or "no time or epoch limit"
@@ -870,6 +874,36 @@ def _fold_finished(rungs: Sequence[Any]) -> tuple[str, list[Any]]:
     return words, [r for r in rungs if r.iteration not in folded]
 
 
+def _status_budget_words(status: Any) -> str:
+    """The budget of ``status``'s last driver and the time the run used: ``at most 500
+    epochs, time used 2m``, ``time limit 10m, 7m left``; ``budget unknown, time used 2m``
+    for a run whose ``driver.json`` does not say (an older version's)."""
+    from phobbit.core.units import format_duration
+
+    used = f"time used {format_duration(round(status.time_used))}"
+    if status.budget is None:
+        return f"budget unknown, {used}"
+    words = _budget_words(status.budget)
+    # A time limit's words say what is left of it; without one, the time used is said.
+    return words if status.budget.time_limit is not None else f"{words}, {used}"
+
+
+def _driver_words(about: Any) -> str:
+    """Where the last driver trained, ``TensorFlow on 2 workers (CPU 0, CPU 1); ``, from its
+    ``driver.json``; empty when that does not say."""
+    from phobbit.reporting.progress import HIDDEN, slot_summary
+
+    if about is None or about.backend is None:
+        return ""
+    words = _backend_name(about.backend)
+    if about.workers is not None:
+        # A GPU slot is its ids ("0", "0,1"); any other (a simulated "cpu") is a CPU worker.
+        slots = [d if d.replace(",", "").isdigit() else HIDDEN for d in about.devices]
+        devices = f" ({slot_summary(slots)})" if slots else ""
+        words += f" on {about.workers} workers{devices}"
+    return f"{words}; "
+
+
 def _status(path: str, console: Console) -> int:
     from phobbit.cli.terminal import best_line, format_duration, rung_table
     from phobbit.storage.view import open_repository
@@ -881,7 +915,8 @@ def _status(path: str, console: Console) -> int:
     console.print(
         f"Repository {run.path}: R={settings.R} eta={settings.eta} seed={settings.seed}, "
         f"{settings.iterations} iteration(s), {settings.algorithm}, {settings.sampler} "
-        f"sampling; trained on {trained_on}; driver {status.driver.describe()}",
+        f"sampling; {_status_budget_words(status)}; {_driver_words(status.driver.about)}"
+        f"trained on {trained_on}; driver {status.driver.describe()}",
         soft_wrap=True,
     )
     finished, shown = _fold_finished(status.rungs)

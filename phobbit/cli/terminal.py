@@ -154,7 +154,8 @@ class LiveReporter:
 
     Args:
         console: where to draw (a terminal).
-        title: a header line (settings, repository).
+        title: a header line (settings, repository), or what makes it as the run starts
+            (once its budget is known).
         previous: rows already in the repository, so a resumed run shows its best.
         slots: the device of each worker slot (``executor.slots``).
         budget: the run's budget, asked for once it started (``ProgressTracker``).
@@ -163,13 +164,14 @@ class LiveReporter:
     def __init__(
         self,
         console: Console,
-        title: str = "",
+        title: str | Callable[[], str] = "",
         previous: Sequence[SegmentResult] = (),
         slots: Sequence[str] = (),
         budget: Callable[[], Budget] | None = None,
     ) -> None:
         self.console = console
-        self.title = title
+        self._title = title
+        self.title = "" if callable(title) else title
         self.budget = budget  # ASHA's header names it
         self.tracker = ProgressTracker(slots, budget=budget)
         self.tracker.seed_best(previous)
@@ -183,6 +185,7 @@ class LiveReporter:
             return render(self.tracker, self.title)
 
     def started(self, plan: Plan, resumed: int) -> None:
+        self.title = self._title() if callable(self._title) else self._title
         if plan.describe():
             self.console.print(f"Algorithm: {plan.describe()}", highlight=False, soft_wrap=True)
         schedule = (
@@ -263,7 +266,8 @@ class LineReporter(PlainReporter):
     Args:
         stream: where to print.
         verbose: 1 rungs, failures and each new best; 2 every segment too.
-        title: a first line (settings, repository).
+        title: a first line (settings, repository), or what makes it as the run starts
+            (once its budget is known).
         previous: rows already in the repository (a resumed run).
         slots: the device of each worker slot (``executor.slots``).
         budget: the run's budget, asked for once it started (``ProgressTracker``).
@@ -273,7 +277,7 @@ class LineReporter(PlainReporter):
         self,
         stream: TextIO | None = None,
         verbose: int = 1,
-        title: str = "",
+        title: str | Callable[[], str] = "",
         previous: Sequence[SegmentResult] = (),
         slots: Sequence[str] = (),
         budget: Callable[[], Budget] | None = None,
@@ -289,7 +293,8 @@ class LineReporter(PlainReporter):
         self._steps = 0  # steps of the budget already announced (an endless plan)
 
     def started(self, plan: Plan, resumed: int) -> None:
-        for line in fit_to_terminal(self.title, self.stream):
+        title = self.title() if callable(self.title) else self.title
+        for line in fit_to_terminal(title, self.stream):
             self._say(line)
         super().started(plan, resumed)
         self.tracker.started(plan, resumed)

@@ -45,6 +45,15 @@ def check_backend(backend: str | None) -> str | None:
     return backend
 
 
+def backend_name(backend: str | None) -> str:
+    """The backend the workers' Keras runs, for what a run records: ``backend``, else
+    ``KERAS_BACKEND`` of this environment (which the workers inherit), else Keras'
+    default, ``tensorflow``."""
+    import os
+
+    return backend or os.environ.get(VARIABLE) or "tensorflow"
+
+
 def worker_environment(backend: str | None) -> dict[str, str]:
     """The variables a worker needs for ``backend`` (none for Keras' default)."""
     return {} if backend is None else {VARIABLE: backend}

@@ -4,7 +4,10 @@ One driver runs in a repository folder at a time. It holds ``.driver.lock`` (an 
 file lock the kernel releases when its holder dies) and writes ``driver.json``
 (pid, host, start time, heartbeat, and a fencing token): only writes that carry
 the current token may change the repository, so no process of a dead or replaced
-driver writes a row or replaces a checkpoint.
+driver writes a row or replaces a checkpoint. Once it has planned, the driver adds
+what it runs with (``about``: its budget, backend and workers, ``DriverLease.describe``),
+so that ``phobbit status`` can measure progress against the budget; the file stays
+after the run, marked ended, and an older one without ``about`` reads as before.
 
 A ``phobbit.storage.repository.Repository`` owns one ``DriverLease``, made with
 its folder and its results lock, under which the lease writes ``driver.json``.
@@ -142,6 +145,25 @@ class DriverLease:
                 files.replace(owner, json.dumps(ended).encode())
         except (OSError, Timeout, RepositoryError):
             pass  # the pid check still tells once this process is gone
+
+    def describe(self, token: str, about: dict[str, Any]) -> None:
+        """Adds to ``driver.json`` what the driver holding ``token`` runs with, under the
+        results lock; best effort (status then reads the run as an older one did).
+
+        Args:
+            token: the driver's fencing token; another driver's file is left alone.
+            about: plain data (``budget``, ``backend``, ``workers``, ``devices``), kept
+                after the run has ended (``_mark_ended`` keeps every field).
+        """
+        owner = self.path / DRIVER_FILE
+        try:
+            with self._locked(RepositoryError):
+                record = self.driver_record()
+                if record is None or record.get("token") != token:
+                    return
+                files.replace(owner, json.dumps({**record, "about": about}).encode())
+        except (OSError, RepositoryError):
+            pass  # what status reads is not worth stopping a run for
 
     def driver_record(self) -> dict[str, Any] | None:
         """What ``driver.json`` says of the last driver (pid, host, started, token), or None

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from phobbit.core.budget import Budget
 from phobbit.core.objective import Objective
 from phobbit.core.provenance import Provenance
 from phobbit.core.records import RunSettings, Segment, SegmentResult, Status, config_name
@@ -41,6 +42,7 @@ from phobbit.storage.decisions import DecisionLog
 from phobbit.storage.index import FINAL, OK, ResultsIndex
 from phobbit.storage.lease import driver_alive
 from phobbit.storage.repository import DRIVER_FILE, DRIVER_LOCK, Repository
+from phobbit.storage.time_used import TimeLog
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -107,6 +109,62 @@ def decided_progress(
 
 
 @dataclass(frozen=True)
+class DriverAbout:
+    """What the last driver ran with, as it recorded in ``driver.json`` (``about``).
+
+    Attributes:
+        budget: its budget (``max_epochs``, ``time_limit``; ``time_used`` 0 here: see
+            ``RunStatus.time_used``), or None when it recorded none readable.
+        backend: the Keras backend its workers ran (``"tensorflow"``), or None.
+        workers: how many segments it ran at once, or None.
+        devices: the device of each worker slot (``"0"``, ``"0,1"``; ``"-1"`` or ``"cpu"``
+            for a CPU worker), as ``executor.slots`` gives them.
+    """
+
+    budget: Budget | None = None
+    backend: str | None = None
+    workers: int | None = None
+    devices: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> DriverAbout | None:
+        """The ``about`` of a ``driver.json`` record; None when it has none (an older
+        version wrote it, or the driver had not planned yet), field by field what reads."""
+        about = record.get("about")
+        if not isinstance(about, dict):
+            return None
+        budget = None
+        limits = about.get("budget")
+        if isinstance(limits, dict):
+            time_limit, max_epochs = limits.get("time_limit"), limits.get("max_epochs")
+            name = limits.get("epochs_name")
+            # None is "no such limit"; any other value that is no limit is damage, and a
+            # damaged budget is no budget known (as before), not a budget of none.
+            readable = (time_limit is None or _number(time_limit) is not None) and (
+                max_epochs is None or _count(max_epochs) is not None
+            )
+            try:
+                budget = (
+                    Budget(
+                        time_limit,
+                        max_epochs,
+                        name if isinstance(name, str) else "max_epochs",
+                    )
+                    if readable
+                    else None
+                )
+            except (ValueError, TypeError):
+                budget = None
+        backend, devices = about.get("backend"), about.get("devices")
+        return cls(
+            budget=budget,
+            backend=backend if isinstance(backend, str) else None,
+            workers=_count(about.get("workers")),
+            devices=tuple(str(d) for d in devices) if isinstance(devices, list) else (),
+        )
+
+
+@dataclass(frozen=True)
 class DriverState:
     """The driver of a repository as ``driver.json`` and ``.driver.lock`` tell it.
 
@@ -117,6 +175,8 @@ class DriverState:
         started: when it started (seconds since the epoch), or None.
         ended: when it ended cleanly, or None (still running, or killed).
         heartbeat: when it last touched ``driver.json``, or None.
+        about: what it ran with (budget, backend, workers); None when ``driver.json``
+            does not say (an older version's, or one that had not planned yet).
     """
 
     running: bool | None
@@ -124,6 +184,7 @@ class DriverState:
     started: float | None = None
     ended: float | None = None
     heartbeat: float | None = None
+    about: DriverAbout | None = None
 
     def describe(self) -> str:
         """``running (pid N on HOST)``, ``not running`` or ``unknown``."""
@@ -155,6 +216,10 @@ class RunStatus:
         devices: the GPU ids (``"0"``, ``"0,1"``) its workers trained on (in its latest
             ``DEVICE_ROWS`` rows), None for CPU workers, sorted (None last); rows the
             driver wrote name none.
+        time_used: seconds of training time its invocations recorded in ``time_used.csv``
+            (a running driver records every ``TIME_LOG_EVERY_S``, so it may lag by that).
+        budget: the budget its last driver ran with, ``time_used`` included; None when
+            ``driver.json`` does not say (then an ASHA run's total is what it decided).
     """
 
     settings: RunSettings
@@ -171,6 +236,8 @@ class RunStatus:
     best: SegmentResult | None
     checked_at: float
     devices: tuple[str | None, ...] = ()
+    time_used: float = 0.0
+    budget: Budget | None = None
 
 
 @dataclass(frozen=True)
@@ -521,6 +588,7 @@ class RepositoryView:
             started=_number(record.get("started")),
             ended=_number(record.get("ended")),
             heartbeat=heartbeat,
+            about=DriverAbout.of(record),
         )
         alive = driver_alive(record, heartbeat)
         if alive:
@@ -573,6 +641,12 @@ class RepositoryView:
         segment_epochs = {(r.iteration, r.s, r.rung): r.segment_epochs for r in rungs}
         planned_done = sum(segment_epochs.get(key, 0) * n for key, n in done.items())
         epochs_total = sum(r.n * r.segment_epochs for r in rungs) - planned_done + epochs_done
+        time_used = self._time_used()
+        budget = self._budget(driver, time_used)
+        if settings.algorithm == "asha" and budget is not None and budget.max_epochs:
+            # ASHA decides as it goes, so what it decided is no total: its budget is (the
+            # last segment may overshoot it by less than a segment).
+            epochs_total = max(budget.max_epochs, epochs_done)
         now = time.time()
         left = None
         if rows and driver.running and driver.started is not None:
@@ -582,6 +656,9 @@ class RepositoryView:
                 index.epochs[i] - index.start_epoch[i] for i in rows if index.end[i] >= since
             )
             left = estimate_left(epochs_done, epochs_total, recent, now - since)
+            time_left = None if budget is None else budget.time_left()
+            if time_left is not None:  # the run stops when its time limit is spent
+                left = time_left if left is None else min(left, time_left)
         best = self._best_row(index, rows)
         return RunStatus(
             settings=settings,
@@ -600,7 +677,24 @@ class RepositoryView:
             # Decoded from the latest rows only (a full decode would cost status its speed on
             # a large run): every worker of the last invocation has written some of them.
             devices=_devices(index.rows(list(rows[-DEVICE_ROWS:])) if rows else ()),
+            time_used=time_used,
+            budget=budget,
         )
+
+    def _time_used(self) -> float:
+        """Seconds of training time ``time_used.csv`` records (0 when it is unreadable:
+        the run itself then refuses it, with a message saying what to do)."""
+        try:
+            return TimeLog(self.repository).used()
+        except (RepositoryError, OSError):
+            return 0.0
+
+    @staticmethod
+    def _budget(driver: DriverState, time_used: float) -> Budget | None:
+        """The budget the last driver recorded, with the time the run has used."""
+        if driver.about is None or driver.about.budget is None:
+            return None
+        return dataclasses.replace(driver.about.budget, time_used=time_used)
 
     def _best_row(self, index: ResultsIndex, rows: Sequence[int]) -> SegmentResult | None:
         """The best of ``rows`` by the run's objective (the first written of equals),
@@ -765,6 +859,13 @@ def cpu_as_none(gpu: str) -> str | None:
     """A row's ``gpu`` for scripts: the GPU id(s), or None for a CPU worker (stored as
     ``"-1"``, or empty for a simulated or in-process one)."""
     return None if gpu in ("-1", "") else gpu
+
+
+def _count(value: Any) -> int | None:
+    """A positive whole number of a JSON record, or None."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    return None
 
 
 def _number(value: Any) -> float | None:

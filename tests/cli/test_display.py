@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -142,7 +143,9 @@ def test_train_header_words_name_the_backend_and_the_budget() -> None:
 
     assert _backend_name("jax") == "JAX" and _backend_name("tensorflow") == "TensorFlow"
     assert _budget_words(Budget()) == "no time or epoch limit"
-    assert _budget_words(Budget("10m", 500)) == "time limit 10m, at most 500 epochs"
+    # The time limit says what is left of it after the time earlier invocations used.
+    assert _budget_words(Budget("10m", 500)) == "time limit 10m, 10m left, at most 500 epochs"
+    assert _budget_words(Budget("10m", time_used=180.0)) == "time limit 10m, 7m left"
 
 
 def test_no_line_that_best_or_status_print_ends_in_spaces(trained: Path) -> None:
@@ -195,3 +198,86 @@ def test_plain_lines_on_a_narrow_terminal_break_the_title_between_words(
     assert len(lines) > 1 and all(len(line) <= 60 for line in lines)
     assert " ".join(lines) == title  # broken only where a space was
     assert fit_to_terminal(title, io.StringIO()) == [title]  # a file or a pipe: one line
+
+
+MODEL_FILE = """
+from phobbit import Hyperparameter
+from phobbit.testing import SyntheticTrainable
+
+hparam_ranges = [Hyperparameter("x", "uniform", (0.0, 1.0))]
+trainable = SyntheticTrainable()
+"""
+
+
+@pytest.fixture
+def simulated_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``phobbit train`` runs on two simulated workers in this process, an epoch taking a
+    virtual second; cwd is tmp_path, which holds the model file ``model.py``."""
+    from phobbit.cli import commands
+    from phobbit.execution.simulated import SimulatedExecutor
+
+    @contextlib.contextmanager
+    def simulated(args: object) -> Iterator[SimulatedExecutor]:
+        yield SimulatedExecutor(2, duration=lambda segment: segment.epochs - segment.start_epoch)
+
+    monkeypatch.setattr(commands, "_dask_executor", simulated)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.py").write_text(MODEL_FILE)
+    return tmp_path
+
+
+def test_train_header_says_the_time_limit_and_what_earlier_invocations_left(
+    simulated_train: Path,
+) -> None:
+    from phobbit.core.units import format_duration
+    from phobbit.storage.repository import Repository
+    from phobbit.storage.time_used import TimeLog
+
+    train = ("train", "model.py", "--R", 9, "--repo", "repo", "--time-limit", "10m")
+    code, out, err = cli(*train, "--max-epochs", 20)
+    assert code == 0, err
+    assert "time limit 10m, 10m left, at most 20 epochs" in out.splitlines()[0]
+    used = TimeLog(Repository(simulated_train / "repo")).used()
+    assert 0 < used < 600
+    code, out, err = cli(*train, "--max-epochs", 40)
+    assert code == 0, err
+    left = format_duration(round(600 - used))
+    assert f"time limit 10m, {left} left, at most 40 epochs" in out.splitlines()[0]
+
+
+def test_status_header_names_the_backend_workers_budget_and_time_used(
+    simulated_train: Path,
+) -> None:
+    from phobbit.core.units import format_duration
+    from phobbit.storage.repository import Repository
+    from phobbit.storage.time_used import TimeLog
+
+    train = ("train", "model.py", "--R", 9, "--repo", "repo", "--algorithm", "asha")
+    code, out, err = cli(*train, "--time-limit", "10m", "--max-epochs", 30)
+    assert code == 0, err
+    code, out, err = cli("status", "repo")
+    assert code == 0, err
+    header = out.splitlines()[0]
+    used = TimeLog(Repository(simulated_train / "repo")).used()
+    assert "TensorFlow on 2 workers (CPU 0, CPU 1)" in header
+    assert f"time limit 10m, {format_duration(round(600 - used))} left" in header
+    assert "at most 30 epochs" in header
+    done = open_repository("repo").status().epochs_done
+    assert f"{done}/{max(done, 30)} epochs (" in out  # ASHA: against its budget
+    code, out, err = cli(*train, "--max-epochs", 45)  # no time limit: the time used
+    assert code == 0, err
+    used = TimeLog(Repository(simulated_train / "repo")).used()
+    header = cli("status", "repo")[1].splitlines()[0]
+    assert f"at most 45 epochs, time used {format_duration(round(used))}" in header
+
+
+def test_status_of_an_older_run_says_its_budget_is_unknown(trained: Path) -> None:
+    driver = trained / "driver.json"
+    record = json.loads(driver.read_text())
+    del record["about"]  # as a version before the driver recorded it
+    driver.write_text(json.dumps(record))
+    code, out, err = cli("status", "repo")
+    assert code == 0, err
+    header = out.splitlines()[0]
+    assert "budget unknown, time used 0s; trained on CPU workers" in header
+    assert " on 2 workers" not in header

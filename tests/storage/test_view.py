@@ -331,3 +331,103 @@ def _env() -> dict[str, str]:
     import os
 
     return dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+# -- what the driver ran with (issue 22 items 1, 3 and 5) -----------------------------------
+
+
+class StatusMidRun:
+    """A reporter that reads ``status`` once ``after`` segments have finished, mid-run."""
+
+    def __init__(self, repo: Path, after: int) -> None:
+        self.repo, self.after, self.done = repo, after, 0
+        self.seen: phobbit.RunStatus | None = None
+
+    def started(self, plan, resumed) -> None:  # noqa: ANN001 - the Reporter protocol's
+        pass
+
+    def dispatched(self, segment) -> None:  # noqa: ANN001
+        pass
+
+    def finished(self, result) -> None:  # noqa: ANN001
+        self.done += 1
+        if self.done == self.after:
+            self.seen = open_repository(self.repo).status()
+
+    def retrying(self, segment, cause, attempt) -> None:  # noqa: ANN001
+        pass
+
+    def replaced(self, count) -> None:  # noqa: ANN001
+        pass
+
+    def closed(self) -> None:
+        pass
+
+
+def test_status_of_asha_mid_run_counts_against_its_epoch_budget(tmp_path: Path) -> None:
+    from helpers import tuner
+
+    from phobbit.core.budget import Budget
+
+    repo = tmp_path / "repo"
+    watch = StatusMidRun(repo, after=6)
+    run = tuner(repo, n_jobs=2, search="asha", budget=Budget(max_epochs=120))
+    run.reporter = watch
+    run.run(R=9, eta=3)
+    seen = watch.seen
+    assert seen is not None and seen.driver.running
+    # Not what ASHA has decided so far (~100%), but its budget.
+    assert seen.epochs_total == 120 and 0 < seen.epochs_done < 60
+    assert seen.budget is not None and seen.budget.max_epochs == 120
+    after = open_repository(repo).status()
+    assert not after.driver.running and after.epochs_total == max(120, after.epochs_done)
+
+
+def test_driver_json_keeps_the_budget_backend_and_workers_after_the_run(tmp_path: Path) -> None:
+    from helpers import tuner
+
+    from phobbit.core.budget import Budget
+    from phobbit.storage.time_used import TimeLog
+
+    repo = tmp_path / "repo"
+    limits = Budget(time_limit="10m", max_epochs=40)
+    tuner(repo, n_jobs=2, budget=limits, epoch_seconds=1.0).run(R=9, eta=3)
+    record = json.loads((repo / "driver.json").read_text())
+    assert record["ended"] is not None and record["token"] is None
+    assert record["about"] == {
+        "budget": {"max_epochs": 40, "epochs_name": "max_epochs", "time_limit": 600.0},
+        "backend": "tensorflow",
+        "workers": 2,
+        "devices": ["cpu", "cpu"],
+    }
+    status = open_repository(repo).status()
+    about = status.driver.about
+    assert about is not None and (about.backend, about.workers) == ("tensorflow", 2)
+    used = TimeLog(Repository(repo)).used()
+    assert used > 0 and status.time_used == used
+    assert status.budget == Budget(600.0, 40, time_used=used)
+
+
+def test_an_older_driver_json_without_about_reads_as_before(tmp_path: Path) -> None:
+    from helpers import tuner
+
+    from phobbit.core.budget import Budget
+
+    repo = tmp_path / "repo"
+    tuner(repo, n_jobs=2, search="asha", budget=Budget(max_epochs=200)).run(R=9, eta=3)
+    known = open_repository(repo).status()
+    driver = repo / "driver.json"
+    record = json.loads(driver.read_text())
+    del record["about"]
+    driver.write_text(json.dumps(record))
+    older = open_repository(repo).status()
+    assert known.epochs_total == 200 and older.budget is None and older.driver.about is None
+    # No budget known: ASHA's total is what it decided, as an older version read it.
+    assert older.epochs_total == sum(r.n * r.segment_epochs for r in older.rungs)
+    # A damaged about reads as none, field by field.
+    driver.write_text(
+        json.dumps({**record, "about": {"budget": {"max_epochs": -3}, "workers": "x"}})
+    )
+    damaged = open_repository(repo).status()
+    assert damaged.budget is None and damaged.driver.about is not None
+    assert damaged.driver.about.workers is None
