@@ -755,7 +755,8 @@ def test_rows_no_schedule_makes_are_skipped_by_every_command_with_one_warning_a_
     }
     commands = {
         ("status", repo): ["results.csv"],
-        ("best", repo, "--json"): ["results.csv"],
+        # best reads the scoring epoch's metrics from epochs.csv (issue 22 item 1).
+        ("best", repo, "--json"): ["results.csv", "epochs.csv"],
         ("plot", repo, "-o", tmp_path / "run.png"): ["results.csv", "epochs.csv"],
         ("tensorboard", repo): ["results.csv", "epochs.csv"],
     }
