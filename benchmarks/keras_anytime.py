@@ -253,15 +253,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if importlib.util.find_spec("keras_tuner") is None:
         print("keras_anytime: skipped, Keras Tuner is not installed (pip install keras-tuner)")
         return 0
-    import keras
-    import keras_tuner
+    from importlib.metadata import version
 
     print(
         f"Anytime answers, real Keras: the tutorial MLP on scikit-learn digits, objective "
         f"val_loss, R={args.R}, eta={args.eta}, one Hyperband iteration, seeds "
         f"0..{args.seeds - 1}; search space {SPACE_DOC}; phobbit on {args.n_jobs} CPU "
-        f"workers, Keras Tuner {keras_tuner.__version__} in one process; Keras "
-        f"{keras.__version__}; {os.cpu_count()} CPUs; load average "
+        f"workers, Keras Tuner {version('keras-tuner')} in one process; Keras "
+        f"{version('keras')}; {os.cpu_count()} CPUs; load average "
         f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} at the start."
     )
     runs: list[dict[str, dict[str, Any]]] = []
