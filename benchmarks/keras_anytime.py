@@ -107,6 +107,7 @@ def run_phobbit(which: str, seed: int, R: int, eta: int, n_jobs: int) -> dict[st
 
 def run_keras_tuner(seed: int, R: int, eta: int) -> dict[str, Any]:
     """One Keras Tuner Hyperband run in this process, each trial's end time logged."""
+    import keras
     import keras_tuner
     from keras_models import build_mlp, load_digits_split
 
@@ -132,6 +133,9 @@ def run_keras_tuner(seed: int, R: int, eta: int) -> dict[str, Any]:
             hp.Float("learning_rate", 1e-4, 1e-1, sampling="log"),
         )
 
+    # Keras Tuner's seed fixes the hyperparameters it draws, not the weights: seed
+    # Keras too, so a seed's run repeats as phobbit's does (it seeds per configuration).
+    keras.utils.set_random_seed(seed)
     (x, y), validation = load_digits_split()
     with tempfile.TemporaryDirectory(prefix="keras-tuner-anytime-") as folder:
         tuner = TimedHyperband(
