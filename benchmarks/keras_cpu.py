@@ -1,11 +1,11 @@
-"""CPU per epoch: phobbit on 2 CPU workers against a plain in-process Keras loop.
+"""CPU per epoch: phobbit on one CPU worker against a plain in-process Keras loop.
 
 Run it with ``python benchmarks/keras_cpu.py`` (about 4 minutes per repeat on
 two quiet cores). Both train the seed tutorial's MLP (``keras_models.build_mlp``:
 Dropout, Dense(100), Dropout, Dense(10, softmax); Adam, batch 32) on
 scikit-learn's digits (1437 train, 360 validation):
 
-- *phobbit*: ``ParallelHyperband(..., n_jobs=2).run(R=27, eta=3)``, one
+- *phobbit*: ``ParallelHyperband(..., n_jobs=1).run(R=27, eta=3)`` (``--n-jobs``), one
   Hyperband iteration (49 configurations, every epoch checkpointed within its
   10% budget, each segment on a model built afresh unless a worker keeps it);
 - *Keras loop*: ``--configurations`` (13) configurations drawn from the same
@@ -191,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2, help="runs of each contender")
     parser.add_argument("--configurations", type=int, default=13, help="Keras loop's")
-    parser.add_argument("--n-jobs", type=int, default=2, help="phobbit's CPU workers")
+    parser.add_argument("--n-jobs", type=int, default=1, help="phobbit's CPU workers")
     parser.add_argument("--phobbit", nargs="+", default=[str(HERE.parent)], help="checkouts")
     parser.add_argument("--one", choices=["phobbit", "keras", "imports"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
