@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import asdict
 from pathlib import Path
@@ -530,6 +530,32 @@ class Repository:
     def epochs(self) -> dict[tuple[int, int, int, int], EpochRow]:
         """The last intact row of every epoch, by (iteration, s, id, epoch)."""
         return {row.key: row for row in self.iter_epochs()}
+
+    def epochs_of(
+        self, configs: Collection[tuple[int, int, int]]
+    ) -> dict[tuple[int, int, int, int], EpochRow]:
+        """``epochs`` of the configurations ``configs`` ((iteration, s, id)) alone.
+
+        A line of another configuration is passed over by its first three fields,
+        before its CRC and JSON are decoded: ``phobbit best`` reads the epochs of the
+        few configurations it shows from an ``epochs.csv`` of millions of rows.
+
+        Raises:
+            RepositoryError: when ``epochs.csv`` cannot be read.
+        """
+        wanted = {f"{i},{s},{c},".encode() for i, s, c in configs}
+
+        def decode(line: bytes) -> EpochRow | None:
+            second = line.find(b",", line.find(b",") + 1)
+            third = line.find(b",", second + 1)
+            if third < 0 or line[: third + 1] not in wanted:
+                return None
+            return decode_epoch(line)
+
+        rows: Iterable[EpochRow] = read_framed(self.epochs_path, decode)
+        if self.provenance is not None:
+            rows = possible(rows, self.provenance.epoch, self.epochs_path, self._warned)
+        return {row.key: row for row in rows}
 
     def iter_results(self) -> Iterator[SegmentResult]:
         """Every intact row, in the order written; torn or corrupt lines are skipped, and

@@ -402,7 +402,8 @@ class RepositoryView:
         if not wanted:
             return {}
         scoring: dict[str, tuple[int, dict[str, float]]] = {}
-        for epoch in self.repository.epochs().values():
+        # The shown configurations' epochs alone: quick on a long run's epochs.csv.
+        for epoch in self.repository.epochs_of(wanted).values():
             found = wanted.get((epoch.iteration, epoch.s, epoch.id))
             if found is None or epoch.epoch > found[1]:
                 continue

@@ -273,3 +273,22 @@ def test_a_results_file_begun_by_an_older_version_gets_todays_header_and_reads_i
     frame = pd.read_csv(repository.results_path)
     assert list(frame.columns) == [*COLUMNS, "crc"] and list(frame["id"]) == [6, 7]
     assert frame["note"].isna().tolist() == [True, False]
+
+
+def test_epochs_of_reads_the_given_configurations_alone(tmp_path: Path) -> None:
+    from phobbit.core.records import EpochRow
+    from phobbit.storage.repository import EPOCH_HEADER, encode_epoch
+
+    rows = [
+        EpochRow(0, s, i, 0, e, {"val_loss": 0.1 * e + s + i})
+        for s in range(3)
+        for i in (2, 21, 12)
+        for e in (1, 2, 3)
+    ]
+    (tmp_path / "epochs.csv").write_text(EPOCH_HEADER + "".join(map(encode_epoch, rows)))
+    repository = Repository(tmp_path)
+    wanted = {(0, 1, 2), (0, 2, 12)}
+    # (0, 1, 2) must not take (0, 1, 21)'s lines: the key is matched whole.
+    expected = {k: v for k, v in repository.epochs().items() if k[:3] in wanted}
+    assert repository.epochs_of(wanted) == expected and len(expected) == 6
+    assert repository.epochs_of(set()) == {}
