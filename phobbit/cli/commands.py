@@ -351,7 +351,7 @@ def _train(
         **trains,
         **ranking,
     )
-    slots = slot_summary(tuner.executor.slots)
+    where = slot_summary(tuner.executor.slots)  # not `slots`: that name is rebound below
 
     def title() -> str:
         # Made as the run starts: its budget (ASHA's default, the time earlier invocations
@@ -360,7 +360,7 @@ def _train(
             f"phobbit train {args.model_file}: R={args.R} eta={args.eta} seed={args.seed}"
             f"{f', {args.iterations} iterations' if args.iterations > 1 else ''}, "
             f"{args.algorithm}, {args.sampler} sampling, {_budget_words(tuner.budget)}; "
-            f"{_backend_name(args.backend)} on {tuner.executor.capacity} workers ({slots}); "
+            f"{_backend_name(args.backend)} on {tuner.executor.capacity} workers ({where}); "
             f"repository {args.repo}"
         )
 
