@@ -292,3 +292,23 @@ def test_epochs_of_reads_the_given_configurations_alone(tmp_path: Path) -> None:
     expected = {k: v for k, v in repository.epochs().items() if k[:3] in wanted}
     assert repository.epochs_of(wanted) == expected and len(expected) == 6
     assert repository.epochs_of(set()) == {}
+
+
+def test_a_damaged_or_hostile_time_used_line_is_skipped_and_the_rest_counted(
+    tmp_path: Path,
+) -> None:
+    from phobbit.storage.framing import framed
+    from phobbit.storage.time_used import HEADER, TimeLog
+
+    repository = Repository(tmp_path)
+    time_used = TimeLog(repository)
+    time_used.append("a", 30.0)
+    time_used.append("a", 60.0)  # the same invocation, later: its total so far
+    time_used.append("b", 45.0)
+    good = time_used.path.read_bytes()
+    torn = framed(["c", "1000.0"]).encode()[:-5] + b"\n"  # cut short by a kill
+    hostile = b"".join(framed(["d", v]).encode() for v in ("nan", "-5", "inf", "1e999"))
+    flipped = framed(["e", "7.0"]).replace("7.0", "9.0").encode()  # CRC no longer holds
+    time_used.path.write_bytes(good + torn + hostile + flipped)
+    assert good.startswith(HEADER.encode())
+    assert time_used.used() == 105.0
