@@ -77,7 +77,7 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -574,6 +574,16 @@ PEERS: dict[str, Callable[[Problem, int, int, int], Trace]] = {
 METHODS = (*PHOBBIT_METHODS, *PEERS)
 
 
+def run_cells(jobs: Sequence[tuple], n_jobs: int) -> Iterator[tuple[tuple, dict[str, Any]]]:
+    """``run_cell`` of each job, in order: on ``n_jobs`` processes, or in this one for 1."""
+    with ExitStack() as stack:
+        if n_jobs > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(n_jobs))
+            yield from pool.map(run_cell, jobs, chunksize=1)
+        else:
+            yield from map(run_cell, jobs)
+
+
 def run_cell(job: tuple[str, int, int, str, int, int]) -> tuple[tuple, dict[str, Any]]:
     """One (problem, R, eta, method, W, seed, iterations) run; a record or why it did not run."""
     name, R, eta, method, workers, seed, iterations = job
@@ -698,14 +708,8 @@ def main_sign_test(args: argparse.Namespace) -> int:
     runs = load_runs(args.runs)
     jobs = sign_test_jobs(args, runs)
     began = time.time()
-    with ExitStack() as stack:
-        if args.jobs > 1:
-            pool = stack.enter_context(ProcessPoolExecutor(args.jobs))
-            done = pool.map(run_cell, jobs, chunksize=1)
-        else:
-            done = map(run_cell, jobs)
-        for job, record in done:
-            runs[key_of(job)] = record
+    for job, record in run_cells(jobs, args.jobs):
+        runs[key_of(job)] = record
     save_runs(args.runs, runs)
     print(f"{len(jobs)} runs in {time.time() - began:.0f} s")
     print(sign_test_table(args, runs))
@@ -1169,21 +1173,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         if key_of(job) not in runs:
                             jobs.append(job)
         began = time.time()
-        with ExitStack() as stack:
-            if args.jobs > 1:
-                pool = stack.enter_context(ProcessPoolExecutor(args.jobs))
-                done = pool.map(run_cell, jobs, chunksize=1)
-            else:
-                done = map(run_cell, jobs)
-            for count, (job, record) in enumerate(done, 1):
-                runs[key_of(job)] = record
-                if count % 20 == 0 or count == len(jobs):
-                    save_runs(args.runs, runs)
-                    print(
-                        f"{count}/{len(jobs)} runs, {time.time() - began:.0f} s; {machine()}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+        for count, (job, record) in enumerate(run_cells(jobs, args.jobs), 1):
+            runs[key_of(job)] = record
+            if count % 20 == 0 or count == len(jobs):
+                save_runs(args.runs, runs)
+                print(
+                    f"{count}/{len(jobs)} runs, {time.time() - began:.0f} s; {machine()}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         save_runs(args.runs, runs)
     args.plots.mkdir(parents=True, exist_ok=True)
     print(report(args, runs))
