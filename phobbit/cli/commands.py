@@ -408,7 +408,7 @@ def _final_table(console: Console, frame: Any, args: argparse.Namespace, tuner: 
 
     metrics = {}
     if not frame.empty:
-        metrics = open_repository(args.repo).scoring_metrics(frame.head(args.top))
+        metrics = open_repository(args.repo).scoring_metrics(frame.head(args.top).iterrows())
     _, unknown = metric_columns(tuner.objective, metrics, args.columns)
     if unknown:
         print(f"phobbit: warning: {unknown_columns_message(unknown, metrics)}", file=sys.stderr)

@@ -377,24 +377,22 @@ class RepositoryView:
         return Ranking.of(self.repository.index(), self.settings.goal)
 
     def scoring_metrics(
-        self, rows: pd.DataFrame | Iterable[tuple[Any, Mapping[str, Any]]]
+        self, rows: Iterable[tuple[Any, Mapping[str, Any]]]
     ) -> dict[str, dict[str, float]]:
         """What the scoring epoch of each configuration of ``rows`` logged, by trial: the
         latest of its epochs, up to the rung it reached, whose objective is the one the
         table lists. Failed configurations have none.
 
         Args:
-            rows: a results table (``results_frame``) or (trial, row) pairs with its
-                columns (``Ranking.top``).
+            rows: (trial, row) pairs with the results table's columns (``Ranking.top``,
+                or ``results_frame(...).iterrows()``).
 
         Raises:
             RepositoryError: when ``epochs.csv`` cannot be read.
         """
         goal = self.settings.goal
-        # Duck-typed: ``phobbit best`` reads without importing pandas.
-        pairs = rows.iterrows() if hasattr(rows, "iterrows") else rows
         wanted: dict[tuple[int, int, int], tuple[str, int, float]] = {}
-        for trial, row in pairs:
+        for trial, row in rows:
             listed = row["Val Loss"] if goal.is_val_loss else row[goal.label]
             if row["Status"] == Status.OK and not math.isnan(listed):
                 config = (int(row["Iteration"]), int(row["Run"]), int(row["ID"]))
