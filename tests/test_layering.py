@@ -107,7 +107,9 @@ def imports_of(module: str) -> list[Import]:
 
     def visit(node: ast.AST, in_function: bool) -> None:
         if isinstance(node, ast.Import | ast.ImportFrom):
-            text = " ".join((ast.get_source_segment(source, node) or "").split())
+            # ast.unparse, not get_source_segment: that one splits the whole source on
+            # every call, which made collecting this file take seconds.
+            text = ast.unparse(node)
             for target in targets(node, package):
                 found.append(Import(where, node.lineno, target, text, in_function))
         inner = in_function or isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
