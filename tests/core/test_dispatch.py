@@ -287,10 +287,13 @@ def test_list_schedule_gives_the_makespan_of_the_scheduler_on_the_simulated_exec
     sim, workers: int
 ) -> None:
     space, duration = sim.Space(sim.SPACE), _durations(sim)
-    fast = _makespan(
-        sim, 27, 3, 1, workers, lambda m: LatestStartPolicy(m.schedule, 1, workers), duration
-    )
-    assert fast == pytest.approx(sim.simulate_plan(space, 27, 3, 0, 1, workers, duration).makespan)
+    for policy in (
+        lambda m: LatestStartPolicy(m.schedule, 1, workers),
+        lambda m: AnytimePolicy(m.schedule, 1, workers),
+    ):
+        fast = _makespan(sim, 27, 3, 1, workers, policy, duration)
+        slow = sim.simulate_plan(space, 27, 3, 0, 1, workers, duration, policy=policy)
+        assert fast == pytest.approx(slow.makespan)
 
 
 def test_best_offline_is_never_longer_than_phobbit_and_its_ranks_replay_its_makespan(sim) -> None:
