@@ -229,7 +229,7 @@ def simulate_plan(
 
     Args:
         duration: the time a segment takes.
-        policy: the plan's dispatch policy (phobbit's latest start by default).
+        policy: the plan's dispatch policy (the default: ``AnytimePolicy``, latest start with the deepest brackets due early).
         overhead: time added to every segment (inside the worker: the CSV append, ...).
         latency: the driver's round trip, from a result to the next segment reaching
             a worker; hidden by a segment queued ahead.
