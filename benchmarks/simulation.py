@@ -229,7 +229,8 @@ def simulate_plan(
 
     Args:
         duration: the time a segment takes.
-        policy: the plan's dispatch policy (the default: ``AnytimePolicy``, latest start with the deepest brackets due early).
+        policy: the plan's dispatch policy (by default ``AnytimePolicy``: latest start
+            with the deepest brackets due early).
         overhead: time added to every segment (inside the worker: the CSV append, ...).
         latency: the driver's round trip, from a result to the next segment reaching
             a worker; hidden by a segment queued ahead.
