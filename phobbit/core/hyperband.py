@@ -110,6 +110,11 @@ class StateMachine(ABC):
         """``segment``, about to be dispatched, with its configuration drawn if it had none."""
         return segment
 
+    def defers(self, segment: Segment) -> bool:
+        """Whether ready ``segment`` had better wait while other ready work can keep the
+        workers busy (a draw that would learn more later); it never waits for want of work."""
+        return False
+
     def take_decisions(self) -> list[Segment]:
         """The segments decided (or whose configuration was drawn) since the last call,
         in order: the driver records them before they train, so a resume reuses them."""
@@ -253,6 +258,20 @@ class SynchronousHyperband(StateMachine):
         if drawn:
             self._drawn.append(segment)
         return segment
+
+    def defers(self, segment: Segment) -> bool:
+        """A first-rung segment of any bracket but the deepest whose configuration a lazy
+        sampler has yet to draw, while that sampler cannot fit its model: the deepest
+        bracket's many one-epoch segments bring the results first, and the shallower
+        brackets (whose configurations reach R) draw from them. Not the random sampler's:
+        its draws and their order are a function of the seed alone."""
+        if not self._lazy or segment.rung != 0 or segment.s == self.schedule[0].s:
+            return False
+        state = self._state(segment.key)
+        key = (segment.iteration, segment.s, segment.id)
+        if state.hparams[segment.id] is not None or key in self._recorded:
+            return False
+        return not self.sampler.informed
 
     def take_decisions(self) -> list[Segment]:
         drawn, self._drawn = self._drawn, []

@@ -84,18 +84,36 @@ class Plan:
     def next_segment(self, prefer: Collection[ConfigKey] = ()) -> Segment | None:
         """The ready segment that shortens the run most, now marked outstanding; None if none.
 
+        With a model-based sampler that has too few results yet, a segment whose draw
+        would learn from them waits while other ready work exists (``_pop_informed``).
+
         Args:
             prefer: configurations whose model the worker that takes the segment
                 holds in memory; of segments that rank alike, one of these goes
                 first (``DispatchPolicy.pop``).
         """
-        segment = self.policy.pop(prefer)
+        segment = self._pop_informed(prefer)
         if segment is not None:
             segment = self.machine.prepare(segment)
         else:
             segment = self.machine.decide()
         if segment is not None:
             self._outstanding.add(segment.key)
+        return segment
+
+    def _pop_informed(self, prefer: Collection[ConfigKey]) -> Segment | None:
+        """The policy's next segment that the state machine does not defer
+        (``StateMachine.defers``); the first deferred one when all are, so no worker
+        waits for want of work. The deferred ones go back as they were."""
+        held: list[Segment] = []
+        segment = self.policy.pop(prefer)
+        while segment is not None and self.machine.defers(segment):
+            held.append(segment)
+            segment = self.policy.pop(prefer)
+        if segment is None and held:
+            segment = held.pop(0)
+        for other in reversed(held):
+            self.policy.give_back(other)
         return segment
 
     def take_decisions(self) -> list[Segment]:

@@ -8,13 +8,18 @@ happened in the run.
 it fits a tree-structured Parzen estimator (Optuna's ``TPESampler``,
 multivariate, with a constant liar for configurations in flight) on the
 results of the largest budget (epochs) that has enough observations (the
-number of hyperparameters + 1, BOHB's rule; results of earlier iterations
-count), and keeps a share of random draws (drawn exactly as the random sampler
-would draw that configuration): BOHB's 1/3 while results are few, falling to
-0.1 as they grow. Its draws depend on the results seen so far, so a run that
-samples with it records every configuration it draws before it trains
-(``decisions.csv``); a resumed run reuses those, and holds the ones that have
-no result yet as in flight (liars), as the run that drew them did.
+number of hyperparameters + 1, BOHB's rule, and at least 5: on fewer the
+model's draws were worse than random ones; results of earlier iterations
+count), splits them into the best 30% and the rest (Optuna's 10% leaves a
+single good result of the few a small run has), and keeps a share of random
+draws (drawn exactly as the random sampler would draw that configuration):
+BOHB's 1/3 while results are few, falling to 0.1 as they grow. Until the model
+has its results, a run defers the draws of all but its deepest bracket while
+other work can keep the workers busy (``SynchronousHyperband.defers``).
+Its draws depend on the results seen so far, so a run that samples with it
+records every configuration it draws before it trains (``decisions.csv``); a
+resumed run reuses those, and holds the ones that have no result yet as in
+flight (liars), as the run that drew them did.
 
 A draw is a function of the seed, its configuration's key, the results
 observed and the configurations in flight, never of the order in which it
@@ -58,6 +63,13 @@ EI_CANDIDATES = 64
 """Candidates a TPE model draw scores by expected improvement."""
 MIN_RANDOM_FRACTION = 0.1
 """The share of a TPE sampler's draws that stay random once results abound."""
+GOOD_FRACTION = 0.3
+"""The share of a TPE model's results that make its density of good configurations: of the
+9 first-rung results of an R=9 bracket, 3 (Optuna's default, 10%, keeps 1, and its draws on
+Branin were worse than random ones; see benchmarks/README.md, issue 21.2 (tpe2))."""
+MIN_MODEL_POINTS = 5
+"""The fewest results a TPE model is fit on, whatever the number of hyperparameters: two
+good and three others by ``GOOD_FRACTION``."""
 _TAIL = 1e-9
 _STD_NORMAL = NormalDist()
 
@@ -98,6 +110,10 @@ class RandomSampler:
         """The configuration of ``key``."""
         return self.space.sample(self.seed, *key)
 
+    informed = True
+    """Whether a draw now would use what the run has learnt (always, as far as a random
+    draw goes: it never waits for results)."""
+
     def observe(
         self, key: ConfigKey, hparams: dict[str, Any], epochs: int, loss: float | None
     ) -> None:
@@ -117,7 +133,7 @@ class TPESampler(RandomSampler):
         random_fraction: the largest share of draws that are random (BOHB's 1/3); it
             falls as results come in, to ``min_random_fraction``.
         min_points: results a model needs; by default the number of hyperparameters
-            + 1 (BOHB's rule).
+            + 1 (BOHB's rule), at least ``MIN_MODEL_POINTS``.
         min_random_fraction: the share of random draws once results abound.
 
     Attributes:
@@ -141,7 +157,9 @@ class TPESampler(RandomSampler):
         self._optuna = _optuna()
         self.random_fraction = random_fraction
         self.min_random_fraction = min(min_random_fraction, random_fraction)
-        self.min_points = min_points if min_points is not None else len(space) + 1
+        self.min_points = (
+            min_points if min_points is not None else max(len(space) + 1, MIN_MODEL_POINTS)
+        )
         self.draws = 0  # draws made or replayed so far
         self.study_size = 0
         self._observed: dict[int, dict[ConfigKey, tuple[dict[str, Any], float]]] = {}
@@ -182,6 +200,11 @@ class TPESampler(RandomSampler):
             hparams = self._ask(key, points)
         self._pending[key] = hparams
         return hparams
+
+    @property
+    def informed(self) -> bool:
+        """Whether a model can be fit: some budget has ``min_points`` results."""
+        return self._model_budget() is not None
 
     def _random_share(self, points: int) -> float:
         """The share of random draws when the model has ``points`` results: BOHB's 1/3
@@ -230,6 +253,7 @@ class TPESampler(RandomSampler):
             # More candidates than Optuna's 24: with few results the model's best guess is
             # worth a closer look (paired seeds at R=9 lost fewer to random Hyperband).
             n_ei_candidates=EI_CANDIDATES,
+            gamma=_good_points,
         )
         study = optuna.create_study(direction="minimize", sampler=sampler)
         study.add_trials(
@@ -271,6 +295,12 @@ def make_sampler(name: str, space: Space, seed: int = 0) -> RandomSampler:
     """The sampler called ``name`` (``"random"`` or ``"tpe"``)."""
     check_sampler(name)
     return TPESampler(space, seed) if name == "tpe" else RandomSampler(space, seed)
+
+
+def _good_points(n: int) -> int:
+    """How many of ``n`` results the model counts as good (Optuna's ``gamma``): 30%, at
+    least one, at most Optuna's 25."""
+    return max(1, min(math.ceil(GOOD_FRACTION * n), 25))
 
 
 def _distribution(optuna: Any, hp: Hyperparameter) -> Any:
