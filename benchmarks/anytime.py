@@ -91,20 +91,38 @@ ORDERS: dict[str, Callable[[SynchronousHyperband, int], DispatchPolicy]] = {
 
 
 def run_order(
-    problem: Problem, R: int, seed: int, workers: int, order: str
+    problem: Problem, R: int, seed: int, workers: int, order: str, queue_ahead: int = 1
 ) -> tuple[float, list[tuple[float, float]], dict]:
-    """One run on a bare virtual clock: makespan, (end, value) of full-R results, promotions."""
+    """One run on a bare virtual clock: makespan, (end, value) of full-R results, promotions.
+
+    Segments are handed out as the ``Scheduler`` does (on the simulated executor, the same
+    makespan): with ``queue_ahead=1`` one waits queued while every worker is busy; 0 hands
+    a segment only to a free worker (the benchmark before anytime4).
+    """
     machine = SynchronousHyperband(Tuning.of(Space(problem.space), R, problem.eta, seed, 1))
     plan = Plan.of(machine, ORDERS[order](machine, workers), workers)
     trainable = problem.trainable()
     running: list[tuple[float, int, Segment]] = []
     tiebreak, clock = itertools.count(), 0.0
     answers: list[tuple[float, float]] = []
+    queued: Segment | None = None
+
+    def start(segment: Segment) -> None:
+        length = trainable.segment_time(segment.hparams, segment.start_epoch, segment.epochs)
+        heapq.heappush(running, (clock + length, next(tiebreak), segment))
+
     while not plan.done:
         while len(running) < workers and (segment := plan.next_segment()) is not None:
-            length = trainable.segment_time(segment.hparams, segment.start_epoch, segment.epochs)
-            heapq.heappush(running, (clock + length, next(tiebreak), segment))
+            start(segment)
+        # The Scheduler's queued segment (queue_ahead=1): chosen while every worker is busy
+        # and at least half as many segments as workers are ready, taken by the first
+        # worker to finish before its result is known.
+        if queue_ahead and queued is None and 2 * len(plan.policy) >= workers:
+            queued = plan.next_segment()
         clock, _, segment = heapq.heappop(running)
+        if queued is not None:
+            start(queued)
+            queued = None
         result = synthetic_result(segment, problem.curve, end=clock)
         plan.record(result)
         if segment.epochs >= R:

@@ -24,15 +24,16 @@ workers of earlier ones.
 ``AnytimePolicy``, the default since issue 21, is latest start with the deepest
 brackets of the first iteration given a deadline before the end
 (``anytime_release``), chosen only where forward runs with early promotion, on
-exact and jittered epochs, show no longer makespan: their full-fidelity answers
-then come early (on one worker, and on two at R=27, as early as in Keras Tuner's
-bracket-by-bracket order).
+exact and jittered epochs, with the scheduler's queued segment modelled, keep the
+makespan: their full-fidelity answers then come early (on 1-2 workers at R=27 and
+81, 4 at R=27 and 4-7 at R=81 by half the run, as in Keras Tuner's order).
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import random
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -194,6 +195,7 @@ def nominal_run(
     workers: int,
     latest: Mapping[RungKey, list[int]],
     jitter: random.Random | None = None,
+    queue_ahead: int = 1,
 ) -> tuple[float, list[tuple[float, RungKey]]]:
     """The latest-start order of ``latest`` run forwards on segments as long as their epochs.
 
@@ -203,15 +205,59 @@ def nominal_run(
     score, so how many are promoted when does not depend on the losses. It is the
     shape of a run, which ``anytime_release`` compares candidate orders on.
 
+    Segments are handed out as the ``Scheduler`` hands them out: with
+    ``queue_ahead=1`` (its default) one segment waits queued beyond one per worker
+    while at least half as many segments as workers are ready, and the first
+    worker to finish takes it before its own result is known; the next segment is
+    then chosen with that result, and queued. So a segment is chosen one result
+    early, which can take a worker from a promotion about to come.
+
     Args:
         jitter: when given, the k-th segment of each rung to start lasts its
-            epochs times a factor in [0.7, 1.3] drawn from it (the same draws for
-            every order run with a generator of the same seed).
+            epochs times a factor drawn from it: epochs of 1 +-30% each, as the
+            simulated executor's (a segment of e epochs spreads 1/sqrt(e) as much;
+            the same draws for every order run with a generator of the same seed).
+        queue_ahead: 1 models the scheduler's queued segment, 0 a scheduler that
+            hands a segment only to a free worker (an executor without a shared
+            queue, or a run with a time limit).
 
     Returns:
         The makespan in epochs, and (end, (iteration, s, rung)) of every
         full-fidelity segment, in the order they ended.
     """
+    factors = None if jitter is None else _draw_factors(schedule, iterations, jitter)
+    return _forward(schedule, iterations, workers, latest, factors, queue_ahead)
+
+
+def _draw_factors(
+    schedule: list[Bracket], iterations: int, jitter: random.Random
+) -> dict[tuple[RungKey, int], float]:
+    """(rung, k) -> the factor the k-th segment of the rung to start lasts its epochs times.
+
+    Drawn in a fixed order (rung by rung, segment by segment), not in the order
+    segments start, so that two orders see the same duration for the same segment.
+    """
+    factors: dict[tuple[RungKey, int], float] = {}
+    for iteration in range(iterations):
+        for bracket in schedule:
+            for rung in bracket.rungs:
+                # The mean of e epochs of 1 +-30% each: as spread as one, over sqrt(e).
+                spread = 0.3 / math.sqrt(bracket.segment_epochs(rung.index))
+                for k in range(1, rung.n + 1):
+                    key = ((iteration, bracket.s, rung.index), k)
+                    factors[key] = 1 + jitter.uniform(-spread, spread)
+    return factors
+
+
+def _forward(
+    schedule: list[Bracket],
+    iterations: int,
+    workers: int,
+    latest: Mapping[RungKey, list[int]],
+    factors: Mapping[tuple[RungKey, int], float] | None,
+    queue_ahead: int,
+) -> tuple[float, list[tuple[float, RungKey]]]:
+    """``nominal_run`` with its segments' factors drawn (None: exact epochs)."""
     workers = max(1, workers)
     by_s = {b.s: b for b in schedule}
     # Rungs with ready segments, by rank; a rung's rank changes only when one of its
@@ -221,43 +267,55 @@ def nominal_run(
     started: Counter[RungKey] = Counter()
     finished: Counter[RungKey] = Counter()
     promoted: Counter[RungKey] = Counter()
+    total_ready = 0
 
     def make_ready(group: RungKey, n: int) -> None:
+        nonlocal total_ready
         if not ready[group]:
             heapq.heappush(
                 queue, (_dispatch_rank(latest, by_s[group[1]], group, started[group]), group)
             )
         ready[group] += n
+        total_ready += n
+
+    def take() -> RungKey:
+        nonlocal total_ready
+        group = heapq.heappop(queue)[1]
+        ready[group] -= 1
+        total_ready -= 1
+        started[group] += 1
+        if ready[group]:
+            rank = _dispatch_rank(latest, by_s[group[1]], group, started[group])
+            heapq.heappush(queue, (rank, group))
+        return group
 
     for iteration in range(iterations):
         for bracket in schedule:
             make_ready((iteration, bracket.s, 0), bracket.n)
-    # Drawn in a fixed order (rung by rung, segment by segment), not in the order
-    # segments start, so that two orders see the same duration for the same segment.
-    factors: dict[tuple[RungKey, int], float] = {}
-    if jitter is not None:
-        for iteration in range(iterations):
-            for bracket in schedule:
-                for rung in bracket.rungs:
-                    for k in range(1, rung.n + 1):
-                        factors[((iteration, bracket.s, rung.index), k)] = jitter.uniform(0.7, 1.3)
     clock: float = 0
     tiebreak = itertools.count()
-    running: list[tuple[float, int, RungKey]] = []
+    running: list[tuple[float, int, RungKey, int]] = []
+    queued: list[tuple[RungKey, int]] = []
     answers: list[tuple[float, RungKey]] = []
-    while queue or running:
+
+    def start(group: RungKey, k: int) -> None:
+        length: float = by_s[group[1]].segment_epochs(group[2])
+        if factors is not None:
+            length *= factors[(group, k)]
+        heapq.heappush(running, (clock + length, next(tiebreak), group, k))
+
+    while queue or running or queued:
         while queue and len(running) < workers:
-            group = heapq.heappop(queue)[1]
-            ready[group] -= 1
-            started[group] += 1
-            if ready[group]:
-                rank = _dispatch_rank(latest, by_s[group[1]], group, started[group])
-                heapq.heappush(queue, (rank, group))
-            length: float = by_s[group[1]].segment_epochs(group[2])
-            if jitter is not None:
-                length *= factors[(group, started[group])]
-            heapq.heappush(running, (clock + length, next(tiebreak), group))
-        clock, _, group = heapq.heappop(running)
+            group = take()
+            start(group, started[group])
+        # The scheduler's condition (``Scheduler._worth_queueing``), on what is ready
+        # before the segment is taken.
+        while queue and len(queued) < queue_ahead and 2 * total_ready >= workers:
+            group = take()
+            queued.append((group, started[group]))
+        clock, _, group, _ = heapq.heappop(running)
+        if queued:  # the worker takes it before its result reaches the scheduler
+            start(*queued.pop(0))
         bracket = by_s[group[1]]
         finished[group] += 1
         if group[2] == len(bracket.rungs) - 1:
@@ -298,7 +356,11 @@ def answer_score(
 # Fractions of the run by which the deepest brackets must finish, tried by anytime_release.
 _RELEASE_FRACTIONS = tuple(i / 10 for i in range(1, 10))
 # Seeds of the segment lengths (epochs +-30%) a candidate order must keep the makespan on.
-_JITTER_DRAWS = (1, 2, 3, 4, 5, 6)
+_JITTER_DRAWS = tuple(range(1, 13))
+# The scheduler keeps one segment queued ahead (``Scheduler.queue_ahead``), unless the run has a
+# time limit or its executor no shared queue: a candidate must keep the makespan either way. The
+# first is the usual one, on which candidates are scored.
+_QUEUE_AHEAD = (1, 0)
 # The search runs each candidate forwards over every segment of the run: past this many
 # segments (R=243 has 611 in one iteration, R=729 about 1,800, R=81 x 5 iterations about
 # 1,000) it would cost the plan seconds, and the run keeps plain latest start (with several
@@ -311,7 +373,7 @@ def anytime_release(
     iterations: int,
     workers: int,
     iterations_first: bool = True,
-    tolerance: float = 0.005,
+    tolerance: float = 0.0075,
 ) -> dict[tuple[int, int], int]:
     """The ``release`` of ``latest_starts`` that brings full-fidelity answers earliest
     at no cost in makespan.
@@ -320,10 +382,11 @@ def anytime_release(
     order: the deepest screens the most configurations) a deadline, a fraction f
     of the run before its end, the same for all k or shrinking linearly from
     the deepest; each is run forwards on segments as long as their epochs
-    (``nominal_run``). Of those whose exact makespan is no longer than plain
-    latest start's, whose mean makespan over jittered draws stays within
-    ``tolerance`` of its mean and no draw beyond twice that, and whose first
-    full-fidelity result comes no later,
+    (``nominal_run``), with the scheduler's queued segment and without. Of those
+    whose exact makespan stays within ``tolerance`` of plain latest start's, whose
+    mean makespan over 12 jittered draws (epochs of 1 +-30%) stays within
+    ``tolerance`` of its mean and no draw beyond twice that, both ways, and whose
+    first full-fidelity result comes no later,
     the one of lowest ``answer_score`` wins; none at all when none beats plain
     latest start, or when the run has more than ``SEARCH_SEGMENTS`` segments (the
     search would cost the plan seconds). A function of the schedule, iterations and workers alone
@@ -350,13 +413,17 @@ def _anytime_release(
     if iterations * sum(r.n for b in brackets for r in b.rungs) > SEARCH_SEGMENTS:
         return ()
 
-    def run(latest: Mapping[RungKey, list[int]], draw: int | None) -> tuple:
-        jitter = None if draw is None else random.Random(draw)
-        return nominal_run(brackets, iterations, workers, latest, jitter)
+    # The same draws for every candidate, drawn once.
+    draws = {d: _draw_factors(brackets, iterations, random.Random(d)) for d in _JITTER_DRAWS}
+
+    def run(latest: Mapping[RungKey, list[int]], draw: int | None, ahead: int) -> tuple:
+        factors = None if draw is None else draws[draw]
+        return _forward(brackets, iterations, workers, latest, factors, ahead)
 
     plain = latest_starts(brackets, iterations, workers, iterations_first)
-    makespan, answers = run(plain, None)
-    jittered = [run(plain, draw)[0] for draw in _JITTER_DRAWS]
+    exact = {ahead: run(plain, None, ahead) for ahead in _QUEUE_AHEAD}
+    jittered = {ahead: [run(plain, d, ahead)[0] for d in _JITTER_DRAWS] for ahead in _QUEUE_AHEAD}
+    makespan, answers = exact[_QUEUE_AHEAD[0]]
     first = min(end for end, _ in answers)
     best_score, best = answer_score(brackets, answers, makespan), ()
     deepest = sorted((b.s for b in brackets), reverse=True)
@@ -370,20 +437,32 @@ def _anytime_release(
                 latest = latest_starts(
                     brackets, iterations, workers, iterations_first, dict(release)
                 )
-                length, tried = run(latest, None)
-                if length > makespan or min(e for e, _ in tried) > first:
+                tried = {ahead: run(latest, None, ahead) for ahead in _QUEUE_AHEAD}
+                if any(tried[a][0] > exact[a][0] * (1 + tolerance) for a in _QUEUE_AHEAD):
                     continue
-                score = answer_score(brackets, tried, makespan)
+                ends = tried[_QUEUE_AHEAD[0]][1]
+                if min(e for e, _ in ends) > first:
+                    continue
+                score = answer_score(brackets, ends, makespan)
                 if score >= best_score - 1e-9:
                     continue
                 # Exact epochs line segments up as no real run does: the order must keep
-                # the makespan on segments that vary too.
-                spans = [run(latest, draw)[0] for draw in _JITTER_DRAWS]
-                if sum(spans) <= sum(jittered) * (1 + tolerance) and all(
-                    span <= before * (1 + 2 * tolerance) for span, before in zip(spans, jittered)
+                # the makespan on segments that vary too, with the queued segment and without
+                # (one worker is never idle: every order takes as long).
+                if workers == 1 or all(
+                    _keeps(jittered[a], [run(latest, d, a)[0] for d in _JITTER_DRAWS], tolerance)
+                    for a in _QUEUE_AHEAD
                 ):
                     best_score, best = score, release
     return best
+
+
+def _keeps(before: list[float], after: list[float], tolerance: float) -> bool:
+    """Whether makespans ``after`` keep ``before`` (the same draws): the mean within
+    ``tolerance``, no draw beyond twice that."""
+    return sum(after) <= sum(before) * (1 + tolerance) and all(
+        span <= was * (1 + 2 * tolerance) for span, was in zip(after, before)
+    )
 
 
 def _rung_of(key: SegmentKey) -> RungKey:

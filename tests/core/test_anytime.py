@@ -1,5 +1,5 @@
 """The anytime order (issue 21 item 1): full-fidelity answers sooner, the same makespan and
-promotions. Virtual clocks only: segments last their epochs +-30%, drawn per segment."""
+promotions. Virtual clocks only: epochs last 1 s +-30%, drawn per configuration and epoch."""
 
 from __future__ import annotations
 
@@ -28,17 +28,33 @@ def _curve(hparams: dict, epoch: int) -> float:
     return (hparams["x"] - 0.3) ** 2 + 1.0 / epoch
 
 
+def _length(segment: Segment) -> float:
+    """Its epochs of 1 s +-30% each, drawn per configuration and epoch (the simulated
+    executor's ``SyntheticTrainable``)."""
+    config = (segment.iteration, segment.s, segment.id)
+    return sum(
+        random.Random(repr((config, e))).uniform(0.7, 1.3)
+        for e in range(segment.start_epoch + 1, segment.epochs + 1)
+    )
+
+
 def _run(plan: Plan, workers: int, R: int) -> tuple[float, float, dict]:
-    """``plan`` on a virtual clock: its makespan, its first R-epoch result, its rows."""
+    """``plan`` on a virtual clock, its segments handed out as the ``Scheduler`` hands them
+    out (one queued ahead while every worker is busy and half as many as workers are ready):
+    its makespan, its first R-epoch result, its rows."""
     clock, tick, first = 0.0, itertools.count(), float("inf")
     running: list[tuple[float, int, Segment]] = []
+    queued: Segment | None = None
     rows = {}
     while not plan.done:
         while len(running) < workers and (segment := plan.next_segment()) is not None:
-            factor = random.Random(repr(segment.key)).uniform(0.7, 1.3)
-            length = (segment.epochs - segment.start_epoch) * factor
-            heapq.heappush(running, (clock + length, next(tick), segment))
+            heapq.heappush(running, (clock + _length(segment), next(tick), segment))
+        if queued is None and 2 * len(plan.policy) >= workers:
+            queued = plan.next_segment()
         clock, _, segment = heapq.heappop(running)
+        if queued is not None:  # the worker that finished takes it before the result is known
+            heapq.heappush(running, (clock + _length(queued), next(tick), queued))
+            queued = None
         result = synthetic_result(segment, _curve)
         rows[result.key] = result
         plan.record(result)
@@ -109,8 +125,11 @@ def test_anytime_release_is_none_where_nothing_beats_latest_start_and_is_cached(
 
 def test_a_release_delays_the_brackets_end_backwards_so_it_finishes_early_forwards() -> None:
     schedule = brackets(27, 3)
-    plain = nominal_run(schedule, 1, 1, latest_starts(schedule, 1, 1))
-    early = nominal_run(schedule, 1, 1, latest_starts(schedule, 1, 1, release={(0, 3): 276}))
+    # Without the scheduler's queued segment (queue_ahead=0), which on one worker takes
+    # another bracket's segment while the last result of a rung is still out.
+    plain = nominal_run(schedule, 1, 1, latest_starts(schedule, 1, 1), queue_ahead=0)
+    release = {(0, 3): 276}
+    early = nominal_run(schedule, 1, 1, latest_starts(schedule, 1, 1, release=release), None, 0)
     assert plain[0] == early[0] == sum(b.total_epochs() for b in schedule)
     end_of = {key[1]: end for end, key in early[1]}
     assert end_of[3] == brackets(27, 3)[0].total_epochs()  # bracket 3 first, alone
@@ -140,3 +159,15 @@ def test_a_run_too_large_to_search_keeps_latest_start_and_plans_at_once() -> Non
     assert anytime_release(schedule, 1, 1)
     assert anytime_release(schedule, 10, 1) == {}
     assert AnytimePolicy(schedule, 10, 1).release == {}
+
+
+@pytest.mark.parametrize(("R", "workers"), [(27, 4), (81, 4), (81, 5), (81, 6), (81, 7)])
+def test_on_four_to_seven_workers_the_deepest_bracket_answers_by_half_the_run(
+    R: int, workers: int
+) -> None:
+    """With the scheduler's queued segment in the model, deadlines that keep the makespan
+    are found on 4 workers at R=27 and 4-7 at R=81 too (there were none): the deepest
+    bracket's answer comes by half the run, as in Keras Tuner's order."""
+    (makespan, first, _), _ = _both(R, workers)
+    assert first <= makespan / 2
+    assert (0, brackets(R, 3)[0].s) in anytime_release(brackets(R, 3), 1, workers)

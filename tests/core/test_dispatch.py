@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from test_plan import SPACE
 
-from phobbit.core.dispatch import AnytimePolicy, LatestStartPolicy
+from phobbit.core.dispatch import AnytimePolicy, LatestStartPolicy, latest_starts, nominal_run
 from phobbit.core.hyperband import SynchronousHyperband
 from phobbit.core.plan import Plan
 from phobbit.core.records import Segment, SegmentResult, Status, Tuning
+from phobbit.core.schedule import brackets
 
 # The order in which the Plan of phobbit 0.1 (before the state machine and the
 # policy were split apart) handed out segments in ``dispatch_order``, which
@@ -305,3 +306,37 @@ def test_best_offline_is_never_longer_than_phobbit_and_its_ranks_replay_its_make
     )
     replay = _makespan(sim, 27, 3, 1, 16, lambda m: sim.RankPolicy(found.ranks), duration)
     assert replay == found.best
+
+
+@pytest.mark.parametrize(
+    ("R", "workers", "release"),
+    [
+        (9, 2, {}),
+        (27, 3, {(0, 3): 50}),
+        (27, 4, {}),
+        (81, 2, {(0, 4): 150}),
+        (81, 16, {(0, 4): 150}),
+    ],
+)
+def test_nominal_run_has_the_makespan_of_the_scheduler_and_its_queued_segment(
+    sim, R: int, workers: int, release: dict
+) -> None:
+    """On exact epochs, ``nominal_run`` (what ``anytime_release`` judges deadlines on) runs
+    the order as the ``Scheduler`` does on the simulated executor: with one segment queued
+    ahead (chosen one result early: 95 epochs at R=27 W=4, where a free worker would take
+    90) and without."""
+    schedule = brackets(R, 3)
+    latest = latest_starts(schedule, 1, workers, release=release)
+    space = sim.Space(sim.SPACE)
+    for ahead in (1, 0):
+        policy = lambda m: LatestStartPolicy(m.schedule, 1, workers, release=release)  # noqa: E731
+        scheduler = sim.simulate_plan(
+            space, R, 3, 0, 1, workers, _exact, policy=policy, queue_ahead=ahead
+        )
+        assert (
+            nominal_run(schedule, 1, workers, latest, queue_ahead=ahead)[0] == scheduler.makespan
+        )
+
+
+def _exact(segment: Segment) -> float:
+    return segment.epochs - segment.start_epoch
