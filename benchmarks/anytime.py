@@ -23,6 +23,14 @@ first. Times are fractions of ``before``'s makespan on the same seed, so every
 order is read at the same wall time. Efficiency is ``before``'s makespan over
 the order's (1.000: as short). It checks on every run that the promotions of
 the three orders are equal; it asserts nothing else.
+
+``--scheduler`` measures the makespan the other way: phobbit's own ``Scheduler``
+(its queued segment included) on ``SimulatedExecutor``
+(``simulation.simulate_plan``, epochs 1 s +-30% per epoch as
+``SyntheticTrainable`` sleeps them), latest start against the default order,
+per R and W over ``--seeds``: latest start's makespan over the default's
+(median, min; 1.000: as short, above: shorter), and the deadlines the default
+chose. Worker counts without a deadline run latest start's order exactly.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import statistics
 import sys
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -186,12 +195,52 @@ def measure(args: argparse.Namespace) -> tuple[list[str], bool]:
     return lines, equal
 
 
+def measure_scheduler(args: argparse.Namespace) -> list[str]:
+    """Latest start's makespan over the default order's, on the real ``Scheduler``."""
+    import simulation as sim  # benchmarks/simulation.py: the scheduler on a virtual clock
+
+    space = sim.Space(sim.SPACE)
+
+    def duration(segment: Segment) -> float:
+        return sim.segment_time(segment, 1.0, 0.3)
+
+    lines = [
+        "| R | W | deadlines (iteration, s): due | efficiency (median, min) |",
+        "|---|---|---|---|",
+    ]
+    for R in args.R:
+        for workers in args.workers:
+            chosen: dict = {}
+
+            def anytime(machine: Any, w: int = workers, chosen: dict = chosen) -> AnytimePolicy:
+                policy = AnytimePolicy(machine.schedule, 1, w)
+                chosen.update(policy.release)
+                return policy
+
+            def latest(machine: Any, w: int = workers) -> LatestStartPolicy:
+                return LatestStartPolicy(machine.schedule, 1, w)
+
+            ratios = []
+            for seed in range(args.seeds):
+                base = sim.simulate_plan(space, R, 3, seed, 1, workers, duration, latest)
+                new = sim.simulate_plan(space, R, 3, seed, 1, workers, duration, anytime)
+                ratios.append(base.makespan / new.makespan)
+            due = ", ".join(f"{k}: {v:g}" for k, v in sorted(chosen.items())) or "none"
+            lines.append(f"| {R} | {workers} | {due} | {median(ratios):.3f}, {min(ratios):.3f} |")
+    return lines
+
+
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", default="branin,hartmann6,keras-mlp")
     parser.add_argument("--R", default="27,81", help="max epochs (default 27,81)")
     parser.add_argument("--workers", default="1,2,4,8,16", help="W values (default 1,2,4,8,16)")
     parser.add_argument("--seeds", type=int, default=20, help="seeds per cell (default 20)")
+    parser.add_argument(
+        "--scheduler",
+        action="store_true",
+        help="the makespan on phobbit's Scheduler (queued segment included) instead",
+    )
     args = parser.parse_args(argv)
     args.problems = args.problems.split(",")
     args.R = [int(r) for r in args.R.split(",")]
@@ -201,6 +250,13 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
+    if args.scheduler:
+        print(
+            f"Makespan on the Scheduler and SimulatedExecutor, latest start's over the "
+            f"default order's ({args.seeds} seeds; one iteration, eta=3, epochs 1 s +-30%):\n"
+        )
+        print("\n".join(measure_scheduler(args)))
+        return 0
     lines, equal = measure(args)
     print(
         f"Regret (median of {args.seeds} seeds) at fractions of latest start's makespan; "
