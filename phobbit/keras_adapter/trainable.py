@@ -314,34 +314,50 @@ class _Pipelines:
     (``EpochPipeline``): a segment takes one (or builds one when all are in use, as
     segments run side by side in one process do) and gives it back once ``fit`` is done."""
 
-    def __init__(self, sources: tuple[Any, ...], batch: int, shuffle: bool) -> None:
-        self.sources, self.batch, self.shuffle = sources, batch, shuffle
+    def __init__(self, sources: tuple[Any, ...], tensors: Any, batch: int, shuffle: bool) -> None:
+        self.sources, self.tensors, self.batch, self.shuffle = sources, tensors, batch, shuffle
         self.idle: list[EpochPipeline] = []
         self.lock = threading.Lock()
 
-    def take(self, inputs: Any) -> EpochPipeline:
+    def take(self) -> EpochPipeline:
         with self.lock:
             if self.idle:
                 return self.idle.pop()
-        return EpochPipeline(inputs, self.batch, self.shuffle)
+        return EpochPipeline(self.tensors, self.batch, self.shuffle)
 
     def give_back(self, pipeline: EpochPipeline) -> None:
         with self.lock:
             self.idle.append(pipeline)
 
 
-def _training_pipelines(sources: tuple[Any, ...], batch: int, shuffle: bool) -> _Pipelines:
-    """The worker's training pipelines of ``sources`` (x, y, sample weights) by ``batch`` and
-    ``shuffle``: the arrays are the worker's own, loaded once, so the same objects come back
-    for every segment (held, and compared by identity, to be sure)."""
-    pipelines = worker_state().datasets
-    name = f"training pipelines of {tuple(map(id, sources))}, batch {batch}, shuffle {shuffle}"
-    state = worker_state()
-    with state.lock:
-        held = pipelines.get(name)
-        if held is None or any(a is not b for a, b in zip(held.sources, sources, strict=True)):
-            held = pipelines[name] = _Pipelines(sources, batch, shuffle)
-    return held
+def _same(held: tuple[Any, ...], sources: tuple[Any, ...]) -> bool:
+    return all(a is b for a, b in zip(held, sources, strict=True))
+
+
+def _training_pipelines(
+    sources: tuple[Any, ...], inputs: Any, batch: int, shuffle: bool
+) -> _Pipelines:
+    """The worker's training pipelines of ``sources`` (x, y, sample weights; ``inputs`` is
+    them as ``fit`` takes them) by ``batch`` and ``shuffle``. The arrays are the worker's
+    own, loaded once, so the same objects come back for every segment (held, and compared
+    by identity, to be sure). Their tensors are made once too, and every batch size's
+    pipelines read the same ones: a worker holds one copy of its training arrays."""
+    import tensorflow as tf
+
+    held = worker_state().datasets
+    ids = tuple(map(id, sources))
+    with worker_state().lock:
+        tensors = held.get(f"training tensors of {ids}")
+        if tensors is None or not _same(tensors[0], sources):
+            tensors = (sources, tf.nest.map_structure(tf.convert_to_tensor, inputs))
+            held[f"training tensors of {ids}"] = tensors
+            for name in [name for name in held if name.startswith(f"training pipelines of {ids}")]:
+                del held[name]  # other arrays than theirs
+        name = f"training pipelines of {ids}, batch {batch}, shuffle {shuffle}"
+        pipelines = held.get(name)
+        if pipelines is None:
+            pipelines = held[name] = _Pipelines(sources, tensors[1], batch, shuffle)
+    return pipelines
 
 
 def fit_arguments(hparams: Mapping[str, Any], names: Sequence[str] = ()) -> dict[str, Any]:
@@ -486,8 +502,8 @@ class KerasTrainable:
         validation_batch = fit_kwargs.pop("validation_batch_size", None) or batch
         if replica_strategy() is None:
             sources = (x, y, weights)
-            pipelines = _training_pipelines(sources, batch, shuffle)
-            pipeline = pipelines.take(inputs)
+            pipelines = _training_pipelines(sources, inputs, batch, shuffle)
+            pipeline = pipelines.take()
             taken.callback(pipelines.give_back, pipeline)  # once fit is done with it
             train = pipeline.epochs(first, last, key)
         else:  # Keras distributes the dataset on each fit: one built for this segment
