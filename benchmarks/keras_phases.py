@@ -19,7 +19,10 @@ phases, timed by wrapping the calls ``train`` makes:
   callbacks, compiled state);
 - *first epoch (fresh model)*: from ``fit`` called to the first epoch's end
   (Keras traces its train and test functions here), its save excluded;
-- *first epoch (restored model)*: the same in the resumed segment;
+- *first epoch (restored model)*: the same in a resumed segment whose model is
+  rebuilt and loaded from its checkpoint (the worker keeps no model warm);
+- *first epoch (warm model)*: the same in a resumed segment that continues the
+  model the worker kept in memory (``phobbit.execution.warm``: no build, no load);
 - *later epoch*: each further epoch of the fresh segment, saves excluded;
 - *checkpoint save*: each ``save_checkpoint`` (the ``.keras`` file with its
   progress member), within the 10% budget;
@@ -54,6 +57,7 @@ PHASES = (
     "segment setup",
     "first epoch (fresh model)",
     "first epoch (restored model)",
+    "first epoch (warm model)",
     "later epoch",
     "checkpoint save",
     "row append",
@@ -75,6 +79,7 @@ def measure(repeats: int, later: int, threads: int) -> dict[str, list[float]]:
     import phobbit.keras_adapter.trainable as adapter
     from phobbit.core.records import RunSettings, Segment, Status
     from phobbit.core.space import Hyperparameter, Space
+    from phobbit.execution import warm
     from phobbit.keras_adapter.trainable import KerasTrainable
     from phobbit.storage.repository import Repository
 
@@ -106,16 +111,27 @@ def measure(repeats: int, later: int, threads: int) -> dict[str, list[float]]:
     keras.Model.fit = timed(keras.Model.fit, "fit")
     keras.Model.load_weights = timed(keras.Model.load_weights, "load")
     adapter.save_checkpoint = timed(adapter.save_checkpoint, "save")
-    trainable = KerasTrainable(
-        model_function, load_dataset=load_digits_split, callbacks=lambda hparams: [Clock()]
-    )
 
-    def segment(hparams: dict[str, Any], path: str, first: int, last: int) -> float:
+    def trainable(warm_bytes: int) -> Any:
+        return KerasTrainable(
+            model_function,
+            load_dataset=load_digits_split,
+            callbacks=lambda hparams: [Clock()],
+            warm_bytes=warm_bytes,
+        )
+
+    # Cold: a resumed segment rebuilds its model and loads it (a checkpoint load to time);
+    # warm: the worker's default, a resumed segment continues the model it kept.
+    cold, kept = trainable(0), trainable(warm.DEFAULT_BYTES)
+
+    def segment(
+        hparams: dict[str, Any], path: str, first: int, last: int, warm: bool = False
+    ) -> float:
         for name in ("fit", "load", "save"):
             marks[name] = []
         marks["ends"] = []
         start = time.perf_counter()
-        trainable.train(hparams, path, first, last)
+        (kept if warm else cold).train(hparams, path, first, last)
         return time.perf_counter() - start
 
     with tempfile.TemporaryDirectory(prefix="phobbit-phases-") as folder:
@@ -142,6 +158,13 @@ def measure(repeats: int, later: int, threads: int) -> dict[str, list[float]]:
             (fit_start, _), (_, loaded) = marks["fit"][0], marks["load"][0]
             phases["checkpoint load"].append(loaded - marks["built"])
             phases["first epoch (restored model)"].append(marks["ends"][0] - fit_start)
+
+            warm_path = f"{folder}/w{repeat}"
+            segment(hparams, warm_path, 0, 1, warm=True)
+            segment(hparams, warm_path, 1, 2, warm=True)
+            if marks["load"]:
+                raise RuntimeError("the warm segment loaded its checkpoint: no model was kept")
+            phases["first epoch (warm model)"].append(marks["ends"][0] - marks["fit"][0][0])
 
             hparams["learning_rate"] += 5e-5
             cpu = time.process_time()

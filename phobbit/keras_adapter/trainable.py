@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from phobbit.keras_adapter.backends import use_backend
 from phobbit.keras_adapter.data import (
     DEFAULT_BATCH,
     Arrays,
+    EpochPipeline,
     as_tuples,
     call_with,
     check_dataset,
@@ -307,6 +309,57 @@ def _validation(validation: Any, batch: int) -> dict[str, Any]:
     return {"validation_data": held[1]}
 
 
+class _Pipelines:
+    """A worker's idle training pipelines of one source of arrays, batch size and shuffle
+    (``EpochPipeline``): a segment takes one (or builds one when all are in use, as
+    segments run side by side in one process do) and gives it back once ``fit`` is done."""
+
+    def __init__(self, sources: tuple[Any, ...], tensors: Any, batch: int, shuffle: bool) -> None:
+        self.sources, self.tensors, self.batch, self.shuffle = sources, tensors, batch, shuffle
+        self.idle: list[EpochPipeline] = []
+        self.lock = threading.Lock()
+
+    def take(self) -> EpochPipeline:
+        with self.lock:
+            if self.idle:
+                return self.idle.pop()
+        return EpochPipeline(self.tensors, self.batch, self.shuffle)
+
+    def give_back(self, pipeline: EpochPipeline) -> None:
+        with self.lock:
+            self.idle.append(pipeline)
+
+
+def _same(held: tuple[Any, ...], sources: tuple[Any, ...]) -> bool:
+    return all(a is b for a, b in zip(held, sources, strict=True))
+
+
+def _training_pipelines(
+    sources: tuple[Any, ...], inputs: Any, batch: int, shuffle: bool
+) -> _Pipelines:
+    """The worker's training pipelines of ``sources`` (x, y, sample weights; ``inputs`` is
+    them as ``fit`` takes them) by ``batch`` and ``shuffle``. The arrays are the worker's
+    own, loaded once, so the same objects come back for every segment (held, and compared
+    by identity, to be sure). Their tensors are made once too, and every batch size's
+    pipelines read the same ones: a worker holds one copy of its training arrays."""
+    import tensorflow as tf
+
+    held = worker_state().datasets
+    ids = tuple(map(id, sources))
+    with worker_state().lock:
+        tensors = held.get(f"training tensors of {ids}")
+        if tensors is None or not _same(tensors[0], sources):
+            tensors = (sources, tf.nest.map_structure(tf.convert_to_tensor, inputs))
+            held[f"training tensors of {ids}"] = tensors
+            for name in [name for name in held if name.startswith(f"training pipelines of {ids}")]:
+                del held[name]  # other arrays than theirs
+        name = f"training pipelines of {ids}, batch {batch}, shuffle {shuffle}"
+        pipelines = held.get(name)
+        if pipelines is None:
+            pipelines = held[name] = _Pipelines(sources, tensors[1], batch, shuffle)
+    return pipelines
+
+
 def fit_arguments(hparams: Mapping[str, Any], names: Sequence[str] = ()) -> dict[str, Any]:
     """The hyperparameters that go to ``fit``: ``batch_size`` when there is one, and ``names``.
 
@@ -416,9 +469,11 @@ class KerasTrainable:
         first: int,
         last: int,
         key: int,
+        taken: contextlib.ExitStack,
         batch_size: int | None = None,
     ) -> dict[str, Any]:
-        """``fit``'s data arguments for epochs ``first .. last - 1`` (pops what it uses)."""
+        """``fit``'s data arguments for epochs ``first .. last - 1`` (pops what it uses); a
+        worker's pipeline it takes goes back when ``taken`` closes."""
         if arrays is not None and is_batch_source(arrays[0]):
             # Batches as the dataset yields them: resumes bit-identically only when an
             # epoch's batches do not depend on the epochs iterated before (see README).
@@ -445,8 +500,16 @@ class KerasTrainable:
 
         count = len(tf.nest.flatten(inputs)[0])
         validation_batch = fit_kwargs.pop("validation_batch_size", None) or batch
+        if replica_strategy() is None:
+            sources = (x, y, weights)
+            pipelines = _training_pipelines(sources, inputs, batch, shuffle)
+            pipeline = pipelines.take()
+            taken.callback(pipelines.give_back, pipeline)  # once fit is done with it
+            train = pipeline.epochs(first, last, key)
+        else:  # Keras distributes the dataset on each fit: one built for this segment
+            train = epoch_dataset(inputs, batch, first, last, key, shuffle)
         return {
-            "x": epoch_dataset(inputs, batch, first, last, key, shuffle),
+            "x": train,
             "shuffle": False,  # the dataset is in its epoch's order already
             "steps_per_epoch": -(-count // batch),
             **_validation(validation, validation_batch),
@@ -560,20 +623,21 @@ class KerasTrainable:
         callbacks += self._user_callbacks(hparams)
         fit_kwargs.update(fit_arguments(hparams, self.fit_hparams))
         batch = fit_kwargs.pop("batch_size", None)
-        data = self._fit_data(arrays, fit_kwargs, resume.start, epochs, key, batch)
-        if not started_warm and arrays is not None and not is_batch_source(arrays[0]):
-            build_compiled_state(model, data["x"].element_spec)  # one trace, not two
-        saver = _saver(path, best, keeper, epochs, self.checkpoint_every_epoch, identity)
-        # The epoch is seeded before anything of the user's runs at its start, and saved
-        # after all of it at its end (a stop asked for, a learning rate changed, is seen).
-        fitted = model.fit(
-            epochs=epochs,
-            initial_epoch=resume.start,
-            verbose=self.verbose,
-            callbacks=[seeder(key), *callbacks, saver],
-            **data,
-            **fit_kwargs,
-        )
+        with contextlib.ExitStack() as taken:
+            data = self._fit_data(arrays, fit_kwargs, resume.start, epochs, key, taken, batch)
+            if not started_warm and arrays is not None and not is_batch_source(arrays[0]):
+                build_compiled_state(model, data["x"].element_spec)  # one trace, not two
+            saver = _saver(path, best, keeper, epochs, self.checkpoint_every_epoch, identity)
+            # The epoch is seeded before anything of the user's runs at its start, and saved
+            # after all of it at its end (a stop asked for, a learning rate changed, is seen).
+            fitted = model.fit(
+                epochs=epochs,
+                initial_epoch=resume.start,
+                verbose=self.verbose,
+                callbacks=[seeder(key), *callbacks, saver],
+                **data,
+                **fit_kwargs,
+            )
         if fitted.history.get("val_loss") is None and len(keeper.val_losses) > resume.start:
             raise ValueError("fit reported no val_loss; give validation data")
         if len(keeper.val_losses) < epochs and not saver.stopped:

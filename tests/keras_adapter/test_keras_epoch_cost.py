@@ -51,3 +51,53 @@ def test_segments_of_one_worker_validate_through_one_pipeline_with_the_same_loss
         evaluated = model.evaluate(x_val, y_val, batch_size=32, verbose=0, return_dict=True)
         assert np.float32(evaluated["loss"]) == np.float32(losses[-1])
     assert keras.backend.backend() == "tensorflow"
+
+
+def test_segments_of_one_worker_train_through_one_pipeline_with_the_same_losses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import keras
+
+    from phobbit.keras_adapter.trainable import KerasTrainable
+
+    fed: list[Any] = []
+    real_fit = keras.Model.fit
+
+    def spied(self: Any, *args: Any, **kwargs: Any) -> Any:
+        fed.append(kwargs["x"])
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", spied)
+    worker_state().datasets.clear()  # a fresh worker
+    trainable = KerasTrainable(mlp, load_dataset=small_digits, batch_size=32, warm_bytes=0)
+    other = {**DROPOUT, "learning_rate": 0.003}
+    with warm.installed(warm.WarmCache(0)):
+        first = trainable.train(DROPOUT, str(tmp_path / "a"), 0, 2)
+        second = trainable.train(other, str(tmp_path / "b"), 0, 2)
+        resumed = trainable.train(DROPOUT, str(tmp_path / "a"), 2, 3)
+        worker_state().datasets.clear()  # another worker, trained straight through
+        straight = trainable.train(DROPOUT, str(tmp_path / "c"), 0, 3)
+    # No segment built its own pipeline (nor traced its functions) but the other worker's.
+    assert fed[0] is fed[1] is fed[2] and fed[3] is not fed[0]
+    assert [*first, *resumed] == list(straight)  # bit for bit, as an uninterrupted segment
+    assert list(second) != list(first)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_a_reused_training_pipeline_yields_the_batches_of_one_built_per_segment(
+    shuffle: bool,
+) -> None:
+    import numpy as np
+
+    from phobbit.keras_adapter.data import EpochPipeline, as_tuples, epoch_dataset
+
+    (x, y), _ = small_digits()
+    inputs = as_tuples((x[:100], {"labels": y[:100]}))  # a structure, as multi-input data
+    pipeline = EpochPipeline(inputs, 32, shuffle)
+    # Segments of several configurations, one after another, as one worker trains them.
+    for first, last, key in ((0, 2, 7), (0, 1, 11), (2, 5, 7), (1, 3, 11), (4, 4, 7)):
+        reused = list(pipeline.epochs(first, last, key).as_numpy_iterator())
+        built = list(epoch_dataset(inputs, 32, first, last, key, shuffle).as_numpy_iterator())
+        assert len(reused) == len(built) == 4 * (last - first)
+        for (rx, ry), (bx, by) in zip(reused, built, strict=True):
+            assert np.array_equal(rx, bx) and np.array_equal(ry["labels"], by["labels"])
