@@ -375,3 +375,15 @@ def test_a_finished_run_ends_its_idle_workers_without_waiting_for_their_own_exit
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", (
             "no worker is left running once the run returns"
         )
+
+
+def test_a_keras_pool_has_keras_imported_before_its_first_task() -> None:
+    # The worker-side trainable imports Keras only inside its methods: preloading it alone
+    # left Keras to each worker's first task, the input check waiting on a 5-15 s import.
+    from phobbit.api import KERAS_WORKER
+
+    with LocalExecutor(n_jobs=1) as executor:
+        executor.start(KERAS_WORKER)
+        assert executor.submit(_in_sys_modules, "keras").result(), (
+            "Keras was not imported as the worker started"
+        )
