@@ -7,6 +7,12 @@ Keras Tuner trains one model at a time), with the load. Run it as
 
     python benchmarks/keras_tuner_port.py --seeds 5 --max-epochs 9
 
+and, to set a change against the phobbit it replaces in the same run, with a third tool
+(``--before DIR``: the phobbit of another checkout, e.g. ``git worktree add /tmp/before
+main``, run by its own copy of this script):
+
+    python benchmarks/keras_tuner_port.py --seeds 2 --max-epochs 27 --before /tmp/before
+
 ``script(kt, seed, max_epochs)`` below is the script: Keras Tuner's getting-started
 ``build_model(hp)`` (``hp.Int`` units, ``hp.Choice`` activation, ``hp.Boolean`` dropout,
 ``hp.Float(sampling="log")`` learning rate), adapted to scikit-learn's digits (1437
@@ -48,6 +54,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]  # this checkout's phobbit, and keras_models
 
 TOOLS = {"keras_tuner": "Keras Tuner", "phobbit.keras_tuner": "phobbit, n_jobs=2"}
+BEFORE = "before"  # phobbit.keras_tuner of another checkout (--before DIR), side by side
 
 
 def script(kt: Any, seed: int, max_epochs: int) -> tuple[tuple[float, int], float]:
@@ -125,11 +132,17 @@ def one(module: str, seed: int, max_epochs: int) -> None:
     print("RESULT " + json.dumps(out))
 
 
-def fresh(module: str, seed: int, max_epochs: int) -> dict[str, Any]:
-    """One (tool, seed) in a fresh process whose phobbit (workers' too) is this checkout's."""
-    command = [sys.executable, __file__, "--one", module, "--seed", str(seed)]
+def fresh(module: str, seed: int, max_epochs: int, before: Path | None = None) -> dict[str, Any]:
+    """One (tool, seed) in a fresh process whose phobbit (workers' too) is this checkout's,
+    or, for ``BEFORE``, the checkout ``before`` (its own copy of this script)."""
+    root, name = HERE.parent, module
+    if module == BEFORE:
+        assert before is not None
+        root, name = before, "phobbit.keras_tuner"
+    script_path = root / "benchmarks" / Path(__file__).name
+    command = [sys.executable, str(script_path), "--one", name, "--seed", str(seed)]
     command += ["--max-epochs", str(max_epochs)]
-    env = dict(os.environ, PYTHONPATH=str(HERE.parent), TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="2")
     load_before = os.getloadavg()
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -160,7 +173,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-epochs", type=int, default=9, help="Hyperband's max_epochs")
     parser.add_argument("--one", choices=sorted(TOOLS), help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="another phobbit checkout (e.g. from `git worktree add /tmp/before main`) run "
+        "as a third tool, alternating with the other two, for a before/after ratio",
+    )
     args = parser.parse_args(argv)
+    if args.before is not None:
+        TOOLS[BEFORE] = f"phobbit before ({args.before.name}), n_jobs=2"
     if args.one:
         one(args.one, args.seed, args.max_epochs)
         return 0
@@ -185,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for seed in range(args.seeds):
         order = list(TOOLS) if seed % 2 == 0 else list(TOOLS)[::-1]
         for module in order:
-            out = fresh(module, seed, args.max_epochs)
+            out = fresh(module, seed, args.max_epochs, args.before)
             runs.append(out)
             print(row(out), flush=True)
     end_load = os.getloadavg()
@@ -222,6 +243,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"\nWall, phobbit / Keras Tuner, per seed: {', '.join(f'{x:.2f}' for x in ratios)}; "
             f"median {statistics.median(ratios):.2f} (target ≤ 0.5)."
         )
+    for top, bottom in ((BEFORE, "keras_tuner"), ("phobbit.keras_tuner", BEFORE)):
+        pairs = [
+            walls[(top, s)] / walls[(bottom, s)]
+            for s in range(args.seeds)
+            if (top, s) in walls and (bottom, s) in walls
+        ]
+        if pairs:
+            print(
+                f"Wall, {TOOLS[top]} / {TOOLS[bottom]}, per seed: "
+                f"{', '.join(f'{x:.2f}' for x in pairs)}; median {statistics.median(pairs):.2f}."
+            )
     print(f"Load average at the end: {', '.join(f'{x:.2f}' for x in end_load)}.")
     report = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),

@@ -187,9 +187,12 @@ def _tensorboard_wanted(value: Any) -> bool:
 
 WORKER_LOG = WORKERS_LOG  # the name Repository.check_files checks
 
-KERAS_WORKER = ("phobbit.keras_adapter.trainable",)
-"""What a Keras run's workers import as they start (``Executor.start``): the worker-side
-trainable, hence Keras and its backend."""
+KERAS_WORKER = ("keras", "phobbit.keras_adapter.trainable")
+"""What a Keras run's workers import as they start (``Executor.start``): Keras with its
+backend (5-15 s of TensorFlow, in every worker at once while the driver discovers the space,
+checks its input and plans) and the worker-side trainable. Named apart: the trainable
+imports Keras only inside its methods, so it alone would leave that import to each worker's
+first task, one worker after the other while the driver waits."""
 
 
 def keep_worker_log(

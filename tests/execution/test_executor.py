@@ -349,3 +349,41 @@ def test_a_keras_run_asks_its_workers_to_import_keras_as_they_start(
         tuner.run(R=9, eta=3)
     assert asked == [KERAS_WORKER]
     assert not repo.exists(), "started before anything is written"
+
+
+def test_a_finished_run_ends_its_idle_workers_without_waiting_for_their_own_exit(
+    hparams, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker's own exit with TensorFlow loaded takes seconds; here it would wait at a
+    # gate nobody opens. The run must return without running it, every worker ended.
+    from exit_gate import GATE_ENV, ExitGatedTrainable, exited
+
+    gate = tmp_path / "exit-gate"
+    gate.mkdir()
+    monkeypatch.setenv(GATE_ENV, str(gate))  # the workers inherit the driver's environment
+    tuner = ParallelHyperband(
+        None, hparams, repo, trainable=ExitGatedTrainable(curve=x_curve), verbose=0, n_jobs=2
+    )
+    results = tuner.run(R=9, eta=3)
+    assert exited(gate) == [], "the run waited for a worker's own exit"
+    rows = list(tuner.repository.iter_results())
+    assert len(results) == 17 and len(rows) == 17 + sum(results["Rung"]), "nothing lost"
+    assert all(row.ok for row in rows)
+    pids = {row.pid for row in rows}
+    assert pids and tuner.executor._pool is None
+    for pid in pids:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", (
+            "no worker is left running once the run returns"
+        )
+
+
+def test_a_keras_pool_has_keras_imported_before_its_first_task() -> None:
+    # The worker-side trainable imports Keras only inside its methods: preloading it alone
+    # left Keras to each worker's first task, the input check waiting on a 5-15 s import.
+    from phobbit.api import KERAS_WORKER
+
+    with LocalExecutor(n_jobs=1) as executor:
+        executor.start(KERAS_WORKER)
+        assert executor.submit(_in_sys_modules, "keras").result(), (
+            "Keras was not imported as the worker started"
+        )
