@@ -349,3 +349,14 @@ def test_a_keras_run_asks_its_workers_to_import_keras_as_they_start(
         tuner.run(R=9, eta=3)
     assert asked == [KERAS_WORKER]
     assert not repo.exists(), "started before anything is written"
+
+
+def test_a_simulated_executors_workers_read_as_cpu_workers_in_displays() -> None:
+    """A loose end of issue 21: the simulated executor's slots were ``"cpu"``, which
+    displays read as a GPU id ("GPU cpu"); they are CPU slots as a LocalExecutor's are."""
+    from phobbit.reporting.progress import slot_labels, slot_summary
+
+    slots = SimulatedExecutor(3).slots
+    assert slots == [HIDDEN] * 3
+    assert slot_labels(slots) == ["CPU 0", "CPU 1", "CPU 2"]
+    assert slot_summary(slots) == "CPU 0, CPU 1, CPU 2"
