@@ -1107,40 +1107,50 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def asha_busy(problems: Sequence[str], workers: Sequence[int], seeds: int, iterations: int) -> str:
+def asha_busy_cell(job: tuple[str, int, str, int, int]) -> tuple[float, float, float]:
+    """One ASHA run of ``asha_busy``: (problem, W, "drain" or "fit", seed, iterations) ->
+    (busy, final regret, makespan). "drain" patches the horizon away in this process."""
+    from phobbit.core.asha import AsynchronousHyperband
+
+    name, workers, label, seed, iterations = job
+    problem = make_problem(name)
+    fit = AsynchronousHyperband.horizon
+    if label == "drain":
+        AsynchronousHyperband.horizon = lambda self: None  # type: ignore[method-assign]
+    try:
+        trace = run_phobbit(problem, "asha", workers, seed, iterations)
+    finally:
+        AsynchronousHyperband.horizon = fit  # type: ignore[method-assign]
+    return trace.compact()["busy"], trace.points[-1][2] - problem.optimum, trace.makespan
+
+
+def asha_busy(
+    problems: Sequence[str], workers: Sequence[int], seeds: int, iterations: int, n_jobs: int = 1
+) -> str:
     """ASHA's busy fraction and final regret with and without fitting the end of the budget
     (``AsynchronousHyperband.horizon``), side by side on the same seeds: a Markdown table.
 
     "drain" is ASHA as it was before (no horizon: any segment may start until the
     epochs are committed, and the long ones run on while other workers idle); "fit"
-    is today's. Median [min, max] over ``seeds``.
+    is today's. Median [min, max] over ``seeds``; runs on ``n_jobs`` processes.
     """
-    from phobbit.core.asha import AsynchronousHyperband
-
-    fit = AsynchronousHyperband.horizon
     lines = [
         "| problem | W | ASHA | busy | final regret | makespan (s) |",
         "|---|---|---|---|---|---|",
     ]
-    for name in problems:
-        problem = make_problem(name)
-        for w in workers:
-            for label, horizon in (("drain", lambda self: None), ("fit", fit)):
-                AsynchronousHyperband.horizon = horizon  # type: ignore[method-assign]
-                try:
-                    traces = [run_phobbit(problem, "asha", w, s, iterations) for s in range(seeds)]
-                finally:
-                    AsynchronousHyperband.horizon = fit  # type: ignore[method-assign]
-                busy = [t.compact()["busy"] for t in traces]
-                regret = [t.points[-1][2] - problem.optimum for t in traces]
-                spans = [t.makespan for t in traces]
-                cells = [
-                    f"{np.median(v):.3g} [{min(v):.3g}, {max(v):.3g}]" for v in (busy, regret)
-                ]
-                lines.append(
-                    f"| {name} | {w} | {label} | {' | '.join(cells)} | {np.median(spans):.1f} |"
-                )
-                print(lines[-1], file=sys.stderr, flush=True)
+    cells = [(n, w, label) for n in problems for w in workers for label in ("drain", "fit")]
+    jobs = [(*cell, seed, iterations) for cell in cells for seed in range(seeds)]
+    with ExitStack() as stack:
+        if n_jobs > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(n_jobs))
+            runs = list(pool.map(asha_busy_cell, jobs, chunksize=1))
+        else:
+            runs = list(map(asha_busy_cell, jobs))
+    for index, (name, w, label) in enumerate(cells):
+        traces = runs[index * seeds : (index + 1) * seeds]
+        busy, regret, spans = ([t[i] for t in traces] for i in range(3))
+        text = [f"{np.median(v):.3g} [{min(v):.3g}, {max(v):.3g}]" for v in (busy, regret)]
+        lines.append(f"| {name} | {w} | {label} | {' | '.join(text)} | {np.median(spans):.1f} |")
     return "\n".join(lines)
 
 
@@ -1148,7 +1158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     if args.asha_busy:
         print(f"ASHA's busy fraction: {machine()} at the start.", flush=True)
-        print(asha_busy(args.problems, args.workers, args.seeds, args.iterations_of("branin")))
+        iterations = args.iterations_of("branin")
+        print(asha_busy(args.problems, args.workers, args.seeds, iterations, args.jobs))
         print(f"{machine()} at the end.")
         return 0
     print(f"Search quality: {machine()} at the start.", flush=True)

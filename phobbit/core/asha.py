@@ -153,7 +153,11 @@ class AsynchronousHyperband(StateMachine):
             raise ValueError(f"no bracket of R={R}, eta={eta} has s in {sorted(chosen)}")
         self.budget_epochs, self.workers = budget_epochs, max(1, workers)
         self._decided: list[Segment] = []  # every decision, in order
-        self._open: dict[SegmentKey, int] = {}  # decided, no result yet: the epochs they train
+        # The epoch clock: epochs a worker busy from the start has trained when the latest
+        # result came (an estimate; only the end of the budget reads it), and when each
+        # segment decided without a result yet ends on it.
+        self._clock = 0.0
+        self._open: dict[SegmentKey, float] = {}
         self._new: list[Segment] = []  # decisions not yet taken by take_decisions
         self._started = False
 
@@ -203,15 +207,29 @@ class AsynchronousHyperband(StateMachine):
         """Epochs a segment may train and still end about when the run's last others do;
         None: no limit (no epoch budget, or one worker, whom no one waits for).
 
-        With every worker busy, the epochs still to train (the budget's rest and about
-        half of what is in flight) end together after their share per worker; a
-        segment that starts now must fit in that share, or the others idle while it
-        runs on.
+        Each segment in flight keeps its worker until it ends on the epoch clock (a
+        long one that just started, all its epochs; one nearly done, a few); the
+        budget's rest then fills the workers from the first free up to one level, as
+        water fills a basin. That level, from now, is the horizon: a segment that
+        starts now and trains longer runs on while the others, the budget spent,
+        stand idle. Workers whose segment ends past the level take none of the rest.
         """
         if self.budget_epochs is None or self.workers < 2:
             return None
-        left = max(0, self.budget_epochs - self.epochs_decided())
-        return (left + sum(self._open.values()) / 2) / self.workers
+        left = float(max(0, self.budget_epochs - self.epochs_decided()))
+        ends = sorted(max(0.0, end - self._clock) for end in self._open.values())
+        # Decided past one per worker (queued ahead): they run after the first to end;
+        # counted with the budget's rest, which they are part of.
+        left += sum(ends[self.workers :])
+        busy = ends[: self.workers]
+        busy = [0.0] * (self.workers - len(busy)) + busy  # the free workers
+        filled = 0.0
+        for count, until in enumerate(busy, 1):
+            filled += until
+            level = (left + filled) / count
+            if count == len(busy) or level <= busy[count]:
+                return level
+        raise AssertionError("unreachable: the last worker always returns")
 
     def _segment(
         self, state: _Bracket, config_id: int, rung: int, prior_best: float | None
@@ -234,7 +252,7 @@ class AsynchronousHyperband(StateMachine):
         state.members[segment.rung].add(segment.id)
         state.epochs += segment.epochs - segment.start_epoch
         self._decided.append(segment)
-        self._open[segment.key] = segment.epochs - segment.start_epoch
+        self._open[segment.key] = self._clock + segment.epochs - segment.start_epoch
 
     def take_decisions(self) -> list[Segment]:
         new, self._new = self._new, []
@@ -298,7 +316,11 @@ class AsynchronousHyperband(StateMachine):
         if self._started:
             raise RuntimeError("start() was called before")
         self._started = True
-        return [seg for seg in self._decided if not self.has_result(seg.key)]
+        again = [seg for seg in self._decided if not self.has_result(seg.key)]
+        # A resume trains what was in flight from its start: the epoch clock starts anew.
+        self._clock = 0.0
+        self._open = {seg.key: float(seg.epochs - seg.start_epoch) for seg in again}
+        return again
 
     def _state(self, key: SegmentKey) -> _Bracket:
         iteration, s, config_id, rung = key
@@ -320,7 +342,9 @@ class AsynchronousHyperband(StateMachine):
         finished = state.finished[result.rung]
         if result.id in finished:
             return []
-        self._open.pop(result.key, None)
+        end = self._open.pop(result.key, None)
+        if end is not None:  # results come back about in the order they end
+            self._clock = max(self._clock, end)
         score = self.objective.row_score(result)  # lower is better; None when failed
         # Stopped early by a callback: ranked like a failed result, so never promoted.
         state.finish(result.rung, result.id, None if result.stopped_early else score)

@@ -44,6 +44,7 @@ from phobbit.core.records import Segment, SegmentKey
 from phobbit.core.units import check_int
 from phobbit.execution import warm
 from phobbit.execution.executor import Executor
+from phobbit.execution.worker_state import HIDDEN
 
 
 @runtime_checkable
@@ -146,7 +147,7 @@ class SimulatedExecutor(Executor):
         cold_start: float = 0.0,
     ) -> None:
         check_int("workers", workers, minimum=1)
-        self.slots = ["cpu"] * workers
+        self.slots = [HIDDEN] * workers  # CPU slots: displays read them as CPU 0, CPU 1, ...
         self.can_kill_one = can_kill_one
         self.duration, self.overhead, self.latency = duration, overhead, latency
         self.fail = dict(fail or {})

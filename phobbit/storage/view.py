@@ -214,8 +214,9 @@ class RunStatus:
             space's order; None before any succeeded.
         checked_at: when this was read (``time.time()``).
         devices: the GPU ids (``"0"``, ``"0,1"``) its workers trained on (in its latest
-            ``DEVICE_ROWS`` rows), None for CPU workers, sorted (None last); rows the
-            driver wrote name none.
+            ``DEVICE_ROWS`` rows, and those its last driver's workers were pinned to, from
+            driver.json), None for CPU workers, sorted (None last); rows the driver
+            wrote name none.
         time_used: seconds of training time its invocations recorded in ``time_used.csv``
             (a running driver records every ``TIME_LOG_EVERY_S``, so it may lag by that).
         budget: the budget its last driver ran with, ``time_used`` included; None when
@@ -673,9 +674,14 @@ class RepositoryView:
             seconds_left=left,
             best=best,
             checked_at=now,
-            # Decoded from the latest rows only (a full decode would cost status its speed on
-            # a large run): every worker of the last invocation has written some of them.
-            devices=_devices(index.rows(list(rows[-DEVICE_ROWS:])) if rows else ()),
+            devices=_devices(
+                # Decoded from the latest rows only (a full decode would cost status its
+                # speed on a large run), with the GPUs the last driver's workers were
+                # pinned to: past DEVICE_ROWS workers, or with one on a long segment,
+                # some wrote none of those rows.
+                index.rows(list(rows[-DEVICE_ROWS:])) if rows else (),
+                driver.about.devices if driver.about is not None else (),
+            ),
             time_used=time_used,
             budget=budget,
         )
@@ -848,9 +854,15 @@ def metric_order(names: Sequence[str]) -> list[str]:
     return ordered
 
 
-def _devices(rows: Iterable[SegmentResult]) -> tuple[str | None, ...]:
-    """The devices ``rows`` trained on, GPU ids sorted, then None for CPU workers."""
+def _devices(rows: Iterable[SegmentResult], pinned: Iterable[str] = ()) -> tuple[str | None, ...]:
+    """The devices ``rows`` trained on and the GPUs of ``pinned`` (a driver's slots), GPU
+    ids sorted, then None for CPU workers.
+
+    A slot that is no GPU id adds nothing: a Dask driver's slots read ``-1`` while its
+    workers pin GPUs on their own hosts, and their rows say which.
+    """
     found = {cpu_as_none(row.gpu) for row in rows if row.pid}  # pid 0: the driver wrote it
+    found |= {slot for slot in pinned if slot.replace(",", "").isdigit()}
     return (*sorted(d for d in found if d is not None), *([None] if None in found else []))
 
 

@@ -387,3 +387,14 @@ def test_a_keras_pool_has_keras_imported_before_its_first_task() -> None:
         assert executor.submit(_in_sys_modules, "keras").result(), (
             "Keras was not imported as the worker started"
         )
+
+
+def test_a_simulated_executors_workers_read_as_cpu_workers_in_displays() -> None:
+    """A loose end of issue 21: the simulated executor's slots were ``"cpu"``, which
+    displays read as a GPU id ("GPU cpu"); they are CPU slots as a LocalExecutor's are."""
+    from phobbit.reporting.progress import slot_labels, slot_summary
+
+    slots = SimulatedExecutor(3).slots
+    assert slots == [HIDDEN] * 3
+    assert slot_labels(slots) == ["CPU 0", "CPU 1", "CPU 2"]
+    assert slot_summary(slots) == "CPU 0, CPU 1, CPU 2"

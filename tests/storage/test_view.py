@@ -398,7 +398,7 @@ def test_driver_json_keeps_the_budget_backend_and_workers_after_the_run(tmp_path
         "budget": {"max_epochs": 40, "epochs_name": "max_epochs", "time_limit": 600.0},
         "backend": "tensorflow",
         "workers": 2,
-        "devices": ["cpu", "cpu"],
+        "devices": ["-1", "-1"],  # the simulated executor's CPU slots
     }
     status = open_repository(repo).status()
     about = status.driver.about
@@ -431,3 +431,31 @@ def test_an_older_driver_json_without_about_reads_as_before(tmp_path: Path) -> N
     damaged = open_repository(repo).status()
     assert damaged.budget is None and damaged.driver.about is not None
     assert damaged.driver.about.workers is None
+
+
+def test_status_names_every_device_of_a_run_with_more_workers_than_device_rows(
+    tmp_path: Path,
+) -> None:
+    """Issue 21 (a loose end): ``status`` read the devices from the latest ``DEVICE_ROWS``
+    rows alone; a run of 80 GPU workers (a Dask cluster's ids, one row each) named only
+    the 64 that wrote those rows. driver.json's ``about`` lists every worker's device."""
+    from phobbit.storage.view import DEVICE_ROWS
+
+    repo = Repository(tmp_path / "repo")
+    repo.create(run_settings(R=9, eta=3, seed=4, iterations=10))
+    workers = DEVICE_ROWS + 16
+    for n in range(workers):
+        iteration, config_id = divmod(n, 9)
+        repo.append(row(config_id, iteration=iteration, gpu=str(n), pid=1000 + n))
+    only_rows = open_repository(repo.path).status().devices
+    assert len(only_rows) == DEVICE_ROWS  # no driver.json: what the rows name
+    about = {"workers": workers, "devices": [str(n) for n in range(workers)]}
+    (repo.path / "driver.json").write_text(json.dumps({"pid": 1, "about": about}))
+    status = open_repository(repo.path).status()
+    assert status.devices == tuple(sorted(str(n) for n in range(workers)))
+    # Rows of CPU workers stay "CPU workers"; the about of a Dask driver whose slots are
+    # CPU ("-1", its workers pin GPUs on their hosts) adds none.
+    repo.append(row(0, iteration=9, gpu="-1", pid=7))
+    about = {"workers": 2, "devices": ["-1", "-1"]}
+    (repo.path / "driver.json").write_text(json.dumps({"pid": 1, "about": about}))
+    assert open_repository(repo.path).status().devices[-1:] == (None,)
