@@ -326,13 +326,16 @@ class Hyperband:
         from phobbit.keras_adapter.backends import check_backend, worker_environment
 
         executor = pool.make_executor(worker_environment(check_backend(backend)))
-        stack.push(lambda kind, *_: executor.shutdown(kill=kind is not None))
+        # An exit stack unwinds last in, first out: the pool is pushed last so that it is
+        # gone before its log is copied and the log's folder removed (what the workers
+        # write as they end is kept).
         if pool.worker_log:
             folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="phobbit-log-"))
             temporary = Path(folder) / "workers.log"
             executor.stderr_path = str(temporary)
             hidden = all(slot == HIDDEN for slot in executor.slots)
             stack.push(functools.partial(keep_worker_log, temporary, self.project_dir, hidden))
+        stack.push(lambda kind, *_: executor.shutdown(kill=kind is not None))
         executor.start(KERAS_WORKER)
         return executor
 

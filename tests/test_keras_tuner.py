@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -187,3 +188,46 @@ def test_validation_split_takes_the_last_rows_as_keras_fit_does() -> None:
     assert yt.tolist() == list(range(7)) and yv.tolist() == [7, 8, 9]
     (xt, _), (xv, _) = _split({"a": x}, y, 0.5)
     assert xv["a"].ravel().tolist() == [5, 6, 7, 8, 9]
+
+
+def test_the_pool_is_shut_down_before_its_workers_log_is_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The log was copied (and its temporary folder removed) while the workers still ran,
+    # so what they wrote as they ended was lost.
+    import contextlib
+
+    import phobbit.api
+
+    events: list[str] = []
+
+    class Pool:
+        worker_log = True
+
+        def make_executor(self, environment: dict) -> Any:
+            return Executor()
+
+    class Executor:
+        slots = [-1]
+        stderr_path: str | None = None
+
+        def start(self, preload: Any) -> None:
+            Path(self.stderr_path).write_text("written as the worker started\n")
+
+        def shutdown(self, kill: bool = False) -> None:
+            events.append("shutdown")
+            with open(self.stderr_path, "a") as log:
+                log.write("written as the worker ended\n")
+
+    def keep(temporary: Path, *args: Any) -> bool:
+        events.append("log copied: " + Path(temporary).read_text().replace("\n", " | "))
+        return False
+
+    monkeypatch.setattr(phobbit.api, "keep_worker_log", keep)
+    tuner = kt.Hyperband(lambda hp: None, objective="val_loss", max_epochs=3, directory=tmp_path)
+    with contextlib.ExitStack() as stack:
+        tuner._start_pool(Pool(), None, stack)
+    assert events == [
+        "shutdown",
+        "log copied: written as the worker started | written as the worker ended | ",
+    ]
