@@ -111,35 +111,15 @@ def _worker_hook(function: Any, label: str) -> Any:
 def child(seed: int, max_epochs: int, keep: str) -> None:
     """The port script's phobbit side, hooked; its repository is kept in ``keep``."""
     _note("process up (Python started, this script imported)")
-    import keras
+    import keras  # noqa: F401  (the port script imports Keras first: a phase of its own)
 
     _note("keras imported")
     import phobbit.keras_tuner as kt
 
     _hooks()
     _note("phobbit imported")
-    from keras import layers
     from keras_models import load_digits_split
-
-    def build_model(hp: Any) -> Any:
-        model = keras.Sequential()
-        model.add(keras.Input((64,)))
-        model.add(
-            layers.Dense(
-                units=hp.Int("units", min_value=32, max_value=512, step=32),
-                activation=hp.Choice("activation", ["relu", "tanh"]),
-            )
-        )
-        if hp.Boolean("dropout"):
-            model.add(layers.Dropout(rate=0.25))
-        model.add(layers.Dense(10, activation="softmax"))
-        learning_rate = hp.Float("lr", min_value=1e-4, max_value=1e-2, sampling="log")
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
-        return model
+    from keras_tuner_port import build_model  # the port script's model, the same run
 
     (x, y), (x_val, y_val) = load_digits_split()
     tuner = kt.Hyperband(
