@@ -304,7 +304,14 @@ def _validation(validation: Any, batch: int) -> dict[str, Any]:
     held = pipelines.get(name)
     # The arrays are the worker's own (loaded once): same id, same arrays; kept to be sure.
     if held is None or held[0] is not validation:
-        held = (validation, epoch_dataset(as_tuples(tuple(validation)), batch, 0, 1, 0, False))
+        import tensorflow as tf
+
+        batches = epoch_dataset(as_tuples(tuple(validation)), batch, 0, 1, 0, False)
+        # Its length told: otherwise Keras reads until the data runs out and warns so
+        # ("Your input ran out of data") on every segment.
+        count = len(tf.nest.flatten(validation)[0])
+        batches = batches.apply(tf.data.experimental.assert_cardinality(-(-count // batch)))
+        held = (validation, batches)
         pipelines[name] = held
     return {"validation_data": held[1]}
 

@@ -101,3 +101,23 @@ def test_a_reused_training_pipeline_yields_the_batches_of_one_built_per_segment(
         assert len(reused) == len(built) == 4 * (last - first)
         for (rx, ry), (bx, by) in zip(reused, built, strict=True):
             assert np.array_equal(rx, bx) and np.array_equal(ry["labels"], by["labels"])
+
+
+def test_a_segment_validates_without_keras_warning_that_its_data_ran_out(
+    tmp_path: Path,
+) -> None:
+    # The worker's validation pipeline had no known length: Keras read it until it ran
+    # out and warned "Your input ran out of data" on every segment (workers.log noise).
+    import warnings
+
+    from phobbit.keras_adapter.trainable import KerasTrainable
+
+    worker_state().datasets.clear()
+    trainable = KerasTrainable(mlp, load_dataset=small_digits, batch_size=32, warm_bytes=0)
+    with warm.installed(warm.WarmCache(0)), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        losses = trainable.train(DROPOUT, str(tmp_path / "a"), 0, 2)
+        losses += trainable.train(DROPOUT, str(tmp_path / "a"), 2, 3)
+    assert len(losses) == 3
+    ran_out = [str(w.message) for w in caught if "ran out of data" in str(w.message)]
+    assert ran_out == []
