@@ -127,6 +127,7 @@ def kill_mid_segment(
     orphans += [p.pid for p in workers]
     driver.send_signal(signal.SIGKILL)
     driver.wait()
+    driver.stderr.close()  # its pipe, unread: left open it warned when collected
     # Orphaned by the kill, the workers must stop by themselves, not train on.
     _, alive = psutil.wait_procs(workers, timeout=60)
     assert not alive, f"orphaned workers still run: {alive}"
@@ -174,6 +175,7 @@ def test_driver_killed_at_random_moments_resumes_to_the_table_of_an_uninterrupte
         assert json.loads((repo / "driver.json").read_text())["pid"] == driver.pid
         driver = start_driver(repo, records)  # the same command, run again
         assert driver.wait(timeout=120) == 0, driver.stderr.read().decode()
+        driver.stderr.close()
     finally:
         kill_tree(orphans)
     resumed = results_frame(Repository(repo).iter_results())
