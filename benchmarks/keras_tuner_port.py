@@ -82,26 +82,31 @@ def build_model(hp: Any) -> Any:
     return model
 
 
+def make_tuner(kt: Any, seed: int, max_epochs: int, directory: str) -> Any:
+    """The script's ``Hyperband``, for either module."""
+    # The one line a Keras Tuner script would not have: phobbit's worker count.
+    workers = {"n_jobs": 2} if kt.__name__ == "phobbit.keras_tuner" else {}
+    return kt.Hyperband(
+        build_model,
+        objective="val_loss",
+        max_epochs=max_epochs,
+        factor=3,
+        seed=seed,
+        directory=directory,
+        project_name="digits",
+        overwrite=True,
+        **workers,
+    )
+
+
 def script(kt: Any, seed: int, max_epochs: int) -> tuple[tuple[float, int], float]:
     """The Keras Tuner script, the same for both modules; returns ((listed, epochs), evaluated)."""
     import keras  # noqa: F401  (a Keras Tuner script imports Keras first; timed as one)
     from keras_models import load_digits_split
 
     (x, y), (x_val, y_val) = load_digits_split()
-    # The one line a Keras Tuner script would not have: phobbit's worker count.
-    workers = {"n_jobs": 2} if kt.__name__ == "phobbit.keras_tuner" else {}
     with tempfile.TemporaryDirectory(prefix="kt-port-") as tmp:
-        tuner = kt.Hyperband(
-            build_model,
-            objective="val_loss",
-            max_epochs=max_epochs,
-            factor=3,
-            seed=seed,
-            directory=tmp,
-            project_name="digits",
-            overwrite=True,
-            **workers,
-        )
+        tuner = make_tuner(kt, seed, max_epochs, tmp)
         tuner.search(x, y, validation_data=(x_val, y_val), verbose=0)
         best_model = tuner.get_best_models(num_models=1)[0]
         evaluated = best_model.evaluate(x_val, y_val, verbose=0)[0]

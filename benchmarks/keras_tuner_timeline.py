@@ -119,20 +119,10 @@ def child(seed: int, max_epochs: int, keep: str) -> None:
     _hooks()
     _note("phobbit imported")
     from keras_models import load_digits_split
-    from keras_tuner_port import build_model  # the port script's model, the same run
+    from keras_tuner_port import make_tuner  # the port script's tuner, the same run
 
     (x, y), (x_val, y_val) = load_digits_split()
-    tuner = kt.Hyperband(
-        build_model,
-        objective="val_loss",
-        max_epochs=max_epochs,
-        factor=3,
-        seed=seed,
-        directory=keep,
-        project_name="digits",
-        overwrite=True,
-        n_jobs=2,
-    )
+    tuner = make_tuner(kt, seed, max_epochs, keep)
     _note("search begins")
     tuner.search(x, y, validation_data=(x_val, y_val), verbose=0)
     _note("search returned")
