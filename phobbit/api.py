@@ -24,7 +24,6 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -36,19 +35,19 @@ from phobbit.core.search import Search
 from phobbit.core.space import Hyperparameter, Space
 from phobbit.core.units import check_int
 from phobbit.errors import InputError, RepositoryError
+from phobbit.execution import worker_log
 from phobbit.execution.executor import Executor, LocalExecutor
 from phobbit.execution.resources import Resources
 from phobbit.execution.scheduler import Reporter, Scheduler
 from phobbit.execution.trainable import Trainable
 from phobbit.execution.warm import parse_bytes
-from phobbit.execution.worker import HIDDEN, without_startup_noise
+from phobbit.execution.worker import HIDDEN
 from phobbit.keras_adapter.backends import backend_name, check_backend, worker_environment
 from phobbit.keras_adapter.data import staged_dataset
 from phobbit.keras_adapter.fit import KerasFit, KerasTraining
 from phobbit.reporting.plain import PlainReporter
-from phobbit.storage import files
 from phobbit.storage.decisions import DecisionLog
-from phobbit.storage.repository import WORKERS_LOG, Repository
+from phobbit.storage.repository import Repository
 from phobbit.storage.results import results_frame
 
 log = logging.getLogger("phobbit")
@@ -185,31 +184,12 @@ def _tensorboard_wanted(value: Any) -> bool:
     return value
 
 
-WORKER_LOG = WORKERS_LOG  # the name Repository.check_files checks
-
 KERAS_WORKER = ("keras", "phobbit.keras_adapter.trainable")
 """What a Keras run's workers import as they start (``Executor.start``): Keras with its
 backend (5-15 s of TensorFlow, in every worker at once while the driver discovers the space,
 checks its input and plans) and the worker-side trainable. Named apart: the trainable
 imports Keras only inside its methods, so it alone would leave that import to each worker's
 first task, one worker after the other while the driver waits."""
-
-
-def keep_worker_log(
-    temporary: Path, repo_dir: Path, hidden: bool, kind: type | None, *_: object
-) -> bool:
-    """An exit callback: appends the workers' temporary stderr file to
-    ``repo_dir/workers.log`` without TensorFlow's start-up lines (``hidden``: every worker
-    has its GPUs hidden, so its no-CUDA lines are noise too; ``worker.without_startup_noise``),
-    unless the run stopped on bad input (then nothing is written)."""
-    if (kind is None or not issubclass(kind, InputError)) and temporary.is_file():
-        # A log is no reason to fail a run; one made a link out or a FIFO since the
-        # run checked it (``Repository.check_files``) is not written through.
-        with contextlib.suppress(OSError, RepositoryError):
-            fd = files.open_append(Path(repo_dir) / WORKER_LOG)
-            with os.fdopen(fd, "ab") as out:
-                out.write(without_startup_noise(temporary.read_bytes(), hidden))
-    return False
 
 
 class ParallelHyperband:
@@ -454,6 +434,9 @@ class ParallelHyperband:
             made = self.repository.fresh()
             with ExitStack() as stack:
                 fence = stack.enter_context(self.repository.driver_lock())
+                # What the workers of a driver killed here before wrote (its exit code never
+                # ran): into workers.log before this run's own lines.
+                worker_log.recover(self.repository.path)
                 # Bad input a worker finds (a dataset function's result) leaves a new folder
                 # as it was.
                 stack.enter_context(self.repository.undone_on_bad_input(made))
@@ -578,18 +561,17 @@ class ParallelHyperband:
 
     def _log_workers(self, stack: ExitStack) -> Callable[..., bool]:
         """Sends the workers' stderr to a temporary file; returns the exit callback that
-        appends it to ``repo_dir/workers.log`` (``keep_worker_log``).
+        appends it to ``repo_dir/workers.log`` (``worker_log.keep``).
 
         The file is temporary until the workers are gone, so that a run stopped by
         bad input leaves the repository as it was.
         """
-        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="phobbit-log-"))
-        temporary = Path(folder) / WORKER_LOG
         assert isinstance(self.executor, LocalExecutor)
+        hidden = all(slot == HIDDEN for slot in self.executor.slots)
+        temporary = stack.enter_context(worker_log.temporary_log(self.repository.path, hidden))
         self.executor.stderr_path = str(temporary)
         stack.callback(setattr, self.executor, "stderr_path", None)
-        hidden = all(slot == HIDDEN for slot in self.executor.slots)
-        return functools.partial(keep_worker_log, temporary, self.repository.path, hidden)
+        return functools.partial(worker_log.keep, temporary, self.repository.path, hidden)
 
     def _shut_down(self, kind: type | None, *_: object) -> None:
         """Shuts down the executor this tuner made; ends its tasks at once on an error."""

@@ -26,7 +26,6 @@ import functools
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -321,7 +320,8 @@ class Hyperband:
         """The local pool of ``pool`` (``Resources``), started with Keras preloaded; on
         ``stack`` its shutdown (a kill on any error: no worker is left running) and its
         workers' log, appended to the repository's ``workers.log`` unless on bad input."""
-        from phobbit.api import KERAS_WORKER, keep_worker_log
+        from phobbit.api import KERAS_WORKER
+        from phobbit.execution import worker_log
         from phobbit.execution.worker import HIDDEN
         from phobbit.keras_adapter.backends import check_backend, worker_environment
 
@@ -330,11 +330,10 @@ class Hyperband:
         # gone before its log is copied and the log's folder removed (what the workers
         # write as they end is kept).
         if pool.worker_log:
-            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="phobbit-log-"))
-            temporary = Path(folder) / "workers.log"
-            executor.stderr_path = str(temporary)
             hidden = all(slot == HIDDEN for slot in executor.slots)
-            stack.push(functools.partial(keep_worker_log, temporary, self.project_dir, hidden))
+            temporary = stack.enter_context(worker_log.temporary_log(self.project_dir, hidden))
+            executor.stderr_path = str(temporary)
+            stack.push(functools.partial(worker_log.keep, temporary, self.project_dir, hidden))
         stack.push(lambda kind, *_: executor.shutdown(kill=kind is not None))
         executor.start(KERAS_WORKER)
         return executor

@@ -147,6 +147,20 @@ class DyingTrainable(SyntheticTrainable):
 
 
 @dataclass(frozen=True)
+class ShoutingTrainable(SyntheticTrainable):
+    """A synthetic trainable whose worker writes each segment it trains to its stderr
+    (``trained <checkpoint name> <initial epoch>-><epochs>``), as a user's print does:
+    what ``workers.log`` must keep."""
+
+    def train(
+        self, hparams: dict[str, Any], checkpoint: str, initial_epoch: int, epochs: int
+    ) -> list[float]:
+        losses = super().train(hparams, checkpoint, initial_epoch, epochs)
+        print(f"trained {Path(checkpoint).name} {initial_epoch}->{epochs}", file=sys.stderr)
+        return losses
+
+
+@dataclass(frozen=True)
 class PausingTrainable(SyntheticTrainable):
     """A synthetic trainable that pauses once, mid-segment, until a test lets it go on.
 
@@ -321,11 +335,18 @@ def main(argv: list[str]) -> None:
     """``python helpers.py REPO RECORDS SETTINGS_JSON``: one driver, as a user would run it.
 
     ``SETTINGS_JSON`` holds ``tuner``'s keyword arguments, R and eta, and optionally
-    ``pause``: the keyword arguments of a ``PausingTrainable`` to train with.
+    ``pause``: the keyword arguments of a ``PausingTrainable`` to train with, or ``shout``
+    (true): train with a ``ShoutingTrainable``.
     """
     repo, records, settings = argv[0], argv[1], json.loads(argv[2])
     run = {k: settings.pop(k) for k in ("R", "eta")}
     pause = settings.pop("pause", None)
+    if settings.pop("shout", False):
+        from helpers import ShoutingTrainable
+
+        settings["trainable"] = ShoutingTrainable(
+            curve=x_curve, epoch_seconds=settings.pop("epoch_seconds", 0.0), steps_per_epoch=STEPS
+        )
     if pause is not None:
         # Imported by name: a class of __main__ would be pickled by value, not by reference.
         from helpers import PausingTrainable

@@ -197,7 +197,7 @@ def test_the_pool_is_shut_down_before_its_workers_log_is_copied(
     # so what they wrote as they ended was lost.
     import contextlib
 
-    import phobbit.api
+    from phobbit.execution import worker_log
 
     events: list[str] = []
 
@@ -223,7 +223,7 @@ def test_the_pool_is_shut_down_before_its_workers_log_is_copied(
         events.append("log copied: " + Path(temporary).read_text().replace("\n", " | "))
         return False
 
-    monkeypatch.setattr(phobbit.api, "keep_worker_log", keep)
+    monkeypatch.setattr(worker_log, "keep", keep)
     tuner = kt.Hyperband(lambda hp: None, objective="val_loss", max_epochs=3, directory=tmp_path)
     with contextlib.ExitStack() as stack:
         tuner._start_pool(Pool(), None, stack)

@@ -205,7 +205,7 @@ class DriverLease:
                     f"{host}) although its lock file .driver.lock is gone (deleted?); wait for "
                     f"that run or stop it (kill {pid}), then run again"
                 )
-            if not _alive(pid):
+            if not pid_alive(pid):
                 return
         age = time.time() - touched
         if age < DRIVER_FRESH_S:
@@ -280,7 +280,7 @@ class DriverLease:
             try:
                 who = self.driver_record() or {}
                 name = f"pid {who['pid']} on {who['host']}"
-                if who["host"] != this_host() or _alive(int(who["pid"])):
+                if who["host"] != this_host() or pid_alive(int(who["pid"])):
                     break
             except (OSError, ValueError, KeyError, TypeError, RepositoryError):
                 pass
@@ -311,7 +311,7 @@ def driver_alive(record: dict[str, Any], touched: float | None) -> bool | None:
         started, recorded = process_start(pid), record.get("process_start")
         if started is not None and recorded is not None:
             return started == recorded
-        return _alive(pid)
+        return pid_alive(pid)
     return touched is not None and time.time() - touched < DRIVER_FRESH_S
 
 
@@ -337,7 +337,7 @@ def process_start(pid: int) -> float | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether process ``pid`` exists on this host."""
     try:
         os.kill(pid, 0)

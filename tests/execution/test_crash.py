@@ -351,6 +351,37 @@ def test_orphan_rows_of_a_segment_written_twice_are_read_once(tmp_path: Path) ->
     assert records_of(records) == []
 
 
+def test_what_a_killed_drivers_workers_wrote_reaches_workers_log_with_the_next_run(
+    tmp_path: Path,
+) -> None:
+    repo, records, temporary = tmp_path / "repo", tmp_path / "records", tmp_path / "tmp"
+    records.mkdir()
+    temporary.mkdir()
+    # Each worker writes every segment it trains to its stderr, as a user's print does.
+    command = driver_command(repo, records, {**SETTINGS, "shout": True})
+    env = {**subprocess_env(), "TMPDIR": str(temporary)}
+    orphans: list[int] = []
+    try:
+        driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+        wait_for(lambda: rows_in(repo) >= 8 or driver.poll() is not None)
+        assert driver.poll() is None, "the driver ended before it was killed"
+        workers = psutil.Process(driver.pid).children(recursive=True)
+        orphans += [p.pid for p in workers]
+        driver.send_signal(signal.SIGKILL)  # no exit code runs: the log stays where it was
+        driver.wait()
+        psutil.wait_procs(workers, timeout=60)
+        killed = [row.key for row in Repository(repo).iter_results()]
+        assert list(temporary.glob("phobbit-log-*/workers.log")), "the kill left no log"
+        assert subprocess.run(command, env=env, stdout=subprocess.DEVNULL).returncode == 0
+    finally:
+        kill_tree(orphans)
+    log = (repo / "workers.log").read_text()
+    for row in Repository(repo).iter_results():
+        line = f"trained 0-{row.s}-{row.id} {row.start_epoch}->{row.epochs}\n"
+        assert line in log, f"{line!r} of {'the killed' if row.key in killed else 'the'} run"
+    assert not list(temporary.glob("phobbit-log-*")), "a log folder was left behind"
+
+
 def test_ctrl_c_stops_driver_and_workers_at_once_and_a_rerun_resumes(tmp_path: Path) -> None:
     repo, records, gate = tmp_path / "repo", tmp_path / "records", tmp_path / "gate"
     records.mkdir()
