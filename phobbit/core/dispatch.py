@@ -25,8 +25,9 @@ workers of earlier ones.
 brackets of the first iteration given a deadline before the end
 (``anytime_release``), chosen only where forward runs with early promotion, on
 exact and jittered epochs, with the scheduler's queued segment modelled, keep the
-makespan: their full-fidelity answers then come early (on 1-2 workers at R=27 and
-81, 4 at R=27 and 4-7 at R=81 by half the run, as in Keras Tuner's order).
+makespan, the one that screens the most configurations by half the run first: their
+full-fidelity answers then come early (by half the run on 1-7 workers at R=81 and
+1-4 at R=27, as in Keras Tuner's order).
 """
 
 from __future__ import annotations
