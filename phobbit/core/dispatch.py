@@ -25,8 +25,9 @@ workers of earlier ones.
 brackets of the first iteration given a deadline before the end
 (``anytime_release``), chosen only where forward runs with early promotion, on
 exact and jittered epochs, with the scheduler's queued segment modelled, keep the
-makespan: their full-fidelity answers then come early (on 1-2 workers at R=27 and
-81, 4 at R=27 and 4-7 at R=81 by half the run, as in Keras Tuner's order).
+makespan, the one that screens the most configurations by half the run first: their
+full-fidelity answers then come early (by half the run on 1-7 workers at R=81 and
+1-4 at R=27, as in Keras Tuner's order).
 """
 
 from __future__ import annotations
@@ -353,8 +354,18 @@ def answer_score(
     return area / horizon if horizon > 0 else 1.0
 
 
+def screened_by(schedule: list[Bracket], answers: list[tuple[float, RungKey]], t: float) -> float:
+    """How many configurations the full-fidelity answers ended by ``t`` stand for.
+
+    A bracket's last rung keeps the best of its ``n`` configurations, so each of its
+    full-fidelity results stands for ``n / n_last`` configurations screened.
+    """
+    by_s = {b.s: b for b in schedule}
+    return sum(by_s[s].n / by_s[s].rungs[-1].n for end, (_, s, _) in answers if end <= t)
+
+
 # Fractions of the run by which the deepest brackets must finish, tried by anytime_release.
-_RELEASE_FRACTIONS = tuple(i / 10 for i in range(1, 10))
+_RELEASE_FRACTIONS = tuple(i / 20 for i in range(2, 20))
 # Seeds of the segment lengths (epochs +-30%) a candidate order must keep the makespan on.
 _JITTER_DRAWS = tuple(range(1, 13))
 # The scheduler keeps one segment queued ahead (``Scheduler.queue_ahead``), unless the run has a
@@ -366,6 +377,14 @@ _QUEUE_AHEAD = (1, 0)
 # 1,000) it would cost the plan seconds, and the run keeps plain latest start (with several
 # iterations, ``iterations_first`` already brings the first iteration's answers forward).
 SEARCH_SEGMENTS = 1_000
+# The moment of the run by which anytime_release screens the most configurations first
+# (then the earliest answers): the half of the run that the issue's target reads, less a
+# margin so that runs whose epochs vary have those answers by half the run too.
+HALF_RUN = 0.5
+# On exact epochs a candidate may lengthen the run by this much: the target itself (1%). One
+# epoch is 0.84% of R=27 on 3 workers, so a tighter bound forbids any one-epoch slip there,
+# where the jittered draws (the margin) show none on the mean.
+EXACT_TOLERANCE = 0.01
 
 
 def anytime_release(
@@ -380,16 +399,17 @@ def anytime_release(
 
     Candidates give the k deepest brackets of the first iteration (Keras Tuner's
     order: the deepest screens the most configurations) a deadline, a fraction f
-    of the run before its end, the same for all k or shrinking linearly from
-    the deepest; each is run forwards on segments as long as their epochs
-    (``nominal_run``), with the scheduler's queued segment and without. Of those
-    whose exact makespan stays within ``tolerance`` of plain latest start's, whose
-    mean makespan over 12 jittered draws (epochs of 1 +-30%) stays within
-    ``tolerance`` of its mean and no draw beyond twice that, both ways, and whose
-    first full-fidelity result comes no later,
-    the one of lowest ``answer_score`` wins; none at all when none beats plain
-    latest start, or when the run has more than ``SEARCH_SEGMENTS`` segments (the
-    search would cost the plan seconds). A function of the schedule, iterations and workers alone
+    of the run before its end (in steps of 5%), the same for all k or shrinking
+    linearly from the deepest; each is run forwards on segments as long as their
+    epochs (``nominal_run``), with the scheduler's queued segment and without. Of
+    those whose exact makespan stays within ``EXACT_TOLERANCE`` of plain latest
+    start's, whose mean makespan over 12 jittered draws (epochs of 1 +-30%) stays
+    within ``tolerance`` of its mean and no draw beyond twice that, both ways, and
+    whose first full-fidelity result comes no later, the one whose answers by
+    ``HALF_RUN`` of the run screen the most configurations wins, then the one of
+    lowest ``answer_score``; none at all when none beats plain latest start, or when
+    the run has more than ``SEARCH_SEGMENTS`` segments (the search would cost the
+    plan seconds). A function of the schedule, iterations and workers alone
     (cached), so every worker count always gets the same order.
 
     Returns:
@@ -420,12 +440,17 @@ def _anytime_release(
         factors = None if draw is None else draws[draw]
         return _forward(brackets, iterations, workers, latest, factors, ahead)
 
+    def score(answers: list[tuple[float, RungKey]]) -> tuple[float, float]:
+        """Lower is better: fewer configurations screened by half the run, then later answers."""
+        half = -screened_by(brackets, answers, HALF_RUN * makespan)
+        return half, answer_score(brackets, answers, makespan)
+
     plain = latest_starts(brackets, iterations, workers, iterations_first)
     exact = {ahead: run(plain, None, ahead) for ahead in _QUEUE_AHEAD}
     jittered = {ahead: [run(plain, d, ahead)[0] for d in _JITTER_DRAWS] for ahead in _QUEUE_AHEAD}
     makespan, answers = exact[_QUEUE_AHEAD[0]]
     first = min(end for end, _ in answers)
-    best_score, best = answer_score(brackets, answers, makespan), ()
+    best_score, best = score(answers), ()
     deepest = sorted((b.s for b in brackets), reverse=True)
     for k in range(1, len(deepest) + 1):
         for fraction in _RELEASE_FRACTIONS:
@@ -437,14 +462,19 @@ def _anytime_release(
                 latest = latest_starts(
                     brackets, iterations, workers, iterations_first, dict(release)
                 )
-                tried = {ahead: run(latest, None, ahead) for ahead in _QUEUE_AHEAD}
-                if any(tried[a][0] > exact[a][0] * (1 + tolerance) for a in _QUEUE_AHEAD):
+                # The usual way first (with the queued segment): most candidates fail there.
+                span, ends = run(latest, None, _QUEUE_AHEAD[0])
+                if span > exact[_QUEUE_AHEAD[0]][0] * (1 + EXACT_TOLERANCE):
                     continue
-                ends = tried[_QUEUE_AHEAD[0]][1]
                 if min(e for e, _ in ends) > first:
                     continue
-                score = answer_score(brackets, ends, makespan)
-                if score >= best_score - 1e-9:
+                tried = score(ends)
+                if tried >= (best_score[0], best_score[1] - 1e-9):
+                    continue
+                if any(
+                    run(latest, None, a)[0] > exact[a][0] * (1 + EXACT_TOLERANCE)
+                    for a in _QUEUE_AHEAD[1:]
+                ):
                     continue
                 # Exact epochs line segments up as no real run does: the order must keep
                 # the makespan on segments that vary too, with the queued segment and without
@@ -453,7 +483,7 @@ def _anytime_release(
                     _keeps(jittered[a], [run(latest, d, a)[0] for d in _JITTER_DRAWS], tolerance)
                     for a in _QUEUE_AHEAD
                 ):
-                    best_score, best = score, release
+                    best_score, best = tried, release
     return best
 
 
