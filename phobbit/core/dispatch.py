@@ -378,8 +378,7 @@ _QUEUE_AHEAD = (1, 0)
 # iterations, ``iterations_first`` already brings the first iteration's answers forward).
 SEARCH_SEGMENTS = 1_000
 # The moment of the run by which anytime_release screens the most configurations first
-# (then the earliest answers): the half of the run that the target reads, less a
-# margin so that runs whose epochs vary have those answers by half the run too.
+# (then the earliest answers): the half of the run that the target reads.
 HALF_RUN = 0.5
 # On exact epochs a candidate may lengthen the run by this much: the target itself (1%). One
 # epoch is 0.84% of R=27 on 3 workers, so a tighter bound forbids any one-epoch slip there,
