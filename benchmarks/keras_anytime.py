@@ -2,7 +2,8 @@
 
 Run it with ``python benchmarks/keras_anytime.py`` (the full measurement: R=27,
 eta=3, 5 seeds, about 10 minutes per seed on two quiet cores) or as a smoke run
-with ``--seeds 1 --R 9``. Three contenders tune the seed tutorial's MLP
+with ``--seeds 1 --R 9``; ``--contenders after`` runs only those named (to measure a new
+default beside an earlier table's rows on the same seeds). Three contenders tune the seed tutorial's MLP
 (``keras_models.build_mlp``) on scikit-learn's digits (1437 train, 360
 validation, batch 32) for ``val_loss``, one Hyperband iteration each:
 
@@ -210,12 +211,13 @@ def shown(loss: float) -> str:
 
 
 def seed_table(seed: int, outs: dict[str, dict[str, Any]]) -> None:
-    reference = outs["before"]["wall_s"]
+    clock = next(iter(outs)) if "before" not in outs else "before"
+    reference = outs[clock]["wall_s"]
     columns = " | ".join(f"{f:.0%} ({f * reference:.0f} s)" for f in FRACTIONS)
-    print(f"\nSeed {seed}: best full-fidelity val loss at a fraction of before's wall time.\n")
+    print(f"\nSeed {seed}: best full-fidelity val loss at a fraction of {clock}'s wall time.\n")
     print(f"| contender | wall (s) | first at R (s) | {columns} | final | results at R | load |")
     print("|---|---|---|" + "---|" * len(FRACTIONS) + "---|---|---|")
-    for which in CONTENDERS:
+    for which in (w for w in CONTENDERS if w in outs):
         out = outs[which]
         full = out["full"]
         first = f"{full[0][0]:.0f}" if full else "-"
@@ -234,7 +236,7 @@ def median_table(
     print(f"\n{title}\n")
     print("| contender | " + " | ".join(f"{f:.0%}" for f in FRACTIONS) + " |")
     print("|---|" + "---|" * len(FRACTIONS))
-    for which in CONTENDERS:
+    for which in (w for w in CONTENDERS if w in runs[0]):
         cells = []
         for f in FRACTIONS:
             losses = [best_at(outs[which]["full"], f * clock(outs, which)) for outs in runs]
@@ -248,6 +250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--R", type=int, default=27, help="max epochs (default 27)")
     parser.add_argument("--eta", type=int, default=3, help="cut factor (default 3)")
     parser.add_argument("--n-jobs", type=int, default=2, help="phobbit's CPU workers")
+    parser.add_argument(
+        "--contenders",
+        default=",".join(CONTENDERS),
+        help="which to run, comma-separated (default all: %(default)s); the common clock is "
+        "before's, or the first one named without it",
+    )
     parser.add_argument("--one", choices=CONTENDERS, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -256,7 +264,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.one:
         one(args.one, args.seed, args.R, args.eta, args.n_jobs)
         return 0
-    if importlib.util.find_spec("keras_tuner") is None:
+    contenders = tuple(w.strip() for w in args.contenders.split(",") if w.strip())
+    if not contenders or set(contenders) - set(CONTENDERS):
+        parser.error(f"--contenders takes some of {', '.join(CONTENDERS)}, comma-separated")
+    contenders = tuple(w for w in CONTENDERS if w in contenders)
+    if "keras-tuner" in contenders and importlib.util.find_spec("keras_tuner") is None:
         print("keras_anytime: skipped, Keras Tuner is not installed (pip install keras-tuner)")
         return 0
     from importlib.metadata import version
@@ -264,20 +276,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"Anytime answers, real Keras: the tutorial MLP on scikit-learn digits, objective "
         f"val_loss, R={args.R}, eta={args.eta}, one Hyperband iteration, seeds "
-        f"0..{args.seeds - 1}; search space {SPACE_DOC}; phobbit on {args.n_jobs} CPU "
-        f"workers, Keras Tuner {version('keras-tuner')} in one process; Keras "
+        f"0..{args.seeds - 1}; search space {SPACE_DOC}; contenders {', '.join(contenders)}; "
+        f"phobbit on {args.n_jobs} CPU workers"
+        + (
+            f", Keras Tuner {version('keras-tuner')} in one process"
+            if "keras-tuner" in contenders
+            else ""
+        )
+        + f"; Keras "
         f"{version('keras')}; {os.cpu_count()} CPUs; load average "
         f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} at the start."
     )
     runs: list[dict[str, dict[str, Any]]] = []
     for seed in range(args.seeds):
-        shift = seed % len(CONTENDERS)
-        outs = {
+        shift = seed % len(contenders)
+        ran = {
             which: fresh(which, seed, args.R, args.eta, args.n_jobs)
-            for which in CONTENDERS[shift:] + CONTENDERS[:shift]
+            for which in contenders[shift:] + contenders[:shift]
         }
+        outs = {which: ran[which] for which in contenders}  # the clock's first, as named
         seed_table(seed, outs)
-        if seed == 0:
+        if seed == 0 and "after" in outs:
             # With no deadline AnytimePolicy is LatestStartPolicy: any gap is the load's.
             print(
                 "\nAnytimePolicy's deadlines ((iteration, s): due): "
@@ -286,28 +305,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         runs.append(outs)
     median_table(
-        f"Median over {len(runs)} seeds, at a fraction of before's wall time on each seed "
-        "(one clock for all):",
+        f"Median over {len(runs)} seeds, at a fraction of {contenders[0]}'s wall time on each "
+        "seed (one clock for all):",
         runs,
-        lambda outs, which: outs["before"]["wall_s"],
+        lambda outs, which: outs[contenders[0]]["wall_s"],
     )
     median_table(
         f"Median over {len(runs)} seeds, at a fraction of each contender's own wall time:",
         runs,
         lambda outs, which: outs[which]["wall_s"],
     )
-    walls = {w: statistics.median(outs[w]["wall_s"] for outs in runs) for w in CONTENDERS}
+    walls = {w: statistics.median(outs[w]["wall_s"] for outs in runs) for w in contenders}
     firsts = {
         w: statistics.median(
             outs[w]["full"][0][0] if outs[w]["full"] else math.inf for outs in runs
         )
-        for w in CONTENDERS
+        for w in contenders
     }
     print(
         "\nMedian wall (s): "
-        + ", ".join(f"{NAMES[w]} {walls[w]:.0f}" for w in CONTENDERS)
+        + ", ".join(f"{NAMES[w]} {walls[w]:.0f}" for w in contenders)
         + ". Median first full-fidelity result (s): "
-        + ", ".join(f"{NAMES[w]} {firsts[w]:.0f}" for w in CONTENDERS)
+        + ", ".join(f"{NAMES[w]} {firsts[w]:.0f}" for w in contenders)
         + ". Times count from just before each fresh process started (imports included); "
         "load: the 1-minute load average at the start and end of each run."
     )
