@@ -2,10 +2,10 @@
 
 Run it with ``python benchmarks/keras_anytime.py`` (the full measurement: R=27,
 eta=3, 5 seeds, about 10 minutes per seed on two quiet cores) or as a smoke run
-with ``--seeds 1 --R 9``; ``--contenders after`` runs only those named (to measure a new
-default beside an earlier table's rows on the same seeds). Three contenders tune the seed tutorial's MLP
-(``keras_models.build_mlp``) on scikit-learn's digits (1437 train, 360
-validation, batch 32) for ``val_loss``, one Hyperband iteration each:
+with ``--seeds 1 --R 9``; ``--contenders after`` runs only those named (to measure a
+new default beside an earlier table's rows on the same seeds). Three contenders tune
+the seed tutorial's MLP (``keras_models.build_mlp``) on scikit-learn's digits (1437
+train, 360 validation, batch 32) for ``val_loss``, one Hyperband iteration each:
 
 - ``before``: phobbit on ``--n-jobs`` (2) CPU workers with ``LatestStartPolicy``,
   its dispatch order up to issue 21 (every full-fidelity segment at the end);
