@@ -1078,7 +1078,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--asha-busy",
         action="store_true",
-        help="only ASHA's busy fraction and final regret, the end of the budget fitted or not",
+        help="only ASHA's busy fraction and final regret: the end of the budget drained, fitted, "
+        "or fresh draws first (front)",
     )
     parser.add_argument(
         "--quick", action="store_true", help="a smoke run: 3 seeds, W=1,4, 2 iterations"
@@ -1107,21 +1108,83 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def asha_busy_cell(job: tuple[str, int, str, int, int]) -> tuple[float, float, float]:
-    """One ASHA run of ``asha_busy``: (problem, W, "drain" or "fit", seed, iterations) ->
-    (busy, final regret, makespan). "drain" patches the horizon away in this process."""
+def _asha_front(machine: Any) -> None:
+    """Patches one ``AsynchronousHyperband`` into "front" (issue 21.3, asha3; measured, not
+    kept): while a new configuration can still reach R within the horizon (1.2 R) and the
+    budget can carry it with the promotions already owed (the top 1/eta of each rung), it
+    draws new configurations before any promotion; after that, when no promotion is
+    certain, the best not yet promoted of the highest rung that still reaches R in time."""
+    R, eta, choose = machine.R, machine.eta, machine._choose
+
+    def owed(state: Any) -> float:
+        expected, total = len(state.members[0]), 0.0
+        for rung in range(1, len(state.bracket.rungs)):
+            have = len(state.members[rung])
+            total += max(0, expected // eta - have) * state.step(rung)
+            expected = max(have, expected // eta)
+        return total
+
+    def front() -> tuple[Any, Any]:
+        state, found = choose()
+        horizon = machine.horizon()
+        if horizon is None:
+            return state, found
+        fresh_cost = sum(state.step(k) / eta**k for k in range(len(state.bracket.rungs)))
+        committed = machine.epochs_decided() + sum(map(owed, machine._brackets.values()))
+        if 1.2 * R <= horizon and committed + fresh_cost <= machine.budget_epochs:
+            return state, None
+        if found is not None:
+            return state, found
+        best = None
+        for other in machine._brackets.values():
+            for rung in reversed(range(len(other.bracket.rungs) - 1)):
+                if R - other.bracket.rungs[rung].epochs > horizon:
+                    continue
+                waiting = sorted(
+                    k
+                    for k in other.unpromoted[rung]
+                    if k[2] not in other.promoted_set[rung] and not k[0]
+                )
+                if waiting:
+                    if best is None or (-rung, waiting[0]) < best[0]:
+                        best = ((-rung, waiting[0]), other, (rung, waiting[0][2]))
+                    break
+        return (best[1], best[2]) if best is not None else (state, found)
+
+    machine._choose = front
+
+
+def asha_busy_cell(job: tuple[str, int, str, int, int]) -> tuple[float, float, float, float]:
+    """One ASHA run of ``asha_busy``: (problem, W, "drain", "fit" or "front", seed,
+    iterations) -> (busy, final regret, makespan, regret at half the budget's epochs).
+    "drain" patches the horizon away in this process; "front" see ``_asha_front``."""
     from phobbit.core.asha import AsynchronousHyperband
 
     name, workers, label, seed, iterations = job
     problem = make_problem(name)
-    fit = AsynchronousHyperband.horizon
+    fit, init = AsynchronousHyperband.horizon, AsynchronousHyperband.__init__
     if label == "drain":
         AsynchronousHyperband.horizon = lambda self: None  # type: ignore[method-assign]
+    if label == "front":
+
+        def patched(self: Any, *args: Any, **kwargs: Any) -> None:
+            init(self, *args, **kwargs)
+            _asha_front(self)
+
+        AsynchronousHyperband.__init__ = patched  # type: ignore[method-assign]
     try:
         trace = run_phobbit(problem, "asha", workers, seed, iterations)
     finally:
         AsynchronousHyperband.horizon = fit  # type: ignore[method-assign]
-    return trace.compact()["busy"], trace.points[-1][2] - problem.optimum, trace.makespan
+        AsynchronousHyperband.__init__ = init  # type: ignore[method-assign]
+    half = [v for _, e, v in trace.points if e <= trace.epochs / 2]
+    regret_half = (half[-1] if half else math.inf) - problem.optimum
+    return (
+        trace.compact()["busy"],
+        trace.points[-1][2] - problem.optimum,
+        trace.makespan,
+        regret_half,
+    )
 
 
 def asha_busy(
@@ -1132,13 +1195,16 @@ def asha_busy(
 
     "drain" is ASHA as it was before (no horizon: any segment may start until the
     epochs are committed, and the long ones run on while other workers idle); "fit"
-    is today's. Median [min, max] over ``seeds``; runs on ``n_jobs`` processes.
+    is today's; "front" draws new configurations first while they can still reach R
+    (``_asha_front``). Median [min, max] over ``seeds``, and the median regret when half
+    the budget's epochs had come back; runs on ``n_jobs`` processes.
     """
     lines = [
-        "| problem | W | ASHA | busy | final regret | makespan (s) |",
-        "|---|---|---|---|---|---|",
+        "| problem | W | ASHA | busy | final regret | makespan (s) | regret at half |",
+        "|---|---|---|---|---|---|---|",
     ]
-    cells = [(n, w, label) for n in problems for w in workers for label in ("drain", "fit")]
+    labels = ("drain", "fit", "front")
+    cells = [(n, w, label) for n in problems for w in workers for label in labels]
     jobs = [(*cell, seed, iterations) for cell in cells for seed in range(seeds)]
     with ExitStack() as stack:
         if n_jobs > 1:
@@ -1148,9 +1214,12 @@ def asha_busy(
             runs = list(map(asha_busy_cell, jobs))
     for index, (name, w, label) in enumerate(cells):
         traces = runs[index * seeds : (index + 1) * seeds]
-        busy, regret, spans = ([t[i] for t in traces] for i in range(3))
+        busy, regret, spans, half = ([t[i] for t in traces] for i in range(4))
         text = [f"{np.median(v):.3g} [{min(v):.3g}, {max(v):.3g}]" for v in (busy, regret)]
-        lines.append(f"| {name} | {w} | {label} | {' | '.join(text)} | {np.median(spans):.1f} |")
+        lines.append(
+            f"| {name} | {w} | {label} | {' | '.join(text)} | {np.median(spans):.1f} "
+            f"| {np.median(half):.3g} |"
+        )
     return "\n".join(lines)
 
 
