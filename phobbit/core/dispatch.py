@@ -38,7 +38,7 @@ import math
 import random
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from functools import lru_cache
 
 from phobbit.core.records import ConfigKey, RungKey, Segment, SegmentKey
@@ -261,6 +261,20 @@ def _forward(
     """``nominal_run`` with its segments' factors drawn (None: exact epochs)."""
     workers = max(1, workers)
     by_s = {b.s: b for b in schedule}
+    # ``_dispatch_rank``'s parts, looked up once per rung rather than rebuilt per segment
+    # (this loop is most of anytime_release's search): the latest starts and the rest.
+    starts_of = {group: starts for group, starts in latest.items() if starts}
+    tail_of = {
+        (iteration, b.s, r.index): (-b.segment_epochs(r.index), iteration, -b.s, r.index)
+        for iteration in range(iterations)
+        for b in schedule
+        for r in b.rungs
+    }
+
+    def rank_of(group: RungKey, begun: int) -> tuple:
+        starts = starts_of.get(group)
+        return (starts[min(begun, len(starts) - 1)] if starts else 0, *tail_of[group])
+
     # Rungs with ready segments, by rank; a rung's rank changes only when one of its
     # segments starts, so it is pushed again then, never searched for.
     queue: list[tuple[tuple, RungKey]] = []
@@ -273,9 +287,7 @@ def _forward(
     def make_ready(group: RungKey, n: int) -> None:
         nonlocal total_ready
         if not ready[group]:
-            heapq.heappush(
-                queue, (_dispatch_rank(latest, by_s[group[1]], group, started[group]), group)
-            )
+            heapq.heappush(queue, (rank_of(group, started[group]), group))
         ready[group] += n
         total_ready += n
 
@@ -286,8 +298,7 @@ def _forward(
         total_ready -= 1
         started[group] += 1
         if ready[group]:
-            rank = _dispatch_rank(latest, by_s[group[1]], group, started[group])
-            heapq.heappush(queue, (rank, group))
+            heapq.heappush(queue, (rank_of(group, started[group]), group))
         return group
 
     for iteration in range(iterations):
@@ -404,8 +415,8 @@ def anytime_release(
     those whose exact makespan stays within ``EXACT_TOLERANCE`` of plain latest
     start's, whose mean makespan over 12 jittered draws (epochs of 1 +-30%) stays
     within ``tolerance`` of its mean and no draw beyond twice that, both ways, and
-    whose first full-fidelity result comes no later, the one whose answers by
-    ``HALF_RUN`` of the run screen the most configurations wins, then the one of
+    whose first full-fidelity result comes no later or by ``HALF_RUN`` of the run,
+    the one whose answers by then screen the most configurations wins, then the one of
     lowest ``answer_score``; none at all when none beats plain latest start, or when
     the run has more than ``SEARCH_SEGMENTS`` segments (the search would cost the
     plan seconds). A function of the schedule, iterations and workers alone
@@ -448,9 +459,18 @@ def _anytime_release(
     exact = {ahead: run(plain, None, ahead) for ahead in _QUEUE_AHEAD}
     jittered = {ahead: [run(plain, d, ahead)[0] for d in _JITTER_DRAWS] for ahead in _QUEUE_AHEAD}
     makespan, answers = exact[_QUEUE_AHEAD[0]]
-    first = min(end for end, _ in answers)
+    # A candidate's first full-fidelity result may come later than latest start's only while it
+    # still comes by half the run, where the score reads: at R=81 W=4 the two deepest brackets
+    # then end by 43% (115 configurations screened by half the run, against 1), their first
+    # answer at 43% where latest start's shallow bracket answered at 39%.
+    latest_first = max(min(end for end, _ in answers), HALF_RUN * makespan)
     best_score, best = score(answers), ()
     deepest = sorted((b.s for b in brackets), reverse=True)
+    # A candidate whose release, or whose latest starts, an earlier one had runs as that one
+    # did, so it can only tie it: skipped (a third of them at R=27 and 81), the answer is
+    # the same. (One that failed the jittered check would otherwise be run 24 times again.)
+    seen_releases: set[tuple] = set()
+    seen_latest: set[tuple] = set()
     for k in range(1, len(deepest) + 1):
         for fraction in _RELEASE_FRACTIONS:
             for shrinking in (False, True):
@@ -458,14 +478,21 @@ def _anytime_release(
                     ((0, s), round(makespan * fraction * ((k - i) / k if shrinking else 1)))
                     for i, s in enumerate(deepest[:k])
                 )
+                if release in seen_releases:
+                    continue
+                seen_releases.add(release)
                 latest = latest_starts(
                     brackets, iterations, workers, iterations_first, dict(release)
                 )
+                shape = tuple(sorted((group, tuple(ts)) for group, ts in latest.items()))
+                if shape in seen_latest:
+                    continue
+                seen_latest.add(shape)
                 # The usual way first (with the queued segment): most candidates fail there.
                 span, ends = run(latest, None, _QUEUE_AHEAD[0])
                 if span > exact[_QUEUE_AHEAD[0]][0] * (1 + EXACT_TOLERANCE):
                     continue
-                if min(e for e, _ in ends) > first:
+                if min(e for e, _ in ends) > latest_first:
                     continue
                 tried = score(ends)
                 if tried >= (best_score[0], best_score[1] - 1e-9):
@@ -479,19 +506,23 @@ def _anytime_release(
                 # the makespan on segments that vary too, with the queued segment and without
                 # (one worker is never idle: every order takes as long).
                 if workers == 1 or all(
-                    _keeps(jittered[a], [run(latest, d, a)[0] for d in _JITTER_DRAWS], tolerance)
+                    _keeps(jittered[a], (run(latest, d, a)[0] for d in _JITTER_DRAWS), tolerance)
                     for a in _QUEUE_AHEAD
                 ):
                     best_score, best = tried, release
     return best
 
 
-def _keeps(before: list[float], after: list[float], tolerance: float) -> bool:
+def _keeps(before: list[float], after: Iterable[float], tolerance: float) -> bool:
     """Whether makespans ``after`` keep ``before`` (the same draws): the mean within
-    ``tolerance``, no draw beyond twice that."""
-    return sum(after) <= sum(before) * (1 + tolerance) and all(
-        span <= was * (1 + 2 * tolerance) for span, was in zip(after, before)
-    )
+    ``tolerance``, no draw beyond twice that. ``after`` is read lazily, up to the first
+    draw beyond the limit (each is a forward run of the whole schedule)."""
+    total = 0.0
+    for span, was in zip(after, before):
+        if span > was * (1 + 2 * tolerance):
+            return False
+        total += span
+    return total <= sum(before) * (1 + tolerance)
 
 
 def _rung_of(key: SegmentKey) -> RungKey:
