@@ -461,8 +461,8 @@ def _anytime_release(
     makespan, answers = exact[_QUEUE_AHEAD[0]]
     # A candidate's first full-fidelity result may come later than latest start's only while it
     # still comes by half the run, where the score reads: at R=81 W=4 the two deepest brackets
-    # then end by 43% (115 configurations screened by half the run, against 1), their first
-    # answer at 43% where latest start's shallow bracket answered at 39%.
+    # then end by 43% (115 configurations screened by half the run, against latest start's 1),
+    # their first answer at 43% where latest start's shallow bracket answered at 39%.
     latest_first = max(min(end for end, _ in answers), HALF_RUN * makespan)
     best_score, best = score(answers), ()
     deepest = sorted((b.s for b in brackets), reverse=True)
