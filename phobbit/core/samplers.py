@@ -123,6 +123,9 @@ class RandomSampler:
         """Configuration ``key`` (``hparams``) was drawn before this resume (its record is
         reused); ignored."""
 
+    def promoted(self, key: ConfigKey, epochs: int) -> None:
+        """Configuration ``key`` was promoted to train to ``epochs`` epochs; ignored."""
+
 
 class TPESampler(RandomSampler):
     """BOHB-style model-based sampling through Optuna (see the module's docstring).
@@ -163,6 +166,7 @@ class TPESampler(RandomSampler):
         self.draws = 0  # draws made or replayed so far
         self.study_size = 0
         self._observed: dict[int, dict[ConfigKey, tuple[dict[str, Any], float]]] = {}
+        self._reached: dict[ConfigKey, int] = {}  # the most epochs a promotion gave it
         self._pending: dict[ConfigKey, dict[str, Any]] = {}  # drawn, no result yet
         self._distributions = {hp.name: _distribution(self._optuna, hp) for hp in space.hparams}
 
@@ -182,6 +186,12 @@ class TPESampler(RandomSampler):
         if loss is None or not math.isfinite(loss):
             return
         self._observed.setdefault(epochs, {})[key] = (hparams, float(loss))
+
+    def promoted(self, key: ConfigKey, epochs: int) -> None:
+        """Configuration ``key`` was promoted to train to ``epochs`` epochs: before its
+        result there it already ranks above every configuration that stopped lower (the
+        promotion is a function of the results, so a resume learns it again)."""
+        self._reached[key] = max(self._reached.get(key, 0), epochs)
 
     def draw(self, key: ConfigKey) -> dict[str, Any]:
         """A new configuration for ``key``: random while the results are fewer than
@@ -203,8 +213,8 @@ class TPESampler(RandomSampler):
 
     @property
     def informed(self) -> bool:
-        """Whether a model can be fit: some budget has ``min_points`` results."""
-        return self._model_budget() is not None
+        """Whether a model can be fit: ``min_points`` configurations have a result."""
+        return len(self._best_results()) >= self.min_points
 
     def _random_share(self, points: int) -> float:
         """The share of random draws when the model has ``points`` results: BOHB's 1/3
@@ -213,21 +223,39 @@ class TPESampler(RandomSampler):
         share = self.min_points / max(points, 1)
         return min(self.random_fraction, max(self.min_random_fraction, share))
 
-    def _model_budget(self) -> int | None:
-        """The largest budget with at least ``min_points`` results (BOHB's rule); None
-        if none has them yet."""
-        enough = [e for e, seen in self._observed.items() if len(seen) >= self.min_points]
-        return max(enough) if enough else None
+    def _best_results(self) -> dict[ConfigKey, tuple[int, dict[str, Any], float]]:
+        """Each configuration with a result: (its most epochs with a result, its
+        hyperparameters, its loss there)."""
+        best: dict[ConfigKey, tuple[int, dict[str, Any], float]] = {}
+        for epochs in sorted(self._observed):
+            for key, (hparams, loss) in self._observed[epochs].items():
+                best[key] = (epochs, hparams, loss)
+        return best
 
     def _model_points(self) -> list[tuple[ConfigKey, dict[str, Any], float]]:
-        """What the model is fit on, ordered by configuration: the results of the largest
-        budget with enough of them (BOHB's rule: a lower fidelity while the top one has too
-        few), of every iteration so far. Empty while no budget has ``min_points``."""
-        budget = self._model_budget()
-        if budget is None:
+        """What the model is fit on, ordered by configuration: every configuration with a
+        result, of every iteration so far, valued by its place in the ranking "went
+        furthest, and best there" (the most epochs a promotion gave it, then the most
+        epochs it has a result at, then its loss there). Hyperband's promotions are its
+        verdicts, so a configuration promoted to a rung ranks above every one that stopped
+        below it, whatever their losses at different budgets; BOHB's model of the largest
+        budget with enough results saw only the few that reached it (5 of 17 at R=9) and,
+        on a lower budget, dropped who was promoted. Empty while fewer than ``min_points``
+        configurations have a result."""
+        best = self._best_results()
+        if len(best) < self.min_points:
             return []
-        seen = self._observed[budget]
-        return [(k, *seen[k]) for k in sorted(seen)]
+        order = sorted(
+            best,
+            key=lambda k: (
+                -max(best[k][0], self._reached.get(k, 0)),
+                -best[k][0],
+                best[k][2],
+                k,
+            ),
+        )
+        place = {k: float(i) for i, k in enumerate(order)}
+        return [(k, best[k][1], place[k]) for k in sorted(best)]
 
     def _ask(
         self, key: ConfigKey, points: list[tuple[ConfigKey, dict[str, Any], float]]
