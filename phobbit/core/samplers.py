@@ -6,13 +6,18 @@ happened in the run.
 
 ``TPESampler`` is BOHB-style model-based sampling (Falkner et al., ICML 2018):
 it fits a tree-structured Parzen estimator (Optuna's ``TPESampler``,
-multivariate, with a constant liar for configurations in flight) on the
-results of the largest budget (epochs) that has enough observations (the
-number of hyperparameters + 1, BOHB's rule, and at least 5: on fewer the
-model's draws were worse than random ones; results of earlier iterations
-count), splits them into the best 30% and the rest (Optuna's 10% leaves a
-single good result of the few a small run has), and keeps a share of random
-draws (drawn exactly as the random sampler would draw that configuration):
+multivariate, with a constant liar for configurations in flight) on every
+configuration with a result, at any budget and of every iteration so far, once
+there are enough of them (the number of hyperparameters + 1, BOHB's rule, and
+at least 5: on fewer the model's draws were worse than random ones). It ranks
+them as Hyperband judged them: by the promotions each won (told by
+``SynchronousHyperband`` as it promotes, before the result at the new rung),
+then by the most epochs it has a result at, then by its loss there; where BOHB
+fits the largest budget with enough results, which at R=9 holds 5 of 17
+configurations. It splits that ranking into the best 30% and the rest
+(Optuna's 10% leaves a single good result of the few a small run has), and
+keeps a share of random draws (drawn exactly as the random sampler would draw
+that configuration):
 BOHB's 1/3 while results are few, falling to 0.1 as they grow. Until the model
 has its results, a run defers the draws of all but its deepest bracket while
 other work can keep the workers busy (``SynchronousHyperband.defers``).
@@ -166,7 +171,7 @@ class TPESampler(RandomSampler):
         self.draws = 0  # draws made or replayed so far
         self.study_size = 0
         self._observed: dict[int, dict[ConfigKey, tuple[dict[str, Any], float]]] = {}
-        self._reached: dict[ConfigKey, int] = {}  # the most epochs a promotion gave it
+        self._promotions: dict[ConfigKey, set[int]] = {}  # the epochs each was promoted to
         self._pending: dict[ConfigKey, dict[str, Any]] = {}  # drawn, no result yet
         self._distributions = {hp.name: _distribution(self._optuna, hp) for hp in space.hparams}
 
@@ -189,9 +194,9 @@ class TPESampler(RandomSampler):
 
     def promoted(self, key: ConfigKey, epochs: int) -> None:
         """Configuration ``key`` was promoted to train to ``epochs`` epochs: before its
-        result there it already ranks above every configuration that stopped lower (the
+        result there it already ranks above every configuration promoted fewer times (the
         promotion is a function of the results, so a resume learns it again)."""
-        self._reached[key] = max(self._reached.get(key, 0), epochs)
+        self._promotions.setdefault(key, set()).add(epochs)
 
     def draw(self, key: ConfigKey) -> dict[str, Any]:
         """A new configuration for ``key``: random while the results are fewer than
@@ -234,13 +239,16 @@ class TPESampler(RandomSampler):
 
     def _model_points(self) -> list[tuple[ConfigKey, dict[str, Any], float]]:
         """What the model is fit on, ordered by configuration: every configuration with a
-        result, of every iteration so far, valued by its place in the ranking "went
-        furthest, and best there" (the most epochs a promotion gave it, then the most
-        epochs it has a result at, then its loss there). Hyperband's promotions are its
-        verdicts, so a configuration promoted to a rung ranks above every one that stopped
-        below it, whatever their losses at different budgets; BOHB's model of the largest
-        budget with enough results saw only the few that reached it (5 of 17 at R=9) and,
-        on a lower budget, dropped who was promoted. Empty while fewer than ``min_points``
+        result, of every iteration so far, valued by its place in the ranking "survived
+        most, and best there": the promotions it won, then the most epochs it has a result
+        at, then its loss there. Hyperband's promotions are its verdicts, so a promoted
+        configuration ranks above every one that was not, whatever their losses at
+        different budgets, even before its result at the rung it was promoted to; BOHB's
+        model of the largest budget with enough results saw only the few that reached it
+        (5 of 17 at R=9) and, on a lower budget, dropped who was promoted. Counting
+        promotions rather than epochs keeps the straight-to-R bracket's random
+        configurations, which reach R unselected, below those selected twice (sign test,
+        benchmarks/README.md, issue 21.2 (tpe3)). Empty while fewer than ``min_points``
         configurations have a result."""
         best = self._best_results()
         if len(best) < self.min_points:
@@ -248,7 +256,7 @@ class TPESampler(RandomSampler):
         order = sorted(
             best,
             key=lambda k: (
-                -max(best[k][0], self._reached.get(k, 0)),
+                -len(self._promotions.get(k, ())),
                 -best[k][0],
                 best[k][2],
                 k,
