@@ -68,7 +68,7 @@ RANDOM_FRACTION = 0.15
 the few draws a small run has on random ones: at R=9, W=4, 50 paired seeds, the
 all-fidelity model with 0.15 beat random Hyperband in 141 seeds and lost 69, with 1/3 in 115
 and lost 71 (benchmarks/README.md, issue 21.2 (tpe3))."""
-EI_CANDIDATES = 64
+EI_CANDIDATES = 24
 """Candidates a TPE model draw scores by expected improvement."""
 MIN_RANDOM_FRACTION = 0.1
 """The share of a TPE sampler's draws that stay random once results abound."""
@@ -290,8 +290,8 @@ class TPESampler(RandomSampler):
             multivariate=True,
             constant_liar=True,
             n_startup_trials=0,
-            # More candidates than Optuna's 24: with few results the model's best guess is
-            # worth a closer look (paired seeds at R=9 lost fewer to random Hyperband).
+            # Optuna's 24: on the all-fidelity model, 64 (a greedier pick of the density
+            # ratio) won fewer paired seeds at R=9 (benchmarks/README.md, issue 21.2 (tpe3)).
             n_ei_candidates=EI_CANDIDATES,
             gamma=_good_points,
         )
