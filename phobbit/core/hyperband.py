@@ -312,6 +312,11 @@ class SynchronousHyperband(StateMachine):
             for config_id in state.rankings[rung].promote(state.k(rung), state.unfinished(rung)):
                 state.promoted[rung].append(config_id)
                 state.members[rung + 1].add(config_id)
+                if self.sampler is not None:
+                    self.sampler.promoted(
+                        (state.iteration, state.bracket.s, config_id),
+                        state.bracket.rungs[rung + 1].epochs,
+                    )
                 best = state.finished[rung][config_id]
                 made_ready.append(self._segment(state, config_id, rung + 1, best))
         return made_ready

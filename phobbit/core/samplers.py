@@ -6,14 +6,20 @@ happened in the run.
 
 ``TPESampler`` is BOHB-style model-based sampling (Falkner et al., ICML 2018):
 it fits a tree-structured Parzen estimator (Optuna's ``TPESampler``,
-multivariate, with a constant liar for configurations in flight) on the
-results of the largest budget (epochs) that has enough observations (the
-number of hyperparameters + 1, BOHB's rule, and at least 5: on fewer the
-model's draws were worse than random ones; results of earlier iterations
-count), splits them into the best 30% and the rest (Optuna's 10% leaves a
-single good result of the few a small run has), and keeps a share of random
-draws (drawn exactly as the random sampler would draw that configuration):
-BOHB's 1/3 while results are few, falling to 0.1 as they grow. Until the model
+multivariate, with a constant liar for configurations in flight) on every
+configuration with a result, at any budget and of every iteration so far, once
+there are enough of them (the number of hyperparameters + 1, BOHB's rule, and
+at least 5: on fewer the model's draws were worse than random ones). It ranks
+them as Hyperband judged them: by the promotions each won (told by
+``SynchronousHyperband`` as it promotes, before the result at the new rung),
+then by the most epochs it has a result at, then by its loss there; where BOHB
+fits the largest budget with enough results, which at R=9 holds 5 of 17
+configurations. It splits that ranking into the best 30% and the rest
+(Optuna's 10% leaves a single good result of the few a small run has), and
+keeps a share of random draws (drawn exactly as the random sampler would draw
+that configuration):
+0.15 while results are few (BOHB's 1/3 lost more paired seeds to random
+Hyperband), falling to 0.1 as they grow. Until the model
 has its results, a run defers the draws of all but its deepest bracket while
 other work can keep the workers busy (``SynchronousHyperband.defers``).
 Its draws depend on the results seen so far, so a run that samples with it
@@ -57,9 +63,12 @@ from phobbit.core.records import SAMPLERS, ConfigKey
 from phobbit.core.space import Hyperparameter, Space
 from phobbit.errors import InputError
 
-RANDOM_FRACTION = 1 / 3
-"""The largest share of a TPE sampler's draws that are random (BOHB's default)."""
-EI_CANDIDATES = 64
+RANDOM_FRACTION = 0.15
+"""The largest share of a TPE sampler's draws that are random. BOHB's 1/3 spent a third of
+the few draws a small run has on random ones: at R=9, W=4, 50 paired seeds, the
+all-fidelity model with 0.15 beat random Hyperband in 141 seeds and lost 69, with 1/3 in 115
+and lost 71 (benchmarks/README.md, issue 21.2 (tpe3))."""
+EI_CANDIDATES = 24
 """Candidates a TPE model draw scores by expected improvement."""
 MIN_RANDOM_FRACTION = 0.1
 """The share of a TPE sampler's draws that stay random once results abound."""
@@ -123,6 +132,9 @@ class RandomSampler:
         """Configuration ``key`` (``hparams``) was drawn before this resume (its record is
         reused); ignored."""
 
+    def promoted(self, key: ConfigKey, epochs: int) -> None:
+        """Configuration ``key`` was promoted to train to ``epochs`` epochs; ignored."""
+
 
 class TPESampler(RandomSampler):
     """BOHB-style model-based sampling through Optuna (see the module's docstring).
@@ -130,7 +142,7 @@ class TPESampler(RandomSampler):
     Args:
         space: the search space.
         seed: the run's seed.
-        random_fraction: the largest share of draws that are random (BOHB's 1/3); it
+        random_fraction: the largest share of draws that are random (BOHB's is 1/3); it
             falls as results come in, to ``min_random_fraction``.
         min_points: results a model needs; by default the number of hyperparameters
             + 1 (BOHB's rule), at least ``MIN_MODEL_POINTS``.
@@ -163,6 +175,7 @@ class TPESampler(RandomSampler):
         self.draws = 0  # draws made or replayed so far
         self.study_size = 0
         self._observed: dict[int, dict[ConfigKey, tuple[dict[str, Any], float]]] = {}
+        self._promotions: dict[ConfigKey, set[int]] = {}  # the epochs each was promoted to
         self._pending: dict[ConfigKey, dict[str, Any]] = {}  # drawn, no result yet
         self._distributions = {hp.name: _distribution(self._optuna, hp) for hp in space.hparams}
 
@@ -182,6 +195,12 @@ class TPESampler(RandomSampler):
         if loss is None or not math.isfinite(loss):
             return
         self._observed.setdefault(epochs, {})[key] = (hparams, float(loss))
+
+    def promoted(self, key: ConfigKey, epochs: int) -> None:
+        """Configuration ``key`` was promoted to train to ``epochs`` epochs: before its
+        result there it already ranks above every configuration promoted fewer times (the
+        promotion is a function of the results, so a resume learns it again)."""
+        self._promotions.setdefault(key, set()).add(epochs)
 
     def draw(self, key: ConfigKey) -> dict[str, Any]:
         """A new configuration for ``key``: random while the results are fewer than
@@ -203,31 +222,52 @@ class TPESampler(RandomSampler):
 
     @property
     def informed(self) -> bool:
-        """Whether a model can be fit: some budget has ``min_points`` results."""
-        return self._model_budget() is not None
+        """Whether a model can be fit: ``min_points`` configurations have a result."""
+        return len(self._best_results()) >= self.min_points
 
     def _random_share(self, points: int) -> float:
-        """The share of random draws when the model has ``points`` results: BOHB's 1/3
-        while they are few, falling as min_points / points once they pass 3 x min_points
-        (a sharper model then earns more of the draws), never below the floor."""
+        """The share of random draws when the model has ``points`` results:
+        ``random_fraction`` while they are few, then min_points / points once that is
+        smaller (a sharper model earns more of the draws), never below the floor."""
         share = self.min_points / max(points, 1)
         return min(self.random_fraction, max(self.min_random_fraction, share))
 
-    def _model_budget(self) -> int | None:
-        """The largest budget with at least ``min_points`` results (BOHB's rule); None
-        if none has them yet."""
-        enough = [e for e, seen in self._observed.items() if len(seen) >= self.min_points]
-        return max(enough) if enough else None
+    def _best_results(self) -> dict[ConfigKey, tuple[int, dict[str, Any], float]]:
+        """Each configuration with a result: (its most epochs with a result, its
+        hyperparameters, its loss there)."""
+        best: dict[ConfigKey, tuple[int, dict[str, Any], float]] = {}
+        for epochs in sorted(self._observed):
+            for key, (hparams, loss) in self._observed[epochs].items():
+                best[key] = (epochs, hparams, loss)
+        return best
 
     def _model_points(self) -> list[tuple[ConfigKey, dict[str, Any], float]]:
-        """What the model is fit on, ordered by configuration: the results of the largest
-        budget with enough of them (BOHB's rule: a lower fidelity while the top one has too
-        few), of every iteration so far. Empty while no budget has ``min_points``."""
-        budget = self._model_budget()
-        if budget is None:
+        """What the model is fit on, ordered by configuration: every configuration with a
+        result, of every iteration so far, valued by its place in the ranking "survived
+        most, and best there": the promotions it won, then the most epochs it has a result
+        at, then its loss there. Hyperband's promotions are its verdicts, so a promoted
+        configuration ranks above every one that was not, whatever their losses at
+        different budgets, even before its result at the rung it was promoted to; BOHB's
+        model of the largest budget with enough results saw only the few that reached it
+        (5 of 17 at R=9) and, on a lower budget, dropped who was promoted. Counting
+        promotions rather than epochs keeps the straight-to-R bracket's random
+        configurations, which reach R unselected, below those selected twice (sign test,
+        benchmarks/README.md, issue 21.2 (tpe3)). Empty while fewer than ``min_points``
+        configurations have a result."""
+        best = self._best_results()
+        if len(best) < self.min_points:
             return []
-        seen = self._observed[budget]
-        return [(k, *seen[k]) for k in sorted(seen)]
+        order = sorted(
+            best,
+            key=lambda k: (
+                -len(self._promotions.get(k, ())),
+                -best[k][0],
+                best[k][2],
+                k,
+            ),
+        )
+        place = {k: float(i) for i, k in enumerate(order)}
+        return [(k, best[k][1], place[k]) for k in sorted(best)]
 
     def _ask(
         self, key: ConfigKey, points: list[tuple[ConfigKey, dict[str, Any], float]]
@@ -250,8 +290,8 @@ class TPESampler(RandomSampler):
             multivariate=True,
             constant_liar=True,
             n_startup_trials=0,
-            # More candidates than Optuna's 24: with few results the model's best guess is
-            # worth a closer look (paired seeds at R=9 lost fewer to random Hyperband).
+            # Optuna's 24: on the all-fidelity model, 64 (a greedier pick of the density
+            # ratio) won fewer paired seeds at R=9 (benchmarks/README.md, issue 21.2 (tpe3)).
             n_ei_candidates=EI_CANDIDATES,
             gamma=_good_points,
         )
