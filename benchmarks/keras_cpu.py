@@ -341,7 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     walls: dict[str, list[float]] = {name(*c): [] for c in contenders}
     imports = fresh("imports", args.configurations, args.n_jobs, checkouts[0])
     print(
-        f"| - | imports only | 0 | {imports['cpu_s']:.1f} | - | - | {imports['wall_s']:.1f} "
+        f"| - | imports only | 0 | {imports['cpu_s']:.1f} | - | - "
+        f"| {imports['calibration_s']:.2f} | - | {imports['wall_s']:.1f} "
         f"| {imports['load'][0]:.1f} → {imports['load'][1]:.1f} |",
         flush=True,
     )
