@@ -420,13 +420,15 @@ def anytime_release(
     order: the deepest screens the most configurations) a deadline, a fraction f
     of the run before its end (in steps of 5%), the same for all k or shrinking
     linearly from the deepest; each is run forwards on segments as long as their
-    epochs (``nominal_run``), with the scheduler's queued segment and without. Of
+    epochs (``nominal_run``), with the scheduler's queued segment and without, and
+    with every fresh segment ``FRESH_OVERHEAD`` epochs longer (as real Keras's). Of
     those whose exact makespan stays within ``EXACT_TOLERANCE`` of plain latest
-    start's, whose mean makespan over 12 jittered draws (epochs of 1 +-30%) stays
-    within ``tolerance`` of its mean and no draw beyond twice that, both ways, and
-    whose first full-fidelity result comes no later or by ``HALF_RUN`` of the run,
-    the one whose answers by then screen the most configurations wins, then the one of
-    lowest ``answer_score``; none at all when none beats plain latest start, or when
+    start's (on both clocks), whose mean makespan over 12 jittered draws (epochs of
+    1 +-30%) stays within ``tolerance`` of its mean and no draw beyond twice that, both
+    ways, and whose first full-fidelity result comes no later than latest start's (on
+    both clocks), the one whose answers by ``HALF_RUN`` of the run screen the most
+    configurations on the clock where they are fewer wins, then on exact epochs, then
+    the one of lowest ``answer_score``; none at all when none beats plain latest start, or when
     the run has more than ``SEARCH_SEGMENTS`` segments (the search would cost the
     plan seconds). A function of the schedule, iterations and workers alone
     (cached), so every worker count always gets the same order.
