@@ -294,6 +294,12 @@ class TPESampler(RandomSampler):
             # ratio) won fewer paired seeds at R=9 (benchmarks/README.md, issue 21.2 (tpe3)).
             n_ei_candidates=EI_CANDIDATES,
             gamma=_good_points,
+            # A kernel at the edge of the results reaches as far as the range's end (as
+            # hyperopt's), not only to its inner neighbour: with the few results of a small
+            # run, the outermost good ones kept draws on a narrow strip, which on the Keras
+            # surrogate's grid drew the same grid points again (benchmarks/README.md, 21.2
+            # (tpe4)).
+            consider_endpoints=True,
         )
         study = optuna.create_study(direction="minimize", sampler=sampler)
         study.add_trials(
