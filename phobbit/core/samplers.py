@@ -15,7 +15,10 @@ them as Hyperband judged them: by the promotions each won (told by
 then by the most epochs it has a result at, then by its loss there; where BOHB
 fits the largest budget with enough results, which at R=9 holds 5 of 17
 configurations. It splits that ranking into the best 30% and the rest
-(Optuna's 10% leaves a single good result of the few a small run has), and
+(Optuna's 10% leaves a single good result of the few a small run has). The
+kernels at the edge of the results reach to the range's end (Optuna's
+``consider_endpoints``, hyperopt's rule: with a small run's few results, kernels
+as wide as the inner neighbour only kept the draws on a narrow strip). It
 keeps a share of random draws (drawn exactly as the random sampler would draw
 that configuration):
 0.15 while results are few (BOHB's 1/3 lost more paired seeds to random
@@ -294,6 +297,12 @@ class TPESampler(RandomSampler):
             # ratio) won fewer paired seeds at R=9 (benchmarks/README.md, issue 21.2 (tpe3)).
             n_ei_candidates=EI_CANDIDATES,
             gamma=_good_points,
+            # A kernel at the edge of the results reaches as far as the range's end (as
+            # hyperopt's), not only to its inner neighbour: with the few results of a small
+            # run, the outermost good ones kept draws on a narrow strip, which on the Keras
+            # surrogate's grid drew the same grid points again (benchmarks/README.md, 21.2
+            # (tpe4)).
+            consider_endpoints=True,
         )
         study = optuna.create_study(direction="minimize", sampler=sampler)
         study.add_trials(
