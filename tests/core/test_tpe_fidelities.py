@@ -7,11 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from test_tpe_draws import result  # the toy loss: (x - 0.3)^2 + 1 / epochs
 
 from phobbit.core.dispatch import AnytimePolicy
 from phobbit.core.hyperband import SynchronousHyperband
 from phobbit.core.plan import Plan
-from phobbit.core.records import ConfigKey, Segment, SegmentResult, Tuning
+from phobbit.core.records import ConfigKey, Tuning
 from phobbit.core.samplers import TPESampler
 from phobbit.core.space import Hyperparameter, Space
 
@@ -103,20 +104,3 @@ def test_hyperband_tells_its_sampler_each_promotion_and_the_epochs_it_gives() ->
     ]
     assert sorted(sampler.told) == sorted(expected)
     assert len(expected) == 5
-
-
-def result(segment: Segment) -> SegmentResult:
-    loss = (segment.hparams["x"] - 0.3) ** 2 + 1.0 / segment.epochs
-    return SegmentResult(
-        iteration=segment.iteration,
-        s=segment.s,
-        id=segment.id,
-        rung=segment.rung,
-        epochs=segment.epochs,
-        start_epoch=segment.start_epoch,
-        val_loss=loss,
-        last_val_loss=loss,
-        status="ok",
-        error="",
-        hparams=segment.hparams,
-    )
