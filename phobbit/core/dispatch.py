@@ -181,13 +181,18 @@ def _next_latest_start(latest: Mapping[RungKey, list[int]], group: RungKey, star
     return starts[min(started, len(starts) - 1)]
 
 
+def _rung_tail(bracket: Bracket, group: RungKey) -> tuple[int, int, int, int]:
+    """The part of a rung's place in the latest-start order that stays as its segments
+    start: longer segments first, then earlier iterations, deeper brackets, lower rungs."""
+    iteration, s, rung = group
+    return (-bracket.segment_epochs(rung), iteration, -s, rung)
+
+
 def _dispatch_rank(
     latest: Mapping[RungKey, list[int]], bracket: Bracket, group: RungKey, started: int
 ) -> tuple:
     """A rung's place in the latest-start order, lowest first (``LatestStartPolicy.priority``)."""
-    iteration, s, rung = group
-    epochs = bracket.segment_epochs(rung)
-    return (_next_latest_start(latest, group, started), -epochs, iteration, -s, rung)
+    return (_next_latest_start(latest, group, started), *_rung_tail(bracket, group))
 
 
 def nominal_run(
@@ -263,19 +268,17 @@ def _forward(
     epochs more for every segment of a first rung (a model built and traced anew)."""
     workers = max(1, workers)
     by_s = {b.s: b for b in schedule}
-    # ``_dispatch_rank``'s parts, looked up once per rung rather than rebuilt per segment
-    # (this loop is most of anytime_release's search): the latest starts and the rest.
-    starts_of = {group: starts for group, starts in latest.items() if starts}
+    # ``_dispatch_rank``, its fixed part computed once per rung rather than per segment (this
+    # loop is most of anytime_release's search).
     tail_of = {
-        (iteration, b.s, r.index): (-b.segment_epochs(r.index), iteration, -b.s, r.index)
+        (iteration, b.s, r.index): _rung_tail(b, (iteration, b.s, r.index))
         for iteration in range(iterations)
         for b in schedule
         for r in b.rungs
     }
 
     def rank_of(group: RungKey, begun: int) -> tuple:
-        starts = starts_of.get(group)
-        return (starts[min(begun, len(starts) - 1)] if starts else 0, *tail_of[group])
+        return (_next_latest_start(latest, group, begun), *tail_of[group])
 
     # Rungs with ready segments, by rank; a rung's rank changes only when one of its
     # segments starts, so it is pushed again then, never searched for.

@@ -179,6 +179,7 @@ class TPESampler(RandomSampler):
         self.study_size = 0
         self._observed: dict[int, dict[ConfigKey, tuple[dict[str, Any], float]]] = {}
         self._promotions: dict[ConfigKey, set[int]] = {}  # the epochs each was promoted to
+        self._with_result: set[ConfigKey] = set()  # the keys of ``_observed``, all budgets
         self._pending: dict[ConfigKey, dict[str, Any]] = {}  # drawn, no result yet
         self._distributions = {hp.name: _distribution(self._optuna, hp) for hp in space.hparams}
 
@@ -198,6 +199,7 @@ class TPESampler(RandomSampler):
         if loss is None or not math.isfinite(loss):
             return
         self._observed.setdefault(epochs, {})[key] = (hparams, float(loss))
+        self._with_result.add(key)
 
     def promoted(self, key: ConfigKey, epochs: int) -> None:
         """Configuration ``key`` was promoted to train to ``epochs`` epochs: before its
@@ -226,7 +228,8 @@ class TPESampler(RandomSampler):
     @property
     def informed(self) -> bool:
         """Whether a model can be fit: ``min_points`` configurations have a result."""
-        return len(self._best_results()) >= self.min_points
+        # Asked for each first segment a run dispatches: counted as results come, not rebuilt.
+        return len(self._with_result) >= self.min_points
 
     def _random_share(self, points: int) -> float:
         """The share of random draws when the model has ``points`` results:
