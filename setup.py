@@ -24,6 +24,8 @@ setup(
     extras_require={
         "test": [
             "pytest>=7",
+            # the fast lane runs on every core: python -m pytest -m "not slow" -n auto
+            "pytest-xdist>=3.5",
             "scikit-learn>=1.3",
             "hypothesis>=6",
             "psutil>=5.9",
@@ -56,6 +58,8 @@ setup(
         "tpe": ["optuna>=3.0"],
         "dev": [
             "pytest>=7",
+            # the fast lane runs on every core: python -m pytest -m "not slow" -n auto
+            "pytest-xdist>=3.5",
             "scikit-learn>=1.3",
             "hypothesis>=6",
             "psutil>=5.9",

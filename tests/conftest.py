@@ -2,7 +2,7 @@
 
 The markers (``pool``, ``subprocess``, ``keras``, ``dask``, ``benchmark``, each with
 ``slow``) are set by ``pytest_collection_modifyitems`` from what a test's code names,
-never by hand; the fast lane is ``python -m pytest -m "not slow"``.
+never by hand; the fast lane is ``python -m pytest -m "not slow" -n auto``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import random
 from pathlib import Path
 
 import pytest
@@ -49,10 +49,11 @@ def file(path: str, losses: list[float] | None, problem: str = "") -> Checkpoint
     ("content", "why"),
     [
         (b"", "JSONDecodeError"),
-        (os.urandom(64) + b"\xff", "UnicodeDecodeError|JSONDecodeError"),
+        (random.Random(0).randbytes(64) + b"\xff", "UnicodeDecodeError|JSONDecodeError"),
         (b'{"epoch": 3, "val_losses": [0.5]}', "records 1 val losses for epoch 3"),
         (b'{"epoch": 1}', "KeyError"),
     ],
+    ids=["empty", "not-text", "too-few-losses", "no-losses"],
 )
 def test_a_bad_file_is_unreadable_and_a_missing_one_is_none(
     tmp_path: Path, content: bytes, why: str
