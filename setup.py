@@ -4,6 +4,23 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+# What the test suite needs (the README's second quick-start command installs it).
+TEST = [
+    "pytest>=7",
+    # the fast lane runs on every core: python -m pytest -m "not slow" -n auto
+    "pytest-xdist>=3.5",
+    "scikit-learn>=1.3",
+    "hypothesis>=6",
+    "psutil>=5.9",
+    "dask[distributed]>=2024.1",
+    "optuna>=3.0",
+    "tensorboard>=2.16",
+    "matplotlib>=3.7",
+    "jax>=0.4.30",
+    # tests/test_keras_tuner.py runs Keras Tuner's examples against the real package.
+    "keras-tuner>=1.4",
+]
+
 setup(
     name="phobbit",
     version="0.1.0",
@@ -22,21 +39,7 @@ setup(
         "rich>=13.0",
     ],
     extras_require={
-        "test": [
-            "pytest>=7",
-            # the fast lane runs on every core: python -m pytest -m "not slow" -n auto
-            "pytest-xdist>=3.5",
-            "scikit-learn>=1.3",
-            "hypothesis>=6",
-            "psutil>=5.9",
-            "dask[distributed]>=2024.1",
-            "optuna>=3.0",
-            "tensorboard>=2.16",
-            "matplotlib>=3.7",
-            "jax>=0.4.30",
-            # tests/test_keras_tuner.py runs Keras Tuner's examples against the real package.
-            "keras-tuner>=1.4",
-        ],
+        "test": TEST,
         "examples": ["scikit-learn>=1.3"],
         "tensorboard": ["tensorboard>=2.16"],
         "plot": ["matplotlib>=3.7"],
@@ -56,21 +59,7 @@ setup(
             "keras-tuner>=1.4",
         ],
         "tpe": ["optuna>=3.0"],
-        "dev": [
-            "pytest>=7",
-            # the fast lane runs on every core: python -m pytest -m "not slow" -n auto
-            "pytest-xdist>=3.5",
-            "scikit-learn>=1.3",
-            "hypothesis>=6",
-            "psutil>=5.9",
-            "dask[distributed]>=2024.1",
-            "optuna>=3.0",
-            "tensorboard>=2.16",
-            "matplotlib>=3.7",
-            "jax>=0.4.30",
-            "keras-tuner>=1.4",
-            "ruff>=0.5",
-        ],
+        "dev": [*TEST, "ruff>=0.5"],
     },
     entry_points={"console_scripts": ["phobbit=phobbit.cli:main"]},
 )
