@@ -103,21 +103,15 @@ class Plan:
 
     def _pop_informed(self, prefer: Collection[ConfigKey]) -> Segment | None:
         """The policy's next segment that the state machine does not defer
-        (``StateMachine.defers``); when all are, the deferred one of the deepest bracket
-        (the first in the policy's order among those), so no worker waits for want of
-        work. The deferred ones go back as they were."""
+        (``StateMachine.defers``); the first deferred one when all are, so no worker
+        waits for want of work. The deferred ones go back as they were."""
         held: list[Segment] = []
         segment = self.policy.pop(prefer)
         while segment is not None and self.machine.defers(segment):
             held.append(segment)
             segment = self.policy.pop(prefer)
         if segment is None and held:
-            # A draw made before the model is informed is a random one: give it to the
-            # bracket whose configurations still face the most rungs of selection, not to
-            # a shallow one whose configurations reach R unscreened (at R=9 on four
-            # workers the straight-to-R bracket's first draw was random by necessity).
-            deepest = max(range(len(held)), key=lambda i: (held[i].s, -i))
-            segment = held.pop(deepest)
+            segment = held.pop(0)
         for other in reversed(held):
             self.policy.give_back(other)
         return segment

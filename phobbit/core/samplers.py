@@ -22,12 +22,9 @@ as wide as the inner neighbour only kept the draws on a narrow strip). It
 keeps a share of random draws (drawn exactly as the random sampler would draw
 that configuration):
 0.15 while results are few (BOHB's 1/3 lost more paired seeds to random
-Hyperband), falling to 0.1 as they grow, and none in the bracket that trains
-straight to R, whose configurations no rung screens. Until the model
+Hyperband), falling to 0.1 as they grow. Until the model
 has its results, a run defers the draws of all but its deepest bracket while
-other work can keep the workers busy (``SynchronousHyperband.defers``); when
-nothing else is ready, the deferred draw of the deepest such bracket goes first
-(``Plan``), so a draw random by necessity faces the most selection.
+other work can keep the workers busy (``SynchronousHyperband.defers``).
 Its draws depend on the results seen so far, so a run that samples with it
 records every configuration it draws before it trains (``decisions.csv``); a
 resumed run reuses those, and holds the ones that have no result yet as in
@@ -221,7 +218,7 @@ class TPESampler(RandomSampler):
         self.draws += 1
         points = self._model_points()
         coin = np.random.default_rng([self.seed, *key, 0x7E5]).random()
-        if not points or coin < self._random_share(len(points), key):
+        if not points or coin < self._random_share(len(points)):
             hparams = self.space.sample(self.seed, *key)
         else:
             hparams = self._ask(key, points)
@@ -234,17 +231,10 @@ class TPESampler(RandomSampler):
         # Asked for each first segment a run dispatches: counted as results come, not rebuilt.
         return len(self._with_result) >= self.min_points
 
-    def _random_share(self, points: int, key: ConfigKey) -> float:
-        """The share of random draws for configuration ``key`` when the model has
-        ``points`` results: ``random_fraction`` while they are few, then min_points /
-        points once that is smaller (a sharper model earns more of the draws), never below
-        the floor; none in the bracket that trains straight to R (s = 0). Its
-        configurations face no selection: a random draw there is the random sampler's
-        own configuration trained in full, which at best ties random Hyperband's seed,
-        while the exploration a random share buys pays off in the brackets that screen
-        (sign test, benchmarks/README.md, issue 21.2 (tpe5))."""
-        if key[1] == 0:
-            return 0.0
+    def _random_share(self, points: int) -> float:
+        """The share of random draws when the model has ``points`` results:
+        ``random_fraction`` while they are few, then min_points / points once that is
+        smaller (a sharper model earns more of the draws), never below the floor."""
         share = self.min_points / max(points, 1)
         return min(self.random_fraction, max(self.min_random_fraction, share))
 

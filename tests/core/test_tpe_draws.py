@@ -4,7 +4,6 @@ then resumed draws what an uninterrupted one draws. Pure plans, or the simulated
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -149,42 +148,3 @@ def test_the_model_waits_for_five_results_and_counts_the_best_thirty_percent_goo
     assert not sampler.informed
     assert sampler.draw((0, 1, 0)) == TOY.sample(0, 0, 1, 0)
     assert [samplers._good_points(n) for n in (5, 9, 18, 200)] == [2, 3, 6, 25]  # noqa: SLF001
-
-
-SIX = Space([Hyperparameter(f"x{i}", "uniform", (0.0, 1.0)) for i in range(1, 7)])
-
-
-def test_a_draw_random_by_necessity_goes_to_a_screened_bracket_not_the_straight_to_r_one() -> None:
-    """Six hyperparameters (the model needs 7 results), R=9 on four workers: after the
-    deepest bracket's nine first-rung segments, workers free up before the model is
-    informed and a deferred draw must go ahead random. Before, it went in the policy's
-    order, to the straight-to-R bracket (its configuration trained to R unscreened, the
-    random sampler's own); now to the middle bracket, whose one of five survives a rung."""
-    tuning = Tuning.of(SIX, R=9, eta=3, seed=0)
-    sampler = Spy(SIX, seed=0)
-    machine = SynchronousHyperband(tuning, sampler=sampler)
-    plan = Plan.of(machine, AnytimePolicy(machine.schedule, tuning.iterations, 4), 4)
-    running: list[Segment] = []
-    while not plan.done:
-        while len(running) < 4 and (segment := plan.next_segment()) is not None:
-            running.append(segment)
-        assert running, "a worker waits while nothing runs"
-        done = running.pop(0)  # the oldest finishes first
-        plan.record(result(dataclasses.replace(done, hparams={"x": done.hparams["x1"]})))
-    blind = {k for k, n in sampler.seen_at.items() if k[1] < 2 and n < sampler.min_points}
-    assert blind, "the case under test: some draw goes ahead before the model is informed"
-    assert all(s == 1 for _, s, _ in blind)  # before: (0, 0, 0) among them
-
-
-def test_the_straight_to_r_bracket_draws_only_from_the_model_once_informed() -> None:
-    """The random share (0.15 while results are few) spares the bracket that trains
-    straight to R: a random draw there is random Hyperband's own configuration, trained in
-    full, unscreened. The screened brackets keep their share."""
-    sampler = TPESampler(TOY, seed=3)
-    for i in range(9):
-        hparams = TOY.sample(3, 0, 2, i)
-        sampler.observe((0, 2, i), hparams, 1, (hparams["x"] - 0.3) ** 2 + 1.0)
-    straight = [(it, 0, i) for it in range(8) for i in range(5)]
-    screened = [(it, 1, i) for it in range(8) for i in range(5)]
-    assert all(sampler.draw(k) != TOY.sample(3, *k) for k in straight)  # before: 6 of 40 were
-    assert any(sampler.draw(k) == TOY.sample(3, *k) for k in screened)
