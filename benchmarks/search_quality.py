@@ -26,6 +26,11 @@ that biases the objective and blurs it with noise that vanishes at ``R`` epochs:
   surrogate: learning curves of a 189-point grid trained once with real Keras
   (``benchmarks/keras_curves.py``); a configuration trains as its nearest grid
   point. Its optimum is the lowest val loss of any grid point at any epoch.
+- ``keras-mlp-smooth`` (not run unless named in ``--problems``): the same curves
+  interpolated between grid points (multilinear in the dropouts and the log
+  learning rate, the activation exact), as the real MLP's loss is continuous;
+  the nearest-point surrogate ties configurations half a grid step apart. Same
+  optimum. Issue 21.2's sign test was measured on ``keras-mlp`` before tpe5.
 
 The fidelity of epoch e is z = log(e) / log(R) (0 at one epoch, 1 at R), and
 the loss after epoch e is f_z(x) + b (1 - z) + sigma (1 - z) N(0, 1): a
@@ -202,6 +207,42 @@ class TabularCurve:
 
 
 @dataclass(frozen=True)
+class InterpolatedCurve(TabularCurve):
+    """The same grid's curves, interpolated: multilinear in the numeric hyperparameters
+    (the learning rate on a log scale) between the grid points around a configuration, the
+    activation (a choice) exact. The real MLP's loss is continuous in dropout and learning
+    rate; the nearest-point surrogate makes every configuration within half a grid step of
+    another the same one, so near draws tie artificially. A multilinear interpolation is
+    extreme at the grid's points, so the optimum is the nearest-point surrogate's."""
+
+    def weights(self, hparams: dict[str, Any]) -> list[tuple[int, float]]:
+        """(grid index, weight) of the grid points that ``hparams`` interpolates between."""
+        corners: list[tuple[int, float]] = [(0, 1.0)]
+        for name, values in self.grid:
+            value = hparams[name]
+            if isinstance(values[0], str):
+                axis = [(values.index(value), 1.0)]
+            else:
+                coord = [math.log(v) for v in values] if name == "learning_rate" else values
+                x = math.log(value) if name == "learning_rate" else float(value)
+                x = min(max(x, coord[0]), coord[-1])
+                upper = min(int(np.searchsorted(coord, x, side="right")), len(coord) - 1)
+                lower = upper - 1
+                t = (x - coord[lower]) / (coord[upper] - coord[lower])
+                axis = [(lower, 1.0 - t), (upper, t)]
+            corners = [
+                (index * len(values) + position, weight * w)
+                for index, weight in corners
+                for position, w in axis
+                if w > 0.0
+            ]
+        return corners
+
+    def __call__(self, hparams: dict[str, Any], epoch: int) -> float:
+        return sum(w * self.curves[i][epoch - 1] for i, w in self.weights(hparams))
+
+
+@dataclass(frozen=True)
 class Problem:
     """A search problem: a space, a curve, the optimum and whether to rank by full fidelity.
 
@@ -241,11 +282,12 @@ def make_problem(name: str, R: int = 27, eta: int = 3) -> Problem:
         space = tuple(Hyperparameter(f"x{i}", "uniform", (0.0, 1.0)) for i in range(1, 7))
         curve = TestFunctionCurve("hartmann6", R, bias=0.5, sigma=0.2)
         return Problem(name, space, curve, HARTMANN6_OPTIMUM, R, eta, True)
-    if name == "keras-mlp":
+    if is_keras(name):
         data = json.loads(KERAS_CURVES.read_text())
         R = min(R, data["epochs"])
         grid = tuple((k, tuple(v)) for k, v in data["grid"].items())
-        tabular = TabularCurve(grid, tuple(tuple(c) for c in data["curves"]))
+        kind = InterpolatedCurve if name == "keras-mlp-smooth" else TabularCurve
+        tabular = kind(grid, tuple(tuple(c) for c in data["curves"]))
         space = (
             Hyperparameter("dropout1", "uniform", (0.0, 0.5)),
             Hyperparameter("dropout2", "uniform", (0.0, 0.5)),
@@ -258,7 +300,14 @@ def make_problem(name: str, R: int = 27, eta: int = 3) -> Problem:
     raise ValueError(f"problem {name!r} is unknown; use one of {', '.join(PROBLEMS)}")
 
 
-PROBLEMS = ("branin", "hartmann6", "keras-mlp")
+PROBLEMS = ("branin", "hartmann6", "keras-mlp", "keras-mlp-smooth")
+"""Every problem; the default runs leave ``keras-mlp-smooth`` out (``DEFAULT_PROBLEMS``)."""
+DEFAULT_PROBLEMS = "branin,hartmann6,keras-mlp"
+
+
+def is_keras(name: str) -> bool:
+    """Whether problem ``name`` is a Keras surrogate (27 epochs at most, its own budget)."""
+    return name.startswith("keras-mlp")
 
 
 def budget(R: int, eta: int, iterations: int) -> int:
@@ -627,7 +676,7 @@ def sign_test_rows(
     Hyperband+TPE against random Hyperband on the same seeds, from the runs kept."""
     rows = []
     for name in args.problems:
-        R = min(args.R, 27) if name == "keras-mlp" else args.R
+        R = min(args.R, 27) if is_keras(name) else args.R
         problem = make_problem(name, R, args.eta)
         for iterations in args.sign_iterations:
             for workers in args.workers:
@@ -677,7 +726,7 @@ def sign_test_jobs(args: argparse.Namespace, runs: dict[str, dict[str, Any]]) ->
     """The (problem, R, eta, method, W, seed, iterations) runs the sign test needs, not kept."""
     jobs = []
     for name in args.problems:
-        R = min(args.R, 27) if name == "keras-mlp" else args.R
+        R = min(args.R, 27) if is_keras(name) else args.R
         for iterations in args.sign_iterations:
             for method in ("hyperband", "hyperband+tpe"):
                 for workers in args.workers:
@@ -1050,7 +1099,7 @@ def machine() -> str:
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--problems", default="branin,hartmann6,keras-mlp")
+    parser.add_argument("--problems", default=DEFAULT_PROBLEMS)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--workers", default="1,4,16,64", help="W values (default 1,4,16,64)")
     parser.add_argument("--seeds", type=int, default=20, help="seeds per cell (default 20)")
@@ -1102,9 +1151,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         if method not in METHODS:
             parser.error(f"method {method!r} is unknown; use one of {', '.join(METHODS)}")
     args.iterations_of = lambda name: (
-        args.keras_iterations if name == "keras-mlp" and not args.quick else args.iterations
+        args.keras_iterations if is_keras(name) and not args.quick else args.iterations
     )
-    args.seeds_of = lambda name: args.keras_seeds if name == "keras-mlp" else args.seeds
+    args.seeds_of = lambda name: args.keras_seeds if is_keras(name) else args.seeds
     return args
 
 
@@ -1245,7 +1294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         jobs = []
         for name in args.problems:
             iterations = args.iterations_of(name)
-            R = min(args.R, 27) if name == "keras-mlp" else args.R
+            R = min(args.R, 27) if is_keras(name) else args.R
             for method in args.methods:
                 for workers in args.workers:
                     for seed in range(args.seeds_of(name)):

@@ -176,3 +176,29 @@ def test_keras_surrogate_trains_a_configuration_as_its_nearest_grid_point(sq):
     nearest = {"dropout1": 0.25, "dropout2": 0.0, "activation": "tanh", "learning_rate": 3.16e-3}
     assert curve.index(nudged) == curve.index(nearest)
     assert problem.optimum == min(min(c[: problem.R]) for c in curve.curves)
+
+
+def test_smooth_keras_surrogate_interpolates_between_grid_points(sq):
+    if not sq.KERAS_CURVES.is_file():
+        pytest.skip("benchmarks/keras_curves.json is not built")
+    smooth, nearest = sq.make_problem("keras-mlp-smooth", 9), sq.make_problem("keras-mlp", 9)
+    grid = dict(smooth.curve.grid)
+    for values in itertools.product(*grid.values()):
+        point = dict(zip(grid, values))
+        assert smooth.curve(point, 4) == pytest.approx(nearest.curve(point, 4), abs=1e-12)
+    # Halfway between two dropouts (and a log-halfway rate) is the mean of the two curves.
+    a = {"dropout1": 0.0, "dropout2": 0.25, "activation": "relu", "learning_rate": 1e-3}
+    b = {**a, "dropout1": 0.25}
+    assert smooth.curve({**a, "dropout1": 0.125}, 3) == pytest.approx(
+        (nearest.curve(a, 3) + nearest.curve(b, 3)) / 2
+    )
+    c = {**a, "learning_rate": 3.16e-3}
+    mid = {**a, "learning_rate": math.sqrt(1e-3 * 3.16e-3)}
+    assert smooth.curve(mid, 3) == pytest.approx((nearest.curve(a, 3) + nearest.curve(c, 3)) / 2)
+    # Two configurations within half a grid step are one grid point to the nearest-point
+    # surrogate, two losses to the smooth one.
+    near = {**a, "dropout1": 0.05}
+    assert nearest.curve(near, 3) == nearest.curve(a, 3)
+    assert smooth.curve(near, 3) != smooth.curve(a, 3)
+    assert smooth.optimum == nearest.optimum
+    assert "keras-mlp-smooth" not in sq.parse([]).problems
