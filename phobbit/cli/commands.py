@@ -290,7 +290,7 @@ def _train(
     # `best` start fast; the API itself never imports TensorFlow.
     from phobbit.api import ParallelHyperband
     from phobbit.cli.model_file import load_model_file
-    from phobbit.cli.terminal import LineReporter, LiveReporter
+    from phobbit.cli.terminal import LineReporter, LiveReporter, with_best_metrics
     from phobbit.core.budget import Budget
     from phobbit.core.records import Status
     from phobbit.core.search import Search
@@ -364,6 +364,8 @@ def _train(
             f"repository {args.repo}"
         )
 
+    if previous:  # a resumed run's best shows the metrics of its scoring epoch too
+        previous = with_best_metrics(previous, repository.path)
     slots = tuner.executor.slots
     budget = lambda: tuner.budget  # noqa: E731 - known once the run starts (ASHA's default)
     if live:

@@ -12,11 +12,13 @@ is left.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import textwrap
 import threading
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TextIO
 
 from rich.console import Console, Group, RenderableType
@@ -30,11 +32,13 @@ from phobbit.core.objective import VAL_LOSS, Objective
 from phobbit.core.plan import Plan
 from phobbit.core.records import Segment, SegmentResult
 from phobbit.core.schedule import format_schedule
+from phobbit.errors import RepositoryError
 from phobbit.reporting.plain import (
     PlainReporter,
     asha_schedule,
     format_hparams,
     iterations_of,
+    metrics_words,
     replaced_line,
     retrain_line,
     retry_line,
@@ -47,7 +51,7 @@ from phobbit.reporting.progress import (
     device_label,
     format_duration,
 )
-from phobbit.storage.view import RungProgress
+from phobbit.storage.view import RungProgress, open_repository
 
 BUDGET_STEP = 0.05  # plain lines of an endless plan (ASHA): one per 5% of its budget
 
@@ -68,17 +72,54 @@ def best_line(
     best: SegmentResult | None, objective: Objective = VAL_LOSS, several: bool = False
 ) -> str:
     """The best so far in one line, or a placeholder; with another objective than the
-    val loss, its value first and the val loss of that epoch after it; ``several``
-    (iterations): its iteration named too."""
+    val loss, its value first and the val loss of that epoch after it, then the other
+    validation metrics of that epoch (``metrics_words``); ``several`` (iterations): its
+    iteration named too."""
     if best is None or best.val_loss is None:
         return "none yet"
     value = best.val_loss if objective.is_val_loss else best.objective
     also = "" if objective.is_val_loss else f", val loss {best.val_loss:.4g}"
     iteration = f"iteration {best.iteration} " if several else ""
     return (
-        f"{value:.4g} ({iteration}run {best.s} id {best.id}, {best.epochs} epochs{also}) "
-        f"{format_hparams(best.hparams)}"
+        f"{value:.4g} ({iteration}run {best.s} id {best.id}, {best.epochs} epochs{also}"
+        f"{metrics_words(best.metrics, objective)}) {format_hparams(best.hparams)}"
     )
+
+
+def with_best_metrics(rows: Sequence[SegmentResult], repository: Path) -> list[SegmentResult]:
+    """``rows`` (a resumed run's, from ``results.csv``), the best of them carrying the
+    metrics its scoring epoch logged, as ``best`` reads them from ``epochs.csv``: one
+    read of that configuration's epochs, so a resumed run's display shows what a fresh
+    one's does. Rows unchanged when the repository holds no run or its epochs are
+    unreadable: what the display lacks then is no reason to stop a run.
+    """
+    rows = list(rows)
+    try:
+        view = open_repository(repository)
+    except RepositoryError:
+        return rows
+    goal = view.settings.goal
+    best = None
+    for row in rows:
+        if row.ok and goal.improves(row, best):
+            best = row
+    if best is None:
+        return rows
+    listed = best.val_loss if goal.is_val_loss else best.objective
+    table_row = {
+        "Iteration": best.iteration,
+        "Run": best.s,
+        "ID": best.id,
+        "Epochs": best.epochs,
+        "Status": best.status,
+        "Val Loss": best.val_loss,
+        goal.label: listed,
+    }
+    try:
+        metrics = view.scoring_metrics([("best", table_row)]).get("best", {})
+    except RepositoryError:
+        return rows
+    return [dataclasses.replace(row, metrics=metrics) if row is best else row for row in rows]
 
 
 def rung_table(rungs: Sequence[RungProgress]) -> Table:

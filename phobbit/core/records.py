@@ -92,6 +92,11 @@ class SegmentResult:
     whose models that worker holds after it; ``warm_worker``, that worker as
     ``(host, pid)``.
 
+    ``metrics``, what the configuration's scoring epoch logged (``loss``, ``val_loss``,
+    each compiled metric and its ``val_``), travels in memory from the worker to the
+    displays alone: ``epochs.csv`` keeps every epoch's, so it is neither written to
+    ``results.csv`` nor compared; a row read back has none.
+
     Raises:
         ValueError: for a ``status`` that is no ``Status``.
     """
@@ -117,6 +122,7 @@ class SegmentResult:
     started_warm: bool = field(default=False, compare=False)
     warm_held: tuple[str, ...] = field(default=(), compare=False)
     warm_worker: tuple[str, int] | None = field(default=None, compare=False)
+    metrics: dict[str, float] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", Status(self.status))

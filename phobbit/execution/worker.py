@@ -326,6 +326,14 @@ def _scored(
     return objective.value(history[best - 1]), history[best - 1]["val_loss"], ""
 
 
+def _scoring_logs(objective: Objective, history: list[dict] | None) -> dict[str, float]:
+    """What the configuration's scoring epoch logged, for the displays; ``{}`` without logs."""
+    best = None if history is None else objective.best_epoch(history)
+    if best is None:
+        return {}
+    return {str(name): float(value) for name, value in history[best - 1].items()}
+
+
 def _epoch_rows(
     segment: Segment, history: list[dict] | None, losses: list[float]
 ) -> list[EpochRow]:
@@ -457,6 +465,7 @@ def _train(trainable: Trainable, segment: Segment) -> tuple[SegmentResult, list[
         started_warm=started_warm,
         warm_held=cache.held(),
         warm_worker=cache.owner,
+        metrics={} if error else _scoring_logs(objective, history),
     )
     if result.stopped_early:
         result = dataclasses.replace(result, epochs=trained)

@@ -12,11 +12,11 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TextIO
 
 from phobbit.core.budget import Budget
-from phobbit.core.objective import VAL_LOSS
+from phobbit.core.objective import VAL_LOSS, Objective
 from phobbit.core.plan import Plan
 from phobbit.core.records import Segment, SegmentResult
 from phobbit.core.schedule import format_schedule
@@ -32,6 +32,29 @@ def format_hparams(hparams: dict) -> str:
         text = f"{value:.4g}" if isinstance(value, float) else repr(value)
         parts.append(f"{name}={text}")
     return ", ".join(parts)
+
+
+METRICS_SHOWN = 3  # a best line names at most this many other metrics, then "+N more"
+
+
+def metrics_words(metrics: Mapping[str, float], objective: Objective = VAL_LOSS) -> str:
+    """The other validation metrics of a best's scoring epoch, for its line: ``,
+    val_accuracy 0.9124, val_auc 0.95`` (names as logged, values as ``best`` prints them).
+
+    The objective and the val loss have their place in the line already, and training
+    metrics (``loss``, ``accuracy``) are not what ranks; the first ``METRICS_SHOWN`` in
+    the order the model logs them, then ``+N more``. ``''`` when there is none, so a
+    model that logs only its losses keeps its line as it was.
+    """
+    names = [
+        name
+        for name in metrics
+        if name.startswith("val_") and name not in ("val_loss", objective.name)
+    ]
+    shown = [f"{name} {metrics[name]:.4g}" for name in names[:METRICS_SHOWN]]
+    if len(names) > METRICS_SHOWN:
+        shown.append(f"+{len(names) - METRICS_SHOWN} more")
+    return "".join(f", {words}" for words in shown)
 
 
 def iterations_of(plan: Plan) -> int:
@@ -293,7 +316,9 @@ class PlainReporter:
             self.best = result
             self._say(
                 f"[{elapsed:7.1f}s] best so far: {self.objective.describe(result)} "
-                f"({at}, {result.epochs} epochs{stopped}) {format_hparams(result.hparams)}"
+                f"({at}, {result.epochs} epochs{stopped}"
+                f"{metrics_words(result.metrics, self.objective)}) "
+                f"{format_hparams(result.hparams)}"
             )
         if result.val_loss is not None:
             device = "the CPU" if result.gpu in ("-1", "") else f"GPU {result.gpu}"
