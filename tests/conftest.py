@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing.process
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -31,7 +32,7 @@ settings.load_profile("phobbit")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Gives this session a temporary folder of its own.
+    """Gives this session a temporary folder of its own, and Ctrl-C back to its children.
 
     By default every session of one user shares /tmp/pytest-of-<user> and deletes
     all but the three newest ``pytest-N`` folders in it when it starts. On a shared
@@ -42,6 +43,12 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.option.basetemp is None:
         config.option.basetemp = tempfile.mkdtemp(prefix="phobbit-tests-")
         config.stash[_OWN_BASETEMP] = config.option.basetemp
+    # A shell starts a background job (`python -m pytest ... &`) with SIGINT ignored, and an
+    # ignored signal stays ignored in every process started after it: the drivers of the
+    # Ctrl-C tests would never see theirs (pytest-xdist's workers keep it so). A handled
+    # signal is reset to the default in a new program, so the session handles it.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

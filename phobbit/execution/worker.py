@@ -290,7 +290,19 @@ def _history(returned: object, segment: Segment, losses: list[float]) -> list[di
     # Longer when the checkpoint held later epochs (a later rung's): the segment's end is here.
     if history is None or len(history) < trained:
         return None
-    return history[:trained]
+    return [_numbers(logs) for logs in history[:trained]]
+
+
+def _numbers(logs: dict) -> dict[str, float]:
+    """An epoch's logs as floats; what is no number (a trainable's own logs may hold a note,
+    a matrix) is left out, so that no record or display of it fails a segment that trained."""
+    found = {}
+    for name, value in logs.items():
+        try:
+            found[str(name)] = float(value)
+        except (TypeError, ValueError):
+            continue
+    return found
 
 
 def _scored(
@@ -329,9 +341,7 @@ def _scored(
 def _scoring_logs(objective: Objective, history: list[dict] | None) -> dict[str, float]:
     """What the configuration's scoring epoch logged, for the displays; ``{}`` without logs."""
     best = None if history is None else objective.best_epoch(history)
-    if best is None:
-        return {}
-    return {str(name): float(value) for name, value in history[best - 1].items()}
+    return {} if best is None else dict(history[best - 1])
 
 
 def _epoch_rows(

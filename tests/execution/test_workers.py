@@ -32,6 +32,7 @@ from phobbit.errors import InputError, StorageError
 from phobbit.execution.executor import LocalExecutor
 from phobbit.execution.resources import Resources
 from phobbit.execution.scheduler import Scheduler
+from phobbit.execution.trainable import Losses
 from phobbit.execution.worker import train_segment
 from phobbit.storage.repository import Repository
 from phobbit.testing import SyntheticTrainable
@@ -314,3 +315,18 @@ def test_segment_timeout_reads_the_duration_grammar_of_time_limit(
 ) -> None:
     assert Resources(segment_timeout=value).segment_timeout == seconds
     assert Budget(time_limit=value).time_limit == seconds
+
+
+class OddLogs:
+    """A trainable of one's own whose logs hold more than numbers (a note, a matrix)."""
+
+    def train(self, hparams: dict, checkpoint: str, initial_epoch: int, epochs: int) -> Losses:
+        logs = {"val_loss": 0.5, "val_accuracy": 0.75, "val_note": "x", "val_cm": [[1, 2]]}
+        return Losses([0.5] * (epochs - initial_epoch), history=[logs] * epochs)
+
+
+def test_logs_that_are_no_numbers_do_not_fail_a_segment_that_trained(tmp_path: Path) -> None:
+    Repository(tmp_path).create(run_settings(1))
+    result = train_segment(OddLogs(), _segment({}, tmp_path / "c"), str(tmp_path))
+    assert result.status == "ok", result.error
+    assert result.metrics == {"val_loss": 0.5, "val_accuracy": 0.75}  # the numbers alone
