@@ -211,8 +211,8 @@ def start_pool(
     Raises:
         InputError: for a backend that is not installed.
     """
-    executor = resources.make_executor(worker_environment(check_backend(backend)))
-    assert isinstance(executor, LocalExecutor), "a pool of this machine, not one given"
+    # Any: a LocalExecutor, whose stderr_path the base class does not declare.
+    executor: Any = resources.make_executor(worker_environment(check_backend(backend)))
     # An exit stack unwinds last in, first out: the pool is pushed last so that it is gone
     # before its log is copied and the log's folder removed (what the workers write as
     # they end is kept).
