@@ -20,8 +20,9 @@ Names looked up, first found wins (``--model-fn``, ``--hparams`` and
   ``phobbit.execution.trainable.Trainable`` interface (for non-Keras work);
 * instead of a model function and a list, Keras Tuner's ``build_model(hp)`` or a
   ``hypermodel`` (a ``phobbit.keras_tuner.HyperModel``, or its class): its space is
-  discovered by running it in a process that sees no GPU
-  (``phobbit.keras_adapter.hypermodel``);
+  discovered by running it in a worker of the run's pool, started before the file is
+  loaded (``load_model_file``'s ``discover``), or else in a process of its own that sees
+  no GPU (``phobbit.keras_adapter.hypermodel``);
 * optional, as ``ParallelHyperband``'s arguments of the same names: ``objective``
   and ``direction``; for Keras' ``fit``, ``callbacks`` (a list, or a function of
   the hparams that returns one: called in each worker, so Keras is imported
