@@ -25,14 +25,17 @@ HERE = Path(__file__).resolve().parent
 POLL_S = 0.02
 
 
-def first_result(checkout: Path, folder: Path) -> tuple[float, float]:
+def first_result(
+    checkout: Path, folder: Path, model_file: str = "examples/mnist_mlp.py", R: int = 3
+) -> tuple[float, float]:
     """Seconds from the start of a `phobbit train` of ``checkout`` to its first row in
-    ``results.csv``, and to the end of the process."""
+    ``results.csv``, and to the end of the process. ``model_file`` is taken in
+    ``checkout`` when relative."""
     repo = folder / "repo"
     results = repo / "results.csv"
     env = dict(os.environ, PYTHONPATH=str(checkout))
-    command = [sys.executable, "-m", "phobbit", "train", str(checkout / "examples/mnist_mlp.py")]
-    command += ["--jobs", "2", "--R", "3", "--eta", "3", "--repo", str(repo)]
+    command = [sys.executable, "-m", "phobbit", "train", str(checkout / model_file)]
+    command += ["--jobs", "2", "--R", str(R), "--eta", "3", "--repo", str(repo)]
     command += ["--progress", "plain"]
     start = time.perf_counter()
     process = subprocess.Popen(
@@ -57,13 +60,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phobbit", nargs="+", default=[str(HERE.parent)], type=Path)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--model-file",
+        default="examples/mnist_mlp.py",
+        help="the model file to train (relative: in each checkout); e.g. one in Keras "
+        "Tuner's form, whose space is discovered first",
+    )
+    parser.add_argument("--R", type=int, default=3)
     args = parser.parse_args()
     rows, firsts = [], {str(c): [] for c in args.phobbit}
     for repeat in range(args.repeats):
         for checkout in args.phobbit:
             load = os.getloadavg()[0]
             with tempfile.TemporaryDirectory(prefix="phobbit-first-") as folder:
-                first, end = first_result(checkout.resolve(), Path(folder))
+                first, end = first_result(
+                    checkout.resolve(), Path(folder), args.model_file, args.R
+                )
             firsts[str(checkout)].append(first)
             rows.append(
                 f"| {repeat + 1} | {checkout} | {first:.1f} | {end:.1f} | "

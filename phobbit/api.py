@@ -192,6 +192,40 @@ imports Keras only inside its methods, so it alone would leave that import to ea
 first task, one worker after the other while the driver waits."""
 
 
+def start_pool(
+    resources: Resources,
+    backend: str | None,
+    repo_dir: str | os.PathLike,
+    stack: ExitStack,
+    preload: Sequence[str] = KERAS_WORKER,
+) -> Executor:
+    """Starts the local pool of ``resources`` now, before the tuner that runs on it exists,
+    so that its workers import ``preload`` (Keras) while the driver still has work of its
+    own to do: load a model file, discover a hypermodel's space in one of those workers.
+
+    Pushes onto ``stack`` the pool's shutdown (a kill on any error: no worker is left
+    running) and, with ``resources.worker_log``, the copy of its workers' stderr to
+    ``repo_dir/workers.log`` (nothing on bad input). The caller hands the pool to the
+    tuner as ``Resources(executor=...)``; it stays the caller's to shut down.
+
+    Raises:
+        InputError: for a backend that is not installed.
+    """
+    # Any: a LocalExecutor, whose stderr_path the base class does not declare.
+    executor: Any = resources.make_executor(worker_environment(check_backend(backend)))
+    # An exit stack unwinds last in, first out: the pool is pushed last so that it is gone
+    # before its log is copied and the log's folder removed (what the workers write as
+    # they end is kept).
+    if resources.worker_log:
+        hidden = all(slot == HIDDEN for slot in executor.slots)
+        temporary = stack.enter_context(worker_log.temporary_log(repo_dir, hidden))
+        executor.stderr_path = str(temporary)
+        stack.push(functools.partial(worker_log.keep, temporary, repo_dir, hidden))
+    stack.push(lambda kind, *_: executor.shutdown(kill=kind is not None))
+    executor.start(preload)
+    return executor
+
+
 class ParallelHyperband:
     """Hyperband over a pool of GPU-pinned worker processes.
 

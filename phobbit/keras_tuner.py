@@ -317,26 +317,11 @@ class Hyperband:
             return run({"resources": given, **options})
 
     def _start_pool(self, pool: Any, backend: Any, stack: ExitStack) -> Any:
-        """The local pool of ``pool`` (``Resources``), started with Keras preloaded; on
-        ``stack`` its shutdown (a kill on any error: no worker is left running) and its
-        workers' log, appended to the repository's ``workers.log`` unless on bad input."""
-        from phobbit.api import KERAS_WORKER
-        from phobbit.execution import worker_log
-        from phobbit.execution.worker import HIDDEN
-        from phobbit.keras_adapter.backends import check_backend, worker_environment
+        """The local pool of ``pool`` (``Resources``), started with Keras preloaded
+        (``phobbit.api.start_pool``), its shutdown and workers' log on ``stack``."""
+        from phobbit.api import start_pool
 
-        executor = pool.make_executor(worker_environment(check_backend(backend)))
-        # An exit stack unwinds last in, first out: the pool is pushed last so that it is
-        # gone before its log is copied and the log's folder removed (what the workers
-        # write as they end is kept).
-        if pool.worker_log:
-            hidden = all(slot == HIDDEN for slot in executor.slots)
-            temporary = stack.enter_context(worker_log.temporary_log(self.project_dir, hidden))
-            executor.stderr_path = str(temporary)
-            stack.push(functools.partial(worker_log.keep, temporary, self.project_dir, hidden))
-        stack.push(lambda kind, *_: executor.shutdown(kill=kind is not None))
-        executor.start(KERAS_WORKER)
-        return executor
+        return start_pool(pool, backend, self.project_dir, stack)
 
     def _overwrite(self) -> None:
         if self.overwrite and self.project_dir.is_dir():

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import functools
 import json
 import math
 import os
@@ -288,20 +290,90 @@ def _train(
 ) -> int:
     # The model file and the API are imported here so that `brackets`, `status` and
     # `best` start fast; the API itself never imports TensorFlow.
+    from phobbit.api import start_pool
+    from phobbit.cli.model_file import trains_keras
+    from phobbit.core.records import Status
+    from phobbit.execution.resources import Resources
+    from phobbit.keras_adapter.hypermodel import discover_in
+
+    if args.jobs is not None and args.gpus:
+        raise InputError("--jobs sets CPU workers; with --gpus use --jobs-per-gpu")
+    # A DaskExecutor (--dask) holds --gpus-per-trial already: it grouped its hosts' GPUs.
+    per_trial = args.gpus_per_trial if executor is None else 1
+    _check_gpus(args.gpus, per_trial, args.backend)
+    _check_workers(args.gpus, args.jobs_per_gpu, args.jobs, per_trial)
+    resources = Resources(
+        gpus=args.gpus,
+        jobs_per_gpu=args.jobs_per_gpu,
+        gpus_per_trial=per_trial,
+        n_jobs=args.jobs,
+        executor=executor,  # a DaskExecutor with --dask, else None: a local pool
+        worker_log=not args.verbose,
+        segment_timeout=args.segment_timeout,
+    )
+    with contextlib.ExitStack() as pool:
+        discover = None
+        if executor is None and trains_keras(args.model_file, args.model_fn):
+            # The workers start and import Keras now, while this process loads the model
+            # file (whose top level may import Keras itself) and reads the repository; a
+            # Keras Tuner file's space is found in one of them, not in a process of its own
+            # that would import Keras once more before the pool even started.
+            started = start_pool(resources, args.backend, args.repo, pool)
+            discover = functools.partial(discover_in, started)
+            resources = dataclasses.replace(
+                resources,
+                gpus=None,
+                n_jobs=None,
+                jobs_per_gpu=1,
+                gpus_per_trial=1,
+                executor=started,
+            )
+        frame, tuner, repository = _tune(args, console, stdout, resources, discover)
+    _final_table(console, frame, args, tuner)
+    if tuner.stopped_by not in (None, "iterations") or args.algorithm == "asha":
+        console.print(
+            f"Stopped: {tuner.stop_reason()}; run again with a larger --max-epochs, "
+            "--time-limit or --iterations to go on",
+            soft_wrap=True,
+        )
+    console.print(f"Repository: {args.repo}", soft_wrap=True)
+    console.print(_tensorboard_line(tuner, args.repo), soft_wrap=True)
+    ok = frame[frame["Status"] == Status.OK]
+    if frame.empty and tuner.stopped_by not in (None, "iterations"):
+        # The budget ran out before any segment finished: nothing failed, and the
+        # "Stopped:" line above says what happened and how to go on.
+        return 0
+    if ok.empty:
+        first = frame["Error"].iloc[0] if not frame.empty else "no results"
+        raise CliError(
+            f"every trial failed; the first says: {first}. Fix the data or the code, then run "
+            "the same command with --retry-failed to train the failed ones again"
+        )
+    model_path = _checkpoint(repository, ok.iloc[0], tuner.objective)
+    if model_path is not None:
+        console.print(f"Best model: {model_path}", soft_wrap=True)
+    return 0
+
+
+def _tune(
+    args: argparse.Namespace,
+    console: Console,
+    stdout: GuardedStdout,
+    resources: Any,
+    discover: Any,
+) -> tuple[Any, Any, Any]:
+    """Loads the model file and runs the tuner of ``train`` on ``resources``; returns the
+    results table, the tuner and the repository."""
     from phobbit.api import ParallelHyperband
     from phobbit.cli.model_file import load_model_file
     from phobbit.cli.terminal import LineReporter, LiveReporter, with_best_metrics
     from phobbit.core.budget import Budget
-    from phobbit.core.records import Status
     from phobbit.core.search import Search
-    from phobbit.execution.resources import Resources
     from phobbit.keras_adapter.fit import KerasFit
     from phobbit.reporting.progress import slot_summary
     from phobbit.storage.repository import Repository
 
-    if args.jobs is not None and args.gpus:
-        raise InputError("--jobs sets CPU workers; with --gpus use --jobs-per-gpu")
-    model = load_model_file(args.model_file, args.model_fn, args.hparams, args.dataset)
+    model = load_model_file(args.model_file, args.model_fn, args.hparams, args.dataset, discover)
     repository = Repository(args.repo)
     if repository.path.is_dir():
         repository.sift()  # rows the run cannot have written are not progress
@@ -311,10 +383,6 @@ def _train(
     if args.retry_failed:  # trained again: not done yet for the progress display
         previous = [row for row in previous if row.ok]
     live = args.progress == "live" or (args.progress == "auto" and console.is_terminal)
-    # A DaskExecutor (--dask) holds --gpus-per-trial already: it grouped its hosts' GPUs.
-    per_trial = args.gpus_per_trial if executor is None else 1
-    _check_gpus(args.gpus, per_trial, args.backend)
-    _check_workers(args.gpus, args.jobs_per_gpu, args.jobs, per_trial)
     options = _objective_options(model.options, args.objective, args.direction)
     ranking = {n: options.pop(n) for n in ("objective", "direction") if n in options}
     workers = {"backend": args.backend, "warm_cache": args.warm_cache}
@@ -337,15 +405,7 @@ def _train(
         model.hparam_ranges,
         args.repo,
         search=Search(args.algorithm, args.sampler),
-        resources=Resources(
-            gpus=args.gpus,
-            jobs_per_gpu=args.jobs_per_gpu,
-            gpus_per_trial=per_trial,
-            n_jobs=args.jobs,
-            executor=executor,  # a DaskExecutor with --dask, else None: a local pool
-            worker_log=not args.verbose,
-            segment_timeout=args.segment_timeout,
-        ),
+        resources=resources,
         budget=Budget(args.time_limit, args.max_epochs),
         seed=args.seed,
         **trains,
@@ -377,30 +437,7 @@ def _train(
         frame = tuner.run(
             R=args.R, eta=args.eta, iterations=args.iterations, retry_failed=args.retry_failed
         )
-    _final_table(console, frame, args, tuner)
-    if tuner.stopped_by not in (None, "iterations") or args.algorithm == "asha":
-        console.print(
-            f"Stopped: {tuner.stop_reason()}; run again with a larger --max-epochs, "
-            "--time-limit or --iterations to go on",
-            soft_wrap=True,
-        )
-    console.print(f"Repository: {args.repo}", soft_wrap=True)
-    console.print(_tensorboard_line(tuner, args.repo), soft_wrap=True)
-    ok = frame[frame["Status"] == Status.OK]
-    if frame.empty and tuner.stopped_by not in (None, "iterations"):
-        # The budget ran out before any segment finished: nothing failed, and the
-        # "Stopped:" line above says what happened and how to go on.
-        return 0
-    if ok.empty:
-        first = frame["Error"].iloc[0] if not frame.empty else "no results"
-        raise CliError(
-            f"every trial failed; the first says: {first}. Fix the data or the code, then run "
-            "the same command with --retry-failed to train the failed ones again"
-        )
-    model_path = _checkpoint(repository, ok.iloc[0], tuner.objective)
-    if model_path is not None:
-        console.print(f"Best model: {model_path}", soft_wrap=True)
-    return 0
+    return frame, tuner, repository
 
 
 def _final_table(console: Console, frame: Any, args: argparse.Namespace, tuner: Any) -> None:

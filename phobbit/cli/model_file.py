@@ -20,8 +20,9 @@ Names looked up, first found wins (``--model-fn``, ``--hparams`` and
   ``phobbit.execution.trainable.Trainable`` interface (for non-Keras work);
 * instead of a model function and a list, Keras Tuner's ``build_model(hp)`` or a
   ``hypermodel`` (a ``phobbit.keras_tuner.HyperModel``, or its class): its space is
-  discovered by running it in a process that sees no GPU
-  (``phobbit.keras_adapter.hypermodel``);
+  discovered by running it in a worker of the run's pool, started before the file is
+  loaded (``load_model_file``'s ``discover``), or else in a process of its own that sees
+  no GPU (``phobbit.keras_adapter.hypermodel``);
 * optional, as ``ParallelHyperband``'s arguments of the same names: ``objective``
   and ``direction``; for Keras' ``fit``, ``callbacks`` (a list, or a function of
   the hparams that returns one: called in each worker, so Keras is imported
@@ -30,6 +31,7 @@ Names looked up, first found wins (``--model-fn``, ``--hparams`` and
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import hashlib
@@ -39,6 +41,7 @@ import io
 import re
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -258,17 +261,53 @@ def _data(module: ModuleType, path: Path, given: str | None) -> dict[str, Any]:
     )
 
 
+def _top_level_names(tree: ast.Module) -> set[str]:
+    """The names a module's top level binds by definition, assignment or import."""
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
+def trains_keras(path: str | Path, model_fn: str | None = None) -> bool:
+    """Whether the model file at ``path`` plainly trains Keras, read without running it:
+    its top level defines a model function or a Keras Tuner hypermodel.
+
+    False when it cannot tell (no such file, a syntax error, names made at run time) or
+    when the file has a ``trainable`` instead: the caller then waits for
+    ``load_model_file``, which says what is wrong or what trains.
+    """
+    try:
+        tree = ast.parse(Path(path).read_bytes(), filename=str(path))
+    except (OSError, SyntaxError, ValueError):
+        return False
+    names = _top_level_names(tree)
+    wanted = {model_fn} if model_fn else {*MODEL_FUNCTION_NAMES, *HYPERMODEL_NAMES}
+    return bool(names & wanted)
+
+
 def load_model_file(
     path: str | Path,
     model_fn: str | None = None,
     hparams: str | None = None,
     dataset: str | None = None,
+    discover: Callable[[Any, Any], tuple[list[Any], bool]] | None = None,
 ) -> ModelFile:
     """Loads a model file and finds its model function (or trainable), hyperparameters and data.
 
     Args:
         path: the model file.
         model_fn, hparams, dataset: names to use instead of the default ones.
+        discover: ``(hypermodel, probe) -> (specs, complete)``, what finds a Keras Tuner
+            file's space: ``phobbit.keras_adapter.hypermodel.discover_in`` a worker of the
+            run's own pool, started already; None: a process of its own
+            (``discover_in_subprocess``).
 
     Raises:
         InputError: for a missing file, one that fails to load, or one without a
@@ -280,7 +319,7 @@ def load_model_file(
     hp_name = _named(module, resolved, hparams, HPARAM_NAMES, "--hparams")
     keras_tuner = next((n for n in HYPERMODEL_NAMES if hasattr(module, n)), None)
     if hp_name is None and model_fn is None and keras_tuner is not None:
-        return _hypermodel_file(module, resolved, keras_tuner, dataset)
+        return _hypermodel_file(module, resolved, keras_tuner, dataset, discover)
     if hp_name is None:
         raise InputError(
             f"model file {path} defines no hyperparameters: looked for "
@@ -292,7 +331,11 @@ def load_model_file(
 
 
 def _hypermodel_file(
-    module: ModuleType, resolved: Path, name: str, dataset: str | None
+    module: ModuleType,
+    resolved: Path,
+    name: str,
+    dataset: str | None,
+    discover: Callable[[Any, Any], tuple[list[Any], bool]] | None,
 ) -> ModelFile:
     """A model file of Keras Tuner's form: its space discovered, its build the model function."""
     from phobbit.core.define_by_run import HyperParameters
@@ -305,7 +348,7 @@ def _hypermodel_file(
     if isinstance(arrays, (list, tuple)) and len(arrays) == 2:
         (x, y), validation = arrays
         probe = (x, y, validation)
-    specs, _ = discover_in_subprocess(hypermodel, probe)
+    specs, _ = (discover or discover_in_subprocess)(hypermodel, probe)
     return ModelFile(
         resolved,
         list(HyperParameters.from_specs(specs).to_space().hparams),
