@@ -944,7 +944,7 @@ def _driver_words(about: Any) -> str:
 
 
 def _status(path: str, console: Console) -> int:
-    from phobbit.cli.terminal import best_line, format_duration, rung_table
+    from phobbit.cli.terminal import best_line, format_duration, rung_table, with_scoring_metrics
     from phobbit.storage.view import open_repository
 
     run = open_repository(path)
@@ -979,8 +979,9 @@ def _status(path: str, console: Console) -> int:
             line += f", left ~{format_duration(status.seconds_left)}"
     console.print(line, soft_wrap=True)
     goal, several = settings.goal, settings.iterations > 1
+    best = status.best if status.best is None else with_scoring_metrics(run, status.best)
     console.print(
-        f"Best {goal.label} ({goal.direction}) {best_line(status.best, goal, several)}",
+        f"Best {goal.label} ({goal.direction}) {best_line(best, goal, several)}",
         soft_wrap=True,
     )
     return 0

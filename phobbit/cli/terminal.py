@@ -51,7 +51,7 @@ from phobbit.reporting.progress import (
     device_label,
     format_duration,
 )
-from phobbit.storage.view import RungProgress, open_repository
+from phobbit.storage.view import RepositoryView, RungProgress, open_repository
 
 BUDGET_STEP = 0.05  # plain lines of an endless plan (ASHA): one per 5% of its budget
 
@@ -88,10 +88,8 @@ def best_line(
 
 def with_best_metrics(rows: Sequence[SegmentResult], repository: Path) -> list[SegmentResult]:
     """``rows`` (a resumed run's, from ``results.csv``), the best of them carrying the
-    metrics its scoring epoch logged, as ``best`` reads them from ``epochs.csv``: one
-    read of that configuration's epochs, so a resumed run's display shows what a fresh
-    one's does. Rows unchanged when the repository holds no run or its epochs are
-    unreadable: what the display lacks then is no reason to stop a run.
+    metrics its scoring epoch logged (``with_scoring_metrics``), so a resumed run's display
+    shows what a fresh one's does. Rows unchanged when the repository holds no run.
     """
     rows = list(rows)
     try:
@@ -105,6 +103,17 @@ def with_best_metrics(rows: Sequence[SegmentResult], repository: Path) -> list[S
             best = row
     if best is None:
         return rows
+    found = with_scoring_metrics(view, best)
+    return [found if row is best else row for row in rows]
+
+
+def with_scoring_metrics(view: RepositoryView, best: SegmentResult) -> SegmentResult:
+    """``best`` (a row read from ``results.csv``, which holds no metrics) with the metrics
+    its scoring epoch logged, as ``best`` reads them from ``epochs.csv``: one read of that
+    configuration's epochs. Unchanged when they cannot be read: what a line lacks then is
+    no reason to stop a run or a ``status``.
+    """
+    goal = view.settings.goal
     listed = best.val_loss if goal.is_val_loss else best.objective
     table_row = {
         "Iteration": best.iteration,
@@ -118,8 +127,8 @@ def with_best_metrics(rows: Sequence[SegmentResult], repository: Path) -> list[S
     try:
         metrics = view.scoring_metrics([("best", table_row)]).get("best", {})
     except RepositoryError:
-        return rows
-    return [dataclasses.replace(row, metrics=metrics) if row is best else row for row in rows]
+        return best
+    return dataclasses.replace(best, metrics=metrics)
 
 
 def rung_table(rungs: Sequence[RungProgress]) -> Table:

@@ -123,6 +123,19 @@ def test_a_resumed_runs_best_line_shows_the_metrics_from_epochs_csv(
     assert words_of(scoring) in best, best
 
 
+def test_status_best_line_shows_the_metrics_of_the_scoring_epoch(simulated_train: Path) -> None:
+    from phobbit.cli.commands import main
+
+    train("--progress", "plain")
+    scoring, last = scoring_and_last("repo")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["status", "repo"]) == 0
+    best = next(line for line in out.getvalue().splitlines() if line.startswith("Best "))
+    assert words_of(scoring) in best, best
+    assert words_of(last) not in best
+
+
 BEST_SO_FAR = re.compile(
     r"^\[ *[\d.]+s\] best so far: val loss [\d.e-]+ \(run \d id \d+ rung \d, \d epochs\) "
     r"x=[\d.e-]+$"
