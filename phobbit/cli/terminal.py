@@ -303,6 +303,10 @@ class LiveReporter:
         if self._live is not None:
             self._live.stop()
             self._live = None
+            if not self.console.is_terminal:
+                # rich ends a terminal's last frame with a line break, not a file's or a
+                # pipe's (--progress live > log): the summary would run on after "left ~".
+                self.console.line()
         with self._lock:
             self.console.print(self.tracker.final_summary(), highlight=False, soft_wrap=True)
 

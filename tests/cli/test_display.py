@@ -281,3 +281,17 @@ def test_status_of_an_older_run_says_its_budget_is_unknown(trained: Path) -> Non
     header = out.splitlines()[0]
     assert "budget unknown, time used 0s; trained on CPU workers" in header
     assert " on 2 workers" not in header
+
+
+def test_the_live_display_off_a_terminal_ends_its_last_frame_with_a_line_break(
+    simulated_train: Path,
+) -> None:
+    # `phobbit train ... --progress live > log`: rich leaves the cursor after its last frame
+    # off a terminal, so the summary after it ran on ("left ~0:00:00Trained 22 segments").
+    train = ("train", "model.py", "--R", 9, "--repo", "repo", "--progress", "live")
+    for summary in ("Trained 22 segments", "Nothing left to train"):  # the run, then again
+        code, out, err = cli(*train)
+        assert code == 0, err
+        lines = out.splitlines()
+        assert any(line.startswith(summary) for line in lines), out
+        assert not any("left ~" in line and summary in line for line in lines), out
