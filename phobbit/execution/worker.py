@@ -28,6 +28,7 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -290,12 +291,13 @@ def _history(returned: object, segment: Segment, losses: list[float]) -> list[di
     # Longer when the checkpoint held later epochs (a later rung's): the segment's end is here.
     if history is None or len(history) < trained:
         return None
-    return [_numbers(logs) for logs in history[:trained]]
+    return [numbers_of(logs) for logs in history[:trained]]
 
 
-def _numbers(logs: dict) -> dict[str, float]:
-    """An epoch's logs as floats; what is no number (a trainable's own logs may hold a note,
-    a matrix) is left out, so that no record or display of it fails a segment that trained."""
+def numbers_of(logs: Mapping[str, Any]) -> dict[str, float]:
+    """An epoch's logs as plain floats (Keras may give tensors); what is no number (a
+    trainable's own logs may hold a note, a matrix) is left out, so that no record or
+    display of it fails a segment that trained."""
     found = {}
     for name, value in logs.items():
         try:

@@ -41,7 +41,7 @@ from phobbit.core.objective import VAL_LOSS, Objective, unknown_metric
 from phobbit.errors import InputError
 from phobbit.execution import warm
 from phobbit.execution.trainable import Losses, checkpoint_identity, checkpoint_written
-from phobbit.execution.worker import one_line
+from phobbit.execution.worker import numbers_of, one_line
 from phobbit.execution.worker_state import worker_state
 from phobbit.keras_adapter.backends import use_backend
 from phobbit.keras_adapter.data import (
@@ -113,7 +113,7 @@ def _saver(
             self.began = time.perf_counter()
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            logs = _numbers(logs or {})
+            logs = numbers_of(logs or {})
             if keeper.objective.name not in logs and "val_loss" in logs:
                 raise InputError(unknown_metric(keeper.objective, list(logs)))
             value = logs.get("val_loss")
@@ -164,17 +164,6 @@ def _saver(
                     variable.assign(value)
 
     return EpochCheckpoint()
-
-
-def _numbers(logs: Mapping[str, Any]) -> dict[str, float]:
-    """An epoch's logs as plain floats (Keras may give tensors); what is no number is left out."""
-    found = {}
-    for name, value in logs.items():
-        try:
-            found[str(name)] = float(value)
-        except (TypeError, ValueError):
-            continue
-    return found
 
 
 def build_compiled_state(model: Any, batch_spec: Any) -> None:
