@@ -19,6 +19,7 @@ from phobbit.cli.model_file import (
     load_model_file,
     load_module,
     module_name,
+    trains_keras,
 )
 from phobbit.errors import InputError
 
@@ -236,3 +237,39 @@ def test_example_uses_mnist_only_from_the_local_cache(
     assert len(x) == len(y) and len(x_val) == len(y_val)
     assert 0.0 <= x.min() and x.max() <= 1.0
     assert module.SOURCE.startswith("Keras' MNIST") == cached
+
+
+@pytest.mark.parametrize(
+    ("body", "model_fn", "keras"),
+    [
+        ("def my_model(hparams): ...", None, True),
+        ("import keras\ndef build_model(hp): ...", None, True),
+        ("class hypermodel: ...", None, True),
+        ("model_function = lambda hparams: None", None, True),
+        ("from mylib import my_model", None, True),
+        ("def mine(hparams): ...", "mine", True),
+        ("def my_model(hparams): ...", "mine", False),  # --model-fn names another
+        ("class T:\n    def train(self, *a): ...\ntrainable = T()", None, False),
+        ("globals()['my_model'] = print", None, False),  # made at run time: cannot tell
+        ("def my_model(hparams):\n  return (", None, False),  # a syntax error: load says so
+    ],
+    ids=[
+        "model-function",
+        "build-model",
+        "hypermodel-class",
+        "assigned",
+        "imported",
+        "model-fn-named",
+        "model-fn-other",
+        "trainable",
+        "run-time",
+        "syntax-error",
+    ],
+)
+def test_trains_keras_reads_the_top_level_names_without_running_the_file(
+    tmp_path: Path, body: str, model_fn: str | None, keras: bool
+) -> None:
+    path = tmp_path / "model.py"
+    path.write_text("raise SystemExit('the file ran')\n" + body + "\n")  # never run
+    assert trains_keras(path, model_fn) is keras
+    assert trains_keras(tmp_path / "missing.py") is False
