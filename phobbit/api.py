@@ -461,6 +461,11 @@ class ParallelHyperband:
             reporter = self.reporter or PlainReporter(
                 verbose=self.verbose, budget=lambda: self.budget
             )
+            # Lines to print and no best of their own yet (the CLI's seed theirs): a resumed
+            # run's lines start from what it recorded.
+            plain = reporter if isinstance(reporter, PlainReporter) else None
+            if plain is not None and (plain.verbose < 1 or plain.best is not None):
+                plain = None
             if self.tensorboard:
                 from phobbit.reporting.tensorboard import LoggingReporter
 
@@ -476,6 +481,8 @@ class ParallelHyperband:
                 stack.enter_context(self.repository.undone_on_bad_input(made))
                 settings = self.repository.create(settings)  # with the run's id
                 self.repository.sift()
+                if plain is not None:
+                    plain.seed_best(self.repository.results().values(), settings.goal)
                 plan, budget = search.plan(
                     Tuning(settings, self.repository.checkpoint_stem),
                     DecisionLog(self.repository).read(),

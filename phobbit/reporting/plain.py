@@ -12,7 +12,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TextIO
 
 from phobbit.core.budget import Budget
@@ -252,6 +252,13 @@ class PlainReporter:
             # A progress line is no reason to stop hours of training.
             self.output_lost = True
             log.warning("progress lines stopped: their stream was closed; the run goes on")
+
+    def seed_best(self, rows: Iterable[SegmentResult], objective: Objective) -> None:
+        """Starts from the best of the rows a resumed run has recorded, so that a new result
+        is said to be the best so far only when it beats those too."""
+        for row in rows:
+            if row.ok and objective.improves(row, self.best):
+                self.best = row
 
     def started(self, plan: Plan, resumed: int) -> None:
         self._started = time.monotonic()
