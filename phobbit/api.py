@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
-import functools
 import logging
 import os
 import tempfile
@@ -41,7 +40,6 @@ from phobbit.execution.resources import Resources
 from phobbit.execution.scheduler import Reporter, Scheduler
 from phobbit.execution.trainable import Trainable
 from phobbit.execution.warm import parse_bytes
-from phobbit.execution.worker import HIDDEN
 from phobbit.keras_adapter.backends import backend_name, check_backend, worker_environment
 from phobbit.keras_adapter.data import staged_dataset
 from phobbit.keras_adapter.fit import KerasFit, KerasTraining
@@ -217,10 +215,7 @@ def start_pool(
     # before its log is copied and the log's folder removed (what the workers write as
     # they end is kept).
     if resources.worker_log:
-        hidden = all(slot == HIDDEN for slot in executor.slots)
-        temporary = stack.enter_context(worker_log.temporary_log(repo_dir, hidden))
-        executor.stderr_path = str(temporary)
-        stack.push(functools.partial(worker_log.keep, temporary, repo_dir, hidden))
+        stack.push(worker_log.capture(executor, repo_dir, stack))
     stack.push(lambda kind, *_: executor.shutdown(kill=kind is not None))
     executor.start(preload)
     return executor
@@ -608,11 +603,9 @@ class ParallelHyperband:
         bad input leaves the repository as it was.
         """
         assert isinstance(self.executor, LocalExecutor)
-        hidden = all(slot == HIDDEN for slot in self.executor.slots)
-        temporary = stack.enter_context(worker_log.temporary_log(self.repository.path, hidden))
-        self.executor.stderr_path = str(temporary)
+        keep = worker_log.capture(self.executor, self.repository.path, stack)
         stack.callback(setattr, self.executor, "stderr_path", None)
-        return functools.partial(worker_log.keep, temporary, self.repository.path, hidden)
+        return keep
 
     def _shut_down(self, kind: type | None, *_: object) -> None:
         """Shuts down the executor this tuner made; ends its tasks at once on an error."""

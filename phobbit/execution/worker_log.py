@@ -22,17 +22,20 @@ finds it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from phobbit.errors import InputError, RepositoryError
-from phobbit.execution.worker import without_startup_noise
+from phobbit.execution.worker import HIDDEN, without_startup_noise
 from phobbit.storage import files
 from phobbit.storage.lease import pid_alive
 from phobbit.storage.repository import WORKERS_LOG
@@ -49,6 +52,17 @@ def _digest(repo_dir: str | os.PathLike) -> str:
 def folder_prefix(repo_dir: str | os.PathLike, hidden: bool) -> str:
     """How the folder of this process's workers' log for ``repo_dir`` begins."""
     return f"{PREFIX}{_digest(repo_dir)}-{os.getpid()}-{'h' if hidden else 'v'}-"
+
+
+def capture(executor: Any, repo_dir: str | os.PathLike, stack: ExitStack) -> Callable[..., bool]:
+    """Sends ``executor``'s workers' stderr (a ``LocalExecutor`` not started yet) to a
+    ``temporary_log`` of ``repo_dir``, removed as ``stack`` unwinds; returns the exit
+    callback that appends it to ``repo_dir/workers.log`` (``keep``), for the caller to push
+    where it belongs (under the driver lock, or after the pool's shutdown)."""
+    hidden = all(slot == HIDDEN for slot in executor.slots)
+    temporary = stack.enter_context(temporary_log(repo_dir, hidden))
+    executor.stderr_path = str(temporary)
+    return functools.partial(keep, temporary, repo_dir, hidden)
 
 
 @contextlib.contextmanager
