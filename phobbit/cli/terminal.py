@@ -96,11 +96,7 @@ def with_best_metrics(rows: Sequence[SegmentResult], repository: Path) -> list[S
         view = open_repository(repository)
     except RepositoryError:
         return rows
-    goal = view.settings.goal
-    best = None
-    for row in rows:
-        if row.ok and goal.improves(row, best):
-            best = row
+    best = view.settings.goal.best_of(rows)
     if best is None:
         return rows
     found = with_scoring_metrics(view, best)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,6 +191,14 @@ class Objective:
             return False
         held = None if best is None else self.row_score(best)
         return held is None or score < held
+
+    def best_of(self, rows: Iterable[Any], best: Any = None) -> Any:
+        """The best of results rows ``rows`` (the first of equals), or ``best`` when none
+        improves on it; failed rows never count (``improves``)."""
+        for row in rows:
+            if self.improves(row, best):
+                best = row
+        return best
 
     def describe(self, row: Any) -> str:
         """A row's score in words: ``val loss 0.2345``, or ``val_accuracy 0.9312 (val loss

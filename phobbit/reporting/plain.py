@@ -256,9 +256,7 @@ class PlainReporter:
     def seed_best(self, rows: Iterable[SegmentResult], objective: Objective) -> None:
         """Starts from the best of the rows a resumed run has recorded, so that a new result
         is said to be the best so far only when it beats those too."""
-        for row in rows:
-            if row.ok and objective.improves(row, self.best):
-                self.best = row
+        self.best = objective.best_of(rows, self.best)
 
     def started(self, plan: Plan, resumed: int) -> None:
         self._started = time.monotonic()

@@ -344,9 +344,7 @@ class ProgressTracker:
     def seed_best(self, rows: Sequence[SegmentResult]) -> None:
         """Takes the best of rows already in the repository (a resumed run)."""
         self._seeded = list(rows)
-        for row in rows:
-            if self.objective.improves(row, self.best):
-                self.best = row
+        self.best = self.objective.best_of(self._seeded, self.best)
 
     def refresh(self) -> None:
         """Counts what the plan has recorded (a resume records done segments without reports)."""
