@@ -476,13 +476,14 @@ class ParallelHyperband:
                 stack.enter_context(self.repository.undone_on_bad_input(made))
                 settings = self.repository.create(settings)  # with the run's id
                 self.repository.sift()
+                recorded = list(self.repository.results().values())
                 if plain is not None:
-                    plain.seed_best(self.repository.results().values(), settings.goal)
+                    plain.seed_best(recorded, settings.goal)
                 plan, budget = search.plan(
                     Tuning(settings, self.repository.checkpoint_stem),
                     DecisionLog(self.repository).read(),
                     # Those to retry are left out: ASHA's replay then hands them out again.
-                    [r for r in self.repository.results().values() if r.ok or not retry_failed],
+                    [r for r in recorded if r.ok or not retry_failed],
                     self.executor.capacity,
                     self._given_budget,
                 )
